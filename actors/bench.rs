@@ -1,0 +1,488 @@
+//! `meshbroker bench`: a load generator for any NATS server, like `nats bench`.
+//!
+//! It runs each scenario against `--url` and, when given, against `--compare-url` right
+//! after, and prints both results and their ratio, so a comparison with the reference
+//! server is made in one run on the same machine. The client speaks the protocol
+//! directly over blocking sockets (one thread per connection) with this crate's
+//! parser, so it is the same client whatever the server.
+//!
+//! Publishers stay at most a window of messages ahead of the slowest subscriber, so
+//! neither server has to cut a subscriber off as a slow consumer on a busy machine.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+
+use crate::proto::{encode, Op, Parsed, Parser};
+
+/// run a benchmark against a NATS server (and optionally compare with another)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "bench")]
+pub struct BenchArgs {
+    /// server to measure, e.g. nats://127.0.0.1:4222
+    #[argh(option, default = "String::from(\"nats://127.0.0.1:4222\")")]
+    pub url: String,
+    /// a second server to run the same scenarios against, for a ratio
+    #[argh(option)]
+    pub compare_url: Option<String>,
+    /// label for --url in the report
+    #[argh(option, default = "String::from(\"meshbroker\")")]
+    pub name: String,
+    /// label for --compare-url in the report
+    #[argh(option, default = "String::from(\"nats-server\")")]
+    pub compare_name: String,
+    /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,idle
+    #[argh(
+        option,
+        default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
+    )]
+    pub scenarios: String,
+    /// messages per throughput scenario
+    #[argh(option, default = "2_000_000")]
+    pub msgs: u64,
+    /// round trips for the request/reply scenario
+    #[argh(option, default = "20_000")]
+    pub requests: u64,
+    /// connections for the idle-memory scenario
+    #[argh(option, default = "2000")]
+    pub conns: usize,
+    /// pid of the --url server (for the idle-memory scenario)
+    #[argh(option)]
+    pub pid: Option<u32>,
+    /// pid of the --compare-url server (for the idle-memory scenario)
+    #[argh(option)]
+    pub compare_pid: Option<u32>,
+    /// how many times each scenario runs on each server (the best run counts)
+    #[argh(option, default = "3")]
+    pub rounds: u32,
+}
+
+type BenchResult<T> = Result<T, String>;
+
+/// One measured number and whether more is better.
+#[derive(Clone, Copy, Debug)]
+struct Measure {
+    value: f64,
+    higher_is_better: bool,
+}
+
+pub fn run(args: BenchArgs) -> BenchResult<()> {
+    let targets: Vec<(String, String, Option<u32>)> = std::iter::once((
+        args.name.clone(),
+        args.url.clone(),
+        args.pid,
+    ))
+    .chain(
+        args.compare_url
+            .clone()
+            .map(|u| (args.compare_name.clone(), u, args.compare_pid)),
+    )
+    .collect();
+    println!(
+        "{:<34} {:>16} {:>16} {:>8}",
+        "scenario",
+        targets[0].0,
+        targets.get(1).map_or("", |t| t.0.as_str()),
+        "ratio"
+    );
+    for scenario in args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut rows: Vec<Vec<(String, Measure)>> = Vec::new();
+        for (_, url, pid) in &targets {
+            let addr = url_to_addr(url)?;
+            let mut best: Option<Vec<(String, Measure)>> = None;
+            for _ in 0..args.rounds.max(1) {
+                let measured = run_scenario(scenario, &addr, &args, *pid)?;
+                best = Some(match best {
+                    None => measured,
+                    Some(prev) => prev
+                        .into_iter()
+                        .zip(measured)
+                        .map(|((label, a), (_, b))| {
+                            let better = if a.higher_is_better {
+                                a.value.max(b.value)
+                            } else {
+                                a.value.min(b.value)
+                            };
+                            (label, Measure { value: better, ..a })
+                        })
+                        .collect(),
+                });
+            }
+            rows.push(best.unwrap_or_default());
+        }
+        for (i, (label, first)) in rows[0].iter().enumerate() {
+            let second = rows.get(1).map(|r| r[i].1);
+            let ratio = second.map(|s| {
+                if first.higher_is_better {
+                    first.value / s.value
+                } else {
+                    s.value / first.value
+                }
+            });
+            println!(
+                "{:<34} {:>16} {:>16} {:>8}",
+                format!("{scenario} {label}"),
+                fmt_num(first.value),
+                second.map_or(String::new(), |s| fmt_num(s.value)),
+                ratio.map_or(String::new(), |r| format!("{r:.2}x")),
+            );
+        }
+    }
+    println!("(ratio > 1 means {} is better)", targets[0].0);
+    Ok(())
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.0}", v)
+    } else {
+        format!("{:.2}", v)
+    }
+}
+
+fn url_to_addr(url: &str) -> BenchResult<String> {
+    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    if rest.is_empty() || !rest.contains(':') {
+        return Err(format!("{url:?} is not host:port or nats://host:port"));
+    }
+    Ok(rest.trim_end_matches('/').to_string())
+}
+
+fn run_scenario(
+    scenario: &str,
+    addr: &str,
+    args: &BenchArgs,
+    pid: Option<u32>,
+) -> BenchResult<Vec<(String, Measure)>> {
+    let throughput = |v: f64| Measure {
+        value: v,
+        higher_is_better: true,
+    };
+    let lower = |v: f64| Measure {
+        value: v,
+        higher_is_better: false,
+    };
+    Ok(match scenario {
+        "pub16" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 16, 0, false)?))],
+        "pub128" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 128, 0, false)?))],
+        "pubsub1" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 128, 1, false)?))],
+        "pubsub4" => vec![(
+            "msgs/s delivered".into(),
+            throughput(pub_sub(addr, args.msgs / 2, 128, 4, false)? * 4.0),
+        )],
+        "queue4" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 128, 4, true)?))],
+        "reqrep" => {
+            let (p50, p99) = req_rep(addr, args.requests)?;
+            vec![("p50 us".into(), lower(p50)), ("p99 us".into(), lower(p99))]
+        }
+        "idle" => {
+            let pid = pid.ok_or("the idle scenario needs --pid (and --compare-pid)")?;
+            vec![("bytes/conn".into(), lower(idle_memory(addr, args.conns, pid)?))]
+        }
+        other => return Err(format!("unknown scenario {other:?}")),
+    })
+}
+
+/// A connected, CONNECTed and PONGed client socket.
+fn connect(addr: &str) -> BenchResult<TcpStream> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    if !line.starts_with("INFO") {
+        return Err(format!("expected INFO from {addr}, got {line:?}"));
+    }
+    let mut s = stream;
+    s.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,\"name\":\"bench\"}\r\nPING\r\n",
+    )
+    .map_err(|e| e.to_string())?;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("server closed during CONNECT".into());
+        }
+        if line.starts_with("PONG") {
+            break;
+        }
+        if line.starts_with("-ERR") {
+            return Err(format!("server refused CONNECT: {}", line.trim()));
+        }
+    }
+    if !reader.buffer().is_empty() {
+        return Err("unexpected bytes after PONG".into());
+    }
+    Ok(s)
+}
+
+/// Sends PING and reads until PONG, discarding anything else.
+fn sync(stream: &mut TcpStream) -> BenchResult<()> {
+    stream.write_all(encode::PING).map_err(|e| e.to_string())?;
+    let mut reader = MsgReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    loop {
+        match reader.next()? {
+            Incoming::Pong => return Ok(()),
+            Incoming::Err(e) => return Err(e),
+            _ => {}
+        }
+    }
+}
+
+enum Incoming {
+    Msg { reply: Option<Vec<u8>> },
+    Pong,
+    Ping,
+    Err(String),
+    Other,
+}
+
+/// Reads server operations from a socket with the crate's parser.
+struct MsgReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    parser: Parser,
+}
+
+impl MsgReader {
+    fn new(stream: TcpStream) -> Self {
+        MsgReader {
+            stream,
+            buf: vec![0; 256 * 1024],
+            start: 0,
+            end: 0,
+            parser: Parser::new(64 * 1024, 64 * 1024 * 1024),
+        }
+    }
+
+    fn next(&mut self) -> BenchResult<Incoming> {
+        loop {
+            match self
+                .parser
+                .parse(&self.buf[self.start..self.end])
+                .map_err(|e| format!("bad bytes from server: {e}"))?
+            {
+                Parsed::Op(op, n) => {
+                    let incoming = match op {
+                        Op::Msg { reply, .. } => Incoming::Msg {
+                            reply: reply.map(<[u8]>::to_vec),
+                        },
+                        Op::Pong => Incoming::Pong,
+                        Op::Ping => Incoming::Ping,
+                        Op::Err(e) => Incoming::Err(String::from_utf8_lossy(e).into_owned()),
+                        _ => Incoming::Other,
+                    };
+                    self.start += n;
+                    if let Incoming::Ping = incoming {
+                        self.stream
+                            .write_all(encode::PONG)
+                            .map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    return Ok(incoming);
+                }
+                Parsed::Incomplete { need } => {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                    if need > self.buf.len() {
+                        self.buf.resize(need, 0);
+                    }
+                    let n = self
+                        .stream
+                        .read(&mut self.buf[self.end..])
+                        .map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("server closed the connection".into());
+                    }
+                    self.end += n;
+                }
+            }
+        }
+    }
+}
+
+/// One publisher and `subs` subscribers (a queue group when `queue`), `msgs` messages
+/// of `size` bytes. Returns messages per second published and fully delivered.
+fn pub_sub(addr: &str, msgs: u64, size: usize, subs: usize, queue: bool) -> BenchResult<f64> {
+    let subject = format!("bench.{}", fastrand::u64(..));
+    let received: Arc<Vec<AtomicU64>> = Arc::new((0..subs).map(|_| AtomicU64::new(0)).collect());
+    let mut handles = Vec::new();
+    for i in 0..subs {
+        let mut stream = connect(addr)?;
+        let mut frame = Vec::new();
+        let q = queue.then_some(&b"workers"[..]);
+        encode::write_sub(&mut frame, subject.as_bytes(), q, b"1");
+        stream.write_all(&frame).map_err(|e| e.to_string())?;
+        sync(&mut stream)?;
+        let received = received.clone();
+        handles.push(std::thread::spawn(move || -> BenchResult<()> {
+            let mut reader = MsgReader::new(stream);
+            loop {
+                match reader.next()? {
+                    Incoming::Msg { .. } => {
+                        received[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Incoming::Err(e) => return Err(format!("subscriber got -ERR {e}")),
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut publisher = connect(addr)?;
+    let payload = vec![b'x'; size];
+    let batch = 256u64;
+    let mut frames = Vec::new();
+    for _ in 0..batch {
+        encode::write_pub(&mut frames, subject.as_bytes(), None, None, &payload);
+    }
+    // How far the publisher may run ahead of the slowest subscriber.
+    let window = (16 * 1024 * 1024 / (size as u64 + 64)).max(batch * 4);
+    let delivered = |received: &[AtomicU64]| -> u64 {
+        if queue {
+            received.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+        } else {
+            received
+                .iter()
+                .map(|r| r.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(u64::MAX)
+        }
+    };
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < msgs {
+        let n = batch.min(msgs - sent);
+        let bytes = frames.len() / batch as usize * n as usize;
+        publisher
+            .write_all(&frames[..bytes])
+            .map_err(|e| format!("publish: {e}"))?;
+        sent += n;
+        if subs > 0 {
+            let mut spins = 0u32;
+            while sent.saturating_sub(delivered(&received)) > window {
+                spins += 1;
+                if spins > 100 {
+                    std::thread::sleep(Duration::from_micros(50));
+                } else {
+                    std::thread::yield_now();
+                }
+                if start.elapsed() > Duration::from_secs(120) {
+                    return Err("subscribers stopped receiving".into());
+                }
+            }
+        }
+    }
+    sync(&mut publisher)?;
+    if subs > 0 {
+        while delivered(&received) < msgs {
+            if handles.iter().any(|h| h.is_finished()) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(format!(
+                    "only {} of {msgs} messages delivered",
+                    delivered(&received)
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if subs > 0 && delivered(&received) < msgs {
+        for h in handles {
+            if let Ok(Err(e)) = h.join() {
+                return Err(e);
+            }
+        }
+        return Err("a subscriber stopped early".into());
+    }
+    // Subscriber threads end when their sockets close with this function's return.
+    Ok(msgs as f64 / elapsed)
+}
+
+/// Sequential request/reply round trips; returns (p50, p99) in microseconds.
+fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
+    let subject = format!("bench.req.{}", fastrand::u64(..));
+    let mut responder = connect(addr)?;
+    let mut frame = Vec::new();
+    encode::write_sub(&mut frame, subject.as_bytes(), None, b"1");
+    responder.write_all(&frame).map_err(|e| e.to_string())?;
+    sync(&mut responder)?;
+    let mut responder_writer = responder.try_clone().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || -> BenchResult<()> {
+        let mut reader = MsgReader::new(responder);
+        let mut out = Vec::new();
+        loop {
+            if let Incoming::Msg { reply: Some(reply) } = reader.next()? {
+                out.clear();
+                encode::write_pub(&mut out, &reply, None, None, b"pong");
+                responder_writer.write_all(&out).map_err(|e| e.to_string())?;
+            }
+        }
+    });
+    let mut requester = connect(addr)?;
+    let inbox = format!("_INBOX.{}", fastrand::u64(..));
+    let mut frame = Vec::new();
+    encode::write_sub(&mut frame, format!("{inbox}.*").as_bytes(), None, b"1");
+    requester.write_all(&frame).map_err(|e| e.to_string())?;
+    sync(&mut requester)?;
+    let mut reader = MsgReader::new(requester.try_clone().map_err(|e| e.to_string())?);
+    let mut samples = Vec::with_capacity(requests as usize);
+    let mut out = Vec::new();
+    for i in 0..requests {
+        out.clear();
+        let reply = format!("{inbox}.{i}");
+        encode::write_pub(&mut out, subject.as_bytes(), Some(reply.as_bytes()), None, b"ping");
+        let start = Instant::now();
+        requester.write_all(&out).map_err(|e| e.to_string())?;
+        loop {
+            match reader.next()? {
+                Incoming::Msg { .. } => break,
+                Incoming::Err(e) => return Err(format!("requester got -ERR {e}")),
+                _ => {}
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    Ok((pct(0.50), pct(0.99)))
+}
+
+/// Resident memory added per idle connection (CONNECTed, one subscription).
+fn idle_memory(addr: &str, conns: usize, pid: u32) -> BenchResult<f64> {
+    let before = rss(pid)?;
+    let mut held = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let mut s = connect(addr)?;
+        let mut frame = Vec::new();
+        encode::write_sub(&mut frame, format!("idle.{i}").as_bytes(), None, b"1");
+        s.write_all(&frame).map_err(|e| e.to_string())?;
+        held.push(s);
+    }
+    for s in &mut held {
+        sync(s)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss(pid)?;
+    drop(held);
+    Ok((after.saturating_sub(before)) as f64 / conns as f64)
+}
+
+fn rss(pid: u32) -> BenchResult<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("no VmRSS for pid {pid}"))
+}

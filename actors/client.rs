@@ -1,0 +1,733 @@
+//! The client actor: one per client connection.
+//!
+//! It owns the connection's parser state, its CONNECT options, its subscriptions and
+//! its match cache, and drives the pure protocol code in `crate::proto` with the
+//! socket. Two tasks serve a connection: the actor proper (reads, parses, publishes,
+//! answers its mailbox and its ping timer) and a writer that drains the connection's
+//! [`OutboundQueue`] into the socket. Publishing writes straight into the subscribers'
+//! outbound queues; each queue is woken once per read batch.
+//!
+//! Who waits on whom: the actor awaits its account router only to make its own
+//! subscription changes visible (before its own PUB or before answering PING); the
+//! router never waits on a client. See `actors/README.md`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+
+use super::node::ServerContext;
+use super::outbound::{FlushSet, OutboundQueue, PushError, Taken, Wake};
+use super::router::{Account, Index, SubChange};
+use super::runtime::{self, TcpStream};
+use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
+use crate::subject;
+use crate::subject_index::MatchResult;
+
+/// Messages other actors send a client actor.
+pub enum Control {
+    /// Close the connection, sending the error's text first if it has one.
+    Close(WireError),
+    /// The writer failed: the peer is gone.
+    WriteFailed,
+    /// A subscription reached its auto-unsubscribe count.
+    AutoUnsubscribed(Arc<Subscription>),
+    /// Lame-duck mode: tell the client (INFO with `ldm`) to reconnect elsewhere.
+    LameDuck,
+}
+
+/// The part of a client connection that publishers and subscriptions reach.
+pub struct ClientShared {
+    pub id: u64,
+    pub out: OutboundQueue,
+    control: async_channel::Sender<Control>,
+}
+
+impl ClientShared {
+    pub fn tell(&self, control: Control) {
+        let _ = self.control.try_send(control);
+    }
+}
+
+impl Wake for ClientShared {
+    fn wake_writer(&self) {
+        self.out.wake();
+    }
+}
+
+/// One subscription, as the subject index holds it.
+pub struct Subscription {
+    pub client: Arc<ClientShared>,
+    pub sid: Box<[u8]>,
+    pub subject: Box<[u8]>,
+    pub queue: Option<Box<[u8]>>,
+    /// Whether the subscriber understands HMSG (otherwise headers are stripped).
+    pub headers: bool,
+    /// Auto-unsubscribe after this many deliveries (`u64::MAX`: never).
+    max: AtomicU64,
+    delivered: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl PartialEq for Subscription {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Subscription {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// A message being published, as every delivery sees it.
+pub struct Message<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    pub headers: Option<usize>,
+    pub data: &'a [u8],
+}
+
+/// Delivers `msg` to `sub` unless it is closed or past its auto-unsubscribe count.
+/// Returns whether it was queued.
+pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet) -> bool {
+    if sub.is_closed() {
+        return false;
+    }
+    let max = sub.max.load(Ordering::Relaxed);
+    if max != u64::MAX {
+        let n = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
+        if n > max {
+            return false;
+        }
+        if n == max {
+            sub.client.tell(Control::AutoUnsubscribed(sub.clone()));
+        }
+    }
+    let (headers, data) = match msg.headers {
+        Some(h) if !sub.headers => (None, msg.data.get(h..).unwrap_or_default()),
+        other => (other, msg.data),
+    };
+    let len = encode::msg_len(msg.subject, &sub.sid, msg.reply, data.len());
+    let pushed = sub.client.out.push(len, |buf| {
+        encode::write_msg(buf, msg.subject, &sub.sid, msg.reply, headers, data)
+    });
+    match pushed {
+        Ok(wake) => {
+            if wake {
+                flush.add(sub.client.clone());
+            }
+            true
+        }
+        Err(PushError::SlowConsumer) => {
+            sub.client.tell(Control::Close(WireError::SlowConsumer));
+            false
+        }
+        Err(PushError::Closed) => false,
+    }
+}
+
+/// Starts the actor (and its writer) for an accepted connection.
+pub fn spawn(
+    ctx: Arc<ServerContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    gone: async_channel::Sender<u64>,
+) -> async_channel::Sender<Control> {
+    let (control_tx, control_rx) = async_channel::unbounded();
+    let shared = Arc::new(ClientShared {
+        id,
+        out: OutboundQueue::new(ctx.config.max_pending.as_usize()),
+        control: control_tx.clone(),
+    });
+    let spawner = ctx.spawner.clone();
+    let writer = spawner.spawn(write_loop(
+        stream.clone(),
+        shared.clone(),
+        ctx.config.write_deadline.0,
+    ));
+    spawner
+        .spawn(async move {
+            let account = ctx.global.clone();
+            let mut client = Client::new(ctx, shared, account, peer);
+            let reason = client.run(stream, control_rx).await;
+            client.finish(reason, writer).await;
+            let _ = gone.send(id).await;
+        })
+        .detach();
+    control_tx
+}
+
+async fn write_loop(stream: TcpStream, shared: Arc<ClientShared>, deadline: Duration) {
+    let mut stream = stream;
+    let mut spare = Vec::new();
+    loop {
+        match shared.out.take(&mut spare).await {
+            Taken::Data => {
+                match runtime::timeout(deadline, stream.write_all(&spare)).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => {
+                        shared.tell(Control::WriteFailed);
+                        break;
+                    }
+                    None => {
+                        shared.tell(Control::Close(WireError::SlowConsumer));
+                        break;
+                    }
+                }
+                spare.clear();
+                if spare.capacity() > 64 * 1024 {
+                    spare = Vec::new();
+                }
+            }
+            Taken::Closed => break,
+        }
+    }
+    let _ = stream.close().await;
+    // Also ends a read the actor may be waiting on.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Why a connection ended.
+enum Ended {
+    ClientClosed,
+    ReadError,
+    Error(WireError),
+}
+
+/// The read buffer: grows while reads fill it, shrinks back when the connection idles,
+/// so an idle connection costs little memory.
+struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+const READ_MIN: usize = 512;
+const READ_MAX: usize = 64 * 1024;
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf {
+            buf: vec![0; READ_MIN],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room for at least `need` bytes of data from `start`.
+    fn reserve(&mut self, need: usize) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+    }
+
+    fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            let grow = if self.buf.len() < READ_MAX {
+                self.buf.len() * 2
+            } else {
+                self.buf.len()
+            };
+            self.reserve(grow);
+            if self.end == self.buf.len() {
+                let len = self.buf.len() * 2;
+                self.buf.resize(len, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Called after a read of `n` bytes into [`Self::spare`].
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// Gives memory back once the buffer is empty and the last read was small.
+    fn maybe_shrink(&mut self, last_read: usize) {
+        if self.start == self.end && self.buf.len() > READ_MIN && last_read < self.buf.len() / 4
+        {
+            self.buf = vec![0; (self.buf.len() / 2).max(READ_MIN)];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// A small cache of subject → matches, valid for one index generation.
+struct MatchCache {
+    generation: u64,
+    entries: HashMap<Box<[u8]>, Arc<MatchResult<Arc<Subscription>>>, foldhash::fast::RandomState>,
+}
+
+const MATCH_CACHE_MAX: usize = 1024;
+
+impl MatchCache {
+    fn get(&mut self, index: &Index, subject: &[u8]) -> Arc<MatchResult<Arc<Subscription>>> {
+        if self.generation != index.generation() {
+            self.entries.clear();
+            self.generation = index.generation();
+        }
+        if let Some(found) = self.entries.get(subject) {
+            return found.clone();
+        }
+        let result = Arc::new(index.matches(subject));
+        if self.entries.len() >= MATCH_CACHE_MAX {
+            self.entries.clear();
+        }
+        self.entries.insert(subject.into(), result.clone());
+        result
+    }
+}
+
+struct Client {
+    ctx: Arc<ServerContext>,
+    shared: Arc<ClientShared>,
+    account: Arc<Account>,
+    peer: SocketAddr,
+    parser: Parser,
+    opts: ConnectOptions,
+    /// Sends a second INFO (with `connect_info`) at the end of the read batch that
+    /// carried CONNECT, as the reference does.
+    connect_info_due: bool,
+    subs: HashMap<Box<[u8]>, Arc<Subscription>>,
+    /// Subscription changes not yet sent to the router.
+    changes: Vec<SubChange>,
+    /// Changes sent to the router without waiting for them to be applied.
+    unsynced: bool,
+    cache: MatchCache,
+    flush: FlushSet,
+    pings_out: u32,
+    last_in: Instant,
+    in_msgs: u64,
+    in_bytes: u64,
+    rng: fastrand::Rng,
+}
+
+impl Client {
+    fn new(
+        ctx: Arc<ServerContext>,
+        shared: Arc<ClientShared>,
+        account: Arc<Account>,
+        peer: SocketAddr,
+    ) -> Self {
+        let parser = Parser::new(
+            ctx.config.max_control_line.as_usize(),
+            ctx.config.max_payload.as_usize(),
+        );
+        Client {
+            ctx,
+            shared,
+            account,
+            peer,
+            parser,
+            opts: ConnectOptions::default(),
+            connect_info_due: false,
+            subs: HashMap::new(),
+            changes: Vec::new(),
+            unsynced: false,
+            cache: MatchCache {
+                generation: u64::MAX,
+                entries: HashMap::default(),
+            },
+            flush: FlushSet::default(),
+            pings_out: 0,
+            last_in: runtime::now(),
+            in_msgs: 0,
+            in_bytes: 0,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Queues bytes of our own (replies, errors); they are never refused for size.
+    fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Ok(true) = self.shared.out.push_control(write) {
+            self.flush.add(self.shared.clone());
+        }
+    }
+
+    fn send_info(&mut self, after_connect: bool) {
+        let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+        if after_connect {
+            info.connect_info = true;
+            info.remote_account = self.account.name.clone();
+        }
+        self.send(|buf| encode::write_info(buf, &info));
+    }
+
+    fn send_err(&mut self, err: WireError) {
+        if let Some(text) = err.text() {
+            self.send(|buf| encode::write_err(buf, text));
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.opts.verbose {
+            self.send(|buf| buf.extend_from_slice(encode::OK));
+        }
+    }
+
+    async fn run(
+        &mut self,
+        stream: TcpStream,
+        control: async_channel::Receiver<Control>,
+    ) -> Ended {
+        let mut stream = stream;
+        log::debug!("client {} connected from {}", self.id(), self.peer);
+        self.send_info(false);
+        self.flush.flush();
+        let mut rbuf = ReadBuf::new();
+        let mut ping = runtime::interval(self.ctx.config.ping_interval.0);
+        enum Event {
+            Read(std::io::Result<usize>),
+            Control(Option<Control>),
+            Tick,
+        }
+        loop {
+            let event = {
+                let read = async { Event::Read(stream.read(rbuf.spare()).await) };
+                let ctl = async { Event::Control(control.recv().await.ok()) };
+                let tick = async {
+                    ping.next().await;
+                    Event::Tick
+                };
+                futures_lite::future::or(ctl, futures_lite::future::or(read, tick)).await
+            };
+            match event {
+                Event::Read(Ok(0)) => return Ended::ClientClosed,
+                Event::Read(Err(_)) => return Ended::ReadError,
+                Event::Read(Ok(n)) => {
+                    rbuf.filled(n);
+                    self.last_in = runtime::now();
+                    let result = self.process(&mut rbuf).await;
+                    self.end_batch();
+                    if let Err(e) = result {
+                        return Ended::Error(e);
+                    }
+                    rbuf.maybe_shrink(n);
+                }
+                Event::Control(None) => return Ended::Error(WireError::ServerShutdown),
+                Event::Control(Some(ctl)) => match ctl {
+                    Control::Close(e) => return Ended::Error(e),
+                    Control::WriteFailed => return Ended::ReadError,
+                    Control::AutoUnsubscribed(sub) => {
+                        if self.subs.get(&sub.sid).is_some_and(|s| Arc::ptr_eq(s, &sub)) {
+                            self.remove_sub(&sub.sid.clone());
+                            self.end_batch();
+                        }
+                    }
+                    Control::LameDuck => {
+                        let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+                        info.ldm = true;
+                        self.send(|buf| encode::write_info(buf, &info));
+                        self.end_batch();
+                    }
+                },
+                Event::Tick => {
+                    let interval = self.ctx.config.ping_interval.0;
+                    if runtime::now().duration_since(self.last_in) < interval {
+                        continue;
+                    }
+                    if self.pings_out + 1 > self.ctx.config.max_pings_out {
+                        return Ended::Error(WireError::StaleConnection);
+                    }
+                    self.pings_out += 1;
+                    self.send(|buf| buf.extend_from_slice(encode::PING));
+                    self.end_batch();
+                }
+            }
+        }
+    }
+
+    /// Handles every complete operation in the buffer.
+    async fn process(&mut self, rbuf: &mut ReadBuf) -> Result<(), WireError> {
+        loop {
+            match self.parser.parse(rbuf.data()) {
+                Ok(Parsed::Op(op, n)) => {
+                    let result = self.handle(op).await;
+                    rbuf.consume(n);
+                    result?;
+                }
+                Ok(Parsed::Incomplete { need }) => {
+                    rbuf.reserve(need);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::debug!("client {}: {e}", self.id());
+                    return Err(e.wire());
+                }
+            }
+        }
+    }
+
+    /// Work deferred to the end of a read batch: one router message for all the
+    /// subscription changes, one wake per outbound queue touched, the stats.
+    fn end_batch(&mut self) {
+        if self.connect_info_due {
+            self.connect_info_due = false;
+            self.send_info(true);
+        }
+        if !self.changes.is_empty() {
+            self.account.send(std::mem::take(&mut self.changes));
+            self.unsynced = true;
+        }
+        self.flush.flush();
+        if self.in_msgs > 0 {
+            let stats = &self.ctx.stats;
+            stats.in_msgs.fetch_add(self.in_msgs, Ordering::Relaxed);
+            stats.in_bytes.fetch_add(self.in_bytes, Ordering::Relaxed);
+            self.in_msgs = 0;
+            self.in_bytes = 0;
+        }
+    }
+
+    /// Makes this connection's subscription changes visible to every publisher.
+    async fn sync_subscriptions(&mut self) {
+        if self.changes.is_empty() && !self.unsynced {
+            return;
+        }
+        self.account.apply(std::mem::take(&mut self.changes)).await;
+        self.unsynced = false;
+    }
+
+    async fn handle(&mut self, op: Op<'_>) -> Result<(), WireError> {
+        match op {
+            Op::Pub {
+                subject,
+                reply,
+                headers,
+                data,
+            } => {
+                if headers.is_some() && !self.opts.headers {
+                    log::debug!("client {}: HPUB without headers support", self.id());
+                    return Err(WireError::ProtocolViolation);
+                }
+                self.in_msgs += 1;
+                self.in_bytes += data.len() as u64;
+                if self.opts.pedantic && !subject::is_valid_literal_subject(subject) {
+                    self.send_err(WireError::InvalidPublishSubject);
+                } else {
+                    self.sync_subscriptions().await;
+                    self.publish(&Message {
+                        subject,
+                        reply,
+                        headers,
+                        data,
+                    });
+                }
+                self.ok();
+            }
+            Op::Sub {
+                subject,
+                queue,
+                sid,
+            } => {
+                self.subscribe(subject, queue, sid);
+            }
+            Op::Unsub { sid, max } => {
+                self.unsubscribe(sid, max);
+                self.ok();
+            }
+            Op::Ping => {
+                self.sync_subscriptions().await;
+                self.send(|buf| buf.extend_from_slice(encode::PONG));
+            }
+            Op::Pong => {
+                self.pings_out = 0;
+            }
+            Op::Connect(json) => self.connect(json)?,
+            // What a client may send but the server ignores, as the reference does.
+            Op::Info(_) | Op::Ok => {}
+            Op::Err(_) => return Err(WireError::ProtocolViolation),
+            Op::Msg { .. } => return Err(WireError::UnknownProtocolOperation),
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, json: &[u8]) -> Result<(), WireError> {
+        let Some(opts) = ConnectOptions::parse(json) else {
+            log::debug!("client {}: malformed CONNECT", self.id());
+            return Err(WireError::ProtocolViolation);
+        };
+        if !(0..=1).contains(&opts.protocol) {
+            return Err(WireError::InvalidClientProtocol);
+        }
+        if opts.no_responders && !opts.headers {
+            return Err(WireError::NoRespondersRequiresHeaders);
+        }
+        log::debug!(
+            "client {}: CONNECT name={:?} lang={:?} version={:?}",
+            self.id(),
+            opts.name.as_deref().unwrap_or(""),
+            opts.lang.as_deref().unwrap_or(""),
+            opts.version.as_deref().unwrap_or("")
+        );
+        self.opts = opts;
+        self.connect_info_due = true;
+        self.ok();
+        Ok(())
+    }
+
+    fn publish(&mut self, msg: &Message<'_>) {
+        let index = self.account.index();
+        let result = self.cache.get(&index, msg.subject);
+        let me = self.id();
+        let echo = self.opts.echo;
+        let mut delivered = 0u64;
+        for sub in &result.plain {
+            if !echo && sub.client.id == me {
+                continue;
+            }
+            if deliver(sub, msg, &mut self.flush) {
+                delivered += 1;
+            }
+        }
+        for group in &result.queues {
+            let members = &group.members;
+            let start = self.rng.usize(..members.len());
+            for i in 0..members.len() {
+                let sub = &members[(start + i) % members.len()];
+                if !echo && sub.client.id == me {
+                    continue;
+                }
+                if deliver(sub, msg, &mut self.flush) {
+                    delivered += 1;
+                    break;
+                }
+            }
+        }
+        if delivered > 0 {
+            let stats = &self.ctx.stats;
+            stats.out_msgs.fetch_add(delivered, Ordering::Relaxed);
+            stats
+                .out_bytes
+                .fetch_add(delivered * msg.data.len() as u64, Ordering::Relaxed);
+        } else if result.is_empty() && self.opts.no_responders {
+            if let Some(reply) = msg.reply {
+                self.no_responders(&index, msg.subject, reply);
+            }
+        }
+    }
+
+    /// Tells a requester nobody listens on `subject`: a 503 status message on its reply
+    /// subject, to one of its own subscriptions that matches it.
+    fn no_responders(&mut self, index: &Index, subject: &[u8], reply: &[u8]) {
+        let me = self.id();
+        let reply_matches = self.cache.get(index, reply);
+        let Some(sub) = reply_matches
+            .plain
+            .iter()
+            .chain(reply_matches.queues.iter().flat_map(|g| g.members.iter()))
+            .find(|s| s.client.id == me && !s.is_closed())
+        else {
+            return;
+        };
+        let sid = sub.sid.clone();
+        self.send(|buf| encode::write_no_responders(buf, reply, &sid, subject));
+    }
+
+    fn subscribe(&mut self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) {
+        if !subject::is_valid_subject(subject) {
+            self.send_err(WireError::InvalidSubject);
+            return;
+        }
+        if let Some(q) = queue {
+            if q.iter().any(|&b| b == b' ' || b == b'\t') {
+                self.send_err(WireError::InvalidSubject);
+                return;
+            }
+        }
+        let limit = self.ctx.config.max_subscriptions;
+        if limit > 0 && self.subs.len() >= limit {
+            self.send_err(WireError::MaxSubscriptionsExceeded);
+            return;
+        }
+        // A sid already in use is ignored, as by the reference.
+        if !self.subs.contains_key(sid) {
+            let sub = Arc::new(Subscription {
+                client: self.shared.clone(),
+                sid: sid.into(),
+                subject: subject.into(),
+                queue: queue.map(Into::into),
+                headers: self.opts.headers,
+                max: AtomicU64::new(u64::MAX),
+                delivered: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+            });
+            self.subs.insert(sid.into(), sub.clone());
+            self.changes.push(SubChange::Add(sub));
+        }
+        self.ok();
+    }
+
+    fn unsubscribe(&mut self, sid: &[u8], max: Option<u64>) {
+        let Some(sub) = self.subs.get(sid) else {
+            return;
+        };
+        if let Some(max) = max.filter(|&m| m > 0) {
+            sub.max.store(max, Ordering::Release);
+            if sub.delivered.load(Ordering::Acquire) < max {
+                return;
+            }
+        }
+        self.remove_sub(sid);
+    }
+
+    fn remove_sub(&mut self, sid: &[u8]) {
+        if let Some(sub) = self.subs.remove(sid) {
+            sub.closed.store(true, Ordering::Release);
+            self.changes.push(SubChange::Remove(sub));
+        }
+    }
+
+    /// Closes the connection: unsubscribes everything, sends the error (if any), lets
+    /// the writer drain and waits for it.
+    async fn finish(&mut self, ended: Ended, writer: runtime::Task<()>) {
+        let reason = match &ended {
+            Ended::ClientClosed => "Client Closed",
+            Ended::ReadError => "Read Error",
+            Ended::Error(e) => e.reason(),
+        };
+        if let Ended::Error(e) = ended {
+            if e == WireError::SlowConsumer {
+                self.ctx.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+            self.send_err(e);
+        }
+        let sids: Vec<Box<[u8]>> = self.subs.keys().cloned().collect();
+        for sid in sids {
+            self.remove_sub(&sid);
+        }
+        self.end_batch();
+        self.shared.out.close();
+        let deadline = self.ctx.config.write_deadline.0;
+        let _ = runtime::timeout(deadline, writer).await;
+        log::debug!("client {} closed: {reason}", self.id());
+    }
+}

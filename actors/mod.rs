@@ -1,0 +1,12 @@
+//! The actors: who does the work. Each file is one actor kind (or the runtime seam
+//! they share), driving the pure code of the library with sockets, timers and
+//! mailboxes. Who may wait on whom is written down in `actors/README.md`.
+
+pub mod bench;
+pub mod client;
+pub mod listener;
+pub mod node;
+pub mod outbound;
+pub mod router;
+pub mod runtime;
+pub mod signals;

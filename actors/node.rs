@@ -1,0 +1,191 @@
+//! A node: the embeddable handle that starts every actor and stops them again.
+//!
+//! `Node::start(config)` binds the listeners (so a bad address fails right there),
+//! starts the runtime and the actors, and returns once clients can connect. The handle
+//! gives the client URL and stops the node at once ([`Node::shutdown`]) or gracefully
+//! ([`Node::lame_duck`]). The `meshbroker` binary is a thin shell around this.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use super::listener::{self, Command};
+use super::router::Account;
+use super::runtime::{self, Runtime, Spawner, Task};
+use crate::config::Config;
+use crate::proto::info::{COMPAT_VERSION, PROTO};
+use crate::proto::ServerInfo;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen for clients on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Node-wide counters (atomics: written by many actors, read by monitoring).
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub total_connections: AtomicU64,
+}
+
+/// What every actor of a node may read: the config, identity, accounts, counters.
+pub struct ServerContext {
+    pub config: Config,
+    pub server_id: String,
+    pub server_name: String,
+    pub client_addr: SocketAddr,
+    /// The global account `$G`, where every connection lives until auth exists.
+    pub global: Arc<Account>,
+    pub next_client_id: AtomicU64,
+    pub stats: Stats,
+    pub spawner: Spawner,
+    pub connections_closing: AtomicBool,
+}
+
+impl ServerContext {
+    /// The INFO a client sees.
+    pub fn info_for(&self, client_id: u64, client_ip: IpAddr) -> ServerInfo {
+        ServerInfo {
+            server_id: self.server_id.clone(),
+            server_name: self.server_name.clone(),
+            version: COMPAT_VERSION.to_string(),
+            proto: PROTO,
+            host: self.client_addr.ip().to_string(),
+            port: self.client_addr.port(),
+            headers: true,
+            max_payload: self.config.max_payload.0,
+            client_id,
+            client_ip: client_ip.to_string(),
+            ..ServerInfo::default()
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    runtime: Option<Runtime>,
+    ctx: Arc<ServerContext>,
+    commands: async_channel::Sender<Command>,
+    listener: Option<Task<()>>,
+}
+
+impl Node {
+    /// Starts a node from a validated config and returns once it accepts clients.
+    pub fn start(config: Config) -> Result<Node, NodeError> {
+        config
+            .validate(std::path::Path::new("<embedded config>"))
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let addr = config.listen_addr().map_err(NodeError::Config)?;
+        let std_listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        let client_addr = std_listener
+            .local_addr()
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        let listener = runtime::TcpListener::try_from(std_listener)
+            .map_err(|source| NodeError::Listen { addr, source })?;
+
+        let server_id = new_server_id();
+        let server_name = config.server_name.clone().unwrap_or_else(|| server_id.clone());
+        let rt = Runtime::start(runtime::default_threads(), "meshbroker")
+            .map_err(NodeError::Runtime)?;
+        let spawner = rt.spawner();
+        let global = Account::start("$G", &spawner);
+        let ctx = Arc::new(ServerContext {
+            config,
+            server_id,
+            server_name,
+            client_addr,
+            global,
+            next_client_id: AtomicU64::new(1),
+            stats: Stats::default(),
+            spawner: spawner.clone(),
+            connections_closing: AtomicBool::new(false),
+        });
+        let (commands, command_rx) = async_channel::unbounded();
+        let listener_task = spawner.spawn(listener::run(ctx.clone(), listener, command_rx));
+        log::info!(
+            "meshbroker {} ({}) listening for clients on {client_addr}",
+            env!("CARGO_PKG_VERSION"),
+            ctx.server_name
+        );
+        Ok(Node {
+            runtime: Some(rt),
+            ctx,
+            commands,
+            listener: Some(listener_task),
+        })
+    }
+
+    /// The address clients connect to (with the real port when the config said 0).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.ctx.client_addr
+    }
+
+    /// `nats://host:port` for client libraries.
+    pub fn client_url(&self) -> String {
+        format!("nats://{}", self.ctx.client_addr)
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.ctx.server_name
+    }
+
+    /// Node-wide counters.
+    pub fn stats(&self) -> &Stats {
+        &self.ctx.stats
+    }
+
+    /// Stops at once: closes every connection, waits briefly for them to drain.
+    pub fn shutdown(mut self) {
+        self.stop(Command::Shutdown);
+    }
+
+    /// Stops gracefully: no new connections, clients told to go elsewhere (`ldm`),
+    /// closed after the grace period spread over the lame-duck duration.
+    pub fn lame_duck(mut self) {
+        self.stop(Command::LameDuck);
+    }
+
+    fn stop(&mut self, command: Command) {
+        let _ = self.commands.try_send(command);
+        if let (Some(rt), Some(task)) = (self.runtime.take(), self.listener.take()) {
+            rt.block_on(task);
+            rt.stop();
+        }
+        log::info!("meshbroker {} stopped", self.ctx.server_name);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.runtime.is_some() {
+            self.stop(Command::Shutdown);
+        }
+    }
+}
+
+/// A server id shaped like the reference's (56 characters of base32 after `N`).
+fn new_server_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = fastrand::Rng::new();
+    let mut id = String::with_capacity(56);
+    id.push('N');
+    for _ in 0..55 {
+        id.push(ALPHABET[rng.usize(..ALPHABET.len())] as char);
+    }
+    id
+}

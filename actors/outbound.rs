@@ -1,0 +1,218 @@
+//! A connection's outbound queue: the mailbox of bytes its writer drains.
+//!
+//! Many publishers append frames; one writer takes everything queued in one swap and
+//! writes it with one syscall. This is a channel, not shared broker state: the lock
+//! inside guards only the append/swap of a byte buffer and is never held across an
+//! await or any other work (the same shape as the lock inside any MPSC channel).
+//!
+//! The queue is bounded in bytes: an append that would take the pending bytes (queued
+//! plus being written) past the limit is refused and the connection is marked a slow
+//! consumer; the publisher is never blocked. Wake-ups are deferred: a publisher appends
+//! many frames, collects the queues it touched ([`FlushSet`]), and wakes each writer
+//! once at the end of its read batch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+
+/// Why an append was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// Over the byte bound: the connection has just become a slow consumer (reported
+    /// once, to the appender that crossed the bound).
+    SlowConsumer,
+    /// The connection is closing or already a slow consumer; nothing more is written.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// Bytes the writer has taken and not finished writing.
+    in_flight: usize,
+    closed: bool,
+    slow: bool,
+}
+
+pub struct OutboundQueue {
+    state: Mutex<State>,
+    writer: AtomicWaker,
+    /// Set by the first append after a take; tells that appender to schedule a wake.
+    wake_scheduled: AtomicBool,
+    max_pending: usize,
+}
+
+/// What the writer gets from [`OutboundQueue::take`].
+pub enum Taken {
+    Data,
+    Closed,
+}
+
+impl OutboundQueue {
+    pub fn new(max_pending: usize) -> Self {
+        OutboundQueue {
+            state: Mutex::new(State::default()),
+            writer: AtomicWaker::new(),
+            wake_scheduled: AtomicBool::new(false),
+            max_pending,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the buffer inconsistent in a
+        // way that matters more than losing the connection; keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends what `write` produces, if it fits in the bound (`len` is its size).
+    /// Returns whether the caller must schedule a wake of the writer.
+    pub fn push(&self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<bool, PushError> {
+        {
+            let mut state = self.lock();
+            if state.closed || state.slow {
+                return Err(PushError::Closed);
+            }
+            if state.buf.len() + state.in_flight + len > self.max_pending {
+                state.slow = true;
+                drop(state);
+                self.writer.wake();
+                return Err(PushError::SlowConsumer);
+            }
+            write(&mut state.buf);
+        }
+        Ok(!self.wake_scheduled.swap(true, Ordering::AcqRel))
+    }
+
+    /// Appends a frame produced by the connection itself (replies, errors, INFO);
+    /// these are never refused for the bound, only when closed.
+    pub fn push_control(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<bool, PushError> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(PushError::Closed);
+            }
+            write(&mut state.buf);
+        }
+        Ok(!self.wake_scheduled.swap(true, Ordering::AcqRel))
+    }
+
+    /// Wakes the writer now.
+    pub fn wake(&self) {
+        self.writer.wake();
+    }
+
+    /// No more appends; the writer drains what is queued and stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.writer.wake();
+    }
+
+    pub fn is_slow(&self) -> bool {
+        self.lock().slow
+    }
+
+    /// Bytes queued and in flight.
+    pub fn pending(&self) -> usize {
+        let state = self.lock();
+        state.buf.len() + state.in_flight
+    }
+
+    /// Waits for queued bytes and swaps them into `spare` (which must be empty).
+    /// After `Closed`, the queue is drained and the writer should stop.
+    pub async fn take(&self, spare: &mut Vec<u8>) -> Taken {
+        std::future::poll_fn(|cx| {
+            if let Some(taken) = self.try_take(spare) {
+                return Poll::Ready(taken);
+            }
+            self.writer.register(cx.waker());
+            match self.try_take(spare) {
+                Some(taken) => Poll::Ready(taken),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn try_take(&self, spare: &mut Vec<u8>) -> Option<Taken> {
+        let mut state = self.lock();
+        state.in_flight = 0;
+        if state.slow {
+            // A slow consumer's backlog is dropped, not written.
+            state.buf = Vec::new();
+            return Some(Taken::Closed);
+        }
+        if !state.buf.is_empty() {
+            std::mem::swap(&mut state.buf, spare);
+            state.in_flight = spare.len();
+            drop(state);
+            self.wake_scheduled.store(false, Ordering::Release);
+            return Some(Taken::Data);
+        }
+        if state.closed {
+            return Some(Taken::Closed);
+        }
+        None
+    }
+
+    /// Returns a large idle buffer's memory (after a burst) to the allocator.
+    pub fn shrink_idle(&self, keep: usize) {
+        let mut state = self.lock();
+        if state.buf.is_empty() && state.buf.capacity() > keep {
+            state.buf = Vec::new();
+        }
+    }
+}
+
+/// The queues a publisher touched during one read batch, woken once at its end.
+#[derive(Default)]
+pub struct FlushSet {
+    queues: Vec<Arc<dyn Wake + Send + Sync>>,
+}
+
+/// Something with an outbound queue to wake.
+pub trait Wake {
+    fn wake_writer(&self);
+}
+
+impl FlushSet {
+    pub fn add(&mut self, target: Arc<dyn Wake + Send + Sync>) {
+        self.queues.push(target);
+    }
+
+    pub fn flush(&mut self) {
+        for q in self.queues.drain(..) {
+            q.wake_writer();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_in_bytes_and_marks_slow() {
+        let q = OutboundQueue::new(10);
+        assert_eq!(q.push(6, |b| b.extend_from_slice(b"abcdef")), Ok(true));
+        assert_eq!(q.push(2, |b| b.extend_from_slice(b"gh")), Ok(false));
+        assert_eq!(q.push(3, |b| b.extend_from_slice(b"ijk")), Err(PushError::SlowConsumer));
+        assert!(q.is_slow());
+        assert_eq!(q.push(1, |b| b.push(b'x')), Err(PushError::Closed));
+        assert_eq!(q.pending(), 8);
+        let mut spare = Vec::new();
+        assert!(matches!(futures_lite::future::block_on(q.take(&mut spare)), Taken::Closed));
+        assert!(spare.is_empty());
+    }
+
+    #[test]
+    fn in_flight_bytes_count_against_the_bound() {
+        let q = OutboundQueue::new(10);
+        q.push(8, |b| b.extend_from_slice(b"12345678")).unwrap();
+        let mut spare = Vec::new();
+        assert!(q.try_take(&mut spare).is_some());
+        // The writer has not finished: 8 bytes are still pending.
+        assert_eq!(q.push(3, |b| b.extend_from_slice(b"abc")), Err(PushError::SlowConsumer));
+    }
+}

@@ -1,0 +1,110 @@
+//! The async runtime, decided in this one file: smol's executor and reactor.
+//!
+//! A node owns its executor and the threads that run it, so several nodes can live in
+//! one process (tests, embedders) and shutting a node down stops exactly its tasks.
+//! Everything else in `actors/` spawns, sleeps and opens sockets through this module.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_executor::Executor;
+
+pub use async_executor::Task;
+pub use async_net::{TcpListener, TcpStream};
+
+/// A handle that spawns tasks on a node's executor.
+#[derive(Clone)]
+pub struct Spawner {
+    executor: Arc<Executor<'static>>,
+}
+
+impl Spawner {
+    pub fn spawn<F>(&self, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.executor.spawn(future)
+    }
+}
+
+/// The executor threads of one node.
+pub struct Runtime {
+    spawner: Spawner,
+    stop: async_channel::Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Starts `threads` executor threads (at least one) named after the node.
+    pub fn start(threads: usize, name: &str) -> io::Result<Runtime> {
+        let executor = Arc::new(Executor::new());
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let executor = executor.clone();
+            let stopped = stopped.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    // Closing the channel ends every thread's `run`.
+                    let _ = async_io::block_on(executor.run(stopped.recv()));
+                })?;
+            handles.push(handle);
+        }
+        Ok(Runtime {
+            spawner: Spawner { executor },
+            stop,
+            threads: handles,
+        })
+    }
+
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
+    }
+
+    /// Runs a future to completion on the calling thread (which also drives I/O).
+    pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        async_io::block_on(future)
+    }
+
+    /// Stops the executor threads; tasks still pending are dropped with the executor.
+    pub fn stop(mut self) {
+        self.stop.close();
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The number of executor threads a node uses by default: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+pub async fn sleep(d: Duration) {
+    async_io::Timer::after(d).await;
+}
+
+/// A timer that fires every `period`, starting one period from now.
+pub fn interval(period: Duration) -> async_io::Timer {
+    async_io::Timer::interval(period)
+}
+
+/// Runs `future` for at most `limit`; `None` when the limit came first.
+pub async fn timeout<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        sleep(limit).await;
+        None
+    })
+    .await
+}

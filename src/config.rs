@@ -1,0 +1,353 @@
+//! The node's configuration: the TOML file, its defaults and its validation.
+//!
+//! Everything a user can write in `node.toml` is declared here, with the reference's
+//! defaults. Sizes are written the human way (`"1MiB"`, `"64MB"`, or a plain integer
+//! of bytes) and durations too (`"2m"`, `"500ms"`, or a plain integer of seconds).
+//! Unknown keys and bad values are errors that name the file, the key and the problem.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// A size in bytes, written as an integer or as `"1MiB"`, `"64MB"`, `"4KiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub const fn kib(n: u64) -> Size {
+        Size(n * 1024)
+    }
+    pub const fn mib(n: u64) -> Size {
+        Size(n * 1024 * 1024)
+    }
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(Size)
+                .map_err(|_| serde::de::Error::custom("a size cannot be negative")),
+            Raw::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.0))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {s:?} ({e}); write e.g. \"1MiB\", \"512KB\" or a number of bytes"
+                    ))
+                }),
+        }
+    }
+}
+
+/// A duration, written as an integer of seconds or as `"2m"`, `"10s"`, `"250ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(|s| Dur(Duration::from_secs(s)))
+                .map_err(|_| serde::de::Error::custom("a duration cannot be negative")),
+            Raw::Text(s) => humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"2m\", \"10s\" or \"250ms\""
+                ))
+            }),
+        }
+    }
+}
+
+/// Log verbosity; `RUST_LOG` overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// `[jetstream]`: reserved here, served by the JetStream layer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    pub enabled: bool,
+    /// Where the redb store lives; relative paths are taken from the working directory.
+    pub store_dir: PathBuf,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            enabled: true,
+            store_dir: PathBuf::from("./data/jetstream"),
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Shown to clients in INFO; a random id when absent.
+    pub server_name: Option<String>,
+    /// Client listener, `host:port` (port 0 picks a free port).
+    pub listen: String,
+    pub max_payload: Size,
+    pub max_control_line: Size,
+    pub max_connections: usize,
+    /// Per-connection subscription limit; 0 is unlimited.
+    pub max_subscriptions: usize,
+    /// Outbound bytes queued for one client before it is a slow consumer.
+    pub max_pending: Size,
+    pub ping_interval: Dur,
+    pub max_pings_out: u32,
+    /// A write to a client that takes longer than this makes it a slow consumer.
+    pub write_deadline: Dur,
+    /// Lame duck: time over which connections are closed after the grace period.
+    pub lame_duck_duration: Dur,
+    /// Lame duck: time clients get to leave on their own before being closed.
+    pub lame_duck_grace_period: Dur,
+    pub log_level: LogLevel,
+    pub jetstream: JetStreamConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: None,
+            listen: "127.0.0.1:4222".into(),
+            max_payload: Size::mib(1),
+            max_control_line: Size::kib(4),
+            max_connections: 64 * 1024,
+            max_subscriptions: 0,
+            max_pending: Size::mib(64),
+            ping_interval: Dur(Duration::from_secs(120)),
+            max_pings_out: 2,
+            write_deadline: Dur(Duration::from_secs(10)),
+            lame_duck_duration: Dur(Duration::from_secs(120)),
+            lame_duck_grace_period: Dur(Duration::from_secs(10)),
+            log_level: LogLevel::Info,
+            jetstream: JetStreamConfig::default(),
+        }
+    }
+}
+
+/// The largest payload the reference allows to be configured.
+pub const MAX_PAYLOAD_LIMIT: Size = Size::mib(64);
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_err(e.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim_end();
+            if key == "." || key.is_empty() {
+                parse_err(inner.to_string())
+            } else {
+                parse_err(format!("key `{key}`: {inner}"))
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        self.listen_addr()
+            .map_err(|reason| invalid("listen", reason))?;
+        if self.max_payload.0 == 0 {
+            return Err(invalid("max_payload", "must be more than 0".into()));
+        }
+        if self.max_payload > MAX_PAYLOAD_LIMIT {
+            return Err(invalid(
+                "max_payload",
+                format!("{} is over the limit of {MAX_PAYLOAD_LIMIT}", self.max_payload),
+            ));
+        }
+        if self.max_payload > self.max_pending {
+            return Err(invalid(
+                "max_payload",
+                format!(
+                    "{} is larger than max_pending ({}); a client could never receive such a message",
+                    self.max_payload, self.max_pending
+                ),
+            ));
+        }
+        if self.max_control_line.0 < 32 {
+            return Err(invalid(
+                "max_control_line",
+                format!("{} is too small (at least 32 bytes)", self.max_control_line),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be more than 0".into()));
+        }
+        if self.ping_interval.0.is_zero() {
+            return Err(invalid("ping_interval", "must be more than 0".into()));
+        }
+        if self.write_deadline.0.is_zero() {
+            return Err(invalid("write_deadline", "must be more than 0".into()));
+        }
+        if let Some(name) = &self.server_name {
+            if name.is_empty() || name.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "server_name",
+                    format!("{name:?} must be non-empty and without spaces"),
+                ));
+            }
+        }
+        if self.jetstream.enabled && self.jetstream.store_dir.as_os_str().is_empty() {
+            return Err(invalid("jetstream.store_dir", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The client listen address as a socket address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{:?} is not an address with a port, like \"127.0.0.1:4222\" or \"[::1]:4222\"",
+                self.listen
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn defaults_are_the_reference_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.max_payload, Size(1024 * 1024));
+        assert_eq!(c.max_control_line, Size(4096));
+        assert_eq!(c.max_pending, Size(64 * 1024 * 1024));
+        assert_eq!(c.ping_interval.0, Duration::from_secs(120));
+        assert_eq!(c.max_pings_out, 2);
+    }
+
+    #[test]
+    fn human_sizes_and_durations() {
+        let c = parse(
+            "max_payload = \"2MiB\"\nmax_control_line = 8192\nping_interval = \"1m30s\"\nwrite_deadline = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_payload, Size(2 * 1024 * 1024));
+        assert_eq!(c.max_control_line, Size(8192));
+        assert_eq!(c.ping_interval.0, Duration::from_secs(90));
+        assert_eq!(c.write_deadline.0, Duration::from_secs(5));
+        assert_eq!(parse("max_payload = \"1MB\"").unwrap().max_payload, Size(1_000_000));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let e = parse("max_payload = \"1XB\"").unwrap_err().to_string();
+        assert!(e.starts_with("node.toml: key `max_payload`"), "{e}");
+        assert!(e.contains("1XB"), "{e}");
+        let e = parse("max_paylod = 5").unwrap_err().to_string();
+        assert!(e.contains("node.toml") && e.contains("max_paylod"), "{e}");
+        let e = parse("[jetstream]\nstore = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("store"), "{e}");
+        let e = parse("listen = \"localhost\"").unwrap_err().to_string();
+        assert!(e.contains("key `listen`"), "{e}");
+        let e = parse("max_payload = \"100MiB\"").unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
+        let e = parse("ping_interval = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("key `ping_interval`") && e.contains("soon"), "{e}");
+        let e = parse("log_level = \"loud\"").unwrap_err().to_string();
+        assert!(e.contains("key `log_level`"), "{e}");
+        let e = parse("max_connections = -1").unwrap_err().to_string();
+        assert!(e.contains("max_connections"), "{e}");
+    }
+}

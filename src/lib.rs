@@ -1,0 +1,17 @@
+//! meshbroker: a broker node that speaks the NATS protocol.
+//!
+//! `src/` holds what the broker knows, free of sockets, tasks and clocks: the protocol,
+//! subjects and the subject index, the configuration. `actors/` (the module
+//! [`actors`]) drives it with real sockets, timers and mailboxes. Programs that embed a
+//! node use [`Node`].
+
+pub mod config;
+pub mod proto;
+pub mod subject;
+pub mod subject_index;
+
+#[path = "../actors/mod.rs"]
+pub mod actors;
+
+pub use actors::node::{Node, NodeError};
+pub use config::Config;

@@ -1,0 +1,81 @@
+//! The `meshbroker` command: run a node from a config file, check a config, or run
+//! the benchmark client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use meshbroker::{actors, Config, Node};
+
+/// meshbroker: a broker node that speaks the NATS protocol.
+#[derive(FromArgs)]
+struct Cli {
+    /// the node's config file (TOML)
+    #[argh(option)]
+    conf: Option<PathBuf>,
+    /// validate the config file and exit (0 when valid, 1 otherwise)
+    #[argh(switch)]
+    check: bool,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+    #[argh(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Subcommand {
+    Bench(actors::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    if cli.version {
+        println!("meshbroker {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Subcommand::Bench(args)) = cli.command {
+        return match actors::bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meshbroker bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(path) = cli.conf else {
+        eprintln!("meshbroker: --conf FILE is required (try conf/node.toml); see --help");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("meshbroker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("{}: configuration is valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(config.log_level.as_filter().as_str()),
+    )
+    .format_timestamp_millis()
+    .init();
+    let node = match Node::start(config) {
+        Ok(node) => node,
+        Err(e) => {
+            log::error!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match actors::signals::run_until_signalled(node) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("cannot wait for signals: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

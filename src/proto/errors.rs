@@ -1,0 +1,121 @@
+//! Every error a client can see on the wire, in one table.
+//!
+//! The strings and whether the connection is closed after them are the reference
+//! server's (nats-server 2.15, checked by `tests/differential.rs`). Some violations are
+//! closed by the reference without any `-ERR`; those have no wire text here.
+
+/// A violation found by the parser itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("unknown protocol operation")]
+    UnknownOp,
+    #[error("maximum control line exceeded")]
+    MaxControlLine,
+    #[error("maximum payload exceeded")]
+    MaxPayload,
+    /// Known operation, malformed arguments: the reference closes without a word.
+    #[error("malformed arguments for {0}")]
+    BadArgs(&'static str),
+}
+
+impl ProtoError {
+    pub fn wire(&self) -> WireError {
+        match self {
+            ProtoError::UnknownOp => WireError::UnknownProtocolOperation,
+            ProtoError::MaxControlLine => WireError::MaxControlLineExceeded,
+            ProtoError::MaxPayload => WireError::MaxPayloadViolation,
+            ProtoError::BadArgs(_) => WireError::ProtocolViolation,
+        }
+    }
+}
+
+/// What the server tells a client before (maybe) closing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    UnknownProtocolOperation,
+    MaxControlLineExceeded,
+    MaxPayloadViolation,
+    /// Malformed arguments, bad CONNECT JSON, HPUB without headers: closed silently.
+    ProtocolViolation,
+    InvalidSubject,
+    InvalidPublishSubject,
+    StaleConnection,
+    SlowConsumer,
+    MaxConnectionsExceeded,
+    AuthenticationTimeout,
+    AuthorizationViolation,
+    NoRespondersRequiresHeaders,
+    InvalidClientProtocol,
+    MaxSubscriptionsExceeded,
+    /// The node is shutting down; the reference closes without a word.
+    ServerShutdown,
+}
+
+impl WireError {
+    /// The text inside `-ERR '…'`, or `None` when the reference sends no `-ERR`.
+    pub fn text(self) -> Option<&'static str> {
+        use WireError::*;
+        Some(match self {
+            UnknownProtocolOperation => "Unknown Protocol Operation",
+            MaxControlLineExceeded => "maximum control line exceeded",
+            MaxPayloadViolation => "Maximum Payload Violation",
+            InvalidSubject => "Invalid Subject",
+            InvalidPublishSubject => "Invalid Publish Subject",
+            StaleConnection => "Stale Connection",
+            SlowConsumer => return None,
+            MaxConnectionsExceeded => "maximum connections exceeded",
+            AuthenticationTimeout => "Authentication Timeout",
+            AuthorizationViolation => "Authorization Violation",
+            NoRespondersRequiresHeaders => "no responders requires headers support",
+            InvalidClientProtocol => "invalid client protocol",
+            MaxSubscriptionsExceeded => "maximum subscriptions exceeded",
+            ProtocolViolation | ServerShutdown => return None,
+        })
+    }
+
+    /// Does the connection close after this error?
+    pub fn closes(self) -> bool {
+        use WireError::*;
+        !matches!(
+            self,
+            InvalidSubject | InvalidPublishSubject | MaxSubscriptionsExceeded
+        )
+    }
+
+    /// The reason recorded for a closed connection (logs, and later the monitor).
+    pub fn reason(self) -> &'static str {
+        use WireError::*;
+        match self {
+            UnknownProtocolOperation | ProtocolViolation | InvalidSubject
+            | InvalidPublishSubject | InvalidClientProtocol | NoRespondersRequiresHeaders => {
+                "Protocol Violation"
+            }
+            MaxControlLineExceeded => "Maximum Control Line Exceeded",
+            MaxPayloadViolation => "Maximum Payload Exceeded",
+            StaleConnection => "Stale Connection",
+            SlowConsumer => "Slow Consumer (Pending Bytes)",
+            MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            AuthenticationTimeout => "Authentication Timeout",
+            AuthorizationViolation => "Authorization Violation",
+            MaxSubscriptionsExceeded => "Maximum Subscriptions Exceeded",
+            ServerShutdown => "Server Shutdown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_consistent() {
+        assert_eq!(
+            ProtoError::UnknownOp.wire().text(),
+            Some("Unknown Protocol Operation")
+        );
+        assert!(ProtoError::BadArgs("SUB").wire().closes());
+        assert!(ProtoError::BadArgs("SUB").wire().text().is_none());
+        assert!(!WireError::InvalidSubject.closes());
+        assert!(WireError::StaleConnection.closes());
+    }
+}
