@@ -71,17 +71,14 @@ struct Measure {
 }
 
 pub fn run(args: BenchArgs) -> BenchResult<()> {
-    let targets: Vec<(String, String, Option<u32>)> = std::iter::once((
-        args.name.clone(),
-        args.url.clone(),
-        args.pid,
-    ))
-    .chain(
-        args.compare_url
-            .clone()
-            .map(|u| (args.compare_name.clone(), u, args.compare_pid)),
-    )
-    .collect();
+    let targets: Vec<(String, String, Option<u32>)> =
+        std::iter::once((args.name.clone(), args.url.clone(), args.pid))
+            .chain(
+                args.compare_url
+                    .clone()
+                    .map(|u| (args.compare_name.clone(), u, args.compare_pid)),
+            )
+            .collect();
     println!(
         "{:<34} {:>16} {:>16} {:>8}",
         "scenario",
@@ -89,7 +86,12 @@ pub fn run(args: BenchArgs) -> BenchResult<()> {
         targets.get(1).map_or("", |t| t.0.as_str()),
         "ratio"
     );
-    for scenario in args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for scenario in args
+        .scenarios
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let mut rows: Vec<Vec<(String, Measure)>> = Vec::new();
         for (_, url, pid) in &targets {
             let addr = url_to_addr(url)?;
@@ -167,21 +169,36 @@ fn run_scenario(
         higher_is_better: false,
     };
     Ok(match scenario {
-        "pub16" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 16, 0, false)?))],
-        "pub128" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 128, 0, false)?))],
-        "pubsub1" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 128, 1, false)?))],
+        "pub16" => vec![(
+            "msgs/s".into(),
+            throughput(pub_sub(addr, args.msgs, 16, 0, false)?),
+        )],
+        "pub128" => vec![(
+            "msgs/s".into(),
+            throughput(pub_sub(addr, args.msgs, 128, 0, false)?),
+        )],
+        "pubsub1" => vec![(
+            "msgs/s".into(),
+            throughput(pub_sub(addr, args.msgs, 128, 1, false)?),
+        )],
         "pubsub4" => vec![(
             "msgs/s delivered".into(),
             throughput(pub_sub(addr, args.msgs / 2, 128, 4, false)? * 4.0),
         )],
-        "queue4" => vec![("msgs/s".into(), throughput(pub_sub(addr, args.msgs, 128, 4, true)?))],
+        "queue4" => vec![(
+            "msgs/s".into(),
+            throughput(pub_sub(addr, args.msgs, 128, 4, true)?),
+        )],
         "reqrep" => {
             let (p50, p99) = req_rep(addr, args.requests)?;
             vec![("p50 us".into(), lower(p50)), ("p99 us".into(), lower(p99))]
         }
         "idle" => {
             let pid = pid.ok_or("the idle scenario needs --pid (and --compare-pid)")?;
-            vec![("bytes/conn".into(), lower(idle_memory(addr, args.conns, pid)?))]
+            vec![(
+                "bytes/conn".into(),
+                lower(idle_memory(addr, args.conns, pid)?),
+            )]
         }
         other => return Err(format!("unknown scenario {other:?}")),
     })
@@ -423,7 +440,9 @@ fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
             if let Incoming::Msg { reply: Some(reply) } = reader.next()? {
                 out.clear();
                 encode::write_pub(&mut out, &reply, None, None, b"pong");
-                responder_writer.write_all(&out).map_err(|e| e.to_string())?;
+                responder_writer
+                    .write_all(&out)
+                    .map_err(|e| e.to_string())?;
             }
         }
     });
@@ -439,7 +458,13 @@ fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
     for i in 0..requests {
         out.clear();
         let reply = format!("{inbox}.{i}");
-        encode::write_pub(&mut out, subject.as_bytes(), Some(reply.as_bytes()), None, b"ping");
+        encode::write_pub(
+            &mut out,
+            subject.as_bytes(),
+            Some(reply.as_bytes()),
+            None,
+            b"ping",
+        );
         let start = Instant::now();
         requester.write_all(&out).map_err(|e| e.to_string())?;
         loop {

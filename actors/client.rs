@@ -267,8 +267,7 @@ impl ReadBuf {
 
     /// Gives memory back once the buffer is empty and the last read was small.
     fn maybe_shrink(&mut self, last_read: usize) {
-        if self.start == self.end && self.buf.len() > READ_MIN && last_read < self.buf.len() / 4
-        {
+        if self.start == self.end && self.buf.len() > READ_MIN && last_read < self.buf.len() / 4 {
             self.buf = vec![0; (self.buf.len() / 2).max(READ_MIN)];
             self.start = 0;
             self.end = 0;
@@ -393,11 +392,7 @@ impl Client {
         }
     }
 
-    async fn run(
-        &mut self,
-        stream: TcpStream,
-        control: async_channel::Receiver<Control>,
-    ) -> Ended {
+    async fn run(&mut self, stream: TcpStream, control: async_channel::Receiver<Control>) -> Ended {
         let mut stream = stream;
         log::debug!("client {} connected from {}", self.id(), self.peer);
         self.send_info(false);
@@ -437,7 +432,11 @@ impl Client {
                     Control::Close(e) => return Ended::Error(e),
                     Control::WriteFailed => return Ended::ReadError,
                     Control::AutoUnsubscribed(sub) => {
-                        if self.subs.get(&sub.sid).is_some_and(|s| Arc::ptr_eq(s, &sub)) {
+                        if self
+                            .subs
+                            .get(&sub.sid)
+                            .is_some_and(|s| Arc::ptr_eq(s, &sub))
+                        {
                             self.remove_sub(&sub.sid.clone());
                             self.end_batch();
                         }
@@ -450,8 +449,11 @@ impl Client {
                     }
                 },
                 Event::Tick => {
+                    // Activity within the interval makes a PING unnecessary (as in the
+                    // reference); the slack keeps a CONNECT that arrived just after the
+                    // timer started from delaying the first PING by a whole interval.
                     let interval = self.ctx.config.ping_interval.0;
-                    if runtime::now().duration_since(self.last_in) < interval {
+                    if runtime::now().duration_since(self.last_in) < interval.mul_f64(0.9) {
                         continue;
                     }
                     if self.pings_out + 1 > self.ctx.config.max_pings_out {
@@ -530,9 +532,14 @@ impl Client {
                 }
                 self.in_msgs += 1;
                 self.in_bytes += data.len() as u64;
-                if self.opts.pedantic && !subject::is_valid_literal_subject(subject) {
+                // The reference answers +OK before delivering (a verbose client sees
+                // +OK ahead of its own echoed message), after a pedantic -ERR.
+                let valid = !self.opts.pedantic || subject::is_valid_literal_subject(subject);
+                if !valid {
                     self.send_err(WireError::InvalidPublishSubject);
-                } else {
+                }
+                self.ok();
+                if valid {
                     self.sync_subscriptions().await;
                     self.publish(&Message {
                         subject,
@@ -541,7 +548,6 @@ impl Client {
                         data,
                     });
                 }
-                self.ok();
             }
             Op::Sub {
                 subject,
@@ -588,8 +594,9 @@ impl Client {
             opts.lang.as_deref().unwrap_or(""),
             opts.version.as_deref().unwrap_or("")
         );
+        // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
+        self.connect_info_due = opts.protocol >= 1;
         self.opts = opts;
-        self.connect_info_due = true;
         self.ok();
         Ok(())
     }
@@ -716,7 +723,10 @@ impl Client {
         };
         if let Ended::Error(e) = ended {
             if e == WireError::SlowConsumer {
-                self.ctx.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.ctx
+                    .stats
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
             }
             self.send_err(e);
         }

@@ -149,7 +149,12 @@ async fn close_spread(
 
 /// Answers a connection over the limit the way the reference does: INFO, then the
 /// error, then close.
-async fn refuse(ctx: Arc<ServerContext>, mut stream: TcpStream, peer: std::net::SocketAddr, id: u64) {
+async fn refuse(
+    ctx: Arc<ServerContext>,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    id: u64,
+) {
     let mut buf = Vec::new();
     encode::write_info(&mut buf, &ctx.info_for(id, peer.ip()));
     if let Some(text) = WireError::MaxConnectionsExceeded.text() {

@@ -99,9 +99,12 @@ impl Node {
             .map_err(|source| NodeError::Listen { addr, source })?;
 
         let server_id = new_server_id();
-        let server_name = config.server_name.clone().unwrap_or_else(|| server_id.clone());
-        let rt = Runtime::start(runtime::default_threads(), "meshbroker")
-            .map_err(NodeError::Runtime)?;
+        let server_name = config
+            .server_name
+            .clone()
+            .unwrap_or_else(|| server_id.clone());
+        let rt =
+            Runtime::start(runtime::default_threads(), "meshbroker").map_err(NodeError::Runtime)?;
         let spawner = rt.spawner();
         let global = Account::start("$G", &spawner);
         let ctx = Arc::new(ServerContext {

@@ -63,7 +63,9 @@ impl OutboundQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the buffer inconsistent in a
         // way that matters more than losing the connection; keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends what `write` produces, if it fits in the bound (`len` is its size).
@@ -197,12 +199,18 @@ mod tests {
         let q = OutboundQueue::new(10);
         assert_eq!(q.push(6, |b| b.extend_from_slice(b"abcdef")), Ok(true));
         assert_eq!(q.push(2, |b| b.extend_from_slice(b"gh")), Ok(false));
-        assert_eq!(q.push(3, |b| b.extend_from_slice(b"ijk")), Err(PushError::SlowConsumer));
+        assert_eq!(
+            q.push(3, |b| b.extend_from_slice(b"ijk")),
+            Err(PushError::SlowConsumer)
+        );
         assert!(q.is_slow());
         assert_eq!(q.push(1, |b| b.push(b'x')), Err(PushError::Closed));
         assert_eq!(q.pending(), 8);
         let mut spare = Vec::new();
-        assert!(matches!(futures_lite::future::block_on(q.take(&mut spare)), Taken::Closed));
+        assert!(matches!(
+            futures_lite::future::block_on(q.take(&mut spare)),
+            Taken::Closed
+        ));
         assert!(spare.is_empty());
     }
 
@@ -213,6 +221,9 @@ mod tests {
         let mut spare = Vec::new();
         assert!(q.try_take(&mut spare).is_some());
         // The writer has not finished: 8 bytes are still pending.
-        assert_eq!(q.push(3, |b| b.extend_from_slice(b"abc")), Err(PushError::SlowConsumer));
+        assert_eq!(
+            q.push(3, |b| b.extend_from_slice(b"abc")),
+            Err(PushError::SlowConsumer)
+        );
     }
 }

@@ -247,7 +247,10 @@ impl Config {
         if self.max_payload > MAX_PAYLOAD_LIMIT {
             return Err(invalid(
                 "max_payload",
-                format!("{} is over the limit of {MAX_PAYLOAD_LIMIT}", self.max_payload),
+                format!(
+                    "{} is over the limit of {MAX_PAYLOAD_LIMIT}",
+                    self.max_payload
+                ),
             ));
         }
         if self.max_payload > self.max_pending {
@@ -327,7 +330,10 @@ mod tests {
         assert_eq!(c.max_control_line, Size(8192));
         assert_eq!(c.ping_interval.0, Duration::from_secs(90));
         assert_eq!(c.write_deadline.0, Duration::from_secs(5));
-        assert_eq!(parse("max_payload = \"1MB\"").unwrap().max_payload, Size(1_000_000));
+        assert_eq!(
+            parse("max_payload = \"1MB\"").unwrap().max_payload,
+            Size(1_000_000)
+        );
     }
 
     #[test]
@@ -344,7 +350,10 @@ mod tests {
         let e = parse("max_payload = \"100MiB\"").unwrap_err().to_string();
         assert!(e.contains("over the limit"), "{e}");
         let e = parse("ping_interval = \"soon\"").unwrap_err().to_string();
-        assert!(e.contains("key `ping_interval`") && e.contains("soon"), "{e}");
+        assert!(
+            e.contains("key `ping_interval`") && e.contains("soon"),
+            "{e}"
+        );
         let e = parse("log_level = \"loud\"").unwrap_err().to_string();
         assert!(e.contains("key `log_level`"), "{e}");
         let e = parse("max_connections = -1").unwrap_err().to_string();

@@ -401,7 +401,10 @@ mod tests {
         assert_eq!(idx.remove(b"a.x", None, &1), Err(IndexError::NotFound));
         idx.remove(b"a.b.c", None, &1).unwrap();
         assert!(idx.root.is_empty());
-        assert_eq!(idx.insert(b"a..b", None, 1), Err(IndexError::InvalidSubject));
+        assert_eq!(
+            idx.insert(b"a..b", None, 1),
+            Err(IndexError::InvalidSubject)
+        );
     }
 
     #[test]
@@ -440,6 +443,27 @@ mod tests {
                 .map(|(_, id)| *id)
                 .collect();
             assert_eq!(sorted(idx.matches(&p).plain), sorted(expect));
+        }
+    }
+}
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    #[test]
+    fn dbg_wild() {
+        let mut idx = SubjectIndex::new();
+        idx.insert(b"orders.*.created", None, 1).unwrap();
+        idx.insert(b"orders.>", None, 2).unwrap();
+        idx.insert(b">", None, 3).unwrap();
+        for s in [
+            "orders.eu.created",
+            "orders.eu.deleted",
+            "orders",
+            "orders.a.b.c",
+        ] {
+            let mut m = idx.matches(s.as_bytes()).plain;
+            m.sort();
+            println!("{s}: {m:?}");
         }
     }
 }

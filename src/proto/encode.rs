@@ -122,7 +122,14 @@ mod tests {
     fn msg_frames_round_trip_through_the_parser() {
         let p = Parser::new(4096, 1 << 20);
         let mut buf = Vec::new();
-        write_msg(&mut buf, b"foo.bar", b"7", Some(b"_INBOX.x"), None, b"hello");
+        write_msg(
+            &mut buf,
+            b"foo.bar",
+            b"7",
+            Some(b"_INBOX.x"),
+            None,
+            b"hello",
+        );
         assert_eq!(buf, b"MSG foo.bar 7 _INBOX.x 5\r\nhello\r\n");
         let Parsed::Op(op, n) = p.parse(&buf).unwrap() else {
             panic!("incomplete")

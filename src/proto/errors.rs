@@ -86,10 +86,12 @@ impl WireError {
     pub fn reason(self) -> &'static str {
         use WireError::*;
         match self {
-            UnknownProtocolOperation | ProtocolViolation | InvalidSubject
-            | InvalidPublishSubject | InvalidClientProtocol | NoRespondersRequiresHeaders => {
-                "Protocol Violation"
-            }
+            UnknownProtocolOperation
+            | ProtocolViolation
+            | InvalidSubject
+            | InvalidPublishSubject
+            | InvalidClientProtocol
+            | NoRespondersRequiresHeaders => "Protocol Violation",
             MaxControlLineExceeded => "Maximum Control Line Exceeded",
             MaxPayloadViolation => "Maximum Payload Exceeded",
             StaleConnection => "Stale Connection",

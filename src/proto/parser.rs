@@ -125,7 +125,10 @@ impl Parser {
                 let args = Args::split(require(rest)?)?;
                 let (sid, max) = match args.as_slice() {
                     [sid] => (*sid, None),
-                    [sid, max] => (*sid, Some(parse_u64(max).ok_or(ProtoError::BadArgs("UNSUB"))?)),
+                    [sid, max] => (
+                        *sid,
+                        Some(parse_u64(max).ok_or(ProtoError::BadArgs("UNSUB"))?),
+                    ),
                     _ => return Err(ProtoError::BadArgs("UNSUB")),
                 };
                 Ok(Parsed::Op(Op::Unsub { sid, max }, line_end))
@@ -354,11 +357,7 @@ fn split_sizes<'a>(
 
 /// The payload after a control line, if all of it (and its CRLF) has arrived.
 #[allow(clippy::type_complexity)]
-fn payload(
-    buf: &[u8],
-    start: usize,
-    len: usize,
-) -> Result<Option<(&[u8], usize)>, ProtoError> {
+fn payload(buf: &[u8], start: usize, len: usize) -> Result<Option<(&[u8], usize)>, ProtoError> {
     let end = start + len;
     if buf.len() < end + 2 {
         // Reject a wrong terminator as soon as its first byte is there.
@@ -413,7 +412,8 @@ mod tests {
         }
     }
 
-    const SCRIPT: &[u8] = b"CONNECT {\"verbose\":false}\r\nPING\r\npong\r\nSUB foo 1\r\nsub foo q 2\r\n\
+    const SCRIPT: &[u8] =
+        b"CONNECT {\"verbose\":false}\r\nPING\r\npong\r\nSUB foo 1\r\nsub foo q 2\r\n\
 UNSUB 1\r\nUNSUB 2 10\r\nPUB foo 5\r\nhello\r\nPUB foo bar 0\r\n\r\n\
 HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\nHPUB foo r 12 12\r\nNATS/1.0\r\n\r\n\r\n\
 MSG foo 1 2\r\nhi\r\nMSG foo 1 r 2\r\nhi\r\nHMSG foo 1 r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n\
@@ -425,7 +425,8 @@ MSG foo 1 2\r\nhi\r\nMSG foo 1 r 2\r\nhi\r\nHMSG foo 1 r 12 14\r\nNATS/1.0\r\n\r
         assert_eq!(ops.len(), 19, "{ops:#?}");
         let p = parser();
         assert_eq!(
-            p.parse(b"HPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n").unwrap(),
+            p.parse(b"HPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n")
+                .unwrap(),
             Parsed::Op(
                 Op::Pub {
                     subject: b"foo",

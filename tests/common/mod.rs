@@ -1,0 +1,171 @@
+//! Helpers shared by the integration tests: start nodes, talk raw protocol.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use meshbroker::{Config, Node};
+
+/// A config for a test node: loopback, a free port, small timeouts.
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    }
+}
+
+/// Starts an in-process node.
+pub fn start(config: Config) -> Node {
+    let _ = env_logger::builder().is_test(true).try_init();
+    Node::start(config).expect("node starts")
+}
+
+/// A raw protocol connection for exact byte-level checks.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub received: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).ok();
+        let mut raw = Raw {
+            stream,
+            received: Vec::new(),
+        };
+        raw.read_until(b"\r\n", Duration::from_secs(5));
+        assert!(
+            raw.received.starts_with(b"INFO {"),
+            "no INFO: {:?}",
+            raw.text()
+        );
+        raw.received.clear();
+        raw
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+
+    /// Reads until `needle` has been seen, the peer closes, or `limit` passes.
+    /// Returns whether the needle was seen.
+    pub fn read_until(&mut self, needle: &[u8], limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 65536];
+        loop {
+            if contains(&self.received, needle) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).ok();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return contains(&self.received, needle),
+                Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                Err(_) => return contains(&self.received, needle),
+            }
+        }
+    }
+
+    /// Reads until the peer closes (true) or `limit` passes (false).
+    pub fn read_to_close(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).ok();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The reference server binary: `$NATS_SERVER_BIN`, or `.bench/nats-server` as
+/// `scripts/install-reference.sh` leaves it.
+pub fn reference_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".bench/nats-server");
+    local.is_file().then_some(local)
+}
+
+/// The meshbroker binary cargo built for these tests.
+pub fn meshbroker_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshbroker"))
+}
+
+/// A free loopback port (bound and released; good enough for child processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process killed on drop.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Makes sure the server has processed everything `client` sent so far, subscriptions
+/// included. (`async_nats::Client::flush` only flushes the socket; a message to
+/// ourselves is a full round trip through the server.)
+pub async fn settle(client: &async_nats::Client) {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish(inbox, "settle".into())
+        .await
+        .expect("publish");
+    tokio::time::timeout(Duration::from_secs(10), probe.next())
+        .await
+        .expect("settle round trip")
+        .expect("settle message");
+}
