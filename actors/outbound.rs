@@ -11,7 +11,6 @@
 //! many frames, collects the queues it touched ([`FlushSet`]), and wakes each writer
 //! once at the end of its read batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -34,13 +33,15 @@ struct State {
     in_flight: usize,
     closed: bool,
     slow: bool,
+    /// Set by the first append after a take: that appender schedules the wake. Kept
+    /// under the lock with the buffer, so "data queued" and "a wake is due" never
+    /// disagree (a flag outside the lock can lose a wake-up).
+    wake_scheduled: bool,
 }
 
 pub struct OutboundQueue {
     state: Mutex<State>,
     writer: AtomicWaker,
-    /// Set by the first append after a take; tells that appender to schedule a wake.
-    wake_scheduled: AtomicBool,
     max_pending: usize,
 }
 
@@ -55,7 +56,6 @@ impl OutboundQueue {
         OutboundQueue {
             state: Mutex::new(State::default()),
             writer: AtomicWaker::new(),
-            wake_scheduled: AtomicBool::new(false),
             max_pending,
         }
     }
@@ -71,33 +71,29 @@ impl OutboundQueue {
     /// Appends what `write` produces, if it fits in the bound (`len` is its size).
     /// Returns whether the caller must schedule a wake of the writer.
     pub fn push(&self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<bool, PushError> {
-        {
-            let mut state = self.lock();
-            if state.closed || state.slow {
-                return Err(PushError::Closed);
-            }
-            if state.buf.len() + state.in_flight + len > self.max_pending {
-                state.slow = true;
-                drop(state);
-                self.writer.wake();
-                return Err(PushError::SlowConsumer);
-            }
-            write(&mut state.buf);
+        let mut state = self.lock();
+        if state.closed || state.slow {
+            return Err(PushError::Closed);
         }
-        Ok(!self.wake_scheduled.swap(true, Ordering::AcqRel))
+        if state.buf.len() + state.in_flight + len > self.max_pending {
+            state.slow = true;
+            drop(state);
+            self.writer.wake();
+            return Err(PushError::SlowConsumer);
+        }
+        write(&mut state.buf);
+        Ok(!std::mem::replace(&mut state.wake_scheduled, true))
     }
 
     /// Appends a frame produced by the connection itself (replies, errors, INFO);
     /// these are never refused for the bound, only when closed.
     pub fn push_control(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<bool, PushError> {
-        {
-            let mut state = self.lock();
-            if state.closed {
-                return Err(PushError::Closed);
-            }
-            write(&mut state.buf);
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
         }
-        Ok(!self.wake_scheduled.swap(true, Ordering::AcqRel))
+        write(&mut state.buf);
+        Ok(!std::mem::replace(&mut state.wake_scheduled, true))
     }
 
     /// Wakes the writer now.
@@ -148,8 +144,7 @@ impl OutboundQueue {
         if !state.buf.is_empty() {
             std::mem::swap(&mut state.buf, spare);
             state.in_flight = spare.len();
-            drop(state);
-            self.wake_scheduled.store(false, Ordering::Release);
+            state.wake_scheduled = false;
             return Some(Taken::Data);
         }
         if state.closed {

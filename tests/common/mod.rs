@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: start nodes, talk raw protocol.
 #![allow(dead_code)]
 
+pub mod scripts;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -42,7 +44,14 @@ impl Raw {
             "no INFO: {:?}",
             raw.text()
         );
-        raw.received.clear();
+        // Keep whatever followed the INFO line in the same read.
+        let end = raw
+            .received
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(0)
+            + 2;
+        raw.received.drain(..end);
         raw
     }
 
