@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
 use super::node::ServerContext;
-use super::outbound::{FlushSet, OutboundQueue, PushError, Taken, Wake};
+use super::outbound::{FlushSet, OutboundQueue, PushError, Wake};
 use super::router::{Account, Index, SubChange};
 use super::runtime::{self, TcpStream};
 use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
@@ -166,26 +166,21 @@ pub fn spawn(
 async fn write_loop(stream: TcpStream, shared: Arc<ClientShared>, deadline: Duration) {
     let mut stream = stream;
     let mut spare = Vec::new();
-    loop {
-        match shared.out.take(&mut spare).await {
-            Taken::Data => {
-                match runtime::timeout(deadline, stream.write_all(&spare)).await {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => {
-                        shared.tell(Control::WriteFailed);
-                        break;
-                    }
-                    None => {
-                        shared.tell(Control::Close(WireError::SlowConsumer));
-                        break;
-                    }
-                }
-                spare.clear();
-                if spare.capacity() > 64 * 1024 {
-                    spare = Vec::new();
-                }
+    while shared.out.take(&mut spare).await {
+        match runtime::timeout(deadline, stream.write_all(&spare)).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => {
+                shared.tell(Control::WriteFailed);
+                break;
             }
-            Taken::Closed => break,
+            None => {
+                shared.tell(Control::Close(WireError::SlowConsumer));
+                break;
+            }
+        }
+        spare.clear();
+        if spare.capacity() > 64 * 1024 {
+            spare = Vec::new();
         }
     }
     let _ = stream.close().await;
@@ -275,16 +270,19 @@ impl ReadBuf {
     }
 }
 
+/// What a published subject reaches, shared between the cache and a publish.
+type Matches = Arc<MatchResult<Arc<Subscription>>>;
+
 /// A small cache of subject → matches, valid for one index generation.
 struct MatchCache {
     generation: u64,
-    entries: HashMap<Box<[u8]>, Arc<MatchResult<Arc<Subscription>>>, foldhash::fast::RandomState>,
+    entries: HashMap<Box<[u8]>, Matches, foldhash::fast::RandomState>,
 }
 
 const MATCH_CACHE_MAX: usize = 1024;
 
 impl MatchCache {
-    fn get(&mut self, index: &Index, subject: &[u8]) -> Arc<MatchResult<Arc<Subscription>>> {
+    fn get(&mut self, index: &Index, subject: &[u8]) -> Matches {
         if self.generation != index.generation() {
             self.entries.clear();
             self.generation = index.generation();

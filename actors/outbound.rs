@@ -45,12 +45,6 @@ pub struct OutboundQueue {
     max_pending: usize,
 }
 
-/// What the writer gets from [`OutboundQueue::take`].
-pub enum Taken {
-    Data,
-    Closed,
-}
-
 impl OutboundQueue {
     pub fn new(max_pending: usize) -> Self {
         OutboundQueue {
@@ -118,8 +112,9 @@ impl OutboundQueue {
     }
 
     /// Waits for queued bytes and swaps them into `spare` (which must be empty).
-    /// After `Closed`, the queue is drained and the writer should stop.
-    pub async fn take(&self, spare: &mut Vec<u8>) -> Taken {
+    /// Calling it again means the previous bytes are written. `false`: the queue is
+    /// closed and drained (or the connection is a slow consumer); the writer stops.
+    pub async fn take(&self, spare: &mut Vec<u8>) -> bool {
         std::future::poll_fn(|cx| {
             if let Some(taken) = self.try_take(spare) {
                 return Poll::Ready(taken);
@@ -133,22 +128,22 @@ impl OutboundQueue {
         .await
     }
 
-    fn try_take(&self, spare: &mut Vec<u8>) -> Option<Taken> {
+    fn try_take(&self, spare: &mut Vec<u8>) -> Option<bool> {
         let mut state = self.lock();
         state.in_flight = 0;
         if state.slow {
             // A slow consumer's backlog is dropped, not written.
             state.buf = Vec::new();
-            return Some(Taken::Closed);
+            return Some(false);
         }
         if !state.buf.is_empty() {
             std::mem::swap(&mut state.buf, spare);
             state.in_flight = spare.len();
             state.wake_scheduled = false;
-            return Some(Taken::Data);
+            return Some(true);
         }
         if state.closed {
-            return Some(Taken::Closed);
+            return Some(false);
         }
         None
     }
@@ -202,10 +197,7 @@ mod tests {
         assert_eq!(q.push(1, |b| b.push(b'x')), Err(PushError::Closed));
         assert_eq!(q.pending(), 8);
         let mut spare = Vec::new();
-        assert!(matches!(
-            futures_lite::future::block_on(q.take(&mut spare)),
-            Taken::Closed
-        ));
+        assert!(!futures_lite::future::block_on(q.take(&mut spare)));
         assert!(spare.is_empty());
     }
 

@@ -446,24 +446,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod debug_tests {
-    use super::*;
-    #[test]
-    fn dbg_wild() {
-        let mut idx = SubjectIndex::new();
-        idx.insert(b"orders.*.created", None, 1).unwrap();
-        idx.insert(b"orders.>", None, 2).unwrap();
-        idx.insert(b">", None, 3).unwrap();
-        for s in [
-            "orders.eu.created",
-            "orders.eu.deleted",
-            "orders",
-            "orders.a.b.c",
-        ] {
-            let mut m = idx.matches(s.as_bytes()).plain;
-            m.sort();
-            println!("{s}: {m:?}");
-        }
-    }
-}

@@ -10,7 +10,7 @@ pub const CRLF: &[u8] = b"\r\n";
 /// The no-responders status a requester gets when nobody listens on the subject.
 pub const NO_RESPONDERS_STATUS: &[u8] = b"NATS/1.0 503\r\n";
 
-/// Length of the `MSG`/`HMSG` control line [`msg_header`] writes, for sizing.
+/// An upper bound of the bytes [`write_msg`] appends, for sizing and byte bounds.
 pub fn msg_len(subject: &[u8], sid: &[u8], reply: Option<&[u8]>, data_len: usize) -> usize {
     // "HMSG " + subject + " " + sid + " " + reply + " " + 20 + " " + 20 + "\r\n"
     5 + subject.len() + 1 + sid.len() + reply.map_or(0, |r| r.len() + 1) + 44 + data_len + 2

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the same loads against meshbroker and nats-server 2.15.1 in one go and prints
+# each ratio (> 1: meshbroker is better). Both servers run on loopback with default
+# limits; the load generator is `meshbroker bench`, the same client for both.
+#
+#   ./scripts/bench-vs-reference.sh [extra bench flags, e.g. --msgs 5000000 --rounds 5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-reference.sh >/dev/null
+cargo build --release --quiet
+bin=target/release/meshbroker
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+port_free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mb_port=$(port_free); ref_port=$(port_free)
+cat > "$work/node.toml" <<TOML
+listen = "127.0.0.1:$mb_port"
+log_level = "warn"
+[jetstream]
+store_dir = "$work/js"
+TOML
+"$bin" --conf "$work/node.toml" & pids+=($!); mb_pid=$!
+.bench/nats-server -a 127.0.0.1 -p "$ref_port" -l "$work/ref.log" & pids+=($!); ref_pid=$!
+for port in "$mb_port" "$ref_port"; do
+  for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+done
+echo "meshbroker $("$bin" --version | cut -d' ' -f2) vs $(.bench/nats-server --version) on $(nproc) cores"
+"$bin" bench --url "nats://127.0.0.1:$mb_port" --compare-url "nats://127.0.0.1:$ref_port" \
+  --pid "$mb_pid" --compare-pid "$ref_pid" \
+  --scenarios pub16,pub128,pubsub1,pubsub4,queue4,reqrep,idle "$@"

@@ -1,0 +1,212 @@
+//! The `meshbroker` binary as an operator runs it: flags, config errors, signals.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, meshbroker_binary, wait_for_port, Child, Raw};
+
+fn write_config(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshbroker-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(meshbroker_binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("meshbroker "));
+    let out = Command::new(meshbroker_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--conf"));
+}
+
+#[test]
+fn the_default_config_is_valid() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/node.toml");
+    let out = Command::new(meshbroker_binary())
+        .args(["--conf", conf, "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_names_the_file_the_key_and_the_problem() {
+    let dir = temp_dir("check");
+    let cases = [
+        (
+            "unknown.toml",
+            "listen = \"127.0.0.1:4222\"\nmax_paylaod = \"1MiB\"\n",
+            "max_paylaod",
+        ),
+        ("size.toml", "max_payload = \"lots\"\n", "key `max_payload`"),
+        (
+            "duration.toml",
+            "ping_interval = \"often\"\n",
+            "key `ping_interval`",
+        ),
+        ("addr.toml", "listen = \"nowhere\"\n", "key `listen`"),
+        ("syntax.toml", "listen = \n", "syntax.toml"),
+        (
+            "section.toml",
+            "[jetstream]\nstoredir = \"x\"\n",
+            "storedir",
+        ),
+    ];
+    for (name, text, expect) in cases {
+        let path = write_config(&dir, name, text);
+        let out = Command::new(meshbroker_binary())
+            .args(["--conf", path.to_str().unwrap(), "--check"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: file not named: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{name}: {expect:?} not in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+    let out = Command::new(meshbroker_binary())
+        .args([
+            "--conf",
+            dir.join("missing.toml").to_str().unwrap(),
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn run_node(tag: &str, extra: &str) -> (Child, SocketAddr, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let port = free_port();
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\nlog_level = \"debug\"\n{extra}[jetstream]\nstore_dir = \"{}\"\n",
+        dir.join("js").display()
+    );
+    let path = write_config(&dir, "node.toml", &text);
+    let child = Command::new(meshbroker_binary())
+        .args(["--conf", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)), "node listens");
+    (Child(child), addr, dir)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn sigint_stops_at_once_and_cleanly() {
+    let (mut child, addr, dir) = run_node("sigint", "");
+    let mut raw = Raw::connect(addr);
+    raw.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+    assert!(raw.read_until(b"PONG\r\n", Duration::from_secs(5)));
+    let started = Instant::now();
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        raw.read_to_close(Duration::from_secs(2)),
+        "client connection closed"
+    );
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("SIGINT"), "{stderr}");
+    assert!(
+        stderr.contains("connected from"),
+        "connections logged at debug: {stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sigterm_enters_lame_duck_mode() {
+    let (mut child, addr, dir) = run_node(
+        "sigterm",
+        "lame_duck_grace_period = \"300ms\"\nlame_duck_duration = \"500ms\"\n",
+    );
+    let mut raw = Raw::connect(addr);
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n");
+    assert!(raw.read_until(b"PONG\r\n", Duration::from_secs(5)));
+    raw.received.clear();
+    signal(&child, "-TERM");
+    assert!(
+        raw.read_until(b"\"ldm\":true", Duration::from_secs(5)),
+        "{}",
+        raw.text()
+    );
+    // Payloads are never logged: publish a recognisable one while still connected.
+    raw.send(b"PUB secret 14\r\nsecret-payload\r\n");
+    assert!(
+        raw.read_to_close(Duration::from_secs(5)),
+        "closed after the grace period"
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("lame duck"), "{stderr}");
+    assert!(
+        !stderr.contains("secret-payload"),
+        "payload logged: {stderr}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
