@@ -44,6 +44,8 @@ pub struct ClientShared {
     pub id: u64,
     pub out: OutboundQueue,
     control: async_channel::Sender<Control>,
+    /// The socket, for publishers that flush this connection's queue inline.
+    socket: Arc<async_io::Async<std::net::TcpStream>>,
 }
 
 impl ClientShared {
@@ -54,7 +56,7 @@ impl ClientShared {
 
 impl Wake for ClientShared {
     fn wake_writer(&self) {
-        self.out.wake();
+        self.out.flush_inline(self.socket.get_ref());
     }
 }
 
@@ -144,6 +146,7 @@ pub fn spawn(
         id,
         out: OutboundQueue::new(ctx.config.max_pending.as_usize()),
         control: control_tx.clone(),
+        socket: stream.clone().into(),
     });
     let spawner = ctx.spawner.clone();
     let writer = spawner.spawn(write_loop(
@@ -178,6 +181,7 @@ async fn write_loop(stream: TcpStream, shared: Arc<ClientShared>, deadline: Dura
                 break;
             }
         }
+        shared.out.done_writing();
         spare.clear();
         if spare.capacity() > 64 * 1024 {
             spare = Vec::new();
@@ -196,11 +200,14 @@ enum Ended {
 }
 
 /// The read buffer: grows while reads fill it, shrinks back when the connection idles,
-/// so an idle connection costs little memory.
+/// so an idle connection costs little memory and a busy one reads in large chunks.
 struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Space offered to the last read; a read that fills it asks for a bigger buffer.
+    offered: usize,
+    grow: bool,
 }
 
 const READ_MIN: usize = 512;
@@ -212,6 +219,8 @@ impl ReadBuf {
             buf: vec![0; READ_MIN],
             start: 0,
             end: 0,
+            offered: 0,
+            grow: false,
         }
     }
 
@@ -227,37 +236,43 @@ impl ReadBuf {
         }
     }
 
-    /// Makes room for at least `need` bytes of data from `start`.
-    fn reserve(&mut self, need: usize) {
+    /// Moves the unconsumed bytes to the front and makes the buffer at least `len`.
+    fn compact_to(&mut self, len: usize) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() < need {
-            self.buf.resize(need, 0);
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
         }
     }
 
+    /// Makes room for an operation of `need` bytes (a payload still arriving).
+    fn reserve(&mut self, need: usize) {
+        self.compact_to(need);
+    }
+
     fn spare(&mut self) -> &mut [u8] {
+        if self.grow {
+            self.grow = false;
+            self.compact_to((self.buf.len() * 2).min(READ_MAX).max(self.buf.len()));
+        }
         if self.end == self.buf.len() {
-            let grow = if self.buf.len() < READ_MAX {
-                self.buf.len() * 2
-            } else {
-                self.buf.len()
-            };
-            self.reserve(grow);
+            let len = self.buf.len();
+            self.compact_to(len);
             if self.end == self.buf.len() {
-                let len = self.buf.len() * 2;
-                self.buf.resize(len, 0);
+                self.compact_to(len * 2);
             }
         }
+        self.offered = self.buf.len() - self.end;
         &mut self.buf[self.end..]
     }
 
     /// Called after a read of `n` bytes into [`Self::spare`].
     fn filled(&mut self, n: usize) {
         self.end += n;
+        self.grow = n == self.offered && self.buf.len() < READ_MAX;
     }
 
     /// Gives memory back once the buffer is empty and the last read was small.

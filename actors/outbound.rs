@@ -8,9 +8,14 @@
 //! The queue is bounded in bytes: an append that would take the pending bytes (queued
 //! plus being written) past the limit is refused and the connection is marked a slow
 //! consumer; the publisher is never blocked. Wake-ups are deferred: a publisher appends
-//! many frames, collects the queues it touched ([`FlushSet`]), and wakes each writer
-//! once at the end of its read batch.
+//! many frames, collects the queues it touched ([`FlushSet`]), and at the end of its
+//! read batch flushes each one: if no one is writing to that socket, the publisher
+//! writes the queued bytes itself with one non-blocking write (no task hop on the
+//! delivery path, as the reference's producer-side flush); whatever does not fit is
+//! left to the connection's writer task, which waits for the socket and applies the
+//! write deadline.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -37,7 +42,15 @@ struct State {
     /// under the lock with the buffer, so "data queued" and "a wake is due" never
     /// disagree (a flag outside the lock can lose a wake-up).
     wake_scheduled: bool,
+    /// Someone (the writer task, or a publisher flushing inline) is writing taken
+    /// bytes to the socket; nobody else may until it is done.
+    writing: bool,
+    /// An empty buffer kept for the next swap, so steady traffic does not allocate.
+    scratch: Vec<u8>,
 }
+
+/// Buffers larger than this are freed rather than kept for reuse.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 pub struct OutboundQueue {
     state: Mutex<State>,
@@ -111,8 +124,8 @@ impl OutboundQueue {
         state.buf.len() + state.in_flight
     }
 
-    /// Waits for queued bytes and swaps them into `spare` (which must be empty).
-    /// Calling it again means the previous bytes are written. `false`: the queue is
+    /// Waits for queued bytes and swaps them into `spare` (which must be empty); the
+    /// writer then owns the socket until [`Self::done_writing`]. `false`: the queue is
     /// closed and drained (or the connection is a slow consumer); the writer stops.
     pub async fn take(&self, spare: &mut Vec<u8>) -> bool {
         std::future::poll_fn(|cx| {
@@ -130,16 +143,20 @@ impl OutboundQueue {
 
     fn try_take(&self, spare: &mut Vec<u8>) -> Option<bool> {
         let mut state = self.lock();
-        state.in_flight = 0;
         if state.slow {
             // A slow consumer's backlog is dropped, not written.
             state.buf = Vec::new();
             return Some(false);
         }
+        if state.writing {
+            // A publisher is writing inline; it wakes us when it is done.
+            return None;
+        }
         if !state.buf.is_empty() {
             std::mem::swap(&mut state.buf, spare);
             state.in_flight = spare.len();
             state.wake_scheduled = false;
+            state.writing = true;
             return Some(true);
         }
         if state.closed {
@@ -148,11 +165,50 @@ impl OutboundQueue {
         None
     }
 
-    /// Returns a large idle buffer's memory (after a burst) to the allocator.
-    pub fn shrink_idle(&self, keep: usize) {
+    /// The writer task finished writing what it took.
+    pub fn done_writing(&self) {
         let mut state = self.lock();
-        if state.buf.is_empty() && state.buf.capacity() > keep {
-            state.buf = Vec::new();
+        state.writing = false;
+        state.in_flight = 0;
+    }
+
+    /// Writes what is queued straight to `socket` (non-blocking) when nobody else is
+    /// writing; hands the rest, or the whole job, to the writer task.
+    pub fn flush_inline(&self, socket: &std::net::TcpStream) {
+        let mut data = {
+            let mut state = self.lock();
+            if state.writing || state.buf.is_empty() || state.slow || state.closed {
+                drop(state);
+                self.writer.wake();
+                return;
+            }
+            state.writing = true;
+            state.wake_scheduled = false;
+            let scratch = std::mem::take(&mut state.scratch);
+            let data = std::mem::replace(&mut state.buf, scratch);
+            state.in_flight = data.len();
+            data
+        };
+        // WouldBlock and real errors alike leave the bytes to the writer task, which
+        // waits for the socket, applies the deadline and reports failures.
+        let written = (&*socket).write(&data).unwrap_or(0);
+        let mut state = self.lock();
+        state.writing = false;
+        state.in_flight = 0;
+        if written < data.len() {
+            // Put the unwritten tail back in front of what was queued meanwhile.
+            data.drain(..written);
+            data.extend_from_slice(&state.buf);
+            std::mem::swap(&mut state.buf, &mut data);
+        }
+        data.clear();
+        if data.capacity() <= KEEP_CAPACITY && state.scratch.capacity() == 0 {
+            state.scratch = data;
+        }
+        let handoff = !state.buf.is_empty() || state.closed;
+        drop(state);
+        if handoff {
+            self.writer.wake();
         }
     }
 }
