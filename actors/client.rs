@@ -100,15 +100,14 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
     if sub.is_closed() {
         return false;
     }
-    let max = sub.max.load(Ordering::Relaxed);
-    if max != u64::MAX {
-        let n = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
-        if n > max {
-            return false;
-        }
-        if n == max {
-            sub.client.tell(Control::AutoUnsubscribed(sub.clone()));
-        }
+    // Every delivery counts, so an UNSUB with a maximum counts earlier ones too.
+    let n = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
+    let max = sub.max.load(Ordering::Acquire);
+    if n > max {
+        return false;
+    }
+    if n == max {
+        sub.client.tell(Control::AutoUnsubscribed(sub.clone()));
     }
     let (headers, data) = match msg.headers {
         Some(h) if !sub.headers => (None, msg.data.get(h..).unwrap_or_default()),
@@ -149,20 +148,20 @@ pub fn spawn(
         socket: stream.clone().into(),
     });
     let spawner = ctx.spawner.clone();
-    let writer = spawner.spawn(write_loop(
+    let Some(writer) = spawner.spawn(write_loop(
         stream.clone(),
         shared.clone(),
         ctx.config.write_deadline.0,
-    ));
-    spawner
-        .spawn(async move {
-            let account = ctx.global.clone();
-            let mut client = Client::new(ctx, shared, account, peer);
-            let reason = client.run(stream, control_rx).await;
-            client.finish(reason, writer).await;
-            let _ = gone.send(id).await;
-        })
-        .detach();
+    )) else {
+        return control_tx;
+    };
+    spawner.spawn_detached(async move {
+        let account = ctx.global.clone();
+        let mut client = Client::new(ctx, shared, account, peer);
+        let reason = client.run(stream, control_rx).await;
+        client.finish(reason, writer).await;
+        let _ = gone.send(id).await;
+    });
     control_tx
 }
 
@@ -321,8 +320,8 @@ struct Client {
     peer: SocketAddr,
     parser: Parser,
     opts: ConnectOptions,
-    /// Sends a second INFO (with `connect_info`) at the end of the read batch that
-    /// carried CONNECT, as the reference does.
+    /// Sends a second INFO (with `connect_info`) after the first PONG that follows
+    /// CONNECT, as the reference does.
     connect_info_due: bool,
     subs: HashMap<Box<[u8]>, Arc<Subscription>>,
     /// Subscription changes not yet sent to the router.
@@ -504,10 +503,6 @@ impl Client {
     /// Work deferred to the end of a read batch: one router message for all the
     /// subscription changes, one wake per outbound queue touched, the stats.
     fn end_batch(&mut self) {
-        if self.connect_info_due {
-            self.connect_info_due = false;
-            self.send_info(true);
-        }
         if !self.changes.is_empty() {
             self.account.send(std::mem::take(&mut self.changes));
             self.unsynced = true;
@@ -576,6 +571,12 @@ impl Client {
             Op::Ping => {
                 self.sync_subscriptions().await;
                 self.send(|buf| buf.extend_from_slice(encode::PONG));
+                // The reference follows the first PONG after CONNECT with an INFO;
+                // clients (nats-py) wait for that PONG as the first line.
+                if self.connect_info_due {
+                    self.connect_info_due = false;
+                    self.send_info(true);
+                }
             }
             Op::Pong => {
                 self.pings_out = 0;

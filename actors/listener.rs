@@ -62,8 +62,7 @@ pub async fn run(
                         ctx.config.max_connections
                     );
                     ctx.spawner
-                        .spawn(refuse(ctx.clone(), stream, peer, id))
-                        .detach();
+                        .spawn_detached(refuse(ctx.clone(), stream, peer, id));
                     continue;
                 }
                 let control = client::spawn(ctx.clone(), stream, peer, id, gone_tx.clone());
@@ -83,7 +82,6 @@ pub async fn run(
         }
     };
     drop(listener);
-    ctx.connections_closing.store(true, Ordering::Relaxed);
 
     if lame_duck {
         log::info!(

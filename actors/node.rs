@@ -6,7 +6,7 @@
 //! ([`Node::lame_duck`]). The `meshbroker` binary is a thin shell around this.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::listener::{self, Command};
@@ -53,7 +53,6 @@ pub struct ServerContext {
     pub next_client_id: AtomicU64,
     pub stats: Stats,
     pub spawner: Spawner,
-    pub connections_closing: AtomicBool,
 }
 
 impl ServerContext {
@@ -116,7 +115,6 @@ impl Node {
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
             spawner: spawner.clone(),
-            connections_closing: AtomicBool::new(false),
         });
         let (commands, command_rx) = async_channel::unbounded();
         let listener_task = spawner.spawn(listener::run(ctx.clone(), listener, command_rx));
@@ -129,7 +127,7 @@ impl Node {
             runtime: Some(rt),
             ctx,
             commands,
-            listener: Some(listener_task),
+            listener: listener_task,
         })
     }
 

@@ -44,9 +44,7 @@ impl Account {
             snapshot: ArcSwap::from_pointee(Index::new()),
             router: tx,
         });
-        spawner
-            .spawn(run_router(Arc::downgrade(&account), rx))
-            .detach();
+        spawner.spawn_detached(run_router(Arc::downgrade(&account), rx));
         account
     }
 

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,23 +16,39 @@ pub use async_executor::Task;
 pub use async_net::{TcpListener, TcpStream};
 
 /// A handle that spawns tasks on a node's executor.
+///
+/// It holds the executor weakly: tasks keep spawners (through the node's context),
+/// and a strong reference would keep a stopped node's executor, and so its tasks,
+/// alive forever.
 #[derive(Clone)]
 pub struct Spawner {
-    executor: Arc<Executor<'static>>,
+    executor: Weak<Executor<'static>>,
 }
 
 impl Spawner {
-    pub fn spawn<F>(&self, future: F) -> Task<F::Output>
+    /// Spawns `future`; `None` once the node's runtime has stopped.
+    pub fn spawn<F>(&self, future: F) -> Option<Task<F::Output>>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.executor.spawn(future)
+        self.executor.upgrade().map(|ex| ex.spawn(future))
+    }
+
+    /// Spawns a task nobody waits for.
+    pub fn spawn_detached<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(task) = self.spawn(future) {
+            task.detach();
+        }
     }
 }
 
 /// The executor threads of one node.
 pub struct Runtime {
+    executor: Arc<Executor<'static>>,
     spawner: Spawner,
     stop: async_channel::Sender<()>,
     threads: Vec<JoinHandle<()>>,
@@ -56,7 +72,10 @@ impl Runtime {
             handles.push(handle);
         }
         Ok(Runtime {
-            spawner: Spawner { executor },
+            spawner: Spawner {
+                executor: Arc::downgrade(&executor),
+            },
+            executor,
             stop,
             threads: handles,
         })
@@ -77,6 +96,7 @@ impl Runtime {
         for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
+        drop(self.executor);
     }
 }
 

@@ -286,3 +286,45 @@ fn lame_duck_tells_clients_and_stops_accepting() {
     stopper.join().unwrap();
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A stopped node releases its sockets and tasks (embedders start and stop nodes).
+#[test]
+fn stopped_nodes_release_their_sockets() {
+    // Warm up whatever the process allocates once.
+    start(test_config()).shutdown();
+    let before = open_fds();
+    for _ in 0..20 {
+        let node = start(test_config());
+        let mut raw = Raw::connect(node.client_addr());
+        raw.send(b"CONNECT {\"verbose\":false}\r\nSUB x 1\r\nPING\r\n");
+        assert!(raw.read_until(b"PONG\r\n", Duration::from_secs(5)));
+        node.shutdown();
+        assert!(raw.read_to_close(Duration::from_secs(5)));
+    }
+    let after = open_fds();
+    assert!(after <= before + 2, "fds before {before}, after {after}");
+}
+
+/// Clients such as nats-py read the first line after CONNECT+PING as the PONG; the
+/// INFO with `connect_info` must follow it, however the two arrive.
+#[test]
+fn pong_comes_before_the_connect_info() {
+    let node = start(test_config());
+    let mut raw = Raw::connect(node.client_addr());
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    raw.send(b"PING\r\n");
+    assert!(raw.read_until(b"\"connect_info\":true", Duration::from_secs(5)));
+    assert!(raw.text().starts_with("PONG\r\nINFO {"), "{}", raw.text());
+    // Only once.
+    raw.received.clear();
+    raw.send(b"PING\r\n");
+    assert!(raw.read_until(b"PONG\r\n", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(100));
+    raw.read_until(b"INFO", Duration::from_millis(100));
+    assert_eq!(raw.text(), "PONG\r\n");
+}

@@ -12,6 +12,13 @@ from nats.errors import NoRespondersError
 
 
 async def main(url: str) -> None:
+    # The handshake, many times: nats-py takes the first line after CONNECT+PING as
+    # the PONG, so any ordering slip shows up here.
+    for _ in range(20):
+        probe = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+        assert probe.is_connected, "handshake did not complete"
+        await probe.close()
+
     nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
     assert nc.is_connected
     assert nc.max_payload == 1024 * 1024, nc.max_payload
