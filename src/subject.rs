@@ -51,8 +51,12 @@ pub fn has_wildcard(subject: &[u8]) -> bool {
 }
 
 /// Does the literal subject `subject` match the (possibly wildcard) `filter`?
-/// This is the naive definition the subject index is checked against.
+/// This is the naive definition the subject index is checked against. A subject with
+/// an empty token (or an empty subject) matches nothing, as in the reference.
 pub fn matches(filter: &[u8], subject: &[u8]) -> bool {
+    if subject.split(|&b| b == b'.').any(<[u8]>::is_empty) {
+        return false;
+    }
     let mut f = filter.split(|&b| b == b'.');
     let mut s = subject.split(|&b| b == b'.');
     loop {
@@ -125,6 +129,9 @@ mod tests {
         assert!(matches(b"*.bar", b"foo.bar"));
         assert!(!matches(b"foo", b"foo.bar"));
         assert!(!matches(b"foo.bar", b"foo"));
+        // Found by fuzzing (subject_index): an empty subject matched `>`.
+        assert!(!matches(b">", b""));
+        assert!(!matches(b"foo.>", b"foo..bar"));
     }
 
     #[test]

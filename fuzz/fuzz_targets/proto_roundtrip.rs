@@ -47,7 +47,10 @@ fuzz_target!(|f: Frame| {
     assert!(buf.len() <= encode::msg_len(&subject, &sid, reply.as_deref(), f.data.len()) || !f.msg);
     let parser = Parser::new(1 << 16, 1 << 20);
     let Ok(Parsed::Op(op, n)) = parser.parse(&buf) else {
-        panic!("an encoded frame does not parse: {:?}", String::from_utf8_lossy(&buf));
+        panic!(
+            "an encoded frame does not parse: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
     };
     assert_eq!(n, buf.len());
     let expected = if f.msg {

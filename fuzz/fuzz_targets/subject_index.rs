@@ -9,11 +9,21 @@ use meshbroker::subject_index::SubjectIndex;
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    Insert { tokens: Vec<u8>, queue: Option<bool> },
-    Remove { pick: u16 },
+    Insert {
+        tokens: Vec<u8>,
+        queue: Option<bool>,
+    },
+    Remove {
+        pick: u16,
+    },
     Snapshot,
-    Match { tokens: Vec<u8> },
+    Match {
+        tokens: Vec<u8>,
+    },
 }
+
+/// The model: (filter, queue group, id) of every entry the index should hold.
+type Model = Vec<(Vec<u8>, Option<Vec<u8>>, u32)>;
 
 const WORDS: [&[u8]; 5] = [b"a", b"b", b"c", b"*", b">"];
 
@@ -29,8 +39,8 @@ fn subject_from(tokens: &[u8], literal: bool) -> Vec<u8> {
 
 fuzz_target!(|steps: Vec<Step>| {
     let mut index: SubjectIndex<u32> = SubjectIndex::new();
-    let mut model: Vec<(Vec<u8>, Option<Vec<u8>>, u32)> = Vec::new();
-    let mut snapshots: Vec<(SubjectIndex<u32>, Vec<(Vec<u8>, Option<Vec<u8>>, u32)>)> = Vec::new();
+    let mut model: Model = Vec::new();
+    let mut snapshots: Vec<(SubjectIndex<u32>, Model)> = Vec::new();
     let mut next_id = 0u32;
     for step in steps.into_iter().take(200) {
         match step {
@@ -67,7 +77,7 @@ fuzz_target!(|steps: Vec<Step>| {
     }
 });
 
-fn check(index: &SubjectIndex<u32>, model: &[(Vec<u8>, Option<Vec<u8>>, u32)], s: &[u8]) {
+fn check(index: &SubjectIndex<u32>, model: &Model, s: &[u8]) {
     let result = index.matches(s);
     let mut plain = result.plain.clone();
     plain.sort();
@@ -77,7 +87,12 @@ fn check(index: &SubjectIndex<u32>, model: &[(Vec<u8>, Option<Vec<u8>>, u32)], s
         .map(|(_, _, id)| *id)
         .collect();
     want.sort();
-    assert_eq!(plain, want, "plain matches for {:?}", String::from_utf8_lossy(s));
+    assert_eq!(
+        plain,
+        want,
+        "plain matches for {:?}",
+        String::from_utf8_lossy(s)
+    );
     let mut queued: Vec<u32> = result
         .queues
         .iter()
@@ -91,5 +106,8 @@ fn check(index: &SubjectIndex<u32>, model: &[(Vec<u8>, Option<Vec<u8>>, u32)], s
         .collect();
     want_q.sort();
     assert_eq!(queued, want_q);
-    assert_eq!(index.has_interest(s), !plain.is_empty() || !queued.is_empty());
+    assert_eq!(
+        index.has_interest(s),
+        !plain.is_empty() || !queued.is_empty()
+    );
 }

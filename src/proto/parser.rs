@@ -94,10 +94,12 @@ impl Parser {
         let line_end = nl + 1;
         let line = trim_cr(&buf[..nl]);
         let (op, rest) = split_op(line);
+        // The name first: a wrong one is known before the line ends (and so whatever
+        // the chunking), an overlong line only at its end.
+        let op = op_code(op).ok_or(ProtoError::UnknownOp)?;
         if rest.len() > self.max_control_line {
             return Err(ProtoError::MaxControlLine);
         }
-        let op = op_code(op).ok_or(ProtoError::UnknownOp)?;
         match op {
             OpCode::Ping => Ok(Parsed::Op(Op::Ping, line_end)),
             OpCode::Pong => Ok(Parsed::Op(Op::Pong, line_end)),
@@ -505,6 +507,18 @@ MSG foo 1 2\r\nhi\r\nMSG foo 1 r 2\r\nhi\r\nHMSG foo 1 r 12 14\r\nNATS/1.0\r\n\r
             Parsed::Incomplete { need: 24 }
         );
         assert_eq!(p.parse(b"PU").unwrap(), Parsed::Incomplete { need: 0 });
+    }
+
+    /// Found by fuzzing (client_proto): a wrong operation name with an overlong line
+    /// was MaxControlLine when whole but UnknownOp when the name arrived first.
+    #[test]
+    fn unknown_name_wins_over_line_length_whatever_the_chunking() {
+        let p = Parser::new(256, 4096);
+        let mut line = b"CONNEC T{".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 254));
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(p.parse(&line).unwrap_err(), ProtoError::UnknownOp);
+        assert_eq!(p.parse(&line[..8]).unwrap_err(), ProtoError::UnknownOp);
     }
 
     #[test]
