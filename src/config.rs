@@ -53,28 +53,38 @@ impl fmt::Display for Size {
     }
 }
 
+/// A value written either as a plain integer or as text with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrText {
+    Int(i64),
+    Text(String),
+}
+
+impl IntOrText {
+    /// Converts either form; `what` names the kind of value in the error.
+    fn parse<T, E: serde::de::Error>(
+        self,
+        what: &str,
+        from_int: impl FnOnce(u64) -> T,
+        from_text: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, E> {
+        match self {
+            IntOrText::Int(n) => u64::try_from(n)
+                .map(from_int)
+                .map_err(|_| E::custom(format!("a {what} cannot be negative"))),
+            IntOrText::Text(s) => from_text(s.trim()).map_err(E::custom),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => u64::try_from(n)
-                .map(Size)
-                .map_err(|_| serde::de::Error::custom("a size cannot be negative")),
-            Raw::Text(s) => s
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.0))
-                .map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "invalid size {s:?} ({e}); write e.g. \"1MiB\", \"512KB\" or a number of bytes"
-                    ))
-                }),
-        }
+        IntOrText::deserialize(d)?.parse("size", Size, |s| {
+            s.parse::<bytesize::ByteSize>().map(|b| Size(b.0)).map_err(|e| {
+                format!("invalid size {s:?} ({e}); write e.g. \"1MiB\", \"512KB\" or a number of bytes")
+            })
+        })
     }
 }
 
@@ -90,22 +100,15 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => u64::try_from(n)
-                .map(|s| Dur(Duration::from_secs(s)))
-                .map_err(|_| serde::de::Error::custom("a duration cannot be negative")),
-            Raw::Text(s) => humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {s:?} ({e}); write e.g. \"2m\", \"10s\" or \"250ms\""
-                ))
-            }),
-        }
+        IntOrText::deserialize(d)?.parse(
+            "duration",
+            |secs| Dur(Duration::from_secs(secs)),
+            |s| {
+                humantime::parse_duration(s).map(Dur).map_err(|e| {
+                    format!("invalid duration {s:?} ({e}); write e.g. \"2m\", \"10s\" or \"250ms\"")
+                })
+            },
+        )
     }
 }
 

@@ -127,6 +127,16 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
+/// Everything an exited child wrote to its stderr.
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.0.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    stderr
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -153,15 +163,7 @@ fn sigint_stops_at_once_and_cleanly() {
         raw.read_to_close(Duration::from_secs(2)),
         "client connection closed"
     );
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(stderr.contains("SIGINT"), "{stderr}");
     assert!(
         stderr.contains("connected from"),
@@ -194,15 +196,7 @@ fn sigterm_enters_lame_duck_mode() {
     );
     let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits");
     assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(stderr.contains("lame duck"), "{stderr}");
     assert!(
         !stderr.contains("secret-payload"),

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::scripts::{self, SCRIPTS};
+use common::scripts;
 use common::{free_port, reference_binary, start, test_config, wait_for_port, Child, Raw};
 
 fn reference() -> Option<(Child, SocketAddr)> {
@@ -43,37 +43,24 @@ fn byte_scripts_get_the_same_answers() {
     let Some((_reference, reference_addr)) = reference() else {
         return;
     };
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = SCRIPTS
-            .iter()
-            .map(|script| {
-                scope.spawn(move || {
-                    // A fresh meshbroker node per script; on the reference, scripts
-                    // use distinct connections and take care not to share interest.
-                    let node = start(test_config());
-                    let ours = scripts::run(node.client_addr(), script);
-                    (script, ours)
-                })
+    let ours = scripts::run_all_on_fresh_nodes();
+    // The reference runs the scripts one after another (one server, no cross-talk).
+    let failures: Vec<String> = ours
+        .into_iter()
+        .filter_map(|(script, (our_bytes, our_closed))| {
+            let (ref_bytes, ref_closed) = scripts::run(reference_addr, script);
+            (our_bytes != ref_bytes || our_closed != ref_closed).then(|| {
+                format!(
+                    "{}:\n  reference: {:?} closed={}\n  meshbroker: {:?} closed={}",
+                    script.name,
+                    String::from_utf8_lossy(&ref_bytes),
+                    ref_closed,
+                    String::from_utf8_lossy(&our_bytes),
+                    our_closed
+                )
             })
-            .collect();
-        let ours: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        // The reference runs the scripts one after another (one server, no cross-talk).
-        ours.into_iter()
-            .filter_map(|(script, (our_bytes, our_closed))| {
-                let (ref_bytes, ref_closed) = scripts::run(reference_addr, script);
-                (our_bytes != ref_bytes || our_closed != ref_closed).then(|| {
-                    format!(
-                        "{}:\n  reference: {:?} closed={}\n  meshbroker: {:?} closed={}",
-                        script.name,
-                        String::from_utf8_lossy(&ref_bytes),
-                        ref_closed,
-                        String::from_utf8_lossy(&our_bytes),
-                        our_closed
-                    )
-                })
-            })
-            .collect()
-    });
+        })
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -14,30 +14,61 @@ use meshbroker::config::{Dur, Size};
 
 use common::{start, test_config, Raw};
 
+/// Answers any PING waiting on `raw` (a client that only writes or only reads still
+/// has to, or the server takes it for stale).
+fn answer_pings(raw: &mut Raw) {
+    raw.stream.set_nonblocking(true).unwrap();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = raw.stream.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        raw.received.extend_from_slice(&chunk[..n]);
+    }
+    raw.stream.set_nonblocking(false).unwrap();
+    while let Some(pos) = raw.received.windows(6).position(|w| w == b"PING\r\n") {
+        raw.received.drain(..pos + 6);
+        raw.stream.write_all(b"PONG\r\n").unwrap();
+    }
+}
+
+/// The size every good message is padded to, so the volume overflows socket buffers.
+const GOOD_SIZE: usize = 512;
+
 /// A publisher and a subscriber that check every message; returns how many arrived.
+/// The publisher stays within a window of the subscriber, so a busy machine slows
+/// the pair down instead of making the good subscriber a slow consumer.
 fn well_behaved(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> u64 {
     let mut sub = Raw::connect(addr);
     sub.send(b"CONNECT {\"verbose\":false}\r\nSUB good 1\r\nPING\r\n");
     assert!(sub.read_until(b"PONG\r\n", Duration::from_secs(5)));
     sub.received.clear();
+    let received = Arc::new(AtomicU64::new(0));
     let mut publisher = Raw::connect(addr);
     publisher.send(b"CONNECT {\"verbose\":false}\r\n");
-    let writer = std::thread::spawn(move || {
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let body = n.to_string();
-            let frame = format!("PUB good {}\r\n{}\r\n", body.len(), body);
-            publisher.stream.write_all(frame.as_bytes()).unwrap();
-            n += 1;
-            sent.store(n, Ordering::Relaxed);
-            if n % 100 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
+    let writer = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                while n.saturating_sub(received.load(Ordering::Relaxed)) > 200 {
+                    std::thread::sleep(Duration::from_millis(1));
+                    answer_pings(&mut publisher);
+                }
+                let body = format!("{n:0>GOOD_SIZE$}");
+                let frame = format!("PUB good {}\r\n{}\r\n", body.len(), body);
+                publisher.stream.write_all(frame.as_bytes()).unwrap();
+                n += 1;
+                sent.store(n, Ordering::Relaxed);
+                if n % 100 == 0 {
+                    answer_pings(&mut publisher);
+                }
             }
-        }
-        publisher.send(b"PING\r\n");
-        assert!(publisher.read_until(b"PONG\r\n", Duration::from_secs(10)));
-        n
-    });
+            publisher.send(b"PING\r\n");
+            assert!(publisher.read_until(b"PONG\r\n", Duration::from_secs(10)));
+            n
+        })
+    };
     // Read while the publisher writes, checking the sequence; once it has stopped,
     // read until its last message.
     let mut total_sent = u64::MAX;
@@ -79,8 +110,13 @@ fn well_behaved(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, sent: Arc<Ato
                 break;
             }
             let body = String::from_utf8_lossy(&buf[line_end + 2..line_end + 2 + len]).into_owned();
-            assert_eq!(body, expected.to_string(), "message out of order or lost");
+            assert_eq!(
+                body,
+                format!("{expected:0>GOOD_SIZE$}"),
+                "message out of order or lost"
+            );
             expected += 1;
+            received.store(expected, Ordering::Relaxed);
             buf.drain(..line_end + 2 + len + 2);
         }
     }
@@ -91,7 +127,7 @@ fn well_behaved(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, sent: Arc<Ato
 #[test]
 fn hostile_clients_are_contained_and_good_traffic_flows() {
     let mut config = test_config();
-    config.ping_interval = Dur(Duration::from_millis(500));
+    config.ping_interval = Dur(Duration::from_secs(1));
     config.max_pending = Size(1024 * 1024);
     let node = start(config);
     let addr = node.client_addr();
@@ -150,7 +186,7 @@ fn hostile_clients_are_contained_and_good_traffic_flows() {
             assert!(raw.read_until(b"PONG\r\n", Duration::from_secs(5)));
             let started = Instant::now();
             while node.stats().slow_consumers.load(Ordering::Relaxed) == 0 {
-                assert!(started.elapsed() < Duration::from_secs(30), "never cut off");
+                assert!(started.elapsed() < Duration::from_secs(60), "never cut off");
                 std::thread::sleep(Duration::from_millis(50));
             }
             assert!(raw.read_to_close(Duration::from_secs(20)));

@@ -8,39 +8,25 @@ use std::time::{Duration, Instant};
 
 use meshbroker::config::{Dur, Size};
 
-use common::scripts::{self, SCRIPTS};
+use common::scripts;
 use common::{contains, start, test_config, Raw};
 
 #[test]
 fn every_script_gets_the_reference_answer() {
-    // One node per script: scripts share subject names.
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = SCRIPTS
-            .iter()
-            .map(|script| {
-                scope.spawn(move || {
-                    let node = start(test_config());
-                    (script, scripts::run(node.client_addr(), script))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| {
-                let (script, (got, closed)) = h.join().expect("script thread");
-                (got != script.expect || closed != script.closed).then(|| {
-                    format!(
-                        "{}: expected {:?} closed={}, got {:?} closed={}",
-                        script.name,
-                        String::from_utf8_lossy(script.expect),
-                        script.closed,
-                        String::from_utf8_lossy(&got),
-                        closed
-                    )
-                })
-            })
-            .collect()
-    });
+    let failures: Vec<String> = scripts::run_all_on_fresh_nodes()
+        .into_iter()
+        .filter(|(script, (got, closed))| *got != script.expect || *closed != script.closed)
+        .map(|(script, (got, closed))| {
+            format!(
+                "{}: expected {:?} closed={}, got {:?} closed={}",
+                script.name,
+                String::from_utf8_lossy(script.expect),
+                script.closed,
+                String::from_utf8_lossy(&got),
+                closed
+            )
+        })
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -26,24 +26,8 @@ pub fn write_msg(
     data: &[u8],
 ) {
     buf.reserve(msg_len(subject, sid, reply, data.len()));
-    let mut ints = itoa::Buffer::new();
-    buf.extend_from_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
-    buf.extend_from_slice(subject);
-    buf.push(b' ');
-    buf.extend_from_slice(sid);
-    buf.push(b' ');
-    if let Some(reply) = reply {
-        buf.extend_from_slice(reply);
-        buf.push(b' ');
-    }
-    if let Some(h) = headers {
-        buf.extend_from_slice(ints.format(h).as_bytes());
-        buf.push(b' ');
-    }
-    buf.extend_from_slice(ints.format(data.len()).as_bytes());
-    buf.extend_from_slice(CRLF);
-    buf.extend_from_slice(data);
-    buf.extend_from_slice(CRLF);
+    let op: &[u8] = if headers.is_some() { b"HMSG " } else { b"MSG " };
+    write_frame(buf, op, subject, Some(sid), reply, headers, data);
 }
 
 /// Writes a `PUB` or `HPUB` frame (client side).
@@ -54,12 +38,26 @@ pub fn write_pub(
     headers: Option<usize>,
     data: &[u8],
 ) {
+    let op: &[u8] = if headers.is_some() { b"HPUB " } else { b"PUB " };
+    write_frame(buf, op, subject, None, reply, headers, data);
+}
+
+/// `op subject [sid] [reply] [hdr_len] total\r\n data\r\n`
+fn write_frame(
+    buf: &mut Vec<u8>,
+    op: &[u8],
+    subject: &[u8],
+    sid: Option<&[u8]>,
+    reply: Option<&[u8]>,
+    headers: Option<usize>,
+    data: &[u8],
+) {
     let mut ints = itoa::Buffer::new();
-    buf.extend_from_slice(if headers.is_some() { b"HPUB " } else { b"PUB " });
+    buf.extend_from_slice(op);
     buf.extend_from_slice(subject);
     buf.push(b' ');
-    if let Some(reply) = reply {
-        buf.extend_from_slice(reply);
+    for arg in [sid, reply].into_iter().flatten() {
+        buf.extend_from_slice(arg);
         buf.push(b' ');
     }
     if let Some(h) = headers {

@@ -138,63 +138,78 @@ impl Parser {
             OpCode::Pub | OpCode::HPub => {
                 let with_headers = op == OpCode::HPub;
                 let name = if with_headers { "HPUB" } else { "PUB" };
-                let args = Args::split(require(rest)?)?;
-                let (subject, reply, sizes) = split_sizes(args.as_slice(), with_headers, 0)
-                    .ok_or(ProtoError::BadArgs(name))?;
-                let (headers, total) = sizes;
-                if total > self.max_payload {
-                    return Err(ProtoError::MaxPayload);
-                }
-                let (data, consumed) = match payload(buf, line_end, total)? {
-                    Some(found) => found,
-                    None => {
-                        return Ok(Parsed::Incomplete {
-                            need: line_end + total + 2,
-                        })
-                    }
+                let m = match self.message(buf, line_end, rest, name, with_headers, false)? {
+                    Ok(m) => m,
+                    Err(need) => return Ok(Parsed::Incomplete { need }),
                 };
-                Ok(Parsed::Op(
-                    Op::Pub {
-                        subject,
-                        reply,
-                        headers,
-                        data,
-                    },
-                    consumed,
-                ))
+                let op = Op::Pub {
+                    subject: m.subject,
+                    reply: m.reply,
+                    headers: m.headers,
+                    data: m.data,
+                };
+                Ok(Parsed::Op(op, m.consumed))
             }
             OpCode::Msg | OpCode::HMsg => {
                 let with_headers = op == OpCode::HMsg;
                 let name = if with_headers { "HMSG" } else { "MSG" };
-                let args = Args::split(require(rest)?)?;
-                let (subject, reply, sizes) = split_sizes(args.as_slice(), with_headers, 1)
-                    .ok_or(ProtoError::BadArgs(name))?;
-                let sid = args.as_slice()[1];
-                let (headers, total) = sizes;
-                if total > self.max_payload {
-                    return Err(ProtoError::MaxPayload);
-                }
-                let (data, consumed) = match payload(buf, line_end, total)? {
-                    Some(found) => found,
-                    None => {
-                        return Ok(Parsed::Incomplete {
-                            need: line_end + total + 2,
-                        })
-                    }
+                let m = match self.message(buf, line_end, rest, name, with_headers, true)? {
+                    Ok(m) => m,
+                    Err(need) => return Ok(Parsed::Incomplete { need }),
                 };
-                Ok(Parsed::Op(
-                    Op::Msg {
-                        subject,
-                        sid,
-                        reply,
-                        headers,
-                        data,
-                    },
-                    consumed,
-                ))
+                let op = Op::Msg {
+                    subject: m.subject,
+                    sid: m.sid,
+                    reply: m.reply,
+                    headers: m.headers,
+                    data: m.data,
+                };
+                Ok(Parsed::Op(op, m.consumed))
             }
         }
     }
+
+    /// The part PUB, HPUB, MSG and HMSG share: `subject [sid] [reply] [hdr] total`,
+    /// then the payload. `Err(need)` when the payload has not all arrived.
+    fn message<'a>(
+        &self,
+        buf: &'a [u8],
+        line_end: usize,
+        rest: &'a [u8],
+        name: &'static str,
+        with_headers: bool,
+        with_sid: bool,
+    ) -> Result<Result<Message<'a>, usize>, ProtoError> {
+        let args = Args::split(require(rest)?)?;
+        let args = args.as_slice();
+        let skip = usize::from(with_sid);
+        let (subject, reply, (headers, total)) =
+            split_sizes(args, with_headers, skip).ok_or(ProtoError::BadArgs(name))?;
+        if total > self.max_payload {
+            return Err(ProtoError::MaxPayload);
+        }
+        let Some((data, consumed)) = payload(buf, line_end, total)? else {
+            return Ok(Err(line_end + total + 2));
+        };
+        Ok(Ok(Message {
+            subject,
+            sid: if with_sid { args[1] } else { &[] },
+            reply,
+            headers,
+            data,
+            consumed,
+        }))
+    }
+}
+
+/// A message operation's fields, before they become an [`Op`].
+struct Message<'a> {
+    subject: &'a [u8],
+    sid: &'a [u8],
+    reply: Option<&'a [u8]>,
+    headers: Option<usize>,
+    data: &'a [u8],
+    consumed: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -134,3 +134,23 @@ pub fn run(addr: SocketAddr, script: &Script) -> (Vec<u8>, bool) {
     };
     (strip_info(&raw.received), closed)
 }
+
+/// Runs every script, each against a fresh in-process node (scripts share subject
+/// names), in parallel.
+pub fn run_all_on_fresh_nodes() -> Vec<(&'static Script, (Vec<u8>, bool))> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = SCRIPTS
+            .iter()
+            .map(|script| {
+                scope.spawn(move || {
+                    let node = super::start(super::test_config());
+                    (script, run(node.client_addr(), script))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("script thread"))
+            .collect()
+    })
+}
