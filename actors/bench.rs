@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// label for --compare-url in the report
     #[argh(option, default = "String::from(\"nats-server\")")]
     pub compare_name: String,
-    /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,idle
+    /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle
     #[argh(
         option,
         default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
@@ -200,6 +200,13 @@ fn run_scenario(
         "reqrep" => {
             let (p50, p99) = req_rep(addr, args.requests)?;
             vec![("p50 us".into(), lower(p50)), ("p99 us".into(), lower(p99))]
+        }
+        "oldreq" => {
+            let (rate, p99) = old_style_requests(addr, args.requests / 4, 2_000)?;
+            vec![
+                ("req/s".into(), throughput(rate)),
+                ("p99 us".into(), lower(p99)),
+            ]
         }
         "idle" => {
             let pid = pid.ok_or("the idle scenario needs --pid (and --compare-pid)")?;
@@ -485,6 +492,78 @@ fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     Ok((pct(0.50), pct(0.99)))
+}
+
+/// Requests the old way, a new inbox subscription per request (SUB, PUB, reply,
+/// UNSUB), with `background` other inboxes pending: what the subject index pays for
+/// subscription churn. Returns (requests per second, p99 in microseconds).
+fn old_style_requests(addr: &str, requests: u64, background: usize) -> BenchResult<(f64, f64)> {
+    let subject = format!("bench.old.{}", fastrand::u64(..));
+    let mut responder = connect(addr)?;
+    let mut frame = Vec::new();
+    encode::write_sub(&mut frame, subject.as_bytes(), None, b"1");
+    responder.write_all(&frame).map_err(|e| e.to_string())?;
+    sync(&mut responder)?;
+    let mut responder_writer = responder.try_clone().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || -> BenchResult<()> {
+        let mut reader = MsgReader::new(responder);
+        let mut out = Vec::new();
+        loop {
+            if let Incoming::Msg { reply: Some(reply) } = reader.next()? {
+                out.clear();
+                encode::write_pub(&mut out, &reply, None, None, b"pong");
+                responder_writer
+                    .write_all(&out)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    });
+    let mut requester = connect(addr)?;
+    let inbox = format!("_INBOX.{}", fastrand::u64(..));
+    let mut frames = Vec::new();
+    for i in 0..background {
+        encode::write_sub(
+            &mut frames,
+            format!("{inbox}.idle{i}").as_bytes(),
+            None,
+            format!("b{i}").as_bytes(),
+        );
+    }
+    requester.write_all(&frames).map_err(|e| e.to_string())?;
+    sync(&mut requester)?;
+    let mut reader = MsgReader::new(requester.try_clone().map_err(|e| e.to_string())?);
+    let mut samples = Vec::with_capacity(requests as usize);
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for i in 0..requests {
+        out.clear();
+        let reply = format!("{inbox}.{i}");
+        encode::write_sub(&mut out, reply.as_bytes(), None, b"r");
+        encode::write_pub(
+            &mut out,
+            subject.as_bytes(),
+            Some(reply.as_bytes()),
+            None,
+            b"ping",
+        );
+        let start = Instant::now();
+        requester.write_all(&out).map_err(|e| e.to_string())?;
+        loop {
+            match reader.next()? {
+                Incoming::Msg { .. } => break,
+                Incoming::Err(e) => return Err(format!("requester got -ERR {e}")),
+                _ => {}
+            }
+        }
+        requester
+            .write_all(b"UNSUB r\r\n")
+            .map_err(|e| e.to_string())?;
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let rate = requests as f64 / started.elapsed().as_secs_f64();
+    samples.sort_by(f64::total_cmp);
+    let p99 = samples[((samples.len() as f64 * 0.99) as usize).min(samples.len() - 1)];
+    Ok((rate, p99))
 }
 
 /// Resident memory added per idle connection (CONNECTed, one subscription).

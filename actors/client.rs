@@ -4,8 +4,10 @@
 //! its match cache, and drives the pure protocol code in `crate::proto` with the
 //! socket. Two tasks serve a connection: the actor proper (reads, parses, publishes,
 //! answers its mailbox and its ping timer) and a writer that drains the connection's
-//! [`OutboundQueue`] into the socket. Publishing writes straight into the subscribers'
-//! outbound queues; each queue is woken once per read batch.
+//! [`OutboundQueue`] into the socket when it cannot be written at once. Publishing
+//! appends straight to the subscribers' outbound queues; at the end of each read batch
+//! the publisher flushes every queue it touched, writing inline when the subscriber's
+//! socket is free (see `outbound.rs`).
 //!
 //! Who waits on whom: the actor awaits its account router only to make its own
 //! subscription changes visible (before its own PUB or before answering PING); the
@@ -45,7 +47,7 @@ pub struct ClientShared {
     pub out: OutboundQueue,
     control: async_channel::Sender<Control>,
     /// The socket, for publishers that flush this connection's queue inline.
-    socket: Arc<async_io::Async<std::net::TcpStream>>,
+    socket: Arc<runtime::Async<std::net::TcpStream>>,
 }
 
 impl ClientShared {

@@ -164,7 +164,7 @@ impl Node {
     fn stop(&mut self, command: Command) {
         let _ = self.commands.try_send(command);
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.listener.take()) {
-            rt.block_on(task);
+            runtime::block_on(task);
             rt.stop();
         }
         log::info!("meshbroker {} stopped", self.ctx.server_name);

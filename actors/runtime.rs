@@ -13,7 +13,13 @@ use std::time::{Duration, Instant};
 use async_executor::Executor;
 
 pub use async_executor::Task;
+pub use async_io::Async;
 pub use async_net::{TcpListener, TcpStream};
+
+/// Runs a future to completion on the calling thread, driving I/O meanwhile.
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    async_io::block_on(future)
+}
 
 /// A handle that spawns tasks on a node's executor.
 ///
@@ -83,11 +89,6 @@ impl Runtime {
 
     pub fn spawner(&self) -> Spawner {
         self.spawner.clone()
-    }
-
-    /// Runs a future to completion on the calling thread (which also drives I/O).
-    pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        async_io::block_on(future)
     }
 
     /// Stops the executor threads; tasks still pending are dropped with the executor.

@@ -9,7 +9,7 @@ use super::node::Node;
 pub fn run_until_signalled(node: Node) -> std::io::Result<()> {
     use async_signal::{Signal, Signals};
     let mut signals = Signals::new([Signal::Int, Signal::Term])?;
-    let signal = async_io::block_on(signals.next());
+    let signal = super::runtime::block_on(signals.next());
     match signal {
         Some(Ok(Signal::Term)) => {
             log::info!("SIGTERM: entering lame duck mode");

@@ -30,4 +30,4 @@ done
 echo "meshbroker $("$bin" --version | cut -d' ' -f2) vs $(.bench/nats-server --version) on $(nproc) cores"
 "$bin" bench --url "nats://127.0.0.1:$mb_port" --compare-url "nats://127.0.0.1:$ref_port" \
   --pid "$mb_pid" --compare-pid "$ref_pid" \
-  --scenarios idle,pub16,pub128,pubsub1,pubsub4,queue4,reqrep "$@"
+  --scenarios idle,pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq "$@"

@@ -6,11 +6,12 @@
 //! subscriber (in the broker, an `Arc` to the subscription).
 //!
 //! Cloning an index is O(1): nodes are shared behind `Arc`s and copied on write, one
-//! node per level along the path that changes (`Arc::make_mut`). The single writer (the
-//! account's router actor) mutates its own copy and publishes a clone as a read-only
-//! snapshot; readers match against the snapshot without any lock.
+//! node per level along the path that changes (`Arc::make_mut`), and each level's
+//! children live in a persistent map (`imbl`), so copying a node with thousands of
+//! children (`_INBOX.<id>` for every pending request) costs O(log n), not O(n). The
+//! single writer (the account's router actor) mutates its own copy and publishes a
+//! clone as a read-only snapshot; readers match against the snapshot without a lock.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::subject;
@@ -22,9 +23,17 @@ pub struct QueueGroup<S> {
     pub members: Vec<S>,
 }
 
+/// A level's literal children: a persistent map, cheap to copy on write.
+type Children<S> = imbl::GenericHashMap<
+    Box<[u8]>,
+    Arc<Node<S>>,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
+
 #[derive(Clone, Debug)]
 struct Node<S> {
-    literal: HashMap<Box<[u8]>, Arc<Node<S>>, foldhash::fast::RandomState>,
+    literal: Children<S>,
     star: Option<Arc<Node<S>>>,
     full: Option<Arc<Node<S>>>,
     plain: Vec<S>,
@@ -34,7 +43,7 @@ struct Node<S> {
 impl<S> Default for Node<S> {
     fn default() -> Self {
         Node {
-            literal: HashMap::default(),
+            literal: Default::default(),
             star: None,
             full: None,
             plain: Vec::new(),
