@@ -437,15 +437,15 @@ fn pub_sub(addr: &str, msgs: u64, size: usize, subs: usize, queue: bool) -> Benc
     Ok(msgs as f64 / elapsed)
 }
 
-/// Sequential request/reply round trips; returns (p50, p99) in microseconds.
-fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
-    let subject = format!("bench.req.{}", fastrand::u64(..));
+/// Starts a responder that answers every request with `pong`; returns its subject.
+fn spawn_responder(addr: &str) -> BenchResult<String> {
+    let subject = format!("bench.svc.{}", fastrand::u64(..));
     let mut responder = connect(addr)?;
     let mut frame = Vec::new();
     encode::write_sub(&mut frame, subject.as_bytes(), None, b"1");
     responder.write_all(&frame).map_err(|e| e.to_string())?;
     sync(&mut responder)?;
-    let mut responder_writer = responder.try_clone().map_err(|e| e.to_string())?;
+    let mut writer = responder.try_clone().map_err(|e| e.to_string())?;
     std::thread::spawn(move || -> BenchResult<()> {
         let mut reader = MsgReader::new(responder);
         let mut out = Vec::new();
@@ -453,12 +453,34 @@ fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
             if let Incoming::Msg { reply: Some(reply) } = reader.next()? {
                 out.clear();
                 encode::write_pub(&mut out, &reply, None, None, b"pong");
-                responder_writer
-                    .write_all(&out)
-                    .map_err(|e| e.to_string())?;
+                writer.write_all(&out).map_err(|e| e.to_string())?;
             }
         }
     });
+    Ok(subject)
+}
+
+/// Reads until the next message (the reply), failing on `-ERR`.
+fn wait_reply(reader: &mut MsgReader) -> BenchResult<()> {
+    loop {
+        match reader.next()? {
+            Incoming::Msg { .. } => return Ok(()),
+            Incoming::Err(e) => return Err(format!("requester got -ERR {e}")),
+            _ => {}
+        }
+    }
+}
+
+/// The `p` quantile of `samples` (sorted in place).
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let at = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
+    samples.get(at).copied().unwrap_or(f64::NAN)
+}
+
+/// Sequential request/reply round trips; returns (p50, p99) in microseconds.
+fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
+    let subject = spawn_responder(addr)?;
     let mut requester = connect(addr)?;
     let inbox = format!("_INBOX.{}", fastrand::u64(..));
     let mut frame = Vec::new();
@@ -480,44 +502,20 @@ fn req_rep(addr: &str, requests: u64) -> BenchResult<(f64, f64)> {
         );
         let start = Instant::now();
         requester.write_all(&out).map_err(|e| e.to_string())?;
-        loop {
-            match reader.next()? {
-                Incoming::Msg { .. } => break,
-                Incoming::Err(e) => return Err(format!("requester got -ERR {e}")),
-                _ => {}
-            }
-        }
+        wait_reply(&mut reader)?;
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    Ok((pct(0.50), pct(0.99)))
+    Ok((
+        percentile(&mut samples, 0.50),
+        percentile(&mut samples, 0.99),
+    ))
 }
 
 /// Requests the old way, a new inbox subscription per request (SUB, PUB, reply,
 /// UNSUB), with `background` other inboxes pending: what the subject index pays for
 /// subscription churn. Returns (requests per second, p99 in microseconds).
 fn old_style_requests(addr: &str, requests: u64, background: usize) -> BenchResult<(f64, f64)> {
-    let subject = format!("bench.old.{}", fastrand::u64(..));
-    let mut responder = connect(addr)?;
-    let mut frame = Vec::new();
-    encode::write_sub(&mut frame, subject.as_bytes(), None, b"1");
-    responder.write_all(&frame).map_err(|e| e.to_string())?;
-    sync(&mut responder)?;
-    let mut responder_writer = responder.try_clone().map_err(|e| e.to_string())?;
-    std::thread::spawn(move || -> BenchResult<()> {
-        let mut reader = MsgReader::new(responder);
-        let mut out = Vec::new();
-        loop {
-            if let Incoming::Msg { reply: Some(reply) } = reader.next()? {
-                out.clear();
-                encode::write_pub(&mut out, &reply, None, None, b"pong");
-                responder_writer
-                    .write_all(&out)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-    });
+    let subject = spawn_responder(addr)?;
     let mut requester = connect(addr)?;
     let inbox = format!("_INBOX.{}", fastrand::u64(..));
     let mut frames = Vec::new();
@@ -548,22 +546,14 @@ fn old_style_requests(addr: &str, requests: u64, background: usize) -> BenchResu
         );
         let start = Instant::now();
         requester.write_all(&out).map_err(|e| e.to_string())?;
-        loop {
-            match reader.next()? {
-                Incoming::Msg { .. } => break,
-                Incoming::Err(e) => return Err(format!("requester got -ERR {e}")),
-                _ => {}
-            }
-        }
+        wait_reply(&mut reader)?;
         requester
             .write_all(b"UNSUB r\r\n")
             .map_err(|e| e.to_string())?;
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
     let rate = requests as f64 / started.elapsed().as_secs_f64();
-    samples.sort_by(f64::total_cmp);
-    let p99 = samples[((samples.len() as f64 * 0.99) as usize).min(samples.len() - 1)];
-    Ok((rate, p99))
+    Ok((rate, percentile(&mut samples, 0.99)))
 }
 
 /// Resident memory added per idle connection (CONNECTed, one subscription).

@@ -336,6 +336,8 @@ struct Client {
     last_in: Instant,
     in_msgs: u64,
     in_bytes: u64,
+    out_msgs: u64,
+    out_bytes: u64,
     rng: fastrand::Rng,
 }
 
@@ -370,6 +372,8 @@ impl Client {
             last_in: runtime::now(),
             in_msgs: 0,
             in_bytes: 0,
+            out_msgs: 0,
+            out_bytes: 0,
             rng: fastrand::Rng::new(),
         }
     }
@@ -510,12 +514,17 @@ impl Client {
             self.unsynced = true;
         }
         self.flush.flush();
-        if self.in_msgs > 0 {
-            let stats = &self.ctx.stats;
-            stats.in_msgs.fetch_add(self.in_msgs, Ordering::Relaxed);
-            stats.in_bytes.fetch_add(self.in_bytes, Ordering::Relaxed);
-            self.in_msgs = 0;
-            self.in_bytes = 0;
+        // Node-wide counters are shared atomics: add to them once per batch.
+        let stats = &self.ctx.stats;
+        for (local, shared) in [
+            (&mut self.in_msgs, &stats.in_msgs),
+            (&mut self.in_bytes, &stats.in_bytes),
+            (&mut self.out_msgs, &stats.out_msgs),
+            (&mut self.out_bytes, &stats.out_bytes),
+        ] {
+            if *local > 0 {
+                shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
+            }
         }
     }
 
@@ -646,11 +655,8 @@ impl Client {
             }
         }
         if delivered > 0 {
-            let stats = &self.ctx.stats;
-            stats.out_msgs.fetch_add(delivered, Ordering::Relaxed);
-            stats
-                .out_bytes
-                .fetch_add(delivered * msg.data.len() as u64, Ordering::Relaxed);
+            self.out_msgs += delivered;
+            self.out_bytes += delivered * msg.data.len() as u64;
         } else if result.is_empty() && self.opts.no_responders {
             if let Some(reply) = msg.reply {
                 self.no_responders(&index, msg.subject, reply);

@@ -43,13 +43,6 @@ fn validate(subject: &[u8], wildcards: bool) -> bool {
     true
 }
 
-/// True when the subject contains a wildcard token.
-pub fn has_wildcard(subject: &[u8]) -> bool {
-    subject
-        .split(|&b| b == b'.')
-        .any(|token| token == b"*" || token == b">")
-}
-
 /// Does the literal subject `subject` match the (possibly wildcard) `filter`?
 /// This is the naive definition the subject index is checked against. A subject with
 /// an empty token (or an empty subject) matches nothing, as in the reference.

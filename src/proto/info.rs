@@ -123,20 +123,6 @@ impl ConnectOptions {
     }
 }
 
-/// Client-side CONNECT, as the benchmark client and tests send it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientConnect<'a> {
-    pub verbose: bool,
-    pub pedantic: bool,
-    pub name: &'a str,
-    pub lang: &'a str,
-    pub version: &'a str,
-    pub protocol: u8,
-    pub echo: bool,
-    pub headers: bool,
-    pub no_responders: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
