@@ -15,19 +15,19 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
 use super::node::ServerContext;
-use super::outbound::{FlushSet, OutboundQueue, PushError, Wake};
-use super::router::{Account, Index, SubChange};
+use super::outbound::{OutboundQueue, Wake};
+use super::publish::{Message, Publisher, Subscription};
+use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
 use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
 use crate::subject;
-use crate::subject_index::MatchResult;
 
 /// Messages other actors send a client actor.
 pub enum Control {
@@ -59,78 +59,6 @@ impl ClientShared {
 impl Wake for ClientShared {
     fn wake_writer(&self) {
         self.out.flush_inline(self.socket.get_ref());
-    }
-}
-
-/// One subscription, as the subject index holds it.
-pub struct Subscription {
-    pub client: Arc<ClientShared>,
-    pub sid: Box<[u8]>,
-    pub subject: Box<[u8]>,
-    pub queue: Option<Box<[u8]>>,
-    /// Whether the subscriber understands HMSG (otherwise headers are stripped).
-    pub headers: bool,
-    /// Auto-unsubscribe after this many deliveries (`u64::MAX`: never).
-    max: AtomicU64,
-    delivered: AtomicU64,
-    closed: AtomicBool,
-}
-
-impl PartialEq for Subscription {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-impl Subscription {
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-}
-
-/// A message being published, as every delivery sees it.
-pub struct Message<'a> {
-    pub subject: &'a [u8],
-    pub reply: Option<&'a [u8]>,
-    pub headers: Option<usize>,
-    pub data: &'a [u8],
-}
-
-/// Delivers `msg` to `sub` unless it is closed or past its auto-unsubscribe count.
-/// Returns whether it was queued.
-pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet) -> bool {
-    if sub.is_closed() {
-        return false;
-    }
-    // Every delivery counts, so an UNSUB with a maximum counts earlier ones too.
-    let n = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
-    let max = sub.max.load(Ordering::Acquire);
-    if n > max {
-        return false;
-    }
-    if n == max {
-        sub.client.tell(Control::AutoUnsubscribed(sub.clone()));
-    }
-    let (headers, data) = match msg.headers {
-        Some(h) if !sub.headers => (None, msg.data.get(h..).unwrap_or_default()),
-        other => (other, msg.data),
-    };
-    let len = encode::msg_len(msg.subject, &sub.sid, msg.reply, data.len());
-    let pushed = sub.client.out.push(len, |buf| {
-        encode::write_msg(buf, msg.subject, &sub.sid, msg.reply, headers, data)
-    });
-    match pushed {
-        Ok(wake) => {
-            if wake {
-                flush.add(sub.client.clone());
-            }
-            true
-        }
-        Err(PushError::SlowConsumer) => {
-            sub.client.tell(Control::Close(WireError::SlowConsumer));
-            false
-        }
-        Err(PushError::Closed) => false,
     }
 }
 
@@ -286,35 +214,6 @@ impl ReadBuf {
     }
 }
 
-/// What a published subject reaches, shared between the cache and a publish.
-type Matches = Arc<MatchResult<Arc<Subscription>>>;
-
-/// A small cache of subject → matches, valid for one index generation.
-struct MatchCache {
-    generation: u64,
-    entries: HashMap<Box<[u8]>, Matches, foldhash::fast::RandomState>,
-}
-
-const MATCH_CACHE_MAX: usize = 1024;
-
-impl MatchCache {
-    fn get(&mut self, index: &Index, subject: &[u8]) -> Matches {
-        if self.generation != index.generation() {
-            self.entries.clear();
-            self.generation = index.generation();
-        }
-        if let Some(found) = self.entries.get(subject) {
-            return found.clone();
-        }
-        let result = Arc::new(index.matches(subject));
-        if self.entries.len() >= MATCH_CACHE_MAX {
-            self.entries.clear();
-        }
-        self.entries.insert(subject.into(), result.clone());
-        result
-    }
-}
-
 struct Client {
     ctx: Arc<ServerContext>,
     shared: Arc<ClientShared>,
@@ -330,15 +229,13 @@ struct Client {
     changes: Vec<SubChange>,
     /// Changes sent to the router without waiting for them to be applied.
     unsynced: bool,
-    cache: MatchCache,
-    flush: FlushSet,
+    publisher: Publisher,
     pings_out: u32,
     last_in: Instant,
     in_msgs: u64,
     in_bytes: u64,
     out_msgs: u64,
     out_bytes: u64,
-    rng: fastrand::Rng,
 }
 
 impl Client {
@@ -363,18 +260,13 @@ impl Client {
             subs: HashMap::new(),
             changes: Vec::new(),
             unsynced: false,
-            cache: MatchCache {
-                generation: u64::MAX,
-                entries: HashMap::default(),
-            },
-            flush: FlushSet::default(),
+            publisher: Publisher::default(),
             pings_out: 0,
             last_in: runtime::now(),
             in_msgs: 0,
             in_bytes: 0,
             out_msgs: 0,
             out_bytes: 0,
-            rng: fastrand::Rng::new(),
         }
     }
 
@@ -385,7 +277,7 @@ impl Client {
     /// Queues bytes of our own (replies, errors); they are never refused for size.
     fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         if let Ok(true) = self.shared.out.push_control(write) {
-            self.flush.add(self.shared.clone());
+            self.publisher.flush.add(self.shared.clone());
         }
     }
 
@@ -414,7 +306,7 @@ impl Client {
         let mut stream = stream;
         log::debug!("client {} connected from {}", self.id(), self.peer);
         self.send_info(false);
-        self.flush.flush();
+        self.publisher.flush();
         let mut rbuf = ReadBuf::new();
         let mut ping = runtime::interval(self.ctx.config.ping_interval.0);
         enum Event {
@@ -513,7 +405,7 @@ impl Client {
             self.account.send(std::mem::take(&mut self.changes));
             self.unsynced = true;
         }
-        self.flush.flush();
+        self.publisher.flush();
         // Node-wide counters are shared atomics: add to them once per batch.
         let stats = &self.ctx.stats;
         for (local, shared) in [
@@ -627,53 +519,29 @@ impl Client {
     }
 
     fn publish(&mut self, msg: &Message<'_>) {
-        let index = self.account.index();
-        let result = self.cache.get(&index, msg.subject);
-        let me = self.id();
-        let echo = self.opts.echo;
-        let mut delivered = 0u64;
-        for sub in &result.plain {
-            if !echo && sub.client.id == me {
-                continue;
-            }
-            if deliver(sub, msg, &mut self.flush) {
-                delivered += 1;
-            }
-        }
-        for group in &result.queues {
-            let members = &group.members;
-            let start = self.rng.usize(..members.len());
-            for i in 0..members.len() {
-                let sub = &members[(start + i) % members.len()];
-                if !echo && sub.client.id == me {
-                    continue;
-                }
-                if deliver(sub, msg, &mut self.flush) {
-                    delivered += 1;
-                    break;
-                }
-            }
-        }
-        if delivered > 0 {
-            self.out_msgs += delivered;
-            self.out_bytes += delivered * msg.data.len() as u64;
-        } else if result.is_empty() && self.opts.no_responders {
+        let reach = self
+            .publisher
+            .publish(&self.account, msg, self.id(), self.opts.echo);
+        if reach.delivered > 0 {
+            self.out_msgs += reach.delivered;
+            self.out_bytes += reach.delivered * msg.data.len() as u64;
+        } else if reach.no_interest && self.opts.no_responders {
             if let Some(reply) = msg.reply {
-                self.no_responders(&index, msg.subject, reply);
+                self.no_responders(msg.subject, reply);
             }
         }
     }
 
     /// Tells a requester nobody listens on `subject`: a 503 status message on its reply
     /// subject, to one of its own subscriptions that matches it.
-    fn no_responders(&mut self, index: &Index, subject: &[u8], reply: &[u8]) {
+    fn no_responders(&mut self, subject: &[u8], reply: &[u8]) {
         let me = self.id();
-        let reply_matches = self.cache.get(index, reply);
+        let reply_matches = self.publisher.cache.get(&self.account.index(), reply);
         let Some(sub) = reply_matches
             .plain
             .iter()
             .chain(reply_matches.queues.iter().flat_map(|g| g.members.iter()))
-            .find(|s| s.client.id == me && !s.is_closed())
+            .find(|s| s.client_id() == me && !s.is_closed())
         else {
             return;
         };
@@ -699,16 +567,13 @@ impl Client {
         }
         // A sid already in use is ignored, as by the reference.
         if !self.subs.contains_key(sid) {
-            let sub = Arc::new(Subscription {
-                client: self.shared.clone(),
-                sid: sid.into(),
-                subject: subject.into(),
-                queue: queue.map(Into::into),
-                headers: self.opts.headers,
-                max: AtomicU64::new(u64::MAX),
-                delivered: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-            });
+            let sub = Arc::new(Subscription::for_client(
+                self.shared.clone(),
+                subject,
+                queue,
+                sid,
+                self.opts.headers,
+            ));
             self.subs.insert(sid.into(), sub.clone());
             self.changes.push(SubChange::Add(sub));
         }
@@ -730,7 +595,7 @@ impl Client {
 
     fn remove_sub(&mut self, sid: &[u8]) {
         if let Some(sub) = self.subs.remove(sid) {
-            sub.closed.store(true, Ordering::Release);
+            sub.close();
             self.changes.push(SubChange::Remove(sub));
         }
     }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod listener;
 pub mod node;
 pub mod outbound;
+pub mod publish;
 pub mod router;
 pub mod runtime;
 pub mod signals;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::client::Subscription;
+use super::publish::Subscription;
 use super::runtime::Spawner;
 use crate::subject_index::SubjectIndex;
 

@@ -6,6 +6,7 @@
 //! node use [`Node`].
 
 pub mod config;
+pub mod jetstream;
 pub mod proto;
 pub mod subject;
 pub mod subject_index;

@@ -81,6 +81,21 @@ pub fn is_subset(inner: &[u8], outer: &[u8]) -> bool {
     }
 }
 
+/// Is there a literal subject that both filters match? (Streams may not overlap.)
+pub fn overlaps(a: &[u8], b: &[u8]) -> bool {
+    let mut x = a.split(|&c| c == b'.');
+    let mut y = b.split(|&c| c == b'.');
+    loop {
+        match (x.next(), y.next()) {
+            (Some(b">"), Some(_)) | (Some(_), Some(b">")) => return true,
+            (Some(b"*"), Some(_)) | (Some(_), Some(b"*")) => {}
+            (Some(s), Some(t)) if s == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +150,17 @@ mod tests {
         assert!(!is_subset(b"foo.>", b"foo.*"));
         assert!(!is_subset(b"foo.*", b"foo.bar"));
         assert!(is_subset(b"foo.bar", b"foo.bar"));
+    }
+
+    #[test]
+    fn overlapping() {
+        assert!(overlaps(b"foo.*", b"foo.bar"));
+        assert!(overlaps(b"foo.*", b"*.bar"));
+        assert!(overlaps(b">", b"a.b.c"));
+        assert!(overlaps(b"a.>", b"a.*.c"));
+        assert!(!overlaps(b"a.>", b"a"));
+        assert!(!overlaps(b"foo.*", b"foo.bar.baz"));
+        assert!(!overlaps(b"foo", b"bar"));
+        assert!(!overlaps(b"foo.*", b"foo"));
     }
 }

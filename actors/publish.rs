@@ -1,0 +1,302 @@
+//! The publish path: what a subscription is, how a message reaches it, and the
+//! [`Publisher`] that matches a subject against an account's index and delivers to
+//! every subscriber (one member per queue group).
+//!
+//! Client actors publish what their connections send; internal actors (JetStream's API,
+//! streams, consumers) publish their replies and deliveries through the same code. A
+//! subscription belongs either to a client connection (frames go into its outbound
+//! queue) or to an internal actor (an owned copy goes into that actor's mailbox), so
+//! JetStream captures messages from the subject index like any subscriber, without a
+//! second matching step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::client::{ClientShared, Control};
+use super::outbound::{FlushSet, PushError};
+use super::router::{Account, Index};
+use crate::proto::{encode, WireError};
+use crate::subject_index::MatchResult;
+
+/// Who receives what a subscription matches.
+pub enum Target {
+    /// A client connection: frames go into its outbound queue.
+    Client(Arc<ClientShared>),
+    /// An internal actor: an owned copy of the message goes into its mailbox.
+    Internal(InternalSink),
+}
+
+/// The mailbox of an internal subscriber, and the tag it gave this subscription so it
+/// can tell its subscriptions apart.
+#[derive(Clone)]
+pub struct InternalSink {
+    pub tag: u64,
+    pub mailbox: async_channel::Sender<InternalMsg>,
+}
+
+/// A message as an internal subscriber receives it (owned: it crosses to another task).
+#[derive(Debug, Clone)]
+pub struct InternalMsg {
+    /// The tag of the subscription that matched.
+    pub tag: u64,
+    pub subject: Bytes,
+    pub reply: Option<Bytes>,
+    /// Length of the header block at the start of `data`, if the message has headers.
+    pub headers: Option<usize>,
+    pub data: Bytes,
+}
+
+impl InternalMsg {
+    pub fn header_block(&self) -> &[u8] {
+        self.data
+            .get(..self.headers.unwrap_or(0))
+            .unwrap_or_default()
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.data
+            .get(self.headers.unwrap_or(0)..)
+            .unwrap_or_default()
+    }
+}
+
+/// One subscription, as the subject index holds it.
+pub struct Subscription {
+    pub target: Target,
+    pub sid: Box<[u8]>,
+    pub subject: Box<[u8]>,
+    pub queue: Option<Box<[u8]>>,
+    /// Whether the subscriber understands HMSG (otherwise headers are stripped).
+    pub headers: bool,
+    /// Auto-unsubscribe after this many deliveries (`u64::MAX`: never).
+    pub(super) max: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl PartialEq for Subscription {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Subscription {
+    pub fn for_client(
+        client: Arc<ClientShared>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sid: &[u8],
+        headers: bool,
+    ) -> Self {
+        Subscription {
+            target: Target::Client(client),
+            sid: sid.into(),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            headers,
+            max: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn internal(subject: &str, queue: Option<&str>, sink: InternalSink) -> Self {
+        Subscription {
+            sid: sink.tag.to_string().into_bytes().into(),
+            target: Target::Internal(sink),
+            subject: subject.as_bytes().into(),
+            queue: queue.map(|q| q.as_bytes().into()),
+            headers: true,
+            max: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The client connection this subscription belongs to (0 for internal ones).
+    #[inline]
+    pub fn client_id(&self) -> u64 {
+        match &self.target {
+            Target::Client(c) => c.id,
+            Target::Internal(_) => 0,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Stops deliveries at once (the router removes it from the index later).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// A message being published, as every delivery sees it.
+pub struct Message<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    /// Length of the header block at the start of `data`, if any.
+    pub headers: Option<usize>,
+    pub data: &'a [u8],
+}
+
+/// Delivers `msg` to `sub` unless it is closed or past its auto-unsubscribe count.
+/// Returns whether it was queued.
+pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet) -> bool {
+    if sub.is_closed() {
+        return false;
+    }
+    // Every delivery counts, so an UNSUB with a maximum counts earlier ones too.
+    let n = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
+    let max = sub.max.load(Ordering::Acquire);
+    if n > max {
+        return false;
+    }
+    let client = match &sub.target {
+        Target::Client(client) => client,
+        Target::Internal(sink) => {
+            return sink
+                .mailbox
+                .try_send(InternalMsg {
+                    tag: sink.tag,
+                    subject: Bytes::copy_from_slice(msg.subject),
+                    reply: msg.reply.map(Bytes::copy_from_slice),
+                    headers: msg.headers,
+                    data: Bytes::copy_from_slice(msg.data),
+                })
+                .is_ok();
+        }
+    };
+    if n == max {
+        client.tell(Control::AutoUnsubscribed(sub.clone()));
+    }
+    let (headers, data) = match msg.headers {
+        Some(h) if !sub.headers => (None, msg.data.get(h..).unwrap_or_default()),
+        other => (other, msg.data),
+    };
+    let len = encode::msg_len(msg.subject, &sub.sid, msg.reply, data.len());
+    let pushed = client.out.push(len, |buf| {
+        encode::write_msg(buf, msg.subject, &sub.sid, msg.reply, headers, data)
+    });
+    match pushed {
+        Ok(wake) => {
+            if wake {
+                flush.add(client.clone());
+            }
+            true
+        }
+        Err(PushError::SlowConsumer) => {
+            client.tell(Control::Close(WireError::SlowConsumer));
+            false
+        }
+        Err(PushError::Closed) => false,
+    }
+}
+
+/// What a published subject reaches, shared between the cache and a publish.
+pub type Matches = Arc<MatchResult<Arc<Subscription>>>;
+
+/// A small cache of subject → matches, valid for one index generation.
+pub struct MatchCache {
+    generation: u64,
+    entries: HashMap<Box<[u8]>, Matches, foldhash::fast::RandomState>,
+}
+
+const MATCH_CACHE_MAX: usize = 1024;
+
+impl Default for MatchCache {
+    fn default() -> Self {
+        MatchCache {
+            generation: u64::MAX,
+            entries: HashMap::default(),
+        }
+    }
+}
+
+impl MatchCache {
+    pub fn get(&mut self, index: &Index, subject: &[u8]) -> Matches {
+        if self.generation != index.generation() {
+            self.entries.clear();
+            self.generation = index.generation();
+        }
+        if let Some(found) = self.entries.get(subject) {
+            return found.clone();
+        }
+        let result = Arc::new(index.matches(subject));
+        if self.entries.len() >= MATCH_CACHE_MAX {
+            self.entries.clear();
+        }
+        self.entries.insert(subject.into(), result.clone());
+        result
+    }
+}
+
+/// What a publish reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Deliveries made.
+    pub delivered: u64,
+    /// No subscription matched at all (not even a closed or excluded one).
+    pub no_interest: bool,
+}
+
+/// Matches and delivers messages for one publisher (a client actor or an internal
+/// actor). Touched outbound queues are woken by [`Publisher::flush`].
+#[derive(Default)]
+pub struct Publisher {
+    pub cache: MatchCache,
+    pub flush: FlushSet,
+    rng: fastrand::Rng,
+}
+
+impl Publisher {
+    /// Delivers `msg` to every matching subscription of `account` (one member per
+    /// queue group). With `echo` false, subscriptions of connection `origin` are
+    /// skipped.
+    pub fn publish(
+        &mut self,
+        account: &Account,
+        msg: &Message<'_>,
+        origin: u64,
+        echo: bool,
+    ) -> Reach {
+        let index = account.index();
+        let result = self.cache.get(&index, msg.subject);
+        let mut delivered = 0u64;
+        for sub in &result.plain {
+            if !echo && sub.client_id() == origin {
+                continue;
+            }
+            if deliver(sub, msg, &mut self.flush) {
+                delivered += 1;
+            }
+        }
+        for group in &result.queues {
+            let members = &group.members;
+            let start = self.rng.usize(..members.len());
+            for i in 0..members.len() {
+                let sub = &members[(start + i) % members.len()];
+                if !echo && sub.client_id() == origin {
+                    continue;
+                }
+                if deliver(sub, msg, &mut self.flush) {
+                    delivered += 1;
+                    break;
+                }
+            }
+        }
+        Reach {
+            delivered,
+            no_interest: result.is_empty(),
+        }
+    }
+
+    /// Wakes every outbound queue touched since the last flush.
+    pub fn flush(&mut self) {
+        self.flush.flush();
+    }
+}

@@ -1,0 +1,638 @@
+//! The `$JS.API` JSON: stream and consumer configurations, the info and state bodies,
+//! PubAck, the request bodies, and the response envelope (`type` plus either the body
+//! or `error`). Field names, defaults and encodings follow the reference: durations are
+//! nanoseconds, times RFC 3339 in UTC, unknown request fields are ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+
+pub const API_PREFIX: &str = "$JS.API.";
+pub const TYPE_PREFIX: &str = "io.nats.jetstream.api.v1.";
+/// The JetStream API level we implement (ADR-44), as reported by the reference 2.11.
+pub const API_LEVEL: u32 = 1;
+/// Headers on a pull request's terminating status: what it still wanted.
+pub const PENDING_MSGS_HEADER: &str = "Nats-Pending-Messages";
+pub const PENDING_BYTES_HEADER: &str = "Nats-Pending-Bytes";
+/// Default duplicate window: two minutes.
+pub const DEFAULT_DUPLICATE_WINDOW: i64 = 120_000_000_000;
+/// Default ack wait: thirty seconds.
+pub const DEFAULT_ACK_WAIT: i64 = 30_000_000_000;
+pub const DEFAULT_MAX_ACK_PENDING: i64 = 1000;
+pub const DEFAULT_MAX_WAITING: i64 = 512;
+/// Ephemeral consumers go away after this long without interest.
+pub const DEFAULT_INACTIVE_THRESHOLD: i64 = 5_000_000_000;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+fn minus_one() -> i64 {
+    -1
+}
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    #[default]
+    Limits,
+    Interest,
+    #[serde(alias = "workqueue")]
+    Workqueue,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    #[default]
+    Old,
+    New,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    S2,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerLimits {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inactive_threshold: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_ack_pending: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default = "minus_one")]
+    pub max_consumers: i64,
+    #[serde(default = "minus_one")]
+    pub max_msgs: i64,
+    #[serde(default = "minus_one")]
+    pub max_bytes: i64,
+    #[serde(default)]
+    pub max_age: i64,
+    #[serde(default = "minus_one")]
+    pub max_msgs_per_subject: i64,
+    #[serde(default = "minus_one")]
+    pub max_msg_size: i64,
+    #[serde(default)]
+    pub discard: Discard,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default = "one")]
+    pub num_replicas: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_ack: bool,
+    #[serde(default)]
+    pub duplicate_window: i64,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub first_seq: u64,
+    #[serde(default)]
+    pub allow_direct: bool,
+    #[serde(default)]
+    pub mirror_direct: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub discard_new_per_subject: bool,
+    #[serde(default)]
+    pub sealed: bool,
+    #[serde(default)]
+    pub deny_delete: bool,
+    #[serde(default)]
+    pub deny_purge: bool,
+    #[serde(default)]
+    pub allow_rollup_hdrs: bool,
+    #[serde(default)]
+    pub consumer_limits: ConsumerLimits,
+    #[serde(default)]
+    pub allow_msg_ttl: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub subject_delete_marker_ttl: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Features we do not implement; kept to refuse them clearly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub republish: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_transform: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<serde_json::Value>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        // An empty JSON object gives the same defaults as a missing field.
+        serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("defaults deserialize"))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub first_ts: String,
+    pub last_seq: u64,
+    pub last_ts: String,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub num_subjects: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<BTreeMap<String, u64>>,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub num_deleted: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Vec<u64>>,
+    pub consumer_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub leader: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub config: StreamConfig,
+    pub created: String,
+    pub state: StreamState,
+    pub cluster: ClusterInfo,
+    pub ts: String,
+}
+
+/// Optional body of STREAM.INFO.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamInfoRequest {
+    #[serde(default)]
+    pub deleted_details: bool,
+    #[serde(default)]
+    pub subjects_filter: Option<String>,
+    #[serde(default)]
+    pub offset: usize,
+}
+
+/// Body of STREAM.NAMES and STREAM.LIST.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListRequest {
+    #[serde(default)]
+    pub offset: usize,
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// Body of STREAM.PURGE.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub keep: Option<u64>,
+}
+
+/// Body of STREAM.MSG.GET and DIRECT.GET.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MsgGetRequest {
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub last_by_subj: Option<String>,
+    #[serde(default)]
+    pub next_by_subj: Option<String>,
+    #[serde(default)]
+    pub batch: Option<u64>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    #[serde(default)]
+    pub multi_last: Option<Vec<String>>,
+    #[serde(default)]
+    pub up_to_seq: Option<u64>,
+    #[serde(default)]
+    pub start_time: Option<String>,
+}
+
+/// Body of STREAM.MSG.DELETE.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MsgDeleteRequest {
+    pub seq: u64,
+    #[serde(default)]
+    pub no_erase: bool,
+}
+
+/// A message in a STREAM.MSG.GET response.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredMessage {
+    pub subject: String,
+    pub seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hdrs: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PubAck {
+    pub stream: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    #[default]
+    All,
+    Last,
+    New,
+    ByStartSequence,
+    ByStartTime,
+    LastPerSubject,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    None,
+    All,
+    #[default]
+    Explicit,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayPolicy {
+    #[default]
+    Instant,
+    Original,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub deliver_policy: DeliverPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_start_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_start_time: Option<String>,
+    #[serde(default)]
+    pub ack_policy: AckPolicy,
+    #[serde(default)]
+    pub ack_wait: i64,
+    #[serde(default)]
+    pub max_deliver: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_subjects: Option<Vec<String>>,
+    #[serde(default)]
+    pub replay_policy: ReplayPolicy,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub rate_limit_bps: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_freq: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_waiting: i64,
+    #[serde(default)]
+    pub max_ack_pending: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub flow_control: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_heartbeat: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub headers_only: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_batch: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_expires: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_bytes: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_group: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inactive_threshold: i64,
+    #[serde(default)]
+    pub num_replicas: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mem_storage: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_until: Option<String>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("defaults deserialize"))
+    }
+}
+
+impl ConsumerConfig {
+    /// The filters as one list (`filter_subject` or `filter_subjects`; empty: all).
+    pub fn filters(&self) -> Vec<String> {
+        match (&self.filter_subject, &self.filter_subjects) {
+            (Some(f), _) if !f.is_empty() => vec![f.clone()],
+            (_, Some(fs)) => fs.iter().filter(|f| !f.is_empty()).cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn is_pull(&self) -> bool {
+        self.deliver_subject.as_deref().is_none_or(str::is_empty)
+    }
+}
+
+/// Body of CONSUMER.CREATE and CONSUMER.DURABLE.CREATE.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateConsumerRequest {
+    #[serde(default)]
+    pub stream_name: String,
+    pub config: ConsumerConfig,
+    #[serde(default)]
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceInfo {
+    pub consumer_seq: u64,
+    pub stream_seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceInfoActive {
+    pub consumer_seq: u64,
+    pub stream_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    pub stream_name: String,
+    pub name: String,
+    pub created: String,
+    pub config: ConsumerConfig,
+    pub delivered: SequenceInfoActive,
+    pub ack_floor: SequenceInfoActive,
+    pub num_ack_pending: u64,
+    pub num_redelivered: u64,
+    pub num_waiting: u64,
+    pub num_pending: u64,
+    pub cluster: ClusterInfo,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub push_bound: bool,
+    pub ts: String,
+}
+
+/// Body of CONSUMER.MSG.NEXT (a JSON object, a plain batch number, or empty).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct NextRequest {
+    #[serde(default)]
+    pub batch: i64,
+    #[serde(default)]
+    pub expires: i64,
+    #[serde(default)]
+    pub max_bytes: i64,
+    #[serde(default)]
+    pub no_wait: bool,
+    #[serde(default)]
+    pub idle_heartbeat: i64,
+}
+
+impl NextRequest {
+    pub fn parse(body: &[u8]) -> Result<NextRequest, ApiError> {
+        let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request())?;
+        let text = text.trim();
+        let mut req = if text.is_empty() {
+            NextRequest::default()
+        } else if text.starts_with('{') {
+            serde_json::from_str(text).map_err(|e| ApiError::invalid_json(&e))?
+        } else {
+            NextRequest {
+                batch: text.parse().map_err(|_| ApiError::bad_request())?,
+                ..Default::default()
+            }
+        };
+        if req.batch <= 0 {
+            req.batch = 1;
+        }
+        Ok(req)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApiStats {
+    pub level: u32,
+    pub total: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AccountLimits {
+    pub max_memory: i64,
+    pub max_storage: i64,
+    pub max_streams: i64,
+    pub max_consumers: i64,
+    pub max_ack_pending: i64,
+    pub memory_max_stream_bytes: i64,
+    pub storage_max_stream_bytes: i64,
+    pub max_bytes_required: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AccountInfo {
+    pub memory: u64,
+    pub storage: u64,
+    pub reserved_memory: u64,
+    pub reserved_storage: u64,
+    pub streams: u64,
+    pub consumers: u64,
+    pub limits: AccountLimits,
+    pub api: ApiStats,
+}
+
+/// Serializes a response body with its `type`.
+pub fn response<T: Serialize>(kind: &str, body: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a, T> {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(flatten)]
+        body: &'a T,
+    }
+    serde_json::to_vec(&Envelope {
+        kind: format!("{TYPE_PREFIX}{kind}"),
+        body,
+    })
+    .unwrap_or_default()
+}
+
+/// Serializes an error response with its `type`.
+pub fn error_response(kind: &str, err: &ApiError) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        error: &'a ApiError,
+    }
+    serde_json::to_vec(&Envelope {
+        kind: format!("{TYPE_PREFIX}{kind}"),
+        error: err,
+    })
+    .unwrap_or_default()
+}
+
+/// A PubAck for a failed publish: the error next to the stream name (as the reference).
+pub fn pub_ack_error(stream: &str, err: &ApiError) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        error: &'a ApiError,
+        stream: &'a str,
+        seq: u64,
+    }
+    serde_json::to_vec(&Failed {
+        error: err,
+        stream,
+        seq: 0,
+    })
+    .unwrap_or_default()
+}
+
+/// Parses an optional JSON request body: empty (or only whitespace) gives the default.
+pub fn parse_optional<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e))
+}
+
+/// Parses a required JSON request body.
+pub fn parse_required<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::request_body_required());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e))
+}
+
+/// RFC 3339 in UTC with nanoseconds, trailing zeros trimmed (Go's `RFC3339Nano`). Time
+/// zero (no time) is Go's zero time, as the reference prints it.
+pub fn format_time(ns: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    if ns == 0 {
+        return "0001-01-01T00:00:00Z".to_string();
+    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string())
+}
+
+/// Parses an RFC 3339 time to nanoseconds since the epoch.
+pub fn parse_time(s: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let c = StreamConfig::default();
+        assert_eq!(c.max_msgs, -1);
+        assert_eq!(c.max_msgs_per_subject, -1);
+        assert_eq!(c.storage, Storage::File);
+        assert_eq!(c.num_replicas, 1);
+        let json = serde_json::to_value(&c).unwrap_or_default();
+        assert_eq!(json["retention"], "limits");
+        assert!(json.get("subjects").is_none());
+    }
+
+    #[test]
+    fn next_request_forms() {
+        assert_eq!(NextRequest::parse(b"").map(|r| r.batch), Ok(1));
+        assert_eq!(NextRequest::parse(b" 5 ").map(|r| r.batch), Ok(5));
+        let r = NextRequest::parse(br#"{"batch":3,"no_wait":true}"#).unwrap_or_default();
+        assert!(r.no_wait && r.batch == 3);
+        assert!(NextRequest::parse(b"{bad").is_err());
+        assert!(NextRequest::parse(b"x").is_err());
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let ns = 1_700_000_000_123_456_000;
+        let s = format_time(ns);
+        assert_eq!(s, "2023-11-14T22:13:20.123456Z");
+        assert_eq!(parse_time(&s), Some(ns));
+        assert_eq!(format_time(0), "0001-01-01T00:00:00Z");
+        assert_eq!(parse_time("2023-11-14T23:13:20.123456+01:00"), Some(ns));
+    }
+
+    #[test]
+    fn envelopes() {
+        let body = response(
+            "pub_test",
+            &PubAck {
+                stream: "S".into(),
+                seq: 1,
+                duplicate: false,
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(v["type"], "io.nats.jetstream.api.v1.pub_test");
+        assert_eq!(v["seq"], 1);
+        let e = error_response("x_response", &ApiError::stream_not_found());
+        let v: serde_json::Value = serde_json::from_slice(&e).unwrap_or_default();
+        assert_eq!(v["error"]["err_code"], 10059);
+    }
+}

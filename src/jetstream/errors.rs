@@ -1,0 +1,280 @@
+//! JetStream API errors with the reference's codes (`code` is HTTP-like, `err_code` is
+//! the stable JetStream number from nats-server's `errors.json`). Clients match on
+//! `err_code`, so every error a request can produce is one of these constructors.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{description} (code {code}, err_code {err_code})")]
+pub struct ApiError {
+    pub code: u16,
+    pub err_code: u16,
+    pub description: String,
+}
+
+fn e(code: u16, err_code: u16, description: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        err_code,
+        description: description.into(),
+    }
+}
+
+impl ApiError {
+    pub fn bad_request() -> Self {
+        e(400, 10003, "bad request")
+    }
+    pub fn invalid_json(err: &dyn std::fmt::Display) -> Self {
+        e(400, 10025, format!("invalid JSON: {err}"))
+    }
+    pub fn request_body_required() -> Self {
+        e(400, 10025, "invalid JSON: unexpected end of JSON input")
+    }
+    pub fn not_empty_request() -> Self {
+        e(400, 10038, "expected an empty request payload")
+    }
+    pub fn not_enabled() -> Self {
+        e(503, 10076, "JetStream not enabled")
+    }
+    pub fn insufficient_storage() -> Self {
+        e(500, 10047, "insufficient storage resources available")
+    }
+    pub fn insufficient_memory() -> Self {
+        e(500, 10028, "insufficient memory resources available")
+    }
+    pub fn stream_not_found() -> Self {
+        e(404, 10059, "stream not found")
+    }
+    pub fn stream_name_exists() -> Self {
+        e(
+            400,
+            10058,
+            "stream name already in use with a different configuration",
+        )
+    }
+    pub fn stream_name_mismatch() -> Self {
+        e(400, 10056, "stream name in subject does not match request")
+    }
+    pub fn subjects_overlap() -> Self {
+        e(400, 10065, "subjects overlap with an existing stream")
+    }
+    pub fn invalid_stream_config(why: &str) -> Self {
+        e(500, 10052, why)
+    }
+    pub fn stream_update(why: &str) -> Self {
+        e(500, 10069, why)
+    }
+    pub fn stream_store_failed(why: &str) -> Self {
+        e(503, 10077, why)
+    }
+    pub fn stream_general(why: &str) -> Self {
+        e(500, 10051, why)
+    }
+    pub fn replicas_not_supported() -> Self {
+        e(
+            500,
+            10074,
+            "replicas > 1 not supported in non-clustered mode",
+        )
+    }
+    pub fn max_streams() -> Self {
+        e(400, 10027, "maximum number of streams reached")
+    }
+    pub fn no_message_found() -> Self {
+        e(404, 10037, "no message found")
+    }
+    pub fn sequence_not_found(seq: u64) -> Self {
+        e(400, 10043, format!("sequence {seq} not found"))
+    }
+    pub fn msg_delete_failed(why: &str) -> Self {
+        e(500, 10057, why)
+    }
+    pub fn purge_failed(why: &str) -> Self {
+        e(500, 10110, why)
+    }
+    pub fn message_too_big() -> Self {
+        e(400, 10054, "message size exceeds maximum allowed")
+    }
+    pub fn expected_stream_mismatch() -> Self {
+        e(400, 10060, "expected stream does not match")
+    }
+    pub fn wrong_last_sequence(seq: u64) -> Self {
+        e(400, 10071, format!("wrong last sequence: {seq}"))
+    }
+    pub fn wrong_last_msg_id(id: &str) -> Self {
+        e(400, 10070, format!("wrong last msg ID: {id}"))
+    }
+    pub fn sealed() -> Self {
+        e(400, 10109, "invalid operation on sealed stream")
+    }
+    pub fn rollup_failed(why: &str) -> Self {
+        e(500, 10111, why)
+    }
+    pub fn ttl_invalid() -> Self {
+        e(400, 10165, "invalid per-message TTL")
+    }
+    pub fn ttl_disabled() -> Self {
+        e(400, 10166, "per-message TTL is disabled")
+    }
+    pub fn consumer_not_found() -> Self {
+        e(404, 10014, "consumer not found")
+    }
+    pub fn consumer_create(why: &str) -> Self {
+        e(500, 10012, why)
+    }
+    pub fn consumer_name_exists() -> Self {
+        e(400, 10013, "consumer name already in use")
+    }
+    pub fn consumer_already_exists() -> Self {
+        e(400, 10148, "consumer already exists")
+    }
+    pub fn consumer_does_not_exist() -> Self {
+        e(400, 10149, "consumer does not exist")
+    }
+    pub fn consumer_durable_name_mismatch() -> Self {
+        e(
+            400,
+            10017,
+            "consumer name in subject does not match durable name in request",
+        )
+    }
+    pub fn consumer_durable_and_name_mismatch() -> Self {
+        e(
+            400,
+            10132,
+            "Consumer Durable and Name have to be equal if both are provided",
+        )
+    }
+    pub fn consumer_bad_durable_name() -> Self {
+        e(400, 10103, "durable name can not contain '.', '*', '>'")
+    }
+    pub fn consumer_filter_mismatch() -> Self {
+        e(
+            400,
+            10131,
+            "Consumer create request did not match filtered subject from create subject",
+        )
+    }
+    pub fn consumer_filter_not_subset() -> Self {
+        e(
+            400,
+            10093,
+            "consumer filter subject is not a valid subset of the interest subjects",
+        )
+    }
+    pub fn consumer_duplicate_filters() -> Self {
+        e(
+            400,
+            10136,
+            "consumer cannot have both FilterSubject and FilterSubjects specified",
+        )
+    }
+    pub fn consumer_overlapping_filters() -> Self {
+        e(400, 10138, "consumer subject filters cannot overlap")
+    }
+    pub fn consumer_empty_filter() -> Self {
+        e(
+            400,
+            10139,
+            "consumer filter in FilterSubjects cannot be empty",
+        )
+    }
+    pub fn consumer_max_consumers() -> Self {
+        e(400, 10026, "maximum consumers limit reached")
+    }
+    pub fn consumer_invalid_policy(why: &str) -> Self {
+        e(400, 10094, why)
+    }
+    pub fn consumer_push_max_waiting() -> Self {
+        e(400, 10080, "consumer in push mode can not set max waiting")
+    }
+    pub fn consumer_small_heartbeat() -> Self {
+        e(400, 10083, "consumer idle heartbeat needs to be >= 100ms")
+    }
+    pub fn consumer_hb_requires_push() -> Self {
+        e(
+            400,
+            10088,
+            "consumer idle heartbeat requires a push based consumer",
+        )
+    }
+    pub fn consumer_fc_requires_push() -> Self {
+        e(
+            400,
+            10089,
+            "consumer flow control requires a push based consumer",
+        )
+    }
+    pub fn consumer_fc_needs_heartbeats() -> Self {
+        e(
+            400,
+            10108,
+            "consumer with flow control also needs heartbeats",
+        )
+    }
+    pub fn consumer_deliver_to_wildcards() -> Self {
+        e(400, 10079, "consumer deliver subject has wildcards")
+    }
+    pub fn consumer_max_deliver_backoff() -> Self {
+        e(
+            400,
+            10116,
+            "max deliver is required to be > length of backoff values",
+        )
+    }
+    pub fn consumer_wq_requires_explicit_ack() -> Self {
+        e(400, 10098, "workqueue stream requires explicit ack")
+    }
+    pub fn consumer_wq_multiple_unfiltered() -> Self {
+        e(
+            400,
+            10099,
+            "multiple non-filtered consumers not allowed on workqueue stream",
+        )
+    }
+    pub fn consumer_wq_not_unique() -> Self {
+        e(
+            400,
+            10100,
+            "filtered consumer not unique on workqueue stream",
+        )
+    }
+    pub fn consumer_wq_deliver_all() -> Self {
+        e(
+            400,
+            10101,
+            "consumer must be deliver all on workqueue stream",
+        )
+    }
+    pub fn consumer_pull_requires_ack() -> Self {
+        e(
+            400,
+            10084,
+            "consumer in pull mode requires explicit ack policy on workqueue stream",
+        )
+    }
+    pub fn consumer_max_pending_requires_ack() -> Self {
+        e(
+            400,
+            10082,
+            "consumer requires ack policy for max ack pending",
+        )
+    }
+    pub fn consumer_multiple_filters_not_allowed() -> Self {
+        e(
+            400,
+            10137,
+            "consumer with multiple subject filters cannot use subject based API",
+        )
+    }
+    pub fn consumer_name_too_long(max: usize) -> Self {
+        e(
+            400,
+            10102,
+            format!("consumer name is too long, maximum allowed is {max}"),
+        )
+    }
+    pub fn consumer_config_required() -> Self {
+        e(400, 10078, "consumer config required")
+    }
+}

@@ -1,0 +1,137 @@
+//! NATS message headers (ADR-4): reading the header block a client sent, and building
+//! the blocks JetStream sends (status messages, headers added on delivery).
+//!
+//! A block is `NATS/1.0[ <code>[ <text>]]\r\n` followed by `Key: Value\r\n` lines and an
+//! empty line. Lookup is ASCII case-insensitive on the key; the first value wins.
+
+/// The first value of header `name` in `block`, trimmed.
+pub fn get<'a>(block: &'a [u8], name: &str) -> Option<&'a str> {
+    lines(block).find_map(|(k, v)| k.eq_ignore_ascii_case(name.as_bytes()).then_some(v))
+}
+
+/// Every `(key, value)` line of a block (after the version line), values trimmed.
+/// Lines that are not valid UTF-8 or have no colon are skipped.
+pub fn lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &str)> {
+    block.split(|&b| b == b'\n').skip(1).filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let key = line.get(..colon)?;
+        let value = std::str::from_utf8(line.get(colon + 1..)?).ok()?;
+        Some((trim(key), value.trim()))
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+/// The status code of a block's version line (`NATS/1.0 503` → 503), if any.
+pub fn status(block: &[u8]) -> Option<u16> {
+    let first = block.split(|&b| b == b'\n').next()?;
+    let rest = first.strip_prefix(b"NATS/1.0")?;
+    let rest = std::str::from_utf8(rest).ok()?.trim();
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Builds a header block.
+#[derive(Debug, Clone)]
+pub struct HeaderBuilder {
+    buf: Vec<u8>,
+}
+
+impl HeaderBuilder {
+    /// A block with no status.
+    pub fn new() -> Self {
+        HeaderBuilder {
+            buf: b"NATS/1.0\r\n".to_vec(),
+        }
+    }
+
+    /// A status message: `NATS/1.0 <code> <text>`.
+    pub fn status(code: u16, text: &str) -> Self {
+        let mut buf = format!("NATS/1.0 {code}").into_bytes();
+        if !text.is_empty() {
+            buf.push(b' ');
+            buf.extend_from_slice(text.as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+        HeaderBuilder { buf }
+    }
+
+    /// Starts from an existing block (a stored message's headers) to add lines to it.
+    /// An empty or malformed block starts a fresh one.
+    pub fn extend(block: &[u8]) -> Self {
+        match block.strip_suffix(b"\r\n") {
+            Some(head) if block.starts_with(b"NATS/1.0") && head.ends_with(b"\r\n") => {
+                HeaderBuilder { buf: head.to_vec() }
+            }
+            _ => Self::new(),
+        }
+    }
+
+    pub fn add(mut self, key: &str, value: &str) -> Self {
+        self.push(key, value);
+        self
+    }
+
+    pub fn push(&mut self, key: &str, value: &str) {
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// The finished block, ending with the empty line.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(b"\r\n");
+        self.buf
+    }
+}
+
+impl Default for HeaderBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_values_case_insensitively() {
+        let block = b"NATS/1.0\r\nNats-Msg-Id: abc \r\nnats-expected-stream:S\r\n\r\n";
+        assert_eq!(get(block, "Nats-Msg-Id"), Some("abc"));
+        assert_eq!(get(block, "Nats-Expected-Stream"), Some("S"));
+        assert_eq!(get(block, "Missing"), None);
+        assert_eq!(status(block), None);
+        assert_eq!(status(b"NATS/1.0 503\r\n\r\n"), Some(503));
+        assert_eq!(status(b"NATS/1.0 404 No Messages\r\n\r\n"), Some(404));
+    }
+
+    #[test]
+    fn builds_and_extends() {
+        let b = HeaderBuilder::status(404, "No Messages")
+            .add("Nats-Pending-Messages", "1")
+            .finish();
+        assert_eq!(
+            b,
+            b"NATS/1.0 404 No Messages\r\nNats-Pending-Messages: 1\r\n\r\n"
+        );
+        let ext = HeaderBuilder::extend(b"NATS/1.0\r\nA: 1\r\n\r\n")
+            .add("Nats-Stream", "S")
+            .finish();
+        assert_eq!(ext, b"NATS/1.0\r\nA: 1\r\nNats-Stream: S\r\n\r\n");
+        assert_eq!(get(&ext, "a"), Some("1"));
+        let fresh = HeaderBuilder::extend(b"").add("X", "y").finish();
+        assert_eq!(fresh, b"NATS/1.0\r\nX: y\r\n\r\n");
+    }
+}

@@ -1,0 +1,13 @@
+//! JetStream, the pure part: the API's JSON and errors, message headers, a stream's
+//! messages and state machine, consumers, and the storage schema. The actors in
+//! `actors/jetstream.rs`, `actors/stream.rs` and `actors/storage.rs` drive it.
+
+pub mod api;
+pub mod consumer;
+pub mod errors;
+pub mod headers;
+pub mod schema;
+pub mod store;
+pub mod stream;
+
+pub use errors::ApiError;
