@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod jetstream;
 pub mod listener;
 pub mod node;
 pub mod outbound;
@@ -11,3 +12,5 @@ pub mod publish;
 pub mod router;
 pub mod runtime;
 pub mod signals;
+pub mod storage;
+pub mod stream;

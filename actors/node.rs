@@ -29,6 +29,8 @@ pub enum NodeError {
     Config(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot start JetStream: {0}")]
+    JetStream(#[source] super::storage::StorageError),
 }
 
 /// Node-wide counters (atomics: written by many actors, read by monitoring).
@@ -80,6 +82,8 @@ pub struct Node {
     ctx: Arc<ServerContext>,
     commands: async_channel::Sender<Command>,
     listener: Option<Task<()>>,
+    /// JetStream's store, closed once the runtime (and every stream) has stopped.
+    store_closed: Option<super::storage::Closed>,
 }
 
 impl Node {
@@ -116,6 +120,18 @@ impl Node {
             stats: Stats::default(),
             spawner: spawner.clone(),
         });
+        let mut store_closed = None;
+        if ctx.config.jetstream.enabled {
+            store_closed = Some(
+                runtime::block_on(super::jetstream::start(
+                    &ctx.config.jetstream,
+                    ctx.global.clone(),
+                    spawner.clone(),
+                    ctx.server_name.clone(),
+                ))
+                .map_err(NodeError::JetStream)?,
+            );
+        }
         let (commands, command_rx) = async_channel::unbounded();
         let listener_task = spawner.spawn(listener::run(ctx.clone(), listener, command_rx));
         log::info!(
@@ -128,6 +144,7 @@ impl Node {
             ctx,
             commands,
             listener: listener_task,
+            store_closed,
         })
     }
 
@@ -166,6 +183,9 @@ impl Node {
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.listener.take()) {
             runtime::block_on(task);
             rt.stop();
+        }
+        if let Some(closed) = self.store_closed.take() {
+            closed.wait(std::time::Duration::from_secs(10));
         }
         log::info!("meshbroker {} stopped", self.ctx.server_name);
     }

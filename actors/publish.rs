@@ -264,8 +264,21 @@ impl Publisher {
         origin: u64,
         echo: bool,
     ) -> Reach {
+        self.publish_via(account, msg.subject, msg, origin, echo)
+    }
+
+    /// Delivers `msg` to the subscriptions matching `to` (JetStream delivers a stored
+    /// message, under its own subject, to a consumer's deliver subject or inbox).
+    pub fn publish_via(
+        &mut self,
+        account: &Account,
+        to: &[u8],
+        msg: &Message<'_>,
+        origin: u64,
+        echo: bool,
+    ) -> Reach {
         let index = account.index();
-        let result = self.cache.get(&index, msg.subject);
+        let result = self.cache.get(&index, to);
         let mut delivered = 0u64;
         for sub in &result.plain {
             if !echo && sub.client_id() == origin {

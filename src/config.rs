@@ -142,6 +142,10 @@ pub struct JetStreamConfig {
     pub enabled: bool,
     /// Where the redb store lives; relative paths are taken from the working directory.
     pub store_dir: PathBuf,
+    /// Most bytes all memory streams may hold together (0: no limit).
+    pub max_memory: Size,
+    /// Most bytes all file streams may hold together (0: no limit).
+    pub max_file: Size,
 }
 
 impl Default for JetStreamConfig {
@@ -149,6 +153,8 @@ impl Default for JetStreamConfig {
         JetStreamConfig {
             enabled: true,
             store_dir: PathBuf::from("./data/jetstream"),
+            max_memory: Size(0),
+            max_file: Size(0),
         }
     }
 }

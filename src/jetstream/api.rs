@@ -454,7 +454,7 @@ impl NextRequest {
         let mut req = if text.is_empty() {
             NextRequest::default()
         } else if text.starts_with('{') {
-            serde_json::from_str(text).map_err(|e| ApiError::invalid_json(&e))?
+            parse_json(text.as_bytes())?
         } else {
             NextRequest {
                 batch: text.parse().map_err(|_| ApiError::bad_request())?,
@@ -546,20 +546,47 @@ pub fn pub_ack_error(stream: &str, err: &ApiError) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Parses an optional JSON request body: empty (or only whitespace) gives the default.
+/// Is a request body empty as the clients send "nothing" (empty, `null`, `[]`, `{}`)?
+fn is_empty_body(body: &[u8]) -> bool {
+    let text = std::str::from_utf8(body).unwrap_or("x").trim();
+    matches!(text, "" | "null" | "[]")
+}
+
+/// Drops `null` members of objects, recursively: Go reads a null as the zero value, and
+/// clients send explicit nulls for fields they leave unset.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// Parses a JSON request body the way the reference reads it (nulls as missing).
+pub fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e))?;
+    strip_nulls(&mut value);
+    T::deserialize(value).map_err(|e| ApiError::invalid_json(&e))
+}
+
+/// Parses an optional JSON request body: an empty one gives the default.
 pub fn parse_optional<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if is_empty_body(body) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e))
+    parse_json(body)
 }
 
 /// Parses a required JSON request body.
 pub fn parse_required<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if is_empty_body(body) {
         return Err(ApiError::request_body_required());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(&e))
+    parse_json(body)
 }
 
 /// RFC 3339 in UTC with nanoseconds, trailing zeros trimmed (Go's `RFC3339Nano`). Time

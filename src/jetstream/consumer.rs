@@ -141,6 +141,9 @@ enum Source {
 /// sort first and are always due).
 const LAST_PER_SUBJECT: i64 = i64::MIN;
 
+/// How often an unbound push consumer looks for a subscriber on its deliver subject.
+const PUSH_INTEREST_POLL: i64 = 50_000_000;
+
 /// Bytes delivered to a push consumer with flow control before we wait for the client.
 const FLOW_CONTROL_WINDOW: u64 = 2 * 1024 * 1024;
 
@@ -576,6 +579,9 @@ impl Consumer {
             return None;
         }
         let seq = store.next_matching(self.next_seq, &self.filters)?;
+        if seq > store.durable_seq() {
+            return None;
+        }
         self.next_seq = seq + 1;
         self.num_pending = self.num_pending.saturating_sub(1);
         Some((seq, 1, Source::New))
@@ -828,15 +834,16 @@ impl Consumer {
         }
     }
 
-    /// When this consumer next needs attention (ack deadline, redelivery, request
-    /// expiry, heartbeat).
-    pub fn next_deadline(&self) -> Option<i64> {
+    /// When this consumer next needs attention (ack deadline, a delayed redelivery,
+    /// request expiry, heartbeat), after `now`. What was due by `now` has been tried
+    /// in the last poll; it is retried on the next event (an ack, a request).
+    pub fn next_deadline(&self, now: i64) -> Option<i64> {
         let mut next: Option<i64> = None;
         let mut at = |t: i64| next = Some(next.map_or(t, |n: i64| n.min(t)));
         if let Some((t, _)) = self.deadlines.first() {
             at(*t);
         }
-        if let Some((t, _)) = self.redeliver.first() {
+        if let Some((t, _)) = self.redeliver.iter().find(|(t, _)| *t > now) {
             at(*t);
         }
         for r in &self.waiting {
@@ -847,13 +854,19 @@ impl Consumer {
                 at(r.next_heartbeat);
             }
         }
-        if !self.is_pull() && self.config.idle_heartbeat > 0 {
-            at(self.last_delivery + self.config.idle_heartbeat);
+        if !self.is_pull() {
+            if self.config.idle_heartbeat > 0 && self.push_bound {
+                at(self.last_delivery + self.config.idle_heartbeat);
+            }
+            if !self.push_bound {
+                // Nothing tells us when a subscriber appears: look again shortly.
+                at(now + PUSH_INTEREST_POLL);
+            }
         }
         if let Some(t) = self.inactive_deadline() {
             at(t);
         }
-        next
+        next.map(|t| t.max(now))
     }
 
     /// When an idle consumer with an inactive threshold is due for removal.
@@ -920,6 +933,7 @@ mod tests {
 
     fn store(n: u64) -> StreamStore {
         let mut s = StreamStore::new(u64::MAX);
+        s.set_durable(n);
         for i in 1..=n {
             s.insert(
                 i,
@@ -1012,7 +1026,7 @@ mod tests {
             ..Default::default()
         };
         assert!(c.request_next("i", req, 0).is_none());
-        assert_eq!(c.next_deadline(), Some(100));
+        assert_eq!(c.next_deadline(0), Some(100));
         let mut out = Vec::new();
         c.poll(&st, 100, &|_| true, &mut out);
         match &out[..] {

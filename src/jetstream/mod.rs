@@ -6,6 +6,7 @@ pub mod api;
 pub mod consumer;
 pub mod errors;
 pub mod headers;
+pub mod request;
 pub mod schema;
 pub mod store;
 pub mod stream;

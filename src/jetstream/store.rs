@@ -81,6 +81,8 @@ pub struct StreamStore {
     /// The last sequence ever assigned (survives purges, so sequences never repeat).
     last_seq: u64,
     last_ts: i64,
+    /// The last sequence known to be durable; consumers deliver nothing beyond it.
+    durable: u64,
     /// Bytes of cached message data (file streams evict the oldest beyond a budget).
     cached: u64,
     cache_budget: u64,
@@ -98,6 +100,15 @@ impl StreamStore {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The last sequence committed to storage (memory streams: the last sequence).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
+    }
+
+    pub fn set_durable(&mut self, seq: u64) {
+        self.durable = self.durable.max(seq);
     }
 
     /// The sequence of the first message, or `last_seq + 1` when empty (as the

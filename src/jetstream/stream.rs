@@ -790,11 +790,11 @@ impl Stream {
         }
     }
 
-    /// When any consumer or expiry next needs attention.
-    pub fn next_deadline(&self) -> Option<i64> {
+    /// When any consumer or expiry next needs attention, after `now`.
+    pub fn next_deadline(&self, now: i64) -> Option<i64> {
         self.consumers
             .values()
-            .filter_map(Consumer::next_deadline)
+            .filter_map(|c| c.next_deadline(now))
             .chain(self.next_expiry())
             .min()
     }

@@ -10,12 +10,43 @@ use std::time::{Duration, Instant};
 
 use meshbroker::{Config, Node};
 
-/// A config for a test node: loopback, a free port, small timeouts.
+/// A config for a test node: loopback, a free port, JetStream off (each JetStream
+/// test gives its node a store of its own, see [`jetstream_config`]).
 pub fn test_config() -> Config {
-    Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".into(),
         ..Config::default()
+    };
+    config.jetstream.enabled = false;
+    config
+}
+
+/// A fresh, empty directory for one test (removed when the value is dropped).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("meshbroker-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
     }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test config with JetStream storing in `dir`.
+pub fn jetstream_config(dir: &TempDir) -> Config {
+    let mut config = test_config();
+    config.jetstream.enabled = true;
+    config.jetstream.store_dir = dir.0.join("js");
+    config
 }
 
 /// Starts an in-process node.

@@ -1,0 +1,1169 @@
+//! The stream actor: one per stream. It owns the stream's state machine and its
+//! consumers, captures the messages published on the stream's subjects (internal
+//! subscriptions in the account's index), sends them to the storage actor, and sends
+//! the PubAcks once the storage actor reports them durable. It serves the stream's
+//! `$JS.API` requests (forwarded by the JetStream actor), consumer acks and pull
+//! requests, and runs the consumers' timers.
+//!
+//! Who waits on whom: the JetStream actor awaits this actor (info, update, delete);
+//! this actor awaits only the account router (its own subscriptions) and never the
+//! JetStream actor. Storage completions come back as mailbox messages.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+
+use super::publish::{InternalMsg, InternalSink, Message, Publisher, Subscription};
+use super::router::{Account, SubChange};
+use super::runtime;
+use super::storage::{Storage, StorageError, WriteBatch, WriteOp};
+use crate::jetstream::api::{
+    self, ConsumerConfig, CreateConsumerRequest, MsgDeleteRequest, MsgGetRequest, NextRequest,
+    PurgeRequest, StoredMessage, StreamConfig, StreamInfo, StreamInfoRequest,
+};
+use crate::jetstream::consumer::{AckKind, Consumer, Outbound};
+use crate::jetstream::errors::ApiError;
+use crate::jetstream::headers::HeaderBuilder;
+use crate::jetstream::request::{self, ApiRequest};
+use crate::jetstream::schema::{self, ConsumerRecord, StreamRecord};
+use crate::jetstream::store::Loaded;
+use crate::jetstream::stream::{self, Change, Stream};
+
+/// Node-wide JetStream usage, kept by the stream actors (atomics: many writers).
+#[derive(Default, Debug)]
+pub struct Usage {
+    pub memory: AtomicU64,
+    pub storage: AtomicU64,
+    pub consumers: AtomicU64,
+}
+
+/// Commands for a stream actor.
+pub enum StreamCmd {
+    /// A `$JS.API` request about this stream.
+    Api(ApiRequest, InternalMsg),
+    /// A new configuration, already validated against the other streams.
+    Update(
+        StreamConfig,
+        async_channel::Sender<Result<StreamInfo, ApiError>>,
+    ),
+    Info(async_channel::Sender<StreamInfo>),
+    /// Delete the stream and its data; answered once that is durable.
+    Delete(async_channel::Sender<Result<(), ApiError>>),
+    /// The storage actor committed (or failed) write batch `id`.
+    Committed(u64, Result<(), Arc<StorageError>>),
+}
+
+/// What the JetStream actor keeps for a running stream.
+pub struct StreamHandle {
+    pub config: StreamConfig,
+    pub commands: async_channel::Sender<StreamCmd>,
+}
+
+/// Subscription tags of a stream actor.
+const TAG_CAPTURE: u64 = 1;
+const TAG_ACK: u64 = 2;
+const TAG_FC: u64 = 3;
+
+/// Replies held until the writes before them are durable.
+struct Held {
+    batch: u64,
+    replies: Vec<(Bytes, Vec<u8>)>,
+}
+
+pub struct StreamActor {
+    stream: Stream,
+    account: Arc<Account>,
+    storage: Option<Storage>,
+    usage: Arc<Usage>,
+    leader: String,
+    subs: Vec<Arc<Subscription>>,
+    inbox_tx: async_channel::Sender<InternalMsg>,
+    commands_tx: async_channel::Sender<StreamCmd>,
+    publisher: Publisher,
+    /// Replies (PubAcks, double acks) waiting for their write batch.
+    held: VecDeque<Held>,
+    /// Replies produced since the last write batch was cut.
+    replies: Vec<(Bytes, Vec<u8>)>,
+    next_batch: u64,
+    /// The highest sequence submitted in a write batch, by batch id.
+    submitted: VecDeque<(u64, u64)>,
+    /// Bytes this stream counts in the node's usage.
+    counted_bytes: u64,
+    failed: Option<String>,
+}
+
+/// Starts a stream actor for `stream` (new, or restored from storage).
+pub fn spawn(
+    stream: Stream,
+    account: Arc<Account>,
+    storage: Option<Storage>,
+    usage: Arc<Usage>,
+    leader: String,
+    spawner: &runtime::Spawner,
+) -> StreamHandle {
+    let (inbox_tx, inbox_rx) = async_channel::unbounded();
+    let (commands_tx, commands_rx) = async_channel::unbounded();
+    let config = stream.config.clone();
+    let actor = StreamActor {
+        stream,
+        account,
+        storage,
+        usage,
+        leader,
+        subs: Vec::new(),
+        inbox_tx,
+        commands_tx: commands_tx.clone(),
+        publisher: Publisher::default(),
+        held: VecDeque::new(),
+        replies: Vec::new(),
+        next_batch: 1,
+        submitted: VecDeque::new(),
+        counted_bytes: 0,
+        failed: None,
+    };
+    spawner.spawn_detached(actor.run(inbox_rx, commands_rx));
+    StreamHandle {
+        config,
+        commands: commands_tx,
+    }
+}
+
+/// Nanoseconds since the Unix epoch (the actors' clock; `src/` takes it as input).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+impl StreamActor {
+    fn is_file(&self) -> bool {
+        self.stream.config.storage == api::Storage::File && self.storage.is_some()
+    }
+
+    async fn subscribe(&mut self) {
+        let name = self.stream.name().to_string();
+        let sink = |tag| InternalSink {
+            tag,
+            mailbox: self.inbox_tx.clone(),
+        };
+        let mut subs = Vec::new();
+        for s in &self.stream.config.subjects {
+            subs.push(Arc::new(Subscription::internal(s, None, sink(TAG_CAPTURE))));
+        }
+        subs.push(Arc::new(Subscription::internal(
+            &format!("$JS.ACK.{name}.>"),
+            None,
+            sink(TAG_ACK),
+        )));
+        subs.push(Arc::new(Subscription::internal(
+            &format!("$JS.FC.{name}.>"),
+            None,
+            sink(TAG_FC),
+        )));
+        let mut changes: Vec<SubChange> = subs.iter().cloned().map(SubChange::Add).collect();
+        for old in self.subs.drain(..) {
+            old.close();
+            changes.push(SubChange::Remove(old));
+        }
+        self.subs = subs;
+        self.account.apply(changes).await;
+    }
+
+    async fn unsubscribe(&mut self) {
+        let changes = self
+            .subs
+            .drain(..)
+            .map(|s| {
+                s.close();
+                SubChange::Remove(s)
+            })
+            .collect();
+        self.account.apply(changes).await;
+    }
+
+    async fn run(
+        mut self,
+        inbox: async_channel::Receiver<InternalMsg>,
+        commands: async_channel::Receiver<StreamCmd>,
+    ) {
+        self.subscribe().await;
+        if !self.is_file() {
+            let last = self.stream.store.last_seq();
+            self.stream.store.set_durable(last);
+        }
+        self.update_usage();
+        // One event lives on the stack per wake-up; boxing it would cost an allocation.
+        #[allow(clippy::large_enum_variant)]
+        enum Event {
+            Inbox(Option<InternalMsg>),
+            Command(Option<StreamCmd>),
+            Tick,
+        }
+        loop {
+            let deadline = self.stream.next_deadline(now_ns());
+            let event = {
+                let inbox = async { Event::Inbox(inbox.recv().await.ok()) };
+                let cmd = async { Event::Command(commands.recv().await.ok()) };
+                let tick = async {
+                    match deadline {
+                        Some(t) => {
+                            let wait = t.saturating_sub(now_ns()).max(0) as u64;
+                            runtime::sleep(std::time::Duration::from_nanos(wait)).await;
+                        }
+                        None => futures_lite::future::pending::<()>().await,
+                    }
+                    Event::Tick
+                };
+                futures_lite::future::or(cmd, futures_lite::future::or(inbox, tick)).await
+            };
+            let now = now_ns();
+            match event {
+                Event::Inbox(None) | Event::Command(None) => break,
+                Event::Inbox(Some(first)) => {
+                    let mut next = Some(first);
+                    let mut n = 0;
+                    while let Some(msg) = next.take() {
+                        self.inbound(msg, now);
+                        n += 1;
+                        if n < 4096 {
+                            next = inbox.try_recv().ok();
+                        }
+                    }
+                }
+                Event::Command(Some(StreamCmd::Delete(done))) => {
+                    let result = self.delete().await;
+                    let _ = done.send(result).await;
+                    return;
+                }
+                Event::Command(Some(cmd)) => self.command(cmd, now).await,
+                Event::Tick => {
+                    self.stream.expire(now);
+                    let inactive: Vec<String> = self
+                        .stream
+                        .consumers
+                        .values()
+                        .filter(|c| c.is_inactive(now))
+                        .map(|c| c.name.clone())
+                        .collect();
+                    let mut out = Vec::new();
+                    for name in inactive {
+                        log::debug!(
+                            "stream {}: consumer {name} inactive, removed",
+                            self.stream.name()
+                        );
+                        self.stream.remove_consumer(&name, &mut out);
+                        self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    self.send_outbound(out);
+                }
+            }
+            self.end_batch(now);
+        }
+        self.unsubscribe().await;
+    }
+
+    /// After each step: persist what changed, deliver what can be delivered.
+    fn end_batch(&mut self, now: i64) {
+        self.flush_changes();
+        let account = self.account.clone();
+        let index = account.index();
+        let interest = |s: &str| index.has_interest(s.as_bytes());
+        let mut out = Vec::new();
+        self.stream.poll_consumers(now, &interest, &mut out);
+        drop(index);
+        self.send_outbound(out);
+        // Deliveries change consumer state and (interest retention) the stream.
+        self.flush_changes();
+        self.update_usage();
+        self.publisher.flush();
+    }
+
+    fn update_usage(&mut self) {
+        let bytes = self.stream.store.bytes();
+        let counter = match self.stream.config.storage {
+            api::Storage::Memory => &self.usage.memory,
+            api::Storage::File => &self.usage.storage,
+        };
+        if bytes > self.counted_bytes {
+            counter.fetch_add(bytes - self.counted_bytes, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(self.counted_bytes - bytes, Ordering::Relaxed);
+        }
+        self.counted_bytes = bytes;
+    }
+
+    /// Cuts a write batch from the stream's changes; replies produced so far wait for it.
+    fn flush_changes(&mut self) {
+        let changes = self.stream.take_changes();
+        if !self.is_file() {
+            let last = self.stream.store.last_seq();
+            self.stream.store.set_durable(last);
+            let replies = std::mem::take(&mut self.replies);
+            self.send_replies(replies);
+            return;
+        }
+        let ops = self.write_ops(changes);
+        if ops.is_empty() {
+            if self.held.is_empty() {
+                let replies = std::mem::take(&mut self.replies);
+                self.send_replies(replies);
+            } else if !self.replies.is_empty() {
+                // Behind writes still in flight: they go out with the last batch.
+                let replies = std::mem::take(&mut self.replies);
+                if let Some(last) = self.held.back_mut() {
+                    last.replies.extend(replies);
+                }
+            }
+            return;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.held.push_back(Held {
+            batch: id,
+            replies: std::mem::take(&mut self.replies),
+        });
+        self.submitted.push_back((id, self.stream.store.last_seq()));
+        let tx = self.commands_tx.clone();
+        if let Some(storage) = &self.storage {
+            storage.submit(WriteBatch {
+                stream: self.stream.name().to_string(),
+                ops,
+                done: Box::new(move |result| {
+                    let _ = tx.try_send(StreamCmd::Committed(id, result));
+                }),
+            });
+        }
+    }
+
+    fn write_ops(&self, changes: Vec<Change>) -> Vec<WriteOp> {
+        let mut ops = Vec::with_capacity(changes.len());
+        let mut meta = false;
+        for change in changes {
+            match change {
+                Change::Append {
+                    seq,
+                    ts,
+                    subject,
+                    hdr_len,
+                    data,
+                    expires,
+                } => {
+                    let mut record = Vec::new();
+                    schema::encode_message(&mut record, ts, expires, &subject, hdr_len, &data);
+                    ops.push(WriteOp::Append { seq, record });
+                }
+                Change::Remove(seq) => ops.push(WriteOp::Remove(seq)),
+                Change::RemoveBelow(seq) => {
+                    ops.push(WriteOp::RemoveBelow(seq));
+                    meta = true;
+                }
+                Change::Config => meta = true,
+                Change::Consumer(name) => {
+                    if let Some(c) = self.stream.consumers.get(&name) {
+                        if c.is_durable() && !c.config.mem_storage {
+                            let record = ConsumerRecord {
+                                name: name.clone(),
+                                config: c.config.clone(),
+                                created: c.created,
+                                state: c.state(),
+                            };
+                            if let Ok(bytes) = serde_json::to_vec(&record) {
+                                ops.push(WriteOp::PutConsumer {
+                                    name,
+                                    record: bytes,
+                                });
+                            }
+                        }
+                    }
+                }
+                Change::ConsumerDeleted(name) => ops.push(WriteOp::DeleteConsumer(name)),
+            }
+        }
+        if meta {
+            ops.push(WriteOp::PutStream(Box::new(self.record())));
+        }
+        ops
+    }
+
+    fn record(&self) -> StreamRecord {
+        let t = self.stream.store.totals();
+        StreamRecord {
+            config: self.stream.config.clone(),
+            created: self.stream.created,
+            last_seq: t.last_seq,
+            last_ts: t.last_ts,
+        }
+    }
+
+    fn committed(&mut self, id: u64, result: Result<(), Arc<StorageError>>) {
+        if let Err(e) = &result {
+            // A store that cannot write cannot ack anything more.
+            self.failed = Some(e.to_string());
+            let err = ApiError::stream_store_failed(&e.to_string());
+            while let Some(h) = self.held.pop_front() {
+                for (reply, _) in h.replies {
+                    self.reply(&reply, api::pub_ack_error(self.stream.name(), &err));
+                }
+            }
+            return;
+        }
+        while let Some((b, seq)) = self.submitted.front().copied() {
+            if b > id {
+                break;
+            }
+            self.submitted.pop_front();
+            self.stream.store.set_durable(seq);
+        }
+        while self.held.front().is_some_and(|h| h.batch <= id) {
+            if let Some(h) = self.held.pop_front() {
+                self.send_replies(h.replies);
+            }
+        }
+    }
+
+    fn send_replies(&mut self, replies: Vec<(Bytes, Vec<u8>)>) {
+        for (to, body) in replies {
+            self.reply(&to, body);
+        }
+    }
+
+    fn reply(&mut self, to: &[u8], body: Vec<u8>) {
+        self.publisher.publish(
+            &self.account,
+            &Message {
+                subject: to,
+                reply: None,
+                headers: None,
+                data: &body,
+            },
+            0,
+            true,
+        );
+    }
+
+    /// Replies once the writes made so far are durable.
+    fn reply_after_writes(&mut self, to: Bytes, body: Vec<u8>) {
+        self.replies.push((to, body));
+    }
+
+    fn inbound(&mut self, msg: InternalMsg, now: i64) {
+        match msg.tag {
+            TAG_CAPTURE => self.captured(msg, now),
+            TAG_ACK => self.acked(msg, now),
+            TAG_FC => {
+                if let Ok(subject) = std::str::from_utf8(&msg.subject) {
+                    for c in self.stream.consumers.values_mut() {
+                        c.flow_control_reply(subject);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn captured(&mut self, msg: InternalMsg, now: i64) {
+        let Ok(subject) = std::str::from_utf8(&msg.subject) else {
+            return;
+        };
+        if self.failed.is_some() {
+            if let Some(reply) = &msg.reply {
+                let err = ApiError::stream_store_failed("stream store has failed");
+                let body = api::pub_ack_error(self.stream.name(), &err);
+                self.reply(reply, body);
+            }
+            return;
+        }
+        let result = self
+            .stream
+            .publish(now, subject, msg.data.clone(), msg.headers.unwrap_or(0));
+        let no_ack = self.stream.config.no_ack;
+        let Some(reply) = msg.reply.filter(|_| !no_ack) else {
+            return;
+        };
+        match result {
+            Ok(ack) => {
+                let body = serde_json::to_vec(&ack).unwrap_or_default();
+                self.reply_after_writes(reply, body);
+            }
+            Err(e) => {
+                let body = api::pub_ack_error(self.stream.name(), &e);
+                self.reply(&reply, body);
+            }
+        }
+    }
+
+    fn acked(&mut self, msg: InternalMsg, now: i64) {
+        let Ok(subject) = std::str::from_utf8(&msg.subject) else {
+            return;
+        };
+        let Some(ack) = request::parse_ack(subject) else {
+            return;
+        };
+        let Some(kind) = AckKind::parse(msg.payload()) else {
+            return;
+        };
+        let consumer = ack.consumer.to_string();
+        self.stream.ack(&consumer, ack.stream_seq, kind, now);
+        if let Some(reply) = msg.reply.clone() {
+            if kind == AckKind::Next {
+                if let Some(c) = self.stream.consumers.get_mut(&consumer) {
+                    let reply = String::from_utf8_lossy(&reply).to_string();
+                    let req = NextRequest::parse(msg.payload().get(4..).unwrap_or_default())
+                        .unwrap_or_default();
+                    if let Some(status) = c.request_next(&reply, req, now) {
+                        self.send_outbound(vec![status]);
+                    }
+                }
+            } else {
+                // A double ack: answered once the ack is durable.
+                self.reply_after_writes(reply, Vec::new());
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: StreamCmd, now: i64) {
+        match cmd {
+            StreamCmd::Api(req, msg) => self.api(req, msg, now),
+            StreamCmd::Update(config, done) => {
+                let result = self.update(config, now).await;
+                let _ = done.send(result).await;
+            }
+            StreamCmd::Info(done) => {
+                let info = self
+                    .stream
+                    .info(now, &self.leader, &StreamInfoRequest::default());
+                let _ = done.send(info).await;
+            }
+            StreamCmd::Delete(_) => {}
+            StreamCmd::Committed(id, result) => self.committed(id, result),
+        }
+    }
+
+    async fn update(&mut self, config: StreamConfig, now: i64) -> Result<StreamInfo, ApiError> {
+        stream::check_update(&self.stream.config, &config)?;
+        let resubscribe = config.subjects != self.stream.config.subjects;
+        self.stream.set_config(config);
+        if resubscribe {
+            self.subscribe().await;
+        }
+        Ok(self
+            .stream
+            .info(now, &self.leader, &StreamInfoRequest::default()))
+    }
+
+    async fn delete(&mut self) -> Result<(), ApiError> {
+        self.unsubscribe().await;
+        let mut out = Vec::new();
+        let names: Vec<String> = self.stream.consumers.keys().cloned().collect();
+        for name in names {
+            self.stream.remove_consumer(&name, &mut out);
+            self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.send_outbound(out);
+        self.publisher.flush();
+        self.stream.take_changes();
+        let bytes = self.counted_bytes;
+        match self.stream.config.storage {
+            api::Storage::Memory => self.usage.memory.fetch_sub(bytes, Ordering::Relaxed),
+            api::Storage::File => self.usage.storage.fetch_sub(bytes, Ordering::Relaxed),
+        };
+        let Some(storage) = self.storage.clone().filter(|_| self.is_file()) else {
+            return Ok(());
+        };
+        let (tx, rx) = async_channel::bounded(1);
+        storage.submit(WriteBatch {
+            stream: self.stream.name().to_string(),
+            ops: vec![WriteOp::DeleteStream],
+            done: Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        });
+        match rx.recv().await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::stream_general(&e.to_string())),
+            Err(_) => Err(ApiError::stream_general("storage stopped")),
+        }
+    }
+
+    fn respond(
+        &mut self,
+        req: &ApiRequest,
+        reply: &Option<Bytes>,
+        body: Result<Vec<u8>, ApiError>,
+    ) {
+        let Some(reply) = reply else {
+            return;
+        };
+        let body = body.unwrap_or_else(|e| api::error_response(req.response_type(), &e));
+        self.reply(reply, body);
+    }
+
+    fn api(&mut self, req: ApiRequest, msg: InternalMsg, now: i64) {
+        let kind = req.response_type();
+        let body = msg.payload().to_vec();
+        let reply = msg.reply.clone();
+        let result: Result<Vec<u8>, ApiError> = match &req {
+            ApiRequest::StreamInfo(_) => api::parse_optional::<StreamInfoRequest>(&body)
+                .map(|r| api::response(kind, &self.stream.info(now, &self.leader, &r))),
+            ApiRequest::StreamPurge(_) => {
+                api::parse_optional::<PurgeRequest>(&body).and_then(|r| {
+                    let purged = self.stream.purge(&r)?;
+                    #[derive(serde::Serialize)]
+                    struct Purged {
+                        success: bool,
+                        purged: u64,
+                    }
+                    Ok(api::response(
+                        kind,
+                        &Purged {
+                            success: true,
+                            purged,
+                        },
+                    ))
+                })
+            }
+            ApiRequest::MsgDelete(_) => api::parse_required::<MsgDeleteRequest>(&body)
+                .and_then(|r| self.stream.delete_message(r.seq))
+                .map(|()| api::response(kind, &serde_json::json!({"success": true}))),
+            ApiRequest::MsgGet(_) => api::parse_required::<MsgGetRequest>(&body)
+                .and_then(|r| self.stream.find_message(&r))
+                .and_then(|seq| self.load(seq).ok_or_else(ApiError::no_message_found))
+                .map(|m| {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let stored = StoredMessage {
+                        subject: m.subject.to_string(),
+                        seq: m.seq,
+                        hdrs: (m.hdr_len > 0).then(|| b64.encode(m.headers())),
+                        data: (!m.payload().is_empty()).then(|| b64.encode(m.payload())),
+                        time: api::format_time(m.ts),
+                    };
+                    api::response(kind, &serde_json::json!({ "message": stored }))
+                }),
+            ApiRequest::DirectGet(_, subject) => {
+                self.direct_get(subject.clone(), &body, reply.as_ref());
+                return;
+            }
+            ApiRequest::ConsumerCreate { name, filter, .. } => {
+                self.create_consumer(name.clone(), filter.clone(), false, &body, now)
+            }
+            ApiRequest::DurableCreate(_, name) => {
+                self.create_consumer(Some(name.clone()), None, true, &body, now)
+            }
+            ApiRequest::ConsumerInfo(_, name) => match self.stream.consumers.get(name) {
+                Some(c) => Ok(api::response(kind, &c.info(now, &self.leader))),
+                None => Err(ApiError::consumer_not_found()),
+            },
+            ApiRequest::ConsumerDelete(_, name) => {
+                let mut out = Vec::new();
+                if self.stream.remove_consumer(name, &mut out) {
+                    self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+                    self.send_outbound(out);
+                    Ok(api::response(kind, &serde_json::json!({"success": true})))
+                } else {
+                    Err(ApiError::consumer_not_found())
+                }
+            }
+            ApiRequest::ConsumerNames(_) | ApiRequest::ConsumerList(_) => {
+                #[derive(serde::Deserialize, Default)]
+                struct Paging {
+                    #[serde(default)]
+                    offset: usize,
+                }
+                api::parse_optional::<Paging>(&body).map(|p| {
+                    let total = self.stream.consumers.len();
+                    let list = matches!(req, ApiRequest::ConsumerList(_));
+                    let limit = if list { 256 } else { 1024 };
+                    let page = self.stream.consumers.values().skip(p.offset).take(limit);
+                    if list {
+                        let infos: Vec<_> = page.map(|c| c.info(now, &self.leader)).collect();
+                        api::response(
+                            kind,
+                            &serde_json::json!({
+                                "total": total, "offset": p.offset, "limit": limit,
+                                "consumers": infos,
+                            }),
+                        )
+                    } else {
+                        let names: Vec<&str> = page.map(|c| c.name.as_str()).collect();
+                        api::response(
+                            kind,
+                            &serde_json::json!({
+                                "total": total, "offset": p.offset, "limit": limit,
+                                "consumers": names,
+                            }),
+                        )
+                    }
+                })
+            }
+            ApiRequest::MsgNext(_, name) => {
+                let Some(reply) = reply else {
+                    return;
+                };
+                let reply_s = String::from_utf8_lossy(&reply).to_string();
+                let status = match self.stream.consumers.get_mut(name) {
+                    None => Some(Outbound::Status {
+                        to: reply_s,
+                        reply: None,
+                        headers: HeaderBuilder::status(404, "No Messages").finish(),
+                    }),
+                    Some(c) => match NextRequest::parse(&body) {
+                        Ok(r) => c.request_next(&reply_s, r, now),
+                        Err(e) => Some(Outbound::Status {
+                            to: reply_s,
+                            reply: None,
+                            headers: HeaderBuilder::status(
+                                400,
+                                &format!("Bad Request - {}", e.description),
+                            )
+                            .finish(),
+                        }),
+                    },
+                };
+                if let Some(s) = status {
+                    self.send_outbound(vec![s]);
+                }
+                return;
+            }
+            _ => Err(ApiError::bad_request()),
+        };
+        self.respond(&req, &reply, result);
+    }
+
+    fn create_consumer(
+        &mut self,
+        name_in_subject: Option<String>,
+        filter_in_subject: Option<String>,
+        durable_api: bool,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Vec<u8>, ApiError> {
+        let req: CreateConsumerRequest = api::parse_required(body)?;
+        if !req.stream_name.is_empty() && req.stream_name != self.stream.name() {
+            return Err(ApiError::stream_name_mismatch());
+        }
+        let mut config = normalize_consumer(req.config, &self.stream.config)?;
+        if durable_api && config.durable_name.is_none() {
+            config.durable_name = name_in_subject.clone();
+        }
+        if let (Some(d), Some(n)) = (&config.durable_name, &config.name) {
+            if d != n {
+                return Err(ApiError::consumer_durable_and_name_mismatch());
+            }
+        }
+        let config_name = config.name.clone().or_else(|| config.durable_name.clone());
+        if let Some(subject_name) = &name_in_subject {
+            match &config_name {
+                Some(n) if n != subject_name => {
+                    return Err(ApiError::consumer_durable_name_mismatch())
+                }
+                _ => {}
+            }
+        }
+        if let Some(f) = &filter_in_subject {
+            if config.filter_subject.as_deref() != Some(f.as_str()) {
+                return Err(ApiError::consumer_filter_mismatch());
+            }
+        }
+        let name = match name_in_subject.or(config_name) {
+            Some(n) => n,
+            None => random_name(),
+        };
+        if !stream::valid_name(&name) {
+            return Err(ApiError::consumer_bad_durable_name());
+        }
+        if config.name.is_none() {
+            config.name = Some(name.clone());
+        }
+        if let Some(existing) = self.stream.consumers.get_mut(&name) {
+            if req.action == "create" && existing.config != config {
+                return Err(ApiError::consumer_already_exists());
+            }
+            if existing.config != config {
+                if existing.config.deliver_subject.is_none() != config.deliver_subject.is_none() {
+                    return Err(ApiError::consumer_create(
+                        "can not update pull consumer to push based",
+                    ));
+                }
+                existing.config = config;
+                existing.dirty = true;
+            }
+            return Ok(api::response(
+                "consumer_create_response",
+                &existing.info(now, &self.leader),
+            ));
+        }
+        if req.action == "update" {
+            return Err(ApiError::consumer_does_not_exist());
+        }
+        let max = self.stream.config.max_consumers;
+        if max > 0 && self.stream.consumers.len() as i64 >= max {
+            return Err(ApiError::consumer_max_consumers());
+        }
+        if self.stream.config.retention == api::Retention::Workqueue {
+            check_workqueue(&config, &self.stream)?;
+        }
+        let consumer = Consumer::new(self.stream.name(), &name, config, now, &self.stream.store);
+        let info = consumer.info(now, &self.leader);
+        self.stream.add_consumer(consumer);
+        self.usage.consumers.fetch_add(1, Ordering::Relaxed);
+        Ok(api::response("consumer_create_response", &info))
+    }
+
+    /// DIRECT.GET: the message itself, with its stream headers, or a status.
+    fn direct_get(&mut self, last_by: Option<String>, body: &[u8], reply: Option<&Bytes>) {
+        let Some(reply) = reply.cloned() else {
+            return;
+        };
+        let req = match last_by {
+            Some(subject) => {
+                if !body.iter().all(u8::is_ascii_whitespace) {
+                    self.status(&reply, 408, "Bad Request");
+                    return;
+                }
+                Ok(MsgGetRequest {
+                    last_by_subj: Some(subject),
+                    ..Default::default()
+                })
+            }
+            None => api::parse_required::<MsgGetRequest>(body),
+        };
+        let found = req.and_then(|r| self.stream.find_message(&r));
+        let m = match found.map(|seq| self.load(seq)) {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(ApiError { code: 404, .. }) => {
+                self.status(&reply, 404, "Message Not Found");
+                return;
+            }
+            Err(_) => {
+                self.status(&reply, 408, "Bad Request");
+                return;
+            }
+        };
+        let mut data = HeaderBuilder::extend(m.headers())
+            .add("Nats-Stream", self.stream.name())
+            .add("Nats-Subject", &m.subject)
+            .add("Nats-Sequence", &m.seq.to_string())
+            .add("Nats-Time-Stamp", &api::format_time(m.ts))
+            .finish();
+        let hdr_len = data.len();
+        data.extend_from_slice(m.payload());
+        self.publisher.publish(
+            &self.account,
+            &Message {
+                subject: &reply,
+                reply: None,
+                headers: Some(hdr_len),
+                data: &data,
+            },
+            0,
+            true,
+        );
+    }
+
+    fn status(&mut self, to: &[u8], code: u16, text: &str) {
+        let h = HeaderBuilder::status(code, text).finish();
+        let n = h.len();
+        self.publisher.publish(
+            &self.account,
+            &Message {
+                subject: to,
+                reply: None,
+                headers: Some(n),
+                data: &h,
+            },
+            0,
+            true,
+        );
+    }
+
+    /// A stored message with its bytes (from the cache, else from storage).
+    fn load(&mut self, seq: u64) -> Option<Loaded> {
+        let entry = self.stream.store.get(seq)?;
+        let (ts, subject, hdr_len) = (entry.ts, entry.subject.clone(), entry.hdr_len as usize);
+        let data = match &entry.data {
+            Some(d) => d.clone(),
+            None => {
+                let storage = self.storage.as_ref()?;
+                match storage.read_message(self.stream.name(), seq) {
+                    Ok(Some(rec)) => {
+                        self.stream.store.recache(seq, &rec.data);
+                        rec.data
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        log::error!("{e}");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Loaded {
+            seq,
+            ts,
+            subject,
+            hdr_len,
+            data,
+        })
+    }
+
+    fn send_outbound(&mut self, out: Vec<Outbound>) {
+        for o in out {
+            match o {
+                Outbound::Message {
+                    to,
+                    reply,
+                    seq,
+                    headers_only,
+                } => {
+                    let Some(m) = self.load(seq) else {
+                        continue;
+                    };
+                    let (data, hdr_len);
+                    if headers_only {
+                        let h = HeaderBuilder::extend(m.headers())
+                            .add("Nats-Msg-Size", &m.payload().len().to_string())
+                            .finish();
+                        hdr_len = Some(h.len());
+                        data = Bytes::from(h);
+                    } else {
+                        hdr_len = (m.hdr_len > 0).then_some(m.hdr_len);
+                        data = m.data.clone();
+                    }
+                    // Delivered to whoever listens on `to`, under the stored subject.
+                    self.publisher.publish_via(
+                        &self.account,
+                        to.as_bytes(),
+                        &Message {
+                            subject: m.subject.as_bytes(),
+                            reply: Some(reply.as_bytes()),
+                            headers: hdr_len,
+                            data: &data,
+                        },
+                        0,
+                        true,
+                    );
+                }
+                Outbound::Status { to, reply, headers } => {
+                    let n = headers.len();
+                    self.publisher.publish(
+                        &self.account,
+                        &Message {
+                            subject: to.as_bytes(),
+                            reply: reply.as_deref().map(str::as_bytes),
+                            headers: Some(n),
+                            data: &headers,
+                        },
+                        0,
+                        true,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Fills a consumer config's defaults as the reference does and checks it.
+pub fn normalize_consumer(
+    mut c: ConsumerConfig,
+    stream: &StreamConfig,
+) -> Result<ConsumerConfig, ApiError> {
+    if c.deliver_subject.as_deref() == Some("") {
+        c.deliver_subject = None;
+    }
+    if c.durable_name.as_deref() == Some("") {
+        c.durable_name = None;
+    }
+    if c.name.as_deref() == Some("") {
+        c.name = None;
+    }
+    if c.filter_subject.as_deref() == Some("") {
+        c.filter_subject = None;
+    }
+    if let Some(d) = &c.durable_name {
+        if !stream::valid_name(d) {
+            return Err(ApiError::consumer_bad_durable_name());
+        }
+    }
+    if c.filter_subject.is_some() && c.filter_subjects.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(ApiError::consumer_duplicate_filters());
+    }
+    if let Some(fs) = &c.filter_subjects {
+        if fs.iter().any(String::is_empty) {
+            return Err(ApiError::consumer_empty_filter());
+        }
+        for (i, a) in fs.iter().enumerate() {
+            if fs[..i]
+                .iter()
+                .any(|b| crate::subject::overlaps(a.as_bytes(), b.as_bytes()))
+            {
+                return Err(ApiError::consumer_overlapping_filters());
+            }
+        }
+        if fs.is_empty() {
+            c.filter_subjects = None;
+        }
+    }
+    for f in c.filters() {
+        if !crate::subject::is_valid_subject(f.as_bytes())
+            || !stream
+                .subjects
+                .iter()
+                .any(|s| crate::subject::overlaps(f.as_bytes(), s.as_bytes()))
+        {
+            return Err(ApiError::consumer_filter_not_subset());
+        }
+    }
+    let push = c.deliver_subject.is_some();
+    if let Some(d) = &c.deliver_subject {
+        if !crate::subject::is_valid_literal_subject(d.as_bytes()) {
+            return Err(ApiError::consumer_deliver_to_wildcards());
+        }
+    }
+    if !push {
+        if c.idle_heartbeat > 0 {
+            return Err(ApiError::consumer_hb_requires_push());
+        }
+        if c.flow_control {
+            return Err(ApiError::consumer_fc_requires_push());
+        }
+        if c.max_waiting == 0 {
+            c.max_waiting = api::DEFAULT_MAX_WAITING;
+        }
+    } else {
+        if c.max_waiting != 0 {
+            return Err(ApiError::consumer_push_max_waiting());
+        }
+        if c.idle_heartbeat > 0 && c.idle_heartbeat < 100_000_000 {
+            return Err(ApiError::consumer_small_heartbeat());
+        }
+        if c.flow_control && c.idle_heartbeat == 0 {
+            return Err(ApiError::consumer_fc_needs_heartbeats());
+        }
+    }
+    if c.ack_wait <= 0 {
+        c.ack_wait = api::DEFAULT_ACK_WAIT;
+    }
+    if c.max_deliver == 0 {
+        c.max_deliver = -1;
+    }
+    if let Some(b) = &c.backoff {
+        if b.iter().any(|x| *x <= 0) {
+            return Err(ApiError::consumer_invalid_policy(
+                "consumer backoff needs to be positive",
+            ));
+        }
+        if c.max_deliver > 0 && c.max_deliver as usize <= b.len() {
+            return Err(ApiError::consumer_max_deliver_backoff());
+        }
+        if b.is_empty() {
+            c.backoff = None;
+        }
+    }
+    if c.max_ack_pending == 0 && c.ack_policy != api::AckPolicy::None {
+        c.max_ack_pending = api::DEFAULT_MAX_ACK_PENDING;
+    }
+    if c.ack_policy == api::AckPolicy::None && c.max_ack_pending > 0 {
+        c.max_ack_pending = -1;
+    }
+    if c.num_replicas < 0 || c.num_replicas > 1 {
+        return Err(ApiError::consumer_create(
+            "replicas > 1 not supported in non-clustered mode",
+        ));
+    }
+    match c.deliver_policy {
+        api::DeliverPolicy::ByStartSequence if c.opt_start_seq.is_none() => {
+            return Err(ApiError::consumer_invalid_policy(
+                "consumer delivery policy is deliver by start sequence, but optional start sequence is not set",
+            ))
+        }
+        api::DeliverPolicy::ByStartTime if c.opt_start_time.is_none() => {
+            return Err(ApiError::consumer_invalid_policy(
+                "consumer delivery policy is deliver by start time, but optional start time is not set",
+            ))
+        }
+        _ => {}
+    }
+    if c.durable_name.is_none() && c.inactive_threshold == 0 {
+        c.inactive_threshold = api::DEFAULT_INACTIVE_THRESHOLD;
+    }
+    Ok(c)
+}
+
+fn check_workqueue(c: &ConsumerConfig, stream: &Stream) -> Result<(), ApiError> {
+    if c.ack_policy != api::AckPolicy::Explicit {
+        return Err(ApiError::consumer_wq_requires_explicit_ack());
+    }
+    if c.deliver_policy != api::DeliverPolicy::All {
+        return Err(ApiError::consumer_wq_deliver_all());
+    }
+    let mine = c.filters();
+    for other in stream.consumers.values() {
+        let theirs = other.filters();
+        if mine.is_empty() || theirs.is_empty() {
+            return Err(ApiError::consumer_wq_multiple_unfiltered());
+        }
+        if mine.iter().any(|a| {
+            theirs
+                .iter()
+                .any(|b| crate::subject::overlaps(a.as_bytes(), b.as_bytes()))
+        }) {
+            return Err(ApiError::consumer_wq_not_unique());
+        }
+    }
+    Ok(())
+}
+
+/// A generated consumer name, like the reference's (8 random alphanumerics).
+fn random_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = fastrand::Rng::new();
+    (0..8)
+        .map(|_| ALPHABET[rng.usize(..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Rebuilds a stream from what storage loaded.
+pub fn restore(loaded: super::storage::LoadedStream, now: i64) -> Stream {
+    let rec = loaded.record;
+    let mut stream = Stream::new(rec.config, rec.created, stream::STREAM_CACHE_BUDGET);
+    let mut ids = Vec::new();
+    for (seq, m) in loaded.messages {
+        let hdr = m.data.get(..m.hdr_len as usize).unwrap_or_default();
+        if m.hdr_len > 0 {
+            if let Some(id) = crate::jetstream::headers::get(hdr, "Nats-Msg-Id") {
+                ids.push((seq, m.ts, id.to_string()));
+            }
+        }
+        stream.restore_message(
+            seq,
+            crate::jetstream::store::Entry {
+                ts: m.ts,
+                subject: Arc::from(m.subject.as_str()),
+                hdr_len: m.hdr_len,
+                len: m.data.len() as u32,
+                data: Some(m.data),
+                expires: m.expires,
+            },
+        );
+    }
+    stream.store.set_last(rec.last_seq, rec.last_ts);
+    let last = stream.store.last_seq().max(rec.last_seq);
+    stream.store.set_durable(last);
+    stream.restore_dedupe(now, ids);
+    for c in loaded.consumers {
+        let consumer = Consumer::restore(
+            stream.name(),
+            &c.name,
+            c.config,
+            c.created,
+            c.state,
+            &stream.store,
+            now,
+        );
+        stream.consumers.insert(c.name, consumer);
+    }
+    stream
+}

@@ -1,0 +1,333 @@
+//! JetStream as a user of the official Rust client (`async-nats`) sees it: streams,
+//! publish acks, pull consumers, key/value, object store, restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use common::{jetstream_config, start, TempDir};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn connect(node: &meshbroker::Node) -> (async_nats::Client, jetstream::Context) {
+    let client = async_nats::connect(node.client_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    (client, js)
+}
+
+fn orders() -> stream::Config {
+    stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_publish_acks_and_info() {
+    let dir = TempDir::new("js-basic");
+    let node = start(jetstream_config(&dir));
+    let (_client, js) = connect(&node).await;
+
+    let mut s = js.create_stream(orders()).await.unwrap();
+    assert_eq!(s.info().await.unwrap().config.max_messages, -1);
+    // Creating it again with the same config is fine; a different one is not.
+    js.create_stream(orders()).await.unwrap();
+    let mut other = orders();
+    other.max_messages = 5;
+    assert!(js.create_stream(other).await.is_err());
+    // Overlapping subjects are refused.
+    let overlap = stream::Config {
+        name: "OTHER".into(),
+        subjects: vec!["orders.eu.*".into()],
+        ..Default::default()
+    };
+    let err = js.create_stream(overlap).await.unwrap_err();
+    assert!(err.to_string().contains("overlap"), "{err}");
+
+    for i in 1..=5u64 {
+        let ack = js
+            .publish(format!("orders.{i}"), "payload".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!((ack.stream.as_str(), ack.sequence), ("ORDERS", i));
+    }
+    // Dedupe by Nats-Msg-Id.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", "m-1");
+    let first = js
+        .publish_with_headers("orders.x", h.clone(), "a".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let again = js
+        .publish_with_headers("orders.x", h, "a".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(first.sequence, 6);
+    assert!(!first.duplicate);
+    assert_eq!((again.sequence, again.duplicate), (6, true));
+    // Expected last sequence.
+    let wrong = js
+        .send_publish(
+            "orders.y",
+            jetstream::message::PublishMessage::build()
+                .payload("b".into())
+                .expected_last_sequence(3),
+        )
+        .await
+        .unwrap()
+        .await;
+    assert!(wrong.is_err());
+
+    let info = s.info().await.unwrap();
+    assert_eq!(info.state.messages, 6);
+    assert_eq!(info.state.last_sequence, 6);
+    assert_eq!(info.state.first_sequence, 1);
+
+    let msg = s.get_raw_message(2).await.unwrap();
+    assert_eq!(msg.subject.as_str(), "orders.2");
+    assert_eq!(&msg.payload[..], b"payload");
+    let last = s.get_last_raw_message_by_subject("orders.x").await.unwrap();
+    assert_eq!(last.sequence, 6);
+    s.delete_message(3).await.unwrap();
+    assert!(s.get_raw_message(3).await.is_err());
+
+    let names: Vec<String> = js.stream_names().map(|n| n.unwrap()).collect().await;
+    assert_eq!(names, vec!["ORDERS".to_string()]);
+    let purged = s.purge().filter("orders.1").await.unwrap();
+    assert_eq!(purged.purged, 1);
+    let purged = s.purge().await.unwrap();
+    assert_eq!(purged.purged, 4);
+    let info = s.info().await.unwrap();
+    assert_eq!((info.state.messages, info.state.first_sequence), (0, 7));
+    js.delete_stream("ORDERS").await.unwrap();
+    assert!(js.get_stream("ORDERS").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_consumer_fetch_ack_and_redelivery() {
+    let dir = TempDir::new("js-pull");
+    let node = start(jetstream_config(&dir));
+    let (_client, js) = connect(&node).await;
+    let s = js.create_stream(orders()).await.unwrap();
+    for i in 0..10 {
+        js.publish(format!("orders.{i}"), format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut c: consumer::PullConsumer = s
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("C".into()),
+            ack_wait: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.info().await.unwrap().num_pending, 10);
+
+    let mut batch = c.fetch().max_messages(4).messages().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = tokio::time::timeout(WAIT, batch.next()).await.unwrap() {
+        let m = m.unwrap();
+        got.push(String::from_utf8_lossy(&m.payload).to_string());
+        // Ack all but the second.
+        if got.len() != 2 {
+            m.double_ack().await.unwrap();
+        }
+    }
+    assert_eq!(got, vec!["m0", "m1", "m2", "m3"]);
+    let info = c.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 1);
+    assert_eq!(info.num_pending, 6);
+    assert_eq!(info.ack_floor.stream_sequence, 1);
+    assert_eq!(info.delivered.stream_sequence, 4);
+
+    // After the ack wait the unacked one comes back first.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut batch = c.fetch().max_messages(2).messages().await.unwrap();
+    let m = tokio::time::timeout(WAIT, batch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"m1");
+    assert_eq!(m.info().unwrap().delivered, 2);
+    m.double_ack().await.unwrap();
+
+    // A no-wait fetch on an empty consumer ends at once.
+    let mut rest = c.batch().max_messages(100).messages().await.unwrap();
+    let mut n = 0;
+    while let Some(m) = tokio::time::timeout(WAIT, rest.next()).await.unwrap() {
+        m.unwrap().ack().await.unwrap();
+        n += 1;
+        if n == 6 {
+            break;
+        }
+    }
+    assert_eq!(n, 6);
+    // Its request (94 more wanted) ends with its subscription.
+    drop(rest);
+    let mut empty = c.fetch().max_messages(5).messages().await.unwrap();
+    let end = tokio::time::timeout(WAIT, empty.next()).await.unwrap();
+    assert!(end.is_none(), "no messages: the fetch ends");
+
+    // The messages() stream keeps pulling as new messages arrive.
+    let mut stream = c.messages().await.unwrap();
+    js.publish("orders.new", "late".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"late");
+    m.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_bucket() {
+    let dir = TempDir::new("js-kv");
+    let node = start(jetstream_config(&dir));
+    let (_client, js) = connect(&node).await;
+    let kv = js
+        .create_key_value(kv::Config {
+            bucket: "cfg".into(),
+            history: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r1 = kv.put("a", "1".into()).await.unwrap();
+    let r2 = kv.put("a", "2".into()).await.unwrap();
+    assert_eq!(kv.get("a").await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert!(kv.get("missing").await.unwrap().is_none());
+    // create fails on an existing key; update needs the right revision.
+    assert!(kv.create("a", "x".into()).await.is_err());
+    assert!(kv.update("a", "3".into(), r1).await.is_err());
+    let r3 = kv.update("a", "3".into(), r2).await.unwrap();
+    assert!(r3 > r2);
+    kv.create("b", "1".into()).await.unwrap();
+    let entry = kv.entry("a").await.unwrap().unwrap();
+    assert_eq!(entry.revision, r3);
+
+    let mut keys: Vec<String> = kv.keys().await.unwrap().map(|k| k.unwrap()).collect().await;
+    keys.sort();
+    assert_eq!(keys, vec!["a", "b"]);
+
+    let history: Vec<_> = kv
+        .history("a")
+        .await
+        .unwrap()
+        .map(|e| e.unwrap().revision)
+        .collect()
+        .await;
+    assert_eq!(history, vec![r1, r2, r3]);
+
+    let mut watch = kv.watch("a").await.unwrap();
+    kv.put("a", "4".into()).await.unwrap();
+    let seen = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&seen.value[..], b"4");
+
+    kv.delete("b").await.unwrap();
+    assert!(kv.get("b").await.unwrap().is_none());
+    kv.purge("a").await.unwrap();
+    assert!(kv.get("a").await.unwrap().is_none());
+    // A deleted key can be created again.
+    kv.create("b", "again".into()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_round_trip() {
+    let dir = TempDir::new("js-obj");
+    let node = start(jetstream_config(&dir));
+    let (_client, js) = connect(&node).await;
+    let store = js
+        .create_object_store(object_store::Config {
+            bucket: "files".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    store.put("blob.bin", &mut data.as_slice()).await.unwrap();
+    let mut obj = store.get("blob.bin").await.unwrap();
+    let mut back = Vec::new();
+    obj.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data);
+    let info = store.info("blob.bin").await.unwrap();
+    assert_eq!(info.size, data.len());
+    store.delete("blob.bin").await.unwrap();
+    assert!(store.get("blob.bin").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_messages_sequences_and_consumer_position() {
+    let dir = TempDir::new("js-restart");
+    {
+        let node = start(jetstream_config(&dir));
+        let (_client, js) = connect(&node).await;
+        let s = js.create_stream(orders()).await.unwrap();
+        for i in 0..20 {
+            js.publish(format!("orders.{i}"), format!("m{i}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let c: consumer::PullConsumer = s
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("C".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut batch = c.fetch().max_messages(5).messages().await.unwrap();
+        while let Some(m) = tokio::time::timeout(WAIT, batch.next()).await.unwrap() {
+            m.unwrap().double_ack().await.unwrap();
+        }
+        node.shutdown();
+    }
+    let node = start(jetstream_config(&dir));
+    let (_client, js) = connect(&node).await;
+    let mut s = js.get_stream("ORDERS").await.unwrap();
+    let info = s.info().await.unwrap();
+    assert_eq!((info.state.messages, info.state.last_sequence), (20, 20));
+    let ack = js
+        .publish("orders.after", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.sequence, 21);
+    let mut c: consumer::PullConsumer = s.get_consumer("C").await.unwrap();
+    let ci = c.info().await.unwrap();
+    assert_eq!(ci.ack_floor.stream_sequence, 5);
+    assert_eq!(ci.num_pending, 16);
+    let mut batch = c.fetch().max_messages(1).messages().await.unwrap();
+    let m = tokio::time::timeout(WAIT, batch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"m5");
+}
