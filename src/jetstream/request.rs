@@ -14,9 +14,9 @@ pub enum ApiRequest {
     StreamList,
     MsgGet(String),
     MsgDelete(String),
-    /// DIRECT.GET.<stream>, with the subject appended (last by subject) if any.
+    /// `DIRECT.GET.<stream>`, with the subject appended (last by subject) if any.
     DirectGet(String, Option<String>),
-    /// CONSUMER.CREATE.<stream>[.<name>[.<filter>]].
+    /// `CONSUMER.CREATE.<stream>[.<name>[.<filter>]]`.
     ConsumerCreate {
         stream: String,
         name: Option<String>,
