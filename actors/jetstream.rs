@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::publish::{InternalMsg, InternalSink, Message, Publisher, Subscription};
+use super::publish::{InternalMsg, InternalSink, Publisher, Subscription};
 use super::router::{Account, SubChange};
 use super::runtime::Spawner;
 use super::storage::{Closed, Storage, StorageError, WriteBatch, WriteOp};
@@ -115,34 +115,13 @@ impl JetStream {
     }
 
     fn reply(&mut self, to: &[u8], body: &[u8]) {
-        self.publisher.publish(
-            &self.account,
-            &Message {
-                subject: to,
-                reply: None,
-                headers: None,
-                data: body,
-            },
-            0,
-            true,
-        );
+        self.publisher.send(&self.account, to, None, None, body);
     }
 
     /// What a client sees when no server listens: a 503 status.
     fn no_responders(&mut self, to: &[u8]) {
         let h = HeaderBuilder::status(503, "").finish();
-        let n = h.len();
-        self.publisher.publish(
-            &self.account,
-            &Message {
-                subject: to,
-                reply: None,
-                headers: Some(n),
-                data: &h,
-            },
-            0,
-            true,
-        );
+        self.publisher.send_status(&self.account, to, None, &h);
     }
 
     async fn request(&mut self, msg: InternalMsg) {

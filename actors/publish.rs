@@ -308,6 +308,36 @@ impl Publisher {
         }
     }
 
+    /// Sends a message of an internal actor (a reply, a status, a delivery) to whoever
+    /// listens on `to`; `headers` is the length of the header block leading `data`.
+    pub fn send(
+        &mut self,
+        account: &Account,
+        to: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<usize>,
+        data: &[u8],
+    ) {
+        let msg = Message {
+            subject: to,
+            reply,
+            headers,
+            data,
+        };
+        self.publish(account, &msg, 0, true);
+    }
+
+    /// Sends a status-only message (a header block such as `NATS/1.0 404 ...`).
+    pub fn send_status(
+        &mut self,
+        account: &Account,
+        to: &[u8],
+        reply: Option<&[u8]>,
+        block: &[u8],
+    ) {
+        self.send(account, to, reply, Some(block.len()), block);
+    }
+
     /// Wakes every outbound queue touched since the last flush.
     pub fn flush(&mut self) {
         self.flush.flush();

@@ -431,17 +431,7 @@ impl StreamActor {
     }
 
     fn reply(&mut self, to: &[u8], body: Vec<u8>) {
-        self.publisher.publish(
-            &self.account,
-            &Message {
-                subject: to,
-                reply: None,
-                headers: None,
-                data: &body,
-            },
-            0,
-            true,
-        );
+        self.publisher.send(&self.account, to, None, None, &body);
     }
 
     /// Replies once the writes made so far are durable.
@@ -850,33 +840,13 @@ impl StreamActor {
             .finish();
         let hdr_len = data.len();
         data.extend_from_slice(m.payload());
-        self.publisher.publish(
-            &self.account,
-            &Message {
-                subject: &reply,
-                reply: None,
-                headers: Some(hdr_len),
-                data: &data,
-            },
-            0,
-            true,
-        );
+        self.publisher
+            .send(&self.account, &reply, None, Some(hdr_len), &data);
     }
 
     fn status(&mut self, to: &[u8], code: u16, text: &str) {
         let h = HeaderBuilder::status(code, text).finish();
-        let n = h.len();
-        self.publisher.publish(
-            &self.account,
-            &Message {
-                subject: to,
-                reply: None,
-                headers: Some(n),
-                data: &h,
-            },
-            0,
-            true,
-        );
+        self.publisher.send_status(&self.account, to, None, &h);
     }
 
     /// A stored message with its bytes (from the cache, else from storage).
@@ -947,18 +917,9 @@ impl StreamActor {
                     );
                 }
                 Outbound::Status { to, reply, headers } => {
-                    let n = headers.len();
-                    self.publisher.publish(
-                        &self.account,
-                        &Message {
-                            subject: to.as_bytes(),
-                            reply: reply.as_deref().map(str::as_bytes),
-                            headers: Some(n),
-                            data: &headers,
-                        },
-                        0,
-                        true,
-                    );
+                    let reply = reply.as_deref().map(str::as_bytes);
+                    self.publisher
+                        .send_status(&self.account, to.as_bytes(), reply, &headers);
                 }
             }
         }

@@ -31,12 +31,12 @@ pub enum AckKind {
 
 impl AckKind {
     pub fn parse(body: &[u8]) -> Option<AckKind> {
-        let body = trim_ascii(body);
+        let body = body.trim_ascii();
         if body.is_empty() || body == b"+ACK" {
             return Some(AckKind::Ack);
         }
         if let Some(rest) = body.strip_prefix(b"-NAK") {
-            let rest = trim_ascii(rest);
+            let rest = rest.trim_ascii();
             if rest.is_empty() {
                 return Some(AckKind::Nak(None));
             }
@@ -64,18 +64,6 @@ impl AckKind {
         }
         None
     }
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    b.get(start..end).unwrap_or_default()
 }
 
 /// A delivered message not yet acknowledged.
@@ -361,8 +349,7 @@ impl Consumer {
     }
 
     fn drop_pending(&mut self, seq: u64) {
-        if let Some(p) = self.pending.remove(&seq) {
-            let _ = p;
+        if self.pending.remove(&seq).is_some() {
             self.deadlines.retain(|(_, s)| *s != seq);
         }
         self.redelivered.remove(&seq);

@@ -17,20 +17,8 @@ pub fn lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &str)> {
         let colon = line.iter().position(|&b| b == b':')?;
         let key = line.get(..colon)?;
         let value = std::str::from_utf8(line.get(colon + 1..)?).ok()?;
-        Some((trim(key), value.trim()))
+        Some((key.trim_ascii(), value.trim()))
     })
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    b.get(start..end).unwrap_or_default()
 }
 
 /// The status code of a block's version line (`NATS/1.0 503` → 503), if any.

@@ -301,7 +301,6 @@ impl Stream {
             return Err(ApiError::sealed());
         }
         let hdr = data.get(..hdr_len).unwrap_or_default();
-        let payload_len = data.len() - hdr_len;
         if self.config.max_msg_size >= 0 && data.len() as i64 > self.config.max_msg_size {
             return Err(ApiError::message_too_big());
         }
@@ -392,7 +391,6 @@ impl Stream {
                 ));
             }
         }
-        let _ = payload_len;
         let seq = self.store.last_seq() + 1;
         if let Some(id) = &msg_id {
             self.remember_msg_id(id.clone(), seq, now);
@@ -820,13 +818,11 @@ impl Stream {
     pub fn set_config(&mut self, config: StreamConfig) {
         self.config = config;
         self.changes.push(Change::Config);
-        let subjects = self.config.subjects.clone();
         // Limits may have tightened.
         let c = &self.config;
         let (max_msgs, max_bytes) = (c.max_msgs, c.max_bytes);
         while max_msgs > 0 && self.store.len() as i64 > max_msgs && self.remove_first() {}
         while max_bytes > 0 && self.store.bytes() as i64 > max_bytes && self.remove_first() {}
-        let _ = subjects;
     }
 }
 
