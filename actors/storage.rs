@@ -342,6 +342,11 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
     let msgs_name = schema::msgs_table(&b.stream);
     let consumers_name = schema::consumers_table(&b.stream);
     let e = |e: &dyn std::fmt::Display| e.to_string();
+    // Tables stay open across a batch's ops: opening one per message cost more than
+    // the insert itself. Stream records and deletion close them first (a table cannot
+    // be deleted, or opened twice, while open).
+    let mut msgs = None;
+    let mut consumers = None;
     for op in &b.ops {
         match op {
             WriteOp::PutStream(record) => {
@@ -351,6 +356,8 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                     .map_err(|x| e(&x))?;
             }
             WriteOp::DeleteStream => {
+                msgs = None;
+                consumers = None;
                 let mut t = tx.open_table(STREAMS).map_err(|x| e(&x))?;
                 t.remove(b.stream.as_str()).map_err(|x| e(&x))?;
                 drop(t);
@@ -358,30 +365,42 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                 tx.delete_table(consumers_def(&consumers_name))
                     .map_err(|x| e(&x))?;
             }
-            WriteOp::Append { seq, record } => {
-                let mut t = tx.open_table(msgs_def(&msgs_name)).map_err(|x| e(&x))?;
-                t.insert(*seq, record.as_slice()).map_err(|x| e(&x))?;
+            WriteOp::Append { .. } | WriteOp::Remove(_) | WriteOp::RemoveBelow(_) => {
+                let t = match &mut msgs {
+                    Some(t) => t,
+                    None => msgs.insert(tx.open_table(msgs_def(&msgs_name)).map_err(|x| e(&x))?),
+                };
+                match op {
+                    WriteOp::Append { seq, record } => {
+                        t.insert(*seq, record.as_slice()).map_err(|x| e(&x))?;
+                    }
+                    WriteOp::Remove(seq) => {
+                        t.remove(*seq).map_err(|x| e(&x))?;
+                    }
+                    WriteOp::RemoveBelow(seq) => {
+                        t.retain_in(..*seq, |_, _| false).map_err(|x| e(&x))?;
+                    }
+                    _ => {}
+                }
             }
-            WriteOp::Remove(seq) => {
-                let mut t = tx.open_table(msgs_def(&msgs_name)).map_err(|x| e(&x))?;
-                t.remove(*seq).map_err(|x| e(&x))?;
-            }
-            WriteOp::RemoveBelow(seq) => {
-                let mut t = tx.open_table(msgs_def(&msgs_name)).map_err(|x| e(&x))?;
-                t.retain_in(..*seq, |_, _| false).map_err(|x| e(&x))?;
-            }
-            WriteOp::PutConsumer { name, record } => {
-                let mut t = tx
-                    .open_table(consumers_def(&consumers_name))
-                    .map_err(|x| e(&x))?;
-                t.insert(name.as_str(), record.as_slice())
-                    .map_err(|x| e(&x))?;
-            }
-            WriteOp::DeleteConsumer(name) => {
-                let mut t = tx
-                    .open_table(consumers_def(&consumers_name))
-                    .map_err(|x| e(&x))?;
-                t.remove(name.as_str()).map_err(|x| e(&x))?;
+            WriteOp::PutConsumer { .. } | WriteOp::DeleteConsumer(_) => {
+                let t = match &mut consumers {
+                    Some(t) => t,
+                    None => consumers.insert(
+                        tx.open_table(consumers_def(&consumers_name))
+                            .map_err(|x| e(&x))?,
+                    ),
+                };
+                match op {
+                    WriteOp::PutConsumer { name, record } => {
+                        t.insert(name.as_str(), record.as_slice())
+                            .map_err(|x| e(&x))?;
+                    }
+                    WriteOp::DeleteConsumer(name) => {
+                        t.remove(name.as_str()).map_err(|x| e(&x))?;
+                    }
+                    _ => {}
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 # limits; the load generator is `meshbroker bench`, the same client for both.
 #
 #   ./scripts/bench-vs-reference.sh [extra bench flags, e.g. --msgs 5000000 --rounds 5]
+#   SCENARIOS=jspub,jspubasync,jsfetch REF_SYNC=always ./scripts/bench-vs-reference.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-reference.sh >/dev/null
@@ -23,11 +24,17 @@ log_level = "warn"
 store_dir = "$work/js"
 TOML
 "$bin" --conf "$work/node.toml" & pids+=($!); mb_pid=$!
-.bench/nats-server -a 127.0.0.1 -p "$ref_port" -l "$work/ref.log" & pids+=($!); ref_pid=$!
+# JetStream on both, file storage in the same scratch directory. The reference's acks
+# do not wait for an fsync (sync_interval 2 min) unless REF_SYNC=always is set; ours
+# always do (see README, JetStream).
+cat > "$work/ref.conf" <<CONF
+jetstream { store_dir: "$work/refjs", sync_interval: "${REF_SYNC:-2m}" }
+CONF
+.bench/nats-server -c "$work/ref.conf" -a 127.0.0.1 -p "$ref_port" -l "$work/ref.log" & pids+=($!); ref_pid=$!
 for port in "$mb_port" "$ref_port"; do
   for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 done
 echo "meshbroker $("$bin" --version | cut -d' ' -f2) vs $(.bench/nats-server --version) on $(nproc) cores"
 "$bin" bench --url "nats://127.0.0.1:$mb_port" --compare-url "nats://127.0.0.1:$ref_port" \
   --pid "$mb_pid" --compare-pid "$ref_pid" \
-  --scenarios idle,pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq "$@"
+  --scenarios "${SCENARIOS:-idle,pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,jspub,jspubasync,jsfetch}" "$@"

@@ -29,6 +29,12 @@ enum Subcommand {
     Bench(actors::bench::BenchArgs),
 }
 
+// Buffers are allocated on executor threads and freed on others (the storage writer, a
+// client's outbound task); glibc's allocator spent ~15% of a JetStream publish run
+// consolidating such frees, mimalloc's free lists handle them without that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     if cli.version {

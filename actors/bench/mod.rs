@@ -19,6 +19,8 @@ use argh::FromArgs;
 
 use crate::proto::{encode, Op, Parsed, Parser};
 
+mod jetstream;
+
 /// run a benchmark against a NATS server (and optionally compare with another)
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "bench")]
@@ -35,7 +37,8 @@ pub struct BenchArgs {
     /// label for --compare-url in the report
     #[argh(option, default = "String::from(\"nats-server\")")]
     pub compare_name: String,
-    /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle
+    /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle,
+    /// jspub,jspubasync,jsfetch
     #[argh(
         option,
         default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
@@ -56,17 +59,26 @@ pub struct BenchArgs {
     /// pid of the --compare-url server (for the idle-memory scenario)
     #[argh(option)]
     pub compare_pid: Option<u32>,
+    /// messages per JetStream scenario (the synchronous publish sends a tenth)
+    #[argh(option, default = "200_000")]
+    pub js_msgs: u64,
+    /// outstanding acks an asynchronous JetStream publisher allows
+    #[argh(option, default = "256")]
+    pub js_window: u64,
+    /// messages per pull request in the JetStream fetch scenario
+    #[argh(option, default = "100")]
+    pub js_batch: u64,
     /// how many times each scenario runs on each server (the best run counts; the
     /// idle-memory scenario runs once)
     #[argh(option, default = "3")]
     pub rounds: u32,
 }
 
-type BenchResult<T> = Result<T, String>;
+pub(crate) type BenchResult<T> = Result<T, String>;
 
 /// One measured number and whether more is better.
 #[derive(Clone, Copy, Debug)]
-struct Measure {
+pub(crate) struct Measure {
     value: f64,
     higher_is_better: bool,
 }
@@ -208,6 +220,23 @@ fn run_scenario(
                 ("p99 us".into(), lower(p99)),
             ]
         }
+        "jspub" => vec![(
+            "msgs/s".into(),
+            throughput(jetstream::publish_sync(addr, args.js_msgs / 10, 128)?),
+        )],
+        "jspubasync" => vec![(
+            "msgs/s".into(),
+            throughput(jetstream::publish_async(
+                addr,
+                args.js_msgs,
+                128,
+                args.js_window,
+            )?),
+        )],
+        "jsfetch" => vec![(
+            "msgs/s".into(),
+            throughput(jetstream::fetch(addr, args.js_msgs, 128, args.js_batch)?),
+        )],
         "idle" => {
             let pid = pid.ok_or("the idle scenario needs --pid (and --compare-pid)")?;
             vec![(
@@ -220,7 +249,7 @@ fn run_scenario(
 }
 
 /// A connected, CONNECTed and PONGed client socket.
-fn connect(addr: &str) -> BenchResult<TcpStream> {
+pub(crate) fn connect(addr: &str) -> BenchResult<TcpStream> {
     let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
@@ -251,7 +280,7 @@ fn connect(addr: &str) -> BenchResult<TcpStream> {
 }
 
 /// Sends PING and reads until PONG, discarding anything else.
-fn sync(stream: &mut TcpStream) -> BenchResult<()> {
+pub(crate) fn sync(stream: &mut TcpStream) -> BenchResult<()> {
     stream.write_all(encode::PING).map_err(|e| e.to_string())?;
     let mut reader = MsgReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     loop {
@@ -263,8 +292,12 @@ fn sync(stream: &mut TcpStream) -> BenchResult<()> {
     }
 }
 
-enum Incoming {
-    Msg { reply: Option<Vec<u8>> },
+pub(crate) enum Incoming {
+    /// A message; `data` (headers and payload) only from a reader made to keep it.
+    Msg {
+        reply: Option<Vec<u8>>,
+        data: Option<Vec<u8>>,
+    },
     Pong,
     Ping,
     Err(String),
@@ -272,8 +305,9 @@ enum Incoming {
 }
 
 /// Reads server operations from a socket with the crate's parser.
-struct MsgReader {
+pub(crate) struct MsgReader {
     stream: TcpStream,
+    keep_data: bool,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -281,9 +315,10 @@ struct MsgReader {
 }
 
 impl MsgReader {
-    fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         MsgReader {
             stream,
+            keep_data: false,
             buf: vec![0; 256 * 1024],
             start: 0,
             end: 0,
@@ -291,7 +326,15 @@ impl MsgReader {
         }
     }
 
-    fn next(&mut self) -> BenchResult<Incoming> {
+    /// A reader that hands out each message's bytes, for clients that read replies.
+    pub(crate) fn keeping_data(stream: TcpStream) -> Self {
+        MsgReader {
+            keep_data: true,
+            ..MsgReader::new(stream)
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> BenchResult<Incoming> {
         loop {
             match self
                 .parser
@@ -300,8 +343,9 @@ impl MsgReader {
             {
                 Parsed::Op(op, n) => {
                     let incoming = match op {
-                        Op::Msg { reply, .. } => Incoming::Msg {
+                        Op::Msg { reply, data, .. } => Incoming::Msg {
                             reply: reply.map(<[u8]>::to_vec),
+                            data: self.keep_data.then(|| data.to_vec()),
                         },
                         Op::Pong => Incoming::Pong,
                         Op::Ping => Incoming::Ping,
@@ -450,7 +494,10 @@ fn spawn_responder(addr: &str) -> BenchResult<String> {
         let mut reader = MsgReader::new(responder);
         let mut out = Vec::new();
         loop {
-            if let Incoming::Msg { reply: Some(reply) } = reader.next()? {
+            if let Incoming::Msg {
+                reply: Some(reply), ..
+            } = reader.next()?
+            {
                 out.clear();
                 encode::write_pub(&mut out, &reply, None, None, b"pong");
                 writer.write_all(&out).map_err(|e| e.to_string())?;
