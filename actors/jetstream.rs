@@ -118,9 +118,11 @@ impl JetStream {
         self.publisher.send(&self.account, to, None, None, body);
     }
 
-    /// What a client sees when no server listens: a 503 status.
-    fn no_responders(&mut self, to: &[u8]) {
-        let h = HeaderBuilder::status(503, "").finish();
+    /// What a client sees when no server listens: a 503 status naming the subject.
+    fn no_responders(&mut self, to: &[u8], subject: &str) {
+        let h = HeaderBuilder::status(503, "")
+            .add("Nats-Subject", subject)
+            .finish();
         self.publisher.send_status(&self.account, to, None, &h);
     }
 
@@ -128,7 +130,9 @@ impl JetStream {
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
         };
-        let Some(req) = request::parse(subject) else {
+        // Unknown or malformed API subjects get no answer at all from the reference
+        // (not even no-responders: its subscription covers them).
+        let Some(req) = request::parse(subject).filter(|r| *r != ApiRequest::Unknown) else {
             return;
         };
         let Some(reply) = msg.reply.clone() else {
@@ -137,6 +141,7 @@ impl JetStream {
         };
         self.api_total += 1;
         let kind = req.response_type();
+        let msg_subject = msg.subject.clone();
         let result = self.handle(req.clone(), msg).await;
         match result {
             Handled::Done => {}
@@ -146,7 +151,10 @@ impl JetStream {
                 let body = api::error_response(kind, &e);
                 self.reply(&reply, &body);
             }
-            Handled::NoResponders => self.no_responders(&reply),
+            Handled::NoResponders => {
+                let subject = String::from_utf8_lossy(&msg_subject).into_owned();
+                self.no_responders(&reply, &subject)
+            }
         }
     }
 
@@ -175,10 +183,10 @@ impl JetStream {
                     Err(e) => Handled::Error(e),
                 }
             }
-            ApiRequest::Unknown => Handled::Error(ApiError::bad_request()),
+            ApiRequest::Unknown => Handled::Done,
             other => {
                 let Some(name) = other.stream() else {
-                    return Handled::Error(ApiError::bad_request());
+                    return Handled::Done;
                 };
                 match self.streams.get(name) {
                     Some(handle) => {
@@ -225,6 +233,10 @@ impl JetStream {
     }
 
     fn parse_config(&self, name: &str, body: &[u8]) -> Result<StreamConfig, ApiError> {
+        // No body is no name, and so (as at the reference) a name that does not match.
+        if body.trim_ascii().is_empty() {
+            return Err(ApiError::stream_name_mismatch());
+        }
         let mut config: StreamConfig = api::parse_required(body)?;
         if config.name.is_empty() {
             config.name = name.to_string();
@@ -278,7 +290,8 @@ impl JetStream {
             if existing.config != config {
                 return Err(ApiError::stream_name_exists());
             }
-            return self.stream_info(name).await;
+            // The reference says did_create for an identical re-create too.
+            return Ok(self.stream_info(name).await?.for_change(true));
         }
         self.check_overlap(&config)?;
         self.check_limits(&config)?;
@@ -307,7 +320,7 @@ impl JetStream {
         self.streams.insert(name.to_string(), handle);
         log::debug!("JetStream: stream {name} created");
         // Answered once the stream's subscriptions are visible (it answers Info after).
-        self.stream_info(name).await
+        Ok(self.stream_info(name).await?.for_change(true))
     }
 
     async fn write(&self, stream: &str, ops: Vec<WriteOp>) -> Result<(), String> {
@@ -359,7 +372,7 @@ impl JetStream {
         if let Some(h) = self.streams.get_mut(name) {
             h.config = config;
         }
-        Ok(info)
+        Ok(info.for_change(false))
     }
 
     async fn delete_stream(&mut self, name: &str) -> Result<(), ApiError> {
@@ -395,10 +408,12 @@ impl JetStream {
         if matches!(req, ApiRequest::StreamNames) {
             let limit = 1024;
             let page: Vec<&String> = names.into_iter().skip(r.offset).take(limit).collect();
+            // The reference sends null, not [], for no names (its LIST sends []).
+            let streams = (!page.is_empty()).then_some(page);
             return api::response(
                 kind,
                 &serde_json::json!({
-                    "total": total, "offset": r.offset, "limit": limit, "streams": page,
+                    "total": total, "offset": r.offset, "limit": limit, "streams": streams,
                 }),
             );
         }
@@ -406,13 +421,13 @@ impl JetStream {
         let mut infos = Vec::new();
         for n in names.into_iter().skip(r.offset).take(limit) {
             if let Ok(info) = self.stream_info(n).await {
-                infos.push(info);
+                infos.push(info.for_list());
             }
         }
         api::response(
             kind,
             &serde_json::json!({
-                "total": total, "offset": r.offset, "limit": limit, "streams": infos, "missing": [],
+                "total": total, "offset": r.offset, "limit": limit, "streams": infos,
             }),
         )
     }

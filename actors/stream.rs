@@ -475,8 +475,7 @@ impl StreamActor {
         };
         match result {
             Ok(ack) => {
-                let body = serde_json::to_vec(&ack).unwrap_or_default();
-                self.reply_after_writes(reply, body);
+                self.reply_after_writes(reply, ack.to_json());
             }
             Err(e) => {
                 let body = api::pub_ack_error(self.stream.name(), &e);
@@ -595,6 +594,7 @@ impl StreamActor {
         let kind = req.response_type();
         let body = msg.payload().to_vec();
         let reply = msg.reply.clone();
+        let msg_subject = msg.subject.clone();
         let result: Result<Vec<u8>, ApiError> = match &req {
             ApiRequest::StreamInfo(_) => api::parse_optional::<StreamInfoRequest>(&body)
                 .map(|r| api::response(kind, &self.stream.info(now, &self.leader, &r))),
@@ -643,7 +643,7 @@ impl StreamActor {
                 self.create_consumer(Some(name.clone()), None, true, &body, now)
             }
             ApiRequest::ConsumerInfo(_, name) => match self.stream.consumers.get(name) {
-                Some(c) => Ok(api::response(kind, &c.info(now, &self.leader))),
+                Some(c) => Ok(api::response(kind, &c.info(now))),
                 None => Err(ApiError::consumer_not_found()),
             },
             ApiRequest::ConsumerDelete(_, name) => {
@@ -668,7 +668,13 @@ impl StreamActor {
                     let limit = if list { 256 } else { 1024 };
                     let page = self.stream.consumers.values().skip(p.offset).take(limit);
                     if list {
-                        let infos: Vec<_> = page.map(|c| c.info(now, &self.leader)).collect();
+                        let infos: Vec<_> = page
+                            .map(|c| {
+                                let mut info = c.info(now);
+                                api::strip_dynamic_metadata(&mut info.config.metadata);
+                                info
+                            })
+                            .collect();
                         api::response(
                             kind,
                             &serde_json::json!({
@@ -694,10 +700,13 @@ impl StreamActor {
                 };
                 let reply_s = String::from_utf8_lossy(&reply).to_string();
                 let status = match self.stream.consumers.get_mut(name) {
+                    // Nobody would be subscribed to it at the reference.
                     None => Some(Outbound::Status {
                         to: reply_s,
                         reply: None,
-                        headers: HeaderBuilder::status(404, "No Messages").finish(),
+                        headers: HeaderBuilder::status(503, "")
+                            .add("Nats-Subject", &String::from_utf8_lossy(&msg_subject))
+                            .finish(),
                     }),
                     Some(c) => match NextRequest::parse(&body) {
                         Ok(r) => c.request_next(&reply_s, r, now),
@@ -730,42 +739,63 @@ impl StreamActor {
         body: &[u8],
         now: i64,
     ) -> Result<Vec<u8>, ApiError> {
-        let req: CreateConsumerRequest = api::parse_required(body)?;
-        if !req.stream_name.is_empty() && req.stream_name != self.stream.name() {
+        // An empty body names no stream, which is the reference's first complaint.
+        let req: CreateConsumerRequest = if body.trim_ascii().is_empty() {
+            return Err(ApiError::stream_name_mismatch());
+        } else {
+            api::parse_required(body)?
+        };
+        if req.stream_name != self.stream.name() {
             return Err(ApiError::stream_name_mismatch());
         }
         let mut config = normalize_consumer(req.config, &self.stream.config)?;
-        if durable_api && config.durable_name.is_none() {
-            config.durable_name = name_in_subject.clone();
-        }
-        if let (Some(d), Some(n)) = (&config.durable_name, &config.name) {
-            if d != n {
-                return Err(ApiError::consumer_durable_and_name_mismatch());
-            }
-        }
-        let config_name = config.name.clone().or_else(|| config.durable_name.clone());
-        if let Some(subject_name) = &name_in_subject {
-            match &config_name {
-                Some(n) if n != subject_name => {
-                    return Err(ApiError::consumer_durable_name_mismatch())
+        // Which name wins, as the reference decides it: the durable API needs a
+        // matching durable name; the named API takes the subject's name (a durable name
+        // must match it, a `name` in the body is overridden); the legacy ephemeral API
+        // takes the body's `name` and refuses a durable one.
+        let name = match (durable_api, name_in_subject) {
+            (true, Some(subject_name)) => {
+                match &config.durable_name {
+                    None => return Err(ApiError::consumer_durable_name_not_set()),
+                    Some(d) if *d != subject_name => {
+                        return Err(ApiError::consumer_durable_name_mismatch())
+                    }
+                    Some(_) => {}
                 }
-                _ => {}
+                subject_name
             }
-        }
+            (_, Some(subject_name)) => {
+                if config
+                    .durable_name
+                    .as_ref()
+                    .is_some_and(|d| *d != subject_name)
+                {
+                    return Err(ApiError::consumer_durable_name_mismatch());
+                }
+                subject_name
+            }
+            (_, None) => {
+                if config.durable_name.is_some() {
+                    return Err(ApiError::consumer_ephemeral_with_durable());
+                }
+                config.name.clone().unwrap_or_else(random_name)
+            }
+        };
+        config.name = Some(name.clone());
         if let Some(f) = &filter_in_subject {
+            if config
+                .filter_subjects
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+            {
+                return Err(ApiError::consumer_multiple_filters_not_allowed());
+            }
             if config.filter_subject.as_deref() != Some(f.as_str()) {
                 return Err(ApiError::consumer_filter_mismatch());
             }
         }
-        let name = match name_in_subject.or(config_name) {
-            Some(n) => n,
-            None => random_name(),
-        };
         if !stream::valid_name(&name) {
             return Err(ApiError::consumer_bad_durable_name());
-        }
-        if config.name.is_none() {
-            config.name = Some(name.clone());
         }
         if let Some(existing) = self.stream.consumers.get_mut(&name) {
             if req.action == "create" && existing.config != config {
@@ -782,7 +812,7 @@ impl StreamActor {
             }
             return Ok(api::response(
                 "consumer_create_response",
-                &existing.info(now, &self.leader),
+                &existing.info(now),
             ));
         }
         if req.action == "update" {
@@ -796,7 +826,7 @@ impl StreamActor {
             check_workqueue(&config, &self.stream)?;
         }
         let consumer = Consumer::new(self.stream.name(), &name, config, now, &self.stream.store);
-        let info = consumer.info(now, &self.leader);
+        let info = consumer.info(now);
         self.stream.add_consumer(consumer);
         self.usage.consumers.fetch_add(1, Ordering::Relaxed);
         Ok(api::response("consumer_create_response", &info))
@@ -931,6 +961,7 @@ pub fn normalize_consumer(
     mut c: ConsumerConfig,
     stream: &StreamConfig,
 ) -> Result<ConsumerConfig, ApiError> {
+    api::strip_server_metadata(&mut c.metadata);
     if c.deliver_subject.as_deref() == Some("") {
         c.deliver_subject = None;
     }

@@ -187,13 +187,84 @@ pub struct ClusterInfo {
     pub leader: String,
 }
 
+/// A stream as the API describes it. STREAM.INFO has everything; the reference leaves
+/// out the paging fields (which describe `state.subjects`) and `cluster` in CREATE,
+/// UPDATE and LIST replies, and only CREATE says `did_create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
     pub config: StreamConfig,
     pub created: String,
     pub state: StreamState,
-    pub cluster: ClusterInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
     pub ts: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub did_create: Option<bool>,
+}
+
+impl StreamInfo {
+    /// The CREATE / UPDATE form: no paging, no cluster.
+    pub fn for_change(mut self, created: bool) -> StreamInfo {
+        self.total = None;
+        self.offset = None;
+        self.limit = None;
+        self.cluster = None;
+        self.did_create = created.then_some(true);
+        self
+    }
+
+    /// The form of a STREAM.LIST item: no paging, no cluster, no dynamic metadata.
+    pub fn for_list(mut self) -> StreamInfo {
+        self = self.for_change(false);
+        strip_dynamic_metadata(&mut self.config.metadata);
+        self
+    }
+}
+
+/// Subjects STREAM.INFO lists at most in `state.subjects` (its paging `limit`).
+pub const STREAM_INFO_SUBJECTS_LIMIT: u64 = 100_000;
+
+/// Metadata key: the API level a config's features need (all ours: level 0).
+const META_REQUIRED_LEVEL: &str = "_nats.req.level";
+/// Metadata keys the server adds to replies and never stores.
+const META_LEVEL: &str = "_nats.level";
+const META_VERSION: &str = "_nats.ver";
+
+/// Adds the server's metadata to a config in a reply, as the reference does: the level
+/// the config requires, this server's API level and version.
+pub fn add_server_metadata(meta: &mut Option<BTreeMap<String, String>>) {
+    let m = meta.get_or_insert_with(BTreeMap::new);
+    m.insert(META_REQUIRED_LEVEL.into(), "0".into());
+    m.insert(META_LEVEL.into(), API_LEVEL.to_string());
+    m.insert(
+        META_VERSION.into(),
+        crate::proto::info::COMPAT_VERSION.into(),
+    );
+}
+
+/// Removes the per-server keys (list items carry only the required level).
+pub fn strip_dynamic_metadata(meta: &mut Option<BTreeMap<String, String>>) {
+    if let Some(m) = meta {
+        m.remove(META_LEVEL);
+        m.remove(META_VERSION);
+    }
+}
+
+/// Removes every server-set key from a config a client sent (it may echo a previous
+/// reply's), so stored configs and "same config" comparisons see only the client's.
+pub fn strip_server_metadata(meta: &mut Option<BTreeMap<String, String>>) {
+    if let Some(m) = meta {
+        m.retain(|k, _| !k.starts_with("_nats."));
+        if m.is_empty() {
+            *meta = None;
+        }
+    }
 }
 
 /// Optional body of STREAM.INFO.
@@ -274,6 +345,25 @@ pub struct PubAck {
     pub seq: u64,
     #[serde(default, skip_serializing_if = "is_false")]
     pub duplicate: bool,
+}
+
+impl PubAck {
+    /// The reference's exact bytes, `"duplicate": true` with its space included (a
+    /// publish answers with this on every message, so it is written directly).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.stream.len());
+        out.extend_from_slice(b"{\"stream\":");
+        if serde_json::to_writer(&mut out, &self.stream).is_err() {
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        if self.duplicate {
+            out.extend_from_slice(b",\"duplicate\": true");
+        }
+        out.push(b'}');
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,7 +516,9 @@ pub struct ConsumerInfo {
     pub num_redelivered: u64,
     pub num_waiting: u64,
     pub num_pending: u64,
-    pub cluster: ClusterInfo,
+    /// Only a clustered consumer reports it (the reference leaves it out on one server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub push_bound: bool,
     pub ts: String,
@@ -451,8 +543,13 @@ impl NextRequest {
     pub fn parse(body: &[u8]) -> Result<NextRequest, ApiError> {
         let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request())?;
         let text = text.trim();
-        let mut req = if text.is_empty() {
-            NextRequest::default()
+        // No body asks for one message; a batch below 1 asks for nothing (the
+        // reference then stays silent, see `Consumer::request_next`).
+        let req = if text.is_empty() {
+            NextRequest {
+                batch: 1,
+                ..Default::default()
+            }
         } else if text.starts_with('{') {
             parse_json(text.as_bytes())?
         } else {
@@ -461,8 +558,13 @@ impl NextRequest {
                 ..Default::default()
             }
         };
-        if req.batch <= 0 {
-            req.batch = 1;
+        // A heartbeat must fit twice into the request's life (which, without expiry,
+        // it never does).
+        if req.idle_heartbeat > 0 && req.idle_heartbeat.saturating_mul(2) > req.expires {
+            return Err(ApiError::with_description(
+                ApiError::bad_request(),
+                "heartbeat value too large",
+            ));
         }
         Ok(req)
     }
@@ -517,17 +619,24 @@ pub fn response<T: Serialize>(kind: &str, body: &T) -> Vec<u8> {
 
 /// Serializes an error response with its `type`.
 pub fn error_response(kind: &str, err: &ApiError) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Envelope<'a> {
-        #[serde(rename = "type")]
-        kind: String,
-        error: &'a ApiError,
-    }
-    serde_json::to_vec(&Envelope {
-        kind: format!("{TYPE_PREFIX}{kind}"),
-        error: err,
-    })
-    .unwrap_or_default()
+    // The reference's error replies keep the response type's other non-optional
+    // fields, zeroed, after the error; clients that read them expect them there.
+    let extra = match kind {
+        "stream_info_response" => r#","total":0,"offset":0,"limit":0"#,
+        "stream_purge_response" => r#","purged":0"#,
+        "consumer_names_response" => r#","total":0,"offset":0,"limit":0,"consumers":[]"#,
+        _ => "",
+    };
+    let error = serde_json::to_vec(err).unwrap_or_default();
+    let mut body = Vec::with_capacity(64 + kind.len() + error.len() + extra.len());
+    body.extend_from_slice(b"{\"type\":\"");
+    body.extend_from_slice(TYPE_PREFIX.as_bytes());
+    body.extend_from_slice(kind.as_bytes());
+    body.extend_from_slice(b"\",\"error\":");
+    body.extend_from_slice(&error);
+    body.extend_from_slice(extra.as_bytes());
+    body.push(b'}');
+    body
 }
 
 /// A PubAck for a failed publish: the error next to the stream name (as the reference).
@@ -581,10 +690,10 @@ pub fn parse_optional<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Re
     parse_json(body)
 }
 
-/// Parses a required JSON request body.
+/// Parses a required JSON request body; none at all is a bad request (10003).
 pub fn parse_required<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     if is_empty_body(body) {
-        return Err(ApiError::request_body_required());
+        return Err(ApiError::bad_request());
     }
     parse_json(body)
 }
@@ -612,6 +721,72 @@ pub fn parse_time(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pub_ack_bytes_are_the_references() {
+        let ack = |duplicate| PubAck {
+            stream: "S".into(),
+            seq: 3,
+            duplicate,
+        };
+        assert_eq!(ack(false).to_json(), br#"{"stream":"S","seq":3}"#);
+        assert_eq!(
+            ack(true).to_json(),
+            br#"{"stream":"S","seq":3,"duplicate": true}"#
+        );
+        let back: PubAck = serde_json::from_slice(&ack(true).to_json()).unwrap();
+        assert_eq!(back, ack(true));
+    }
+
+    #[test]
+    fn error_replies_keep_their_types_zeroed_fields() {
+        let err = ApiError::stream_not_found();
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_response("stream_purge_response", &err)).unwrap();
+        assert_eq!(v["purged"], 0);
+        assert_eq!(v["error"]["err_code"], 10059);
+        assert_eq!(v["type"], "io.nats.jetstream.api.v1.stream_purge_response");
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_response("consumer_names_response", &err)).unwrap();
+        assert_eq!(v["consumers"], serde_json::json!([]));
+        let plain = error_response("stream_create_response", &err);
+        let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(v.as_object().map(|o| o.len()), Some(2));
+    }
+
+    #[test]
+    fn pull_heartbeats_must_fit_twice_into_the_expiry() {
+        let too_large = NextRequest::parse(br#"{"batch":1,"expires":1000,"idle_heartbeat":600}"#);
+        assert_eq!(
+            too_large.map_err(|e| e.description),
+            Err("heartbeat value too large".to_string())
+        );
+        let no_expiry = NextRequest::parse(br#"{"batch":1,"idle_heartbeat":600}"#);
+        assert!(no_expiry.is_err());
+        let fits = NextRequest::parse(br#"{"batch":1,"expires":1200,"idle_heartbeat":600}"#);
+        assert_eq!(fits.map(|r| r.idle_heartbeat), Ok(600));
+        assert_eq!(NextRequest::parse(b"").map(|r| r.batch), Ok(1));
+        assert_eq!(NextRequest::parse(b"{\"batch\":0}").map(|r| r.batch), Ok(0));
+    }
+
+    #[test]
+    fn server_metadata_is_added_in_replies_and_never_kept() {
+        let mut meta = None;
+        add_server_metadata(&mut meta);
+        let keys: Vec<&str> = meta.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["_nats.level", "_nats.req.level", "_nats.ver"]);
+        strip_dynamic_metadata(&mut meta);
+        assert_eq!(meta.as_ref().map(|m| m.len()), Some(1));
+        let mut sent = Some(BTreeMap::from([
+            ("_nats.req.level".to_string(), "0".to_string()),
+            ("owner".to_string(), "me".to_string()),
+        ]));
+        strip_server_metadata(&mut sent);
+        assert_eq!(sent, Some(BTreeMap::from([("owner".into(), "me".into())])));
+        let mut only_server = Some(BTreeMap::from([("_nats.ver".into(), "x".into())]));
+        strip_server_metadata(&mut only_server);
+        assert_eq!(only_server, None);
+    }
 
     #[test]
     fn defaults_match_the_reference() {

@@ -464,6 +464,9 @@ impl Consumer {
         if !self.is_pull() {
             return Some(status(409, "Consumer is push based"));
         }
+        if req.batch <= 0 {
+            return None;
+        }
         if self.config.max_batch > 0 && req.batch > self.config.max_batch {
             return Some(status(
                 409,
@@ -664,7 +667,7 @@ impl Consumer {
             let Some((seq, dc, source)) = self.next_message(store, now) else {
                 break;
             };
-            let size = store.get(seq).map_or(0, |e| e.size() as i64);
+            let size = store.get(seq).map_or(0, |e| store.size_of(e) as i64);
             if req_bytes > 0 && size > req_bytes {
                 // Put it back for the next request.
                 self.unpick(seq, dc, source);
@@ -771,7 +774,7 @@ impl Consumer {
             let Some((seq, dc, _)) = self.next_message(store, now) else {
                 break;
             };
-            let size = store.get(seq).map_or(0, |e| e.size());
+            let size = store.get(seq).map_or(0, |e| store.size_of(e));
             let reply = self.record_delivery(seq, dc, now);
             out.push(Outbound::Message {
                 to: to.clone(),
@@ -881,12 +884,14 @@ impl Consumer {
         }
     }
 
-    pub fn info(&self, now: i64, leader: &str) -> ConsumerInfo {
+    pub fn info(&self, now: i64) -> ConsumerInfo {
+        let mut config = self.config.clone();
+        api::add_server_metadata(&mut config.metadata);
         ConsumerInfo {
             stream_name: self.stream.clone(),
             name: self.name.clone(),
             created: api::format_time(self.created),
-            config: self.config.clone(),
+            config,
             delivered: SequenceInfoActive {
                 consumer_seq: self.delivered.consumer_seq,
                 stream_seq: self.delivered.stream_seq,
@@ -902,10 +907,7 @@ impl Consumer {
             num_redelivered: self.redelivered.len() as u64,
             num_waiting: self.waiting.len() as u64,
             num_pending: self.still_pending(),
-            cluster: api::ClusterInfo {
-                name: None,
-                leader: leader.to_string(),
-            },
+            cluster: None,
             push_bound: self.push_bound,
             ts: api::format_time(now),
         }
@@ -919,7 +921,7 @@ mod tests {
     use bytes::Bytes;
 
     fn store(n: u64) -> StreamStore {
-        let mut s = StreamStore::new(u64::MAX);
+        let mut s = StreamStore::new(u64::MAX, store::Accounting::Memory);
         s.set_durable(n);
         for i in 1..=n {
             s.insert(
@@ -959,7 +961,7 @@ mod tests {
     fn pull_batches_acks_and_redelivery() {
         let st = store(5);
         let mut c = Consumer::new("S", "C", pull(AckPolicy::Explicit), 0, &st);
-        assert_eq!(c.info(0, "").num_pending, 5);
+        assert_eq!(c.info(0).num_pending, 5);
         let req = NextRequest {
             batch: 2,
             ..Default::default()
@@ -968,11 +970,11 @@ mod tests {
         let mut out = Vec::new();
         c.poll(&st, 0, &|_| true, &mut out);
         assert_eq!(seqs(&out), vec![1, 2]);
-        assert_eq!(c.info(0, "").num_ack_pending, 2);
-        assert_eq!(c.info(0, "").num_pending, 3);
+        assert_eq!(c.info(0).num_ack_pending, 2);
+        assert_eq!(c.info(0).num_pending, 3);
         assert_eq!(c.ack(2, AckKind::Ack, 1), vec![2]);
         // Floor stays below 1 (still pending).
-        assert_eq!(c.info(1, "").ack_floor.stream_seq, 0);
+        assert_eq!(c.info(1).ack_floor.stream_seq, 0);
         // After the ack wait, 1 is redelivered with a new consumer sequence.
         let req = NextRequest {
             batch: 1,
@@ -987,7 +989,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(c.ack(1, AckKind::Ack, 2001), vec![1]);
-        let info = c.info(2001, "");
+        let info = c.info(2001);
         assert_eq!(info.ack_floor.stream_seq, 2);
         assert_eq!(info.num_redelivered, 0);
     }
@@ -1035,7 +1037,7 @@ mod tests {
         let mut cfg = pull(AckPolicy::All);
         cfg.filter_subject = Some("even".into());
         let mut c = Consumer::new("S", "C", cfg, 0, &st);
-        assert_eq!(c.info(0, "").num_pending, 3);
+        assert_eq!(c.info(0).num_pending, 3);
         c.request_next(
             "i",
             NextRequest {
@@ -1097,7 +1099,7 @@ mod tests {
         let mut cfg = pull(AckPolicy::None);
         cfg.deliver_policy = DeliverPolicy::LastPerSubject;
         let mut c = Consumer::new("S", "C", cfg, 0, &st);
-        assert_eq!(c.info(0, "").num_pending, 2);
+        assert_eq!(c.info(0).num_pending, 2);
         c.request_next(
             "i",
             NextRequest {

@@ -21,14 +21,18 @@ fn e(code: u16, err_code: u16, description: impl Into<String>) -> ApiError {
 }
 
 impl ApiError {
+    /// `err` with another description (same code and err_code).
+    pub fn with_description(err: ApiError, description: &str) -> Self {
+        ApiError {
+            description: description.to_string(),
+            ..err
+        }
+    }
     pub fn bad_request() -> Self {
         e(400, 10003, "bad request")
     }
     pub fn invalid_json(err: &dyn std::fmt::Display) -> Self {
         e(400, 10025, format!("invalid JSON: {err}"))
-    }
-    pub fn request_body_required() -> Self {
-        e(400, 10025, "invalid JSON: unexpected end of JSON input")
     }
     pub fn not_empty_request() -> Self {
         e(400, 10038, "expected an empty request payload")
@@ -138,11 +142,18 @@ impl ApiError {
             "consumer name in subject does not match durable name in request",
         )
     }
-    pub fn consumer_durable_and_name_mismatch() -> Self {
+    pub fn consumer_durable_name_not_set() -> Self {
         e(
             400,
-            10132,
-            "Consumer Durable and Name have to be equal if both are provided",
+            10018,
+            "consumer expected to be durable but a durable name was not set",
+        )
+    }
+    pub fn consumer_ephemeral_with_durable() -> Self {
+        e(
+            400,
+            10020,
+            "consumer expected to be ephemeral but a durable name was set in request",
         )
     }
     pub fn consumer_bad_durable_name() -> Self {

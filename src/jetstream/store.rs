@@ -29,11 +29,25 @@ pub struct Entry {
     pub expires: Option<i64>,
 }
 
-impl Entry {
-    /// The size the stream accounts for (subject, headers, payload and a fixed
-    /// overhead), so byte limits behave as in the reference.
-    pub fn size(&self) -> u64 {
-        self.subject.len() as u64 + self.len as u64 + 16
+/// How a stream counts a message's bytes: as the reference's memory or file store
+/// does, so `max_bytes` limits and STREAM.INFO's `bytes` agree with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Accounting {
+    /// Subject, headers and payload, plus 16.
+    #[default]
+    Memory,
+    /// The file store's record: subject, headers and payload, a 30-byte frame, and 4
+    /// more when there are headers.
+    File,
+}
+
+impl Accounting {
+    pub fn size(self, entry: &Entry) -> u64 {
+        let body = entry.subject.len() as u64 + entry.len as u64;
+        match self {
+            Accounting::Memory => body + 16,
+            Accounting::File => body + 30 + if entry.hdr_len > 0 { 4 } else { 0 },
+        }
     }
 }
 
@@ -86,16 +100,27 @@ pub struct StreamStore {
     /// Bytes of cached message data (file streams evict the oldest beyond a budget).
     cached: u64,
     cache_budget: u64,
+    accounting: Accounting,
 }
 
 impl StreamStore {
     /// `cache_budget`: bytes of message data kept in memory (`u64::MAX` for memory
     /// streams, which have nowhere else to keep them).
-    pub fn new(cache_budget: u64) -> Self {
+    pub fn new(cache_budget: u64, accounting: Accounting) -> Self {
         StreamStore {
             cache_budget,
+            accounting,
             ..Default::default()
         }
+    }
+
+    pub fn cache_budget(&self) -> u64 {
+        self.cache_budget
+    }
+
+    /// The bytes `entry` counts for in this stream.
+    pub fn size_of(&self, entry: &Entry) -> u64 {
+        self.accounting.size(entry)
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -173,7 +198,7 @@ impl StreamStore {
         }
         self.last_seq = self.last_seq.max(seq);
         self.last_ts = self.last_ts.max(entry.ts);
-        self.bytes += entry.size();
+        self.bytes += self.accounting.size(&entry);
         if let Some(d) = &entry.data {
             self.cached += d.len() as u64;
         }
@@ -220,7 +245,7 @@ impl StreamStore {
     /// Removes one message. Returns it if it existed.
     pub fn remove(&mut self, seq: u64) -> Option<Entry> {
         let entry = self.msgs.remove(&seq)?;
-        self.bytes -= entry.size();
+        self.bytes -= self.accounting.size(&entry);
         if let Some(d) = &entry.data {
             self.cached -= d.len() as u64;
         }
@@ -382,6 +407,25 @@ pub fn matches_any(filters: &[String], subject: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Sizes the reference reported for these messages (probe, docs/reference-jetstream-wire.md).
+    #[test]
+    fn byte_accounting_matches_the_reference_file_store() {
+        let sized = |subject: &str, hdr_len: u32, len: u32| {
+            Accounting::File.size(&Entry {
+                ts: 0,
+                subject: subject.into(),
+                hdr_len,
+                len,
+                data: None,
+                expires: None,
+            })
+        };
+        assert_eq!(sized("d.a", 0, 1), 34);
+        assert_eq!(sized("db.a", 0, 50), 84);
+        assert_eq!(sized("m.a", 0, 10), 43);
+        assert_eq!(sized("ru.a", 30, 31), 69);
+    }
+
     fn entry(subject: &str, ts: i64) -> Entry {
         Entry {
             ts,
@@ -394,7 +438,7 @@ mod tests {
     }
 
     fn store(subjects: &[&str]) -> StreamStore {
-        let mut s = StreamStore::new(u64::MAX);
+        let mut s = StreamStore::new(u64::MAX, Accounting::Memory);
         for (i, subj) in subjects.iter().enumerate() {
             s.insert(i as u64 + 1, entry(subj, i as i64));
         }
@@ -449,7 +493,7 @@ mod tests {
 
     #[test]
     fn file_streams_evict_cached_bytes() {
-        let mut s = StreamStore::new(6);
+        let mut s = StreamStore::new(6, Accounting::Memory);
         for i in 1..=4 {
             s.insert(i, entry("x", 0));
         }

@@ -55,11 +55,14 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Validates a stream config from a create request and fills in defaults.
 pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
+    api::strip_server_metadata(&mut c.metadata);
     if c.name.is_empty() {
         return Err(ApiError::invalid_stream_config("stream name is required"));
     }
     if !valid_name(&c.name) {
-        return Err(ApiError::invalid_stream_config("stream name is not valid"));
+        return Err(ApiError::invalid_stream_config(
+            "stream name is required and can not contain '.', '*', '>', '\\', '/'",
+        ));
     }
     if c.num_replicas == 0 {
         c.num_replicas = 1;
@@ -217,12 +220,18 @@ pub struct Stream {
     changes: Vec<Change>,
 }
 
+/// An empty store for a stream kept in `storage`: memory streams cache everything
+/// (there is nowhere else), file streams up to `cache_budget` bytes.
+fn new_store(storage: api::Storage, cache_budget: u64) -> StreamStore {
+    match storage {
+        api::Storage::Memory => StreamStore::new(u64::MAX, store::Accounting::Memory),
+        api::Storage::File => StreamStore::new(cache_budget, store::Accounting::File),
+    }
+}
+
 impl Stream {
     pub fn new(config: StreamConfig, created: i64, cache_budget: u64) -> Stream {
-        let mut store = StreamStore::new(match config.storage {
-            api::Storage::Memory => u64::MAX,
-            api::Storage::File => cache_budget,
-        });
+        let mut store = new_store(config.storage, cache_budget);
         if config.first_seq > 1 {
             store.set_last(config.first_seq - 1, 0);
         }
@@ -379,7 +388,9 @@ impl Stream {
             if c.max_msgs > 0 && self.store.len() as i64 >= c.max_msgs {
                 return Err(ApiError::stream_store_failed("maximum messages exceeded"));
             }
-            if c.max_bytes > 0 && (self.store.bytes() + entry.size()) as i64 > c.max_bytes {
+            if c.max_bytes > 0
+                && (self.store.bytes() + self.store.size_of(&entry)) as i64 > c.max_bytes
+            {
                 return Err(ApiError::stream_store_failed("maximum bytes exceeded"));
             }
             if c.discard_new_per_subject
@@ -630,10 +641,7 @@ impl Stream {
     fn purge_all(&mut self) {
         let last = self.store.last_seq();
         let last_ts = self.store.totals().last_ts;
-        let mut fresh = StreamStore::new(match self.config.storage {
-            api::Storage::Memory => u64::MAX,
-            api::Storage::File => STREAM_CACHE_BUDGET,
-        });
+        let mut fresh = new_store(self.config.storage, self.store.cache_budget());
         fresh.set_last(last, last_ts);
         self.store = fresh;
         for c in self.consumers.values_mut() {
@@ -648,6 +656,9 @@ impl Stream {
         }
         if self.config.deny_delete {
             return Err(ApiError::msg_delete_failed("message delete not permitted"));
+        }
+        if seq > self.store.last_seq() {
+            return Err(ApiError::msg_delete_failed("stream store EOF"));
         }
         if !self.remove(seq) {
             return Err(ApiError::sequence_not_found(seq));
@@ -684,7 +695,8 @@ impl Stream {
         StreamState {
             messages: t.msgs,
             bytes: t.bytes,
-            first_seq: t.first_seq,
+            // A stream that never held a message reports 0 (the reference does).
+            first_seq: if t.last_seq == 0 { 0 } else { t.first_seq },
             first_ts: api::format_time(t.first_ts),
             last_seq: t.last_seq,
             last_ts: api::format_time(t.last_ts),
@@ -699,16 +711,27 @@ impl Stream {
         }
     }
 
+    /// STREAM.INFO's answer; CREATE, UPDATE and LIST answer with a part of it (see
+    /// [`StreamInfo`]).
     pub fn info(&self, now: i64, leader: &str, req: &StreamInfoRequest) -> StreamInfo {
+        let mut config = self.config.clone();
+        api::add_server_metadata(&mut config.metadata);
+        let state = self.state(req);
+        // Paging describes the subjects map, when one was asked for.
+        let listed = state.subjects.as_ref().map(|s| s.len() as u64);
         StreamInfo {
-            config: self.config.clone(),
+            total: Some(listed.unwrap_or(0)),
+            offset: Some(0),
+            limit: Some(listed.map_or(0, |_| api::STREAM_INFO_SUBJECTS_LIMIT)),
+            config,
             created: api::format_time(self.created),
-            state: self.state(req),
-            cluster: api::ClusterInfo {
+            state,
+            cluster: Some(api::ClusterInfo {
                 name: None,
                 leader: leader.to_string(),
-            },
+            }),
             ts: api::format_time(now),
+            did_create: None,
         }
     }
 
