@@ -37,7 +37,11 @@ pub async fn start(
     server_name: String,
 ) -> Result<Closed, StorageError> {
     let (storage, closed) = Storage::open(&config.store_dir)?;
-    let usage = Arc::new(Usage::default());
+    let usage = Arc::new(Usage {
+        max_memory: config.max_memory.0,
+        max_file: config.max_file.0,
+        ..Usage::default()
+    });
     let now = now_ns();
     let mut streams = BTreeMap::new();
     for loaded in storage.load_all()? {

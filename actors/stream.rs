@@ -32,12 +32,34 @@ use crate::jetstream::schema::{self, ConsumerRecord, StreamRecord};
 use crate::jetstream::store::Loaded;
 use crate::jetstream::stream::{self, Change, Stream};
 
-/// Node-wide JetStream usage, kept by the stream actors (atomics: many writers).
+/// Node-wide JetStream usage, kept by the stream actors (atomics: many writers), and
+/// the node's limits on it (`jetstream.max_memory` / `max_file`; 0: none).
 #[derive(Default, Debug)]
 pub struct Usage {
     pub memory: AtomicU64,
     pub storage: AtomicU64,
     pub consumers: AtomicU64,
+    pub max_memory: u64,
+    pub max_file: u64,
+}
+
+impl Usage {
+    /// Whether the node is already past its limit for `storage`: as at the reference,
+    /// the publish that crosses it is stored, the ones after it are refused.
+    pub fn exceeded(&self, storage: api::Storage) -> bool {
+        let (used, max) = match storage {
+            api::Storage::Memory => (&self.memory, self.max_memory),
+            api::Storage::File => (&self.storage, self.max_file),
+        };
+        max > 0 && used.load(Ordering::Relaxed) > max
+    }
+
+    pub fn limited(&self, storage: api::Storage) -> bool {
+        match storage {
+            api::Storage::Memory => self.max_memory > 0,
+            api::Storage::File => self.max_file > 0,
+        }
+    }
 }
 
 /// Commands for a stream actor.
@@ -466,9 +488,17 @@ impl StreamActor {
             }
             return;
         }
-        let result = self
-            .stream
-            .publish(now, subject, msg.data.clone(), msg.headers.unwrap_or(0));
+        let storage = self.stream.config.storage;
+        let result = if self.usage.exceeded(storage) {
+            Err(ApiError::insufficient_resources())
+        } else {
+            self.stream
+                .publish(now, subject, msg.data.clone(), msg.headers.unwrap_or(0))
+        };
+        if self.usage.limited(storage) {
+            // Counted per message, not per batch, so a node overshoots by one message.
+            self.update_usage();
+        }
         let no_ack = self.stream.config.no_ack;
         let Some(reply) = msg.reply.filter(|_| !no_ack) else {
             return;

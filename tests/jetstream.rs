@@ -331,3 +331,68 @@ async fn restart_keeps_messages_sequences_and_consumer_position() {
         .unwrap();
     assert_eq!(&m.payload[..], b"m5");
 }
+
+/// `jetstream.max_file` / `max_memory`: a stream that would reserve more than the node
+/// allows is refused at creation (10047 / 10028); once stored bytes pass the limit,
+/// publishes are refused with the reference's 503 / 10023 and nothing more is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_storage_limits_refuse_streams_and_publishes() {
+    let dir = TempDir::new("js-limits");
+    let mut config = jetstream_config(&dir);
+    config.jetstream.max_file = meshbroker::config::Size(4096);
+    config.jetstream.max_memory = meshbroker::config::Size(2048);
+    let node = start(config);
+    let (client, js) = connect(&node).await;
+
+    let too_big = js
+        .create_stream(stream::Config {
+            name: "BIG".into(),
+            subjects: vec!["big".into()],
+            max_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(too_big.to_string().contains("10047"), "{too_big}");
+
+    js.create_stream(stream::Config {
+        name: "LIM".into(),
+        subjects: vec!["lim".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 500]);
+    let mut stored = 0u64;
+    let refusal = loop {
+        let reply = tokio::time::timeout(WAIT, client.request("lim", payload.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let ack: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        if ack.get("error").is_some() {
+            break ack;
+        }
+        stored += 1;
+        assert!(stored < 100, "the limit never applied");
+    };
+    assert_eq!(refusal["error"]["code"], 503);
+    assert_eq!(refusal["error"]["err_code"], 10023);
+    assert_eq!(refusal["error"]["description"], "insufficient resources");
+    // The publish that crossed 4096 bytes (each counts 500 + 3 + 30) was stored.
+    assert_eq!(stored, 4096 / 533 + 1);
+    let mut lim = js.get_stream("LIM").await.unwrap();
+    assert_eq!(lim.info().await.unwrap().state.messages, stored);
+
+    // Memory streams count against max_memory, not max_file.
+    js.create_stream(stream::Config {
+        name: "MEM".into(),
+        subjects: vec!["mem".into()],
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ack = js.publish("mem", payload.clone()).await.unwrap().await;
+    assert!(ack.is_ok(), "{ack:?}");
+}

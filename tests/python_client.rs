@@ -1,40 +1,60 @@
-//! The official Python client (nats-py) against a node: tests/python/nats_py_smoke.py.
+//! The official Python client (nats-py) against a node: the scripts in tests/python/.
 //! Skipped with a message when python3 or nats-py is missing, unless `MESHBROKER_CI=1`.
 
 mod common;
 
 use std::process::Command;
 
-use common::{start, test_config};
+use common::{jetstream_config, start, test_config, TempDir};
 
 fn nats_py_available() -> bool {
-    Command::new("python3")
+    let found = Command::new("python3")
         .args(["-c", "import nats"])
         .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-#[test]
-fn nats_py_pub_sub_queue_request_headers_no_responders() {
-    if !nats_py_available() {
+        .is_ok_and(|o| o.status.success());
+    if !found {
         assert!(
             std::env::var("MESHBROKER_CI").as_deref() != Ok("1"),
             "nats-py is required: pip install nats-py"
         );
         eprintln!("SKIPPED: python3 with nats-py not found (pip install nats-py)");
-        return;
     }
-    let node = start(test_config());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/nats_py_smoke.py");
+    found
+}
+
+/// Runs `tests/python/<script>` against `url`; it must end with "all checks passed".
+fn run_script(script: &str, url: &str) {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .args([script, &node.client_url()])
+        .args([&path, url])
         .output()
         .expect("run python3");
     assert!(
         out.status.success(),
-        "nats-py failed:\n{}\n{}",
+        "{script} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+}
+
+#[test]
+fn nats_py_pub_sub_queue_request_headers_no_responders() {
+    if !nats_py_available() {
+        return;
+    }
+    let node = start(test_config());
+    run_script("nats_py_smoke.py", &node.client_url());
+}
+
+/// Streams, acks, dedupe, message get, purge, pull and push consumers, NAK
+/// redelivery, key/value and object store through nats-py's JetStream API.
+#[test]
+fn nats_py_jetstream_kv_and_object_store() {
+    if !nats_py_available() {
+        return;
+    }
+    let dir = TempDir::new("py-js");
+    let node = start(jetstream_config(&dir));
+    run_script("nats_py_jetstream.py", &node.client_url());
 }

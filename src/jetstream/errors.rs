@@ -40,6 +40,10 @@ impl ApiError {
     pub fn not_enabled() -> Self {
         e(503, 10076, "JetStream not enabled")
     }
+    /// A publish while the node is past `max_memory` / `max_file`.
+    pub fn insufficient_resources() -> Self {
+        e(503, 10023, "insufficient resources")
+    }
     pub fn insufficient_storage() -> Self {
         e(500, 10047, "insufficient storage resources available")
     }
