@@ -345,10 +345,20 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
     // Tables stay open across a batch's ops: opening one per message cost more than
     // the insert itself. Stream records and deletion close them first (a table cannot
     // be deleted, or opened twice, while open).
-    let mut msgs = None;
-    let mut consumers = None;
+    let mut msgs: Option<redb::Table<u64, &[u8]>> = None;
+    let mut consumers: Option<redb::Table<&str, &[u8]>> = None;
+    // Appends are gathered into runs and written through a cursor at the table's end.
+    let mut appends: Vec<(u64, &[u8])> = Vec::new();
     for op in &b.ops {
+        if let WriteOp::Append { seq, record } = op {
+            appends.push((*seq, record.as_slice()));
+            continue;
+        }
+        if !appends.is_empty() {
+            append_run(open(&mut msgs, tx, &msgs_name)?, &mut appends)?;
+        }
         match op {
+            WriteOp::Append { .. } => {}
             WriteOp::PutStream(record) => {
                 let json = serde_json::to_vec(record).map_err(|x| e(&x))?;
                 let mut t = tx.open_table(STREAMS).map_err(|x| e(&x))?;
@@ -365,44 +375,77 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                 tx.delete_table(consumers_def(&consumers_name))
                     .map_err(|x| e(&x))?;
             }
-            WriteOp::Append { .. } | WriteOp::Remove(_) | WriteOp::RemoveBelow(_) => {
-                let t = match &mut msgs {
-                    Some(t) => t,
-                    None => msgs.insert(tx.open_table(msgs_def(&msgs_name)).map_err(|x| e(&x))?),
-                };
-                match op {
-                    WriteOp::Append { seq, record } => {
-                        t.insert(*seq, record.as_slice()).map_err(|x| e(&x))?;
-                    }
-                    WriteOp::Remove(seq) => {
-                        t.remove(*seq).map_err(|x| e(&x))?;
-                    }
-                    WriteOp::RemoveBelow(seq) => {
-                        t.retain_in(..*seq, |_, _| false).map_err(|x| e(&x))?;
-                    }
-                    _ => {}
-                }
+            WriteOp::Remove(seq) => {
+                open(&mut msgs, tx, &msgs_name)?
+                    .remove(*seq)
+                    .map_err(|x| e(&x))?;
             }
-            WriteOp::PutConsumer { .. } | WriteOp::DeleteConsumer(_) => {
-                let t = match &mut consumers {
-                    Some(t) => t,
-                    None => consumers.insert(
-                        tx.open_table(consumers_def(&consumers_name))
-                            .map_err(|x| e(&x))?,
-                    ),
-                };
-                match op {
-                    WriteOp::PutConsumer { name, record } => {
-                        t.insert(name.as_str(), record.as_slice())
-                            .map_err(|x| e(&x))?;
-                    }
-                    WriteOp::DeleteConsumer(name) => {
-                        t.remove(name.as_str()).map_err(|x| e(&x))?;
-                    }
-                    _ => {}
-                }
+            WriteOp::RemoveBelow(seq) => {
+                open(&mut msgs, tx, &msgs_name)?
+                    .retain_in(..*seq, |_, _| false)
+                    .map_err(|x| e(&x))?;
+            }
+            WriteOp::PutConsumer { name, record } => {
+                open(&mut consumers, tx, &consumers_name)?
+                    .insert(name.as_str(), record.as_slice())
+                    .map_err(|x| e(&x))?;
+            }
+            WriteOp::DeleteConsumer(name) => {
+                open(&mut consumers, tx, &consumers_name)?
+                    .remove(name.as_str())
+                    .map_err(|x| e(&x))?;
             }
         }
     }
+    if !appends.is_empty() {
+        append_run(open(&mut msgs, tx, &msgs_name)?, &mut appends)?;
+    }
+    Ok(())
+}
+
+/// The table named `name`, opened in `tx` on first use and kept in `slot`.
+fn open<'s, 'tx, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'s mut Option<redb::Table<'tx, K, V>>,
+    tx: &'tx redb::WriteTransaction,
+    name: &str,
+) -> Result<&'s mut redb::Table<'tx, K, V>, String> {
+    match slot {
+        Some(t) => Ok(t),
+        None => Ok(slot.insert(
+            tx.open_table(TableDefinition::<K, V>::new(name))
+                .map_err(|x| x.to_string())?,
+        )),
+    }
+}
+
+/// Writes a run of appended messages (ascending sequences, normally past the table's
+/// last key) through a cursor at the end of the table, which is much cheaper than one
+/// B-tree descent per message; a sequence that does not sort after the table's end
+/// (a restore rewriting history) goes through the ordinary insert.
+fn append_run(
+    t: &mut redb::Table<'_, u64, &'static [u8]>,
+    run: &mut Vec<(u64, &[u8])>,
+) -> Result<(), String> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut written = 0;
+    {
+        let mut cursor = t
+            .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
+            .map_err(|x| x.to_string())?;
+        for (seq, record) in run.iter() {
+            match cursor.insert_before(*seq, *record) {
+                Ok(()) => written += 1,
+                Err(redb::CursorError::UnorderedKey) => break,
+                Err(x) => return Err(x.to_string()),
+            }
+        }
+        cursor.close().map_err(|x| x.to_string())?;
+    }
+    for (seq, record) in &run[written..] {
+        t.insert(*seq, *record).map_err(|x| x.to_string())?;
+    }
+    run.clear();
     Ok(())
 }
