@@ -101,6 +101,10 @@ const MARKER: TableDefinition<&str, &str> = TableDefinition::new(MARKER_TABLE);
 /// A group commit takes at most this many bytes of writes before it commits.
 const MAX_COMMIT_BYTES: usize = 8 * 1024 * 1024;
 const MAX_COMMIT_BATCHES: usize = 4096;
+/// A commit at least this big makes the writer wait [`LINGER`] before a much smaller one.
+const LINGER_MIN_OPS: usize = 32;
+/// How long the writer waits for more writes before a shrunken commit.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 /// redb's page cache (its default is 1 GiB).
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -308,18 +312,41 @@ fn writer(db: Arc<redb::Database>, rx: std::sync::mpsc::Receiver<WriteBatch>) {
     // Returning drops this thread's database reference; it is the last one once every
     // handle (which also holds the sender) is gone.
     let mut pending: Vec<WriteBatch> = Vec::new();
+    let mut last_ops = 0usize;
     while let Ok(first) = rx.recv() {
         let mut bytes = batch_bytes(&first);
+        let mut ops = first.ops.len();
         pending.push(first);
-        while bytes < MAX_COMMIT_BYTES && pending.len() < MAX_COMMIT_BATCHES {
-            match rx.try_recv() {
+        let mut lingered = false;
+        loop {
+            while bytes < MAX_COMMIT_BYTES && pending.len() < MAX_COMMIT_BATCHES {
+                match rx.try_recv() {
+                    Ok(b) => {
+                        bytes += batch_bytes(&b);
+                        ops += b.ops.len();
+                        pending.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Under a steady load the acks of the last commit are what brings the next
+            // writes: wait a moment for them when this batch is much smaller than the
+            // last one, rather than paying a commit for half of it. A lone writer (the
+            // last commit was small) never waits.
+            if lingered || last_ops < LINGER_MIN_OPS || ops * 2 >= last_ops {
+                break;
+            }
+            lingered = true;
+            match rx.recv_timeout(LINGER) {
                 Ok(b) => {
                     bytes += batch_bytes(&b);
+                    ops += b.ops.len();
                     pending.push(b);
                 }
                 Err(_) => break,
             }
         }
+        last_ops = ops;
         let result = commit(&db, &pending).map_err(Arc::new);
         if let Err(e) = &result {
             log::error!("{e}");
