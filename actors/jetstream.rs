@@ -21,7 +21,7 @@ use super::stream::{self as stream_actor, now_ns, StreamCmd, StreamHandle, Usage
 use crate::config::JetStreamConfig;
 use crate::jetstream::api::{self, AccountInfo, ListRequest, StreamConfig, StreamInfo};
 use crate::jetstream::errors::ApiError;
-use crate::jetstream::headers::HeaderBuilder;
+use crate::jetstream::headers;
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::schema::StreamRecord;
 use crate::jetstream::stream::{self, Stream, STREAM_CACHE_BUDGET};
@@ -123,10 +123,8 @@ impl JetStream {
     }
 
     /// What a client sees when no server listens: a 503 status naming the subject.
-    fn no_responders(&mut self, to: &[u8], subject: &str) {
-        let h = HeaderBuilder::status(503, "")
-            .add("Nats-Subject", subject)
-            .finish();
+    fn no_responders(&mut self, to: &[u8], subject: &[u8]) {
+        let h = headers::no_responders(subject);
         self.publisher.send_status(&self.account, to, None, &h);
     }
 
@@ -155,10 +153,7 @@ impl JetStream {
                 let body = api::error_response(kind, &e);
                 self.reply(&reply, &body);
             }
-            Handled::NoResponders => {
-                let subject = String::from_utf8_lossy(&msg_subject).into_owned();
-                self.no_responders(&reply, &subject)
-            }
+            Handled::NoResponders => self.no_responders(&reply, &msg_subject),
         }
     }
 

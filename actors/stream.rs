@@ -26,7 +26,7 @@ use crate::jetstream::api::{
 };
 use crate::jetstream::consumer::{AckKind, Consumer, Outbound};
 use crate::jetstream::errors::ApiError;
-use crate::jetstream::headers::HeaderBuilder;
+use crate::jetstream::headers::{self, HeaderBuilder};
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::schema::{self, ConsumerRecord, StreamRecord};
 use crate::jetstream::store::Loaded;
@@ -663,6 +663,14 @@ impl StreamActor {
                     api::response(kind, &serde_json::json!({ "message": stored }))
                 }),
             ApiRequest::DirectGet(_, subject) => {
+                if !self.stream.config.allow_direct {
+                    // The reference only subscribes for streams that allow it.
+                    if let Some(reply) = &reply {
+                        let h = headers::no_responders(&msg_subject);
+                        self.publisher.send_status(&self.account, reply, None, &h);
+                    }
+                    return;
+                }
                 self.direct_get(subject.clone(), &body, reply.as_ref());
                 return;
             }
@@ -734,9 +742,7 @@ impl StreamActor {
                     None => Some(Outbound::Status {
                         to: reply_s,
                         reply: None,
-                        headers: HeaderBuilder::status(503, "")
-                            .add("Nats-Subject", &String::from_utf8_lossy(&msg_subject))
-                            .finish(),
+                        headers: headers::no_responders(&msg_subject),
                     }),
                     Some(c) => match NextRequest::parse(&body) {
                         Ok(r) => c.request_next(&reply_s, r, now),
@@ -878,7 +884,22 @@ impl StreamActor {
                     ..Default::default()
                 })
             }
-            None => api::parse_required::<MsgGetRequest>(body),
+            None => match api::parse_optional::<MsgGetRequest>(body) {
+                Ok(r)
+                    if r.seq.unwrap_or(0) == 0
+                        && r.last_by_subj.is_none()
+                        && r.next_by_subj.is_none()
+                        && r.multi_last.is_none() =>
+                {
+                    self.status(&reply, 408, "Empty Request");
+                    return;
+                }
+                Ok(r) => Ok(r),
+                Err(_) => {
+                    self.status(&reply, 408, "Malformed Request");
+                    return;
+                }
+            },
         };
         let found = req.and_then(|r| self.stream.find_message(&r));
         let m = match found.map(|seq| self.load(seq)) {

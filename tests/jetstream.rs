@@ -396,3 +396,180 @@ async fn node_storage_limits_refuse_streams_and_publishes() {
     let ack = js.publish("mem", payload.clone()).await.unwrap().await;
     assert!(ack.is_ok(), "{ack:?}");
 }
+
+/// Push consumers as the client drives them: a durable one with flow control and idle
+/// heartbeats delivering more than the flow-control window, an ordered one, deliver
+/// policies, `max_deliver` and ack policy all, with consumer info checked at each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumers_flow_control_ordered_and_policies() {
+    let dir = TempDir::new("js-push");
+    let node = start(jetstream_config(&dir));
+    let (client, js) = connect(&node).await;
+    let s = js.create_stream(orders()).await.unwrap();
+    // 3,000 messages of 1 KiB: past the 2 MiB flow-control window.
+    let payload = bytes::Bytes::from(vec![b'p'; 1024]);
+    let mut acks = Vec::new();
+    for i in 0..3000 {
+        acks.push(
+            js.publish(format!("orders.{}", i % 3), payload.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+
+    let fc: consumer::PushConsumer = s
+        .create_consumer(consumer::push::Config {
+            durable_name: Some("FC".into()),
+            deliver_subject: client.new_inbox(),
+            flow_control: true,
+            idle_heartbeat: Duration::from_millis(200),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = fc.messages().await.unwrap();
+    for i in 0..3000u64 {
+        let m = tokio::time::timeout(WAIT, msgs.next())
+            .await
+            .expect("delivery stalled (flow control unanswered?)")
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.info().unwrap().stream_sequence, i + 1);
+        m.ack().await.unwrap();
+    }
+    // Idle: heartbeats keep the client's stream alive, nothing else arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), msgs.next())
+            .await
+            .is_err(),
+        "no message after the last one"
+    );
+    let info = js
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .consumer_info("FC")
+        .await
+        .unwrap();
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.delivered.stream_sequence, 3000);
+    drop(msgs);
+
+    // Ordered: everything in order, from a filtered subject.
+    let ordered = s
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: "orders.1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = ordered.messages().await.unwrap();
+    let mut last = 0;
+    for _ in 0..1000 {
+        let m = tokio::time::timeout(WAIT, msgs.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let seq = m.info().unwrap().stream_sequence;
+        assert_eq!(m.subject.as_str(), "orders.1");
+        assert!(seq > last);
+        last = seq;
+    }
+    assert_eq!(last, 2999);
+    drop(msgs);
+
+    // Deliver last / new / by start sequence, ack all, max_deliver.
+    let start_at = |policy: consumer::DeliverPolicy, name: &str| consumer::push::Config {
+        durable_name: Some(name.into()),
+        deliver_subject: format!("deliver.{name}"),
+        deliver_policy: policy,
+        ack_policy: consumer::AckPolicy::All,
+        ack_wait: Duration::from_millis(300),
+        max_deliver: 2,
+        ..Default::default()
+    };
+    let last: consumer::PushConsumer = s
+        .create_consumer(start_at(consumer::DeliverPolicy::Last, "LAST"))
+        .await
+        .unwrap();
+    let mut msgs = last.messages().await.unwrap();
+    let m = tokio::time::timeout(WAIT, msgs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.info().unwrap().stream_sequence, 3000);
+    // Not acked: redelivered once (max_deliver 2), then never again.
+    let again = tokio::time::timeout(WAIT, msgs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.info().unwrap().delivered, 2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(900), msgs.next())
+            .await
+            .is_err(),
+        "max_deliver 2 stops redelivery"
+    );
+    drop(msgs);
+
+    let from: consumer::PushConsumer = s
+        .create_consumer(start_at(
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: 2990,
+            },
+            "FROM",
+        ))
+        .await
+        .unwrap();
+    let mut msgs = from.messages().await.unwrap();
+    let mut tenth = None;
+    for i in 0..11u64 {
+        let m = tokio::time::timeout(WAIT, msgs.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.info().unwrap().stream_sequence, 2990 + i);
+        if i == 9 {
+            tenth = Some(m);
+        }
+    }
+    // Ack all: acking the 10th acks the nine before it.
+    tenth.unwrap().double_ack().await.unwrap();
+    let info = js
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .consumer_info("FROM")
+        .await
+        .unwrap();
+    assert_eq!(info.ack_floor.stream_sequence, 2999);
+    assert_eq!(info.num_ack_pending, 1);
+    drop(msgs);
+
+    let new: consumer::PushConsumer = s
+        .create_consumer(start_at(consumer::DeliverPolicy::New, "NEW"))
+        .await
+        .unwrap();
+    let mut msgs = new.messages().await.unwrap();
+    js.publish("orders.x", "fresh".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, msgs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"fresh");
+    assert_eq!(m.info().unwrap().stream_sequence, 3001);
+}

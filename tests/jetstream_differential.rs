@@ -1,7 +1,8 @@
 //! JetStream against the reference: the same sequence of API requests and publishes
 //! sent to meshbroker and to nats-server 2.15.1 (JetStream on, file storage), and the
 //! replies compared: JSON replies as JSON values with times, ids and versions masked,
-//! PubAcks byte for byte, status messages by their header block, silence as silence.
+//! PubAcks byte for byte, status messages by their header block, direct gets by their
+//! headers (time stamps masked) and payload, silence as silence.
 //!
 //! Without the reference the test says so and passes, unless `MESHBROKER_CI=1`.
 
@@ -54,6 +55,8 @@ enum Reply {
     Bytes(String),
     /// A status message: its header block.
     Status(String),
+    /// A direct-get answer: header block (time stamps masked) and payload.
+    Direct(String, String),
 }
 
 #[derive(Clone, Copy)]
@@ -62,6 +65,7 @@ enum Expect {
     JsonCodes,
     Bytes,
     Status,
+    Direct,
 }
 
 struct Step {
@@ -205,6 +209,40 @@ fn steps() -> Vec<Step> {
         step("$JS.API.CONSUMER.MSG.NEXT.S.NOPE", "", Status),
         step("$JS.API.CONSUMER.DELETE.S.X9", "", Json),
         step("$JS.API.CONSUMER.DELETE.S.X9", "", Json),
+        // Direct get: a stream that allows it, and one that does not.
+        step(
+            "$JS.API.STREAM.CREATE.G",
+            r#"{"name":"G","subjects":["g.>"],"allow_direct":true}"#,
+            Json,
+        ),
+        step("g.a", "first", Bytes),
+        with_headers("g.a", "X-Foo: bar", "second"),
+        step("g.b", "bee", Bytes),
+        step("$JS.API.DIRECT.GET.G", r#"{"seq":1}"#, Direct),
+        step("$JS.API.DIRECT.GET.G", r#"{"seq":2}"#, Direct),
+        step("$JS.API.DIRECT.GET.G", r#"{"seq":99}"#, Direct),
+        step("$JS.API.DIRECT.GET.G", "", Direct),
+        step("$JS.API.DIRECT.GET.G", "{bad", Direct),
+        step("$JS.API.DIRECT.GET.G.g.a", "", Direct),
+        step("$JS.API.DIRECT.GET.G.g.zzz", "", Direct),
+        step("$JS.API.DIRECT.GET.G", r#"{"last_by_subj":"g.b"}"#, Direct),
+        step(
+            "$JS.API.DIRECT.GET.G",
+            r#"{"next_by_subj":"g.a","seq":2}"#,
+            Direct,
+        ),
+        step("$JS.API.DIRECT.GET.S", r#"{"seq":1}"#, Direct),
+        // Purges and what they leave.
+        step(
+            "$JS.API.STREAM.PURGE.G",
+            r#"{"filter":"g.a","keep":1}"#,
+            Json,
+        ),
+        step("$JS.API.STREAM.INFO.G", r#"{"deleted_details":true}"#, Json),
+        step("$JS.API.STREAM.PURGE.G", r#"{"seq":100}"#, Json),
+        step("$JS.API.STREAM.INFO.G", "", Json),
+        step("$JS.API.STREAM.PURGE.G", "", Json),
+        step("$JS.API.STREAM.DELETE.G", "", Json),
         step("$JS.API.STREAM.DELETE.S", "", Json),
         step("$JS.API.STREAM.DELETE.S", "", Json),
     ]
@@ -325,6 +363,17 @@ impl Requester {
         {}
         match s.expect {
             Expect::Status => Reply::Status(headers),
+            Expect::Direct => Reply::Direct(
+                headers
+                    .split("\r\n")
+                    .map(|line| match line.split_once(": ") {
+                        Some(("Nats-Time-Stamp", _)) => "Nats-Time-Stamp: <time>",
+                        _ => line,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\r\n"),
+                String::from_utf8_lossy(&payload).into_owned(),
+            ),
             Expect::Bytes if headers.is_empty() => {
                 Reply::Bytes(String::from_utf8_lossy(&payload).into_owned())
             }

@@ -90,6 +90,14 @@ impl Default for HeaderBuilder {
     }
 }
 
+/// The header block of a no-responders answer to a request on `subject`: what a
+/// requester gets where the reference has no subscription for it.
+pub fn no_responders(subject: &[u8]) -> Vec<u8> {
+    HeaderBuilder::status(503, "")
+        .add("Nats-Subject", &String::from_utf8_lossy(subject))
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

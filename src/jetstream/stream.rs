@@ -582,6 +582,16 @@ impl Stream {
         let filters: Vec<String> = filter.map(|f| vec![f.to_string()]).unwrap_or_default();
         let mut doomed: Vec<u64> = Vec::new();
         match (req.seq, req.keep) {
+            // Past the end: everything goes, and the stream continues at `below` (the
+            // reference moves its sequences there).
+            (Some(below), _) if filters.is_empty() && below > self.store.last_seq() + 1 => {
+                let n = self.store.len();
+                let last_ts = self.store.totals().last_ts;
+                self.purge_all();
+                self.store.set_last(below - 1, last_ts);
+                self.changes.push(Change::RemoveBelow(below));
+                return Ok(n);
+            }
             (Some(below), _) => {
                 doomed.extend(
                     self.store
@@ -880,6 +890,34 @@ mod tests {
             hdrs(lines, "x")
         };
         s.publish(10, subject, data, n)
+    }
+
+    /// As the reference: a purge up to a sequence past the end empties the stream and
+    /// moves it there (and says so in the journal, so a restart keeps it).
+    #[test]
+    fn purge_past_the_end_moves_the_sequences() {
+        let mut s = stream(r#"{"name":"P","subjects":["p.>"]}"#);
+        for _ in 0..3 {
+            publish(&mut s, "p.a", &[]).unwrap();
+        }
+        s.take_changes();
+        let purged = s
+            .purge(&PurgeRequest {
+                seq: Some(100),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(purged, 3);
+        let state = s.state(&StreamInfoRequest::default());
+        assert_eq!(
+            (state.messages, state.first_seq, state.last_seq),
+            (0, 100, 99)
+        );
+        assert!(s
+            .take_changes()
+            .iter()
+            .any(|c| matches!(c, Change::RemoveBelow(100))));
+        assert_eq!(publish(&mut s, "p.a", &[]).unwrap().seq, 100);
     }
 
     #[test]
