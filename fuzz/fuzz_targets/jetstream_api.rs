@@ -100,6 +100,9 @@ fn drive_stream(ops: &[u8]) {
             let span = st.last_seq - st.first_seq + 1;
             assert_eq!(span, st.messages + st.num_deleted, "{st:?}");
             assert_eq!(st.deleted.map_or(0, |d| d.len() as u64), st.num_deleted);
+        } else if st.last_seq == 0 {
+            // A stream that never held a message reports first_seq 0 (the reference).
+            assert_eq!(st.first_seq, 0);
         } else {
             assert_eq!(st.first_seq, st.last_seq + 1);
         }

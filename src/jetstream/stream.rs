@@ -892,6 +892,21 @@ mod tests {
         s.publish(10, subject, data, n)
     }
 
+    /// Found by the fuzzer (jetstream_api, crash-c766137869c1e481): a purge of a stream
+    /// that never held a message keeps reporting first_seq 0, as the reference does;
+    /// after its first message the usual `last + 1` rule holds for an empty stream.
+    #[test]
+    fn never_used_stream_reports_first_seq_zero_through_a_purge() {
+        let mut s = stream(r#"{"name":"F","subjects":["f.>"]}"#);
+        s.purge(&PurgeRequest::default()).unwrap();
+        let st = s.state(&StreamInfoRequest::default());
+        assert_eq!((st.messages, st.first_seq, st.last_seq), (0, 0, 0));
+        publish(&mut s, "f.a", &[]).unwrap();
+        s.purge(&PurgeRequest::default()).unwrap();
+        let st = s.state(&StreamInfoRequest::default());
+        assert_eq!((st.messages, st.first_seq, st.last_seq), (0, 2, 1));
+    }
+
     /// As the reference: a purge up to a sequence past the end empties the stream and
     /// moves it there (and says so in the journal, so a restart keeps it).
     #[test]
