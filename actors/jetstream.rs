@@ -27,15 +27,21 @@ use crate::jetstream::schema::StreamRecord;
 use crate::jetstream::stream::{self, Stream, STREAM_CACHE_BUDGET};
 use crate::subject;
 
+/// A started JetStream: when its store is closed, and its usage for monitoring.
+pub struct Started {
+    /// Tells when the store is closed after the node's runtime stopped.
+    pub closed: Closed,
+    pub usage: Arc<Usage>,
+}
+
 /// Starts JetStream for `account`: opens the store, restores the streams, subscribes
-/// to the API. Fails if the store cannot be opened. The returned [`Closed`] tells when
-/// the store is closed after the node's runtime stopped.
+/// to the API. Fails if the store cannot be opened.
 pub async fn start(
     config: &JetStreamConfig,
     account: Arc<Account>,
     spawner: Spawner,
     server_name: String,
-) -> Result<Closed, StorageError> {
+) -> Result<Started, StorageError> {
     let (storage, closed) = Storage::open(&config.store_dir)?;
     let usage = Arc::new(Usage {
         max_memory: config.max_memory.0,
@@ -79,13 +85,11 @@ pub async fn start(
     let actor = JetStream {
         account,
         storage,
-        usage,
+        usage: usage.clone(),
         streams,
         spawner: spawner.clone(),
         server_name,
         publisher: Publisher::default(),
-        api_total: 0,
-        api_errors: 0,
         limits: config.clone(),
     };
     log::info!(
@@ -93,7 +97,7 @@ pub async fn start(
         actor.storage.path().display()
     );
     spawner.spawn_detached(actor.run(rx, sub));
-    Ok(closed)
+    Ok(Started { closed, usage })
 }
 
 struct JetStream {
@@ -104,8 +108,6 @@ struct JetStream {
     spawner: Spawner,
     server_name: String,
     publisher: Publisher,
-    api_total: u64,
-    api_errors: u64,
     limits: JetStreamConfig,
 }
 
@@ -141,7 +143,7 @@ impl JetStream {
             // The reference ignores API requests without a reply subject.
             return;
         };
-        self.api_total += 1;
+        self.usage.api_total.fetch_add(1, Ordering::Relaxed);
         let kind = req.response_type();
         let msg_subject = msg.subject.clone();
         let result = self.handle(req.clone(), msg).await;
@@ -149,7 +151,7 @@ impl JetStream {
             Handled::Done => {}
             Handled::Reply(body) => self.reply(&reply, &body),
             Handled::Error(e) => {
-                self.api_errors += 1;
+                self.usage.api_errors.fetch_add(1, Ordering::Relaxed);
                 let body = api::error_response(kind, &e);
                 self.reply(&reply, &body);
             }
@@ -225,8 +227,8 @@ impl JetStream {
             },
             api: api::ApiStats {
                 level: api::API_LEVEL,
-                total: self.api_total,
-                errors: self.api_errors,
+                total: self.usage.api_total.load(Ordering::Relaxed),
+                errors: self.usage.api_errors.load(Ordering::Relaxed),
             },
         }
     }

@@ -67,6 +67,7 @@ pub async fn run(
                 }
                 let control = client::spawn(ctx.clone(), stream, peer, id, gone_tx.clone());
                 clients.insert(id, control);
+                ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
             }
             Event::Accepted(Err(e)) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -75,7 +76,9 @@ pub async fn run(
                 accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
             }
             Event::Gone(id) => {
-                clients.remove(&id);
+                if clients.remove(&id).is_some() {
+                    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             Event::Command(Some(Command::LameDuck)) => break true,
             Event::Command(Some(Command::Shutdown)) | Event::Command(None) => break false,

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod jetstream;
 pub mod listener;
+pub mod monitor;
 pub mod node;
 pub mod outbound;
 pub mod publish;

@@ -31,6 +31,12 @@ pub enum NodeError {
     Runtime(#[source] std::io::Error),
     #[error("cannot start JetStream: {0}")]
     JetStream(#[source] super::storage::StorageError),
+    #[error("cannot listen for monitoring on {addr}: {source}")]
+    Monitor {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Node-wide counters (atomics: written by many actors, read by monitoring).
@@ -42,6 +48,8 @@ pub struct Stats {
     pub out_bytes: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub total_connections: AtomicU64,
+    /// Client connections open now (the listener counts them).
+    pub connections: AtomicU64,
 }
 
 /// What every actor of a node may read: the config, identity, accounts, counters.
@@ -55,6 +63,8 @@ pub struct ServerContext {
     pub next_client_id: AtomicU64,
     pub stats: Stats,
     pub spawner: Spawner,
+    /// When the node started (for uptime and monitoring).
+    pub started: std::time::SystemTime,
 }
 
 impl ServerContext {
@@ -84,6 +94,8 @@ pub struct Node {
     listener: Option<Task<()>>,
     /// JetStream's store, closed once the runtime (and every stream) has stopped.
     store_closed: Option<super::storage::Closed>,
+    /// Where the monitoring endpoint listens, when it is on.
+    monitor_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -119,19 +131,28 @@ impl Node {
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
             spawner: spawner.clone(),
+            started: std::time::SystemTime::now(),
         });
         let mut store_closed = None;
+        let mut js_usage = None;
         if ctx.config.jetstream.enabled {
-            store_closed = Some(
-                runtime::block_on(super::jetstream::start(
-                    &ctx.config.jetstream,
-                    ctx.global.clone(),
-                    spawner.clone(),
-                    ctx.server_name.clone(),
-                ))
-                .map_err(NodeError::JetStream)?,
-            );
+            let started = runtime::block_on(super::jetstream::start(
+                &ctx.config.jetstream,
+                ctx.global.clone(),
+                spawner.clone(),
+                ctx.server_name.clone(),
+            ))
+            .map_err(NodeError::JetStream)?;
+            store_closed = Some(started.closed);
+            js_usage = Some(started.usage);
         }
+        let monitor_addr = match ctx.config.monitor.addr().map_err(NodeError::Config)? {
+            Some(addr) => Some(
+                super::monitor::start(ctx.clone(), addr, js_usage)
+                    .map_err(|source| NodeError::Monitor { addr, source })?,
+            ),
+            None => None,
+        };
         let (commands, command_rx) = async_channel::unbounded();
         let listener_task = spawner.spawn(listener::run(ctx.clone(), listener, command_rx));
         log::info!(
@@ -145,12 +166,18 @@ impl Node {
             commands,
             listener: listener_task,
             store_closed,
+            monitor_addr,
         })
     }
 
     /// The address clients connect to (with the real port when the config said 0).
     pub fn client_addr(&self) -> SocketAddr {
         self.ctx.client_addr
+    }
+
+    /// The monitoring endpoint's address, when `[monitor]` turned it on.
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor_addr
     }
 
     /// `nats://host:port` for client libraries.

@@ -41,9 +41,40 @@ pub struct Usage {
     pub consumers: AtomicU64,
     pub max_memory: u64,
     pub max_file: u64,
+    /// API requests answered, and those answered with an error (the JetStream actor).
+    pub api_total: AtomicU64,
+    pub api_errors: AtomicU64,
+    /// Every stream's own numbers, for monitoring; a stream actor adds itself when it
+    /// starts and removes itself when deleted.
+    pub streams: arc_swap::ArcSwap<Vec<Arc<StreamUsage>>>,
+}
+
+/// One stream's numbers as monitoring reads them (the stream actor writes them).
+#[derive(Debug, Default)]
+pub struct StreamUsage {
+    pub name: String,
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub consumers: AtomicU64,
 }
 
 impl Usage {
+    fn register(&self, stream: &Arc<StreamUsage>) {
+        self.streams.rcu(|list| {
+            let mut list = Vec::clone(list);
+            list.push(stream.clone());
+            list
+        });
+    }
+
+    fn unregister(&self, stream: &Arc<StreamUsage>) {
+        self.streams.rcu(|list| {
+            let mut list = Vec::clone(list);
+            list.retain(|s| !Arc::ptr_eq(s, stream));
+            list
+        });
+    }
+
     /// Whether the node is already past its limit for `storage`: as at the reference,
     /// the publish that crosses it is stored, the ones after it are refused.
     pub fn exceeded(&self, storage: api::Storage) -> bool {
@@ -100,6 +131,8 @@ pub struct StreamActor {
     account: Arc<Account>,
     storage: Option<Storage>,
     usage: Arc<Usage>,
+    /// This stream's numbers for monitoring.
+    own_usage: Arc<StreamUsage>,
     leader: String,
     subs: Vec<Arc<Subscription>>,
     inbox_tx: async_channel::Sender<InternalMsg>,
@@ -129,11 +162,17 @@ pub fn spawn(
     let (inbox_tx, inbox_rx) = async_channel::unbounded();
     let (commands_tx, commands_rx) = async_channel::unbounded();
     let config = stream.config.clone();
+    let own_usage = Arc::new(StreamUsage {
+        name: stream.name().to_string(),
+        ..StreamUsage::default()
+    });
+    usage.register(&own_usage);
     let actor = StreamActor {
         stream,
         account,
         storage,
         usage,
+        own_usage,
         leader,
         subs: Vec::new(),
         inbox_tx,
@@ -315,6 +354,12 @@ impl StreamActor {
             counter.fetch_sub(self.counted_bytes - bytes, Ordering::Relaxed);
         }
         self.counted_bytes = bytes;
+        let own = &self.own_usage;
+        own.bytes.store(bytes, Ordering::Relaxed);
+        own.messages
+            .store(self.stream.store.len(), Ordering::Relaxed);
+        own.consumers
+            .store(self.stream.consumers.len() as u64, Ordering::Relaxed);
     }
 
     /// Cuts a write batch from the stream's changes; replies produced so far wait for it.
@@ -575,6 +620,7 @@ impl StreamActor {
 
     async fn delete(&mut self) -> Result<(), ApiError> {
         self.unsubscribe().await;
+        self.usage.unregister(&self.own_usage);
         let mut out = Vec::new();
         let names: Vec<String> = self.stream.consumers.keys().cloned().collect();
         for name in names {

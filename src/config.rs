@@ -159,6 +159,34 @@ impl Default for JetStreamConfig {
     }
 }
 
+/// `[monitor]`: the HTTP monitoring endpoint. Off unless configured; on loopback
+/// unless an address is given.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Serve the endpoint on the default address (`127.0.0.1:8222`).
+    pub enabled: bool,
+    /// Serve it on this address (implies `enabled`); port 0 picks a free port.
+    pub listen: Option<String>,
+}
+
+/// Where the monitoring endpoint listens when enabled without an address.
+pub const DEFAULT_MONITOR_LISTEN: &str = "127.0.0.1:8222";
+
+impl MonitorConfig {
+    /// The address to serve on, or `None` when monitoring is off.
+    pub fn addr(&self) -> Result<Option<SocketAddr>, String> {
+        let text = match (&self.listen, self.enabled) {
+            (Some(listen), _) => listen.as_str(),
+            (None, true) => DEFAULT_MONITOR_LISTEN,
+            (None, false) => return Ok(None),
+        };
+        text.parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| format!("{text:?} is not an address with a port, like \"127.0.0.1:8222\""))
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -186,6 +214,7 @@ pub struct Config {
     /// Executor threads; 0 picks one per core less one (at least one).
     pub threads: usize,
     pub jetstream: JetStreamConfig,
+    pub monitor: MonitorConfig,
 }
 
 impl Default for Config {
@@ -206,6 +235,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             threads: 0,
             jetstream: JetStreamConfig::default(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -297,6 +327,9 @@ impl Config {
                 ));
             }
         }
+        self.monitor
+            .addr()
+            .map_err(|reason| invalid("monitor.listen", reason))?;
         if self.jetstream.enabled && self.jetstream.store_dir.as_os_str().is_empty() {
             return Err(invalid("jetstream.store_dir", "must not be empty".into()));
         }
@@ -320,6 +353,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn monitoring_is_off_by_default_and_on_loopback_unless_given() {
+        assert_eq!(parse("").unwrap().monitor.addr(), Ok(None));
+        let on = parse("[monitor]\nenabled = true").unwrap();
+        assert_eq!(
+            on.monitor.addr(),
+            Ok(Some("127.0.0.1:8222".parse().unwrap()))
+        );
+        let given = parse("[monitor]\nlisten = \"0.0.0.0:9000\"").unwrap();
+        assert_eq!(
+            given.monitor.addr(),
+            Ok(Some("0.0.0.0:9000".parse().unwrap()))
+        );
+        let bad = parse("[monitor]\nlisten = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("monitor.listen") && bad.contains("node.toml"),
+            "{bad}"
+        );
     }
 
     #[test]

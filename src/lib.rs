@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod jetstream;
+pub mod monitor;
 pub mod proto;
 pub mod subject;
 pub mod subject_index;

@@ -1,0 +1,299 @@
+//! The monitor actor: the HTTP monitoring endpoint (hyper, HTTP/1.1, on this node's
+//! runtime through smol-hyper's I/O adapter).
+//!
+//! It owns the listening socket and the per-endpoint request counters; for every
+//! request it takes a snapshot of the node's counters (atomics written by the other
+//! actors) and lets `src/monitor.rs` build the document. It never changes anything,
+//! never logs payloads, and serves only GET (and HEAD).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::node::ServerContext;
+use super::runtime::{self, TcpListener};
+use super::stream::Usage;
+use crate::jetstream::api::API_LEVEL;
+use crate::monitor::{self, JetStreamCounters, NodeCounters, NodeFacts, StreamCounters};
+use crate::proto::info::COMPAT_VERSION;
+
+/// The endpoints served, in the order `/varz`'s `http_req_stats` lists them.
+const ENDPOINTS: [&str; 5] = ["/", "/healthz", "/jsz", "/metrics", "/varz"];
+
+/// How long one HTTP connection may stay open: monitoring requests are quick, and a
+/// client that never finishes its request must not hold a socket forever.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
+
+struct Monitor {
+    ctx: Arc<ServerContext>,
+    addr: SocketAddr,
+    js: Option<Arc<Usage>>,
+    /// Requests per endpoint, as `/varz` reports them.
+    requests: [AtomicU64; ENDPOINTS.len()],
+}
+
+/// Binds `addr` and serves the endpoint on the node's runtime; returns the bound
+/// address (the real port when `addr` said 0).
+pub fn start(
+    ctx: Arc<ServerContext>,
+    addr: SocketAddr,
+    js: Option<Arc<Usage>>,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    let bound = std_listener.local_addr()?;
+    let listener = TcpListener::try_from(std_listener)?;
+    if !bound.ip().is_loopback() {
+        log::warn!(
+            "monitoring endpoint on {bound} is reachable from other hosts and has no authentication"
+        );
+    }
+    log::info!("monitoring endpoint on http://{bound}");
+    let monitor = Arc::new(Monitor {
+        ctx: ctx.clone(),
+        addr: bound,
+        js,
+        requests: Default::default(),
+    });
+    ctx.spawner.spawn_detached(accept(monitor, listener));
+    Ok(bound)
+}
+
+async fn accept(monitor: Arc<Monitor>, listener: TcpListener) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                log::warn!("monitoring endpoint: accept failed: {e}");
+                runtime::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let monitor = monitor.clone();
+        monitor.ctx.spawner.clone().spawn_detached(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let monitor = monitor.clone();
+                async move { Ok::<_, Infallible>(monitor.handle(req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(smol_hyper::rt::FuturesIo::new(stream), service);
+            if let Some(Err(e)) = runtime::timeout(CONNECTION_LIMIT, conn).await {
+                log::debug!("monitoring connection ended: {e}");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    // As the reference: dashboards in browsers read the endpoint from other origins.
+    headers.insert(
+        hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        hyper::header::HeaderValue::from_static("*"),
+    );
+    response
+}
+
+fn not_found() -> Reply {
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        b"404 page not found\n".to_vec(),
+    )
+}
+
+impl Monitor {
+    fn handle(&self, req: Request<Incoming>) -> Reply {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                b"method not allowed\n".to_vec(),
+            );
+        }
+        let path = req.uri().path();
+        let Some(i) = ENDPOINTS.iter().position(|e| *e == path) else {
+            return not_found();
+        };
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
+        const JSON: &str = "application/json";
+        match path {
+            "/varz" => {
+                let stats: BTreeMap<String, u64> = ENDPOINTS
+                    .iter()
+                    .zip(&self.requests)
+                    .map(|(e, n)| (e.to_string(), n.load(Ordering::Relaxed)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                let body = monitor::varz(
+                    &self.facts(),
+                    &self.counters(),
+                    self.jetstream().as_ref(),
+                    &stats,
+                );
+                reply(StatusCode::OK, JSON, body)
+            }
+            "/healthz" => {
+                let configured = self.ctx.config.jetstream.enabled;
+                let (code, body) = monitor::healthz(configured, self.js.is_some());
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                reply(status, JSON, body)
+            }
+            "/jsz" => match self.jetstream() {
+                Some(js) => {
+                    let now = crate::jetstream::api::format_time(now_ns());
+                    let body = monitor::jsz(&self.ctx.server_id, &now, &js);
+                    reply(StatusCode::OK, JSON, body)
+                }
+                None => reply(StatusCode::OK, JSON, br#"{"disabled":true}"#.to_vec()),
+            },
+            "/metrics" => {
+                let text = monitor::prometheus(&self.counters(), self.jetstream().as_ref());
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                )
+            }
+            _ => {
+                // The index lists what is served.
+                let list: Vec<String> = ENDPOINTS[1..]
+                    .iter()
+                    .map(|e| format!("http://{}{e}", self.addr))
+                    .collect();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    (list.join("\n") + "\n").into_bytes(),
+                )
+            }
+        }
+    }
+
+    fn facts(&self) -> NodeFacts {
+        let c = &self.ctx.config;
+        let started = system_time_ns(self.ctx.started);
+        NodeFacts {
+            server_id: self.ctx.server_id.clone(),
+            server_name: self.ctx.server_name.clone(),
+            version: COMPAT_VERSION.to_string(),
+            host: self.ctx.client_addr.ip().to_string(),
+            port: self.ctx.client_addr.port(),
+            http_host: self.addr.ip().to_string(),
+            http_port: self.addr.port(),
+            max_connections: c.max_connections,
+            ping_interval_ns: c.ping_interval.0.as_nanos() as u64,
+            ping_max: c.max_pings_out,
+            max_control_line: c.max_control_line.0,
+            max_payload: c.max_payload.0,
+            max_pending: c.max_pending.0,
+            write_deadline_ns: c.write_deadline.0.as_nanos() as u64,
+            start: crate::jetstream::api::format_time(started),
+            config_load_time: crate::jetstream::api::format_time(started),
+        }
+    }
+
+    fn counters(&self) -> NodeCounters {
+        let s = &self.ctx.stats;
+        let uptime = self.ctx.started.elapsed().unwrap_or_default();
+        let (mem, cpu_secs) = process_usage();
+        NodeCounters {
+            now: crate::jetstream::api::format_time(now_ns()),
+            uptime_secs: uptime.as_secs(),
+            mem,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Average since start, percent of one core.
+            cpu: if uptime.as_secs_f64() > 0.0 {
+                (cpu_secs / uptime.as_secs_f64() * 1000.0).round() / 10.0
+            } else {
+                0.0
+            },
+            connections: s.connections.load(Ordering::Relaxed),
+            total_connections: s.total_connections.load(Ordering::Relaxed),
+            subscriptions: self.ctx.global.index().len() as u64,
+            in_msgs: s.in_msgs.load(Ordering::Relaxed),
+            in_bytes: s.in_bytes.load(Ordering::Relaxed),
+            out_msgs: s.out_msgs.load(Ordering::Relaxed),
+            out_bytes: s.out_bytes.load(Ordering::Relaxed),
+            slow_consumers: s.slow_consumers.load(Ordering::Relaxed),
+        }
+    }
+
+    fn jetstream(&self) -> Option<JetStreamCounters> {
+        let usage = self.js.as_ref()?;
+        let config = &self.ctx.config.jetstream;
+        let streams = usage
+            .streams
+            .load()
+            .iter()
+            .map(|s| StreamCounters {
+                name: s.name.clone(),
+                messages: s.messages.load(Ordering::Relaxed),
+                bytes: s.bytes.load(Ordering::Relaxed),
+                consumers: s.consumers.load(Ordering::Relaxed),
+            })
+            .collect();
+        Some(JetStreamCounters {
+            store_dir: config.store_dir.display().to_string(),
+            max_memory: usage.max_memory,
+            max_file: usage.max_file,
+            memory: usage.memory.load(Ordering::Relaxed),
+            storage: usage.storage.load(Ordering::Relaxed),
+            reserved_memory: 0,
+            reserved_storage: 0,
+            api_level: API_LEVEL,
+            api_total: usage.api_total.load(Ordering::Relaxed),
+            api_errors: usage.api_errors.load(Ordering::Relaxed),
+            streams,
+        })
+    }
+}
+
+fn now_ns() -> i64 {
+    system_time_ns(std::time::SystemTime::now())
+}
+
+fn system_time_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// Resident memory (bytes) and CPU time used (seconds) of this process, from
+/// `/proc/self` (zeros where it cannot be read).
+fn process_usage() -> (u64, f64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    // Fields 14 and 15 of /proc/self/stat (after the parenthesised command name):
+    // user and system time in clock ticks (100 per second on Linux).
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}

@@ -1,0 +1,594 @@
+//! The monitoring endpoint's documents: `/varz`, `/healthz` and `/jsz` in the
+//! reference's JSON shapes (so existing dashboards and exporters read them), and
+//! `/metrics` in Prometheus' text format. They are built from plain snapshots that the
+//! monitor actor gathers; nothing here reads a clock, a socket or a counter.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+/// What the node is and how it is configured, as `/varz` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    pub server_id: String,
+    pub server_name: String,
+    pub version: String,
+    pub host: String,
+    pub port: u16,
+    pub http_host: String,
+    pub http_port: u16,
+    pub max_connections: usize,
+    pub ping_interval_ns: u64,
+    pub ping_max: u32,
+    pub max_control_line: u64,
+    pub max_payload: u64,
+    pub max_pending: u64,
+    pub write_deadline_ns: u64,
+    /// RFC 3339 times.
+    pub start: String,
+    pub config_load_time: String,
+}
+
+/// The node's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeCounters {
+    pub now: String,
+    pub uptime_secs: u64,
+    /// Resident memory in bytes.
+    pub mem: u64,
+    pub cores: usize,
+    /// CPU use since the last sample, percent of one core.
+    pub cpu: f64,
+    pub connections: u64,
+    pub total_connections: u64,
+    pub subscriptions: u64,
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+    pub slow_consumers: u64,
+}
+
+/// JetStream's configuration and usage at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JetStreamCounters {
+    pub store_dir: String,
+    /// Limits in bytes; 0 is none.
+    pub max_memory: u64,
+    pub max_file: u64,
+    pub memory: u64,
+    pub storage: u64,
+    pub reserved_memory: u64,
+    pub reserved_storage: u64,
+    pub api_level: u32,
+    pub api_total: u64,
+    pub api_errors: u64,
+    pub streams: Vec<StreamCounters>,
+}
+
+/// One stream's numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamCounters {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub consumers: u64,
+}
+
+/// Go's `time.Duration` string for whole seconds as the reference prints uptimes
+/// (`0s`, `42s`, `3m7s`, `5h0m0s`, `2d3h0m0s`).
+pub fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h{m}m{s}s")
+    } else if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[derive(Serialize, Default)]
+struct Empty {}
+
+#[derive(Serialize, Default)]
+struct PerKind {
+    clients: u64,
+    routes: u64,
+    gateways: u64,
+    leafs: u64,
+}
+
+#[derive(Serialize)]
+struct JetStreamVarz<'a> {
+    config: JetStreamConfigz<'a>,
+    stats: JetStreamStats,
+    limits: JetStreamLimits,
+}
+
+#[derive(Serialize)]
+struct JetStreamConfigz<'a> {
+    max_memory: i64,
+    max_storage: i64,
+    store_dir: &'a str,
+    /// Acks wait for an fsync'd commit: what the reference reports for its
+    /// `sync_interval: always` (and then no interval).
+    sync_always: bool,
+    strict: bool,
+}
+
+#[derive(Serialize)]
+struct JetStreamStats {
+    memory: u64,
+    storage: u64,
+    reserved_memory: u64,
+    reserved_storage: u64,
+    accounts: u64,
+    ha_assets: u64,
+    api: ApiStats,
+}
+
+#[derive(Serialize)]
+struct ApiStats {
+    level: u32,
+    total: u64,
+    errors: u64,
+}
+
+#[derive(Serialize)]
+struct JetStreamLimits {
+    default_max_consumers: u64,
+}
+
+/// A limit in bytes, or -1 for none. (Without a configured limit the reference prints
+/// a size it derived from the machine; we have no such limit and say so.)
+fn limit(v: u64) -> i64 {
+    if v == 0 {
+        -1
+    } else {
+        v as i64
+    }
+}
+
+impl JetStreamCounters {
+    fn config(&self) -> JetStreamConfigz<'_> {
+        JetStreamConfigz {
+            max_memory: limit(self.max_memory),
+            max_storage: limit(self.max_file),
+            store_dir: &self.store_dir,
+            sync_always: true,
+            strict: true,
+        }
+    }
+
+    fn stats(&self) -> JetStreamStats {
+        JetStreamStats {
+            memory: self.memory,
+            storage: self.storage,
+            reserved_memory: self.reserved_memory,
+            reserved_storage: self.reserved_storage,
+            accounts: 1,
+            ha_assets: 0,
+            api: ApiStats {
+                level: self.api_level,
+                total: self.api_total,
+                errors: self.api_errors,
+            },
+        }
+    }
+
+    fn totals(&self) -> (u64, u64, u64) {
+        self.streams.iter().fold((0, 0, 0), |(m, b, c), s| {
+            (m + s.messages, b + s.bytes, c + s.consumers)
+        })
+    }
+}
+
+/// `/varz`: the reference's keys, in its order, pretty-printed as it does. Keys for
+/// what meshbroker does not have (gateways, leaf nodes, MQTT, Go's runtime) are left
+/// out rather than filled with made-up values, except where the reference always
+/// prints them empty.
+pub fn varz(
+    facts: &NodeFacts,
+    now: &NodeCounters,
+    js: Option<&JetStreamCounters>,
+    http_req_stats: &BTreeMap<String, u64>,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Varz<'a> {
+        server_id: &'a str,
+        server_name: &'a str,
+        version: &'a str,
+        proto: u32,
+        host: &'a str,
+        port: u16,
+        max_connections: usize,
+        ping_interval: u64,
+        ping_max: u32,
+        http_host: &'a str,
+        http_port: u16,
+        http_base_path: &'a str,
+        https_port: u16,
+        auth_timeout: u64,
+        max_control_line: u64,
+        max_payload: u64,
+        max_pending: u64,
+        cluster: Empty,
+        gateway: Empty,
+        leaf: Empty,
+        mqtt: Empty,
+        websocket: Empty,
+        #[serde(serialize_with = "jetstream_or_empty")]
+        jetstream: Option<JetStreamVarz<'a>>,
+        tls_timeout: u64,
+        write_deadline: u64,
+        start: &'a str,
+        now: &'a str,
+        uptime: String,
+        mem: u64,
+        cores: usize,
+        cpu: f64,
+        connections: u64,
+        total_connections: u64,
+        routes: u64,
+        remotes: u64,
+        leafnodes: u64,
+        in_msgs: u64,
+        in_bytes: u64,
+        in_client_msgs: u64,
+        in_client_bytes: u64,
+        out_msgs: u64,
+        out_bytes: u64,
+        out_client_msgs: u64,
+        out_client_bytes: u64,
+        slow_consumers: u64,
+        stale_connections: u64,
+        stalled_clients: u64,
+        subscriptions: u64,
+        http_req_stats: &'a BTreeMap<String, u64>,
+        config_load_time: &'a str,
+        config_digest: &'a str,
+        slow_consumer_stats: PerKind,
+        stale_connection_stats: PerKind,
+    }
+    fn jetstream_or_empty<S: serde::Serializer>(
+        js: &Option<JetStreamVarz<'_>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match js {
+            Some(js) => js.serialize(s),
+            None => Empty {}.serialize(s),
+        }
+    }
+    let v = Varz {
+        server_id: &facts.server_id,
+        server_name: &facts.server_name,
+        version: &facts.version,
+        proto: 1,
+        host: &facts.host,
+        port: facts.port,
+        max_connections: facts.max_connections,
+        ping_interval: facts.ping_interval_ns,
+        ping_max: facts.ping_max,
+        http_host: &facts.http_host,
+        http_port: facts.http_port,
+        http_base_path: "",
+        https_port: 0,
+        auth_timeout: 0,
+        max_control_line: facts.max_control_line,
+        max_payload: facts.max_payload,
+        max_pending: facts.max_pending,
+        cluster: Empty {},
+        gateway: Empty {},
+        leaf: Empty {},
+        mqtt: Empty {},
+        websocket: Empty {},
+        jetstream: js.map(|js| JetStreamVarz {
+            config: js.config(),
+            stats: js.stats(),
+            limits: JetStreamLimits {
+                default_max_consumers: 0,
+            },
+        }),
+        tls_timeout: 0,
+        write_deadline: facts.write_deadline_ns,
+        start: &facts.start,
+        now: &now.now,
+        uptime: uptime(now.uptime_secs),
+        mem: now.mem,
+        cores: now.cores,
+        cpu: now.cpu,
+        connections: now.connections,
+        total_connections: now.total_connections,
+        routes: 0,
+        remotes: 0,
+        leafnodes: 0,
+        in_msgs: now.in_msgs,
+        in_bytes: now.in_bytes,
+        in_client_msgs: now.in_msgs,
+        in_client_bytes: now.in_bytes,
+        out_msgs: now.out_msgs,
+        out_bytes: now.out_bytes,
+        out_client_msgs: now.out_msgs,
+        out_client_bytes: now.out_bytes,
+        slow_consumers: now.slow_consumers,
+        stale_connections: 0,
+        stalled_clients: 0,
+        subscriptions: now.subscriptions,
+        http_req_stats,
+        config_load_time: &facts.config_load_time,
+        config_digest: "",
+        slow_consumer_stats: PerKind {
+            clients: now.slow_consumers,
+            ..PerKind::default()
+        },
+        stale_connection_stats: PerKind::default(),
+    };
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
+/// `/jsz` (without per-account details), as the reference shapes it.
+pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Jsz<'a> {
+        memory: u64,
+        storage: u64,
+        reserved_memory: u64,
+        reserved_storage: u64,
+        accounts: u64,
+        ha_assets: u64,
+        api: ApiStats,
+        server_id: &'a str,
+        now: &'a str,
+        config: JetStreamConfigz<'a>,
+        limits: JetStreamLimits,
+        streams: u64,
+        consumers: u64,
+        messages: u64,
+        bytes: u64,
+        total: u64,
+    }
+    let (messages, bytes, consumers) = js.totals();
+    let stats = js.stats();
+    let v = Jsz {
+        memory: stats.memory,
+        storage: stats.storage,
+        reserved_memory: stats.reserved_memory,
+        reserved_storage: stats.reserved_storage,
+        accounts: stats.accounts,
+        ha_assets: 0,
+        api: stats.api,
+        server_id,
+        now,
+        config: js.config(),
+        limits: JetStreamLimits {
+            default_max_consumers: 0,
+        },
+        streams: js.streams.len() as u64,
+        consumers,
+        messages,
+        bytes,
+        total: 1,
+    };
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
+/// What `/healthz` answers: (HTTP status, body).
+///
+/// The node is healthy when it serves clients and, where JetStream is configured,
+/// JetStream runs. `js-enabled-only` and `js-server-only` narrow the JetStream check
+/// as at the reference; with JetStream off by config they are healthy there too.
+pub fn healthz(js_configured: bool, js_running: bool) -> (u16, Vec<u8>) {
+    if js_configured && !js_running {
+        return (
+            503,
+            br#"{"status":"unavailable","status_code":503,"error":"JetStream is not running"}"#
+                .to_vec(),
+        );
+    }
+    (200, br#"{"status":"ok"}"#.to_vec())
+}
+
+/// `/metrics`: Prometheus text exposition (format 0.0.4) of the node's counters.
+pub fn prometheus(now: &NodeCounters, js: Option<&JetStreamCounters>) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP meshbroker_{name} {help}");
+        let _ = writeln!(out, "# TYPE meshbroker_{name} {kind}");
+        let _ = writeln!(out, "meshbroker_{name} {value}");
+    };
+    metric(
+        "connections",
+        "gauge",
+        "Client connections open now.",
+        now.connections.to_string(),
+    );
+    metric(
+        "connections_total",
+        "counter",
+        "Client connections accepted since start.",
+        now.total_connections.to_string(),
+    );
+    metric(
+        "subscriptions",
+        "gauge",
+        "Subscriptions in the subject index.",
+        now.subscriptions.to_string(),
+    );
+    metric(
+        "in_messages_total",
+        "counter",
+        "Messages received from clients.",
+        now.in_msgs.to_string(),
+    );
+    metric(
+        "in_bytes_total",
+        "counter",
+        "Payload bytes received from clients.",
+        now.in_bytes.to_string(),
+    );
+    metric(
+        "out_messages_total",
+        "counter",
+        "Messages delivered to clients.",
+        now.out_msgs.to_string(),
+    );
+    metric(
+        "out_bytes_total",
+        "counter",
+        "Payload bytes delivered to clients.",
+        now.out_bytes.to_string(),
+    );
+    metric(
+        "slow_consumers_total",
+        "counter",
+        "Clients cut off as slow consumers.",
+        now.slow_consumers.to_string(),
+    );
+    metric(
+        "resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process.",
+        now.mem.to_string(),
+    );
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        now.uptime_secs.to_string(),
+    );
+    if let Some(js) = js {
+        let (_, _, consumers) = js.totals();
+        metric(
+            "jetstream_memory_bytes",
+            "gauge",
+            "Bytes held by memory streams.",
+            js.memory.to_string(),
+        );
+        metric(
+            "jetstream_storage_bytes",
+            "gauge",
+            "Bytes held by file streams.",
+            js.storage.to_string(),
+        );
+        metric(
+            "jetstream_streams",
+            "gauge",
+            "Streams.",
+            js.streams.len().to_string(),
+        );
+        metric(
+            "jetstream_consumers",
+            "gauge",
+            "Consumers of all streams.",
+            consumers.to_string(),
+        );
+        metric(
+            "jetstream_api_requests_total",
+            "counter",
+            "JetStream API requests answered.",
+            js.api_total.to_string(),
+        );
+        metric(
+            "jetstream_api_errors_total",
+            "counter",
+            "JetStream API requests answered with an error.",
+            js.api_errors.to_string(),
+        );
+        type Gauge = fn(&StreamCounters) -> u64;
+        let per_stream: [(&str, &str, Gauge); 3] = [
+            ("stream_messages", "Messages in the stream.", |s| s.messages),
+            ("stream_bytes", "Bytes in the stream.", |s| s.bytes),
+            ("stream_consumers", "Consumers of the stream.", |s| {
+                s.consumers
+            }),
+        ];
+        for (name, help, value) in per_stream {
+            let _ = writeln!(out, "# HELP meshbroker_jetstream_{name} {help}");
+            let _ = writeln!(out, "# TYPE meshbroker_jetstream_{name} gauge");
+            for s in &js.streams {
+                let _ = writeln!(
+                    out,
+                    "meshbroker_jetstream_{name}{{stream=\"{}\"}} {}",
+                    label_value(&s.name),
+                    value(s)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A Prometheus label value with `\`, `"` and newlines escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_reads_like_the_references() {
+        assert_eq!(uptime(0), "0s");
+        assert_eq!(uptime(42), "42s");
+        assert_eq!(uptime(187), "3m7s");
+        assert_eq!(uptime(5 * 3600), "5h0m0s");
+        assert_eq!(uptime(2 * 86_400 + 3 * 3600), "2d3h0m0s");
+    }
+
+    #[test]
+    fn varz_has_the_references_keys_and_our_numbers() {
+        let facts = NodeFacts {
+            server_id: "ID".into(),
+            port: 4222,
+            ..Default::default()
+        };
+        let now = NodeCounters {
+            connections: 3,
+            in_msgs: 10,
+            ..Default::default()
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&varz(&facts, &now, None, &BTreeMap::new())).unwrap();
+        assert_eq!(v["connections"], 3);
+        assert_eq!(v["in_client_msgs"], 10);
+        assert_eq!(v["jetstream"], serde_json::json!({}));
+        assert_eq!(v["port"], 4222);
+    }
+
+    #[test]
+    fn healthz_fails_only_when_configured_jetstream_is_down() {
+        assert_eq!(healthz(false, false).0, 200);
+        assert_eq!(healthz(true, true).0, 200);
+        let (code, body) = healthz(true, false);
+        assert_eq!(code, 503);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "unavailable");
+    }
+
+    #[test]
+    fn prometheus_text_is_well_formed() {
+        let js = JetStreamCounters {
+            streams: vec![StreamCounters {
+                name: "a\"b".into(),
+                messages: 5,
+                bytes: 100,
+                consumers: 1,
+            }],
+            ..Default::default()
+        };
+        let text = prometheus(&NodeCounters::default(), Some(&js));
+        assert!(text.contains("meshbroker_jetstream_stream_messages{stream=\"a\\\"b\"} 5\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("meshbroker_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The monitoring endpoint as an operator's tools see it: read over HTTP from a
+//! running node while real clients (`async-nats`) use it, numbers checked against what
+//! the test did, `/varz` keys compared with nats-server's for the same situation.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    free_port, jetstream_config, reference_binary, start, test_config, wait_for_port, Child,
+    TempDir,
+};
+use futures::StreamExt;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A GET over a fresh connection: (status code, content type, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("monitoring endpoint accepts");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, raw[split + 4..].to_vec())
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, content_type, body) = get(addr, path);
+    assert_eq!(status, 200, "{path}");
+    assert_eq!(content_type, "application/json", "{path}");
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Polls `/varz` until `done` holds (counters are folded in as connections read).
+fn varz_until(addr: SocketAddr, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = get_json(addr, "/varz");
+        if done(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn monitored(mut config: meshbroker::Config) -> meshbroker::Node {
+    config.monitor.listen = Some("127.0.0.1:0".into());
+    start(config)
+}
+
+#[test]
+fn the_endpoint_is_off_unless_configured() {
+    let node = start(test_config());
+    assert_eq!(node.monitor_addr(), None);
+    let node = monitored(test_config());
+    let addr = node.monitor_addr().expect("configured: on");
+    assert!(addr.ip().is_loopback());
+    let (status, _, body) = get(addr, "/nope");
+    assert_eq!((status, &body[..]), (404, &b"404 page not found\n"[..]));
+    let (status, _, body) = get(addr, "/healthz");
+    assert_eq!((status, &body[..]), (200, &br#"{"status":"ok"}"#[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varz_and_metrics_count_what_clients_did() {
+    let node = monitored(test_config());
+    let addr = node.monitor_addr().unwrap();
+    let before = get_json(addr, "/varz");
+    assert_eq!(before["connections"], 0);
+    assert_eq!(before["in_msgs"], 0);
+
+    let publisher = async_nats::connect(node.client_url()).await.unwrap();
+    let listener = async_nats::connect(node.client_url()).await.unwrap();
+    let idle = async_nats::connect(node.client_url()).await.unwrap();
+    let mut sub = listener.subscribe("orders.new").await.unwrap();
+    let _other = idle.subscribe("other.>").await.unwrap();
+    listener.flush().await.unwrap();
+    idle.flush().await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 100]);
+    for _ in 0..500 {
+        publisher
+            .publish("orders.new", payload.clone())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    for _ in 0..500 {
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let v = tokio::task::spawn_blocking(move || {
+        varz_until(addr, |v| v["out_msgs"] == 500 && v["in_msgs"] == 500)
+    })
+    .await
+    .unwrap();
+    assert_eq!(v["connections"], 3);
+    assert_eq!(v["total_connections"], 3);
+    assert_eq!(v["subscriptions"], 2);
+    assert_eq!(v["in_msgs"], 500);
+    assert_eq!(v["in_bytes"], 500 * 100);
+    assert_eq!(v["out_msgs"], 500);
+    assert_eq!(v["out_bytes"], 500 * 100);
+    assert_eq!(v["port"], node.client_addr().port());
+    assert_eq!(v["http_port"], addr.port());
+    assert!(v["mem"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["http_req_stats"]["/varz"].as_u64().map(|n| n >= 2),
+        Some(true)
+    );
+
+    let (status, content_type, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(body).unwrap();
+    for expected in [
+        "meshbroker_connections 3\n",
+        "meshbroker_in_messages_total 500\n",
+        "meshbroker_out_bytes_total 50000\n",
+        "meshbroker_subscriptions 2\n",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+
+    // A subscriber keeps its client's connection: all of them go.
+    drop((publisher, listener, idle, sub, _other));
+    let v = tokio::task::spawn_blocking(move || varz_until(addr, |v| v["connections"] == 0))
+        .await
+        .unwrap();
+    assert_eq!(v["connections"], 0, "closed connections leave the count");
+    assert_eq!(v["total_connections"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsz_and_metrics_follow_streams() {
+    let dir = TempDir::new("monitor-js");
+    let node = monitored(jetstream_config(&dir));
+    let addr = node.monitor_addr().unwrap();
+    let client = async_nats::connect(node.client_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..10 {
+        js.publish(format!("orders.{i}"), "hello".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("C".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let jsz = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = get_json(addr, "/jsz");
+            if v["consumers"] == 1 || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(jsz["streams"], 1);
+    assert_eq!(jsz["consumers"], 1);
+    assert_eq!(jsz["messages"], 10);
+    // File-store accounting: 30 + subject (8) + payload (5) per message.
+    assert_eq!(jsz["bytes"], 10 * 43);
+    assert_eq!(jsz["storage"], 10 * 43);
+    assert!(jsz["api"]["total"].as_u64().unwrap() >= 2);
+    let (_, _, body) = get(addr, "/metrics");
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("meshbroker_jetstream_stream_messages{stream=\"ORDERS\"} 10\n"),
+        "{text}"
+    );
+    let varz = get_json(addr, "/varz");
+    assert_eq!(varz["jetstream"]["stats"]["storage"], 10 * 43);
+
+    js.delete_stream("ORDERS").await.unwrap();
+    let jsz = get_json(addr, "/jsz");
+    assert_eq!(jsz["streams"], 0);
+}
+
+/// `/varz` has the reference's keys, but for what only describes the Go build or
+/// features meshbroker does not have (and would have to invent values for).
+#[test]
+fn varz_keys_match_the_reference() {
+    let Some(bin) = reference_binary() else {
+        assert!(
+            std::env::var("MESHBROKER_CI").as_deref() != Ok("1"),
+            "the reference nats-server is required"
+        );
+        eprintln!("SKIPPED: no reference nats-server");
+        return;
+    };
+    let (port, http_port) = (free_port(), free_port());
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &http_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let _reference = Child(child);
+    let reference: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    assert!(wait_for_port(reference, WAIT));
+    let node = monitored(test_config());
+    let keys = |v: Value| -> Vec<String> {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let reference_only = [
+        "git_commit",
+        "go",
+        "gomaxprocs",
+        "feature_flags",
+        "system_account",
+        "disk_io_wait_stats",
+    ];
+    let theirs: Vec<String> = keys(get_json(reference, "/varz"))
+        .into_iter()
+        .filter(|k| !reference_only.contains(&k.as_str()))
+        .collect();
+    assert_eq!(
+        keys(get_json(node.monitor_addr().unwrap(), "/varz")),
+        theirs
+    );
+}
