@@ -334,13 +334,8 @@ pub fn varz(
 pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
     #[derive(Serialize)]
     struct Jsz<'a> {
-        memory: u64,
-        storage: u64,
-        reserved_memory: u64,
-        reserved_storage: u64,
-        accounts: u64,
-        ha_assets: u64,
-        api: ApiStats,
+        #[serde(flatten)]
+        stats: JetStreamStats,
         server_id: &'a str,
         now: &'a str,
         config: JetStreamConfigz<'a>,
@@ -352,15 +347,8 @@ pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
         total: u64,
     }
     let (messages, bytes, consumers) = js.totals();
-    let stats = js.stats();
     let v = Jsz {
-        memory: stats.memory,
-        storage: stats.storage,
-        reserved_memory: stats.reserved_memory,
-        reserved_storage: stats.reserved_storage,
-        accounts: stats.accounts,
-        ha_assets: 0,
-        api: stats.api,
+        stats: js.stats(),
         server_id,
         now,
         config: js.config(),

@@ -9,33 +9,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::scripts;
-use common::{free_port, reference_binary, start, test_config, wait_for_port, Child, Raw};
+use common::{start, start_reference, test_config, Child, Raw};
 
 fn reference() -> Option<(Child, SocketAddr)> {
-    let Some(bin) = reference_binary() else {
-        if std::env::var("MESHBROKER_CI").as_deref() == Ok("1") {
-            panic!("the reference nats-server is required: run scripts/install-reference.sh");
-        }
-        eprintln!("SKIPPED: no reference nats-server (run scripts/install-reference.sh)");
-        return None;
-    };
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_for_port(addr, Duration::from_secs(10)),
-        "nats-server listens"
-    );
-    Some((Child(child), addr))
+    start_reference(&[])
 }
 
 #[test]

@@ -10,35 +10,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, jetstream_config, reference_binary, start, wait_for_port, Child, TempDir};
+use common::{jetstream_config, start, start_reference, Child, TempDir};
 use meshbroker::proto::{encode, Op, Parsed, Parser};
 use serde_json::Value;
 
 fn reference(store: &TempDir) -> Option<(Child, SocketAddr)> {
-    let Some(bin) = reference_binary() else {
-        if std::env::var("MESHBROKER_CI").as_deref() == Ok("1") {
-            panic!("the reference nats-server is required: run scripts/install-reference.sh");
-        }
-        eprintln!("SKIPPED: no reference nats-server (run scripts/install-reference.sh)");
-        return None;
-    };
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&store.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(
-        wait_for_port(addr, Duration::from_secs(10)),
-        "nats-server listens"
-    );
-    Some((Child(child), addr))
+    let store = store.0.to_string_lossy();
+    start_reference(&["-js", "-sd", &store])
 }
 
 /// What came back for one step.

@@ -6,12 +6,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, jetstream_config, reference_binary, start, test_config, wait_for_port, Child,
-    TempDir,
+    free_port, jetstream_config, start, start_reference, test_config, wait_for_port, TempDir,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -226,23 +224,10 @@ async fn jsz_and_metrics_follow_streams() {
 /// features meshbroker does not have (and would have to invent values for).
 #[test]
 fn varz_keys_match_the_reference() {
-    let Some(bin) = reference_binary() else {
-        assert!(
-            std::env::var("MESHBROKER_CI").as_deref() != Ok("1"),
-            "the reference nats-server is required"
-        );
-        eprintln!("SKIPPED: no reference nats-server");
+    let http_port = free_port();
+    let Some((_reference, _)) = start_reference(&["-m", &http_port.to_string()]) else {
         return;
     };
-    let (port, http_port) = (free_port(), free_port());
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", &http_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let _reference = Child(child);
     let reference: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
     assert!(wait_for_port(reference, WAIT));
     let node = monitored(test_config());

@@ -158,6 +158,34 @@ pub fn reference_binary() -> Option<PathBuf> {
     local.is_file().then_some(local)
 }
 
+/// Starts the reference nats-server on a free loopback port with `args` added, and
+/// returns it with its client address. Without the binary: `None` after saying the
+/// test is skipped, or a panic when `MESHBROKER_CI=1` (CI must compare).
+pub fn start_reference(args: &[&str]) -> Option<(Child, SocketAddr)> {
+    let Some(bin) = reference_binary() else {
+        if std::env::var("MESHBROKER_CI").as_deref() == Ok("1") {
+            panic!("the reference nats-server is required: run scripts/install-reference.sh");
+        }
+        eprintln!("SKIPPED: no reference nats-server (run scripts/install-reference.sh)");
+        return None;
+    };
+    let port = free_port();
+    let child = std::process::Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let child = Child(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    assert!(
+        wait_for_port(addr, Duration::from_secs(10)),
+        "nats-server listens"
+    );
+    Some((child, addr))
+}
+
 /// The meshbroker binary cargo built for these tests.
 pub fn meshbroker_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meshbroker"))
