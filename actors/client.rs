@@ -26,6 +26,7 @@ use super::outbound::{OutboundQueue, Wake};
 use super::publish::{Message, Publisher, Subscription};
 use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
+use crate::monitor::{ConnSnapshot, SubSnapshot};
 use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
 use crate::subject;
 
@@ -39,6 +40,8 @@ pub enum Control {
     AutoUnsubscribed(Arc<Subscription>),
     /// Lame-duck mode: tell the client (INFO with `ldm`) to reconnect elsewhere.
     LameDuck,
+    /// Monitoring asks what this connection is and did.
+    Snapshot(async_channel::Sender<ConnSnapshot>),
 }
 
 /// The part of a client connection that publishers and subscriptions reach.
@@ -236,6 +239,11 @@ struct Client {
     in_bytes: u64,
     out_msgs: u64,
     out_bytes: u64,
+    /// Since the connection opened (the fields above are folded into the node's
+    /// counters and reset once per batch).
+    total_in_msgs: u64,
+    total_in_bytes: u64,
+    started_ns: i64,
 }
 
 impl Client {
@@ -267,6 +275,46 @@ impl Client {
             in_bytes: 0,
             out_msgs: 0,
             out_bytes: 0,
+            total_in_msgs: 0,
+            total_in_bytes: 0,
+            started_ns: runtime::unix_ns(std::time::SystemTime::now()),
+        }
+    }
+
+    /// What `/connz` shows of this connection.
+    fn snapshot(&self) -> ConnSnapshot {
+        let idle = runtime::now().duration_since(self.last_in);
+        let now = std::time::SystemTime::now();
+        let (out_msgs, out_bytes) = self.shared.out.delivered();
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        ConnSnapshot {
+            cid: self.id(),
+            ip: self.peer.ip().to_string(),
+            port: self.peer.port(),
+            start_ns: self.started_ns,
+            last_activity_ns: runtime::unix_ns(now.checked_sub(idle).unwrap_or(now)),
+            pending_bytes: self.shared.out.pending() as u64,
+            in_msgs: self.total_in_msgs + self.in_msgs,
+            in_bytes: self.total_in_bytes + self.in_bytes,
+            out_msgs,
+            out_bytes,
+            name: text(&self.opts.name),
+            lang: text(&self.opts.lang),
+            version: text(&self.opts.version),
+            subs: self
+                .subs
+                .values()
+                .map(|sub| SubSnapshot {
+                    subject: String::from_utf8_lossy(&sub.subject).into_owned(),
+                    queue: sub
+                        .queue
+                        .as_ref()
+                        .map(|q| String::from_utf8_lossy(q).into_owned()),
+                    sid: String::from_utf8_lossy(&sub.sid).into_owned(),
+                    msgs: sub.delivered.load(Ordering::Relaxed),
+                    cid: self.id(),
+                })
+                .collect(),
         }
     }
 
@@ -351,6 +399,9 @@ impl Client {
                             self.end_batch();
                         }
                     }
+                    Control::Snapshot(reply) => {
+                        let _ = reply.try_send(self.snapshot());
+                    }
                     Control::LameDuck => {
                         let mut info = self.ctx.info_for(self.id(), self.peer.ip());
                         info.ldm = true;
@@ -406,6 +457,8 @@ impl Client {
             self.unsynced = true;
         }
         self.publisher.flush();
+        self.total_in_msgs += self.in_msgs;
+        self.total_in_bytes += self.in_bytes;
         // Node-wide counters are shared atomics: add to them once per batch.
         let stats = &self.ctx.stats;
         for (local, shared) in [

@@ -17,10 +17,12 @@ use super::node::ServerContext;
 use super::runtime::{self, TcpListener, TcpStream};
 use crate::proto::{encode, WireError};
 
-/// Commands the node sends its listener.
+/// Commands the node (and its monitor) send the listener.
 pub enum Command {
     Shutdown,
     LameDuck,
+    /// The control channels of the clients connected now (for monitoring).
+    Clients(async_channel::Sender<Vec<async_channel::Sender<Control>>>),
 }
 
 /// How long a shutdown waits for connections to drain their last bytes.
@@ -79,6 +81,9 @@ pub async fn run(
                 if clients.remove(&id).is_some() {
                     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 }
+            }
+            Event::Command(Some(Command::Clients(reply))) => {
+                let _ = reply.try_send(clients.values().cloned().collect());
             }
             Event::Command(Some(Command::LameDuck)) => break true,
             Event::Command(Some(Command::Shutdown)) | Event::Command(None) => break false,

@@ -18,15 +18,23 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::client::Control;
+use super::listener::Command;
 use super::node::ServerContext;
 use super::runtime::{self, TcpListener};
 use super::stream::Usage;
 use crate::jetstream::api::API_LEVEL;
-use crate::monitor::{self, JetStreamCounters, NodeCounters, NodeFacts, StreamCounters};
+use crate::monitor::{
+    self, ConnSnapshot, ConnzQuery, JetStreamCounters, NodeCounters, NodeFacts, StreamCounters,
+};
 use crate::proto::info::COMPAT_VERSION;
 
 /// The endpoints served, in the order `/varz`'s `http_req_stats` lists them.
-const ENDPOINTS: [&str; 5] = ["/", "/healthz", "/jsz", "/metrics", "/varz"];
+const ENDPOINTS: [&str; 6] = ["/", "/connz", "/healthz", "/jsz", "/metrics", "/varz"];
+
+/// How long `/connz` waits for the connections' answers (a busy one may be late; it
+/// is left out rather than holding the page).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long one HTTP connection may stay open: monitoring requests are quick, and a
 /// client that never finishes its request must not hold a socket forever.
@@ -36,6 +44,8 @@ struct Monitor {
     ctx: Arc<ServerContext>,
     addr: SocketAddr,
     js: Option<Arc<Usage>>,
+    /// The listener, which knows the connections.
+    listener: async_channel::Sender<Command>,
     /// Requests per endpoint, as `/varz` reports them.
     requests: [AtomicU64; ENDPOINTS.len()],
 }
@@ -46,6 +56,7 @@ pub fn start(
     ctx: Arc<ServerContext>,
     addr: SocketAddr,
     js: Option<Arc<Usage>>,
+    listener_commands: async_channel::Sender<Command>,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     let bound = std_listener.local_addr()?;
@@ -60,6 +71,7 @@ pub fn start(
         ctx: ctx.clone(),
         addr: bound,
         js,
+        listener: listener_commands,
         requests: Default::default(),
     });
     ctx.spawner.spawn_detached(accept(monitor, listener));
@@ -80,7 +92,7 @@ async fn accept(monitor: Arc<Monitor>, listener: TcpListener) {
         monitor.ctx.spawner.clone().spawn_detached(async move {
             let service = hyper::service::service_fn(move |req| {
                 let monitor = monitor.clone();
-                async move { Ok::<_, Infallible>(monitor.handle(req)) }
+                async move { Ok::<_, Infallible>(monitor.handle(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(smol_hyper::rt::FuturesIo::new(stream), service);
@@ -117,7 +129,7 @@ fn not_found() -> Reply {
 }
 
 impl Monitor {
-    fn handle(&self, req: Request<Incoming>) -> Reply {
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -147,6 +159,19 @@ impl Monitor {
                 );
                 reply(StatusCode::OK, JSON, body)
             }
+            "/connz" => match ConnzQuery::parse(req.uri().query().unwrap_or("")) {
+                Ok(q) => {
+                    let conns = self.connections().await;
+                    let body =
+                        monitor::connz(&self.ctx.server_id, runtime::now_unix_ns(), conns, &q);
+                    reply(StatusCode::OK, JSON, body)
+                }
+                Err(e) => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain; charset=utf-8",
+                    e.into_bytes(),
+                ),
+            },
             "/healthz" => {
                 let configured = self.ctx.config.jetstream.enabled;
                 let (code, body) = monitor::healthz(configured, self.js.is_some());
@@ -155,7 +180,7 @@ impl Monitor {
             }
             "/jsz" => match self.jetstream() {
                 Some(js) => {
-                    let now = crate::jetstream::api::format_time(now_ns());
+                    let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
                     let body = monitor::jsz(&self.ctx.server_id, &now, &js);
                     reply(StatusCode::OK, JSON, body)
                 }
@@ -184,9 +209,38 @@ impl Monitor {
         }
     }
 
+    /// Every connection's snapshot: the listener names them, each answers for itself.
+    async fn connections(&self) -> Vec<ConnSnapshot> {
+        let (tx, rx) = async_channel::bounded(1);
+        if self.listener.send(Command::Clients(tx)).await.is_err() {
+            return Vec::new();
+        }
+        let Ok(clients) = rx.recv().await else {
+            return Vec::new();
+        };
+        let (snap_tx, snap_rx) = async_channel::unbounded();
+        let mut asked = 0;
+        for control in clients {
+            if control.try_send(Control::Snapshot(snap_tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(snap_tx);
+        let mut conns = Vec::with_capacity(asked);
+        let deadline = runtime::now() + SNAPSHOT_WAIT;
+        while conns.len() < asked {
+            let left = deadline.saturating_duration_since(runtime::now());
+            match runtime::timeout(left, snap_rx.recv()).await {
+                Some(Ok(snapshot)) => conns.push(snapshot),
+                _ => break,
+            }
+        }
+        conns
+    }
+
     fn facts(&self) -> NodeFacts {
         let c = &self.ctx.config;
-        let started = system_time_ns(self.ctx.started);
+        let started = runtime::unix_ns(self.ctx.started);
         NodeFacts {
             server_id: self.ctx.server_id.clone(),
             server_name: self.ctx.server_name.clone(),
@@ -212,7 +266,7 @@ impl Monitor {
         let uptime = self.ctx.started.elapsed().unwrap_or_default();
         let (mem, cpu_secs) = process_usage();
         NodeCounters {
-            now: crate::jetstream::api::format_time(now_ns()),
+            now: crate::jetstream::api::format_time(runtime::now_unix_ns()),
             uptime_secs: uptime.as_secs(),
             mem,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -261,15 +315,6 @@ impl Monitor {
             streams,
         })
     }
-}
-
-fn now_ns() -> i64 {
-    system_time_ns(std::time::SystemTime::now())
-}
-
-fn system_time_ns(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
 }
 
 /// Resident memory (bytes) and CPU time used (seconds) of this process, from

@@ -146,14 +146,14 @@ impl Node {
             store_closed = Some(started.closed);
             js_usage = Some(started.usage);
         }
+        let (commands, command_rx) = async_channel::unbounded();
         let monitor_addr = match ctx.config.monitor.addr().map_err(NodeError::Config)? {
             Some(addr) => Some(
-                super::monitor::start(ctx.clone(), addr, js_usage)
+                super::monitor::start(ctx.clone(), addr, js_usage, commands.clone())
                     .map_err(|source| NodeError::Monitor { addr, source })?,
             ),
             None => None,
         };
-        let (commands, command_rx) = async_channel::unbounded();
         let listener_task = spawner.spawn(listener::run(ctx.clone(), listener, command_rx));
         log::info!(
             "meshbroker {} ({}) listening for clients on {client_addr}",

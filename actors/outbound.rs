@@ -45,6 +45,10 @@ struct State {
     /// Someone (the writer task, or a publisher flushing inline) is writing taken
     /// bytes to the socket; nobody else may until it is done.
     writing: bool,
+    /// Messages and payload bytes queued for the client since it connected (kept
+    /// under the lock the append takes anyway).
+    msgs: u64,
+    payload_bytes: u64,
     /// An empty buffer kept for the next swap, so steady traffic does not allocate.
     scratch: Vec<u8>,
 }
@@ -75,9 +79,15 @@ impl OutboundQueue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends what `write` produces, if it fits in the bound (`len` is its size).
-    /// Returns whether the caller must schedule a wake of the writer.
-    pub fn push(&self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<bool, PushError> {
+    /// Appends a message that `write` produces, if it fits in the bound (`len` is its
+    /// size on the wire, `payload` its headers and payload). Returns whether the caller
+    /// must schedule a wake of the writer.
+    pub fn push(
+        &self,
+        len: usize,
+        payload: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<bool, PushError> {
         let mut state = self.lock();
         if state.closed || state.slow {
             return Err(PushError::Closed);
@@ -89,7 +99,15 @@ impl OutboundQueue {
             return Err(PushError::SlowConsumer);
         }
         write(&mut state.buf);
+        state.msgs += 1;
+        state.payload_bytes += payload as u64;
         Ok(!std::mem::replace(&mut state.wake_scheduled, true))
+    }
+
+    /// Messages and payload bytes queued for the client so far.
+    pub fn delivered(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.msgs, state.payload_bytes)
     }
 
     /// Appends a frame produced by the connection itself (replies, errors, INFO);
@@ -243,15 +261,16 @@ mod tests {
     #[test]
     fn bounded_in_bytes_and_marks_slow() {
         let q = OutboundQueue::new(10);
-        assert_eq!(q.push(6, |b| b.extend_from_slice(b"abcdef")), Ok(true));
-        assert_eq!(q.push(2, |b| b.extend_from_slice(b"gh")), Ok(false));
+        assert_eq!(q.push(6, 6, |b| b.extend_from_slice(b"abcdef")), Ok(true));
+        assert_eq!(q.push(2, 2, |b| b.extend_from_slice(b"gh")), Ok(false));
         assert_eq!(
-            q.push(3, |b| b.extend_from_slice(b"ijk")),
+            q.push(3, 3, |b| b.extend_from_slice(b"ijk")),
             Err(PushError::SlowConsumer)
         );
         assert!(q.is_slow());
-        assert_eq!(q.push(1, |b| b.push(b'x')), Err(PushError::Closed));
+        assert_eq!(q.push(1, 1, |b| b.push(b'x')), Err(PushError::Closed));
         assert_eq!(q.pending(), 8);
+        assert_eq!(q.delivered(), (2, 8), "refused appends are not counted");
         let mut spare = Vec::new();
         assert!(!futures_lite::future::block_on(q.take(&mut spare)));
         assert!(spare.is_empty());
@@ -260,12 +279,12 @@ mod tests {
     #[test]
     fn in_flight_bytes_count_against_the_bound() {
         let q = OutboundQueue::new(10);
-        q.push(8, |b| b.extend_from_slice(b"12345678")).unwrap();
+        q.push(8, 8, |b| b.extend_from_slice(b"12345678")).unwrap();
         let mut spare = Vec::new();
         assert!(q.try_take(&mut spare).is_some());
         // The writer has not finished: 8 bytes are still pending.
         assert_eq!(
-            q.push(3, |b| b.extend_from_slice(b"abc")),
+            q.push(3, 3, |b| b.extend_from_slice(b"abc")),
             Err(PushError::SlowConsumer)
         );
     }

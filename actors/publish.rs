@@ -179,7 +179,7 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
         other => (other, msg.data),
     };
     let len = encode::msg_len(msg.subject, &sub.sid, msg.reply, data.len());
-    let pushed = client.out.push(len, |buf| {
+    let pushed = client.out.push(len, data.len(), |buf| {
         encode::write_msg(buf, msg.subject, &sub.sid, msg.reply, headers, data)
     });
     match pushed {

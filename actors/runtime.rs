@@ -120,6 +120,18 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
+/// `t` in nanoseconds since the Unix epoch (0 before it), the wall-clock form that
+/// `src/` takes as input.
+pub fn unix_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_unix_ns() -> i64 {
+    unix_ns(std::time::SystemTime::now())
+}
+
 pub async fn sleep(d: Duration) {
     async_io::Timer::after(d).await;
 }

@@ -194,9 +194,7 @@ pub fn spawn(
 
 /// Nanoseconds since the Unix epoch (the actors' clock; `src/` takes it as input).
 pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+    runtime::now_unix_ns()
 }
 
 impl StreamActor {

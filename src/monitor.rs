@@ -76,6 +76,214 @@ pub struct StreamCounters {
     pub consumers: u64,
 }
 
+/// One client connection as `/connz` reports it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnSnapshot {
+    pub cid: u64,
+    pub ip: String,
+    pub port: u16,
+    /// Nanoseconds since the Unix epoch.
+    pub start_ns: i64,
+    pub last_activity_ns: i64,
+    pub pending_bytes: u64,
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub subs: Vec<SubSnapshot>,
+}
+
+/// One subscription of a connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SubSnapshot {
+    pub subject: String,
+    #[serde(rename = "qgroup", skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    pub sid: String,
+    pub msgs: u64,
+    pub cid: u64,
+}
+
+/// How `/connz` was asked: the reference's query parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnzQuery {
+    pub offset: usize,
+    pub limit: usize,
+    pub sort: ConnSort,
+    pub subs: SubsDetail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubsDetail {
+    None,
+    Subjects,
+    Detail,
+}
+
+/// The sort orders the reference offers (largest first for the counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnSort {
+    Cid,
+    Start,
+    Subs,
+    Pending,
+    MsgsTo,
+    MsgsFrom,
+    BytesTo,
+    BytesFrom,
+    Last,
+    Idle,
+    Uptime,
+}
+
+/// The connections one `/connz` page shows by default.
+pub const CONNZ_DEFAULT_LIMIT: usize = 1024;
+
+impl ConnzQuery {
+    /// Parses a query string (`offset=…&limit=…&sort=…&subs=1|detail`); an unknown sort
+    /// is refused with the reference's message, other unknown parameters are ignored.
+    pub fn parse(query: &str) -> Result<ConnzQuery, String> {
+        let mut q = ConnzQuery {
+            offset: 0,
+            limit: CONNZ_DEFAULT_LIMIT,
+            sort: ConnSort::Cid,
+            subs: SubsDetail::None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "offset" => q.offset = value.parse().unwrap_or(0),
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|l| *l > 0)
+                        .unwrap_or(CONNZ_DEFAULT_LIMIT)
+                }
+                "subs" => {
+                    q.subs = match value {
+                        "detail" => SubsDetail::Detail,
+                        "1" | "true" | "t" | "T" | "TRUE" | "True" => SubsDetail::Subjects,
+                        _ => SubsDetail::None,
+                    }
+                }
+                "sort" => {
+                    q.sort = match value {
+                        "" | "cid" => ConnSort::Cid,
+                        "start" => ConnSort::Start,
+                        "subs" => ConnSort::Subs,
+                        "pending" => ConnSort::Pending,
+                        "msgs_to" => ConnSort::MsgsTo,
+                        "msgs_from" => ConnSort::MsgsFrom,
+                        "bytes_to" => ConnSort::BytesTo,
+                        "bytes_from" => ConnSort::BytesFrom,
+                        "last" => ConnSort::Last,
+                        "idle" => ConnSort::Idle,
+                        "uptime" => ConnSort::Uptime,
+                        other => return Err(format!("invalid sorting option: {other}")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// `/connz`: the connections sorted and paged as asked, counters as the reference
+/// names them ("to" a connection is what it received, "from" what it sent).
+pub fn connz(
+    server_id: &str,
+    now_ns: i64,
+    mut conns: Vec<ConnSnapshot>,
+    q: &ConnzQuery,
+) -> Vec<u8> {
+    match q.sort {
+        ConnSort::Cid => conns.sort_by_key(|c| c.cid),
+        ConnSort::Start => conns.sort_by_key(|c| c.start_ns),
+        ConnSort::Subs => conns.sort_by_key(|c| std::cmp::Reverse(c.subs.len())),
+        ConnSort::Pending => conns.sort_by_key(|c| std::cmp::Reverse(c.pending_bytes)),
+        ConnSort::MsgsTo => conns.sort_by_key(|c| std::cmp::Reverse(c.out_msgs)),
+        ConnSort::MsgsFrom => conns.sort_by_key(|c| std::cmp::Reverse(c.in_msgs)),
+        ConnSort::BytesTo => conns.sort_by_key(|c| std::cmp::Reverse(c.out_bytes)),
+        ConnSort::BytesFrom => conns.sort_by_key(|c| std::cmp::Reverse(c.in_bytes)),
+        ConnSort::Last => conns.sort_by_key(|c| std::cmp::Reverse(c.last_activity_ns)),
+        ConnSort::Idle => conns.sort_by_key(|c| c.last_activity_ns),
+        ConnSort::Uptime => conns.sort_by_key(|c| c.start_ns),
+    }
+    let total = conns.len();
+    let secs = |from: i64| uptime((now_ns.saturating_sub(from).max(0) / 1_000_000_000) as u64);
+    let page: Vec<serde_json::Value> = conns
+        .into_iter()
+        .skip(q.offset)
+        .take(q.limit)
+        .map(|c| {
+            let mut v = serde_json::json!({
+                "cid": c.cid,
+                "kind": "Client",
+                "type": "nats",
+                "ip": c.ip,
+                "port": c.port,
+                "start": crate::jetstream::api::format_time(c.start_ns),
+                "last_activity": crate::jetstream::api::format_time(c.last_activity_ns),
+                "uptime": secs(c.start_ns),
+                "idle": secs(c.last_activity_ns),
+                "pending_bytes": c.pending_bytes,
+                "in_msgs": c.in_msgs,
+                "out_msgs": c.out_msgs,
+                "in_bytes": c.in_bytes,
+                "out_bytes": c.out_bytes,
+                "subscriptions": c.subs.len(),
+            });
+            if let Some(map) = v.as_object_mut() {
+                for (key, value) in [
+                    ("name", &c.name),
+                    ("lang", &c.lang),
+                    ("version", &c.version),
+                ] {
+                    if !value.is_empty() {
+                        map.insert(key.into(), value.as_str().into());
+                    }
+                }
+                match q.subs {
+                    SubsDetail::None => {}
+                    SubsDetail::Subjects if !c.subs.is_empty() => {
+                        let subjects: Vec<&str> =
+                            c.subs.iter().map(|s| s.subject.as_str()).collect();
+                        map.insert("subscriptions_list".into(), subjects.into());
+                    }
+                    SubsDetail::Detail if !c.subs.is_empty() => {
+                        map.insert(
+                            "subscriptions_list_detail".into(),
+                            serde_json::to_value(&c.subs).unwrap_or_default(),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            v
+        })
+        .collect();
+    // Key order as the reference's (serde_json's map sorts; this is written out).
+    let mut out = String::with_capacity(256 + page.len() * 512);
+    let _ = write!(
+        out,
+        "{{\"server_id\":{},\"now\":\"{}\",\"num_connections\":{},\"total\":{},\"offset\":{},\"limit\":{},\"connections\":",
+        serde_json::Value::from(server_id),
+        crate::jetstream::api::format_time(now_ns),
+        page.len(),
+        total,
+        q.offset,
+        q.limit,
+    );
+    out.push_str(&serde_json::to_string(&page).unwrap_or_else(|_| "[]".into()));
+    out.push('}');
+    out.into_bytes()
+}
+
 /// Go's `time.Duration` string for whole seconds as the reference prints uptimes
 /// (`0s`, `42s`, `3m7s`, `5h0m0s`, `2d3h0m0s`).
 pub fn uptime(secs: u64) -> String {
@@ -520,6 +728,69 @@ fn label_value(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn(cid: u64, in_msgs: u64, subs: usize) -> ConnSnapshot {
+        ConnSnapshot {
+            cid,
+            in_msgs,
+            start_ns: 1_000_000_000 * cid as i64,
+            subs: (0..subs)
+                .map(|i| SubSnapshot {
+                    subject: format!("s.{i}"),
+                    sid: i.to_string(),
+                    cid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn connz_sorts_pages_and_lists_subscriptions() {
+        let conns = vec![conn(1, 5, 0), conn(2, 50, 2), conn(3, 7, 1)];
+        let page = |query: &str| -> serde_json::Value {
+            let q = ConnzQuery::parse(query).unwrap();
+            serde_json::from_slice(&connz("S", 10_000_000_000, conns.clone(), &q)).unwrap()
+        };
+        let cids = |v: &serde_json::Value| -> Vec<u64> {
+            v["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["cid"].as_u64().unwrap())
+                .collect()
+        };
+        let all = page("");
+        assert_eq!(cids(&all), [1, 2, 3]);
+        assert_eq!(
+            (all["total"].as_u64(), all["limit"].as_u64()),
+            (Some(3), Some(1024))
+        );
+        assert_eq!(all["connections"][0]["uptime"], "9s");
+        assert_eq!(cids(&page("sort=msgs_from")), [2, 3, 1]);
+        assert_eq!(cids(&page("sort=subs&limit=1")), [2]);
+        let second = page("offset=1&limit=1");
+        assert_eq!(
+            (cids(&second), second["num_connections"].as_u64()),
+            (vec![2], Some(1))
+        );
+        let subs = page("subs=1");
+        assert_eq!(
+            subs["connections"][1]["subscriptions_list"],
+            serde_json::json!(["s.0", "s.1"])
+        );
+        assert!(subs["connections"][0].get("subscriptions_list").is_none());
+        let detail = page("subs=detail");
+        assert_eq!(
+            detail["connections"][2]["subscriptions_list_detail"][0]["cid"],
+            3
+        );
+        assert_eq!(
+            ConnzQuery::parse("sort=bogus"),
+            Err("invalid sorting option: bogus".to_string())
+        );
+    }
 
     #[test]
     fn uptime_reads_like_the_references() {

@@ -148,6 +148,40 @@ async fn varz_and_metrics_count_what_clients_did() {
         assert!(text.contains(expected), "{expected:?} in\n{text}");
     }
 
+    let (connz, by_sender) = tokio::task::spawn_blocking(move || {
+        (
+            get_json(addr, "/connz?subs=1"),
+            get_json(addr, "/connz?sort=msgs_from&limit=1"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(connz["num_connections"], 3);
+    assert_eq!(connz["total"], 3);
+    let conns = connz["connections"].as_array().unwrap();
+    let cids: Vec<u64> = conns.iter().map(|c| c["cid"].as_u64().unwrap()).collect();
+    assert!(
+        cids.windows(2).all(|w| w[0] < w[1]),
+        "sorted by cid: {cids:?}"
+    );
+    let receiver = conns
+        .iter()
+        .find(|c| c["subscriptions_list"] == serde_json::json!(["orders.new"]))
+        .expect("the subscriber's connection lists its subscription");
+    assert_eq!(receiver["out_msgs"], 500);
+    assert_eq!(receiver["out_bytes"], 500 * 100);
+    assert_eq!(receiver["lang"], "rust");
+    let sender = &by_sender["connections"][0];
+    assert_eq!(by_sender["num_connections"], 1);
+    assert_eq!(sender["in_msgs"], 500);
+    assert_eq!(sender["in_bytes"], 500 * 100);
+    assert_eq!(sender["subscriptions"], 0);
+    let (status, _, body) = get(addr, "/connz?sort=bogus");
+    assert_eq!(
+        (status, &body[..]),
+        (400, &b"invalid sorting option: bogus"[..])
+    );
+
     // A subscriber keeps its client's connection: all of them go.
     drop((publisher, listener, idle, sub, _other));
     let v = tokio::task::spawn_blocking(move || varz_until(addr, |v| v["connections"] == 0))
