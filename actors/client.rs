@@ -76,7 +76,7 @@ pub fn spawn(
     let (control_tx, control_rx) = async_channel::unbounded();
     let shared = Arc::new(ClientShared {
         id,
-        out: OutboundQueue::new(ctx.config.max_pending.as_usize()),
+        out: OutboundQueue::new(ctx.config().max_pending.as_usize()),
         control: control_tx.clone(),
         socket: stream.clone().into(),
     });
@@ -84,7 +84,7 @@ pub fn spawn(
     let Some(writer) = spawner.spawn(write_loop(
         stream.clone(),
         shared.clone(),
-        ctx.config.write_deadline.0,
+        ctx.config().write_deadline.0,
     )) else {
         return control_tx;
     };
@@ -254,8 +254,8 @@ impl Client {
         peer: SocketAddr,
     ) -> Self {
         let parser = Parser::new(
-            ctx.config.max_control_line.as_usize(),
-            ctx.config.max_payload.as_usize(),
+            ctx.config().max_control_line.as_usize(),
+            ctx.config().max_payload.as_usize(),
         );
         Client {
             ctx,
@@ -356,7 +356,7 @@ impl Client {
         self.send_info(false);
         self.publisher.flush();
         let mut rbuf = ReadBuf::new();
-        let mut ping = runtime::interval(self.ctx.config.ping_interval.0);
+        let mut ping = runtime::interval(self.ctx.config().ping_interval.0);
         enum Event {
             Read(std::io::Result<usize>),
             Control(Option<Control>),
@@ -413,11 +413,11 @@ impl Client {
                     // Activity within the interval makes a PING unnecessary (as in the
                     // reference); the slack keeps a CONNECT that arrived just after the
                     // timer started from delaying the first PING by a whole interval.
-                    let interval = self.ctx.config.ping_interval.0;
+                    let interval = self.ctx.config().ping_interval.0;
                     if runtime::now().duration_since(self.last_in) < interval.mul_f64(0.9) {
                         continue;
                     }
-                    if self.pings_out + 1 > self.ctx.config.max_pings_out {
+                    if self.pings_out + 1 > self.ctx.config().max_pings_out {
                         return Ended::Error(WireError::StaleConnection);
                     }
                     self.pings_out += 1;
@@ -613,7 +613,7 @@ impl Client {
                 return;
             }
         }
-        let limit = self.ctx.config.max_subscriptions;
+        let limit = self.ctx.config().max_subscriptions;
         if limit > 0 && self.subs.len() >= limit {
             self.send_err(WireError::MaxSubscriptionsExceeded);
             return;
@@ -676,7 +676,7 @@ impl Client {
         }
         self.end_batch();
         self.shared.out.close();
-        let deadline = self.ctx.config.write_deadline.0;
+        let deadline = self.ctx.config().write_deadline.0;
         let _ = runtime::timeout(deadline, writer).await;
         log::debug!("client {} closed: {reason}", self.id());
     }

@@ -58,10 +58,10 @@ pub async fn run(
                 let _ = stream.set_nodelay(true);
                 let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.total_connections.fetch_add(1, Ordering::Relaxed);
-                if clients.len() >= ctx.config.max_connections {
+                if clients.len() >= ctx.config().max_connections {
                     log::warn!(
                         "connection from {peer} refused: max_connections ({}) reached",
-                        ctx.config.max_connections
+                        ctx.config().max_connections
                     );
                     ctx.spawner
                         .spawn_detached(refuse(ctx.clone(), stream, peer, id));
@@ -95,14 +95,19 @@ pub async fn run(
         log::info!(
             "entering lame duck mode: {} clients, grace period {:?}, closing over {:?}",
             clients.len(),
-            ctx.config.lame_duck_grace_period.0,
-            ctx.config.lame_duck_duration.0
+            ctx.config().lame_duck_grace_period.0,
+            ctx.config().lame_duck_duration.0
         );
         for control in clients.values() {
             let _ = control.try_send(Control::LameDuck);
         }
-        wait_for_clients(&mut clients, &gone_rx, ctx.config.lame_duck_grace_period.0).await;
-        close_spread(&mut clients, &gone_rx, ctx.config.lame_duck_duration.0).await;
+        wait_for_clients(
+            &mut clients,
+            &gone_rx,
+            ctx.config().lame_duck_grace_period.0,
+        )
+        .await;
+        close_spread(&mut clients, &gone_rx, ctx.config().lame_duck_duration.0).await;
     } else {
         for control in clients.values() {
             let _ = control.try_send(Control::Close(WireError::ServerShutdown));
@@ -166,6 +171,6 @@ async fn refuse(
     if let Some(text) = WireError::MaxConnectionsExceeded.text() {
         encode::write_err(&mut buf, text);
     }
-    let _ = runtime::timeout(ctx.config.write_deadline.0, stream.write_all(&buf)).await;
+    let _ = runtime::timeout(ctx.config().write_deadline.0, stream.write_all(&buf)).await;
     let _ = stream.close().await;
 }

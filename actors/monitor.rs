@@ -173,7 +173,7 @@ impl Monitor {
                 ),
             },
             "/healthz" => {
-                let configured = self.ctx.config.jetstream.enabled;
+                let configured = self.ctx.config().jetstream.enabled;
                 let (code, body) = monitor::healthz(configured, self.js.is_some());
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
                 reply(status, JSON, body)
@@ -239,7 +239,7 @@ impl Monitor {
     }
 
     fn facts(&self) -> NodeFacts {
-        let c = &self.ctx.config;
+        let c = self.ctx.config();
         let started = runtime::unix_ns(self.ctx.started);
         NodeFacts {
             server_id: self.ctx.server_id.clone(),
@@ -289,7 +289,7 @@ impl Monitor {
 
     fn jetstream(&self) -> Option<JetStreamCounters> {
         let usage = self.js.as_ref()?;
-        let config = &self.ctx.config.jetstream;
+        let config = self.ctx.config();
         let streams = usage
             .streams
             .load()
@@ -302,7 +302,7 @@ impl Monitor {
             })
             .collect();
         Some(JetStreamCounters {
-            store_dir: config.store_dir.display().to_string(),
+            store_dir: config.jetstream.store_dir.display().to_string(),
             max_memory: usage.max_memory,
             max_file: usage.max_file,
             memory: usage.memory.load(Ordering::Relaxed),

@@ -54,7 +54,8 @@ pub struct Stats {
 
 /// What every actor of a node may read: the config, identity, accounts, counters.
 pub struct ServerContext {
-    pub config: Config,
+    /// The running config; a reload swaps it (read it through [`ServerContext::config`]).
+    config: arc_swap::ArcSwap<Config>,
     pub server_id: String,
     pub server_name: String,
     pub client_addr: SocketAddr,
@@ -68,6 +69,12 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
+    /// The config as it is now. Connections take their limits from it when they start
+    /// (so a reload applies to new connections) and their timers on every tick.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     /// The INFO a client sees.
     pub fn info_for(&self, client_id: u64, client_ip: IpAddr) -> ServerInfo {
         ServerInfo {
@@ -78,11 +85,20 @@ impl ServerContext {
             host: self.client_addr.ip().to_string(),
             port: self.client_addr.port(),
             headers: true,
-            max_payload: self.config.max_payload.0,
+            max_payload: self.config().max_payload.0,
             client_id,
             client_ip: client_ip.to_string(),
             ..ServerInfo::default()
         }
+    }
+}
+
+/// Sets the process's log level from the config, unless `RUST_LOG` chose the filter
+/// (the binary sets up its logger to let everything through and filters here, so a
+/// reload can change the level).
+pub fn apply_log_level(level: crate::config::LogLevel) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level.as_filter());
     }
 }
 
@@ -123,7 +139,7 @@ impl Node {
         let spawner = rt.spawner();
         let global = Account::start("$G", &spawner);
         let ctx = Arc::new(ServerContext {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             server_id,
             server_name,
             client_addr,
@@ -135,9 +151,9 @@ impl Node {
         });
         let mut store_closed = None;
         let mut js_usage = None;
-        if ctx.config.jetstream.enabled {
+        if ctx.config().jetstream.enabled {
             let started = runtime::block_on(super::jetstream::start(
-                &ctx.config.jetstream,
+                &ctx.config().jetstream,
                 ctx.global.clone(),
                 spawner.clone(),
                 ctx.server_name.clone(),
@@ -147,7 +163,7 @@ impl Node {
             js_usage = Some(started.usage);
         }
         let (commands, command_rx) = async_channel::unbounded();
-        let monitor_addr = match ctx.config.monitor.addr().map_err(NodeError::Config)? {
+        let monitor_addr = match ctx.config().monitor.addr().map_err(NodeError::Config)? {
             Some(addr) => Some(
                 super::monitor::start(ctx.clone(), addr, js_usage, commands.clone())
                     .map_err(|source| NodeError::Monitor { addr, source })?,
@@ -192,6 +208,38 @@ impl Node {
     /// Node-wide counters.
     pub fn stats(&self) -> &Stats {
         &self.ctx.stats
+    }
+
+    /// Applies a new config to the running node (SIGHUP): the log level at once, the
+    /// client limits to connections opened from now on, ping and write timers to every
+    /// connection at its next tick. What needs a restart (listeners, threads, the
+    /// JetStream store and its limits, monitoring, the server name) must stay as it
+    /// is: a change there refuses the whole reload, and the running config stays.
+    pub fn reload(&self, new: Config) -> Result<(), NodeError> {
+        new.validate(std::path::Path::new("<reloaded config>"))
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let old = self.ctx.config();
+        let fixed = [
+            ("listen", old.listen == new.listen),
+            ("server_name", old.server_name == new.server_name),
+            ("threads", old.threads == new.threads),
+            ("jetstream", old.jetstream == new.jetstream),
+            ("monitor", old.monitor == new.monitor),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(NodeError::Config(format!(
+                "key `{key}` cannot change while the node runs; restart it to apply"
+            )));
+        }
+        // Said before the level changes, so it is seen at the old level.
+        log::info!(
+            "config reloaded (log level {:?} -> {:?})",
+            old.log_level,
+            new.log_level
+        );
+        apply_log_level(new.log_level);
+        self.ctx.config.store(Arc::new(new));
+        Ok(())
     }
 
     /// Stops at once: closes every connection, waits briefly for them to drain.

@@ -65,11 +65,12 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(config.log_level.as_filter().as_str()),
-    )
-    .format_timestamp_millis()
-    .init();
+    // Everything passes the logger's own filter (unless RUST_LOG sets one); the level
+    // is the global maximum, which a reload can change.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
+        .format_timestamp_millis()
+        .init();
+    actors::node::apply_log_level(config.log_level);
     let node = match Node::start(config) {
         Ok(node) => node,
         Err(e) => {
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match actors::signals::run_until_signalled(node) {
+    match actors::signals::run_until_signalled(node, &path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("cannot wait for signals: {e}");

@@ -204,3 +204,81 @@ fn sigterm_enters_lame_duck_mode() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A new connection and the INFO line it got.
+fn first_info(addr: SocketAddr) -> (Raw, String) {
+    let mut raw = Raw {
+        stream: std::net::TcpStream::connect(addr).unwrap(),
+        received: Vec::new(),
+    };
+    assert!(raw.read_until(b"\r\n", Duration::from_secs(5)));
+    let text = raw.text();
+    raw.received.clear();
+    (raw, text)
+}
+
+/// SIGHUP re-reads the file: a new log level and new limits apply (limits to new
+/// connections; a connection that is still allowed stays up), an invalid file or a
+/// change that needs a restart leaves the node running on the config it had.
+#[test]
+fn sighup_reloads_the_config_or_keeps_the_old_one() {
+    let (mut child, addr, dir) = run_node("sighup", "max_payload = \"1MiB\"\n");
+    let path = dir.join("node.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let (mut old, info) = first_info(addr);
+    assert!(info.contains("\"max_payload\":1048576"), "{info}");
+    old.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+    assert!(old.read_until(b"PONG\r\n", Duration::from_secs(5)));
+
+    let reload = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        signal(&child, "-HUP");
+        // The reload is logged; give the node a moment to read the file.
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // Smaller payloads and a quieter log.
+    reload(
+        &original
+            .replace("max_payload = \"1MiB\"", "max_payload = \"1KiB\"")
+            .replace("log_level = \"debug\"", "log_level = \"warn\""),
+    );
+    let (_new, info) = first_info(addr);
+    assert!(
+        info.contains("\"max_payload\":1024"),
+        "new connections: {info}"
+    );
+    old.received.clear();
+    old.send(b"PING\r\n");
+    assert!(
+        old.read_until(b"PONG\r\n", Duration::from_secs(5)),
+        "the old connection stays up"
+    );
+
+    // Not TOML: refused, the node keeps the reloaded config and keeps serving.
+    reload("max_payload = \n");
+    // A key that needs a restart: refused too.
+    reload(&original.replace("127.0.0.1:", "127.0.0.2:"));
+    let (_again, info) = first_info(addr);
+    assert!(
+        info.contains("\"max_payload\":1024"),
+        "still the last good config: {info}"
+    );
+
+    signal(&child, "-INT");
+    wait_exit(&mut child, Duration::from_secs(5)).expect("exits");
+    let stderr = stderr_of(&mut child);
+    assert!(
+        stderr.contains("config reloaded (log level Debug -> Warn)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reload refused"), "{stderr}");
+    assert!(stderr.contains("`listen` cannot change"), "{stderr}");
+    // After the switch to warn, connections are no longer logged at debug.
+    let after = stderr.split("config reloaded").nth(1).unwrap_or_default();
+    assert!(
+        !after.contains("connected from"),
+        "debug lines after warn: {after}"
+    );
+    assert!(stderr.contains("connected from"), "debug before: {stderr}");
+    std::fs::remove_dir_all(dir).ok();
+}
