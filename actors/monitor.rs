@@ -30,7 +30,17 @@ use crate::monitor::{
 use crate::proto::info::COMPAT_VERSION;
 
 /// The endpoints served, in the order `/varz`'s `http_req_stats` lists them.
-const ENDPOINTS: [&str; 6] = ["/", "/connz", "/healthz", "/jsz", "/metrics", "/varz"];
+const ENDPOINTS: [&str; 9] = [
+    "/",
+    "/accountz",
+    "/connz",
+    "/healthz",
+    "/jsz",
+    "/metrics",
+    "/routez",
+    "/subsz",
+    "/varz",
+];
 
 /// How long `/connz` waits for the connections' answers (a busy one may be late; it
 /// is left out rather than holding the page).
@@ -172,6 +182,48 @@ impl Monitor {
                     e.into_bytes(),
                 ),
             },
+            "/routez" => {
+                let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
+                let body = monitor::routez(&self.ctx.server_id, &self.ctx.server_name, &now);
+                reply(StatusCode::OK, JSON, body)
+            }
+            "/accountz" => {
+                let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
+                reply(
+                    StatusCode::OK,
+                    JSON,
+                    monitor::accountz(&self.ctx.server_id, &now),
+                )
+            }
+            "/subsz" => {
+                // The same paging and `subs` parameters as /connz.
+                let q = ConnzQuery::parse(req.uri().query().unwrap_or("")).unwrap_or(ConnzQuery {
+                    offset: 0,
+                    limit: monitor::CONNZ_DEFAULT_LIMIT,
+                    sort: monitor::ConnSort::Cid,
+                    subs: monitor::SubsDetail::None,
+                });
+                let subs = match q.subs {
+                    monitor::SubsDetail::None => None,
+                    _ => Some(
+                        self.connections()
+                            .await
+                            .into_iter()
+                            .flat_map(|c| c.subs)
+                            .collect(),
+                    ),
+                };
+                let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
+                let body = monitor::subsz(
+                    &self.ctx.server_id,
+                    &now,
+                    self.ctx.global.index().len() as u64,
+                    subs,
+                    q.offset,
+                    q.limit,
+                );
+                reply(StatusCode::OK, JSON, body)
+            }
             "/healthz" => {
                 let configured = self.ctx.config().jetstream.enabled;
                 let (code, body) = monitor::healthz(configured, self.js.is_some());

@@ -284,6 +284,69 @@ pub fn connz(
     out.into_bytes()
 }
 
+/// `/routez`. Routes between nodes are not built yet (issue 7): a node has none, and
+/// says so in the reference's shape.
+pub fn routez(server_id: &str, server_name: &str, now: &str) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "server_id": server_id,
+        "server_name": server_name,
+        "now": now,
+        "num_routes": 0,
+        "routes": [],
+    }))
+    .unwrap_or_default()
+}
+
+/// `/accountz`: the accounts (one, `$G`, until auth brings more; no system account).
+pub fn accountz(server_id: &str, now: &str) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "server_id": server_id,
+        "now": now,
+        "accounts": ["$G"],
+    }))
+    .unwrap_or_default()
+}
+
+/// `/subsz`: how many subscriptions the subject index holds and, with `subs=1`, a page
+/// of them (from the connections' snapshots). The reference's match-cache statistics
+/// are not kept here (each publisher has its own cache), so they are not reported.
+pub fn subsz(
+    server_id: &str,
+    now: &str,
+    num_subscriptions: u64,
+    subs: Option<Vec<SubSnapshot>>,
+    offset: usize,
+    limit: usize,
+) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "server_id": server_id,
+        "now": now,
+        "num_subscriptions": num_subscriptions,
+        "total": 0,
+        "offset": offset,
+        "limit": limit,
+    });
+    if let (Some(mut list), Some(map)) = (subs, v.as_object_mut()) {
+        list.sort_by(|a, b| (a.cid, &a.sid).cmp(&(b.cid, &b.sid)));
+        map.insert("total".into(), list.len().into());
+        let page: Vec<serde_json::Value> = list
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|s| {
+                let mut item = serde_json::to_value(&s).unwrap_or_default();
+                if let Some(m) = item.as_object_mut() {
+                    m.insert("account".into(), "$G".into());
+                    m.insert("account_tag".into(), "$G".into());
+                }
+                item
+            })
+            .collect();
+        map.insert("subscriptions_list".into(), page.into());
+    }
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
 /// Go's `time.Duration` string for whole seconds as the reference prints uptimes
 /// (`0s`, `42s`, `3m7s`, `5h0m0s`, `2d3h0m0s`).
 pub fn uptime(secs: u64) -> String {

@@ -176,6 +176,23 @@ async fn varz_and_metrics_count_what_clients_did() {
     assert_eq!(sender["in_msgs"], 500);
     assert_eq!(sender["in_bytes"], 500 * 100);
     assert_eq!(sender["subscriptions"], 0);
+    let subsz = tokio::task::spawn_blocking(move || get_json(addr, "/subsz?subs=1"))
+        .await
+        .unwrap();
+    assert_eq!(subsz["num_subscriptions"], 2);
+    let mut subjects: Vec<&str> = subsz["subscriptions_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["orders.new", "other.>"]);
+    assert_eq!(get_json(addr, "/routez")["num_routes"], 0);
+    assert_eq!(
+        get_json(addr, "/accountz")["accounts"],
+        serde_json::json!(["$G"])
+    );
     let (status, _, body) = get(addr, "/connz?sort=bogus");
     assert_eq!(
         (status, &body[..]),
@@ -259,7 +276,8 @@ async fn jsz_and_metrics_follow_streams() {
 #[test]
 fn varz_keys_match_the_reference() {
     let http_port = free_port();
-    let Some((_reference, _)) = start_reference(&["-m", &http_port.to_string()]) else {
+    let Some((_reference, reference_client)) = start_reference(&["-m", &http_port.to_string()])
+    else {
         return;
     };
     let reference: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
