@@ -272,9 +272,10 @@ async fn jsz_and_metrics_follow_streams() {
 }
 
 /// `/varz` has the reference's keys, but for what only describes the Go build or
-/// features meshbroker does not have (and would have to invent values for).
+/// features meshbroker does not have (and would have to invent values for); so has a
+/// `/connz` connection.
 #[test]
-fn varz_keys_match_the_reference() {
+fn varz_and_connz_keys_match_the_reference() {
     let http_port = free_port();
     let Some((_reference, reference_client)) = start_reference(&["-m", &http_port.to_string()])
     else {
@@ -300,8 +301,28 @@ fn varz_keys_match_the_reference() {
         .into_iter()
         .filter(|k| !reference_only.contains(&k.as_str()))
         .collect();
-    assert_eq!(
-        keys(get_json(node.monitor_addr().unwrap(), "/varz")),
-        theirs
-    );
+    let ours = node.monitor_addr().unwrap();
+    assert_eq!(keys(get_json(ours, "/varz")), theirs);
+
+    // A connection in /connz, the same client on both: the same keys but the round
+    // trip time, which meshbroker does not measure.
+    let connect = |client: SocketAddr| {
+        let mut raw = common::Raw::connect(client);
+        raw.send(
+            b"CONNECT {\"verbose\":false,\"name\":\"k\",\"lang\":\"rust\",\"version\":\"1\"}\r\nSUB a.b 1\r\nPING\r\n",
+        );
+        assert!(raw.read_until(b"PONG\r\n", WAIT));
+        raw
+    };
+    let _their_client = connect(reference_client);
+    let _our_client = connect(node.client_addr());
+    let conn_keys = |addr: SocketAddr| -> Vec<String> {
+        let v = get_json(addr, "/connz?subs=1");
+        keys(v["connections"][0].clone())
+    };
+    let theirs: Vec<String> = conn_keys(reference)
+        .into_iter()
+        .filter(|k| k != "rtt")
+        .collect();
+    assert_eq!(conn_keys(ours), theirs);
 }
