@@ -413,11 +413,12 @@ impl Client {
                     // Activity within the interval makes a PING unnecessary (as in the
                     // reference); the slack keeps a CONNECT that arrived just after the
                     // timer started from delaying the first PING by a whole interval.
-                    let interval = self.ctx.config().ping_interval.0;
+                    let config = self.ctx.config();
+                    let interval = config.ping_interval.0;
                     if runtime::now().duration_since(self.last_in) < interval.mul_f64(0.9) {
                         continue;
                     }
-                    if self.pings_out + 1 > self.ctx.config().max_pings_out {
+                    if self.pings_out + 1 > config.max_pings_out {
                         return Ended::Error(WireError::StaleConnection);
                     }
                     self.pings_out += 1;

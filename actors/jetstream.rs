@@ -184,7 +184,6 @@ impl JetStream {
                     Err(e) => Handled::Error(e),
                 }
             }
-            ApiRequest::Unknown => Handled::Done,
             other => {
                 let Some(name) = other.stream() else {
                     return Handled::Done;
@@ -207,7 +206,6 @@ impl JetStream {
     }
 
     fn account_info(&self) -> AccountInfo {
-        let limit = |v: u64| if v == 0 { -1 } else { v as i64 };
         AccountInfo {
             memory: self.usage.memory.load(Ordering::Relaxed),
             storage: self.usage.storage.load(Ordering::Relaxed),
@@ -216,8 +214,8 @@ impl JetStream {
             streams: self.streams.len() as u64,
             consumers: self.usage.consumers.load(Ordering::Relaxed),
             limits: api::AccountLimits {
-                max_memory: limit(self.limits.max_memory.0),
-                max_storage: limit(self.limits.max_file.0),
+                max_memory: api::limit_or_none(self.limits.max_memory.0),
+                max_storage: api::limit_or_none(self.limits.max_file.0),
                 max_streams: -1,
                 max_consumers: -1,
                 max_ack_pending: -1,

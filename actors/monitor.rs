@@ -197,12 +197,7 @@ impl Monitor {
             }
             "/subsz" => {
                 // The same paging and `subs` parameters as /connz.
-                let q = ConnzQuery::parse(req.uri().query().unwrap_or("")).unwrap_or(ConnzQuery {
-                    offset: 0,
-                    limit: monitor::CONNZ_DEFAULT_LIMIT,
-                    sort: monitor::ConnSort::Cid,
-                    subs: monitor::SubsDetail::None,
-                });
+                let q = ConnzQuery::parse(req.uri().query().unwrap_or("")).unwrap_or_default();
                 let subs = match q.subs {
                     monitor::SubsDetail::None => None,
                     _ => Some(

@@ -142,16 +142,22 @@ pub enum ConnSort {
 /// The connections one `/connz` page shows by default.
 pub const CONNZ_DEFAULT_LIMIT: usize = 1024;
 
-impl ConnzQuery {
-    /// Parses a query string (`offset=…&limit=…&sort=…&subs=1|detail`); an unknown sort
-    /// is refused with the reference's message, other unknown parameters are ignored.
-    pub fn parse(query: &str) -> Result<ConnzQuery, String> {
-        let mut q = ConnzQuery {
+impl Default for ConnzQuery {
+    fn default() -> Self {
+        ConnzQuery {
             offset: 0,
             limit: CONNZ_DEFAULT_LIMIT,
             sort: ConnSort::Cid,
             subs: SubsDetail::None,
-        };
+        }
+    }
+}
+
+impl ConnzQuery {
+    /// Parses a query string (`offset=…&limit=…&sort=…&subs=1|detail`); an unknown sort
+    /// is refused with the reference's message, other unknown parameters are ignored.
+    pub fn parse(query: &str) -> Result<ConnzQuery, String> {
+        let mut q = ConnzQuery::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -414,21 +420,11 @@ struct JetStreamLimits {
     default_max_consumers: u64,
 }
 
-/// A limit in bytes, or -1 for none. (Without a configured limit the reference prints
-/// a size it derived from the machine; we have no such limit and say so.)
-fn limit(v: u64) -> i64 {
-    if v == 0 {
-        -1
-    } else {
-        v as i64
-    }
-}
-
 impl JetStreamCounters {
     fn config(&self) -> JetStreamConfigz<'_> {
         JetStreamConfigz {
-            max_memory: limit(self.max_memory),
-            max_storage: limit(self.max_file),
+            max_memory: crate::jetstream::api::limit_or_none(self.max_memory),
+            max_storage: crate::jetstream::api::limit_or_none(self.max_file),
             store_dir: &self.store_dir,
             sync_always: true,
             strict: true,

@@ -172,18 +172,19 @@ fn publish_window(
     size: usize,
     window: u64,
 ) -> BenchResult<f64> {
-    let mut publisher = connect(addr)?;
-    let inbox = format!("_INBOX.bench{}", fastrand::u64(..));
-    let mut frame = Vec::new();
-    encode::write_sub(&mut frame, format!("{inbox}.*").as_bytes(), None, b"1");
-    publisher.write_all(&frame).map_err(|e| e.to_string())?;
-    sync(&mut publisher)?;
+    // A requester's connection and inbox; its reader goes to the ack-counting thread.
+    let Requester {
+        stream: mut publisher,
+        reader: ack_reader,
+        inbox,
+        ..
+    } = Requester::connect(addr)?;
 
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let failure = Arc::new(Mutex::new(None::<String>));
     let reader = {
-        let mut reader = MsgReader::keeping_data(publisher.try_clone().map_err(|e| e.to_string())?);
+        let mut reader = ack_reader;
         let (acked, failed, failure) = (acked.clone(), failed.clone(), failure.clone());
         std::thread::spawn(move || loop {
             let outcome = match reader.next() {

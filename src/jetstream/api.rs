@@ -227,6 +227,17 @@ impl StreamInfo {
     }
 }
 
+/// A configured byte limit as the API reports it: the bytes, or -1 for none (0 in our
+/// config). Without a limit the reference's monitoring prints a size it derived from
+/// the machine; we have no such limit and say so.
+pub fn limit_or_none(v: u64) -> i64 {
+    if v == 0 {
+        -1
+    } else {
+        v as i64
+    }
+}
+
 /// Subjects STREAM.INFO lists at most in `state.subjects` (its paging `limit`).
 pub const STREAM_INFO_SUBJECTS_LIMIT: u64 = 100_000;
 
