@@ -100,6 +100,12 @@ async fn varz_and_metrics_count_what_clients_did() {
     let _other = idle.subscribe("other.>").await.unwrap();
     listener.flush().await.unwrap();
     idle.flush().await.unwrap();
+    // `flush` only empties the clients' buffers: publish once the node counts both
+    // subscriptions (the count is read from the index publishers match against).
+    let v = tokio::task::spawn_blocking(move || varz_until(addr, |v| v["subscriptions"] == 2))
+        .await
+        .unwrap();
+    assert_eq!(v["subscriptions"], 2);
     let payload = bytes::Bytes::from(vec![b'x'; 100]);
     for _ in 0..500 {
         publisher
