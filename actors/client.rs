@@ -23,9 +23,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
 use super::node::ServerContext;
 use super::outbound::{OutboundQueue, Wake};
-use super::publish::{Message, Publisher, Subscription};
+use super::publish::{Message, Publisher, ReplyLog, Subscription};
 use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
+use crate::auth::{Authenticator, Grant, Permissions};
 use crate::monitor::{ConnSnapshot, SubSnapshot};
 use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
 use crate::subject;
@@ -42,6 +43,9 @@ pub enum Control {
     LameDuck,
     /// Monitoring asks what this connection is and did.
     Snapshot(async_channel::Sender<ConnSnapshot>),
+    /// The authorization config changed: check the credentials again, apply the new
+    /// permissions (dropping subscriptions they no longer allow), or close.
+    Reauthorize,
 }
 
 /// The part of a client connection that publishers and subscriptions reach.
@@ -122,6 +126,48 @@ async fn write_loop(stream: TcpStream, shared: Arc<ClientShared>, deadline: Dura
     let _ = stream.close().await;
     // Also ends a read the actor may be waiting on.
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Subjects whose publish permission a connection remembers.
+const PUBLISH_CACHE_MAX: usize = 1024;
+
+/// The reference's text for a refused subscription.
+fn subscribe_violation(subject: &[u8], queue: Option<&[u8]>) -> String {
+    let subject = String::from_utf8_lossy(subject);
+    match queue {
+        Some(q) => format!(
+            "Permissions Violation for Subscription to \"{subject}\" using queue \"{}\"",
+            String::from_utf8_lossy(q)
+        ),
+        None => format!("Permissions Violation for Subscription to \"{subject}\""),
+    }
+}
+
+/// A fresh nonce for INFO: 11 random bytes, base64url without padding (15 characters),
+/// as the reference makes them.
+fn new_nonce() -> String {
+    use base64::Engine;
+    let mut raw = [0u8; 11];
+    if getrandom::fill(&mut raw).is_err() {
+        // No system randomness: a nonce from a seeded generator still differs per
+        // connection, which is what a replayed signature needs to fail.
+        fastrand::fill(&mut raw);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Checks credentials, on the blocking pool when bcrypt is involved (it is slow on
+/// purpose and would stall every connection sharing this executor thread).
+async fn check_credentials(
+    auth: Arc<Authenticator>,
+    opts: ConnectOptions,
+    nonce: String,
+) -> Result<Grant, crate::auth::AuthError> {
+    if auth.is_slow(&opts) {
+        blocking::unblock(move || auth.authenticate(&opts, &nonce)).await
+    } else {
+        auth.authenticate(&opts, &nonce)
+    }
 }
 
 /// Why a connection ended.
@@ -233,6 +279,18 @@ struct Client {
     /// Changes sent to the router without waiting for them to be applied.
     unsynced: bool,
     publisher: Publisher,
+    /// Sent in INFO for nkey users to sign; empty when none are configured.
+    nonce: String,
+    /// Until CONNECT is accepted: when the connection is closed for not sending it.
+    auth_deadline: Option<Instant>,
+    /// The authenticated user (for logs and monitoring).
+    user: Option<String>,
+    permissions: Arc<Permissions>,
+    /// Publish permission answers by subject (permissions are checked once per
+    /// subject, not once per message).
+    publish_allowed: HashMap<Box<[u8]>, bool>,
+    /// Requests received that this client may answer (`allow_responses`).
+    replies: Option<Arc<ReplyLog>>,
     pings_out: u32,
     last_in: Instant,
     in_msgs: u64,
@@ -269,6 +327,12 @@ impl Client {
             changes: Vec::new(),
             unsynced: false,
             publisher: Publisher::default(),
+            nonce: String::new(),
+            auth_deadline: None,
+            user: None,
+            permissions: Arc::new(Permissions::all()),
+            publish_allowed: HashMap::new(),
+            replies: None,
             pings_out: 0,
             last_in: runtime::now(),
             in_msgs: 0,
@@ -331,6 +395,7 @@ impl Client {
 
     fn send_info(&mut self, after_connect: bool) {
         let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+        info.nonce = self.nonce.clone();
         if after_connect {
             info.connect_info = true;
             info.remote_account = self.account.name.clone();
@@ -353,6 +418,13 @@ impl Client {
     async fn run(&mut self, stream: TcpStream, control: async_channel::Receiver<Control>) -> Ended {
         let mut stream = stream;
         log::debug!("client {} connected from {}", self.id(), self.peer);
+        let auth = self.ctx.auth();
+        if auth.required() {
+            self.auth_deadline = Some(runtime::now() + auth.timeout());
+            if auth.wants_nonce() {
+                self.nonce = new_nonce();
+            }
+        }
         self.send_info(false);
         self.publisher.flush();
         let mut rbuf = ReadBuf::new();
@@ -361,6 +433,7 @@ impl Client {
             Read(std::io::Result<usize>),
             Control(Option<Control>),
             Tick,
+            AuthTimeout,
         }
         loop {
             let event = {
@@ -370,9 +443,31 @@ impl Client {
                     ping.next().await;
                     Event::Tick
                 };
-                futures_lite::future::or(ctl, futures_lite::future::or(read, tick)).await
+                let deadline = self.auth_deadline;
+                let auth_timeout = async move {
+                    match deadline {
+                        Some(at) => {
+                            runtime::sleep(at.saturating_duration_since(runtime::now())).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                    Event::AuthTimeout
+                };
+                futures_lite::future::or(
+                    ctl,
+                    futures_lite::future::or(read, futures_lite::future::or(tick, auth_timeout)),
+                )
+                .await
             };
             match event {
+                Event::AuthTimeout => {
+                    log::debug!(
+                        "client {} ({}): authentication timeout",
+                        self.id(),
+                        self.peer
+                    );
+                    return Ended::Error(WireError::AuthenticationTimeout);
+                }
                 Event::Read(Ok(0)) => return Ended::ClientClosed,
                 Event::Read(Err(_)) => return Ended::ReadError,
                 Event::Read(Ok(n)) => {
@@ -401,6 +496,12 @@ impl Client {
                     }
                     Control::Snapshot(reply) => {
                         let _ = reply.try_send(self.snapshot());
+                    }
+                    Control::Reauthorize => {
+                        if let Err(e) = self.reauthorize().await {
+                            return Ended::Error(e);
+                        }
+                        self.end_batch();
                     }
                     Control::LameDuck => {
                         let mut info = self.ctx.info_for(self.id(), self.peer.ip());
@@ -484,6 +585,21 @@ impl Client {
     }
 
     async fn handle(&mut self, op: Op<'_>) -> Result<(), WireError> {
+        if self.auth_deadline.is_some() && !matches!(op, Op::Connect(_)) {
+            // Only CONNECT may come first where auth is required, unless clients
+            // without credentials are let in as `no_auth_user` (the reference's rule).
+            match self.ctx.auth().anonymous() {
+                Some(grant) => self.accept(grant),
+                None => {
+                    log::error!(
+                        "{} - cid:{} - authentication error: operation before CONNECT",
+                        self.peer,
+                        self.id()
+                    );
+                    return Err(WireError::AuthorizationViolation);
+                }
+            }
+        }
         match op {
             Op::Pub {
                 subject,
@@ -504,7 +620,7 @@ impl Client {
                     self.send_err(WireError::InvalidPublishSubject);
                 }
                 self.ok();
-                if valid {
+                if valid && self.may_publish(subject) {
                     self.sync_subscriptions().await;
                     self.publish(&Message {
                         subject,
@@ -538,7 +654,7 @@ impl Client {
             Op::Pong => {
                 self.pings_out = 0;
             }
-            Op::Connect(json) => self.connect(json)?,
+            Op::Connect(json) => self.connect(json).await?,
             // What a client may send but the server ignores, as the reference does.
             Op::Info(_) | Op::Ok => {}
             Op::Err(_) => return Err(WireError::ProtocolViolation),
@@ -547,7 +663,7 @@ impl Client {
         Ok(())
     }
 
-    fn connect(&mut self, json: &[u8]) -> Result<(), WireError> {
+    async fn connect(&mut self, json: &[u8]) -> Result<(), WireError> {
         let Some(opts) = ConnectOptions::parse(json) else {
             log::debug!("client {}: malformed CONNECT", self.id());
             return Err(WireError::ProtocolViolation);
@@ -565,11 +681,116 @@ impl Client {
             opts.lang.as_deref().unwrap_or(""),
             opts.version.as_deref().unwrap_or("")
         );
+        let auth = self.ctx.auth();
+        let grant = match check_credentials(auth, opts.clone(), self.nonce.clone()).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                log::error!(
+                    "{} - cid:{} - authentication error - {e}",
+                    self.peer,
+                    self.id()
+                );
+                return Err(WireError::AuthorizationViolation);
+            }
+        };
+        self.accept(grant);
         // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
         self.connect_info_due = opts.protocol >= 1;
         self.opts = opts;
         self.ok();
         Ok(())
+    }
+
+    /// The connection is authenticated as `grant`: its permissions apply from now on.
+    fn accept(&mut self, grant: Grant) {
+        self.auth_deadline = None;
+        self.user = grant.user;
+        self.replies = grant
+            .permissions
+            .responses()
+            .map(|permission| Arc::new(ReplyLog::new(permission)));
+        self.permissions = grant.permissions;
+        self.publish_allowed.clear();
+    }
+
+    /// Checks this connection against a reloaded authorization config: closes it if its
+    /// credentials no longer pass, otherwise applies the new permissions, dropping the
+    /// subscriptions they no longer allow.
+    async fn reauthorize(&mut self) -> Result<(), WireError> {
+        if self.auth_deadline.is_some() {
+            // Not authenticated yet: the new config applies to its CONNECT.
+            return Ok(());
+        }
+        let auth = self.ctx.auth();
+        let grant = match check_credentials(auth, self.opts.clone(), self.nonce.clone()).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                log::error!(
+                    "{} - cid:{} - authentication error after reload - {e}",
+                    self.peer,
+                    self.id()
+                );
+                return Err(WireError::AuthorizationViolation);
+            }
+        };
+        self.accept(grant);
+        let refused: Vec<Arc<Subscription>> = self
+            .subs
+            .values()
+            .filter(|s| {
+                !self
+                    .permissions
+                    .can_subscribe(&s.subject, s.queue.as_deref())
+            })
+            .cloned()
+            .collect();
+        for sub in refused {
+            let text = format!(
+                "{} (sid \"{}\")",
+                subscribe_violation(&sub.subject, sub.queue.as_deref()),
+                String::from_utf8_lossy(&sub.sid)
+            );
+            log::info!(
+                "{} - cid:{} - removed subscription: {text}",
+                self.peer,
+                self.id()
+            );
+            self.send(|buf| encode::write_err(buf, &text));
+            self.remove_sub(&sub.sid);
+        }
+        // Subscriptions that stay keep their old deny filters and reply log; new
+        // ones get the new permissions'.
+        Ok(())
+    }
+
+    /// May this connection publish to `subject`? Sends the violation if not.
+    fn may_publish(&mut self, subject: &[u8]) -> bool {
+        if self.permissions.is_unrestricted() {
+            return true;
+        }
+        let allowed = match self.publish_allowed.get(subject) {
+            Some(&allowed) => allowed,
+            None => {
+                let allowed = self.permissions.can_publish(subject);
+                if self.publish_allowed.len() >= PUBLISH_CACHE_MAX {
+                    self.publish_allowed.clear();
+                }
+                self.publish_allowed.insert(subject.into(), allowed);
+                allowed
+            }
+        };
+        if allowed || self.replies.as_ref().is_some_and(|r| r.admit(subject)) {
+            return true;
+        }
+        let subject = String::from_utf8_lossy(subject);
+        log::error!(
+            "{} - cid:{} - Publish Violation - Subject {subject:?}",
+            self.peer,
+            self.id()
+        );
+        let text = format!("Permissions Violation for Publish to \"{subject}\"");
+        self.send(|buf| encode::write_err(buf, &text));
+        false
     }
 
     fn publish(&mut self, msg: &Message<'_>) {
@@ -619,15 +840,26 @@ impl Client {
             self.send_err(WireError::MaxSubscriptionsExceeded);
             return;
         }
+        if !self.permissions.can_subscribe(subject, queue) {
+            let text = subscribe_violation(subject, queue);
+            log::error!("{} - cid:{} - {text}", self.peer, self.id());
+            self.send(|buf| encode::write_err(buf, &text));
+            return;
+        }
         // A sid already in use is ignored, as by the reference.
         if !self.subs.contains_key(sid) {
-            let sub = Arc::new(Subscription::for_client(
+            let mut sub = Subscription::for_client(
                 self.shared.clone(),
                 subject,
                 queue,
                 sid,
                 self.opts.headers,
-            ));
+            );
+            if !self.permissions.is_unrestricted() {
+                sub.deny = self.permissions.delivery_deny(subject).into();
+                sub.replies = self.replies.clone();
+            }
+            let sub = Arc::new(sub);
             self.subs.insert(sid.into(), sub.clone());
             self.changes.push(SubChange::Add(sub));
         }

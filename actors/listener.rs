@@ -23,6 +23,8 @@ pub enum Command {
     LameDuck,
     /// The control channels of the clients connected now (for monitoring).
     Clients(async_channel::Sender<Vec<async_channel::Sender<Control>>>),
+    /// The authorization config changed: every client checks itself against it.
+    Reauthorize,
 }
 
 /// How long a shutdown waits for connections to drain their last bytes.
@@ -84,6 +86,11 @@ pub async fn run(
             }
             Event::Command(Some(Command::Clients(reply))) => {
                 let _ = reply.try_send(clients.values().cloned().collect());
+            }
+            Event::Command(Some(Command::Reauthorize)) => {
+                for client in clients.values() {
+                    let _ = client.try_send(Control::Reauthorize);
+                }
             }
             Event::Command(Some(Command::LameDuck)) => break true,
             Event::Command(Some(Command::Shutdown)) | Event::Command(None) => break false,

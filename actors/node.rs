@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::listener::{self, Command};
 use super::router::Account;
 use super::runtime::{self, Runtime, Spawner, Task};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::{COMPAT_VERSION, PROTO};
 use crate::proto::ServerInfo;
@@ -66,6 +67,9 @@ pub struct ServerContext {
     pub spawner: Spawner,
     /// When the node started (for uptime and monitoring).
     pub started: std::time::SystemTime,
+    /// Client authentication, compiled from the config's `[authorization]`; a reload
+    /// swaps it together with the config.
+    auth: arc_swap::ArcSwap<Authenticator>,
 }
 
 impl ServerContext {
@@ -73,6 +77,11 @@ impl ServerContext {
     /// (so a reload applies to new connections) and their timers on every tick.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// Client authentication as configured now.
+    pub fn auth(&self) -> Arc<Authenticator> {
+        self.auth.load_full()
     }
 
     /// The INFO a client sees.
@@ -86,11 +95,32 @@ impl ServerContext {
             port: self.client_addr.port(),
             headers: true,
             max_payload: self.config().max_payload.0,
+            auth_required: self.auth.load().advertised(),
             client_id,
             client_ip: client_ip.to_string(),
             ..ServerInfo::default()
         }
     }
+}
+
+/// Builds the authenticator (the config was validated: this only fails on a bug) and
+/// warns where the setup is weak.
+fn compile_auth(config: &Config) -> Result<Authenticator, NodeError> {
+    let auth = Authenticator::new(&config.authorization)
+        .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
+    if auth.has_plain_passwords() {
+        log::warn!(
+            "plain-text passwords or tokens in [authorization]: prefer bcrypt hashes or nkeys"
+        );
+    }
+    let loopback = config.listen_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !auth.required() && !loopback {
+        log::warn!(
+            "the client listener {} is not on loopback and [authorization] is empty: anyone who reaches it can connect",
+            config.listen
+        );
+    }
+    Ok(auth)
 }
 
 /// Sets the process's log level from the config, unless `RUST_LOG` chose the filter
@@ -138,7 +168,9 @@ impl Node {
             .map_err(NodeError::Runtime)?;
         let spawner = rt.spawner();
         let global = Account::start("$G", &spawner);
+        let auth = compile_auth(&config)?;
         let ctx = Arc::new(ServerContext {
+            auth: arc_swap::ArcSwap::from_pointee(auth),
             config: arc_swap::ArcSwap::from_pointee(config),
             server_id,
             server_name,
@@ -237,8 +269,13 @@ impl Node {
             old.log_level,
             new.log_level
         );
+        let auth = compile_auth(&new)?;
         apply_log_level(new.log_level);
+        self.ctx.auth.store(Arc::new(auth));
         self.ctx.config.store(Arc::new(new));
+        // Every connection checks its credentials and permissions against the new
+        // configuration: refused ones are closed, shrunk ones enforced.
+        let _ = self.commands.try_send(Command::Reauthorize);
         Ok(())
     }
 

@@ -11,14 +11,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::client::{ClientShared, Control};
 use super::outbound::{FlushSet, PushError};
 use super::router::{Account, Index};
+use crate::auth::permissions::{ReplyGrant, ResponsePermission};
 use crate::proto::{encode, WireError};
+use crate::subject;
 use crate::subject_index::MatchResult;
 
 /// Who receives what a subscription matches.
@@ -75,6 +78,58 @@ pub struct Subscription {
     pub(super) max: AtomicU64,
     pub(super) delivered: AtomicU64,
     closed: AtomicBool,
+    /// Subjects the owner may not receive although this (wildcard) subscription
+    /// matches them: its subscribe-deny permissions.
+    pub deny: Box<[Box<[u8]>]>,
+    /// Where the reply subjects of delivered messages are noted, when the owner may
+    /// answer requests its publish permissions would otherwise refuse.
+    pub replies: Option<Arc<ReplyLog>>,
+}
+
+/// The reply subjects a client received and may answer (`allow_responses`): filled
+/// by publishers as they deliver, consulted by the client when it publishes.
+pub struct ReplyLog {
+    permission: ResponsePermission,
+    grants: Mutex<HashMap<Box<[u8]>, ReplyGrant>>,
+}
+
+/// Entries kept before expired ones are pruned.
+const REPLY_LOG_PRUNE_AT: usize = 4096;
+
+impl ReplyLog {
+    pub fn new(permission: ResponsePermission) -> Self {
+        ReplyLog {
+            permission,
+            grants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, ReplyGrant>> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note(&self, reply: &[u8]) {
+        let now = Instant::now();
+        let mut grants = self.grants();
+        if grants.len() >= REPLY_LOG_PRUNE_AT {
+            grants.retain(|_, g| !self.permission.expired(g, now));
+        }
+        grants.insert(reply.into(), ReplyGrant::new(now));
+    }
+
+    /// May the owner publish to `reply` now? Counts the answer if so.
+    pub fn admit(&self, reply: &[u8]) -> bool {
+        let now = Instant::now();
+        let mut grants = self.grants();
+        let Some(grant) = grants.get_mut(reply) else {
+            return false;
+        };
+        let admitted = self.permission.admit(grant, now);
+        if !admitted {
+            grants.remove(reply);
+        }
+        admitted
+    }
 }
 
 impl PartialEq for Subscription {
@@ -100,6 +155,8 @@ impl Subscription {
             max: AtomicU64::new(u64::MAX),
             delivered: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            deny: Box::default(),
+            replies: None,
         }
     }
 
@@ -113,6 +170,8 @@ impl Subscription {
             max: AtomicU64::new(u64::MAX),
             delivered: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            deny: Box::default(),
+            replies: None,
         }
     }
 
@@ -150,6 +209,9 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
     if sub.is_closed() {
         return false;
     }
+    if !sub.deny.is_empty() && sub.deny.iter().any(|d| subject::matches(d, msg.subject)) {
+        return false;
+    }
     // Every delivery counts, so an UNSUB with a maximum counts earlier ones too.
     let n = sub.delivered.fetch_add(1, Ordering::AcqRel) + 1;
     let max = sub.max.load(Ordering::Acquire);
@@ -173,6 +235,9 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
     };
     if n == max {
         client.tell(Control::AutoUnsubscribed(sub.clone()));
+    }
+    if let (Some(log), Some(reply)) = (&sub.replies, msg.reply) {
+        log.note(reply);
     }
     let (headers, data) = match msg.headers {
         Some(h) if !sub.headers => (None, msg.data.get(h..).unwrap_or_default()),

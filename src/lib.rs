@@ -5,6 +5,7 @@
 //! [`actors`]) drives it with real sockets, timers and mailboxes. Programs that embed a
 //! node use [`Node`].
 
+pub mod auth;
 pub mod config;
 pub mod jetstream;
 pub mod monitor;

@@ -1,0 +1,528 @@
+//! Client authentication: who a CONNECT says it is, checked against `[authorization]`.
+//!
+//! [`Authenticator`] is built once per configuration (a reload builds a new one) and
+//! answers one question: given the CONNECT options and the nonce the server sent in
+//! INFO, which user is this and what may it do ([`Grant`])? It holds secrets, so
+//! neither it nor its errors ever print a password, token or signature.
+
+pub mod permissions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthorizationConfig, PermissionsConfig, Secret, DEFAULT_AUTH_TIMEOUT};
+use crate::proto::info::ConnectOptions;
+pub use permissions::Permissions;
+
+/// A configuration mistake, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+/// Why a client was refused. The text names the user or nkey, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials")]
+    NoCredentials,
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("wrong password for user {0:?}")]
+    WrongPassword(String),
+    #[error("wrong token")]
+    WrongToken,
+    #[error("unknown nkey {0}")]
+    UnknownNkey(String),
+    #[error("nkey {0}: signature missing or not valid for the nonce")]
+    BadSignature(String),
+}
+
+/// A stored password or token: plain text (compared in constant time) or a bcrypt
+/// hash.
+#[derive(Clone)]
+enum Password {
+    Plain(Secret),
+    Bcrypt(Secret),
+}
+
+impl Password {
+    fn new(secret: &Secret) -> Password {
+        if is_bcrypt(&secret.0) {
+            Password::Bcrypt(secret.clone())
+        } else {
+            Password::Plain(secret.clone())
+        }
+    }
+
+    fn check(&self, given: Option<&str>) -> bool {
+        let given = given.unwrap_or_default();
+        match self {
+            Password::Plain(p) => bool::from(p.0.as_bytes().ct_eq(given.as_bytes())),
+            Password::Bcrypt(hash) => bcrypt::verify(given, &hash.0).unwrap_or(false),
+        }
+    }
+
+    /// bcrypt is slow on purpose: callers run it off the executor threads.
+    fn is_slow(&self) -> bool {
+        matches!(self, Password::Bcrypt(_))
+    }
+}
+
+/// `$2a$10$…` and its siblings (`$2b$`, `$2x$`, `$2y$`), as the reference detects them.
+fn is_bcrypt(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() > 7
+        && b.starts_with(b"$2")
+        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && b[3] == b'$'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+}
+
+/// A user who may connect, with what it may do.
+#[derive(Clone)]
+struct Account {
+    name: String,
+    password: Option<Password>,
+    permissions: Arc<Permissions>,
+}
+
+impl Account {
+    fn grant(&self) -> Grant {
+        Grant {
+            user: Some(self.name.clone()),
+            permissions: self.permissions.clone(),
+        }
+    }
+}
+
+/// Who a connection is, once accepted.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The user name or nkey (for logs and monitoring); `None` on an open node.
+    pub user: Option<String>,
+    pub permissions: Arc<Permissions>,
+}
+
+/// The authentication configuration, compiled.
+#[derive(Clone, Default)]
+pub struct Authenticator {
+    /// No authentication configured: every client is accepted with all permissions.
+    open: bool,
+    users: HashMap<String, Account>,
+    nkeys: HashMap<String, Account>,
+    token: Option<(Password, Arc<Permissions>)>,
+    no_auth_user: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("open", &self.open)
+            .field("users", &self.users.len())
+            .field("nkeys", &self.nkeys.len())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Compiles and checks `[authorization]`.
+    pub fn new(config: &AuthorizationConfig) -> Result<Authenticator, AuthConfigError> {
+        let err = |key: &'static str, reason: String| AuthConfigError { key, reason };
+        let compile = |key: &'static str, p: Option<&PermissionsConfig>| {
+            p.map(Permissions::from_config)
+                .transpose()
+                .map(|p| Arc::new(p.unwrap_or_else(Permissions::all)))
+                .map_err(|reason| err(key, reason))
+        };
+        let defaults = compile(
+            "authorization.default_permissions",
+            config.default_permissions.as_ref(),
+        )?;
+        let mut auth = Authenticator {
+            open: true,
+            timeout: config.timeout.map_or(DEFAULT_AUTH_TIMEOUT, |d| d.0),
+            ..Authenticator::default()
+        };
+        if auth.timeout.is_zero() {
+            return Err(err("authorization.timeout", "must be more than 0".into()));
+        }
+        match (&config.user, &config.password) {
+            (Some(user), Some(password)) => {
+                if !config.users.is_empty() {
+                    return Err(err(
+                        "authorization.user",
+                        "a single user and a users list cannot be combined; add the user to the list".into(),
+                    ));
+                }
+                auth.users.insert(
+                    user.clone(),
+                    Account {
+                        name: user.clone(),
+                        password: Some(Password::new(password)),
+                        permissions: defaults.clone(),
+                    },
+                );
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(err(
+                    "authorization.password",
+                    "a user needs a password".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err("authorization.user", "a password needs a user".into()))
+            }
+        }
+        if let Some(token) = &config.token {
+            if config.user.is_some() || !config.users.is_empty() {
+                return Err(err(
+                    "authorization.token",
+                    "a token cannot be combined with users".into(),
+                ));
+            }
+            if token.0.is_empty() {
+                return Err(err("authorization.token", "must not be empty".into()));
+            }
+            auth.token = Some((Password::new(token), defaults.clone()));
+        }
+        for (i, user) in config.users.iter().enumerate() {
+            let permissions = match &user.permissions {
+                Some(_) => compile("authorization.users.permissions", user.permissions.as_ref())?,
+                None => defaults.clone(),
+            };
+            match (&user.user, &user.nkey) {
+                (Some(name), None) => {
+                    if name.is_empty() {
+                        return Err(err(
+                            "authorization.users.user",
+                            format!("entry {i}: empty user name"),
+                        ));
+                    }
+                    let account = Account {
+                        name: name.clone(),
+                        password: user.password.as_ref().map(Password::new),
+                        permissions,
+                    };
+                    if auth.users.insert(name.clone(), account).is_some() {
+                        return Err(err(
+                            "authorization.users.user",
+                            format!("user {name:?} is listed twice"),
+                        ));
+                    }
+                }
+                (None, Some(nkey)) => {
+                    if user.password.is_some() {
+                        return Err(err(
+                            "authorization.users.password",
+                            format!("entry {i}: an nkey user has no password"),
+                        ));
+                    }
+                    if !(nkey.starts_with('U') && nkeys::KeyPair::from_public_key(nkey).is_ok()) {
+                        return Err(err(
+                            "authorization.users.nkey",
+                            format!("entry {i}: {nkey:?} is not a user public nkey (U…)"),
+                        ));
+                    }
+                    let account = Account {
+                        name: nkey.clone(),
+                        password: None,
+                        permissions,
+                    };
+                    if auth.nkeys.insert(nkey.clone(), account).is_some() {
+                        return Err(err(
+                            "authorization.users.nkey",
+                            format!("nkey {nkey} is listed twice"),
+                        ));
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "authorization.users",
+                        format!("entry {i}: give either a user or an nkey, not both"),
+                    ))
+                }
+                (None, None) => {
+                    return Err(err(
+                        "authorization.users",
+                        format!("entry {i}: needs a user or an nkey"),
+                    ))
+                }
+            }
+        }
+        if let Some(name) = &config.no_auth_user {
+            let listed = auth.users.contains_key(name) || auth.nkeys.contains_key(name);
+            if !listed || config.user.is_some() {
+                return Err(err(
+                    "authorization.no_auth_user",
+                    format!("{name:?} is not in authorization.users"),
+                ));
+            }
+            auth.no_auth_user = Some(name.clone());
+        }
+        auth.open = auth.users.is_empty() && auth.nkeys.is_empty() && auth.token.is_none();
+        Ok(auth)
+    }
+
+    /// Must clients authenticate (`auth_required` in INFO)?
+    pub fn required(&self) -> bool {
+        !self.open
+    }
+
+    /// `auth_required` in INFO: not when clients without credentials are let in as
+    /// `no_auth_user` (the reference's rule; CONNECT is still awaited).
+    pub fn advertised(&self) -> bool {
+        !self.open && self.no_auth_user.is_none()
+    }
+
+    /// The grant of a client that sends no credentials, if there is one.
+    pub fn anonymous(&self) -> Option<Grant> {
+        if self.open {
+            return Some(Grant {
+                user: None,
+                permissions: Arc::new(Permissions::all()),
+            });
+        }
+        let name = self.no_auth_user.as_ref()?;
+        self.users
+            .get(name)
+            .or_else(|| self.nkeys.get(name))
+            .map(Account::grant)
+    }
+
+    /// Are some passwords or tokens stored as plain text (worth a warning)?
+    pub fn has_plain_passwords(&self) -> bool {
+        let plain = |p: &Password| matches!(p, Password::Plain(_));
+        self.users
+            .values()
+            .filter_map(|a| a.password.as_ref())
+            .any(plain)
+            || self.token.as_ref().is_some_and(|(t, _)| plain(t))
+    }
+
+    /// Do clients need a nonce to sign (nkey users configured)?
+    pub fn wants_nonce(&self) -> bool {
+        !self.nkeys.is_empty()
+    }
+
+    /// How long a new connection has to send a valid CONNECT.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Would checking these options run bcrypt (slow: run it off the executor)?
+    pub fn is_slow(&self, opts: &ConnectOptions) -> bool {
+        let user_slow = opts
+            .user
+            .as_ref()
+            .and_then(|u| self.users.get(u))
+            .and_then(|a| a.password.as_ref())
+            .is_some_and(Password::is_slow);
+        let token_slow = self.token.as_ref().is_some_and(|(t, _)| t.is_slow());
+        user_slow || token_slow
+    }
+
+    /// Who the client is, given its CONNECT options and the nonce sent in INFO.
+    pub fn authenticate(&self, opts: &ConnectOptions, nonce: &str) -> Result<Grant, AuthError> {
+        if self.open {
+            return self.anonymous().ok_or(AuthError::NoCredentials);
+        }
+        let grant = Account::grant;
+        if let Some(nkey) = &opts.nkey {
+            let Some(account) = self.nkeys.get(nkey) else {
+                return Err(AuthError::UnknownNkey(nkey.clone()));
+            };
+            if verify_signature(nkey, nonce, opts.sig.as_deref()) {
+                return Ok(grant(account));
+            }
+            return Err(AuthError::BadSignature(nkey.clone()));
+        }
+        if let Some(name) = &opts.user {
+            let Some(account) = self.users.get(name) else {
+                return Err(AuthError::UnknownUser(name.clone()));
+            };
+            let ok = account
+                .password
+                .as_ref()
+                .is_none_or(|p| p.check(opts.pass.as_deref()));
+            return if ok {
+                Ok(grant(account))
+            } else {
+                Err(AuthError::WrongPassword(name.clone()))
+            };
+        }
+        if let Some(given) = &opts.auth_token {
+            return match &self.token {
+                Some((token, permissions)) if token.check(Some(given)) => Ok(Grant {
+                    user: None,
+                    permissions: permissions.clone(),
+                }),
+                _ => Err(AuthError::WrongToken),
+            };
+        }
+        // A password without a user is not "no credentials".
+        if opts.pass.is_some() {
+            return Err(AuthError::NoCredentials);
+        }
+        self.anonymous().ok_or(AuthError::NoCredentials)
+    }
+}
+
+/// Is `sig` (base64, URL-safe or standard) an ed25519 signature of `nonce` by `nkey`?
+fn verify_signature(nkey: &str, nonce: &str, sig: Option<&str>) -> bool {
+    let Some(sig) = sig else {
+        return false;
+    };
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(sig));
+    let Ok(sig) = decoded else {
+        return false;
+    };
+    nkeys::KeyPair::from_public_key(nkey)
+        .and_then(|key| key.verify(nonce.as_bytes(), &sig))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(toml_text: &str) -> Result<Authenticator, AuthConfigError> {
+        let config: AuthorizationConfig = toml::from_str(toml_text).expect("parses");
+        Authenticator::new(&config)
+    }
+
+    fn connect(json: &str) -> ConnectOptions {
+        serde_json::from_str(json).expect("connect json")
+    }
+
+    #[test]
+    fn open_without_configuration() {
+        let a = auth("").unwrap();
+        assert!(!a.required());
+        let grant = a.authenticate(&connect("{}"), "").unwrap();
+        assert!(grant.permissions.is_unrestricted());
+    }
+
+    #[test]
+    fn users_with_plain_and_bcrypt_passwords() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let a = auth(&format!(
+            "[[users]]\nuser = \"alice\"\npassword = \"pw\"\n[[users]]\nuser = \"bob\"\npassword = \"{hash}\"\n"
+        ))
+        .unwrap();
+        assert!(a.required());
+        assert!(a
+            .authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), "")
+            .is_ok());
+        assert_eq!(
+            a.authenticate(&connect(r#"{"user":"alice","pass":"pW"}"#), "")
+                .unwrap_err(),
+            AuthError::WrongPassword("alice".into())
+        );
+        assert!(a.is_slow(&connect(r#"{"user":"bob"}"#)));
+        assert!(a
+            .authenticate(&connect(r#"{"user":"bob","pass":"s3cret"}"#), "")
+            .is_ok());
+        assert!(a
+            .authenticate(&connect(r#"{"user":"bob","pass":"nope"}"#), "")
+            .is_err());
+        assert_eq!(
+            a.authenticate(&connect(r#"{"user":"eve","pass":"pw"}"#), "")
+                .unwrap_err(),
+            AuthError::UnknownUser("eve".into())
+        );
+        assert_eq!(
+            a.authenticate(&connect("{}"), "").unwrap_err(),
+            AuthError::NoCredentials
+        );
+    }
+
+    #[test]
+    fn token_and_no_auth_user() {
+        let a = auth("token = \"t0ken\"").unwrap();
+        assert!(a
+            .authenticate(&connect(r#"{"auth_token":"t0ken"}"#), "")
+            .is_ok());
+        assert_eq!(
+            a.authenticate(&connect(r#"{"auth_token":"x"}"#), "")
+                .unwrap_err(),
+            AuthError::WrongToken
+        );
+        let a = auth(
+            "no_auth_user = \"guest\"\n[[users]]\nuser = \"guest\"\npassword = \"g\"\n[users.permissions]\npublish = [\"public.>\"]\n",
+        )
+        .unwrap();
+        let guest = a.authenticate(&connect("{}"), "").unwrap();
+        assert_eq!(guest.user.as_deref(), Some("guest"));
+        assert!(!guest.permissions.can_publish(b"private"));
+        assert!(a
+            .authenticate(&connect(r#"{"user":"guest","pass":"bad"}"#), "")
+            .is_err());
+    }
+
+    #[test]
+    fn nkey_signature_over_the_nonce() {
+        let key = nkeys::KeyPair::new_user();
+        let public = key.public_key();
+        let a = auth(&format!("[[users]]\nnkey = \"{public}\"\n")).unwrap();
+        assert!(a.wants_nonce());
+        let nonce = "abcdefghijklmno";
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(key.sign(nonce.as_bytes()).unwrap());
+        let ok = connect(&format!(r#"{{"nkey":"{public}","sig":"{sig}"}}"#));
+        assert_eq!(
+            a.authenticate(&ok, nonce).unwrap().user,
+            Some(public.clone())
+        );
+        assert_eq!(
+            a.authenticate(&ok, "another-nonce").unwrap_err(),
+            AuthError::BadSignature(public.clone())
+        );
+        let other = nkeys::KeyPair::new_user().public_key();
+        let unknown = connect(&format!(r#"{{"nkey":"{other}","sig":"{sig}"}}"#));
+        assert_eq!(
+            a.authenticate(&unknown, nonce).unwrap_err(),
+            AuthError::UnknownNkey(other)
+        );
+    }
+
+    #[test]
+    fn bad_configurations_name_the_key() {
+        for (text, key) in [
+            ("user = \"a\"", "authorization.password"),
+            (
+                "token = \"t\"\nuser = \"a\"\npassword = \"p\"",
+                "authorization.token",
+            ),
+            ("no_auth_user = \"x\"", "authorization.no_auth_user"),
+            ("[[users]]\nnkey = \"Nope\"", "authorization.users.nkey"),
+            ("[[users]]\npassword = \"p\"", "authorization.users"),
+            (
+                "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = [\"a..b\"]",
+                "authorization.users.permissions",
+            ),
+        ] {
+            let e = auth(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let a = auth("token = \"hunter2\"").unwrap();
+        assert!(!format!("{a:?}").contains("hunter2"));
+        let config: AuthorizationConfig = toml::from_str("token = \"hunter2\"").unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}
