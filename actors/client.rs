@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
-use super::node::ServerContext;
+use super::node::{ServerContext, TlsSetup};
 use super::outbound::{OutboundQueue, Wake};
 use super::publish::{Message, Publisher, ReplyLog, Subscription};
 use super::router::{Account, SubChange};
@@ -53,8 +53,9 @@ pub struct ClientShared {
     pub id: u64,
     pub out: OutboundQueue,
     control: async_channel::Sender<Control>,
-    /// The socket, for publishers that flush this connection's queue inline.
-    socket: Arc<runtime::Async<std::net::TcpStream>>,
+    /// The socket, for publishers that flush this connection's queue inline (plain
+    /// TCP only: TLS bytes must go through the connection's TLS session).
+    socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
 }
 
 impl ClientShared {
@@ -65,7 +66,10 @@ impl ClientShared {
 
 impl Wake for ClientShared {
     fn wake_writer(&self) {
-        self.out.flush_inline(self.socket.get_ref());
+        match &self.socket {
+            Some(socket) => self.out.flush_inline(socket.get_ref()),
+            None => self.out.wake(),
+        }
     }
 }
 
@@ -78,35 +82,58 @@ pub fn spawn(
     gone: async_channel::Sender<u64>,
 ) -> async_channel::Sender<Control> {
     let (control_tx, control_rx) = async_channel::unbounded();
+    let tls = ctx.tls();
     let shared = Arc::new(ClientShared {
         id,
         out: OutboundQueue::new(ctx.config().max_pending.as_usize()),
         control: control_tx.clone(),
-        socket: stream.clone().into(),
+        socket: tls.is_none().then(|| stream.clone().into()),
     });
     let spawner = ctx.spawner.clone();
-    let Some(writer) = spawner.spawn(write_loop(
-        stream.clone(),
-        shared.clone(),
-        ctx.config().write_deadline.0,
-    )) else {
-        return control_tx;
-    };
-    spawner.spawn_detached(async move {
+    spawner.clone().spawn_detached(async move {
         let account = ctx.global.clone();
-        let mut client = Client::new(ctx, shared, account, peer);
-        let reason = client.run(stream, control_rx).await;
-        client.finish(reason, writer).await;
+        let deadline = ctx.config().write_deadline.0;
+        let mut client = Client::new(ctx, shared.clone(), account, peer);
+        log::debug!("client {id} connected from {peer}");
+        match tls {
+            None => {
+                let writer = write_loop(stream.clone(), stream.clone(), shared, deadline);
+                if let Some(writer) = spawner.spawn(writer) {
+                    let reason = client.run(stream, control_rx).await;
+                    client.finish(reason, writer).await;
+                }
+            }
+            Some(tls) => match client.start_tls(&stream, &tls).await {
+                Some(session) => {
+                    let (reader, writer) = futures_lite::io::split(session);
+                    let writer = write_loop(writer, stream.clone(), shared, deadline);
+                    if let Some(writer) = spawner.spawn(writer) {
+                        let reason = client.run(reader, control_rx).await;
+                        client.finish(reason, writer).await;
+                    }
+                }
+                None => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            },
+        }
         let _ = gone.send(id).await;
     });
     control_tx
 }
 
-async fn write_loop(stream: TcpStream, shared: Arc<ClientShared>, deadline: Duration) {
-    let mut stream = stream;
+/// Drains the connection's outbound queue into `out` (the socket, or the write half of
+/// its TLS session); closes the connection when the queue closes or a write fails.
+async fn write_loop(
+    out: impl futures_lite::AsyncWrite + Unpin,
+    socket: TcpStream,
+    shared: Arc<ClientShared>,
+    deadline: Duration,
+) {
+    let mut out = out;
     let mut spare = Vec::new();
     while shared.out.take(&mut spare).await {
-        match runtime::timeout(deadline, stream.write_all(&spare)).await {
+        match runtime::timeout(deadline, out.write_all(&spare)).await {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 shared.tell(Control::WriteFailed);
@@ -123,9 +150,9 @@ async fn write_loop(stream: TcpStream, shared: Arc<ClientShared>, deadline: Dura
             spare = Vec::new();
         }
     }
-    let _ = stream.close().await;
+    let _ = runtime::timeout(deadline, out.close()).await;
     // Also ends a read the actor may be waiting on.
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = socket.shutdown(std::net::Shutdown::Both);
 }
 
 /// Subjects whose publish permission a connection remembers.
@@ -279,6 +306,8 @@ struct Client {
     /// Changes sent to the router without waiting for them to be applied.
     unsynced: bool,
     publisher: Publisher,
+    /// The first INFO went out before the TLS handshake.
+    info_sent: bool,
     /// Sent in INFO for nkey users to sign; empty when none are configured.
     nonce: String,
     /// Until CONNECT is accepted: when the connection is closed for not sending it.
@@ -315,6 +344,18 @@ impl Client {
             ctx.config().max_control_line.as_usize(),
             ctx.config().max_payload.as_usize(),
         );
+        // The clock for authentication starts with the connection (TLS included).
+        let auth = ctx.auth();
+        let (nonce, auth_deadline) = if auth.required() {
+            let nonce = if auth.wants_nonce() {
+                new_nonce()
+            } else {
+                String::new()
+            };
+            (nonce, Some(runtime::now() + auth.timeout()))
+        } else {
+            (String::new(), None)
+        };
         Client {
             ctx,
             shared,
@@ -327,8 +368,9 @@ impl Client {
             changes: Vec::new(),
             unsynced: false,
             publisher: Publisher::default(),
-            nonce: String::new(),
-            auth_deadline: None,
+            info_sent: false,
+            nonce,
+            auth_deadline,
             user: None,
             permissions: Arc::new(Permissions::all()),
             publish_allowed: HashMap::new(),
@@ -393,13 +435,18 @@ impl Client {
         }
     }
 
-    fn send_info(&mut self, after_connect: bool) {
+    fn info(&self, after_connect: bool) -> crate::proto::ServerInfo {
         let mut info = self.ctx.info_for(self.id(), self.peer.ip());
         info.nonce = self.nonce.clone();
         if after_connect {
             info.connect_info = true;
             info.remote_account = self.account.name.clone();
         }
+        info
+    }
+
+    fn send_info(&mut self, after_connect: bool) {
+        let info = self.info(after_connect);
         self.send(|buf| encode::write_info(buf, &info));
     }
 
@@ -415,18 +462,50 @@ impl Client {
         }
     }
 
-    async fn run(&mut self, stream: TcpStream, control: async_channel::Receiver<Control>) -> Ended {
-        let mut stream = stream;
-        log::debug!("client {} connected from {}", self.id(), self.peer);
-        let auth = self.ctx.auth();
-        if auth.required() {
-            self.auth_deadline = Some(runtime::now() + auth.timeout());
-            if auth.wants_nonce() {
-                self.nonce = new_nonce();
+    /// TLS before anything else: the plain-text INFO first (unless the handshake comes
+    /// first), then the handshake within its timeout. `None`: no TLS session (the
+    /// client spoke plain text, offered no valid certificate, or was too slow).
+    async fn start_tls(
+        &mut self,
+        stream: &TcpStream,
+        tls: &TlsSetup,
+    ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+        if !tls.handshake_first {
+            let mut line = Vec::new();
+            encode::write_info(&mut line, &self.info(false));
+            let mut raw = stream.clone();
+            runtime::timeout(tls.timeout, raw.write_all(&line))
+                .await?
+                .ok()?;
+            self.info_sent = true;
+        }
+        match runtime::timeout(tls.timeout, tls.acceptor.accept(stream.clone())).await {
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
+                log::debug!(
+                    "{} - cid:{} - TLS handshake error: {e}",
+                    self.peer,
+                    self.id()
+                );
+                None
+            }
+            None => {
+                log::debug!("{} - cid:{} - TLS handshake timeout", self.peer, self.id());
+                None
             }
         }
-        self.send_info(false);
-        self.publisher.flush();
+    }
+
+    async fn run(
+        &mut self,
+        stream: impl futures_lite::AsyncRead + Unpin,
+        control: async_channel::Receiver<Control>,
+    ) -> Ended {
+        let mut stream = stream;
+        if !self.info_sent {
+            self.send_info(false);
+            self.publisher.flush();
+        }
         let mut rbuf = ReadBuf::new();
         let mut ping = runtime::interval(self.ctx.config().ping_interval.0);
         enum Event {

@@ -70,6 +70,32 @@ pub struct ServerContext {
     /// Client authentication, compiled from the config's `[authorization]`; a reload
     /// swaps it together with the config.
     auth: arc_swap::ArcSwap<Authenticator>,
+    /// TLS for client connections, when `[tls]` is set; a reload swaps it.
+    tls: arc_swap::ArcSwapOption<TlsSetup>,
+}
+
+/// What a new client connection needs for TLS.
+pub struct TlsSetup {
+    pub acceptor: futures_rustls::TlsAcceptor,
+    pub timeout: std::time::Duration,
+    pub handshake_first: bool,
+    pub verify: bool,
+}
+
+impl TlsSetup {
+    fn load(config: &Config) -> Result<Option<Arc<TlsSetup>>, NodeError> {
+        if !config.tls.enabled() {
+            return Ok(None);
+        }
+        let server =
+            crate::tls::server_config(&config.tls).map_err(|e| NodeError::Config(e.to_string()))?;
+        Ok(Some(Arc::new(TlsSetup {
+            acceptor: futures_rustls::TlsAcceptor::from(server),
+            timeout: config.tls.timeout(),
+            handshake_first: config.tls.handshake_first,
+            verify: config.tls.verify,
+        })))
+    }
 }
 
 impl ServerContext {
@@ -84,6 +110,11 @@ impl ServerContext {
         self.auth.load_full()
     }
 
+    /// TLS as configured now (`None`: plain TCP).
+    pub fn tls(&self) -> Option<Arc<TlsSetup>> {
+        self.tls.load_full()
+    }
+
     /// The INFO a client sees.
     pub fn info_for(&self, client_id: u64, client_ip: IpAddr) -> ServerInfo {
         ServerInfo {
@@ -96,6 +127,8 @@ impl ServerContext {
             headers: true,
             max_payload: self.config().max_payload.0,
             auth_required: self.auth.load().advertised(),
+            tls_required: self.tls.load().is_some(),
+            tls_verify: self.tls.load().as_ref().is_some_and(|t| t.verify),
             client_id,
             client_ip: client_ip.to_string(),
             ..ServerInfo::default()
@@ -106,7 +139,7 @@ impl ServerContext {
 /// Builds the authenticator (the config was validated: this only fails on a bug) and
 /// warns where the setup is weak.
 fn compile_auth(config: &Config) -> Result<Authenticator, NodeError> {
-    let auth = Authenticator::new(&config.authorization)
+    let auth = Authenticator::new(&config.authorization, config.auth_timeout())
         .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
     if auth.has_plain_passwords() {
         log::warn!(
@@ -169,8 +202,10 @@ impl Node {
         let spawner = rt.spawner();
         let global = Account::start("$G", &spawner);
         let auth = compile_auth(&config)?;
+        let tls = TlsSetup::load(&config)?;
         let ctx = Arc::new(ServerContext {
             auth: arc_swap::ArcSwap::from_pointee(auth),
+            tls: arc_swap::ArcSwapOption::new(tls),
             config: arc_swap::ArcSwap::from_pointee(config),
             server_id,
             server_name,
@@ -270,8 +305,12 @@ impl Node {
             new.log_level
         );
         let auth = compile_auth(&new)?;
+        // Certificates are read again: a renewed certificate applies to new
+        // connections; live ones keep the session they negotiated.
+        let tls = TlsSetup::load(&new)?;
         apply_log_level(new.log_level);
         self.ctx.auth.store(Arc::new(auth));
+        self.ctx.tls.store(tls);
         self.ctx.config.store(Arc::new(new));
         // Every connection checks its credentials and permissions against the new
         // configuration: refused ones are closed, shrunk ones enforced.

@@ -269,6 +269,39 @@ pub struct AuthorizationConfig {
 /// The reference's authentication timeout.
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `[tls]`: TLS on the client listener. Set `cert_file` and `key_file` to turn it on;
+/// every client must then speak TLS.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates, PEM, that client certificates must chain to (with `verify`).
+    pub ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `ca_file` (mutual TLS).
+    pub verify: bool,
+    /// Time a client has to complete the handshake (default 2 s).
+    pub timeout: Option<Dur>,
+    /// Start with the TLS handshake instead of a plain-text INFO (the reference's
+    /// `handshake_first`; clients must be set up for it too).
+    pub handshake_first: bool,
+}
+
+/// The reference's TLS handshake timeout.
+pub const DEFAULT_TLS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(DEFAULT_TLS_TIMEOUT, |d| d.0)
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -298,6 +331,7 @@ pub struct Config {
     pub jetstream: JetStreamConfig,
     pub monitor: MonitorConfig,
     pub authorization: AuthorizationConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -320,6 +354,7 @@ impl Default for Config {
             jetstream: JetStreamConfig::default(),
             monitor: MonitorConfig::default(),
             authorization: AuthorizationConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -417,9 +452,55 @@ impl Config {
         if self.jetstream.enabled && self.jetstream.store_dir.as_os_str().is_empty() {
             return Err(invalid("jetstream.store_dir", "must not be empty".into()));
         }
-        crate::auth::Authenticator::new(&self.authorization)
+        crate::auth::Authenticator::new(&self.authorization, self.auth_timeout())
             .map_err(|e| invalid(e.key, e.reason))?;
+        self.validate_tls()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
+    }
+
+    /// Half a TLS setup is refused rather than guessed at.
+    fn validate_tls(&self) -> Result<(), (&'static str, String)> {
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => return Err(("tls.key_file", "a certificate needs its key".into())),
+            (None, Some(_)) => return Err(("tls.cert_file", "a key needs its certificate".into())),
+            _ => {}
+        }
+        let rest_without_cert =
+            tls.ca_file.is_some() || tls.verify || tls.handshake_first || tls.timeout.is_some();
+        if !tls.enabled() && rest_without_cert {
+            return Err((
+                "tls.cert_file",
+                "TLS settings without a certificate and key".into(),
+            ));
+        }
+        if tls.verify && tls.ca_file.is_none() {
+            return Err((
+                "tls.ca_file",
+                "verify = true needs the CA that signs client certificates".into(),
+            ));
+        }
+        if tls.ca_file.is_some() && !tls.verify {
+            return Err((
+                "tls.verify",
+                "a ca_file is only used with verify = true; set it".into(),
+            ));
+        }
+        if tls.timeout.is_some_and(|t| t.0.is_zero()) {
+            return Err(("tls.timeout", "must be more than 0".into()));
+        }
+        Ok(())
+    }
+
+    /// How long a new connection has to authenticate: as configured, or the
+    /// reference's default (2 s, or the TLS handshake timeout plus 1 s with TLS).
+    pub fn auth_timeout(&self) -> Duration {
+        match (self.authorization.timeout, self.tls.enabled()) {
+            (Some(t), _) => t.0,
+            (None, true) => self.tls.timeout() + Duration::from_secs(1),
+            (None, false) => DEFAULT_AUTH_TIMEOUT,
+        }
     }
 
     /// The client listen address as a socket address.

@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod proto;
 pub mod subject;
 pub mod subject_index;
+pub mod tls;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthorizationConfig, PermissionsConfig, Secret, DEFAULT_AUTH_TIMEOUT};
+use crate::config::{AuthorizationConfig, PermissionsConfig, Secret};
 use crate::proto::info::ConnectOptions;
 pub use permissions::Permissions;
 
@@ -134,8 +134,12 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Compiles and checks `[authorization]`.
-    pub fn new(config: &AuthorizationConfig) -> Result<Authenticator, AuthConfigError> {
+    /// Compiles and checks `[authorization]`; `timeout` is how long a connection has
+    /// to authenticate (see `Config::auth_timeout`).
+    pub fn new(
+        config: &AuthorizationConfig,
+        timeout: Duration,
+    ) -> Result<Authenticator, AuthConfigError> {
         let err = |key: &'static str, reason: String| AuthConfigError { key, reason };
         let compile = |key: &'static str, p: Option<&PermissionsConfig>| {
             p.map(Permissions::from_config)
@@ -149,7 +153,7 @@ impl Authenticator {
         )?;
         let mut auth = Authenticator {
             open: true,
-            timeout: config.timeout.map_or(DEFAULT_AUTH_TIMEOUT, |d| d.0),
+            timeout,
             ..Authenticator::default()
         };
         if auth.timeout.is_zero() {
@@ -399,7 +403,7 @@ mod tests {
 
     fn auth(toml_text: &str) -> Result<Authenticator, AuthConfigError> {
         let config: AuthorizationConfig = toml::from_str(toml_text).expect("parses");
-        Authenticator::new(&config)
+        Authenticator::new(&config, crate::config::DEFAULT_AUTH_TIMEOUT)
     }
 
     fn connect(json: &str) -> ConnectOptions {

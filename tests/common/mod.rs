@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: start nodes, talk raw protocol.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod scripts;
 
 use std::io::{Read, Write};
