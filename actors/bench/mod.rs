@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[argh(option, default = "String::from(\"nats-server\")")]
     pub compare_name: String,
     /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle,
-    /// jspub,jspubasync,jsfetch
+    /// jspub,jspubasync,jsfetch, and with --tls-ca tlspub,tlspubsub
     #[argh(
         option,
         default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
@@ -72,9 +72,83 @@ pub struct BenchArgs {
     /// idle-memory scenario runs once)
     #[argh(option, default = "3")]
     pub rounds: u32,
+    /// CA certificate (PEM) that signs both servers' certificates: the tlspub and
+    /// tlspubsub scenarios connect with TLS, trusting it (server name `localhost`)
+    #[argh(option)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 pub(crate) type BenchResult<T> = Result<T, String>;
+
+/// Where a scenario connects, and whether with TLS.
+pub(crate) struct Endpoint {
+    addr: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Endpoint {
+    fn plain(addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.to_string(),
+            tls: None,
+        }
+    }
+
+    fn tls(addr: &str, ca: Option<&std::path::Path>) -> BenchResult<Endpoint> {
+        use rustls::pki_types::pem::PemObject;
+        let ca = ca.ok_or("TLS scenarios need --tls-ca")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("{}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Endpoint {
+            addr: addr.to_string(),
+            tls: Some(Arc::new(config)),
+        })
+    }
+}
+
+/// A benchmark client's connection: plain TCP, or TLS over it.
+pub(crate) enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// One measured number and whether more is better.
 #[derive(Clone, Copy, Debug)]
@@ -167,7 +241,10 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn url_to_addr(url: &str) -> BenchResult<String> {
-    let rest = url.strip_prefix("nats://").unwrap_or(url);
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .unwrap_or(url);
     if rest.is_empty() || !rest.contains(':') {
         return Err(format!("{url:?} is not host:port or nats://host:port"));
     }
@@ -188,26 +265,36 @@ fn run_scenario(
         value: v,
         higher_is_better: false,
     };
+    let plain = Endpoint::plain(addr);
+    let tls = || Endpoint::tls(addr, args.tls_ca.as_deref());
     Ok(match scenario {
         "pub16" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(addr, args.msgs, 16, 0, false)?),
+            throughput(pub_sub(&plain, args.msgs, 16, 0, false)?),
         )],
         "pub128" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(addr, args.msgs, 128, 0, false)?),
+            throughput(pub_sub(&plain, args.msgs, 128, 0, false)?),
         )],
         "pubsub1" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(addr, args.msgs, 128, 1, false)?),
+            throughput(pub_sub(&plain, args.msgs, 128, 1, false)?),
         )],
         "pubsub4" => vec![(
             "msgs/s delivered".into(),
-            throughput(pub_sub(addr, args.msgs / 2, 128, 4, false)? * 4.0),
+            throughput(pub_sub(&plain, args.msgs / 2, 128, 4, false)? * 4.0),
         )],
         "queue4" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(addr, args.msgs, 128, 4, true)?),
+            throughput(pub_sub(&plain, args.msgs, 128, 4, true)?),
+        )],
+        "tlspub" => vec![(
+            "msgs/s".into(),
+            throughput(pub_sub(&tls()?, args.msgs, 128, 0, false)?),
+        )],
+        "tlspubsub" => vec![(
+            "msgs/s".into(),
+            throughput(pub_sub(&tls()?, args.msgs, 128, 1, false)?),
         )],
         "reqrep" => {
             let (p50, p99) = req_rep(addr, args.requests)?;
@@ -250,19 +337,49 @@ fn run_scenario(
 
 /// A connected, CONNECTed and PONGed client socket.
 pub(crate) fn connect(addr: &str) -> BenchResult<TcpStream> {
+    match connect_to(&Endpoint::plain(addr))? {
+        Conn::Plain(s) => Ok(s),
+        Conn::Tls(_) => Err("a plain endpoint gave a TLS connection".into()),
+    }
+}
+
+/// Connects to `endpoint`: INFO, the TLS handshake if it wants one, CONNECT, PING.
+pub(crate) fn connect_to(endpoint: &Endpoint) -> BenchResult<Conn> {
+    let addr = &endpoint.addr;
     let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
-    if !line.starts_with("INFO") {
-        return Err(format!("expected INFO from {addr}, got {line:?}"));
+    // Byte by byte up to the end of INFO: nothing the TLS session needs is consumed.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match (&stream).read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => return Err(format!("{addr} closed before INFO")),
+            Err(e) => return Err(e.to_string()),
+        }
     }
-    let mut s = stream;
+    if !line.starts_with(b"INFO") {
+        return Err(format!(
+            "expected INFO from {addr}, got {:?}",
+            String::from_utf8_lossy(&line)
+        ));
+    }
+    let mut s = match &endpoint.tls {
+        None => Conn::Plain(stream),
+        Some(config) => {
+            let name =
+                rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let session =
+                rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+            Conn::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+        }
+    };
+    let mut line = String::new();
     s.write_all(
         b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,\"name\":\"bench\"}\r\nPING\r\n",
     )
     .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(&mut s);
     loop {
         line.clear();
         if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
@@ -280,9 +397,9 @@ pub(crate) fn connect(addr: &str) -> BenchResult<TcpStream> {
 }
 
 /// Sends PING and reads until PONG, discarding anything else.
-pub(crate) fn sync(stream: &mut TcpStream) -> BenchResult<()> {
+pub(crate) fn sync(stream: &mut (impl Read + Write)) -> BenchResult<()> {
     stream.write_all(encode::PING).map_err(|e| e.to_string())?;
-    let mut reader = MsgReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut reader = MsgReader::new(stream);
     loop {
         match reader.next()? {
             Incoming::Pong => return Ok(()),
@@ -305,8 +422,8 @@ pub(crate) enum Incoming {
 }
 
 /// Reads server operations from a socket with the crate's parser.
-pub(crate) struct MsgReader {
-    stream: TcpStream,
+pub(crate) struct MsgReader<S: Read + Write = TcpStream> {
+    stream: S,
     keep_data: bool,
     buf: Vec<u8>,
     start: usize,
@@ -314,8 +431,8 @@ pub(crate) struct MsgReader {
     parser: Parser,
 }
 
-impl MsgReader {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+impl<S: Read + Write> MsgReader<S> {
+    pub(crate) fn new(stream: S) -> Self {
         MsgReader {
             stream,
             keep_data: false,
@@ -327,7 +444,7 @@ impl MsgReader {
     }
 
     /// A reader that hands out each message's bytes, for clients that read replies.
-    pub(crate) fn keeping_data(stream: TcpStream) -> Self {
+    pub(crate) fn keeping_data(stream: S) -> Self {
         MsgReader {
             keep_data: true,
             ..MsgReader::new(stream)
@@ -384,12 +501,18 @@ impl MsgReader {
 
 /// One publisher and `subs` subscribers (a queue group when `queue`), `msgs` messages
 /// of `size` bytes. Returns messages per second published and fully delivered.
-fn pub_sub(addr: &str, msgs: u64, size: usize, subs: usize, queue: bool) -> BenchResult<f64> {
+fn pub_sub(
+    endpoint: &Endpoint,
+    msgs: u64,
+    size: usize,
+    subs: usize,
+    queue: bool,
+) -> BenchResult<f64> {
     let subject = format!("bench.{}", fastrand::u64(..));
     let received: Arc<Vec<AtomicU64>> = Arc::new((0..subs).map(|_| AtomicU64::new(0)).collect());
     let mut handles = Vec::new();
     for i in 0..subs {
-        let mut stream = connect(addr)?;
+        let mut stream = connect_to(endpoint)?;
         let mut frame = Vec::new();
         let q = queue.then_some(&b"workers"[..]);
         encode::write_sub(&mut frame, subject.as_bytes(), q, b"1");
@@ -409,7 +532,7 @@ fn pub_sub(addr: &str, msgs: u64, size: usize, subs: usize, queue: bool) -> Benc
             }
         }));
     }
-    let mut publisher = connect(addr)?;
+    let mut publisher = connect_to(endpoint)?;
     let payload = vec![b'x'; size];
     let batch = 256u64;
     let mut frames = Vec::new();
