@@ -26,6 +26,7 @@ use super::outbound::{OutboundQueue, Wake};
 use super::publish::{Message, Publisher, ReplyLog, Subscription};
 use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
+use super::websocket;
 use crate::auth::{Authenticator, Grant, Permissions};
 use crate::monitor::{ConnSnapshot, SubSnapshot};
 use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
@@ -73,6 +74,15 @@ impl Wake for ClientShared {
     }
 }
 
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The client listener: plain TCP, or TLS when `[tls]` is set.
+    Tcp,
+    /// The WebSocket listener: ws://, or wss:// with its own certificate.
+    WebSocket,
+}
+
 /// Starts the actor (and its writer) for an accepted connection.
 pub fn spawn(
     ctx: Arc<ServerContext>,
@@ -80,46 +90,122 @@ pub fn spawn(
     peer: SocketAddr,
     id: u64,
     gone: async_channel::Sender<u64>,
+    via: Via,
 ) -> async_channel::Sender<Control> {
     let (control_tx, control_rx) = async_channel::unbounded();
-    let tls = ctx.tls();
+    let tls = match via {
+        Via::Tcp => ctx.tls(),
+        Via::WebSocket => None,
+    };
+    let websocket = match via {
+        Via::Tcp => None,
+        Via::WebSocket => ctx.websocket(),
+    };
+    // Publishers write inline only to plain TCP sockets: TLS and WebSocket bytes
+    // must go through their session.
+    let inline = via == Via::Tcp && tls.is_none();
     let shared = Arc::new(ClientShared {
         id,
         out: OutboundQueue::new(ctx.config().max_pending.as_usize()),
         control: control_tx.clone(),
-        socket: tls.is_none().then(|| stream.clone().into()),
+        socket: inline.then(|| stream.clone().into()),
     });
-    let spawner = ctx.spawner.clone();
-    spawner.clone().spawn_detached(async move {
+    ctx.spawner.clone().spawn_detached(async move {
         let account = ctx.global.clone();
-        let deadline = ctx.config().write_deadline.0;
-        let mut client = Client::new(ctx, shared.clone(), account, peer);
-        log::debug!("client {id} connected from {peer}");
-        match tls {
-            None => {
-                let writer = write_loop(stream.clone(), stream.clone(), shared, deadline);
-                if let Some(writer) = spawner.spawn(writer) {
-                    let reason = client.run(stream, control_rx).await;
-                    client.finish(reason, writer).await;
+        let mut client = Client::new(ctx, shared, account, peer);
+        log::debug!("client {id} connected from {peer} ({via:?})");
+        let mut session = Session {
+            client: &mut client,
+            socket: stream.clone(),
+            control: control_rx,
+        };
+        match (via, tls, websocket) {
+            (Via::Tcp, None, _) => session.serve(stream.clone(), stream).await,
+            (Via::Tcp, Some(tls), _) => {
+                if let Some(tls) = session.client.start_tls(&stream, &tls).await {
+                    let (reader, writer) = futures_lite::io::split(tls);
+                    session.serve(reader, writer).await;
                 }
             }
-            Some(tls) => match client.start_tls(&stream, &tls).await {
-                Some(session) => {
-                    let (reader, writer) = futures_lite::io::split(session);
-                    let writer = write_loop(writer, stream.clone(), shared, deadline);
-                    if let Some(writer) = spawner.spawn(writer) {
-                        let reason = client.run(reader, control_rx).await;
-                        client.finish(reason, writer).await;
+            (Via::WebSocket, _, Some(ws)) => {
+                let limit = ws.handshake_timeout;
+                let max_payload = session.client.ctx.config().max_payload.as_usize();
+                match &ws.acceptor {
+                    Some(acceptor) => {
+                        let handshakes = async {
+                            let tls = acceptor
+                                .accept(stream.clone())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            websocket::accept(tls, &ws.policy, true, max_payload, peer).await
+                        };
+                        if let Some((reader, writer)) = ws_handshake(limit, handshakes, peer).await
+                        {
+                            session.serve(reader, writer).await;
+                        }
+                    }
+                    None => {
+                        let handshake =
+                            websocket::accept(stream.clone(), &ws.policy, false, max_payload, peer);
+                        if let Some((reader, writer)) = ws_handshake(limit, handshake, peer).await {
+                            session.serve(reader, writer).await;
+                        }
                     }
                 }
-                None => {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                }
-            },
+            }
+            (Via::WebSocket, _, None) => {}
         }
+        let _ = session.socket.shutdown(std::net::Shutdown::Both);
         let _ = gone.send(id).await;
     });
     control_tx
+}
+
+/// Waits for a WebSocket connection's handshakes; `None` (logged) if they failed or
+/// took too long.
+async fn ws_handshake<T>(
+    limit: Duration,
+    handshakes: impl std::future::Future<Output = Result<T, String>>,
+    peer: SocketAddr,
+) -> Option<T> {
+    match runtime::timeout(limit, handshakes).await {
+        Some(Ok(done)) => Some(done),
+        Some(Err(e)) => {
+            log::debug!("{peer} - websocket handshake failed: {e}");
+            None
+        }
+        None => {
+            log::debug!("{peer} - websocket handshake timeout");
+            None
+        }
+    }
+}
+
+/// A connection whose transport is ready: the actor reads from one half while its
+/// writer task drains the outbound queue into the other.
+struct Session<'a> {
+    client: &'a mut Client,
+    /// The TCP socket under any TLS or WebSocket layer, shut down at the end so that
+    /// a read waiting on it ends too.
+    socket: TcpStream,
+    control: async_channel::Receiver<Control>,
+}
+
+impl Session<'_> {
+    async fn serve(
+        &mut self,
+        reader: impl futures_lite::AsyncRead + Unpin,
+        writer: impl futures_lite::AsyncWrite + Unpin + Send + 'static,
+    ) {
+        let deadline = self.client.ctx.config().write_deadline.0;
+        let shared = self.client.shared.clone();
+        let writer = write_loop(writer, self.socket.clone(), shared, deadline);
+        let Some(writer) = self.client.ctx.spawner.spawn(writer) else {
+            return;
+        };
+        let reason = self.client.run(reader, self.control.clone()).await;
+        self.client.finish(reason, writer).await;
+    }
 }
 
 /// Drains the connection's outbound queue into `out` (the socket, or the write half of
@@ -133,7 +219,12 @@ async fn write_loop(
     let mut out = out;
     let mut spare = Vec::new();
     while shared.out.take(&mut spare).await {
-        match runtime::timeout(deadline, out.write_all(&spare)).await {
+        // Flushed too: TLS and WebSocket layers may hold bytes until asked.
+        let write = async {
+            out.write_all(&spare).await?;
+            out.flush().await
+        };
+        match runtime::timeout(deadline, write).await {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 shared.tell(Control::WriteFailed);

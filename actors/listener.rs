@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
-use super::client::{self, Control};
+use super::client::{self, Control, Via};
 use super::node::ServerContext;
 use super::runtime::{self, TcpListener, TcpStream};
 use crate::proto::{encode, WireError};
@@ -33,6 +33,7 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(
     ctx: Arc<ServerContext>,
     listener: TcpListener,
+    websocket: Option<TcpListener>,
     commands: async_channel::Receiver<Command>,
 ) {
     let (gone_tx, gone_rx) = async_channel::unbounded::<u64>();
@@ -40,7 +41,7 @@ pub async fn run(
     let mut accept_backoff = Duration::from_millis(5);
 
     enum Event {
-        Accepted(std::io::Result<(TcpStream, std::net::SocketAddr)>),
+        Accepted(std::io::Result<(TcpStream, std::net::SocketAddr)>, Via),
         Gone(u64),
         Command(Option<Command>),
     }
@@ -50,12 +51,20 @@ pub async fn run(
             async { Event::Command(commands.recv().await.ok()) },
             futures_lite::future::or(
                 async { Event::Gone(gone_rx.recv().await.unwrap_or(0)) },
-                async { Event::Accepted(listener.accept().await) },
+                futures_lite::future::or(
+                    async { Event::Accepted(listener.accept().await, Via::Tcp) },
+                    async {
+                        match &websocket {
+                            Some(ws) => Event::Accepted(ws.accept().await, Via::WebSocket),
+                            None => std::future::pending().await,
+                        }
+                    },
+                ),
             ),
         )
         .await;
         match event {
-            Event::Accepted(Ok((stream, peer))) => {
+            Event::Accepted(Ok((stream, peer)), via) => {
                 accept_backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
@@ -69,11 +78,11 @@ pub async fn run(
                         .spawn_detached(refuse(ctx.clone(), stream, peer, id));
                     continue;
                 }
-                let control = client::spawn(ctx.clone(), stream, peer, id, gone_tx.clone());
+                let control = client::spawn(ctx.clone(), stream, peer, id, gone_tx.clone(), via);
                 clients.insert(id, control);
                 ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
             }
-            Event::Accepted(Err(e)) => {
+            Event::Accepted(Err(e), _) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 log::error!("accept failed: {e}; retrying in {accept_backoff:?}");
                 runtime::sleep(accept_backoff).await;
@@ -97,6 +106,7 @@ pub async fn run(
         }
     };
     drop(listener);
+    drop(websocket);
 
     if lame_duck {
         log::info!(

@@ -15,3 +15,4 @@ pub mod runtime;
 pub mod signals;
 pub mod storage;
 pub mod stream;
+pub mod websocket;

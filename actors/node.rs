@@ -72,6 +72,43 @@ pub struct ServerContext {
     auth: arc_swap::ArcSwap<Authenticator>,
     /// TLS for client connections, when `[tls]` is set; a reload swaps it.
     tls: arc_swap::ArcSwapOption<TlsSetup>,
+    /// The WebSocket listener's TLS and origin policy, when `[websocket]` is set.
+    websocket: arc_swap::ArcSwapOption<WsSetup>,
+}
+
+/// What a new WebSocket connection needs: TLS (wss://) and the origin policy.
+pub struct WsSetup {
+    pub acceptor: Option<futures_rustls::TlsAcceptor>,
+    pub policy: crate::websocket::OriginPolicy,
+    pub handshake_timeout: std::time::Duration,
+}
+
+impl WsSetup {
+    fn load(config: &Config) -> Result<Option<Arc<WsSetup>>, NodeError> {
+        let ws = &config.websocket;
+        if ws.listen.is_none() {
+            return Ok(None);
+        }
+        let acceptor = if ws.tls() {
+            let tls = crate::config::TlsConfig {
+                cert_file: ws.cert_file.clone(),
+                key_file: ws.key_file.clone(),
+                ..Default::default()
+            };
+            let server = crate::tls::server_config(&tls, "websocket")
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            Some(futures_rustls::TlsAcceptor::from(server))
+        } else {
+            None
+        };
+        let policy = crate::websocket::OriginPolicy::new(&ws.allowed_origins)
+            .map_err(|e| NodeError::Config(format!("key `websocket.allowed_origins`: {e}")))?;
+        Ok(Some(Arc::new(WsSetup {
+            acceptor,
+            policy,
+            handshake_timeout: ws.handshake_timeout(),
+        })))
+    }
 }
 
 /// What a new client connection needs for TLS.
@@ -87,8 +124,8 @@ impl TlsSetup {
         if !config.tls.enabled() {
             return Ok(None);
         }
-        let server =
-            crate::tls::server_config(&config.tls).map_err(|e| NodeError::Config(e.to_string()))?;
+        let server = crate::tls::server_config(&config.tls, "tls")
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         Ok(Some(Arc::new(TlsSetup {
             acceptor: futures_rustls::TlsAcceptor::from(server),
             timeout: config.tls.timeout(),
@@ -113,6 +150,11 @@ impl ServerContext {
     /// TLS as configured now (`None`: plain TCP).
     pub fn tls(&self) -> Option<Arc<TlsSetup>> {
         self.tls.load_full()
+    }
+
+    /// The WebSocket listener's setup as configured now.
+    pub fn websocket(&self) -> Option<Arc<WsSetup>> {
+        self.websocket.load_full()
     }
 
     /// The INFO a client sees.
@@ -175,6 +217,8 @@ pub struct Node {
     store_closed: Option<super::storage::Closed>,
     /// Where the monitoring endpoint listens, when it is on.
     monitor_addr: Option<SocketAddr>,
+    /// Where the WebSocket listener listens, when it is on.
+    websocket_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -203,7 +247,21 @@ impl Node {
         let global = Account::start("$G", &spawner);
         let auth = compile_auth(&config)?;
         let tls = TlsSetup::load(&config)?;
+        let ws = WsSetup::load(&config)?;
+        let ws_listener = match config.websocket.addr().map_err(NodeError::Config)? {
+            Some(addr) => {
+                let bound = std::net::TcpListener::bind(addr)
+                    .map_err(|source| NodeError::Listen { addr, source })?;
+                Some(
+                    runtime::TcpListener::try_from(bound)
+                        .map_err(|source| NodeError::Listen { addr, source })?,
+                )
+            }
+            None => None,
+        };
+        let websocket_addr = ws_listener.as_ref().and_then(|l| l.local_addr().ok());
         let ctx = Arc::new(ServerContext {
+            websocket: arc_swap::ArcSwapOption::new(ws),
             auth: arc_swap::ArcSwap::from_pointee(auth),
             tls: arc_swap::ArcSwapOption::new(tls),
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -237,12 +295,25 @@ impl Node {
             ),
             None => None,
         };
-        let listener_task = spawner.spawn(listener::run(ctx.clone(), listener, command_rx));
+        let listener_task = spawner.spawn(listener::run(
+            ctx.clone(),
+            listener,
+            ws_listener,
+            command_rx,
+        ));
         log::info!(
             "meshbroker {} ({}) listening for clients on {client_addr}",
             env!("CARGO_PKG_VERSION"),
             ctx.server_name
         );
+        if let Some(addr) = websocket_addr {
+            let scheme = if ctx.config().websocket.tls() {
+                "wss"
+            } else {
+                "ws"
+            };
+            log::info!("listening for websocket clients on {scheme}://{addr}");
+        }
         Ok(Node {
             runtime: Some(rt),
             ctx,
@@ -250,12 +321,18 @@ impl Node {
             listener: listener_task,
             store_closed,
             monitor_addr,
+            websocket_addr,
         })
     }
 
     /// The address clients connect to (with the real port when the config said 0).
     pub fn client_addr(&self) -> SocketAddr {
         self.ctx.client_addr
+    }
+
+    /// The WebSocket listener's address, when `[websocket]` turned it on.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
     }
 
     /// The monitoring endpoint's address, when `[monitor]` turned it on.
@@ -292,23 +369,29 @@ impl Node {
             ("threads", old.threads == new.threads),
             ("jetstream", old.jetstream == new.jetstream),
             ("monitor", old.monitor == new.monitor),
+            (
+                "websocket.listen",
+                old.websocket.listen == new.websocket.listen,
+            ),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(NodeError::Config(format!(
                 "key `{key}` cannot change while the node runs; restart it to apply"
             )));
         }
+        let auth = compile_auth(&new)?;
+        // Certificates are read again: a renewed certificate applies to new
+        // connections; live ones keep the session they negotiated.
+        let tls = TlsSetup::load(&new)?;
+        let ws = WsSetup::load(&new)?;
         // Said before the level changes, so it is seen at the old level.
         log::info!(
             "config reloaded (log level {:?} -> {:?})",
             old.log_level,
             new.log_level
         );
-        let auth = compile_auth(&new)?;
-        // Certificates are read again: a renewed certificate applies to new
-        // connections; live ones keep the session they negotiated.
-        let tls = TlsSetup::load(&new)?;
         apply_log_level(new.log_level);
+        self.ctx.websocket.store(ws);
         self.ctx.auth.store(Arc::new(auth));
         self.ctx.tls.store(tls);
         self.ctx.config.store(Arc::new(new));

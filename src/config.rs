@@ -302,6 +302,89 @@ impl TlsConfig {
     }
 }
 
+/// `[websocket]`: a listener for browser clients (NATS over WebSocket). Off unless
+/// `listen` is set; wss:// with `cert_file` and `key_file`, ws:// only with `no_tls`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub listen: Option<String>,
+    /// Serve wss:// with this certificate chain and key (PEM).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Serve ws:// without TLS: allowed on loopback, elsewhere only with
+    /// `behind_tls_proxy` (a proxy in front terminates TLS).
+    pub no_tls: bool,
+    pub behind_tls_proxy: bool,
+    /// Origins (`scheme://host[:port]`) whose pages may connect. Empty: only pages
+    /// from the listener's own origin (same-origin), never any origin.
+    pub allowed_origins: Vec<String>,
+    /// Time a connection has to complete the TLS and WebSocket handshakes (default 2 s).
+    pub handshake_timeout: Option<Dur>,
+}
+
+impl WebSocketConfig {
+    pub fn addr(&self) -> Result<Option<SocketAddr>, String> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        text.parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| format!("{text:?} is not an address with a port, like \"127.0.0.1:8080\""))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout.map_or(DEFAULT_TLS_TIMEOUT, |d| d.0)
+    }
+
+    pub fn tls(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let addr = self.addr().map_err(|e| ("websocket.listen", e))?;
+        let tls = match (&self.cert_file, &self.key_file) {
+            (Some(_), Some(_)) => true,
+            (None, None) => false,
+            (Some(_), None) => {
+                return Err(("websocket.key_file", "a certificate needs its key".into()))
+            }
+            (None, Some(_)) => {
+                return Err(("websocket.cert_file", "a key needs its certificate".into()))
+            }
+        };
+        let Some(addr) = addr else {
+            return Ok(());
+        };
+        if tls && self.no_tls {
+            return Err((
+                "websocket.no_tls",
+                "set either no_tls or a certificate, not both".into(),
+            ));
+        }
+        if !tls && !self.no_tls {
+            return Err((
+                "websocket.cert_file",
+                "wss:// needs cert_file and key_file; for ws:// without TLS set no_tls = true"
+                    .into(),
+            ));
+        }
+        if self.no_tls && !addr.ip().is_loopback() && !self.behind_tls_proxy {
+            return Err((
+                "websocket.no_tls",
+                format!("ws:// without TLS on {addr}, which is not loopback: browsers' credentials would cross the network in clear; serve wss://, or set behind_tls_proxy = true if a proxy terminates TLS"),
+            ));
+        }
+        for origin in &self.allowed_origins {
+            crate::websocket::Origin::parse(origin)
+                .map_err(|e| ("websocket.allowed_origins", e))?;
+        }
+        if self.handshake_timeout.is_some_and(|t| t.0.is_zero()) {
+            return Err(("websocket.handshake_timeout", "must be more than 0".into()));
+        }
+        Ok(())
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -332,6 +415,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub authorization: AuthorizationConfig,
     pub tls: TlsConfig,
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for Config {
@@ -355,6 +439,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             authorization: AuthorizationConfig::default(),
             tls: TlsConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -455,6 +540,9 @@ impl Config {
         crate::auth::Authenticator::new(&self.authorization, self.auth_timeout())
             .map_err(|e| invalid(e.key, e.reason))?;
         self.validate_tls()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.websocket
+            .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }

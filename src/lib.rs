@@ -13,6 +13,7 @@ pub mod proto;
 pub mod subject;
 pub mod subject_index;
 pub mod tls;
+pub mod websocket;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;

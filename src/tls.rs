@@ -17,23 +17,23 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 #[error("key `{key}`: {path}: {reason}")]
 pub struct TlsError {
-    pub key: &'static str,
+    pub key: String,
     pub path: PathBuf,
     pub reason: String,
 }
 
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError {
-        key,
+        key: key.to_string(),
         path: path.to_owned(),
         reason: format!("cannot read: {e}"),
     })
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(key, path)?;
     let err = |reason: String| TlsError {
-        key,
+        key: key.to_string(),
         path: path.to_owned(),
         reason,
     };
@@ -46,36 +46,41 @@ fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
-/// Builds the server side of `[tls]` (which must be enabled).
-pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Builds the server side of a TLS section (`[tls]`, or the certificate settings of
+/// another listener: `section` names it in errors).
+pub fn server_config(
+    config: &TlsConfig,
+    section: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let key = |name: &str| format!("{section}.{name}");
     let (Some(cert_path), Some(key_path)) = (&config.cert_file, &config.key_file) else {
         return Err(TlsError {
-            key: "tls.cert_file",
+            key: key("cert_file"),
             path: PathBuf::new(),
             reason: "TLS needs a certificate and a key".into(),
         });
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certificates("tls.cert_file", cert_path)?;
-    let key_pem = read("tls.key_file", key_path)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
-        key: "tls.key_file",
+    let chain = certificates(&key("cert_file"), cert_path)?;
+    let key_pem = read(&key("key_file"), key_path)?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
+        key: key("key_file"),
         path: key_path.clone(),
         reason: format!("no private key in the file: {e}"),
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError {
-            key: "tls",
+            key: section.to_string(),
             path: cert_path.clone(),
             reason: e.to_string(),
         })?;
     let builder = match (&config.ca_file, config.verify) {
         (Some(ca_path), true) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates("tls.ca_file", ca_path)? {
+            for cert in certificates(&key("ca_file"), ca_path)? {
                 roots.add(cert).map_err(|e| TlsError {
-                    key: "tls.ca_file",
+                    key: key("ca_file"),
                     path: ca_path.clone(),
                     reason: format!("not a usable CA certificate: {e}"),
                 })?;
@@ -86,7 +91,7 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
             )
             .build()
             .map_err(|e| TlsError {
-                key: "tls.ca_file",
+                key: key("ca_file"),
                 path: ca_path.clone(),
                 reason: e.to_string(),
             })?;
@@ -94,13 +99,15 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
         }
         _ => builder.with_no_client_auth(),
     };
-    let server = builder.with_single_cert(chain, key).map_err(|e| TlsError {
-        key: "tls.key_file",
-        path: key_path.clone(),
-        reason: format!(
-            "does not fit the certificate in {}: {e}",
-            cert_path.display()
-        ),
-    })?;
+    let server = builder
+        .with_single_cert(chain, private_key)
+        .map_err(|e| TlsError {
+            key: key("key_file"),
+            path: key_path.clone(),
+            reason: format!(
+                "does not fit the certificate in {}: {e}",
+                cert_path.display()
+            ),
+        })?;
     Ok(Arc::new(server))
 }
