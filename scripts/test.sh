@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests compare
-# against (the reference nats-server, the Python client), then every test.
+# against (the reference nats-server, the Python client, the JavaScript client with
+# playwright-core for the browser test), then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# System packages: Python (nats-py), Chromium and Node.js (the browser test with the
+# official JavaScript client), from Debian's packages.
+need=()
+command -v python3 >/dev/null || need+=(python3 python3-pip)
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
+{ command -v node >/dev/null && command -v npm >/dev/null; } || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "the tests need: ${need[*]} (install them, or run this as root on Debian)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 ./scripts/install-reference.sh >/dev/null
 python3 -m pip install --quiet --disable-pip-version-check 'nats-py==2.16.0' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'nats-py==2.16.0'
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 export MESHBROKER_CI=1
 cargo test --all-targets "$@"
