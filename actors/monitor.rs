@@ -65,6 +65,7 @@ struct Monitor {
 pub fn start(
     ctx: Arc<ServerContext>,
     addr: SocketAddr,
+    tls: Option<futures_rustls::TlsAcceptor>,
     js: Option<Arc<Usage>>,
     listener_commands: async_channel::Sender<Command>,
 ) -> std::io::Result<SocketAddr> {
@@ -76,7 +77,8 @@ pub fn start(
             "monitoring endpoint on {bound} is reachable from other hosts and has no authentication"
         );
     }
-    log::info!("monitoring endpoint on http://{bound}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    log::info!("monitoring endpoint on {scheme}://{bound}");
     let monitor = Arc::new(Monitor {
         ctx: ctx.clone(),
         addr: bound,
@@ -84,11 +86,18 @@ pub fn start(
         listener: listener_commands,
         requests: Default::default(),
     });
-    ctx.spawner.spawn_detached(accept(monitor, listener));
+    ctx.spawner.spawn_detached(accept(monitor, listener, tls));
     Ok(bound)
 }
 
-async fn accept(monitor: Arc<Monitor>, listener: TcpListener) {
+/// Time a monitoring client has for the TLS handshake.
+const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+
+async fn accept(
+    monitor: Arc<Monitor>,
+    listener: TcpListener,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -99,17 +108,35 @@ async fn accept(monitor: Arc<Monitor>, listener: TcpListener) {
             }
         };
         let monitor = monitor.clone();
+        let tls = tls.clone();
         monitor.ctx.spawner.clone().spawn_detached(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let monitor = monitor.clone();
-                async move { Ok::<_, Infallible>(monitor.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(smol_hyper::rt::FuturesIo::new(stream), service);
-            if let Some(Err(e)) = runtime::timeout(CONNECTION_LIMIT, conn).await {
-                log::debug!("monitoring connection ended: {e}");
+            match tls {
+                None => serve(monitor, stream).await,
+                Some(acceptor) => {
+                    match runtime::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                        Some(Ok(session)) => serve(monitor, session).await,
+                        Some(Err(e)) => log::debug!("monitoring TLS handshake failed: {e}"),
+                        None => log::debug!("monitoring TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// Serves HTTP/1 requests on one connection (plain or TLS).
+async fn serve(
+    monitor: Arc<Monitor>,
+    io: impl futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let monitor = monitor.clone();
+        async move { Ok::<_, Infallible>(monitor.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service);
+    if let Some(Err(e)) = runtime::timeout(CONNECTION_LIMIT, conn).await {
+        log::debug!("monitoring connection ended: {e}");
     }
 }
 

@@ -76,6 +76,26 @@ pub struct ServerContext {
     websocket: arc_swap::ArcSwapOption<WsSetup>,
 }
 
+/// TLS for a listener configured with just a certificate and key (the WebSocket and
+/// monitoring listeners); `section` names it in errors.
+fn listener_tls(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    section: &str,
+) -> Result<Option<futures_rustls::TlsAcceptor>, NodeError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let tls = crate::config::TlsConfig {
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+        ..Default::default()
+    };
+    let server =
+        crate::tls::server_config(&tls, section).map_err(|e| NodeError::Config(e.to_string()))?;
+    Ok(Some(futures_rustls::TlsAcceptor::from(server)))
+}
+
 /// What a new WebSocket connection needs: TLS (wss://) and the origin policy.
 pub struct WsSetup {
     pub acceptor: Option<futures_rustls::TlsAcceptor>,
@@ -89,18 +109,7 @@ impl WsSetup {
         if ws.listen.is_none() {
             return Ok(None);
         }
-        let acceptor = if ws.tls() {
-            let tls = crate::config::TlsConfig {
-                cert_file: ws.cert_file.clone(),
-                key_file: ws.key_file.clone(),
-                ..Default::default()
-            };
-            let server = crate::tls::server_config(&tls, "websocket")
-                .map_err(|e| NodeError::Config(e.to_string()))?;
-            Some(futures_rustls::TlsAcceptor::from(server))
-        } else {
-            None
-        };
+        let acceptor = listener_tls(&ws.cert_file, &ws.key_file, "websocket")?;
         let policy = crate::websocket::OriginPolicy::new(&ws.allowed_origins)
             .map_err(|e| NodeError::Config(format!("key `websocket.allowed_origins`: {e}")))?;
         Ok(Some(Arc::new(WsSetup {
@@ -289,10 +298,14 @@ impl Node {
         }
         let (commands, command_rx) = async_channel::unbounded();
         let monitor_addr = match ctx.config().monitor.addr().map_err(NodeError::Config)? {
-            Some(addr) => Some(
-                super::monitor::start(ctx.clone(), addr, js_usage, commands.clone())
-                    .map_err(|source| NodeError::Monitor { addr, source })?,
-            ),
+            Some(addr) => {
+                let monitor = &ctx.config().monitor;
+                let tls = listener_tls(&monitor.cert_file, &monitor.key_file, "monitor")?;
+                Some(
+                    super::monitor::start(ctx.clone(), addr, tls, js_usage, commands.clone())
+                        .map_err(|source| NodeError::Monitor { addr, source })?,
+                )
+            }
             None => None,
         };
         let listener_task = spawner.spawn(listener::run(

@@ -10,6 +10,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -96,11 +97,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsReader<S> {
                 }
                 // Pings are answered by tungstenite itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // A client that drops the connection without a close frame has
+                // ended it as surely as one that sends one.
                 None
                 | Some(Ok(Message::Close(_)))
-                | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                    return Poll::Ready(Ok(0))
-                }
+                | Some(Err(
+                    WsError::ConnectionClosed
+                    | WsError::AlreadyClosed
+                    | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                )) => return Poll::Ready(Ok(0)),
                 Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
             }
         }

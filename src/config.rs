@@ -168,6 +168,9 @@ pub struct MonitorConfig {
     pub enabled: bool,
     /// Serve it on this address (implies `enabled`); port 0 picks a free port.
     pub listen: Option<String>,
+    /// Serve HTTPS with this certificate chain and key (PEM) instead of HTTP.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// Where the monitoring endpoint listens when enabled without an address.
@@ -534,6 +537,21 @@ impl Config {
         self.monitor
             .addr()
             .map_err(|reason| invalid("monitor.listen", reason))?;
+        match (&self.monitor.cert_file, &self.monitor.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "monitor.key_file",
+                    "a certificate needs its key".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "monitor.cert_file",
+                    "a key needs its certificate".into(),
+                ))
+            }
+            _ => {}
+        }
         if self.jetstream.enabled && self.jetstream.store_dir.as_os_str().is_empty() {
             return Err(invalid("jetstream.store_dir", "must not be empty".into()));
         }

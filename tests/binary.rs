@@ -282,3 +282,83 @@ fn sighup_reloads_the_config_or_keeps_the_old_one() {
     assert!(stderr.contains("connected from"), "debug before: {stderr}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// SIGHUP with changed users: a live connection whose password changed is closed, one
+/// whose permissions shrank has them enforced at once, new connections need the new
+/// password, the log level changes, and no password reaches the log.
+#[test]
+fn sighup_applies_users_permissions_and_log_level() {
+    let users = |alice_pass: &str, bob_perms: &str| {
+        format!(
+            "[[authorization.users]]\nuser = \"alice\"\npassword = \"{alice_pass}\"\n\
+             [[authorization.users]]\nuser = \"bob\"\npassword = \"bob-pw\"\n{bob_perms}"
+        )
+    };
+    let (mut child, addr, dir) = run_node("sighup-users", &users("old-secret-1", ""));
+    let path = dir.join("node.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let wait = Duration::from_secs(5);
+    let login = |user: &str, pass: &str| {
+        let (mut raw, _) = first_info(addr);
+        raw.send(
+            format!(
+                "CONNECT {{\"verbose\":false,\"user\":\"{user}\",\"pass\":\"{pass}\"}}\r\nPING\r\n"
+            )
+            .as_bytes(),
+        );
+        raw
+    };
+    let mut alice = login("alice", "old-secret-1");
+    assert!(alice.read_until(b"PONG\r\n", wait));
+    alice.received.clear();
+    let mut bob = login("bob", "bob-pw");
+    bob.send(b"SUB secret 1\r\nSUB allowed 2\r\nPING\r\n");
+    assert!(bob.read_until(b"PONG\r\nPONG\r\n", wait), "{}", bob.text());
+    bob.received.clear();
+
+    let shrunk =
+        "[authorization.users.permissions]\npublish = [\"allowed\"]\nsubscribe = [\"allowed\"]\n";
+    let changed = original
+        .replace(&users("old-secret-1", ""), &users("new-secret-2", shrunk))
+        .replace("log_level = \"debug\"", "log_level = \"info\"");
+    assert_ne!(changed, original);
+    std::fs::write(&path, changed).unwrap();
+    signal(&child, "-HUP");
+
+    assert!(
+        alice.read_to_close(wait),
+        "alice's password changed: closed"
+    );
+    assert_eq!(alice.text(), "-ERR 'Authorization Violation'\r\n");
+    assert!(bob.read_until(b"(sid \"1\")'\r\n", wait), "{}", bob.text());
+    bob.received.clear();
+    bob.send(b"PUB secret 1\r\nx\r\nPUB allowed 1\r\ny\r\nPING\r\n");
+    assert!(bob.read_until(b"PONG\r\n", wait));
+    assert_eq!(
+        bob.text(),
+        "-ERR 'Permissions Violation for Publish to \"secret\"'\r\nMSG allowed 2 1\r\ny\r\nPONG\r\n"
+    );
+    let mut old = login("alice", "old-secret-1");
+    assert!(old.read_to_close(wait));
+    assert_eq!(old.text(), "-ERR 'Authorization Violation'\r\n");
+    let mut new = login("alice", "new-secret-2");
+    assert!(new.read_until(b"PONG\r\n", wait));
+
+    signal(&child, "-INT");
+    wait_exit(&mut child, wait).expect("exits");
+    let stderr = stderr_of(&mut child);
+    assert!(
+        stderr.contains("config reloaded (log level Debug -> Info)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("authentication error"), "{stderr}");
+    for secret in ["old-secret-1", "new-secret-2", "bob-pw"] {
+        assert!(!stderr.contains(secret), "{secret} in the log:\n{stderr}");
+    }
+    let after = stderr.split("config reloaded").nth(1).unwrap_or_default();
+    assert!(
+        !after.contains("connected from"),
+        "debug lines after info: {after}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -332,3 +332,52 @@ fn varz_and_connz_keys_match_the_reference() {
         .collect();
     assert_eq!(conn_keys(ours), theirs);
 }
+
+/// With a certificate the endpoint speaks HTTPS only.
+#[test]
+fn https_when_given_a_certificate() {
+    let dir = TempDir::new("monitor-https");
+    let ca = common::certs::TestCa::new("monitor CA");
+    let cert = ca.leaf(&dir.0, "monitor", &["localhost"]);
+    let mut config = test_config();
+    config.monitor.cert_file = Some(cert.cert.clone());
+    config.monitor.key_file = Some(cert.key.clone());
+    let node = monitored(config);
+    let addr = node.monitor_addr().unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let session =
+        rustls::ClientConnection::new(std::sync::Arc::new(client), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(session, tcp);
+    write!(
+        tls,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
+
+    // Plain HTTP gets no page.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain.set_read_timeout(Some(WAIT)).unwrap();
+    write!(plain, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let _ = plain.read_to_end(&mut raw);
+    assert!(!String::from_utf8_lossy(&raw).contains("status"));
+}
