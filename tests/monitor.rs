@@ -345,20 +345,8 @@ fn https_when_given_a_certificate() {
     let node = monitored(config);
     let addr = node.monitor_addr().unwrap();
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes()).unwrap())
-        .unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let session =
-        rustls::ClientConnection::new(std::sync::Arc::new(client), "localhost".try_into().unwrap())
-            .unwrap();
+        rustls::ClientConnection::new(ca.client_config(), "localhost".try_into().unwrap()).unwrap();
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let mut tls = rustls::StreamOwned::new(session, tcp);

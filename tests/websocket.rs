@@ -171,19 +171,8 @@ fn wss_with_a_certificate() {
     let node = start(config);
     let addr = node.websocket_addr().unwrap();
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes()).expect("ca pem"))
-        .expect("root");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let session =
-        rustls::ClientConnection::new(std::sync::Arc::new(tls), "localhost".try_into().unwrap())
-            .unwrap();
+        rustls::ClientConnection::new(ca.client_config(), "localhost".try_into().unwrap()).unwrap();
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).ok();
     let tls_stream = rustls::StreamOwned::new(session, stream);

@@ -4,6 +4,7 @@ pub mod encode;
 pub mod errors;
 pub mod info;
 pub mod parser;
+pub mod route;
 
 pub use errors::{ProtoError, WireError};
 pub use info::{ConnectOptions, ServerInfo};

@@ -251,13 +251,21 @@ fn op_code(name: &[u8]) -> Option<OpCode> {
 
 /// Fails early when the bytes seen so far cannot begin any operation name.
 fn check_op_prefix(buf: &[u8]) -> Result<(), ProtoError> {
+    check_prefix(buf, OPS.iter().map(|(n, _)| *n))
+}
+
+/// Fails early when the bytes seen so far cannot begin any of `names`.
+pub(super) fn check_prefix<'n>(
+    buf: &[u8],
+    names: impl IntoIterator<Item = &'n [u8]>,
+) -> Result<(), ProtoError> {
     let end = buf
         .iter()
         .position(|&b| is_ws(b) || b == b'\r')
         .unwrap_or(buf.len());
     let prefix = &buf[..end];
     let complete = end < buf.len();
-    let plausible = OPS.iter().any(|(n, _)| {
+    let plausible = names.into_iter().any(|n| {
         if complete {
             n.eq_ignore_ascii_case(prefix)
         } else {
@@ -272,15 +280,15 @@ fn check_op_prefix(buf: &[u8]) -> Result<(), ProtoError> {
 }
 
 #[inline]
-fn is_ws(b: u8) -> bool {
+pub(super) fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-fn trim_cr(line: &[u8]) -> &[u8] {
+pub(super) fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn trim_ws(mut s: &[u8]) -> &[u8] {
+pub(super) fn trim_ws(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
         if is_ws(*first) {
             s = rest;
@@ -299,7 +307,7 @@ fn trim_ws(mut s: &[u8]) -> &[u8] {
 }
 
 /// Splits a control line into its operation name and the rest (arguments).
-fn split_op(line: &[u8]) -> (&[u8], &[u8]) {
+pub(super) fn split_op(line: &[u8]) -> (&[u8], &[u8]) {
     match line.iter().position(|&b| is_ws(b)) {
         Some(i) => (&line[..i], &line[i..]),
         None => (line, &[]),
@@ -374,7 +382,11 @@ fn split_sizes<'a>(
 
 /// The payload after a control line, if all of it (and its CRLF) has arrived.
 #[allow(clippy::type_complexity)]
-fn payload(buf: &[u8], start: usize, len: usize) -> Result<Option<(&[u8], usize)>, ProtoError> {
+pub(super) fn payload(
+    buf: &[u8],
+    start: usize,
+    len: usize,
+) -> Result<Option<(&[u8], usize)>, ProtoError> {
     let end = start + len;
     if buf.len() < end + 2 {
         // Reject a wrong terminator as soon as its first byte is there.
@@ -403,7 +415,7 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-fn parse_usize(s: &[u8]) -> Option<usize> {
+pub(super) fn parse_usize(s: &[u8]) -> Option<usize> {
     parse_u64(s).and_then(|n| usize::try_from(n).ok())
 }
 

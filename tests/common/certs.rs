@@ -45,6 +45,25 @@ impl TestCa {
         path
     }
 
+    /// A rustls client configuration that trusts this CA (for test clients that speak
+    /// TLS themselves).
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls::pki_types::pem::PemObject::from_pem_slice(self.pem.as_bytes())
+                    .expect("ca pem"),
+            )
+            .expect("ca as root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    }
+
     /// A certificate for `names` (DNS names or IP addresses), valid for servers and
     /// clients, written to `dir/<stem>.pem` and `dir/<stem>-key.pem`.
     pub fn leaf(&self, dir: &std::path::Path, stem: &str, names: &[&str]) -> CertFiles {
