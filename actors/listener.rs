@@ -37,7 +37,7 @@ pub async fn run(
     commands: async_channel::Receiver<Command>,
 ) {
     let (gone_tx, gone_rx) = async_channel::unbounded::<u64>();
-    let mut clients: HashMap<u64, async_channel::Sender<Control>> = HashMap::new();
+    let mut clients: Clients = HashMap::new();
     let mut accept_backoff = Duration::from_millis(5);
 
     enum Event {
@@ -88,11 +88,7 @@ pub async fn run(
                 runtime::sleep(accept_backoff).await;
                 accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
             }
-            Event::Gone(id) => {
-                if clients.remove(&id).is_some() {
-                    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
+            Event::Gone(id) => forget(&ctx, &mut clients, id),
             Event::Command(Some(Command::Clients(reply))) => {
                 let _ = reply.try_send(clients.values().cloned().collect());
             }
@@ -118,24 +114,33 @@ pub async fn run(
         for control in clients.values() {
             let _ = control.try_send(Control::LameDuck);
         }
-        wait_for_clients(
-            &mut clients,
-            &gone_rx,
+        let (grace, duration) = (
             ctx.config().lame_duck_grace_period.0,
-        )
-        .await;
-        close_spread(&mut clients, &gone_rx, ctx.config().lame_duck_duration.0).await;
+            ctx.config().lame_duck_duration.0,
+        );
+        wait_for_clients(&ctx, &mut clients, &gone_rx, grace).await;
+        close_spread(&ctx, &mut clients, &gone_rx, duration).await;
     } else {
         for control in clients.values() {
             let _ = control.try_send(Control::Close(WireError::ServerShutdown));
         }
     }
-    wait_for_clients(&mut clients, &gone_rx, SHUTDOWN_DRAIN).await;
+    wait_for_clients(&ctx, &mut clients, &gone_rx, SHUTDOWN_DRAIN).await;
 }
+
+/// A client has gone: it leaves the live set and the connections gauge.
+fn forget(ctx: &ServerContext, clients: &mut Clients, id: u64) {
+    if clients.remove(&id).is_some() {
+        ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Clients = HashMap<u64, async_channel::Sender<Control>>;
 
 /// Waits until every client is gone or `limit` passed.
 async fn wait_for_clients(
-    clients: &mut HashMap<u64, async_channel::Sender<Control>>,
+    ctx: &ServerContext,
+    clients: &mut Clients,
     gone: &async_channel::Receiver<u64>,
     limit: Duration,
 ) {
@@ -143,9 +148,7 @@ async fn wait_for_clients(
     while !clients.is_empty() {
         let left = deadline.saturating_duration_since(runtime::now());
         match runtime::timeout(left, gone.recv()).await {
-            Some(Ok(id)) => {
-                clients.remove(&id);
-            }
+            Some(Ok(id)) => forget(ctx, clients, id),
             _ => return,
         }
     }
@@ -154,7 +157,8 @@ async fn wait_for_clients(
 /// Closes the remaining clients a few at a time so they reconnect elsewhere without a
 /// thundering herd, spreading the closes over `duration`.
 async fn close_spread(
-    clients: &mut HashMap<u64, async_channel::Sender<Control>>,
+    ctx: &ServerContext,
+    clients: &mut Clients,
     gone: &async_channel::Receiver<u64>,
     duration: Duration,
 ) {
@@ -169,7 +173,7 @@ async fn close_spread(
             }
         }
         while let Ok(id) = gone.try_recv() {
-            clients.remove(&id);
+            forget(ctx, clients, id);
         }
         runtime::sleep(step).await;
     }

@@ -369,3 +369,35 @@ fn https_when_given_a_certificate() {
     let _ = plain.read_to_end(&mut raw);
     assert!(!String::from_utf8_lossy(&raw).contains("status"));
 }
+
+/// In lame duck mode the node keeps counting: a client that leaves during the grace
+/// period leaves the connections gauge at once.
+#[test]
+fn lame_duck_departures_leave_the_gauge() {
+    let mut config = test_config();
+    config.lame_duck_grace_period = meshbroker::config::Dur(Duration::from_secs(3));
+    config.lame_duck_duration = meshbroker::config::Dur(Duration::from_millis(200));
+    let node = monitored(config);
+    let addr = node.monitor_addr().unwrap();
+    let mut leaving = common::Raw::connect(node.client_addr());
+    let mut staying = common::Raw::connect(node.client_addr());
+    for raw in [&mut leaving, &mut staying] {
+        raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n");
+        assert!(raw.read_until(b"PONG\r\n", WAIT));
+    }
+    assert_eq!(
+        varz_until(addr, |v| v["connections"] == 2)["connections"],
+        2
+    );
+
+    let stopping = std::thread::spawn(move || node.lame_duck());
+    assert!(leaving.read_until(b"\"ldm\":true", WAIT), "told to leave");
+    leaving.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    let v = varz_until(addr, |v| v["connections"] == 1);
+    assert_eq!(v["connections"], 1, "the departed client is not counted");
+    stopping.join().unwrap();
+    assert!(
+        staying.read_to_close(WAIT),
+        "the rest are closed after the grace period"
+    );
+}
