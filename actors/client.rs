@@ -128,6 +128,7 @@ pub fn spawn(
                 }
             }
             (Via::WebSocket, _, Some(ws)) => {
+                session.client.transport = "websocket";
                 let limit = ws.handshake_timeout;
                 let max_payload = session.client.ctx.config().max_payload.as_usize();
                 match &ws.acceptor {
@@ -137,10 +138,15 @@ pub fn spawn(
                                 .accept(stream.clone())
                                 .await
                                 .map_err(|e| e.to_string())?;
-                            websocket::accept(tls, &ws.policy, true, max_payload, peer).await
+                            let details = tls_session(tls.get_ref().1);
+                            websocket::accept(tls, &ws.policy, true, max_payload, peer)
+                                .await
+                                .map(|halves| (halves, details))
                         };
-                        if let Some((reader, writer)) = ws_handshake(limit, handshakes, peer).await
+                        if let Some(((reader, writer), details)) =
+                            ws_handshake(limit, handshakes, peer).await
                         {
+                            session.client.tls_session = Some(details);
                             session.serve(reader, writer).await;
                         }
                     }
@@ -159,6 +165,30 @@ pub fn spawn(
         let _ = gone.send(id).await;
     });
     control_tx
+}
+
+/// A TLS session's version and cipher suite as the reference's `/connz` names them
+/// (`1.3`, `TLS_AES_128_GCM_SHA256`).
+fn tls_session(conn: &rustls::ServerConnection) -> (String, String) {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| {
+            let name = s
+                .suite()
+                .as_str()
+                .map_or_else(|| format!("{:?}", s.suite()), str::to_string);
+            // rustls names the TLS 1.3 suites TLS13_…; IANA (and Go) TLS_….
+            name.strip_prefix("TLS13_")
+                .map_or(name.clone(), |rest| format!("TLS_{rest}"))
+        })
+        .unwrap_or_default();
+    (version, suite)
 }
 
 /// Waits for a WebSocket connection's handshakes; `None` (logged) if they failed or
@@ -399,6 +429,10 @@ struct Client {
     publisher: Publisher,
     /// The first INFO went out before the TLS handshake.
     info_sent: bool,
+    /// What monitoring shows of the transport: `nats` or `websocket`, and the TLS
+    /// version and cipher suite when the connection uses TLS.
+    transport: &'static str,
+    tls_session: Option<(String, String)>,
     /// Sent in INFO for nkey users to sign; empty when none are configured.
     nonce: String,
     /// Until CONNECT is accepted: when the connection is closed for not sending it.
@@ -460,6 +494,8 @@ impl Client {
             unsynced: false,
             publisher: Publisher::default(),
             info_sent: false,
+            transport: "nats",
+            tls_session: None,
             nonce,
             auth_deadline,
             user: None,
@@ -498,6 +534,18 @@ impl Client {
             name: text(&self.opts.name),
             lang: text(&self.opts.lang),
             version: text(&self.opts.version),
+            transport: self.transport,
+            authorized_user: self.user.clone().unwrap_or_default(),
+            tls_version: self
+                .tls_session
+                .as_ref()
+                .map(|t| t.0.clone())
+                .unwrap_or_default(),
+            tls_cipher_suite: self
+                .tls_session
+                .as_ref()
+                .map(|t| t.1.clone())
+                .unwrap_or_default(),
             subs: self
                 .subs
                 .values()
@@ -571,7 +619,10 @@ impl Client {
             self.info_sent = true;
         }
         match runtime::timeout(tls.timeout, tls.acceptor.accept(stream.clone())).await {
-            Some(Ok(session)) => Some(session),
+            Some(Ok(session)) => {
+                self.tls_session = Some(tls_session(session.get_ref().1));
+                Some(session)
+            }
             Some(Err(e)) => {
                 log::debug!(
                     "{} - cid:{} - TLS handshake error: {e}",

@@ -94,6 +94,13 @@ pub struct ConnSnapshot {
     pub lang: String,
     pub version: String,
     pub subs: Vec<SubSnapshot>,
+    /// `nats` or `websocket`, as the reference's `type`.
+    pub transport: &'static str,
+    /// The authenticated user or nkey (shown with `auth=1`).
+    pub authorized_user: String,
+    /// `1.3`, `1.2` and the suite's IANA name, for TLS connections.
+    pub tls_version: String,
+    pub tls_cipher_suite: String,
 }
 
 /// One subscription of a connection.
@@ -114,6 +121,8 @@ pub struct ConnzQuery {
     pub limit: usize,
     pub sort: ConnSort,
     pub subs: SubsDetail,
+    /// Show each connection's authorized user (`auth=1`).
+    pub auth: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +148,11 @@ pub enum ConnSort {
     Uptime,
 }
 
+/// A query flag's true, as Go's `strconv.ParseBool` reads it.
+fn is_true(value: &str) -> bool {
+    matches!(value, "1" | "true" | "t" | "T" | "TRUE" | "True")
+}
+
 /// The connections one `/connz` page shows by default.
 pub const CONNZ_DEFAULT_LIMIT: usize = 1024;
 
@@ -149,6 +163,7 @@ impl Default for ConnzQuery {
             limit: CONNZ_DEFAULT_LIMIT,
             sort: ConnSort::Cid,
             subs: SubsDetail::None,
+            auth: false,
         }
     }
 }
@@ -169,10 +184,11 @@ impl ConnzQuery {
                         .filter(|l| *l > 0)
                         .unwrap_or(CONNZ_DEFAULT_LIMIT)
                 }
+                "auth" => q.auth = is_true(value),
                 "subs" => {
                     q.subs = match value {
                         "detail" => SubsDetail::Detail,
-                        "1" | "true" | "t" | "T" | "TRUE" | "True" => SubsDetail::Subjects,
+                        v if is_true(v) => SubsDetail::Subjects,
                         _ => SubsDetail::None,
                     }
                 }
@@ -230,7 +246,7 @@ pub fn connz(
             let mut v = serde_json::json!({
                 "cid": c.cid,
                 "kind": "Client",
-                "type": "nats",
+                "type": c.transport,
                 "ip": c.ip,
                 "port": c.port,
                 "start": crate::jetstream::api::format_time(c.start_ns),
@@ -245,13 +261,21 @@ pub fn connz(
                 "subscriptions": c.subs.len(),
             });
             if let Some(map) = v.as_object_mut() {
+                let user = if q.auth {
+                    c.authorized_user.as_str()
+                } else {
+                    ""
+                };
                 for (key, value) in [
-                    ("name", &c.name),
+                    ("name", c.name.as_str()),
                     ("lang", &c.lang),
                     ("version", &c.version),
+                    ("tls_version", &c.tls_version),
+                    ("tls_cipher_suite", &c.tls_cipher_suite),
+                    ("authorized_user", user),
                 ] {
                     if !value.is_empty() {
-                        map.insert(key.into(), value.as_str().into());
+                        map.insert(key.into(), value.into());
                     }
                 }
                 match q.subs {

@@ -9,51 +9,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, jetstream_config, start, start_reference, test_config, wait_for_port, TempDir,
+    free_port, http_get as get, http_get_json as get_json, jetstream_config, start,
+    start_reference, test_config, wait_for_port, TempDir,
 };
 use futures::StreamExt;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A GET over a fresh connection: (status code, content type, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).expect("monitoring endpoint accepts");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete HTTP response");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, content_type, raw[split + 4..].to_vec())
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, content_type, body) = get(addr, path);
-    assert_eq!(status, 200, "{path}");
-    assert_eq!(content_type, "application/json", "{path}");
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 /// Polls `/varz` until `done` holds (counters are folded in as connections read).
 fn varz_until(addr: SocketAddr, done: impl Fn(&Value) -> bool) -> Value {

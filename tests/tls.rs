@@ -147,26 +147,56 @@ async fn handshake_first_mode() {
 }
 
 /// TLS and auth together: credentials travel inside the session and are checked as
-/// on plain TCP.
+/// on plain TCP; `/connz` shows the TLS version and suite, and with `auth=1` the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_applies_inside_tls() {
     let pki = pki("tls-auth");
     let node = start(tls_config(&pki, |c| {
-        c.authorization.token = Some(meshbroker::config::Secret("t0ken".into()));
+        c.authorization.users = vec![meshbroker::config::UserConfig {
+            user: Some("alice".into()),
+            password: Some(meshbroker::config::Secret("pw".into())),
+            ..Default::default()
+        }];
+        c.monitor.listen = Some("127.0.0.1:0".into());
     }));
     let url = format!("tls://localhost:{}", node.client_addr().port());
-    let tls = || {
-        async_nats::ConnectOptions::with_token("t0ken".into())
-            .add_root_certificates(pki.ca_file.clone())
-            .require_tls(true)
-    };
-    round_trip(&tls().connect(&url).await.expect("token over TLS")).await;
-    let refused = async_nats::ConnectOptions::with_token("wrong".into())
+    let client = async_nats::ConnectOptions::with_user_and_password("alice".into(), "pw".into())
         .add_root_certificates(pki.ca_file.clone())
         .require_tls(true)
         .connect(&url)
         .await
-        .expect_err("wrong token over TLS");
+        .expect("password over TLS");
+    round_trip(&client).await;
+    let monitor = node.monitor_addr().unwrap();
+    let connz = tokio::task::spawn_blocking(move || {
+        (
+            common::http_get_json(monitor, "/connz?auth=1"),
+            common::http_get_json(monitor, "/connz"),
+        )
+    })
+    .await
+    .unwrap();
+    let conn = &connz.0["connections"][0];
+    assert_eq!(conn["tls_version"], "1.3", "{conn:#}");
+    assert!(
+        conn["tls_cipher_suite"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("TLS_")),
+        "{conn:#}"
+    );
+    assert_eq!(conn["authorized_user"], "alice");
+    assert_eq!(
+        connz.1["connections"][0].get("authorized_user"),
+        None,
+        "only with auth=1"
+    );
+    let refused =
+        async_nats::ConnectOptions::with_user_and_password("alice".into(), "wrong".into())
+            .add_root_certificates(pki.ca_file.clone())
+            .require_tls(true)
+            .connect(&url)
+            .await
+            .expect_err("wrong password over TLS");
     assert_eq!(
         refused.kind(),
         async_nats::ConnectErrorKind::AuthorizationViolation

@@ -74,7 +74,7 @@ fn send(ws: &mut Ws, bytes: &[u8]) {
 
 #[test]
 fn nats_protocol_in_binary_messages() {
-    let node = start(ws_config(""));
+    let node = start(ws_config("[monitor]\nlisten = \"127.0.0.1:0\"\n"));
     let addr = node.websocket_addr().expect("websocket listener");
     let mut ws = open(addr, None).expect("handshake");
     let info = read_until(&mut ws, "\r\n");
@@ -100,6 +100,16 @@ fn nats_protocol_in_binary_messages() {
     );
     tcp.send(b"PUB greet.sue 3\r\nhey\r\n");
     assert!(read_until(&mut ws, "hey").ends_with("MSG greet.sue 1 3\r\nhey\r\n"));
+
+    // Monitoring tells the transports apart, as the reference's /connz does.
+    let connz = common::http_get_json(node.monitor_addr().unwrap(), "/connz");
+    let types: Vec<&str> = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["websocket", "nats"]);
 }
 
 #[test]

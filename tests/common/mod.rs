@@ -238,3 +238,43 @@ pub async fn settle(client: &async_nats::Client) {
         .expect("settle round trip")
         .expect("settle message");
 }
+
+/// A GET over a fresh connection: (status code, content type, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("monitoring endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, raw[split + 4..].to_vec())
+}
+
+/// A GET of a JSON page that must answer 200.
+pub fn http_get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, content_type, body) = http_get(addr, path);
+    assert_eq!(status, 200, "{path}");
+    assert_eq!(content_type, "application/json", "{path}");
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
