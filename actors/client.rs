@@ -926,10 +926,13 @@ impl Client {
     fn accept(&mut self, grant: Grant) {
         self.auth_deadline = None;
         self.user = grant.user;
-        self.replies = grant
-            .permissions
-            .responses()
-            .map(|permission| Arc::new(ReplyLog::new(permission)));
+        // The requests already received stay answerable while the permission to
+        // answer is the same.
+        self.replies = match (grant.permissions.responses(), self.replies.take()) {
+            (Some(permission), Some(log)) if log.permission() == permission => Some(log),
+            (Some(permission), _) => Some(Arc::new(ReplyLog::new(permission))),
+            (None, _) => None,
+        };
         self.permissions = grant.permissions;
         self.publish_allowed.clear();
     }
@@ -979,9 +982,50 @@ impl Client {
             self.send(|buf| encode::write_err(buf, &text));
             self.remove_sub(&sub.sid);
         }
-        // Subscriptions that stay keep their old deny filters and reply log; new
-        // ones get the new permissions'.
+        // Subscriptions that stay get the new deny filter and reply log: each one
+        // whose filter changed is replaced in the index in one router batch (the new
+        // one added with the old one's counts, the old one removed), so no message
+        // falls between them; the old one stops delivering once the swap is visible.
+        let mut replaced = Vec::new();
+        let kept: Vec<Arc<Subscription>> = self.subs.values().cloned().collect();
+        for old in kept {
+            let new = self.new_subscription(&old.subject, old.queue.as_deref(), &old.sid);
+            let same_log = match (&new.replies, &old.replies) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if new.deny == old.deny && same_log {
+                continue;
+            }
+            new.max
+                .store(old.max.load(Ordering::Acquire), Ordering::Release);
+            new.delivered
+                .store(old.delivered.load(Ordering::Acquire), Ordering::Release);
+            let new = Arc::new(new);
+            self.subs.insert(old.sid.clone(), new.clone());
+            self.changes.push(SubChange::Add(new));
+            self.changes.push(SubChange::Remove(old.clone()));
+            replaced.push(old);
+        }
+        if !replaced.is_empty() {
+            self.sync_subscriptions().await;
+            for old in replaced {
+                old.close();
+            }
+        }
         Ok(())
+    }
+
+    /// A subscription of this connection, with its permissions' delivery filter.
+    fn new_subscription(&self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) -> Subscription {
+        let mut sub =
+            Subscription::for_client(self.shared.clone(), subject, queue, sid, self.opts.headers);
+        if !self.permissions.is_unrestricted() {
+            sub.deny = self.permissions.delivery_deny(subject).into();
+            sub.replies = self.replies.clone();
+        }
+        sub
     }
 
     /// May this connection publish to `subject`? Sends the violation if not.
@@ -1069,18 +1113,7 @@ impl Client {
         }
         // A sid already in use is ignored, as by the reference.
         if !self.subs.contains_key(sid) {
-            let mut sub = Subscription::for_client(
-                self.shared.clone(),
-                subject,
-                queue,
-                sid,
-                self.opts.headers,
-            );
-            if !self.permissions.is_unrestricted() {
-                sub.deny = self.permissions.delivery_deny(subject).into();
-                sub.replies = self.replies.clone();
-            }
-            let sub = Arc::new(sub);
+            let sub = Arc::new(self.new_subscription(subject, queue, sid));
             self.subs.insert(sid.into(), sub.clone());
             self.changes.push(SubChange::Add(sub));
         }

@@ -104,6 +104,11 @@ impl ReplyLog {
         }
     }
 
+    /// How many answers per request, for how long.
+    pub fn permission(&self) -> ResponsePermission {
+        self.permission
+    }
+
     fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, ReplyGrant>> {
         self.grants.lock().unwrap_or_else(|p| p.into_inner())
     }

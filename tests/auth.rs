@@ -379,6 +379,10 @@ password = "old"
 [[authorization.users]]
 user = "bob"
 password = "bob"
+
+[[authorization.users]]
+user = "carol"
+password = "carol"
 "#;
     let after = r#"
 [[authorization.users]]
@@ -386,11 +390,15 @@ user = "alice"
 password = "new"
 
 [[authorization.users]]
+user = "carol"
+password = "carol"
+
+[[authorization.users]]
 user = "bob"
 password = "bob"
 [authorization.users.permissions]
 publish = ["allowed"]
-subscribe = ["allowed"]
+subscribe = { allow = ["allowed", "news.*"], deny = ["news.secret"] }
 "#;
     let node = start(config_from(before));
     let mut alice = Raw::connect(node.client_addr());
@@ -398,7 +406,7 @@ subscribe = ["allowed"]
     assert!(alice.read_until(b"PONG\r\n", WAIT));
     alice.received.clear();
     let mut bob = Raw::connect(node.client_addr());
-    bob.send(b"CONNECT {\"verbose\":false,\"user\":\"bob\",\"pass\":\"bob\"}\r\nSUB secret 1\r\nSUB allowed 2\r\nPING\r\n");
+    bob.send(b"CONNECT {\"verbose\":false,\"user\":\"bob\",\"pass\":\"bob\"}\r\nSUB secret 1\r\nSUB allowed 2\r\nSUB news.* 3\r\nPING\r\n");
     assert!(bob.read_until(b"PONG\r\n", WAIT));
     bob.received.clear();
 
@@ -421,6 +429,15 @@ subscribe = ["allowed"]
         bob.text(),
         "-ERR 'Permissions Violation for Publish to \"secret\"'\r\nMSG allowed 2 1\r\nb\r\nPONG\r\n"
     );
+
+    // bob's wildcard subscription stays, and from now on skips the denied subject.
+    let mut carol = Raw::connect(node.client_addr());
+    carol.send(b"CONNECT {\"verbose\":false,\"user\":\"carol\",\"pass\":\"carol\"}\r\nPUB news.secret 1\r\ns\r\nPUB news.ok 1\r\nk\r\nPING\r\n");
+    assert!(carol.read_until(b"PONG\r\n", WAIT));
+    bob.received.clear();
+    bob.send(b"PING\r\n");
+    assert!(bob.read_until(b"PONG\r\n", WAIT));
+    assert_eq!(bob.text(), "MSG news.ok 3 1\r\nk\r\nPONG\r\n");
 
     let mut old = Raw::connect(node.client_addr());
     old.send(b"CONNECT {\"verbose\":false,\"user\":\"alice\",\"pass\":\"old\"}\r\nPING\r\n");
