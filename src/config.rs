@@ -345,16 +345,11 @@ impl WebSocketConfig {
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let addr = self.addr().map_err(|e| ("websocket.listen", e))?;
-        let tls = match (&self.cert_file, &self.key_file) {
-            (Some(_), Some(_)) => true,
-            (None, None) => false,
-            (Some(_), None) => {
-                return Err(("websocket.key_file", "a certificate needs its key".into()))
-            }
-            (None, Some(_)) => {
-                return Err(("websocket.cert_file", "a key needs its certificate".into()))
-            }
-        };
+        let tls = cert_and_key(
+            &self.cert_file,
+            &self.key_file,
+            ("websocket.cert_file", "websocket.key_file"),
+        )?;
         let Some(addr) = addr else {
             return Ok(());
         };
@@ -385,6 +380,21 @@ impl WebSocketConfig {
             return Err(("websocket.handshake_timeout", "must be more than 0".into()));
         }
         Ok(())
+    }
+}
+
+/// A listener's certificate and key come together: `Ok(true)` with both, `Ok(false)`
+/// with neither, the missing one's key otherwise.
+fn cert_and_key(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    (cert_key, key_key): (&'static str, &'static str),
+) -> Result<bool, (&'static str, String)> {
+    match (cert, key) {
+        (Some(_), Some(_)) => Ok(true),
+        (None, None) => Ok(false),
+        (Some(_), None) => Err((key_key, "a certificate needs its key".into())),
+        (None, Some(_)) => Err((cert_key, "a key needs its certificate".into())),
     }
 }
 
@@ -537,21 +547,12 @@ impl Config {
         self.monitor
             .addr()
             .map_err(|reason| invalid("monitor.listen", reason))?;
-        match (&self.monitor.cert_file, &self.monitor.key_file) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "monitor.key_file",
-                    "a certificate needs its key".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "monitor.cert_file",
-                    "a key needs its certificate".into(),
-                ))
-            }
-            _ => {}
-        }
+        cert_and_key(
+            &self.monitor.cert_file,
+            &self.monitor.key_file,
+            ("monitor.cert_file", "monitor.key_file"),
+        )
+        .map_err(|(key, reason)| invalid(key, reason))?;
         if self.jetstream.enabled && self.jetstream.store_dir.as_os_str().is_empty() {
             return Err(invalid("jetstream.store_dir", "must not be empty".into()));
         }
@@ -568,11 +569,11 @@ impl Config {
     /// Half a TLS setup is refused rather than guessed at.
     fn validate_tls(&self) -> Result<(), (&'static str, String)> {
         let tls = &self.tls;
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => return Err(("tls.key_file", "a certificate needs its key".into())),
-            (None, Some(_)) => return Err(("tls.cert_file", "a key needs its certificate".into())),
-            _ => {}
-        }
+        cert_and_key(
+            &tls.cert_file,
+            &tls.key_file,
+            ("tls.cert_file", "tls.key_file"),
+        )?;
         let rest_without_cert =
             tls.ca_file.is_some() || tls.verify || tls.handshake_first || tls.timeout.is_some();
         if !tls.enabled() && rest_without_cert {

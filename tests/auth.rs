@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use common::scripts::{self, Script};
-use common::{settle, start, start_reference, test_config, Raw, TempDir};
+use common::{raw_login, settle, start, start_reference, test_config, Raw, TempDir};
 use meshbroker::Config;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -401,13 +401,13 @@ publish = ["allowed"]
 subscribe = { allow = ["allowed", "news.*"], deny = ["news.secret"] }
 "#;
     let node = start(config_from(before));
-    let mut alice = Raw::connect(node.client_addr());
-    alice.send(b"CONNECT {\"verbose\":false,\"user\":\"alice\",\"pass\":\"old\"}\r\nPING\r\n");
+    let addr = node.client_addr();
+    let mut alice = raw_login(addr, "alice", "old");
     assert!(alice.read_until(b"PONG\r\n", WAIT));
     alice.received.clear();
-    let mut bob = Raw::connect(node.client_addr());
-    bob.send(b"CONNECT {\"verbose\":false,\"user\":\"bob\",\"pass\":\"bob\"}\r\nSUB secret 1\r\nSUB allowed 2\r\nSUB news.* 3\r\nPING\r\n");
-    assert!(bob.read_until(b"PONG\r\n", WAIT));
+    let mut bob = raw_login(addr, "bob", "bob");
+    bob.send(b"SUB secret 1\r\nSUB allowed 2\r\nSUB news.* 3\r\nPING\r\n");
+    assert!(bob.read_until(b"PONG\r\nPONG\r\n", WAIT));
     bob.received.clear();
 
     node.reload(config_from(after)).expect("reload accepted");
@@ -431,20 +431,18 @@ subscribe = { allow = ["allowed", "news.*"], deny = ["news.secret"] }
     );
 
     // bob's wildcard subscription stays, and from now on skips the denied subject.
-    let mut carol = Raw::connect(node.client_addr());
-    carol.send(b"CONNECT {\"verbose\":false,\"user\":\"carol\",\"pass\":\"carol\"}\r\nPUB news.secret 1\r\ns\r\nPUB news.ok 1\r\nk\r\nPING\r\n");
-    assert!(carol.read_until(b"PONG\r\n", WAIT));
+    let mut carol = raw_login(addr, "carol", "carol");
+    carol.send(b"PUB news.secret 1\r\ns\r\nPUB news.ok 1\r\nk\r\nPING\r\n");
+    assert!(carol.read_until(b"PONG\r\nPONG\r\n", WAIT));
     bob.received.clear();
     bob.send(b"PING\r\n");
     assert!(bob.read_until(b"PONG\r\n", WAIT));
     assert_eq!(bob.text(), "MSG news.ok 3 1\r\nk\r\nPONG\r\n");
 
-    let mut old = Raw::connect(node.client_addr());
-    old.send(b"CONNECT {\"verbose\":false,\"user\":\"alice\",\"pass\":\"old\"}\r\nPING\r\n");
+    let mut old = raw_login(addr, "alice", "old");
     assert!(old.read_to_close(WAIT));
     assert_eq!(old.text(), "-ERR 'Authorization Violation'\r\n");
-    let mut new = Raw::connect(node.client_addr());
-    new.send(b"CONNECT {\"verbose\":false,\"user\":\"alice\",\"pass\":\"new\"}\r\nPING\r\n");
+    let mut new = raw_login(addr, "alice", "new");
     assert!(new.read_until(b"PONG\r\n", WAIT));
 
     // An invalid authorization section is refused and the node keeps the old one.
@@ -452,8 +450,7 @@ subscribe = { allow = ["allowed", "news.*"], deny = ["news.secret"] }
     let mut broken = broken;
     broken.authorization.no_auth_user = Some("nobody".into());
     assert!(node.reload(broken).is_err());
-    let mut still = Raw::connect(node.client_addr());
-    still.send(b"CONNECT {\"verbose\":false,\"user\":\"alice\",\"pass\":\"new\"}\r\nPING\r\n");
+    let mut still = raw_login(addr, "alice", "new");
     assert!(still.read_until(b"PONG\r\n", WAIT));
 }
 

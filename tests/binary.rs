@@ -332,16 +332,7 @@ fn sighup_applies_users_permissions_and_log_level() {
     let path = dir.join("node.toml");
     let original = std::fs::read_to_string(&path).unwrap();
     let wait = Duration::from_secs(5);
-    let login = |user: &str, pass: &str| {
-        let (mut raw, _) = first_info(addr);
-        raw.send(
-            format!(
-                "CONNECT {{\"verbose\":false,\"user\":\"{user}\",\"pass\":\"{pass}\"}}\r\nPING\r\n"
-            )
-            .as_bytes(),
-        );
-        raw
-    };
+    let login = |user: &str, pass: &str| common::raw_login(addr, user, pass);
     let mut alice = login("alice", "old-secret-1");
     assert!(alice.read_until(b"PONG\r\n", wait));
     alice.received.clear();

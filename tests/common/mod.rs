@@ -142,6 +142,19 @@ impl Raw {
     }
 }
 
+/// A raw connection that logs in as `user` with `pass` and sends PING: the answer is
+/// PONG, or an error and a close.
+pub fn raw_login(addr: SocketAddr, user: &str, pass: &str) -> Raw {
+    let mut raw = Raw::connect(addr);
+    raw.send(
+        format!(
+            "CONNECT {{\"verbose\":false,\"user\":\"{user}\",\"pass\":\"{pass}\"}}\r\nPING\r\n"
+        )
+        .as_bytes(),
+    );
+    raw
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
