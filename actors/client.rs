@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
 use super::node::{ServerContext, TlsSetup};
-use super::outbound::{OutboundQueue, Wake};
+use super::outbound::{drain, Drained, OutboundQueue, Wake};
 use super::publish::{Message, Publisher, ReplyLog, Subscription};
+use super::readbuf::ReadBuf;
 use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
 use super::websocket;
@@ -238,42 +239,19 @@ impl Session<'_> {
     }
 }
 
-/// Drains the connection's outbound queue into `out` (the socket, or the write half of
-/// its TLS session); closes the connection when the queue closes or a write fails.
+/// Drains the connection's outbound queue into `out`; tells the actor when a write
+/// fails or misses its deadline.
 async fn write_loop(
     out: impl futures_lite::AsyncWrite + Unpin,
     socket: TcpStream,
     shared: Arc<ClientShared>,
     deadline: Duration,
 ) {
-    let mut out = out;
-    let mut spare = Vec::new();
-    while shared.out.take(&mut spare).await {
-        // Flushed too: TLS and WebSocket layers may hold bytes until asked.
-        let write = async {
-            out.write_all(&spare).await?;
-            out.flush().await
-        };
-        match runtime::timeout(deadline, write).await {
-            Some(Ok(())) => {}
-            Some(Err(_)) => {
-                shared.tell(Control::WriteFailed);
-                break;
-            }
-            None => {
-                shared.tell(Control::Close(WireError::SlowConsumer));
-                break;
-            }
-        }
-        shared.out.done_writing();
-        spare.clear();
-        if spare.capacity() > 64 * 1024 {
-            spare = Vec::new();
-        }
+    match drain(out, socket, &shared.out, deadline).await {
+        Drained::Closed => {}
+        Drained::WriteFailed => shared.tell(Control::WriteFailed),
+        Drained::Deadline => shared.tell(Control::Close(WireError::SlowConsumer)),
     }
-    let _ = runtime::timeout(deadline, out.close()).await;
-    // Also ends a read the actor may be waiting on.
-    let _ = socket.shutdown(std::net::Shutdown::Both);
 }
 
 /// Subjects whose publish permission a connection remembers.
@@ -293,7 +271,7 @@ fn subscribe_violation(subject: &[u8], queue: Option<&[u8]>) -> String {
 
 /// A fresh nonce for INFO: 11 random bytes, base64url without padding (15 characters),
 /// as the reference makes them.
-fn new_nonce() -> String {
+pub(crate) fn new_nonce() -> String {
     use base64::Engine;
     let mut raw = [0u8; 11];
     if getrandom::fill(&mut raw).is_err() {
@@ -323,92 +301,6 @@ enum Ended {
     ClientClosed,
     ReadError,
     Error(WireError),
-}
-
-/// The read buffer: grows while reads fill it, shrinks back when the connection idles,
-/// so an idle connection costs little memory and a busy one reads in large chunks.
-struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Space offered to the last read; a read that fills it asks for a bigger buffer.
-    offered: usize,
-    grow: bool,
-}
-
-const READ_MIN: usize = 512;
-const READ_MAX: usize = 64 * 1024;
-
-impl ReadBuf {
-    fn new() -> Self {
-        ReadBuf {
-            buf: vec![0; READ_MIN],
-            start: 0,
-            end: 0,
-            offered: 0,
-            grow: false,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Moves the unconsumed bytes to the front and makes the buffer at least `len`.
-    fn compact_to(&mut self, len: usize) {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
-    }
-
-    /// Makes room for an operation of `need` bytes (a payload still arriving).
-    fn reserve(&mut self, need: usize) {
-        self.compact_to(need);
-    }
-
-    fn spare(&mut self) -> &mut [u8] {
-        if self.grow {
-            self.grow = false;
-            self.compact_to((self.buf.len() * 2).min(READ_MAX).max(self.buf.len()));
-        }
-        if self.end == self.buf.len() {
-            let len = self.buf.len();
-            self.compact_to(len);
-            if self.end == self.buf.len() {
-                self.compact_to(len * 2);
-            }
-        }
-        self.offered = self.buf.len() - self.end;
-        &mut self.buf[self.end..]
-    }
-
-    /// Called after a read of `n` bytes into [`Self::spare`].
-    fn filled(&mut self, n: usize) {
-        self.end += n;
-        self.grow = n == self.offered && self.buf.len() < READ_MAX;
-    }
-
-    /// Gives memory back once the buffer is empty and the last read was small.
-    fn maybe_shrink(&mut self, last_read: usize) {
-        if self.start == self.end && self.buf.len() > READ_MIN && last_read < self.buf.len() / 4 {
-            self.buf = vec![0; (self.buf.len() / 2).max(READ_MIN)];
-            self.start = 0;
-            self.end = 0;
-        }
-    }
 }
 
 struct Client {

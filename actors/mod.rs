@@ -4,12 +4,15 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod jetstream;
 pub mod listener;
 pub mod monitor;
 pub mod node;
 pub mod outbound;
 pub mod publish;
+pub mod readbuf;
+pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod signals;

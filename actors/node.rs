@@ -32,6 +32,12 @@ pub enum NodeError {
     Runtime(#[source] std::io::Error),
     #[error("cannot start JetStream: {0}")]
     JetStream(#[source] super::storage::StorageError),
+    #[error("cannot listen for routes on {addr}: {source}")]
+    Cluster {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for monitoring on {addr}: {source}")]
     Monitor {
         addr: SocketAddr,
@@ -74,6 +80,8 @@ pub struct ServerContext {
     tls: arc_swap::ArcSwapOption<TlsSetup>,
     /// The WebSocket listener's TLS and origin policy, when `[websocket]` is set.
     websocket: arc_swap::ArcSwapOption<WsSetup>,
+    /// The cluster actor, when `[cluster]` is set (set once, right after start).
+    pub cluster: std::sync::OnceLock<super::cluster::ClusterHandle>,
 }
 
 /// TLS for a listener configured with just a certificate and key (the WebSocket and
@@ -228,6 +236,8 @@ pub struct Node {
     monitor_addr: Option<SocketAddr>,
     /// Where the WebSocket listener listens, when it is on.
     websocket_addr: Option<SocketAddr>,
+    /// Where the cluster listener listens, when it is on.
+    cluster_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -282,6 +292,7 @@ impl Node {
             stats: Stats::default(),
             spawner: spawner.clone(),
             started: std::time::SystemTime::now(),
+            cluster: std::sync::OnceLock::new(),
         });
         let mut store_closed = None;
         let mut js_usage = None;
@@ -308,6 +319,7 @@ impl Node {
             }
             None => None,
         };
+        let cluster_addr = start_cluster(&ctx)?;
         let listener_task = spawner.spawn(listener::run(
             ctx.clone(),
             listener,
@@ -335,7 +347,47 @@ impl Node {
             store_closed,
             monitor_addr,
             websocket_addr,
+            cluster_addr,
         })
+    }
+
+    /// Where the cluster listener listens, when `[cluster]` turned it on.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_addr
+    }
+
+    /// Which other nodes' interest a message published here on `subject` reaches now:
+    /// (route id, queue group, weight) for each entry in the index.
+    pub fn remote_interest(&self, subject: &str) -> Vec<(u64, Option<String>, u32)> {
+        use super::publish::Target;
+        let index = self.ctx.global.index();
+        let found = index.matches(subject.as_bytes());
+        let mut out: Vec<(u64, Option<String>, u32)> = Vec::new();
+        let subs = found
+            .plain
+            .iter()
+            .chain(found.queues.iter().flat_map(|g| g.members.iter()));
+        for sub in subs {
+            if let Target::Route(route) = &sub.target {
+                let queue = sub
+                    .queue
+                    .as_deref()
+                    .map(|q| String::from_utf8_lossy(q).into_owned());
+                let entry = (route.id, queue, sub.weight);
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+        }
+        out
+    }
+
+    /// The routes up now (empty without `[cluster]`).
+    pub fn routes(&self) -> Vec<super::cluster::RouteSummary> {
+        match (self.ctx.cluster.get(), &self.runtime) {
+            (Some(cluster), Some(_)) => runtime::block_on(cluster.routes()),
+            _ => Vec::new(),
+        }
     }
 
     /// The address clients connect to (with the real port when the config said 0).
@@ -386,6 +438,7 @@ impl Node {
                 "websocket.listen",
                 old.websocket.listen == new.websocket.listen,
             ),
+            ("cluster", old.cluster == new.cluster),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(NodeError::Config(format!(
@@ -426,6 +479,9 @@ impl Node {
     }
 
     fn stop(&mut self, command: Command) {
+        if let Some(cluster) = self.ctx.cluster.get() {
+            cluster.shutdown();
+        }
         let _ = self.commands.try_send(command);
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.listener.take()) {
             runtime::block_on(task);
@@ -444,6 +500,74 @@ impl Drop for Node {
             self.stop(Command::Shutdown);
         }
     }
+}
+
+/// Binds the cluster listener and starts the cluster actor, when `[cluster]` is set.
+fn start_cluster(ctx: &Arc<ServerContext>) -> Result<Option<SocketAddr>, NodeError> {
+    let config = ctx.config();
+    let cluster = &config.cluster;
+    let Some(addr) = cluster.listen_addr().map_err(NodeError::Config)? else {
+        return Ok(None);
+    };
+    let bound =
+        std::net::TcpListener::bind(addr).map_err(|source| NodeError::Cluster { addr, source })?;
+    let local_addr = bound
+        .local_addr()
+        .map_err(|source| NodeError::Cluster { addr, source })?;
+    let listener = runtime::TcpListener::try_from(bound)
+        .map_err(|source| NodeError::Cluster { addr, source })?;
+    let secret = cluster
+        .load_secret()
+        .map_err(|(key, reason)| NodeError::Config(format!("key `{key}`: {reason}")))?;
+    let tls = match (&cluster.cert_file, &cluster.key_file, &cluster.ca_file) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let (server, client) = crate::tls::route_configs(cert, key, ca)
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            Some(super::cluster::RouteTls {
+                acceptor: futures_rustls::TlsAcceptor::from(server),
+                connector: futures_rustls::TlsConnector::from(client),
+                timeout: crate::config::DEFAULT_TLS_TIMEOUT,
+            })
+        }
+        _ => None,
+    };
+    let advertise = match &cluster.advertise {
+        Some(a) => crate::cluster::parse_route_url(a).map_err(NodeError::Config)?,
+        None => local_addr.to_string(),
+    };
+    if cluster.advertise.is_none() && local_addr.ip().is_unspecified() {
+        log::warn!(
+            "cluster.listen {local_addr} is a wildcard address: set cluster.advertise to the address other nodes should dial"
+        );
+    }
+    let local = crate::cluster::LocalNode {
+        server_id: ctx.server_id.clone(),
+        server_name: ctx.server_name.clone(),
+        cluster: cluster.name.clone().unwrap_or_default(),
+        advertise,
+        tls: tls.is_some(),
+        secret,
+        max_payload: config.max_payload.0,
+        version: COMPAT_VERSION.to_string(),
+    };
+    let routes = cluster
+        .routes
+        .iter()
+        .filter_map(|r| crate::cluster::parse_route_url(r).ok())
+        .collect();
+    let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes);
+    let _ = ctx.cluster.set(handle);
+    log::info!(
+        "listening for routes on {local_addr} (cluster {:?}{}{})",
+        cluster.name.as_deref().unwrap_or_default(),
+        if cluster.tls() { ", mutual TLS" } else { "" },
+        if cluster.secret.is_some() || cluster.secret_file.is_some() {
+            ", secret"
+        } else {
+            ""
+        }
+    );
+    Ok(Some(local_addr))
 }
 
 /// A server id shaped like the reference's (56 characters of base32 after `N`).

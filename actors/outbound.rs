@@ -117,7 +117,13 @@ impl OutboundQueue {
         if state.closed {
             return Err(PushError::Closed);
         }
+        let before = state.buf.len();
         write(&mut state.buf);
+        if state.buf.len() == before {
+            // Nothing queued: no wake is due (a wake scheduled for nothing would
+            // never be taken, and every later append would count on it).
+            return Ok(false);
+        }
         Ok(!std::mem::replace(&mut state.wake_scheduled, true))
     }
 
@@ -231,6 +237,58 @@ impl OutboundQueue {
     }
 }
 
+/// Why [`drain`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// The queue closed and everything in it was written (or it was a slow consumer).
+    Closed,
+    WriteFailed,
+    /// A write took longer than the deadline.
+    Deadline,
+}
+
+/// The writer task of a connection: drains `queue` into `out` (the socket, or the
+/// write half of its TLS or WebSocket session) until the queue closes or a write
+/// fails, then closes `out` and shuts the socket down (which also ends a read the
+/// connection's actor may be waiting on).
+pub async fn drain(
+    out: impl futures_lite::AsyncWrite + Unpin,
+    socket: super::runtime::TcpStream,
+    queue: &OutboundQueue,
+    deadline: std::time::Duration,
+) -> Drained {
+    use futures_lite::AsyncWriteExt;
+    let mut out = out;
+    let mut spare = Vec::new();
+    let mut end = Drained::Closed;
+    while queue.take(&mut spare).await {
+        // Flushed too: TLS and WebSocket layers may hold bytes until asked.
+        let write = async {
+            out.write_all(&spare).await?;
+            out.flush().await
+        };
+        match super::runtime::timeout(deadline, write).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => {
+                end = Drained::WriteFailed;
+                break;
+            }
+            None => {
+                end = Drained::Deadline;
+                break;
+            }
+        }
+        queue.done_writing();
+        spare.clear();
+        if spare.capacity() > KEEP_CAPACITY {
+            spare = Vec::new();
+        }
+    }
+    let _ = super::runtime::timeout(deadline, out.close()).await;
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+    end
+}
+
 /// The queues a publisher touched during one read batch, woken once at its end.
 #[derive(Default)]
 pub struct FlushSet {
@@ -274,6 +332,17 @@ mod tests {
         let mut spare = Vec::new();
         assert!(!futures_lite::future::block_on(q.take(&mut spare)));
         assert!(spare.is_empty());
+    }
+
+    #[test]
+    fn an_empty_control_append_schedules_no_wake() {
+        let q = OutboundQueue::new(100);
+        assert_eq!(q.push_control(|_| {}), Ok(false));
+        // The next real append is the one that must wake the writer.
+        assert_eq!(
+            q.push_control(|b| b.extend_from_slice(b"PING\r\n")),
+            Ok(true)
+        );
     }
 
     #[test]

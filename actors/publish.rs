@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use super::client::{ClientShared, Control};
 use super::outbound::{FlushSet, PushError};
+use super::route::RouteShared;
 use super::router::{Account, Index};
 use crate::auth::permissions::{ReplyGrant, ResponsePermission};
 use crate::proto::{encode, WireError};
@@ -30,6 +31,10 @@ pub enum Target {
     Client(Arc<ClientShared>),
     /// An internal actor: an owned copy of the message goes into its mailbox.
     Internal(InternalSink),
+    /// Another node's interest, learned over a route: the message goes to that route
+    /// once (however many of its subscriptions match) as an RMSG naming the queue
+    /// groups it was picked for there.
+    Route(Arc<RouteShared>),
 }
 
 /// The mailbox of an internal subscriber, and the tag it gave this subscription so it
@@ -84,6 +89,10 @@ pub struct Subscription {
     /// Where the reply subjects of delivered messages are noted, when the owner may
     /// answer requests its publish permissions would otherwise refuse.
     pub replies: Option<Arc<ReplyLog>>,
+    /// How many entries the index holds for it: a route's queue interest counts as
+    /// many members as the other node has (so picks are weighted as the reference's),
+    /// everything else once.
+    pub weight: u32,
 }
 
 /// The reply subjects a client received and may answer (`allow_responses`): filled
@@ -162,6 +171,29 @@ impl Subscription {
             closed: AtomicBool::new(false),
             deny: Box::default(),
             replies: None,
+            weight: 1,
+        }
+    }
+
+    /// Interest another node announced over `route` (`weight` members of a queue group).
+    pub fn for_route(
+        route: Arc<RouteShared>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        weight: u32,
+    ) -> Self {
+        Subscription {
+            sid: Box::default(),
+            target: Target::Route(route),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            headers: true,
+            max: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            deny: Box::default(),
+            replies: None,
+            weight: weight.max(1),
         }
     }
 
@@ -177,6 +209,7 @@ impl Subscription {
             closed: AtomicBool::new(false),
             deny: Box::default(),
             replies: None,
+            weight: 1,
         }
     }
 
@@ -185,6 +218,7 @@ impl Subscription {
     pub fn client_id(&self) -> u64 {
         match &self.target {
             Target::Client(c) => c.id,
+            Target::Route(r) => r.id,
             Target::Internal(_) => 0,
         }
     }
@@ -225,6 +259,8 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
     }
     let client = match &sub.target {
         Target::Client(client) => client,
+        // Routes are collected by the publisher and sent one RMSG each.
+        Target::Route(_) => return false,
         Target::Internal(sink) => {
             return sink
                 .mailbox
@@ -314,13 +350,28 @@ pub struct Reach {
     pub no_interest: bool,
 }
 
-/// Matches and delivers messages for one publisher (a client actor or an internal
-/// actor). Touched outbound queues are woken by [`Publisher::flush`].
+/// Matches and delivers messages for one publisher (a client actor, a route actor or
+/// an internal actor). Touched outbound queues are woken by [`Publisher::flush`].
 #[derive(Default)]
 pub struct Publisher {
     pub cache: MatchCache,
     pub flush: FlushSet,
     rng: fastrand::Rng,
+    /// Routes the current publish reaches (kept to reuse the allocation).
+    routes: Vec<Arc<RouteShared>>,
+    /// Queue groups picked on a route: (index in `routes`, index of the group).
+    route_queues: Vec<(usize, usize)>,
+}
+
+/// Where a message being delivered came from.
+#[derive(Clone, Copy)]
+pub enum Origin<'a> {
+    /// A local connection or internal actor (id 0): it goes to local subscribers and to
+    /// every route with interest; `echo` false skips the origin's own subscriptions.
+    Local { id: u64, echo: bool },
+    /// Another node, over a route: it goes to local subscribers only (never to a
+    /// route again), and to one local member of each queue group the sender named.
+    Route { queues: &'a [u8] },
 }
 
 impl Publisher {
@@ -347,24 +398,67 @@ impl Publisher {
         origin: u64,
         echo: bool,
     ) -> Reach {
+        self.deliver_all(account, to, msg, Origin::Local { id: origin, echo })
+    }
+
+    /// Delivers a message that arrived over a route; `queues` is the RMSG's queue list
+    /// (space-separated group names).
+    pub fn publish_routed(&mut self, account: &Account, msg: &Message<'_>, queues: &[u8]) -> Reach {
+        self.deliver_all(account, msg.subject, msg, Origin::Route { queues })
+    }
+
+    fn deliver_all(
+        &mut self,
+        account: &Account,
+        to: &[u8],
+        msg: &Message<'_>,
+        origin: Origin<'_>,
+    ) -> Reach {
         let index = account.index();
         let result = self.cache.get(&index, to);
+        let (skip, from_route) = match origin {
+            Origin::Local { id, echo } => ((!echo).then_some(id), false),
+            Origin::Route { .. } => (None, true),
+        };
         let mut delivered = 0u64;
         for sub in &result.plain {
-            if !echo && sub.client_id() == origin {
+            if let Target::Route(route) = &sub.target {
+                if !from_route && !sub.is_closed() {
+                    self.route_index(route);
+                }
+                continue;
+            }
+            if skip.is_some_and(|id| sub.client_id() == id) {
                 continue;
             }
             if deliver(sub, msg, &mut self.flush) {
                 delivered += 1;
             }
         }
-        for group in &result.queues {
+        for (g, group) in result.queues.iter().enumerate() {
+            if let Origin::Route { queues } = origin {
+                let named = queues
+                    .split(|&b| b == b' ' || b == b'\t')
+                    .any(|q| q == &*group.name);
+                if !named {
+                    continue;
+                }
+            }
             let members = &group.members;
             let start = self.rng.usize(..members.len());
             for i in 0..members.len() {
                 let sub = &members[(start + i) % members.len()];
-                if !echo && sub.client_id() == origin {
+                if skip.is_some_and(|id| sub.client_id() == id) {
                     continue;
+                }
+                if let Target::Route(route) = &sub.target {
+                    // A message from a route goes to local members only.
+                    if from_route || sub.is_closed() {
+                        continue;
+                    }
+                    let r = self.route_index(route);
+                    self.route_queues.push((r, g));
+                    break;
                 }
                 if deliver(sub, msg, &mut self.flush) {
                     delivered += 1;
@@ -372,10 +466,46 @@ impl Publisher {
                 }
             }
         }
+        if !self.routes.is_empty() {
+            delivered += self.send_to_routes(account, msg, &result);
+        }
         Reach {
             delivered,
             no_interest: result.is_empty(),
         }
+    }
+
+    /// The position of `route` among the routes this publish reaches.
+    fn route_index(&mut self, route: &Arc<RouteShared>) -> usize {
+        match self.routes.iter().position(|r| Arc::ptr_eq(r, route)) {
+            Some(i) => i,
+            None => {
+                self.routes.push(route.clone());
+                self.routes.len() - 1
+            }
+        }
+    }
+
+    /// One RMSG per route reached, naming the queue groups picked there.
+    fn send_to_routes(
+        &mut self,
+        account: &Account,
+        msg: &Message<'_>,
+        result: &MatchResult<Arc<Subscription>>,
+    ) -> u64 {
+        let mut sent = 0;
+        for (r, route) in self.routes.drain(..).enumerate() {
+            let queues = self
+                .route_queues
+                .iter()
+                .filter(|(at, _)| *at == r)
+                .filter_map(|&(_, g)| result.queues.get(g).map(|q| &*q.name));
+            if route.send_msg(account.name.as_bytes(), msg, queues, &mut self.flush) {
+                sent += 1;
+            }
+        }
+        self.route_queues.clear();
+        sent
     }
 
     /// Sends a message of an internal actor (a reply, a status, a delivery) to whoever

@@ -5,13 +5,25 @@
 //! (`arc-swap`), and only then acknowledges the batches that asked. Publishers match
 //! against the snapshot without a hop or a lock, so a client that needs its own changes
 //! to be visible (before a PUB of its own, or before answering PING) waits for the ack.
+//!
+//! It also tells the cluster what this node wants: it counts the account's local
+//! client interest per subject and queue group, and writes `RS+`/`RS-` into every
+//! attached route's outbound queue when a count starts, changes (a queue group's
+//! weight) or ends, before acknowledging the batch that caused it. So a client whose
+//! SUB was acknowledged (PING answered) has its interest queued on every route ahead
+//! of anything it publishes next. A route attaching gets the whole interest at once.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::publish::Subscription;
+use std::collections::HashMap;
+
+use super::outbound::Wake;
+use super::publish::{Subscription, Target};
+use super::route::RouteShared;
 use super::runtime::Spawner;
+use crate::proto::route::{write_sub, write_unsub};
 use crate::subject_index::SubjectIndex;
 
 /// The index type every account publishes.
@@ -20,6 +32,10 @@ pub type Index = SubjectIndex<Arc<Subscription>>;
 pub enum SubChange {
     Add(Arc<Subscription>),
     Remove(Arc<Subscription>),
+    /// A route is up: send it this account's interest, and every change from now on.
+    AttachRoute(Arc<RouteShared>),
+    /// A route is gone (its own subscriptions are removed with `Remove`).
+    DetachRoute(u64),
 }
 
 pub struct Batch {
@@ -80,10 +96,97 @@ impl Account {
     }
 }
 
+/// (subject, queue group) → how many local subscriptions share it.
+type InterestCounts = HashMap<super::route::InterestKey, u32>;
+
+/// What the router knows besides the index: local interest, for the routes.
+struct Interest {
+    account: Box<[u8]>,
+    counts: InterestCounts,
+    routes: Vec<Arc<RouteShared>>,
+    /// Routes written to during this batch, woken once at its end.
+    touched: Vec<Arc<RouteShared>>,
+}
+
+impl Interest {
+    /// Is this subscription interest the cluster should hear about? Client
+    /// subscriptions only: what other nodes told us is theirs to announce, and the
+    /// internal subscribers (JetStream) serve this node's clients.
+    fn counts(sub: &Subscription) -> bool {
+        matches!(sub.target, Target::Client(_))
+    }
+
+    fn changed(&mut self, sub: &Subscription, added: bool) {
+        let key = (sub.subject.clone(), sub.queue.clone());
+        let count = self.counts.entry(key).or_insert(0);
+        let before = *count;
+        *count = if added {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        let after = *count;
+        if after == 0 {
+            self.counts
+                .remove(&(sub.subject.clone(), sub.queue.clone()));
+        }
+        if self.routes.is_empty() || before == after {
+            return;
+        }
+        let queue = sub.queue.as_deref();
+        let account = &self.account;
+        // Plain interest is announced when it starts and withdrawn when it ends; a
+        // queue group's weight is announced on every change.
+        let line = match (queue, before, after) {
+            (None, 0, _) | (Some(_), _, 1..) => Some(true),
+            (_, _, 0) => Some(false),
+            _ => None,
+        };
+        let Some(add) = line else {
+            return;
+        };
+        for route in &self.routes {
+            let written = route.out.push_control(|buf| {
+                if add {
+                    write_sub(buf, account, &sub.subject, queue.map(|q| (q, after)));
+                } else {
+                    write_unsub(buf, account, &sub.subject, queue);
+                }
+            });
+            if written.is_ok() && !self.touched.iter().any(|r| Arc::ptr_eq(r, route)) {
+                self.touched.push(route.clone());
+            }
+        }
+    }
+
+    fn attach(&mut self, route: Arc<RouteShared>) {
+        let account = &self.account;
+        let _ = route.out.push_control(|buf| {
+            for ((subject, queue), count) in &self.counts {
+                write_sub(buf, account, subject, queue.as_deref().map(|q| (q, *count)));
+            }
+        });
+        self.touched.push(route.clone());
+        self.routes.push(route);
+    }
+
+    fn wake_routes(&mut self) {
+        for route in self.touched.drain(..) {
+            route.wake_writer();
+        }
+    }
+}
+
 async fn run_router(account: std::sync::Weak<Account>, mailbox: async_channel::Receiver<Batch>) {
-    let mut index: Index = match account.upgrade() {
-        Some(a) => Index::clone(&a.index()),
+    let (mut index, name): (Index, Box<[u8]>) = match account.upgrade() {
+        Some(a) => (Index::clone(&a.index()), a.name.as_bytes().into()),
         None => return,
+    };
+    let mut interest = Interest {
+        account: name,
+        counts: HashMap::new(),
+        routes: Vec::new(),
+        touched: Vec::new(),
     };
     let mut acks = Vec::new();
     while let Ok(first) = mailbox.recv().await {
@@ -94,15 +197,35 @@ async fn run_router(account: std::sync::Weak<Account>, mailbox: async_channel::R
                 match change {
                     SubChange::Add(sub) => {
                         let queue = sub.queue.clone();
-                        if let Err(e) = index.insert(&sub.subject, queue.as_deref(), sub.clone()) {
-                            log::debug!("subscription not indexed: {e}");
+                        let mut added = true;
+                        for _ in 0..sub.weight {
+                            if let Err(e) =
+                                index.insert(&sub.subject, queue.as_deref(), sub.clone())
+                            {
+                                log::debug!("subscription not indexed: {e}");
+                                added = false;
+                                break;
+                            }
+                        }
+                        if added && Interest::counts(&sub) {
+                            interest.changed(&sub, true);
                         }
                     }
                     SubChange::Remove(sub) => {
                         // A subscription removed twice (auto-unsubscribe racing an
-                        // UNSUB) is not an error.
-                        let _ = index.remove(&sub.subject, sub.queue.as_deref(), &sub);
+                        // UNSUB) is not an error, and is counted once.
+                        let mut removed = false;
+                        for _ in 0..sub.weight {
+                            removed |= index
+                                .remove(&sub.subject, sub.queue.as_deref(), &sub)
+                                .is_ok();
+                        }
+                        if removed && Interest::counts(&sub) {
+                            interest.changed(&sub, false);
+                        }
                     }
+                    SubChange::AttachRoute(route) => interest.attach(route),
+                    SubChange::DetachRoute(id) => interest.routes.retain(|r| r.id != id),
                 }
             }
             if let Some(ack) = batch.applied {
@@ -114,6 +237,7 @@ async fn run_router(account: std::sync::Weak<Account>, mailbox: async_channel::R
         };
         account.snapshot.store(Arc::new(index.clone()));
         drop(account);
+        interest.wake_routes();
         for ack in acks.drain(..) {
             let _ = ack.try_send(());
         }

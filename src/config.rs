@@ -429,6 +429,7 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     pub tls: TlsConfig,
     pub websocket: WebSocketConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -453,6 +454,7 @@ impl Default for Config {
             authorization: AuthorizationConfig::default(),
             tls: TlsConfig::default(),
             websocket: WebSocketConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -561,6 +563,9 @@ impl Config {
         self.validate_tls()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.websocket
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.cluster
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())

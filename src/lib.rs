@@ -6,6 +6,7 @@
 //! node use [`Node`].
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod jetstream;
 pub mod monitor;

@@ -1,4 +1,5 @@
-//! TLS for the client listener: the rustls server configuration built from `[tls]`.
+//! TLS: the rustls server configuration of a listener (`[tls]`, the WebSocket and
+//! monitoring certificates) and the mutual TLS between the nodes of a cluster.
 //!
 //! Certificates and keys are read from PEM files when the node starts (and again on a
 //! reload); every failure names the config key and the file, so a wrong path or a
@@ -110,4 +111,128 @@ pub fn server_config(
             ),
         })?;
     Ok(Arc::new(server))
+}
+
+/// The name a dialing node presents (SNI) and checks nothing against: route
+/// certificates are checked for the cluster CA's signature, not for a name (nodes are
+/// dialed by address, often a mesh address derived at run time).
+pub fn route_server_name(_addr: &str) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::DnsName(
+        rustls::pki_types::DnsName::try_from("route.meshbroker.invalid")
+            .expect("a valid DNS name")
+            .to_owned(),
+    )
+}
+
+/// Accepts a route peer's certificate when it chains to the cluster CA, whatever
+/// names it carries; every other check (validity, signatures, key usage) is
+/// webpki's.
+#[derive(Debug)]
+struct ClusterCaVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ClusterCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Mutual TLS between nodes: the server side (client certificates from the cluster
+/// CA required) and the client side (this node's certificate; the peer's must chain
+/// to the same CA).
+pub fn route_configs(
+    cert_file: &Path,
+    key_file: &Path,
+    ca_file: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let tls = TlsConfig {
+        cert_file: Some(cert_file.to_owned()),
+        key_file: Some(key_file.to_owned()),
+        ca_file: Some(ca_file.to_owned()),
+        verify: true,
+        ..TlsConfig::default()
+    };
+    let server = server_config(&tls, "cluster")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates("cluster.ca_file", ca_file)? {
+        roots.add(cert).map_err(|e| TlsError {
+            key: "cluster.ca_file".into(),
+            path: ca_file.to_owned(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError {
+        key: "cluster.ca_file".into(),
+        path: ca_file.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let chain = certificates("cluster.cert_file", cert_file)?;
+    let key_pem = read("cluster.key_file", key_file)?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
+        key: "cluster.key_file".into(),
+        path: key_file.to_owned(),
+        reason: format!("no private key in the file: {e}"),
+    })?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            key: "cluster".into(),
+            path: cert_file.to_owned(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterCaVerifier(webpki)))
+        .with_client_auth_cert(chain, private_key)
+        .map_err(|e| TlsError {
+            key: "cluster.key_file".into(),
+            path: key_file.to_owned(),
+            reason: format!(
+                "does not fit the certificate in {}: {e}",
+                cert_file.display()
+            ),
+        })?;
+    Ok((server, Arc::new(client)))
 }

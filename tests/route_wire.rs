@@ -245,18 +245,26 @@ fn our_route_codec_talks_to_nats_server() {
 
     // Messages we route reach its client: plain, and for its queue member.
     let mut msgs = Vec::new();
-    route::write_msg(&mut msgs, b"$G", b"orders.new", None, &[], None, b"order");
+    route::write_msg(
+        &mut msgs,
+        b"$G",
+        b"orders.new",
+        None,
+        [b""; 0],
+        None,
+        b"order",
+    );
     route::write_msg(
         &mut msgs,
         b"$G",
         b"jobs",
         Some(b"_INBOX.j"),
-        &[b"workers"],
+        [b"workers"],
         None,
         b"job",
     );
     // Without a queue list a queue subscriber gets nothing.
-    route::write_msg(&mut msgs, b"$G", b"jobs", None, &[], None, b"nobody");
+    route::write_msg(&mut msgs, b"$G", b"jobs", None, [b""; 0], None, b"nobody");
     peer.send(&msgs);
     assert!(client.read_until(b"job\r\n", WAIT), "{}", client.text());
     client.send(b"PING\r\n");

@@ -35,6 +35,13 @@ pub struct RouteInfo {
     /// `nats-route://host:port` a peer told about this node should dial.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub ip: String,
+    /// meshbroker's cluster-secret challenge: a fresh random value the peer must
+    /// answer with an HMAC (the reference ignores the field).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
+    /// The answer to the peer's `nonce`, from the node that accepted the route.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub proof: String,
 }
 
 /// Route protocol level the reference speaks.
@@ -56,6 +63,9 @@ pub struct RouteConnect {
     pub headers: bool,
     pub name: String,
     pub cluster: String,
+    /// meshbroker's answer to the acceptor's `nonce` (an HMAC with the cluster secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl Default for RouteConnect {
@@ -70,6 +80,7 @@ impl Default for RouteConnect {
             headers: true,
             name: String::new(),
             cluster: String::new(),
+            sig: None,
         }
     }
 }
@@ -125,6 +136,11 @@ pub struct RouteMsg<'a> {
 }
 
 impl<'a> RouteMsg<'a> {
+    /// The queue group names as sent: space separated, possibly empty.
+    pub fn queue_list(&self) -> &'a [u8] {
+        self.queue_list
+    }
+
     /// The queue groups the sender picked this node's members for.
     pub fn queues(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.queue_list
@@ -356,15 +372,17 @@ pub fn write_unsub(buf: &mut Vec<u8>, account: &[u8], subject: &[u8], queue: Opt
 
 /// Writes a routed message: `RMSG` (or `HMSG` when `headers` is the length of a header
 /// block at the start of `data`), with the queue groups it was picked for.
-pub fn write_msg(
+#[allow(clippy::too_many_arguments)]
+pub fn write_msg<Q: AsRef<[u8]>>(
     buf: &mut Vec<u8>,
     account: &[u8],
     subject: &[u8],
     reply: Option<&[u8]>,
-    queues: &[&[u8]],
+    queues: impl IntoIterator<Item = Q>,
     headers: Option<usize>,
     data: &[u8],
 ) {
+    let mut queues = queues.into_iter().peekable();
     buf.extend_from_slice(if headers.is_some() {
         b"HMSG "
     } else {
@@ -373,7 +391,7 @@ pub fn write_msg(
     buf.extend_from_slice(account);
     buf.push(b' ');
     buf.extend_from_slice(subject);
-    match (reply, queues.is_empty()) {
+    match (reply, queues.peek().is_none()) {
         (Some(r), true) => {
             buf.push(b' ');
             buf.extend_from_slice(r);
@@ -387,7 +405,7 @@ pub fn write_msg(
     }
     for q in queues {
         buf.push(b' ');
-        buf.extend_from_slice(q);
+        buf.extend_from_slice(q.as_ref());
     }
     let mut n = itoa::Buffer::new();
     if let Some(h) = headers {
@@ -528,7 +546,7 @@ mod tests {
             b"$G",
             b"foo",
             Some(b"r"),
-            &[b"q"],
+            [b"q"],
             None,
             b"payload",
         );

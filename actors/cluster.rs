@@ -1,0 +1,526 @@
+//! The cluster actor: one per node with `[cluster]`.
+//!
+//! It owns the set of routes (one per other node, by server id), settles duplicates
+//! when two nodes dial each other at once (`crate::cluster::new_route_wins`, the same
+//! answer on both sides), tells the routes it has about every new one (gossip, so a
+//! node that only knows a seed ends up routed to everyone), and runs the listener and
+//! the dialers: one per configured route, and one per node it heard of, each redialing
+//! with a short backoff while no route to that node is up.
+//!
+//! Who waits on whom: route actors await it to register; dialers await it to ask
+//! whether a node is already routed; it awaits nobody (answers go back on bounded(1)
+//! channels that never block it).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::node::ServerContext;
+use super::route::{self, RouteControl, RouteEnd, RouteSetup, RouteShared};
+use super::runtime::{self, TcpListener, TcpStream};
+use crate::cluster::{new_route_wins, parse_route_url, route_url, LocalNode, Role};
+
+/// Whether a new route was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Accepted,
+    /// Another route to the same node is kept; this one closes.
+    Duplicate,
+}
+
+/// A route as monitoring shows it.
+#[derive(Debug, Clone)]
+pub struct RouteSummary {
+    pub rid: u64,
+    pub remote_id: String,
+    pub remote_name: String,
+    pub did_solicit: bool,
+    pub peer: SocketAddr,
+    /// The address the other node advertises for routes.
+    pub url: String,
+    pub in_msgs: u64,
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+    pub subscriptions: u64,
+    pub pending_bytes: usize,
+}
+
+enum ClusterCmd {
+    Register {
+        route: Arc<RouteShared>,
+        server_id: String,
+        server_name: String,
+        url: String,
+        role: Role,
+        peer: SocketAddr,
+        reply: async_channel::Sender<Registration>,
+    },
+    Gone(u64),
+    Gossip {
+        server_id: String,
+        url: String,
+    },
+    IsRouted {
+        server_id: String,
+        reply: async_channel::Sender<bool>,
+    },
+    Forget(String),
+    Routes(async_channel::Sender<Vec<RouteSummary>>),
+    Shutdown,
+}
+
+/// How other actors reach the cluster actor.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    tx: async_channel::Sender<ClusterCmd>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ClusterHandle {
+    /// Registers an established route; the answer says whether it stays.
+    pub async fn register(
+        &self,
+        route: Arc<RouteShared>,
+        info: &crate::proto::route::RouteInfo,
+        role: Role,
+        peer: SocketAddr,
+    ) -> Registration {
+        let (reply, answer) = async_channel::bounded(1);
+        let url = if info.host.is_empty() || info.port == 0 {
+            String::new()
+        } else if info.host.contains(':') {
+            format!("[{}]:{}", info.host, info.port)
+        } else {
+            format!("{}:{}", info.host, info.port)
+        };
+        let cmd = ClusterCmd::Register {
+            route,
+            server_id: info.server_id.clone(),
+            server_name: info.server_name.clone(),
+            url,
+            role,
+            peer,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return Registration::Duplicate;
+        }
+        answer.recv().await.unwrap_or(Registration::Duplicate)
+    }
+
+    pub fn gone(&self, route_id: u64) {
+        let _ = self.tx.try_send(ClusterCmd::Gone(route_id));
+    }
+
+    /// A peer told us about another node and where it listens for routes.
+    pub fn gossip(&self, server_id: String, url: String) {
+        let _ = self.tx.try_send(ClusterCmd::Gossip { server_id, url });
+    }
+
+    async fn is_routed(&self, server_id: &str) -> bool {
+        let (reply, answer) = async_channel::bounded(1);
+        let cmd = ClusterCmd::IsRouted {
+            server_id: server_id.to_string(),
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return false;
+        }
+        answer.recv().await.unwrap_or(false)
+    }
+
+    /// The routes up now.
+    pub async fn routes(&self) -> Vec<RouteSummary> {
+        let (reply, answer) = async_channel::bounded(1);
+        if self.tx.send(ClusterCmd::Routes(reply)).await.is_err() {
+            return Vec::new();
+        }
+        answer.recv().await.unwrap_or_default()
+    }
+
+    /// Closes every route and stops dialing.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.tx.try_send(ClusterCmd::Shutdown);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// TLS between nodes: both ends present a certificate from the cluster CA.
+#[derive(Clone)]
+pub struct RouteTls {
+    pub acceptor: futures_rustls::TlsAcceptor,
+    pub connector: futures_rustls::TlsConnector,
+    pub timeout: Duration,
+}
+
+/// Everything a dialer or an accepted connection needs.
+#[derive(Clone)]
+struct Plane {
+    ctx: Arc<ServerContext>,
+    handle: ClusterHandle,
+    local: LocalNode,
+    tls: Option<RouteTls>,
+}
+
+/// Starts the cluster actor, its listener and its dialers.
+pub fn start(
+    ctx: Arc<ServerContext>,
+    listener: TcpListener,
+    local: LocalNode,
+    tls: Option<RouteTls>,
+    routes: Vec<String>,
+) -> ClusterHandle {
+    let (tx, rx) = async_channel::unbounded();
+    let handle = ClusterHandle {
+        tx,
+        stopping: Arc::new(AtomicBool::new(false)),
+    };
+    let plane = Plane {
+        ctx: ctx.clone(),
+        handle: handle.clone(),
+        local: local.clone(),
+        tls,
+    };
+    let mut state = State {
+        plane: plane.clone(),
+        routes: HashMap::new(),
+        dialing: HashSet::new(),
+    };
+    for url in routes {
+        state.dial(url, None);
+    }
+    ctx.spawner.spawn_detached(accept_loop(plane, listener));
+    ctx.spawner.spawn_detached(async move {
+        while let Ok(cmd) = rx.recv().await {
+            if !state.handle(cmd) {
+                break;
+            }
+        }
+    });
+    handle
+}
+
+struct Entry {
+    route: Arc<RouteShared>,
+    role: Role,
+    name: String,
+    url: String,
+    peer: SocketAddr,
+}
+
+struct State {
+    plane: Plane,
+    /// The route kept for each other node, by server id.
+    routes: HashMap<String, Entry>,
+    /// Route addresses (`host:port`) a dialer is working on.
+    dialing: HashSet<String>,
+}
+
+impl State {
+    /// Handles one command; `false` once the cluster plane stops.
+    fn handle(&mut self, cmd: ClusterCmd) -> bool {
+        match cmd {
+            ClusterCmd::Register {
+                route,
+                server_id,
+                server_name,
+                url,
+                role,
+                peer,
+                reply,
+            } => {
+                let answer = self.register(route, server_id, server_name, url, role, peer);
+                let _ = reply.try_send(answer);
+            }
+            ClusterCmd::Gone(id) => self.routes.retain(|_, e| e.route.id != id),
+            ClusterCmd::Gossip { server_id, url } => {
+                log::debug!("heard of {} at {url}", route::short_id(&server_id));
+                if server_id != self.plane.local.server_id && !self.routes.contains_key(&server_id)
+                {
+                    match parse_route_url(&url) {
+                        Ok(addr) => self.dial(addr, Some(server_id)),
+                        Err(e) => log::debug!("gossiped route address ignored: {e}"),
+                    }
+                }
+            }
+            ClusterCmd::IsRouted { server_id, reply } => {
+                let _ = reply.try_send(self.routes.contains_key(&server_id));
+            }
+            ClusterCmd::Forget(url) => {
+                self.dialing.remove(&url);
+            }
+            ClusterCmd::Routes(reply) => {
+                let _ = reply.try_send(self.summaries());
+            }
+            ClusterCmd::Shutdown => {
+                for entry in self.routes.values() {
+                    entry.route.tell(RouteControl::Close("node stopping"));
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn register(
+        &mut self,
+        route: Arc<RouteShared>,
+        server_id: String,
+        name: String,
+        url: String,
+        role: Role,
+        peer: SocketAddr,
+    ) -> Registration {
+        if self.plane.handle.stopping() {
+            return Registration::Duplicate;
+        }
+        if let Some(existing) = self.routes.get(&server_id) {
+            if !new_route_wins(&self.plane.local.server_id, &server_id, existing.role, role) {
+                log::debug!(
+                    "duplicate route to {name} ({}) closed; the existing one stays",
+                    route::short_id(&server_id)
+                );
+                return Registration::Duplicate;
+            }
+            log::debug!(
+                "duplicate route to {name} ({}): the new one replaces the existing one",
+                route::short_id(&server_id)
+            );
+            existing.route.tell(RouteControl::Close("duplicate route"));
+        }
+        // Tell the nodes already routed about the new one, so they dial it.
+        if !url.is_empty() {
+            let mut info = self.plane.local.info();
+            info.server_id = server_id.clone();
+            info.server_name = name.clone();
+            info.ip = route_url(&url);
+            if let Ok(json) = serde_json::to_vec(&info) {
+                for (id, entry) in &self.routes {
+                    if *id == server_id {
+                        continue;
+                    }
+                    if let Ok(true) = entry.route.out.push_control(|buf| {
+                        buf.extend_from_slice(b"INFO ");
+                        buf.extend_from_slice(&json);
+                        buf.extend_from_slice(b"\r\n");
+                    }) {
+                        entry.route.out.wake();
+                    }
+                }
+            }
+        }
+        self.routes.insert(
+            server_id,
+            Entry {
+                route,
+                role,
+                name,
+                url,
+                peer,
+            },
+        );
+        Registration::Accepted
+    }
+
+    /// Starts a dialer for `addr` unless one is working on it.
+    fn dial(&mut self, addr: String, server_id: Option<String>) {
+        if !self.dialing.insert(addr.clone()) {
+            return;
+        }
+        let plane = self.plane.clone();
+        let implicit = server_id.is_some();
+        self.plane
+            .ctx
+            .spawner
+            .spawn_detached(dial_loop(plane, addr, server_id, implicit));
+    }
+
+    fn summaries(&self) -> Vec<RouteSummary> {
+        let mut out: Vec<RouteSummary> = self
+            .routes
+            .iter()
+            .map(|(id, e)| {
+                let s = &e.route.stats;
+                RouteSummary {
+                    rid: e.route.id,
+                    remote_id: id.clone(),
+                    remote_name: e.name.clone(),
+                    did_solicit: e.role == Role::Solicited,
+                    peer: e.peer,
+                    url: e.url.clone(),
+                    in_msgs: s.in_msgs.load(Ordering::Relaxed),
+                    out_msgs: s.out_msgs.load(Ordering::Relaxed),
+                    in_bytes: s.in_bytes.load(Ordering::Relaxed),
+                    out_bytes: s.out_bytes.load(Ordering::Relaxed),
+                    subscriptions: s.subscriptions.load(Ordering::Relaxed),
+                    pending_bytes: e.route.out.pending(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|r| r.rid);
+        out
+    }
+}
+
+async fn accept_loop(plane: Plane, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if plane.handle.stopping() {
+                    return;
+                }
+                log::warn!("cluster listener: accept failed: {e}");
+                runtime::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if plane.handle.stopping() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let plane = plane.clone();
+        plane.ctx.spawner.clone().spawn_detached(async move {
+            let end = run_connection(&plane, stream, peer, Role::Accepted, None).await;
+            if let RouteEnd::Handshake(reason) = end {
+                log::warn!("route connection from {peer} refused: {reason}");
+            }
+        });
+    }
+}
+
+/// Runs one route connection, with TLS when the cluster uses it.
+async fn run_connection(
+    plane: &Plane,
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    dialed: Option<&str>,
+) -> RouteEnd {
+    let setup = RouteSetup {
+        ctx: plane.ctx.clone(),
+        cluster: plane.handle.clone(),
+        local: plane.local.clone(),
+        role,
+        peer,
+        socket: stream.clone(),
+        tls: plane.tls.is_some(),
+    };
+    let Some(tls) = &plane.tls else {
+        return route::serve(setup, stream.clone(), stream).await;
+    };
+    match role {
+        Role::Accepted => {
+            match runtime::timeout(tls.timeout, tls.acceptor.accept(stream.clone())).await {
+                Some(Ok(session)) => {
+                    let (r, w) = futures_lite::io::split(session);
+                    route::serve(setup, r, w).await
+                }
+                Some(Err(e)) => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    RouteEnd::Handshake(format!("TLS handshake failed: {e}"))
+                }
+                None => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    RouteEnd::Handshake("TLS handshake timed out".into())
+                }
+            }
+        }
+        Role::Solicited => {
+            let name = crate::tls::route_server_name(dialed.unwrap_or_default());
+            match runtime::timeout(tls.timeout, tls.connector.connect(name, stream.clone())).await {
+                Some(Ok(session)) => {
+                    let (r, w) = futures_lite::io::split(session);
+                    route::serve(setup, r, w).await
+                }
+                Some(Err(e)) => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    RouteEnd::Handshake(format!("TLS handshake failed: {e}"))
+                }
+                None => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    RouteEnd::Handshake("TLS handshake timed out".into())
+                }
+            }
+        }
+    }
+}
+
+/// How long a dial may take before it counts as failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first redial after a route drops comes quickly; failures back off to this.
+const REDIAL_MAX: Duration = Duration::from_secs(1);
+const REDIAL_MIN: Duration = Duration::from_millis(100);
+/// A node heard of by gossip that cannot be reached this many times in a row is
+/// forgotten (a configured route is dialed forever).
+const IMPLICIT_ATTEMPTS: u32 = 10;
+
+async fn dial_loop(plane: Plane, addr: String, mut server_id: Option<String>, implicit: bool) {
+    let mut backoff = REDIAL_MIN;
+    let mut failures = 0u32;
+    let mut last_problem = String::new();
+    loop {
+        if plane.handle.stopping() {
+            return;
+        }
+        if let Some(id) = &server_id {
+            if plane.handle.is_routed(id).await {
+                backoff = REDIAL_MIN;
+                failures = 0;
+                runtime::sleep(REDIAL_MAX).await;
+                continue;
+            }
+        }
+        let problem = match runtime::timeout(DIAL_TIMEOUT, TcpStream::connect(addr.as_str())).await
+        {
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let peer = stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                match run_connection(&plane, stream, peer, Role::Solicited, Some(&addr)).await {
+                    RouteEnd::SelfRoute => {
+                        log::debug!("route {addr} is this node itself; not dialed again");
+                        return;
+                    }
+                    RouteEnd::Duplicate { server_id: id }
+                    | RouteEnd::Closed { server_id: id, .. } => {
+                        server_id = Some(id);
+                        backoff = REDIAL_MIN;
+                        failures = 0;
+                        last_problem.clear();
+                        None
+                    }
+                    RouteEnd::Handshake(reason) => Some(reason),
+                }
+            }
+            Some(Err(e)) => Some(format!("cannot connect: {e}")),
+            None => Some("connect timed out".to_string()),
+        };
+        if let Some(problem) = problem {
+            failures += 1;
+            // Said once per kind of failure, not on every retry.
+            if problem != last_problem {
+                log::warn!("route to {addr}: {problem}; retrying");
+                last_problem = problem;
+            }
+            if implicit && failures >= IMPLICIT_ATTEMPTS {
+                log::info!(
+                    "route to {addr} (heard of by gossip) given up after {failures} attempts"
+                );
+                let _ = plane.handle.tx.try_send(ClusterCmd::Forget(addr));
+                return;
+            }
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..50));
+        runtime::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(REDIAL_MAX);
+    }
+}

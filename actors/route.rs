@@ -1,0 +1,539 @@
+//! The route actor: one per route to another node of the cluster.
+//!
+//! It owns the connection to that node: the handshake (`crate::cluster::Handshake`),
+//! the interest the other node announced (entered into the account's subject index as
+//! [`Target::Route`](super::publish::Target) subscriptions, so publishers reach the
+//! route by matching like for any subscriber), the messages it forwards (delivered to
+//! local subscribers only: a routed message is never routed again), and the route's
+//! outbound queue, which publishers and the account router append to. A writer task
+//! drains the queue, as for clients.
+//!
+//! Who waits on whom: the actor awaits the cluster actor once, to register (which
+//! settles duplicates); nobody awaits a route.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+
+use super::cluster::{ClusterHandle, Registration};
+use super::node::ServerContext;
+use super::outbound::{drain, FlushSet, OutboundQueue, PushError, Wake};
+use super::publish::{Message, Publisher, Subscription};
+use super::readbuf::ReadBuf;
+use super::router::SubChange;
+use super::runtime::{self, TcpStream};
+use crate::cluster::{Handshake, LocalNode, Role, Step};
+use crate::proto::route::{write_msg, Parsed, RouteInfo, RouteOp, RouteParser};
+
+/// Messages other actors send a route actor.
+pub enum RouteControl {
+    /// Close the route (a duplicate replaced it, the node stops, the peer left).
+    Close(&'static str),
+    WriteFailed,
+}
+
+/// Counters of one route (atomics: written by publishers and the actor).
+#[derive(Default, Debug)]
+pub struct RouteStats {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+    /// Interest entries the other node has announced.
+    pub subscriptions: AtomicU64,
+}
+
+/// The part of a route that publishers and the account router reach.
+pub struct RouteShared {
+    pub id: u64,
+    pub out: OutboundQueue,
+    control: async_channel::Sender<RouteControl>,
+    /// The plain TCP socket, for publishers that flush inline (not with TLS).
+    socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
+    pub stats: RouteStats,
+}
+
+impl RouteShared {
+    pub fn tell(&self, control: RouteControl) {
+        let _ = self.control.try_send(control);
+    }
+
+    /// Queues one RMSG/HMSG for a message this route's node has interest in; `queues`
+    /// are the groups whose member on that node was picked. Returns whether it was
+    /// queued.
+    pub fn send_msg<'q>(
+        self: &Arc<Self>,
+        account: &[u8],
+        msg: &Message<'_>,
+        queues: impl Iterator<Item = &'q [u8]> + Clone,
+        flush: &mut FlushSet,
+    ) -> bool {
+        let names: usize = queues.clone().map(|q| q.len() + 1).sum();
+        let len = 48
+            + account.len()
+            + msg.subject.len()
+            + msg.reply.map_or(0, <[u8]>::len)
+            + names
+            + msg.data.len();
+        let pushed = self.out.push(len, msg.data.len(), |buf| {
+            write_msg(
+                buf,
+                account,
+                msg.subject,
+                msg.reply,
+                queues,
+                msg.headers,
+                msg.data,
+            )
+        });
+        match pushed {
+            Ok(wake) => {
+                self.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .out_bytes
+                    .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
+                if wake {
+                    flush.add(self.clone());
+                }
+                true
+            }
+            Err(PushError::SlowConsumer) => {
+                self.tell(RouteControl::Close("Slow Consumer"));
+                false
+            }
+            Err(PushError::Closed) => false,
+        }
+    }
+}
+
+impl Wake for RouteShared {
+    fn wake_writer(&self) {
+        match &self.socket {
+            Some(socket) => self.out.flush_inline(socket.get_ref()),
+            None => self.out.wake(),
+        }
+    }
+}
+
+/// How a route ended, for the dialer that may try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEnd {
+    /// The handshake failed (refused, timed out, or the peer hung up during it).
+    Handshake(String),
+    /// The other end is this node itself: do not dial it again.
+    SelfRoute,
+    /// Another route to the same node was kept.
+    Duplicate { server_id: String },
+    /// The route was up and closed.
+    Closed { server_id: String, reason: String },
+}
+
+/// Time the two nodes have for the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a route connection needs to run.
+pub struct RouteSetup {
+    pub ctx: Arc<ServerContext>,
+    pub cluster: ClusterHandle,
+    pub local: LocalNode,
+    pub role: Role,
+    pub peer: SocketAddr,
+    /// The plain socket under any TLS layer (shut down at the end, and for inline
+    /// flushing when there is no TLS).
+    pub socket: TcpStream,
+    pub tls: bool,
+}
+
+/// Runs a route over `reader`/`writer` (the socket, or its TLS session) until it ends.
+pub async fn serve(
+    setup: RouteSetup,
+    reader: impl AsyncRead + Unpin,
+    writer: impl AsyncWrite + Unpin + Send + 'static,
+) -> RouteEnd {
+    let RouteSetup {
+        ctx,
+        cluster,
+        local,
+        role,
+        peer,
+        socket,
+        tls,
+    } = setup;
+    let config = ctx.config();
+    let parser = RouteParser::new(
+        config.max_control_line.as_usize(),
+        config.max_payload.as_usize(),
+    );
+    let mut reader = reader;
+    let mut writer = writer;
+    let mut rbuf = ReadBuf::new();
+    let mut handshake = Handshake::new(role, local.clone(), super::client::new_nonce());
+    let first = handshake.start();
+    let shake = async {
+        if !first.is_empty() {
+            writer.write_all(&first).await.map_err(|e| e.to_string())?;
+            writer.flush().await.map_err(|e| e.to_string())?;
+        }
+        loop {
+            // Complete operations first: the peer may send several in one segment.
+            loop {
+                match parser.parse(rbuf.data()) {
+                    Ok(Parsed::Op(op, n)) => {
+                        let step = handshake.on_op(&op);
+                        rbuf.consume(n);
+                        match step {
+                            Step::Continue(out) => {
+                                if !out.is_empty() {
+                                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+                                    writer.flush().await.map_err(|e| e.to_string())?;
+                                }
+                            }
+                            Step::Established(out, info) => {
+                                writer.write_all(&out).await.map_err(|e| e.to_string())?;
+                                writer.flush().await.map_err(|e| e.to_string())?;
+                                return Ok(info);
+                            }
+                            Step::Refused(refusal) => {
+                                if let Some(reply) = refusal.reply {
+                                    let _ = writer.write_all(&reply).await;
+                                    let _ = writer.flush().await;
+                                }
+                                return Err(refusal.reason);
+                            }
+                        }
+                    }
+                    Ok(Parsed::Incomplete { need }) => {
+                        rbuf.reserve(need);
+                        break;
+                    }
+                    Err(e) => return Err(format!("protocol error: {e}")),
+                }
+            }
+            match reader.read(rbuf.spare()).await {
+                Ok(0) => return Err("closed during the handshake".to_string()),
+                Ok(n) => rbuf.filled(n),
+                Err(e) => return Err(format!("read failed during the handshake: {e}")),
+            }
+        }
+    };
+    let info = match runtime::timeout(HANDSHAKE_TIMEOUT, shake).await {
+        Some(Ok(info)) => info,
+        Some(Err(reason)) => {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            if reason.contains("itself") {
+                return RouteEnd::SelfRoute;
+            }
+            return RouteEnd::Handshake(reason);
+        }
+        None => {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            return RouteEnd::Handshake("handshake timed out".to_string());
+        }
+    };
+
+    let (control_tx, control_rx) = async_channel::unbounded();
+    let shared = Arc::new(RouteShared {
+        id: ctx.next_client_id.fetch_add(1, Ordering::Relaxed),
+        out: OutboundQueue::new(config.max_pending.as_usize()),
+        control: control_tx,
+        socket: (!tls).then(|| socket.clone().into()),
+        stats: RouteStats::default(),
+    });
+    let server_id = info.server_id.clone();
+    match cluster.register(shared.clone(), &info, role, peer).await {
+        Registration::Accepted => {}
+        Registration::Duplicate => {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            return RouteEnd::Duplicate { server_id };
+        }
+    }
+    log::info!(
+        "route to {} ({}) at {peer} is up ({})",
+        info.server_name,
+        short_id(&server_id),
+        match role {
+            Role::Accepted => "accepted",
+            Role::Solicited => "dialed",
+        }
+    );
+    let deadline = config.write_deadline.0;
+    let writer_task = {
+        let shared = shared.clone();
+        let socket = socket.clone();
+        ctx.spawner.spawn(async move {
+            if drain(writer, socket, &shared.out, deadline).await
+                != super::outbound::Drained::Closed
+            {
+                shared.tell(RouteControl::WriteFailed);
+            }
+        })
+    };
+    ctx.global
+        .send(vec![SubChange::AttachRoute(shared.clone())]);
+    let mut route = Route {
+        ctx: ctx.clone(),
+        shared: shared.clone(),
+        remote: info,
+        cluster: cluster.clone(),
+        interest: HashMap::new(),
+        changes: Vec::new(),
+        publisher: Publisher::default(),
+        pings_out: 0,
+        last_in: runtime::now(),
+    };
+    let reason = route.run(reader, rbuf, parser, control_rx).await;
+    route.finish();
+    shared.out.close();
+    if let Some(task) = writer_task {
+        let _ = runtime::timeout(deadline, task).await;
+    }
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+    cluster.gone(shared.id);
+    log::info!(
+        "route to {} ({}) at {peer} closed: {reason}",
+        route.remote.server_name,
+        short_id(&server_id)
+    );
+    RouteEnd::Closed { server_id, reason }
+}
+
+/// The first characters of a server id, enough to tell nodes apart in a log line.
+pub fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A subject and, for a queue group, its name.
+pub type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
+
+/// An established route.
+struct Route {
+    ctx: Arc<ServerContext>,
+    shared: Arc<RouteShared>,
+    remote: Box<RouteInfo>,
+    cluster: ClusterHandle,
+    /// What the other node announced: (subject, queue) → its entry in the index.
+    interest: HashMap<InterestKey, Arc<Subscription>>,
+    /// Index changes gathered during one read batch.
+    changes: Vec<SubChange>,
+    publisher: Publisher,
+    pings_out: u32,
+    last_in: std::time::Instant,
+}
+
+/// The most members one queue-group announcement may count: a peer that claims more
+/// gets this many (the weight decides how often the group's picks go to that node,
+/// and each unit is an entry in the index).
+const MAX_QUEUE_WEIGHT: u32 = 1024;
+
+impl Route {
+    async fn run(
+        &mut self,
+        reader: impl AsyncRead + Unpin,
+        mut rbuf: ReadBuf,
+        parser: RouteParser,
+        control: async_channel::Receiver<RouteControl>,
+    ) -> String {
+        let mut reader = reader;
+        let interval = self.ctx.config().cluster.ping_interval();
+        let mut ping = runtime::interval(interval);
+        enum Event {
+            Read(std::io::Result<usize>),
+            Control(Option<RouteControl>),
+            Tick,
+        }
+        // Operations that arrived with the end of the handshake.
+        if let Err(reason) = self.process(&mut rbuf, &parser) {
+            return reason;
+        }
+        self.end_batch();
+        loop {
+            let event = {
+                let read = async { Event::Read(reader.read(rbuf.spare()).await) };
+                let ctl = async { Event::Control(control.recv().await.ok()) };
+                let tick = async {
+                    ping.next().await;
+                    Event::Tick
+                };
+                futures_lite::future::or(ctl, futures_lite::future::or(read, tick)).await
+            };
+            match event {
+                Event::Read(Ok(0)) => return "closed by the peer".into(),
+                Event::Read(Err(e)) => return format!("read error: {e}"),
+                Event::Read(Ok(n)) => {
+                    rbuf.filled(n);
+                    self.last_in = runtime::now();
+                    let result = self.process(&mut rbuf, &parser);
+                    self.end_batch();
+                    if let Err(reason) = result {
+                        return reason;
+                    }
+                    rbuf.maybe_shrink(n);
+                }
+                Event::Control(None) => return "node stopping".into(),
+                Event::Control(Some(RouteControl::Close(reason))) => return reason.into(),
+                Event::Control(Some(RouteControl::WriteFailed)) => return "write failed".into(),
+                Event::Tick => {
+                    if runtime::now().duration_since(self.last_in) < interval.mul_f64(0.9) {
+                        continue;
+                    }
+                    if self.pings_out + 1 > self.ctx.config().max_pings_out {
+                        return "stale connection (no answer to PING)".into();
+                    }
+                    self.pings_out += 1;
+                    self.push(b"PING\r\n");
+                }
+            }
+        }
+    }
+
+    fn push(&self, line: &[u8]) {
+        if let Ok(true) = self
+            .shared
+            .out
+            .push_control(|buf| buf.extend_from_slice(line))
+        {
+            self.shared.wake_writer();
+        }
+    }
+
+    fn process(&mut self, rbuf: &mut ReadBuf, parser: &RouteParser) -> Result<(), String> {
+        loop {
+            match parser.parse(rbuf.data()) {
+                Ok(Parsed::Op(op, n)) => {
+                    let result = self.handle(op);
+                    rbuf.consume(n);
+                    result?;
+                }
+                Ok(Parsed::Incomplete { need }) => {
+                    rbuf.reserve(need);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Tell the peer, as the reference does, then close.
+                    let line =
+                        format!("-ERR '{}'\r\n", e.wire().text().unwrap_or("Protocol Error"));
+                    self.push(line.as_bytes());
+                    return Err(format!("protocol error: {e}"));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, op: RouteOp<'_>) -> Result<(), String> {
+        let account = &self.ctx.global;
+        match op {
+            RouteOp::Msg(m) => {
+                self.shared.stats.in_msgs.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .in_bytes
+                    .fetch_add(m.data.len() as u64, Ordering::Relaxed);
+                if m.account != account.name.as_bytes() {
+                    return Ok(());
+                }
+                let msg = Message {
+                    subject: m.subject,
+                    reply: m.reply,
+                    headers: m.headers,
+                    data: m.data,
+                };
+                let queues = m.queue_list();
+                self.publisher.publish_routed(account, &msg, queues);
+            }
+            RouteOp::Sub {
+                account: acc,
+                subject,
+                queue,
+            } => {
+                if acc != account.name.as_bytes() || !crate::subject::is_valid_subject(subject) {
+                    log::debug!(
+                        "route {}: interest in {:?} ignored (unknown account or invalid subject)",
+                        self.shared.id,
+                        String::from_utf8_lossy(subject)
+                    );
+                    return Ok(());
+                }
+                let key = (Box::<[u8]>::from(subject), queue.map(|(q, _)| q.into()));
+                let weight = queue.map_or(1, |(_, w)| w.clamp(1, MAX_QUEUE_WEIGHT));
+                if let Some(old) = self.interest.get(&key) {
+                    if old.queue.is_none() || old.weight == weight {
+                        return Ok(());
+                    }
+                    // A queue group's weight changed: swap the entry in one batch.
+                    self.changes.push(SubChange::Remove(old.clone()));
+                } else {
+                    self.shared
+                        .stats
+                        .subscriptions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let sub = Arc::new(Subscription::for_route(
+                    self.shared.clone(),
+                    subject,
+                    queue.map(|(q, _)| q),
+                    weight,
+                ));
+                self.changes.push(SubChange::Add(sub.clone()));
+                self.interest.insert(key, sub);
+            }
+            RouteOp::Unsub {
+                account: acc,
+                subject,
+                queue,
+            } => {
+                if acc != account.name.as_bytes() {
+                    return Ok(());
+                }
+                let key = (Box::<[u8]>::from(subject), queue.map(Into::into));
+                if let Some(sub) = self.interest.remove(&key) {
+                    self.shared
+                        .stats
+                        .subscriptions
+                        .fetch_sub(1, Ordering::Relaxed);
+                    sub.close();
+                    self.changes.push(SubChange::Remove(sub));
+                }
+            }
+            RouteOp::Ping => self.push(b"PONG\r\n"),
+            RouteOp::Pong => self.pings_out = 0,
+            RouteOp::Ok => {}
+            RouteOp::Err(text) => {
+                return Err(format!("peer error: {}", String::from_utf8_lossy(text)));
+            }
+            RouteOp::Info(json) => match serde_json::from_slice::<RouteInfo>(json) {
+                // Gossip: another node the peer knows; the cluster actor may dial it.
+                Ok(info) if info.server_id != self.remote.server_id && !info.ip.is_empty() => {
+                    self.cluster.gossip(info.server_id, info.ip);
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("route {}: unreadable INFO: {e}", self.shared.id),
+            },
+            RouteOp::Connect(_) => {
+                return Err("CONNECT on an established route".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn end_batch(&mut self) {
+        if !self.changes.is_empty() {
+            self.ctx.global.send(std::mem::take(&mut self.changes));
+        }
+        self.publisher.flush();
+    }
+
+    /// Withdraws everything the other node announced.
+    fn finish(&mut self) {
+        let mut changes = vec![SubChange::DetachRoute(self.shared.id)];
+        for (_, sub) in self.interest.drain() {
+            sub.close();
+            changes.push(SubChange::Remove(sub));
+        }
+        self.ctx.global.send(changes);
+        self.publisher.flush();
+    }
+}
