@@ -11,7 +11,7 @@
 //! whether a node is already routed; it awaits nobody (answers go back on bounded(1)
 //! channels that never block it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +22,28 @@ use super::route::{self, RouteControl, RouteEnd, RouteSetup, RouteShared};
 use super::runtime::{self, TcpListener, TcpStream};
 use crate::cluster::{new_route_wins, parse_route_url, route_url, LocalNode, Role};
 
+/// What a dialer does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialCheck {
+    /// Dial (no route to that node is up).
+    Dial,
+    /// A route to that node is up: check again later.
+    Routed,
+    /// Nobody wants this address any more.
+    Stop,
+}
+
+/// Why a dialer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialKind {
+    /// `cluster.routes`: dialed for ever.
+    Configured,
+    /// Heard of from another node: given up after a few failures.
+    Gossip,
+    /// A live mesh member: dialed while the mesh says it is alive.
+    Mesh,
+}
+
 /// Whether a new route was kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
@@ -31,22 +53,7 @@ pub enum Registration {
 }
 
 /// A route as monitoring shows it.
-#[derive(Debug, Clone)]
-pub struct RouteSummary {
-    pub rid: u64,
-    pub remote_id: String,
-    pub remote_name: String,
-    pub did_solicit: bool,
-    pub peer: SocketAddr,
-    /// The address the other node advertises for routes.
-    pub url: String,
-    pub in_msgs: u64,
-    pub out_msgs: u64,
-    pub in_bytes: u64,
-    pub out_bytes: u64,
-    pub subscriptions: u64,
-    pub pending_bytes: usize,
-}
+pub type RouteSummary = crate::monitor::RouteSnapshot;
 
 enum ClusterCmd {
     Register {
@@ -63,11 +70,17 @@ enum ClusterCmd {
         server_id: String,
         url: String,
     },
-    IsRouted {
-        server_id: String,
-        reply: async_channel::Sender<bool>,
+    /// A dialer asks whether to go on.
+    Check {
+        addr: String,
+        server_id: Option<String>,
+        reply: async_channel::Sender<DialCheck>,
     },
     Forget(String),
+    /// The mesh says a node is alive at this route address: route to it.
+    MeshUp(SocketAddr),
+    /// The mesh says the node at this route address went silent: drop its routes.
+    MeshDown(SocketAddr),
     Routes(async_channel::Sender<Vec<RouteSummary>>),
     Shutdown,
 }
@@ -120,16 +133,27 @@ impl ClusterHandle {
         let _ = self.tx.try_send(ClusterCmd::Gossip { server_id, url });
     }
 
-    async fn is_routed(&self, server_id: &str) -> bool {
+    async fn check(&self, addr: &str, server_id: Option<&str>) -> DialCheck {
         let (reply, answer) = async_channel::bounded(1);
-        let cmd = ClusterCmd::IsRouted {
-            server_id: server_id.to_string(),
+        let cmd = ClusterCmd::Check {
+            addr: addr.to_string(),
+            server_id: server_id.map(str::to_string),
             reply,
         };
         if self.tx.send(cmd).await.is_err() {
-            return false;
+            return DialCheck::Stop;
         }
-        answer.recv().await.unwrap_or(false)
+        answer.recv().await.unwrap_or(DialCheck::Stop)
+    }
+
+    /// The mesh found a live node whose cluster listener is at `addr`.
+    pub fn mesh_up(&self, addr: SocketAddr) {
+        let _ = self.tx.try_send(ClusterCmd::MeshUp(addr));
+    }
+
+    /// The node at `addr` went silent on the mesh.
+    pub fn mesh_down(&self, addr: SocketAddr) {
+        let _ = self.tx.try_send(ClusterCmd::MeshDown(addr));
     }
 
     /// The routes up now.
@@ -167,6 +191,8 @@ struct Plane {
     handle: ClusterHandle,
     local: LocalNode,
     tls: Option<RouteTls>,
+    /// The mesh decides whom to dial (gossip over routes is not followed).
+    mesh: bool,
 }
 
 /// Starts the cluster actor, its listener and its dialers.
@@ -176,6 +202,7 @@ pub fn start(
     local: LocalNode,
     tls: Option<RouteTls>,
     routes: Vec<String>,
+    mesh: bool,
 ) -> ClusterHandle {
     let (tx, rx) = async_channel::unbounded();
     let handle = ClusterHandle {
@@ -187,14 +214,15 @@ pub fn start(
         handle: handle.clone(),
         local: local.clone(),
         tls,
+        mesh,
     };
     let mut state = State {
         plane: plane.clone(),
         routes: HashMap::new(),
-        dialing: HashSet::new(),
+        dialing: HashMap::new(),
     };
     for url in routes {
-        state.dial(url, None);
+        state.dial(url, None, DialKind::Configured);
     }
     ctx.spawner.spawn_detached(accept_loop(plane, listener));
     ctx.spawner.spawn_detached(async move {
@@ -219,8 +247,8 @@ struct State {
     plane: Plane,
     /// The route kept for each other node, by server id.
     routes: HashMap<String, Entry>,
-    /// Route addresses (`host:port`) a dialer is working on.
-    dialing: HashSet<String>,
+    /// Route addresses (`host:port`) a dialer is working on, and why.
+    dialing: HashMap<String, DialKind>,
 }
 
 impl State {
@@ -242,16 +270,56 @@ impl State {
             ClusterCmd::Gone(id) => self.routes.retain(|_, e| e.route.id != id),
             ClusterCmd::Gossip { server_id, url } => {
                 log::debug!("heard of {} at {url}", route::short_id(&server_id));
-                if server_id != self.plane.local.server_id && !self.routes.contains_key(&server_id)
+                // With the mesh, membership alone decides whom to dial.
+                if !self.plane.mesh
+                    && server_id != self.plane.local.server_id
+                    && !self.routes.contains_key(&server_id)
                 {
                     match parse_route_url(&url) {
-                        Ok(addr) => self.dial(addr, Some(server_id)),
+                        Ok(addr) => self.dial(addr, Some(server_id), DialKind::Gossip),
                         Err(e) => log::debug!("gossiped route address ignored: {e}"),
                     }
                 }
             }
-            ClusterCmd::IsRouted { server_id, reply } => {
-                let _ = reply.try_send(self.routes.contains_key(&server_id));
+            ClusterCmd::Check {
+                addr,
+                server_id,
+                reply,
+            } => {
+                let answer = if !self.dialing.contains_key(&addr) || self.plane.handle.stopping() {
+                    DialCheck::Stop
+                } else if server_id.is_some_and(|id| self.routes.contains_key(&id)) {
+                    DialCheck::Routed
+                } else {
+                    DialCheck::Dial
+                };
+                let _ = reply.try_send(answer);
+            }
+            ClusterCmd::MeshUp(addr) => {
+                let addr = addr.to_string();
+                match self.dialing.get_mut(&addr) {
+                    // Known by gossip already: the mesh keeps it now.
+                    Some(kind) => {
+                        if *kind == DialKind::Gossip {
+                            *kind = DialKind::Mesh;
+                        }
+                    }
+                    None => self.dial(addr, None, DialKind::Mesh),
+                }
+            }
+            ClusterCmd::MeshDown(addr) => {
+                let key = addr.to_string();
+                if self.dialing.get(&key) != Some(&DialKind::Configured) {
+                    self.dialing.remove(&key);
+                }
+                for entry in self.routes.values() {
+                    let same_node = entry.peer.ip() == addr.ip() || entry.url == key;
+                    if same_node {
+                        entry
+                            .route
+                            .tell(RouteControl::Close("the mesh lost this node"));
+                    }
+                }
             }
             ClusterCmd::Forget(url) => {
                 self.dialing.remove(&url);
@@ -330,16 +398,18 @@ impl State {
     }
 
     /// Starts a dialer for `addr` unless one is working on it.
-    fn dial(&mut self, addr: String, server_id: Option<String>) {
-        if !self.dialing.insert(addr.clone()) {
+    fn dial(&mut self, addr: String, server_id: Option<String>, kind: DialKind) {
+        if self.dialing.contains_key(&addr) {
             return;
         }
+        self.dialing.insert(addr.clone(), kind);
         let plane = self.plane.clone();
-        let implicit = server_id.is_some();
-        self.plane
-            .ctx
-            .spawner
-            .spawn_detached(dial_loop(plane, addr, server_id, implicit));
+        self.plane.ctx.spawner.spawn_detached(dial_loop(
+            plane,
+            addr,
+            server_id,
+            kind == DialKind::Gossip,
+        ));
     }
 
     fn summaries(&self) -> Vec<RouteSummary> {
@@ -467,16 +537,15 @@ async fn dial_loop(plane: Plane, addr: String, mut server_id: Option<String>, im
     let mut failures = 0u32;
     let mut last_problem = String::new();
     loop {
-        if plane.handle.stopping() {
-            return;
-        }
-        if let Some(id) = &server_id {
-            if plane.handle.is_routed(id).await {
+        match plane.handle.check(&addr, server_id.as_deref()).await {
+            DialCheck::Stop => return,
+            DialCheck::Routed => {
                 backoff = REDIAL_MIN;
                 failures = 0;
                 runtime::sleep(REDIAL_MAX).await;
                 continue;
             }
+            DialCheck::Dial => {}
         }
         let problem = match runtime::timeout(DIAL_TIMEOUT, TcpStream::connect(addr.as_str())).await
         {

@@ -30,12 +30,13 @@ use crate::monitor::{
 use crate::proto::info::COMPAT_VERSION;
 
 /// The endpoints served, in the order `/varz`'s `http_req_stats` lists them.
-const ENDPOINTS: [&str; 9] = [
+const ENDPOINTS: [&str; 10] = [
     "/",
     "/accountz",
     "/connz",
     "/healthz",
     "/jsz",
+    "/meshz",
     "/metrics",
     "/routez",
     "/subsz",
@@ -211,7 +212,18 @@ impl Monitor {
             },
             "/routez" => {
                 let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
-                let body = monitor::routez(&self.ctx.server_id, &self.ctx.server_name, &now);
+                let routes = match self.ctx.cluster.get() {
+                    Some(cluster) => cluster.routes().await,
+                    None => Vec::new(),
+                };
+                let body =
+                    monitor::routez(&self.ctx.server_id, &self.ctx.server_name, &now, &routes);
+                reply(StatusCode::OK, JSON, body)
+            }
+            "/meshz" => {
+                let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
+                let view = self.ctx.mesh.get().map(|m| m.view.load_full());
+                let body = monitor::meshz(&self.ctx.server_id, &now, view.as_deref());
                 reply(StatusCode::OK, JSON, body)
             }
             "/accountz" => {

@@ -38,6 +38,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Mesh(#[from] super::mesh::MeshError),
     #[error("cannot listen for monitoring on {addr}: {source}")]
     Monitor {
         addr: SocketAddr,
@@ -82,6 +84,8 @@ pub struct ServerContext {
     websocket: arc_swap::ArcSwapOption<WsSetup>,
     /// The cluster actor, when `[cluster]` is set (set once, right after start).
     pub cluster: std::sync::OnceLock<super::cluster::ClusterHandle>,
+    /// The mesh actor, when `[mesh]` is set.
+    pub mesh: std::sync::OnceLock<super::mesh::MeshHandle>,
 }
 
 /// TLS for a listener configured with just a certificate and key (the WebSocket and
@@ -293,6 +297,7 @@ impl Node {
             spawner: spawner.clone(),
             started: std::time::SystemTime::now(),
             cluster: std::sync::OnceLock::new(),
+            mesh: std::sync::OnceLock::new(),
         });
         let mut store_closed = None;
         let mut js_usage = None;
@@ -439,6 +444,7 @@ impl Node {
                 old.websocket.listen == new.websocket.listen,
             ),
             ("cluster", old.cluster == new.cluster),
+            ("mesh", old.mesh == new.mesh),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(NodeError::Config(format!(
@@ -482,6 +488,9 @@ impl Node {
         if let Some(cluster) = self.ctx.cluster.get() {
             cluster.shutdown();
         }
+        if let (Some(mesh), Some(_)) = (self.ctx.mesh.get(), &self.runtime) {
+            mesh.shutdown(std::time::Duration::from_secs(3));
+        }
         let _ = self.commands.try_send(command);
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.listener.take()) {
             runtime::block_on(task);
@@ -506,8 +515,18 @@ impl Drop for Node {
 fn start_cluster(ctx: &Arc<ServerContext>) -> Result<Option<SocketAddr>, NodeError> {
     let config = ctx.config();
     let cluster = &config.cluster;
-    let Some(addr) = cluster.listen_addr().map_err(NodeError::Config)? else {
-        return Ok(None);
+    // With the mesh, the interface comes first: the cluster listens on its address.
+    let mesh = if config.mesh.enabled() {
+        Some(super::mesh::prepare(&config.mesh, &ctx.server_name)?)
+    } else {
+        None
+    };
+    let addr = match &mesh {
+        Some(m) => SocketAddr::new(m.address().into(), config.mesh.route_port),
+        None => match cluster.listen_addr().map_err(NodeError::Config)? {
+            Some(addr) => addr,
+            None => return Ok(None),
+        },
     };
     let bound =
         std::net::TcpListener::bind(addr).map_err(|source| NodeError::Cluster { addr, source })?;
@@ -555,7 +574,14 @@ fn start_cluster(ctx: &Arc<ServerContext>) -> Result<Option<SocketAddr>, NodeErr
         .iter()
         .filter_map(|r| crate::cluster::parse_route_url(r).ok())
         .collect();
-    let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes);
+    let mesh_secret = local.secret.clone().unwrap_or_default();
+    let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes, mesh.is_some());
+    if let Some(prepared) = mesh {
+        let name = cluster.name.clone().unwrap_or_default();
+        let started =
+            super::mesh::start(prepared, &name, &mesh_secret, handle.clone(), &ctx.spawner)?;
+        let _ = ctx.mesh.set(started);
+    }
     let _ = ctx.cluster.set(handle);
     log::info!(
         "listening for routes on {local_addr} (cluster {:?}{}{})",

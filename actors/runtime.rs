@@ -14,7 +14,7 @@ use async_executor::Executor;
 
 pub use async_executor::Task;
 pub use async_io::Async;
-pub use async_net::{TcpListener, TcpStream};
+pub use async_net::{TcpListener, TcpStream, UdpSocket};
 
 /// Runs a future to completion on the calling thread, driving I/O meanwhile.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {

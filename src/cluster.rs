@@ -74,9 +74,30 @@ impl ClusterConfig {
         self.ping_interval.map_or(DEFAULT_ROUTE_PING, |d| d.0)
     }
 
-    /// Checks the section; `Err` names the key and what is wrong.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Checks the section (`mesh`: `[mesh]` is on, and the cluster listens on the mesh
+    /// address); `Err` names the key and what is wrong.
+    pub fn validate(&self, mesh: bool) -> Result<(), (&'static str, String)> {
         let addr = self.listen_addr().map_err(|e| ("cluster.listen", e))?;
+        if mesh {
+            if addr.is_some() {
+                return Err((
+                    "cluster.listen",
+                    "with [mesh] the cluster listens on the mesh address only: remove cluster.listen (the port is mesh.route_port)".into(),
+                ));
+            }
+            if self.secret.is_none() && self.secret_file.is_none() {
+                return Err((
+                    "cluster.secret",
+                    "the mesh authenticates its announcements with the cluster secret: set secret or secret_file".into(),
+                ));
+            }
+            if self.name.is_none() {
+                return Err((
+                    "cluster.name",
+                    "a cluster needs a name; every node of it uses the same".into(),
+                ));
+            }
+        }
         let tls_parts = [&self.cert_file, &self.key_file, &self.ca_file];
         let tls_count = tls_parts.iter().filter(|p| p.is_some()).count();
         if tls_count != 0 && tls_count != 3 {
@@ -106,6 +127,9 @@ impl ClusterConfig {
             return Err(("cluster.ping_interval", "must be more than 0".into()));
         }
         let Some(addr) = addr else {
+            if mesh {
+                return Ok(());
+            }
             if !self.routes.is_empty() || self.name.is_some() {
                 return Err((
                     "cluster.listen",
@@ -773,35 +797,37 @@ mod tests {
 
     #[test]
     fn config_policy() {
-        assert!(cfg("").validate().is_ok());
+        assert!(cfg("").validate(false).is_ok());
         assert!(cfg("name = \"c\"\nlisten = \"127.0.0.1:0\"")
-            .validate()
+            .validate(false)
             .is_ok());
         let e = cfg("name = \"c\"\nlisten = \"0.0.0.0:6222\"")
-            .validate()
+            .validate(false)
             .unwrap_err();
         assert_eq!(e.0, "cluster.listen");
         let e = cfg("name = \"c\"\nlisten = \"0.0.0.0:6222\"\nsecret = \"a-long-cluster-secret\"")
-            .validate()
+            .validate(false)
             .unwrap_err();
         assert_eq!(e.0, "cluster.listen");
         assert!(cfg("name = \"c\"\nlisten = \"0.0.0.0:6222\"\nsecret = \"a-long-cluster-secret\"\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"ca\"")
-            .validate()
+            .validate(false)
             .is_ok());
         let e = cfg("name = \"c\"\nlisten = \"127.0.0.1:0\"\ncert_file = \"c\"\nkey_file = \"k\"")
-            .validate()
+            .validate(false)
             .unwrap_err();
         assert_eq!(e.0, "cluster.ca_file");
         let e = cfg("name = \"c\"\nlisten = \"127.0.0.1:0\"\nsecret = \"short\"")
-            .validate()
+            .validate(false)
             .unwrap_err();
         assert_eq!(e.0, "cluster.secret");
-        let e = cfg("listen = \"127.0.0.1:0\"").validate().unwrap_err();
+        let e = cfg("listen = \"127.0.0.1:0\"").validate(false).unwrap_err();
         assert_eq!(e.0, "cluster.name");
-        let e = cfg("routes = [\"127.0.0.1:1\"]").validate().unwrap_err();
+        let e = cfg("routes = [\"127.0.0.1:1\"]")
+            .validate(false)
+            .unwrap_err();
         assert_eq!(e.0, "cluster.listen");
         let e = cfg("name = \"c\"\nlisten = \"127.0.0.1:0\"\nroutes = [\"x\"]")
-            .validate()
+            .validate(false)
             .unwrap_err();
         assert_eq!(e.0, "cluster.routes");
     }

@@ -430,6 +430,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub websocket: WebSocketConfig,
     pub cluster: crate::cluster::ClusterConfig,
+    pub mesh: crate::mesh::MeshConfig,
 }
 
 impl Default for Config {
@@ -455,6 +456,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             websocket: WebSocketConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            mesh: crate::mesh::MeshConfig::default(),
         }
     }
 }
@@ -566,6 +568,9 @@ impl Config {
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.cluster
+            .validate(self.mesh.enabled())
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.mesh
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod jetstream;
+pub mod mesh;
 pub mod monitor;
 pub mod proto;
 pub mod subject;

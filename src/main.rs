@@ -27,6 +27,30 @@ struct Cli {
 #[argh(subcommand)]
 enum Subcommand {
     Bench(actors::bench::BenchArgs),
+    Mesh(MeshArgs),
+}
+
+/// manage the WireGuard mesh's keys
+#[derive(FromArgs)]
+#[argh(subcommand, name = "mesh")]
+struct MeshArgs {
+    #[argh(subcommand)]
+    command: MeshCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum MeshCommand {
+    Keygen(KeygenArgs),
+}
+
+/// write a new WireGuard private key (mode 0600) and print its public key
+#[derive(FromArgs)]
+#[argh(subcommand, name = "keygen")]
+struct KeygenArgs {
+    /// the file to write (never overwritten)
+    #[argh(option)]
+    out: PathBuf,
 }
 
 // Buffers are allocated on executor threads and freed on others (the storage writer, a
@@ -40,6 +64,21 @@ fn main() -> ExitCode {
     if cli.version {
         println!("meshbroker {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if let Some(Subcommand::Mesh(MeshArgs {
+        command: MeshCommand::Keygen(args),
+    })) = &cli.command
+    {
+        return match actors::mesh::keygen(&args.out) {
+            Ok(public) => {
+                println!("{public}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("meshbroker mesh keygen: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Subcommand::Bench(args)) = cli.command {
         return match actors::bench::run(args) {

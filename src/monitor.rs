@@ -314,17 +314,73 @@ pub fn connz(
     out.into_bytes()
 }
 
-/// `/routez`. Routes between nodes are not built yet (issue 7): a node has none, and
-/// says so in the reference's shape.
-pub fn routez(server_id: &str, server_name: &str, now: &str) -> Vec<u8> {
+/// A route as `/routez` shows it.
+#[derive(Debug, Clone)]
+pub struct RouteSnapshot {
+    pub rid: u64,
+    pub remote_id: String,
+    pub remote_name: String,
+    pub did_solicit: bool,
+    pub peer: std::net::SocketAddr,
+    /// The address the other node advertises for routes.
+    pub url: String,
+    pub in_msgs: u64,
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+    pub subscriptions: u64,
+    pub pending_bytes: usize,
+}
+
+/// `/routez`, in the reference's shape.
+pub fn routez(server_id: &str, server_name: &str, now: &str, routes: &[RouteSnapshot]) -> Vec<u8> {
+    let rows: Vec<serde_json::Value> = routes
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "rid": r.rid,
+                "remote_id": r.remote_id,
+                "remote_name": r.remote_name,
+                "did_solicit": r.did_solicit,
+                "ip": r.peer.ip().to_string(),
+                "port": r.peer.port(),
+                "advertised": r.url,
+                "pending_size": r.pending_bytes,
+                "in_msgs": r.in_msgs,
+                "out_msgs": r.out_msgs,
+                "in_bytes": r.in_bytes,
+                "out_bytes": r.out_bytes,
+                "subscriptions": r.subscriptions,
+            })
+        })
+        .collect();
     serde_json::to_vec_pretty(&serde_json::json!({
         "server_id": server_id,
         "server_name": server_name,
         "now": now,
-        "num_routes": 0,
-        "routes": [],
+        "num_routes": rows.len(),
+        "routes": rows,
     }))
     .unwrap_or_default()
+}
+
+/// `/meshz`: the WireGuard mesh, its members and their handshakes (meshbroker's own
+/// endpoint; the reference has no mesh).
+pub fn meshz(server_id: &str, now: &str, view: Option<&crate::mesh::MeshView>) -> Vec<u8> {
+    let body = match view {
+        Some(v) => serde_json::json!({
+            "server_id": server_id,
+            "now": now,
+            "enabled": true,
+            "mesh": v,
+        }),
+        None => serde_json::json!({
+            "server_id": server_id,
+            "now": now,
+            "enabled": false,
+        }),
+    };
+    serde_json::to_vec_pretty(&body).unwrap_or_default()
 }
 
 /// `/accountz`: the accounts (one, `$G`, until auth brings more; no system account).

@@ -1,0 +1,816 @@
+//! The mesh actor: one per node with `[mesh]`.
+//!
+//! It owns the WireGuard interface (created or adopted at start, through
+//! `wireguard-control`; with the userspace backend it runs wireguard-go as its own
+//! child, so the daemon never outlives the node), the UDP socket announcements travel
+//! on, and the membership state (`crate::mesh::Membership`). Every heartbeat it
+//! announces itself to every member (over the mesh and over the underlay), applies
+//! membership changes to the interface in place (one update per round, never a
+//! remove-and-add), reads the peers' handshake ages and byte counters, and tells the
+//! cluster actor which nodes to route to and which to drop.
+//!
+//! Keys never reach a log line: `wireguard_control::Key` prints itself in full, so it
+//! is never formatted; peers are named by their node name and a key prefix.
+//!
+//! Who waits on whom: it awaits the blocking pool (WireGuard and `ip` calls); it only
+//! sends to the cluster actor, never awaits it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+use super::cluster::ClusterHandle;
+use super::runtime;
+use crate::mesh::{
+    decode, decode_key, encode, AnnounceKey, Membership, MeshBackend, MeshConfig, MeshEvent,
+    MeshView, NodeRecord, PeerView,
+};
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("key `mesh.private_key_file`: {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("mesh interface {interface}: {reason}")]
+    Interface { interface: String, reason: String },
+    #[error("mesh announcements: cannot bind UDP port {port}: {source}")]
+    Socket {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes a new private key (base64, mode 0600) to `out`, refusing to overwrite one,
+/// and returns the public key to give other nodes as a seed.
+pub fn keygen(out: &Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = Key::generate_private();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    writeln!(file, "{}", key.to_base64()).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(key.get_public().to_base64())
+}
+
+fn read_key(path: &Path) -> Result<Key, MeshError> {
+    let err = |reason: String| MeshError::Key {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    Key::from_base64(text.trim())
+        .map_err(|_| err("not a base64 WireGuard private key (write one with `meshbroker mesh keygen --out FILE`)".into()))
+}
+
+/// A short, log-safe name for a public key.
+fn key_prefix(key: &str) -> &str {
+    key.get(..8).unwrap_or(key)
+}
+
+/// The interface once set up, and who owns it.
+struct Interface {
+    name: InterfaceName,
+    label: String,
+    backend: Backend,
+    /// wireguard-go, when we started it.
+    child: Option<Child>,
+    /// We created the kernel link (deleted again at shutdown).
+    created_link: bool,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn uapi_socket(name: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{name}.sock"))
+}
+
+fn uapi_alive(name: &str) -> bool {
+    std::os::unix::net::UnixStream::connect(uapi_socket(name)).is_ok()
+}
+
+/// Starts wireguard-go in the foreground as our child: its logs go to ours, and the
+/// kernel kills it if this process dies (so a killed node leaves no daemon behind).
+fn spawn_wireguard_go(program: &Path, name: &str) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    command
+        .arg("-f")
+        .arg(name)
+        .env("LOG_LEVEL", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches nothing of the
+    // parent's state; it is all the child does between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        format!(
+            "cannot run {}: {e} (install wireguard-go)",
+            program.display()
+        )
+    })?;
+    for (stream, label) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            "stdout",
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            "stderr",
+        ),
+    ] {
+        if let Some(stream) = stream {
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    log::debug!("wireguard-go {name} ({label}): {line}");
+                }
+            });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !uapi_alive(name) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "wireguard-go exited ({status}) before opening its control socket (is the name taken on this host, or /dev/net/tun missing?)"
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("wireguard-go did not open its control socket within 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// The smallest MTU of the host's other interfaces that are up, less 80 (WireGuard's
+/// overhead over an IPv6 underlay), so mesh packets are never fragmented.
+fn default_mtu(ours: &str) -> u32 {
+    let mut smallest = 1500u32;
+    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == "lo" || name == ours {
+                continue;
+            }
+            let up = std::fs::read_to_string(entry.path().join("operstate"))
+                .is_ok_and(|s| s.trim() != "down");
+            let mtu = std::fs::read_to_string(entry.path().join("mtu"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            if let (true, Some(mtu)) = (up, mtu) {
+                smallest = smallest.min(mtu);
+            }
+        }
+    }
+    smallest.saturating_sub(80).max(1280)
+}
+
+fn setup_interface(
+    config: &MeshConfig,
+    key: &Key,
+    address: Ipv4Addr,
+    prefix: u8,
+) -> Result<Interface, MeshError> {
+    let label = config.interface.clone().unwrap_or_default();
+    let err = |reason: String| MeshError::Interface {
+        interface: label.clone(),
+        reason,
+    };
+    let name: InterfaceName = label
+        .parse()
+        .map_err(|e| err(format!("invalid name: {e}")))?;
+    let settings = || {
+        DeviceUpdate::new()
+            .set_private_key(Key(key.0))
+            .set_listen_port(config.listen_port)
+    };
+    let mut child = None;
+    let mut created_link = false;
+    let kernel = match config.backend {
+        MeshBackend::Userspace => false,
+        MeshBackend::Kernel | MeshBackend::Auto => {
+            let existed = Device::get(&name, Backend::Kernel).is_ok();
+            match settings().apply(&name, Backend::Kernel) {
+                Ok(()) => {
+                    created_link = !existed;
+                    true
+                }
+                Err(e) if config.backend == MeshBackend::Auto => {
+                    log::info!("mesh: kernel WireGuard unavailable ({e}); using wireguard-go");
+                    false
+                }
+                Err(e) => return Err(err(format!("kernel WireGuard: {e}"))),
+            }
+        }
+    };
+    let backend = if kernel {
+        Backend::Kernel
+    } else {
+        if uapi_alive(&label) {
+            log::info!("mesh: adopting the running userspace interface {label}");
+        } else {
+            child = Some(spawn_wireguard_go(&config.wireguard_go, &label).map_err(err)?);
+        }
+        if let Err(e) = settings().apply(&name, Backend::Userspace) {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(err(format!("configuring wireguard-go: {e}")));
+        }
+        Backend::Userspace
+    };
+    let iface = Interface {
+        name,
+        label: label.clone(),
+        backend,
+        child,
+        created_link,
+    };
+    let mtu = config.mtu.unwrap_or_else(|| default_mtu(&label));
+    let configure = || -> Result<(), String> {
+        ip(&["link", "set", "dev", &label, "mtu", &mtu.to_string(), "up"])?;
+        ip(&[
+            "addr",
+            "replace",
+            &format!("{address}/{prefix}"),
+            "dev",
+            &label,
+        ])
+    };
+    if let Err(e) = configure() {
+        iface.close();
+        return Err(err(e));
+    }
+    log::info!(
+        "mesh: interface {label} up ({}), address {address}/{prefix}, mtu {mtu}, WireGuard port {}",
+        if kernel { "kernel" } else { "wireguard-go" },
+        config.listen_port
+    );
+    Ok(iface)
+}
+
+impl Interface {
+    /// Takes the interface down if we made it.
+    fn close(mut self) {
+        if let Some(mut child) = self.child.take() {
+            // wireguard-go watches its control socket and exits cleanly (taking the
+            // tun device with it) when the socket is removed.
+            let _ = std::fs::remove_file(uapi_socket(&self.label));
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.created_link {
+            let _ = ip(&["link", "del", "dev", &self.label]);
+        }
+    }
+}
+
+enum MeshCmd {
+    /// Say goodbye to every member and take the interface down; answer when done.
+    Shutdown(async_channel::Sender<()>),
+}
+
+/// How the node reaches its mesh actor.
+pub struct MeshHandle {
+    tx: async_channel::Sender<MeshCmd>,
+    pub view: Arc<arc_swap::ArcSwap<MeshView>>,
+    pub address: Ipv4Addr,
+}
+
+impl MeshHandle {
+    /// Leaves the mesh (members drop this node at once) and removes the interface.
+    pub fn shutdown(&self, limit: Duration) {
+        let (tx, rx) = async_channel::bounded(1);
+        if self.tx.try_send(MeshCmd::Shutdown(tx)).is_ok() {
+            let _ = runtime::block_on(runtime::timeout(limit, rx.recv()));
+        }
+    }
+}
+
+/// What the node needs before the cluster listener binds: the interface with its
+/// address. The actor itself starts with [`start`].
+pub struct Prepared {
+    config: MeshConfig,
+    iface: Interface,
+    key: Key,
+    me: NodeRecord,
+    network: crate::mesh::Network,
+    socket: std::net::UdpSocket,
+}
+
+impl Prepared {
+    pub fn address(&self) -> Ipv4Addr {
+        self.me.mesh_addr
+    }
+}
+
+/// Sets up the interface and the announcement socket (blocking; at node start).
+pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshError> {
+    let key_path = config.private_key_file.clone().unwrap_or_default();
+    let key = read_key(&key_path)?;
+    let public = key.get_public();
+    let network = config.network().map_err(|e| MeshError::Interface {
+        interface: config.interface.clone().unwrap_or_default(),
+        reason: e,
+    })?;
+    let address = config
+        .address
+        .unwrap_or_else(|| network.address_for(&public.0));
+    let endpoint: SocketAddr = config
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| MeshError::Interface {
+            interface: config.interface.clone().unwrap_or_default(),
+            reason: "mesh.endpoint is not an ip:port".into(),
+        })?;
+    let port = config.discovery_port();
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
+        .map_err(|source| MeshError::Socket { port, source })?;
+    let iface = setup_interface(config, &key, address, network.prefix)?;
+    let incarnation = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let me = NodeRecord {
+        key: public.to_base64(),
+        name: server_name.to_string(),
+        endpoint,
+        mesh_addr: address,
+        route_port: config.route_port,
+        incarnation,
+    };
+    Ok(Prepared {
+        config: config.clone(),
+        iface,
+        key,
+        me,
+        network,
+        socket,
+    })
+}
+
+/// Starts the mesh actor; it tells `cluster` whom to route to.
+pub fn start(
+    prepared: Prepared,
+    cluster_name: &str,
+    secret: &[u8],
+    cluster: ClusterHandle,
+    spawner: &runtime::Spawner,
+) -> Result<MeshHandle, MeshError> {
+    let Prepared {
+        config,
+        iface,
+        key,
+        me,
+        network,
+        socket,
+    } = prepared;
+    let port = config.discovery_port();
+    let socket = runtime::UdpSocket::try_from(socket)
+        .map_err(|source| MeshError::Socket { port, source })?;
+    let address = me.mesh_addr;
+    let view = Arc::new(arc_swap::ArcSwap::from_pointee(MeshView {
+        interface: iface.label.clone(),
+        backend: match iface.backend {
+            Backend::Kernel => "kernel".into(),
+            _ => "wireguard-go".into(),
+        },
+        public_key: me.key.clone(),
+        mesh_addr: address.to_string(),
+        endpoint: me.endpoint.to_string(),
+        peers: Vec::new(),
+    }));
+    let mut membership = Membership::new(
+        me,
+        cluster_name,
+        network,
+        config.stale_after.0,
+        config.forget_after.0,
+    );
+    let now = Instant::now();
+    let mut initial = Vec::new();
+    for seed in &config.seeds {
+        let (Ok(raw), Ok(endpoint)) = (decode_key(&seed.public_key), seed.endpoint.parse()) else {
+            continue;
+        };
+        initial.extend(membership.hint(
+            NodeRecord {
+                key: seed.public_key.trim().to_string(),
+                name: format!("seed {}", seed.endpoint),
+                endpoint,
+                mesh_addr: network.address_for(&raw),
+                route_port: config.route_port,
+                incarnation: 0,
+            },
+            now,
+        ));
+    }
+    let state_file = config.state_file();
+    if let Some(path) = &state_file {
+        if let Ok(text) = std::fs::read(path) {
+            match serde_json::from_slice::<Vec<NodeRecord>>(&text) {
+                Ok(records) => {
+                    log::info!(
+                        "mesh: {} members remembered from {}",
+                        records.len(),
+                        path.display()
+                    );
+                    for r in records {
+                        initial.extend(membership.hint(r, now));
+                    }
+                }
+                Err(e) => log::warn!("mesh: {} is unreadable ({e}); ignored", path.display()),
+            }
+        }
+    }
+    let (tx, rx) = async_channel::unbounded();
+    let actor = MeshActor {
+        config,
+        iface: Some(iface),
+        key,
+        membership,
+        announce_key: AnnounceKey::derive(secret, cluster_name),
+        socket,
+        cluster,
+        view: view.clone(),
+        stats: HashMap::new(),
+        state_file,
+        remembered: Vec::new(),
+        rejected_logged: HashMap::new(),
+    };
+    spawner.spawn_detached(actor.run(rx, initial));
+    Ok(MeshHandle { tx, view, address })
+}
+
+/// Handshake and byte counters of one peer, from the last read of the interface.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerStats {
+    handshake: Option<SystemTime>,
+    rx: u64,
+    tx: u64,
+}
+
+struct MeshActor {
+    config: MeshConfig,
+    iface: Option<Interface>,
+    /// Kept for re-applying the device settings if wireguard-go must be restarted.
+    #[allow(dead_code)]
+    key: Key,
+    membership: Membership,
+    announce_key: AnnounceKey,
+    socket: runtime::UdpSocket,
+    cluster: ClusterHandle,
+    view: Arc<arc_swap::ArcSwap<MeshView>>,
+    stats: HashMap<String, PeerStats>,
+    state_file: Option<PathBuf>,
+    remembered: Vec<NodeRecord>,
+    /// Sources whose refused announcements were logged, and when (one line a minute).
+    rejected_logged: HashMap<IpAddr, Instant>,
+}
+
+/// WireGuard's persistent keepalive toward live members (as wg-quick setups use): it
+/// keeps NAT mappings and the session warm.
+const KEEPALIVE_SECS: u16 = 25;
+
+/// A handshake younger than this confirms a hint (WireGuard re-keys every 2 minutes
+/// on a live session).
+const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+
+impl MeshActor {
+    async fn run(mut self, commands: async_channel::Receiver<MeshCmd>, initial: Vec<MeshEvent>) {
+        self.apply(initial).await;
+        let mut heartbeat = runtime::interval(self.config.heartbeat.0);
+        let mut buf = vec![0u8; 64 * 1024];
+        enum Event {
+            Datagram(std::io::Result<(usize, SocketAddr)>),
+            Tick,
+            Command(Option<MeshCmd>),
+        }
+        self.announce(false).await;
+        loop {
+            let event = {
+                let recv = async { Event::Datagram(self.socket.recv_from(&mut buf).await) };
+                let tick = async {
+                    futures_lite::StreamExt::next(&mut heartbeat).await;
+                    Event::Tick
+                };
+                let cmd = async { Event::Command(commands.recv().await.ok()) };
+                futures_lite::future::or(cmd, futures_lite::future::or(recv, tick)).await
+            };
+            match event {
+                Event::Datagram(Ok((n, from))) => {
+                    let events = self.receive(&buf[..n], from);
+                    self.apply(events).await;
+                }
+                Event::Datagram(Err(e)) => {
+                    log::debug!("mesh: receive failed: {e}");
+                    runtime::sleep(Duration::from_millis(10)).await;
+                }
+                Event::Tick => {
+                    let events = self.membership.tick(Instant::now());
+                    self.apply(events).await;
+                    self.announce(false).await;
+                    self.read_device().await;
+                    self.remember();
+                }
+                Event::Command(Some(MeshCmd::Shutdown(done))) => {
+                    self.announce(true).await;
+                    if let Some(iface) = self.iface.take() {
+                        let _ = blocking::unblock(move || iface.close()).await;
+                    }
+                    let _ = done.try_send(());
+                    return;
+                }
+                Event::Command(None) => {
+                    if let Some(iface) = self.iface.take() {
+                        iface.close();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> Vec<MeshEvent> {
+        let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
+        let result = decode(&self.announce_key, datagram)
+            .and_then(|ann| self.membership.receive(ann, Instant::now(), now_ms));
+        match result {
+            Ok(events) => events,
+            Err(rejected) => {
+                let now = Instant::now();
+                let recent = self
+                    .rejected_logged
+                    .get(&from.ip())
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+                if !recent && !matches!(rejected, crate::mesh::Rejected::Replay(_)) {
+                    log::warn!("mesh: announcement from {from} ignored: {rejected}");
+                    self.rejected_logged.insert(from.ip(), now);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends this node's announcement to every member, over the underlay and the
+    /// mesh (`leave`: the last one, before the node goes).
+    async fn announce(&mut self, leave: bool) {
+        let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
+        let ann = self.membership.announcement(now_ms, leave);
+        let grams = encode(&self.announce_key, &ann);
+        let port = self.config.discovery_port();
+        // Over the mesh only once a WireGuard session with the member exists: a mesh
+        // packet starts a handshake, and the first one is left to the side that
+        // dials the route (two handshakes crossing, or one toward a node that does
+        // not know us yet, leave wireguard-go waiting out its 5 s retry timer). The
+        // underlay copy reaches everyone meanwhile.
+        let stats = &self.stats;
+        let targets: Vec<SocketAddr> = self
+            .membership
+            .members()
+            .flat_map(|m| {
+                let session = stats
+                    .get(&m.record.key)
+                    .is_some_and(|s| s.handshake.is_some());
+                let mesh =
+                    (m.alive && session).then(|| SocketAddr::new(m.record.mesh_addr.into(), port));
+                std::iter::once(m.record.underlay_discovery()).chain(mesh)
+            })
+            .collect();
+        for target in targets {
+            for gram in &grams {
+                // Unreachable members are normal (a partition): nothing to report.
+                let _ = self.socket.send_to(gram, target).await;
+            }
+        }
+    }
+
+    /// Carries out membership events: peers on the interface in one update, routes
+    /// through the cluster actor.
+    async fn apply(&mut self, events: Vec<MeshEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut update = DeviceUpdate::new();
+        let mut peers_changed = false;
+        for event in events {
+            match event {
+                MeshEvent::SetPeer(record) => {
+                    let Ok(raw) = decode_key(&record.key) else {
+                        continue;
+                    };
+                    log::info!(
+                        "mesh: peer {} ({}) at {}, mesh address {}",
+                        record.name,
+                        key_prefix(&record.key),
+                        record.endpoint,
+                        record.mesh_addr
+                    );
+                    // No keepalive yet: turning it on sends one at once, which for a
+                    // node that does not know us yet is a handshake it drops (and a
+                    // 5 s wait before the next). It is turned on after the first
+                    // handshake.
+                    update = update.add_peer(
+                        PeerConfigBuilder::new(&Key(raw))
+                            .set_endpoint(record.endpoint)
+                            .replace_allowed_ips()
+                            .add_allowed_ip(IpAddr::V4(record.mesh_addr), 32),
+                    );
+                    peers_changed = true;
+                }
+                MeshEvent::RemovePeer { key, name } => {
+                    let Ok(raw) = decode_key(&key) else {
+                        continue;
+                    };
+                    log::info!("mesh: peer {name} ({}) removed", key_prefix(&key));
+                    update = update.remove_peer_by_key(&Key(raw));
+                    self.stats.remove(&key);
+                    peers_changed = true;
+                }
+                MeshEvent::Up(record) => {
+                    log::info!(
+                        "mesh: {} ({}) is up at {}: routing to it",
+                        record.name,
+                        key_prefix(&record.key),
+                        record.route_addr()
+                    );
+                    // One side dials (the smaller key), so only one side starts the
+                    // WireGuard handshake: two handshakes crossing can leave both
+                    // waiting out wireguard-go's 5 s retry timer.
+                    if self.membership.me().key < record.key {
+                        self.cluster.mesh_up(record.route_addr());
+                    }
+                }
+                MeshEvent::Down(record) => {
+                    log::info!(
+                        "mesh: {} ({}) went silent: dropping its routes",
+                        record.name,
+                        key_prefix(&record.key)
+                    );
+                    self.cluster.mesh_down(record.route_addr());
+                }
+            }
+        }
+        if peers_changed {
+            self.update_device(update, "updating the peers").await;
+        }
+    }
+
+    /// Applies one update to the interface, off the executor.
+    async fn update_device(&self, update: DeviceUpdate, what: &str) {
+        let Some(iface) = &self.iface else {
+            return;
+        };
+        let (name, backend) = (iface.name, iface.backend);
+        if let Err(e) = blocking::unblock(move || update.apply(&name, backend)).await {
+            log::error!("mesh: {what} of {} failed: {e}", iface.label);
+        }
+    }
+
+    /// Reads handshake ages and counters; a fresh handshake confirms a hint.
+    async fn read_device(&mut self) {
+        let Some(iface) = &self.iface else {
+            return;
+        };
+        let (name, backend) = (iface.name, iface.backend);
+        let device = match blocking::unblock(move || Device::get(&name, backend)).await {
+            Ok(device) => device,
+            Err(e) => {
+                log::warn!("mesh: cannot read the interface {}: {e}", iface.label);
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let mut keepalives = Vec::new();
+        for peer in device.peers {
+            let key = peer.config.public_key.to_base64();
+            let stats = PeerStats {
+                handshake: peer.stats.last_handshake_time,
+                rx: peer.stats.rx_bytes,
+                tx: peer.stats.tx_bytes,
+            };
+            let before = self.stats.insert(key.clone(), stats).unwrap_or_default();
+            let fresh = stats
+                .handshake
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age < HANDSHAKE_FRESH);
+            if fresh {
+                self.membership.handshake(&key);
+                if before.handshake.is_none() {
+                    keepalives.push(peer.config.public_key.0);
+                    let name = self
+                        .membership
+                        .members()
+                        .find(|m| m.record.key == key)
+                        .map_or_else(|| "?".to_string(), |m| m.record.name.clone());
+                    log::info!("mesh: first handshake with {name} ({})", key_prefix(&key));
+                }
+            }
+        }
+        let peers = self
+            .membership
+            .members()
+            .map(|m| {
+                let s = self.stats.get(&m.record.key).copied().unwrap_or_default();
+                PeerView {
+                    name: m.record.name.clone(),
+                    public_key: m.record.key.clone(),
+                    endpoint: m.record.endpoint.to_string(),
+                    mesh_addr: m.record.mesh_addr.to_string(),
+                    confirmed: m.confirmed,
+                    routed: m.alive,
+                    handshake_age_secs: s
+                        .handshake
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d| d.as_secs()),
+                    rx_bytes: s.rx,
+                    tx_bytes: s.tx,
+                    last_heard_secs: m.last_heard.map(|t| t.elapsed().as_secs_f64()),
+                }
+            })
+            .collect();
+        let mut view = MeshView::clone(&self.view.load());
+        view.peers = peers;
+        self.view.store(Arc::new(view));
+        if !keepalives.is_empty() {
+            let update = keepalives.into_iter().fold(DeviceUpdate::new(), |u, raw| {
+                u.add_peer(
+                    PeerConfigBuilder::new(&Key(raw))
+                        .set_persistent_keepalive_interval(KEEPALIVE_SECS),
+                )
+            });
+            self.update_device(update, "turning on keepalives").await;
+        }
+    }
+
+    /// Writes the confirmed members to the state file when they changed.
+    fn remember(&mut self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let now = self.membership.remembered();
+        if now == self.remembered {
+            return;
+        }
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec_pretty(&now)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        match written {
+            Ok(()) => self.remembered = now,
+            Err(e) => log::warn!("mesh: cannot write {}: {e}", path.display()),
+        }
+    }
+}

@@ -1,0 +1,961 @@
+//! The WireGuard mesh, without sockets or clocks: the `[mesh]` config, mesh addresses
+//! derived from public keys, the announcements nodes exchange (authenticated with a
+//! key derived from the cluster secret), and membership: who is in the mesh, who is
+//! confirmed, who is alive (routed to) and who is forgotten.
+//!
+//! Membership is availability only: it decides which peers WireGuard knows and which
+//! nodes the cluster dials, never quorum or leadership.
+//!
+//! A node announces itself every heartbeat to every member, over the mesh and over the
+//! underlay (so a healed partition is seen at once, whatever state WireGuard's
+//! handshake timers are in), and to its seeds over the underlay until they answer.
+//! An announcement carries the sender's record and the records it knows (gossip).
+//! A record heard from its own node (the announcement's MAC verified) is confirmed; a
+//! record heard second-hand is a hint: WireGuard gets the peer so the node can be
+//! reached, but the node is not routed to until it speaks for itself or completes a
+//! WireGuard handshake, and an unconfirmed hint that stays silent is forgotten.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Dur;
+
+/// How the node gets its WireGuard interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshBackend {
+    /// The kernel module; wireguard-go when the kernel has none.
+    #[default]
+    Auto,
+    Kernel,
+    /// wireguard-go, run and supervised by the node.
+    Userspace,
+}
+
+/// A seed: a node to announce to until the mesh is joined.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    /// Its WireGuard endpoint on the underlay, `ip:port`.
+    pub endpoint: String,
+    /// Its WireGuard public key (base64).
+    pub public_key: String,
+}
+
+/// `[mesh]`: the WireGuard mesh the cluster routes over. Off unless `interface` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// The WireGuard interface (at most 15 characters); created, or adopted if it
+    /// exists.
+    pub interface: Option<String>,
+    pub backend: MeshBackend,
+    /// The private key, base64 in a file (`meshbroker mesh keygen --out FILE`).
+    pub private_key_file: Option<PathBuf>,
+    /// WireGuard's UDP port; announcements use the next port (`listen_port + 1`).
+    pub listen_port: u16,
+    /// This node's WireGuard endpoint as other nodes reach it on the underlay
+    /// (`ip:port`).
+    pub endpoint: Option<String>,
+    /// The mesh network; every node's address is derived from its public key in it.
+    pub network: String,
+    /// This node's mesh address, instead of the derived one.
+    pub address: Option<Ipv4Addr>,
+    /// The interface MTU (default: the smallest underlay MTU less 80).
+    pub mtu: Option<u32>,
+    pub seeds: Vec<SeedConfig>,
+    /// The cluster listener's port on the mesh address.
+    pub route_port: u16,
+    /// How often a node announces itself.
+    pub heartbeat: Dur,
+    /// A member not heard from for this long is dropped from routes.
+    pub stale_after: Dur,
+    /// A member not heard from for this long is removed from the interface.
+    pub forget_after: Dur,
+    /// Where the members last known are kept, to rejoin when every seed is down
+    /// (default: beside the private key, `<key file>.peers.json`).
+    pub state_file: Option<PathBuf>,
+    /// The wireguard-go program for the userspace backend.
+    pub wireguard_go: PathBuf,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            interface: None,
+            backend: MeshBackend::Auto,
+            private_key_file: None,
+            listen_port: 51820,
+            endpoint: None,
+            network: "10.99.0.0/16".into(),
+            address: None,
+            mtu: None,
+            seeds: Vec::new(),
+            route_port: 6222,
+            heartbeat: Dur(Duration::from_millis(500)),
+            stale_after: Dur(Duration::from_secs(3)),
+            forget_after: Dur(Duration::from_secs(600)),
+            state_file: None,
+            wireguard_go: PathBuf::from("wireguard-go"),
+        }
+    }
+}
+
+/// An IPv4 network, `a.b.c.d/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Network {
+    pub fn parse(text: &str) -> Result<Network, String> {
+        let bad = || format!("{text:?} is not an IPv4 network like \"10.99.0.0/16\"");
+        let (ip, len) = text.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = len.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("{text:?}: the prefix must be between /8 and /30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Network {
+            base: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.base)
+    }
+
+    /// The address of the node with `public_key` (its raw 32 bytes): a hash of the
+    /// key picks a host in the network (never the network or broadcast address).
+    pub fn address_for(&self, public_key: &[u8]) -> Ipv4Addr {
+        let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+        let mut first = [0u8; 4];
+        first.copy_from_slice(&digest.as_ref()[..4]);
+        let hosts = (1u64 << (32 - self.prefix)) - 2;
+        let host = (u64::from(u32::from_be_bytes(first)) % hosts) + 1;
+        Ipv4Addr::from(u32::from(self.base) + host as u32)
+    }
+}
+
+/// A WireGuard public key, checked to be 32 bytes of base64.
+pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "not base64".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|_| "not a 32-byte WireGuard key".to_string())
+}
+
+impl MeshConfig {
+    pub fn enabled(&self) -> bool {
+        self.interface.is_some()
+    }
+
+    /// The UDP port announcements use.
+    pub fn discovery_port(&self) -> u16 {
+        self.listen_port.wrapping_add(1)
+    }
+
+    pub fn network(&self) -> Result<Network, String> {
+        Network::parse(&self.network)
+    }
+
+    /// The file the last known members are kept in.
+    pub fn state_file(&self) -> Option<PathBuf> {
+        self.state_file.clone().or_else(|| {
+            self.private_key_file.as_ref().map(|k| {
+                let mut name = k.as_os_str().to_owned();
+                name.push(".peers.json");
+                PathBuf::from(name)
+            })
+        })
+    }
+
+    /// Checks the section; `Err` names the key and what is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let Some(name) = &self.interface else {
+            return Ok(());
+        };
+        if name.is_empty()
+            || name.len() > 15
+            || name.contains(|c: char| c == '/' || c.is_whitespace() || c == '\0')
+        {
+            return Err((
+                "mesh.interface",
+                format!("{name:?} is not an interface name (1 to 15 characters, no '/' or spaces)"),
+            ));
+        }
+        if self.private_key_file.is_none() {
+            return Err((
+                "mesh.private_key_file",
+                "the mesh needs a private key file (write one with `meshbroker mesh keygen --out FILE`)".into(),
+            ));
+        }
+        if self.listen_port == 0 || self.listen_port == u16::MAX {
+            return Err((
+                "mesh.listen_port",
+                "must be between 1 and 65534 (announcements use the next port)".into(),
+            ));
+        }
+        match &self.endpoint {
+            None => {
+                return Err((
+                    "mesh.endpoint",
+                    "the mesh needs this node's underlay endpoint (ip:port) that other nodes reach"
+                        .into(),
+                ))
+            }
+            Some(e) => {
+                e.parse::<SocketAddr>()
+                    .map_err(|_| ("mesh.endpoint", format!("{e:?} is not an ip:port")))?;
+            }
+        }
+        let network = self.network().map_err(|e| ("mesh.network", e))?;
+        if let Some(a) = self.address {
+            if !network.contains(a) {
+                return Err((
+                    "mesh.address",
+                    format!("{a} is not in mesh.network {}", self.network),
+                ));
+            }
+        }
+        if let Some(mtu) = self.mtu {
+            if !(1280..=9000).contains(&mtu) {
+                return Err(("mesh.mtu", format!("{mtu} is outside 1280..9000")));
+            }
+        }
+        for seed in &self.seeds {
+            seed.endpoint.parse::<SocketAddr>().map_err(|_| {
+                (
+                    "mesh.seeds",
+                    format!("endpoint {:?} is not an ip:port", seed.endpoint),
+                )
+            })?;
+            decode_key(&seed.public_key).map_err(|e| {
+                (
+                    "mesh.seeds",
+                    format!("public_key {:?}: {e}", seed.public_key),
+                )
+            })?;
+        }
+        if self.route_port == 0 {
+            return Err(("mesh.route_port", "must not be 0".into()));
+        }
+        if self.heartbeat.0.is_zero() {
+            return Err(("mesh.heartbeat", "must be more than 0".into()));
+        }
+        if self.stale_after.0 <= self.heartbeat.0 {
+            return Err((
+                "mesh.stale_after",
+                "must be longer than mesh.heartbeat (a member would be dropped between two announcements)".into(),
+            ));
+        }
+        if self.forget_after.0 < self.stale_after.0 {
+            return Err((
+                "mesh.forget_after",
+                "must be at least mesh.stale_after".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its WireGuard public key (base64): its identity in the mesh.
+    pub key: String,
+    pub name: String,
+    /// Its WireGuard endpoint on the underlay.
+    pub endpoint: SocketAddr,
+    pub mesh_addr: Ipv4Addr,
+    /// Its cluster listener's port on the mesh address.
+    pub route_port: u16,
+    /// Bumped at every start: a record with a higher incarnation replaces the old.
+    pub incarnation: u64,
+}
+
+impl NodeRecord {
+    /// Where it listens for announcements on the underlay.
+    pub fn underlay_discovery(&self) -> SocketAddr {
+        SocketAddr::new(self.endpoint.ip(), self.endpoint.port().wrapping_add(1))
+    }
+
+    /// Its cluster listener, on the mesh.
+    pub fn route_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.mesh_addr.into(), self.route_port)
+    }
+}
+
+/// One announcement datagram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub cluster: String,
+    pub from: NodeRecord,
+    /// Strictly increasing per incarnation (replayed datagrams are ignored).
+    pub seq: u64,
+    /// The sender's clock (ms since the Unix epoch), to refuse old datagrams.
+    pub ts_ms: u64,
+    /// Records the sender knows (gossip).
+    #[serde(default)]
+    pub members: Vec<NodeRecord>,
+    /// The sender is leaving: drop it now.
+    #[serde(default)]
+    pub leave: bool,
+}
+
+const MAGIC: &[u8; 4] = b"MBA1";
+const TAG_LEN: usize = 32;
+/// Datagrams stay below this (fits a mesh MTU of 1280 with room for headers).
+pub const MAX_DATAGRAM: usize = 1200;
+/// How far a sender's clock may be from ours.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// The key that authenticates announcements: HKDF-SHA256 of the cluster secret,
+/// salted with the cluster name, for this purpose only.
+pub struct AnnounceKey(ring::hmac::Key);
+
+impl AnnounceKey {
+    pub fn derive(secret: &[u8], cluster: &str) -> AnnounceKey {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, cluster.as_bytes());
+        let prk = salt.extract(secret);
+        let info = [b"meshbroker mesh announce v1".as_slice()];
+        let okm = prk
+            .expand(&info, ring::hmac::HMAC_SHA256)
+            .expect("HKDF output of one hash length");
+        AnnounceKey(ring::hmac::Key::from(okm))
+    }
+}
+
+/// Why a datagram was ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("not an announcement")]
+    NotAnnouncement,
+    #[error("bad MAC (another cluster secret?)")]
+    BadMac,
+    #[error("unreadable announcement: {0}")]
+    Unreadable(String),
+    #[error("cluster {0:?} is not ours")]
+    OtherCluster(String),
+    #[error("clock {0} ms away from ours")]
+    Clock(i64),
+    #[error("replayed or old (seq {0})")]
+    Replay(u64),
+    #[error("our own key with another incarnation: is this node's key cloned?")]
+    ClonedKey,
+    #[error("a record that is not in the mesh network or with a bad key")]
+    BadRecord,
+}
+
+/// Encodes `ann` into datagrams of at most [`MAX_DATAGRAM`] bytes (the member list
+/// split across them as needed).
+pub fn encode(key: &AnnounceKey, ann: &Announcement) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = Announcement {
+        members: Vec::new(),
+        ..ann.clone()
+    };
+    let seal = |a: &Announcement| -> Vec<u8> {
+        let body = serde_json::to_vec(a).unwrap_or_default();
+        let tag = ring::hmac::sign(&key.0, &body);
+        let mut d = Vec::with_capacity(4 + TAG_LEN + body.len());
+        d.extend_from_slice(MAGIC);
+        d.extend_from_slice(tag.as_ref());
+        d.extend_from_slice(&body);
+        d
+    };
+    for m in &ann.members {
+        chunk.members.push(m.clone());
+        if seal(&chunk).len() > MAX_DATAGRAM && chunk.members.len() > 1 {
+            let last = chunk.members.pop();
+            out.push(seal(&chunk));
+            chunk.members = last.into_iter().collect();
+        }
+    }
+    out.push(seal(&chunk));
+    out
+}
+
+/// Checks a datagram's MAC and reads it.
+pub fn decode(key: &AnnounceKey, datagram: &[u8]) -> Result<Announcement, Rejected> {
+    if datagram.len() < 4 + TAG_LEN || &datagram[..4] != MAGIC {
+        return Err(Rejected::NotAnnouncement);
+    }
+    let (tag, body) = datagram[4..].split_at(TAG_LEN);
+    ring::hmac::verify(&key.0, body, tag).map_err(|_| Rejected::BadMac)?;
+    serde_json::from_slice(body).map_err(|e| Rejected::Unreadable(e.to_string()))
+}
+
+/// A member of the mesh as this node knows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub record: NodeRecord,
+    /// It spoke for itself (or completed a WireGuard handshake with us).
+    pub confirmed: bool,
+    /// Routed to: heard from within `stale_after`.
+    pub alive: bool,
+    pub last_heard: Option<Instant>,
+    pub since: Instant,
+    /// Its silence was reported ([`MeshEvent::Down`]) and nothing was heard since.
+    pub silence_reported: bool,
+}
+
+/// What the mesh actor must do after a membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshEvent {
+    /// Give WireGuard this peer (new, or its endpoint or address changed).
+    SetPeer(NodeRecord),
+    /// Take the peer off the interface.
+    RemovePeer { key: String, name: String },
+    /// Route to it.
+    Up(NodeRecord),
+    /// Stop routing to it.
+    Down(NodeRecord),
+}
+
+/// Membership: the members this node knows, by public key.
+pub struct Membership {
+    me: NodeRecord,
+    cluster: String,
+    network: Network,
+    stale_after: Duration,
+    forget_after: Duration,
+    members: BTreeMap<String, Member>,
+    /// The newest (incarnation, seq) seen from each sender.
+    last_seq: HashMap<String, (u64, u64)>,
+    /// Keys that left, and their incarnation: not resurrected by old gossip.
+    left: HashMap<String, u64>,
+    seq: u64,
+}
+
+/// An unconfirmed record that stays silent this long is forgotten.
+pub const HINT_TTL: Duration = Duration::from_secs(600);
+
+impl Membership {
+    pub fn new(
+        me: NodeRecord,
+        cluster: &str,
+        network: Network,
+        stale_after: Duration,
+        forget_after: Duration,
+    ) -> Membership {
+        Membership {
+            me,
+            cluster: cluster.to_string(),
+            network,
+            stale_after,
+            forget_after,
+            members: BTreeMap::new(),
+            last_seq: HashMap::new(),
+            left: HashMap::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn me(&self) -> &NodeRecord {
+        &self.me
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// A record known only by hearsay (a seed, a member remembered from the last run,
+    /// gossip): WireGuard gets it, routes wait for the node itself.
+    pub fn hint(&mut self, record: NodeRecord, now: Instant) -> Vec<MeshEvent> {
+        if record.key == self.me.key || !self.valid(&record) {
+            return Vec::new();
+        }
+        if self
+            .left
+            .get(&record.key)
+            .is_some_and(|inc| *inc >= record.incarnation)
+        {
+            return Vec::new();
+        }
+        match self.members.get_mut(&record.key) {
+            Some(m) => {
+                if record.incarnation > m.record.incarnation && !m.confirmed {
+                    let changed = m.record.endpoint != record.endpoint
+                        || m.record.mesh_addr != record.mesh_addr;
+                    m.record = record.clone();
+                    if changed {
+                        return vec![MeshEvent::SetPeer(record)];
+                    }
+                }
+                Vec::new()
+            }
+            None => {
+                self.members.insert(
+                    record.key.clone(),
+                    Member {
+                        record: record.clone(),
+                        confirmed: false,
+                        alive: false,
+                        last_heard: None,
+                        since: now,
+                        silence_reported: false,
+                    },
+                );
+                vec![MeshEvent::SetPeer(record)]
+            }
+        }
+    }
+
+    fn valid(&self, record: &NodeRecord) -> bool {
+        decode_key(&record.key).is_ok() && self.network.contains(record.mesh_addr)
+    }
+
+    /// An authenticated announcement arrived (its MAC checked); `now_ms` is our clock.
+    pub fn receive(
+        &mut self,
+        ann: Announcement,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<Vec<MeshEvent>, Rejected> {
+        if ann.cluster != self.cluster {
+            return Err(Rejected::OtherCluster(ann.cluster));
+        }
+        let skew = now_ms as i64 - ann.ts_ms as i64;
+        if skew.unsigned_abs() > MAX_CLOCK_SKEW_MS {
+            return Err(Rejected::Clock(skew));
+        }
+        let from = ann.from;
+        if from.key == self.me.key {
+            return if from.incarnation == self.me.incarnation {
+                Ok(Vec::new())
+            } else {
+                Err(Rejected::ClonedKey)
+            };
+        }
+        if !self.valid(&from) {
+            return Err(Rejected::BadRecord);
+        }
+        let stamp = (from.incarnation, ann.seq);
+        if let Some(last) = self.last_seq.get(&from.key) {
+            if stamp <= *last {
+                return Err(Rejected::Replay(ann.seq));
+            }
+        }
+        self.last_seq.insert(from.key.clone(), stamp);
+        let mut events = Vec::new();
+        if ann.leave {
+            self.left.insert(from.key.clone(), from.incarnation);
+            if let Some(m) = self.members.remove(&from.key) {
+                if m.alive {
+                    events.push(MeshEvent::Down(m.record.clone()));
+                }
+                events.push(MeshEvent::RemovePeer {
+                    key: m.record.key,
+                    name: m.record.name,
+                });
+            }
+            return Ok(events);
+        }
+        self.left.remove(&from.key);
+        match self.members.get_mut(&from.key) {
+            Some(m) => {
+                if from.incarnation < m.record.incarnation {
+                    return Err(Rejected::Replay(ann.seq));
+                }
+                let changed =
+                    m.record.endpoint != from.endpoint || m.record.mesh_addr != from.mesh_addr;
+                let restarted = from.incarnation > m.record.incarnation;
+                if changed {
+                    // Moved: routes to the old address are gone.
+                    if m.alive {
+                        events.push(MeshEvent::Down(m.record.clone()));
+                        m.alive = false;
+                    }
+                    events.push(MeshEvent::SetPeer(from.clone()));
+                }
+                m.record = from.clone();
+                m.confirmed = true;
+                m.last_heard = Some(now);
+                m.silence_reported = false;
+                let _ = restarted;
+                if !m.alive {
+                    m.alive = true;
+                    events.push(MeshEvent::Up(from.clone()));
+                }
+            }
+            None => {
+                self.members.insert(
+                    from.key.clone(),
+                    Member {
+                        record: from.clone(),
+                        confirmed: true,
+                        alive: true,
+                        last_heard: Some(now),
+                        since: now,
+                        silence_reported: false,
+                    },
+                );
+                events.push(MeshEvent::SetPeer(from.clone()));
+                events.push(MeshEvent::Up(from.clone()));
+            }
+        }
+        for record in ann.members {
+            events.extend(self.hint(record, now));
+        }
+        Ok(events)
+    }
+
+    /// WireGuard completed a handshake with `key` at `when`: a hint is confirmed (the
+    /// node holds its key), though it is routed only once it announces itself.
+    pub fn handshake(&mut self, key: &str) {
+        if let Some(m) = self.members.get_mut(key) {
+            m.confirmed = true;
+        }
+    }
+
+    /// Periodic: members silent past `stale_after` go down, past `forget_after`
+    /// (unconfirmed hints: [`HINT_TTL`]) are removed.
+    pub fn tick(&mut self, now: Instant) -> Vec<MeshEvent> {
+        let mut events = Vec::new();
+        let mut forget = Vec::new();
+        for (key, m) in self.members.iter_mut() {
+            let silent = now.saturating_duration_since(m.last_heard.unwrap_or(m.since));
+            // Reported once per silence, alive or not: a node that routed to us
+            // before we ever heard it must not keep that route after it dies.
+            if silent > self.stale_after && !m.silence_reported {
+                m.alive = false;
+                m.silence_reported = true;
+                events.push(MeshEvent::Down(m.record.clone()));
+            }
+            let limit = if m.confirmed {
+                self.forget_after
+            } else {
+                HINT_TTL.max(self.forget_after)
+            };
+            if silent > limit {
+                forget.push(key.clone());
+            }
+        }
+        for key in forget {
+            if let Some(m) = self.members.remove(&key) {
+                events.push(MeshEvent::RemovePeer {
+                    key: m.record.key,
+                    name: m.record.name,
+                });
+            }
+        }
+        events
+    }
+
+    /// This node's next announcement (members: the confirmed ones it knows).
+    pub fn announcement(&mut self, now_ms: u64, leave: bool) -> Announcement {
+        self.seq += 1;
+        Announcement {
+            cluster: self.cluster.clone(),
+            from: self.me.clone(),
+            seq: self.seq,
+            ts_ms: now_ms,
+            members: self
+                .members
+                .values()
+                .filter(|m| m.confirmed)
+                .map(|m| m.record.clone())
+                .collect(),
+            leave,
+        }
+    }
+
+    /// The records worth remembering for the next start.
+    pub fn remembered(&self) -> Vec<NodeRecord> {
+        self.members
+            .values()
+            .filter(|m| m.confirmed)
+            .map(|m| m.record.clone())
+            .collect()
+    }
+}
+
+/// One peer as monitoring shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    pub name: String,
+    pub public_key: String,
+    pub endpoint: String,
+    pub mesh_addr: String,
+    pub confirmed: bool,
+    pub routed: bool,
+    /// Seconds since the last WireGuard handshake (absent: none yet).
+    pub handshake_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Seconds since it last announced itself.
+    pub last_heard_secs: Option<f64>,
+}
+
+/// The mesh as monitoring shows it (`/meshz`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MeshView {
+    pub interface: String,
+    pub backend: String,
+    pub public_key: String,
+    pub mesh_addr: String,
+    pub endpoint: String,
+    pub peers: Vec<PeerView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([n; 32])
+    }
+
+    fn record(n: u8, inc: u64) -> NodeRecord {
+        let net = Network::parse("10.99.0.0/16").unwrap();
+        NodeRecord {
+            key: key(n),
+            name: format!("n{n}"),
+            endpoint: format!("192.0.2.{n}:51820").parse().unwrap(),
+            mesh_addr: net.address_for(&[n; 32]),
+            route_port: 6222,
+            incarnation: inc,
+        }
+    }
+
+    fn membership(n: u8) -> Membership {
+        Membership::new(
+            record(n, 1),
+            "c1",
+            Network::parse("10.99.0.0/16").unwrap(),
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn ann(from: NodeRecord, seq: u64, ts: u64) -> Announcement {
+        Announcement {
+            cluster: "c1".into(),
+            from,
+            seq,
+            ts_ms: ts,
+            members: Vec::new(),
+            leave: false,
+        }
+    }
+
+    #[test]
+    fn addresses_come_from_keys_inside_the_network() {
+        let net = Network::parse("10.99.7.9/16").unwrap();
+        assert_eq!(net.base, Ipv4Addr::new(10, 99, 0, 0));
+        let a = net.address_for(&[1; 32]);
+        assert!(net.contains(a) && a != net.base);
+        assert_eq!(a, net.address_for(&[1; 32]), "stable");
+        assert_ne!(a, net.address_for(&[2; 32]));
+        let small = Network::parse("10.1.2.0/30").unwrap();
+        for n in 0..50u8 {
+            let a = small.address_for(&[n; 32]);
+            assert!(a == Ipv4Addr::new(10, 1, 2, 1) || a == Ipv4Addr::new(10, 1, 2, 2));
+        }
+        assert!(Network::parse("10.0.0.0/31").is_err());
+        assert!(Network::parse("nope").is_err());
+    }
+
+    #[test]
+    fn announcements_need_the_secret() {
+        let k = AnnounceKey::derive(b"a-long-cluster-secret", "c1");
+        let mut a = ann(record(2, 1), 1, 1000);
+        a.members = (3..40).map(|n| record(n, 1)).collect();
+        let grams = encode(&k, &a);
+        assert!(grams.len() > 1, "split into datagrams");
+        let mut members = Vec::new();
+        for g in &grams {
+            assert!(g.len() <= MAX_DATAGRAM);
+            let got = decode(&k, g).unwrap();
+            assert_eq!(got.from, a.from);
+            members.extend(got.members);
+        }
+        assert_eq!(members, a.members);
+        let other = AnnounceKey::derive(b"another-cluster-secret", "c1");
+        assert_eq!(decode(&other, &grams[0]), Err(Rejected::BadMac));
+        let other_name = AnnounceKey::derive(b"a-long-cluster-secret", "c2");
+        assert_eq!(decode(&other_name, &grams[0]), Err(Rejected::BadMac));
+        let mut tampered = grams[0].clone();
+        let last = tampered.len() - 2;
+        tampered[last] ^= 1;
+        assert_eq!(decode(&k, &tampered), Err(Rejected::BadMac));
+        assert_eq!(decode(&k, b"hello"), Err(Rejected::NotAnnouncement));
+    }
+
+    #[test]
+    fn a_node_that_speaks_for_itself_is_routed_and_replays_are_ignored() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        let ev = m.receive(ann(record(2, 5), 1, 10_000), t0, 10_000).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::SetPeer(record(2, 5)),
+                MeshEvent::Up(record(2, 5))
+            ]
+        );
+        assert_eq!(
+            m.receive(ann(record(2, 5), 1, 10_000), t0, 10_000),
+            Err(Rejected::Replay(1))
+        );
+        assert!(m
+            .receive(ann(record(2, 5), 2, 10_000), t0, 10_000)
+            .unwrap()
+            .is_empty());
+        // An old incarnation is refused.
+        assert!(m.receive(ann(record(2, 4), 9, 10_000), t0, 10_000).is_err());
+        // Far-off clocks are refused.
+        assert!(matches!(
+            m.receive(
+                ann(record(2, 5), 3, 10_000),
+                t0,
+                10_000 + MAX_CLOCK_SKEW_MS + 1
+            ),
+            Err(Rejected::Clock(_))
+        ));
+        // Our own key from another incarnation: a clone.
+        assert_eq!(
+            m.receive(ann(record(1, 9), 1, 10_000), t0, 10_000),
+            Err(Rejected::ClonedKey)
+        );
+    }
+
+    #[test]
+    fn gossip_is_a_hint_until_the_node_speaks() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        let mut a = ann(record(2, 1), 1, 0);
+        a.members = vec![record(3, 1), record(1, 1)];
+        let ev = m.receive(a, t0, 0).unwrap();
+        assert!(ev.contains(&MeshEvent::SetPeer(record(3, 1))));
+        assert!(
+            !ev.contains(&MeshEvent::Up(record(3, 1))),
+            "hints are not routed"
+        );
+        assert!(!ev
+            .iter()
+            .any(|e| matches!(e, MeshEvent::SetPeer(r) if r.key == key(1))));
+        let three = m.members().find(|x| x.record.key == key(3)).unwrap();
+        assert!(!three.confirmed && !three.alive);
+        let ev = m.receive(ann(record(3, 1), 1, 0), t0, 0).unwrap();
+        assert_eq!(ev, vec![MeshEvent::Up(record(3, 1))]);
+        // A silent hint is forgotten after the hint TTL.
+        m.hint(record(4, 1), t0);
+        let ev = m.tick(t0 + HINT_TTL + Duration::from_secs(1));
+        assert!(
+            ev.contains(&MeshEvent::Down(record(4, 1))),
+            "its silence is reported"
+        );
+        assert!(ev.contains(&MeshEvent::RemovePeer {
+            key: key(4),
+            name: "n4".into()
+        }));
+    }
+
+    #[test]
+    fn silence_drops_routes_then_the_peer_and_a_word_brings_it_back() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        assert!(m.tick(t0 + Duration::from_secs(2)).is_empty());
+        assert_eq!(
+            m.tick(t0 + Duration::from_secs(4)),
+            vec![MeshEvent::Down(record(2, 1))]
+        );
+        let ev = m
+            .receive(ann(record(2, 1), 2, 0), t0 + Duration::from_secs(5), 0)
+            .unwrap();
+        assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
+        let ev = m.tick(t0 + Duration::from_secs(70));
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::Down(record(2, 1)),
+                MeshEvent::RemovePeer {
+                    key: key(2),
+                    name: "n2".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_on_a_new_endpoint_is_moved_and_a_leave_is_final() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        let mut moved = record(2, 2);
+        moved.endpoint = "192.0.2.99:51820".parse().unwrap();
+        let ev = m.receive(ann(moved.clone(), 1, 0), t0, 0).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::Down(record(2, 1)),
+                MeshEvent::SetPeer(moved.clone()),
+                MeshEvent::Up(moved.clone())
+            ]
+        );
+        let mut leave = ann(moved.clone(), 2, 0);
+        leave.leave = true;
+        let ev = m.receive(leave, t0, 0).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::Down(moved.clone()),
+                MeshEvent::RemovePeer {
+                    key: key(2),
+                    name: "n2".into()
+                }
+            ]
+        );
+        // Old gossip does not bring it back.
+        assert!(m.hint(moved, t0).is_empty());
+    }
+
+    #[test]
+    fn config_checks() {
+        let ok: MeshConfig = toml::from_str(
+            "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:51820\"",
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.state_file(), Some(PathBuf::from("k.peers.json")));
+        for (text, key) in [
+            ("interface = \"a-very-long-interface\"", "mesh.interface"),
+            ("interface = \"mb0\"", "mesh.private_key_file"),
+            ("interface = \"mb0\"\nprivate_key_file = \"k\"", "mesh.endpoint"),
+            (
+                "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\nnetwork = \"10.0.0.0/33\"",
+                "mesh.network",
+            ),
+            (
+                "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\naddress = \"10.1.0.1\"",
+                "mesh.address",
+            ),
+            (
+                "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\nseeds = [{endpoint = \"192.0.2.2:1\", public_key = \"short\"}]",
+                "mesh.seeds",
+            ),
+            (
+                "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\nstale_after = \"1s\"\nheartbeat = \"1s\"",
+                "mesh.stale_after",
+            ),
+        ] {
+            let c: MeshConfig = toml::from_str(text).unwrap();
+            assert_eq!(c.validate().unwrap_err().0, key, "{text}");
+        }
+    }
+}

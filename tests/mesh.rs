@@ -1,0 +1,593 @@
+//! The WireGuard mesh across network namespaces: each node is a meshbroker process in
+//! a namespace of its own, on a veth underlay joined by a bridge in a hub namespace,
+//! with its own wireguard-go interface. Nodes know only a seed; they must find each
+//! other, route to each other live, drop a node that is killed or cut off, heal after
+//! a partition, rejoin from what they remember when the seed is gone, and ignore
+//! nodes without the cluster secret or from another cluster.
+//!
+//! These tests need root, /dev/net/tun, `ip` (iproute2) and wireguard-go. Without them
+//! they say so and skip; with MESHBROKER_CI=1 (set by `.ci/run`, which installs them)
+//! a missing piece is a failure.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use common::TempDir;
+
+const SECRET: &str = "a-cluster-secret-for-mesh-tests";
+
+/// Why the mesh tests cannot run here, if they cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (network namespaces and WireGuard interfaces need root)".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun (wireguard-go needs it)".into());
+    }
+    for program in ["ip", "wireguard-go"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!(
+                "{program} is not installed (apt-get install iproute2 wireguard-go)"
+            ));
+        }
+    }
+    None
+}
+
+fn skip_unless_ready() -> bool {
+    match missing_prerequisite() {
+        None => false,
+        Some(why) => {
+            if std::env::var("MESHBROKER_CI").as_deref() == Ok("1") {
+                panic!("mesh tests cannot run: {why}");
+            }
+            eprintln!("SKIPPED: mesh tests: {why}");
+            true
+        }
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("namespace file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// GET on the node's monitoring endpoint (inside its namespace); `None` while it is
+/// not up.
+fn monitor_get(ns: &str, path: &str) -> Option<serde_json::Value> {
+    let path = path.to_string();
+    in_ns(ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&"127.0.0.1:8222".parse().ok()?, Duration::from_secs(1))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).ok()?;
+        let at = body.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        serde_json::from_slice(&body[at..]).ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+struct LabNode {
+    name: String,
+    ns: String,
+    hub_link: String,
+    ip: String,
+    public: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// A hub namespace with a bridge, and one namespace per node.
+struct Lab {
+    tag: String,
+    hub: String,
+    dir: TempDir,
+    nodes: Vec<LabNode>,
+}
+
+impl Lab {
+    fn new(letter: char) -> Lab {
+        let tag = format!("{:04}{letter}", std::process::id() % 10_000);
+        let hub = format!("mbt{tag}hub");
+        let _ = Command::new("ip").args(["netns", "del", &hub]).output();
+        run(&["ip", "netns", "add", &hub]);
+        run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &hub, "link", "set", "br0", "up"]);
+        Lab {
+            dir: TempDir::new(&format!("mesh-{letter}")),
+            tag,
+            hub,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Adds node `n{i}` (not started) with `seeds` (indexes of earlier nodes);
+    /// `extra` is appended to its `[cluster]` section... as raw TOML lines.
+    fn add(&mut self, seeds: &[usize], cluster_name: &str, secret: &str) -> usize {
+        let i = self.nodes.len() + 1;
+        let name = format!("n{i}");
+        let ns = format!("mbt{}n{i}", self.tag);
+        let hub_link = format!("h{}{i}", self.tag);
+        let ip = format!("10.77.0.{i}");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        run(&["ip", "netns", "add", &ns]);
+        run(&[
+            "ip", "-n", &self.hub, "link", "add", &hub_link, "type", "veth", "peer", "name", "u0",
+            "netns", &ns,
+        ]);
+        run(&[
+            "ip", "-n", &self.hub, "link", "set", &hub_link, "master", "br0", "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "u0",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "u0", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let key = self.dir.0.join(format!("{name}.key"));
+        let out = Command::new(common::meshbroker_binary())
+            .args(["mesh", "keygen", "--out"])
+            .arg(&key)
+            .output()
+            .expect("keygen");
+        assert!(out.status.success(), "keygen");
+        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let seeds: Vec<String> = seeds
+            .iter()
+            .map(|&s| {
+                let seed = &self.nodes[s - 1];
+                format!(
+                    "{{ endpoint = \"{}:51820\", public_key = \"{}\" }}",
+                    seed.ip, seed.public
+                )
+            })
+            .collect();
+        let config = self.dir.0.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"server_name = "{name}"
+listen = "127.0.0.1:4222"
+log_level = "info"
+[jetstream]
+enabled = false
+[monitor]
+listen = "127.0.0.1:8222"
+[cluster]
+name = "{cluster_name}"
+secret = "{secret}"
+[mesh]
+interface = "mb{tag}{i}"
+backend = "userspace"
+private_key_file = "{key}"
+endpoint = "{ip}:51820"
+seeds = [{seeds}]
+"#,
+                tag = self.tag,
+                key = key.display(),
+                seeds = seeds.join(", ")
+            ),
+        )
+        .expect("write config");
+        self.nodes.push(LabNode {
+            log: self.dir.0.join(format!("{name}.log")),
+            name,
+            ns,
+            hub_link,
+            ip,
+            public,
+            config,
+            child: None,
+        });
+        i
+    }
+
+    fn node(&self, i: usize) -> &LabNode {
+        &self.nodes[i - 1]
+    }
+
+    fn start(&mut self, i: usize) {
+        let node = &mut self.nodes[i - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns])
+            .arg(common::meshbroker_binary())
+            .arg("--conf")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        node.child = Some(child);
+    }
+
+    /// kill -9 (wireguard-go goes with it: it dies with its parent).
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i - 1].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Cuts node `i` off the underlay (its sockets stay open), or reconnects it.
+    fn link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        run(&[
+            "ip",
+            "-n",
+            &self.hub,
+            "link",
+            "set",
+            &self.node(i).hub_link,
+            state,
+        ]);
+    }
+
+    /// The names of the nodes `i` has a route to now.
+    fn routes(&self, i: usize) -> Option<HashSet<String>> {
+        let v = monitor_get(&self.node(i).ns, "/routez")?;
+        Some(
+            v["routes"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| r["remote_name"].as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Interest entries node `i` heard from its route to `from`.
+    fn heard(&self, i: usize, from: &str) -> u64 {
+        monitor_get(&self.node(i).ns, "/routez")
+            .and_then(|v| {
+                v["routes"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["remote_name"] == from)
+                    .and_then(|r| r["subscriptions"].as_u64())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until node `i` routes to exactly `want`; returns how long it took.
+    fn wait_routes(&self, i: usize, want: &[&str], limit: Duration) -> Duration {
+        let want: HashSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let started = Instant::now();
+        loop {
+            let now = self.routes(i);
+            if now.as_ref() == Some(&want) {
+                return started.elapsed();
+            }
+            if started.elapsed() > limit {
+                self.dump_logs();
+                panic!(
+                    "{} routes to {now:?}, expected {want:?} within {limit:?}",
+                    self.node(i).name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn dump_logs(&self) {
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            eprintln!("---- {} log (last lines) ----", node.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("MESH_DUMP_LOGS").is_some() {
+            self.dump_logs();
+        }
+        for i in 1..=self.nodes.len() {
+            self.kill(i);
+        }
+        for node in &self.nodes {
+            let _ = Command::new("ip").args(["netns", "del", &node.ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub])
+            .output();
+        for i in 1..=self.nodes.len() {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/mb{}{i}.sock", self.tag));
+        }
+    }
+}
+
+/// A NATS client inside a namespace: runs `f` with a client of the node there.
+fn with_client<T: Send + 'static, F>(
+    ns: &str,
+    f: impl FnOnce(async_nats::Client) -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    in_ns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let client = async_nats::connect("nats://127.0.0.1:4222")
+                .await
+                .expect("connect to the node");
+            f(client).await
+        })
+    })
+}
+
+#[test]
+fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
+    if skip_unless_ready() {
+        return;
+    }
+    let mut lab = Lab::new('a');
+    let limit = Duration::from_secs(20);
+    lab.add(&[], "c1", SECRET);
+    lab.add(&[1], "c1", SECRET);
+    lab.add(&[1], "c1", SECRET);
+    for i in 1..=3 {
+        lab.start(i);
+    }
+    let formed = [
+        lab.wait_routes(1, &["n2", "n3"], limit),
+        lab.wait_routes(2, &["n1", "n3"], limit),
+        lab.wait_routes(3, &["n1", "n2"], limit),
+    ];
+    eprintln!("three nodes from one seed: full routes after {formed:?}");
+
+    // A subject reaches subscribers on the other two nodes; a queue group with a
+    // member on every node gets each job exactly once.
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut subscribers = Vec::new();
+    for i in [2usize, 3] {
+        let ready = ready_tx.clone();
+        subscribers.push(with_client(&lab.node(i).ns.clone(), move |c| async move {
+            let mut plain = c.subscribe("mesh.test").await.unwrap();
+            let mut jobs = c.queue_subscribe("jobs", "w".into()).await.unwrap();
+            c.flush().await.unwrap();
+            common::settle(&c).await;
+            ready.send(()).unwrap();
+            let mut got_plain = Vec::new();
+            while got_plain.len() < 100 {
+                match tokio::time::timeout(Duration::from_secs(10), plain.next()).await {
+                    Ok(Some(m)) => got_plain.push(String::from_utf8_lossy(&m.payload).into_owned()),
+                    _ => break,
+                }
+            }
+            let mut got_jobs = Vec::new();
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), jobs.next()).await
+            {
+                got_jobs.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            (got_plain, got_jobs)
+        }));
+    }
+    for _ in 0..2 {
+        ready_rx.recv_timeout(limit).expect("subscribers ready");
+    }
+    // n1 has heard both nodes' interest (the subject and the queue group).
+    let deadline = Instant::now() + limit;
+    while lab.heard(1, "n2") < 2 || lab.heard(1, "n3") < 2 {
+        assert!(Instant::now() < deadline, "interest never reached n1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let publisher = with_client(&lab.node(1).ns.clone(), |c| async move {
+        let mut jobs = c.queue_subscribe("jobs", "w".into()).await.unwrap();
+        common::settle(&c).await;
+        for i in 0..100 {
+            c.publish("mesh.test", format!("{i}").into()).await.unwrap();
+        }
+        for i in 0..300 {
+            c.publish("jobs", format!("job{i}").into()).await.unwrap();
+        }
+        c.flush().await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), jobs.next()).await {
+            got.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+        got
+    });
+    let mut all_jobs = publisher.join().expect("publisher");
+    let local_share = all_jobs.len();
+    for s in subscribers {
+        let (plain, jobs) = s.join().expect("subscriber");
+        let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(plain, expected, "every message, in order, on every node");
+        assert!(
+            !jobs.is_empty(),
+            "the queue group's members on other nodes get jobs"
+        );
+        all_jobs.extend(jobs);
+    }
+    assert!(
+        local_share > 0,
+        "and so does the member on the publisher's node"
+    );
+    let distinct: HashSet<&String> = all_jobs.iter().collect();
+    assert_eq!(all_jobs.len(), 300, "each job delivered exactly once");
+    assert_eq!(distinct.len(), 300, "no job twice");
+
+    // A fourth node joins live: every node routes to it, nobody restarts.
+    lab.add(&[1], "c1", SECRET);
+    let started = Instant::now();
+    lab.start(4);
+    lab.wait_routes(4, &["n1", "n2", "n3"], limit);
+    for i in 1..=3 {
+        let mut want = vec!["n1", "n2", "n3", "n4"];
+        want.retain(|n| *n != format!("n{i}"));
+        lab.wait_routes(i, &want, limit);
+    }
+    eprintln!(
+        "a fourth node routed by all {:?} after its start",
+        started.elapsed()
+    );
+
+    // Killed: dropped by everyone.
+    lab.kill(4);
+    let killed = Instant::now();
+    for i in 1..=3 {
+        let mut want = vec!["n1", "n2", "n3"];
+        want.retain(|n| *n != format!("n{i}"));
+        lab.wait_routes(i, &want, limit);
+    }
+    eprintln!("a killed node dropped by all after {:?}", killed.elapsed());
+
+    // Partition: n3 vanishes from the underlay without closing anything.
+    lab.link(3, false);
+    let cut = Instant::now();
+    lab.wait_routes(1, &["n2"], limit);
+    lab.wait_routes(2, &["n1"], limit);
+    eprintln!("a vanished node dropped after {:?}", cut.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    // Heal, and measure until a message from n1 reaches a subscriber on n3.
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let receiver = with_client(&lab.node(3).ns.clone(), move |c| async move {
+        let mut sub = c.subscribe("heal.test").await.unwrap();
+        common::settle(&c).await;
+        ready_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|_| Instant::now())
+    });
+    ready_rx.recv_timeout(limit).expect("n3 subscriber ready");
+    let healed = Instant::now();
+    lab.link(3, true);
+    let sender = with_client(&lab.node(1).ns.clone(), move |c| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let _ = c.publish("heal.test", "after the heal".into()).await;
+            let _ = c.flush().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if c.statistics()
+                .out_messages
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 1500
+            {
+                break;
+            }
+        }
+    });
+    let first = receiver
+        .join()
+        .expect("receiver")
+        .expect("delivery resumed after the heal");
+    let _ = sender.join();
+    eprintln!(
+        "delivery resumed {:?} after the heal",
+        first.duration_since(healed)
+    );
+    lab.wait_routes(1, &["n2", "n3"], limit);
+    lab.wait_routes(3, &["n1", "n2"], limit);
+
+    // Every seed gone: n3 restarts and rejoins from the members it remembered.
+    lab.kill(1);
+    lab.wait_routes(2, &["n3"], limit);
+    lab.kill(3);
+    lab.wait_routes(2, &[], limit);
+    lab.start(3);
+    lab.wait_routes(3, &["n2"], limit);
+    lab.wait_routes(2, &["n3"], limit);
+}
+
+#[test]
+fn nodes_without_the_secret_or_from_another_cluster_never_join() {
+    if skip_unless_ready() {
+        return;
+    }
+    let mut lab = Lab::new('b');
+    lab.add(&[], "c1", SECRET);
+    lab.add(&[1], "c1", "not-the-cluster-secret-at-all");
+    lab.add(&[1], "c2", SECRET);
+    for i in 1..=3 {
+        lab.start(i);
+    }
+    // Give them time to try.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lab.routes(1), Some(HashSet::new()));
+    assert_eq!(lab.routes(2), Some(HashSet::new()));
+    assert_eq!(lab.routes(3), Some(HashSet::new()));
+    let mesh = monitor_get(&lab.node(1).ns, "/meshz").expect("/meshz");
+    assert_eq!(
+        mesh["mesh"]["peers"].as_array().map(Vec::len),
+        Some(0),
+        "the seed never added them to its interface: {mesh}"
+    );
+    let log = std::fs::read_to_string(&lab.node(1).log).unwrap_or_default();
+    assert!(
+        log.contains("ignored: bad MAC"),
+        "the seed logs the refused announcements"
+    );
+    // A node with the secret and the name joins.
+    lab.add(&[1], "c1", SECRET);
+    lab.start(4);
+    lab.wait_routes(4, &["n1"], Duration::from_secs(20));
+    lab.wait_routes(1, &["n4"], Duration::from_secs(20));
+}
