@@ -31,6 +31,13 @@ pub struct BenchArgs {
     /// a second server to run the same scenarios against, for a ratio
     #[argh(option)]
     pub compare_url: Option<String>,
+    /// the node subscribers connect to in the cross-node scenario (routepubsub): a node
+    /// clustered with --url
+    #[argh(option)]
+    pub sub_url: Option<String>,
+    /// the same for --compare-url
+    #[argh(option)]
+    pub compare_sub_url: Option<String>,
     /// label for --url in the report
     #[argh(option, default = "String::from(\"meshbroker\")")]
     pub name: String,
@@ -38,7 +45,8 @@ pub struct BenchArgs {
     #[argh(option, default = "String::from(\"nats-server\")")]
     pub compare_name: String,
     /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle,
-    /// jspub,jspubasync,jsfetch, and with --tls-ca tlspub,tlspubsub
+    /// jspub,jspubasync,jsfetch, with --tls-ca tlspub,tlspubsub, and with --sub-url
+    /// routepubsub (publisher on --url, subscriber on --sub-url)
     #[argh(
         option,
         default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
@@ -158,14 +166,22 @@ pub(crate) struct Measure {
 }
 
 pub fn run(args: BenchArgs) -> BenchResult<()> {
-    let targets: Vec<(String, String, Option<u32>)> =
-        std::iter::once((args.name.clone(), args.url.clone(), args.pid))
-            .chain(
-                args.compare_url
-                    .clone()
-                    .map(|u| (args.compare_name.clone(), u, args.compare_pid)),
-            )
-            .collect();
+    type Target = (String, String, Option<u32>, Option<String>);
+    let targets: Vec<Target> = std::iter::once((
+        args.name.clone(),
+        args.url.clone(),
+        args.pid,
+        args.sub_url.clone(),
+    ))
+    .chain(args.compare_url.clone().map(|u| {
+        (
+            args.compare_name.clone(),
+            u,
+            args.compare_pid,
+            args.compare_sub_url.clone(),
+        )
+    }))
+    .collect();
     println!(
         "{:<34} {:>16} {:>16} {:>8}",
         "scenario",
@@ -180,8 +196,9 @@ pub fn run(args: BenchArgs) -> BenchResult<()> {
         .filter(|s| !s.is_empty())
     {
         let mut rows: Vec<Vec<(String, Measure)>> = Vec::new();
-        for (_, url, pid) in &targets {
+        for (_, url, pid, sub_url) in &targets {
             let addr = url_to_addr(url)?;
+            let sub_addr = sub_url.as_deref().map(url_to_addr).transpose()?;
             let mut best: Option<Vec<(String, Measure)>> = None;
             // Memory is measured once, on a server that has not served load yet: a
             // later round would reuse what the first one freed and read as nothing.
@@ -191,7 +208,7 @@ pub fn run(args: BenchArgs) -> BenchResult<()> {
                 args.rounds.max(1)
             };
             for _ in 0..rounds {
-                let measured = run_scenario(scenario, &addr, &args, *pid)?;
+                let measured = run_scenario(scenario, &addr, sub_addr.as_deref(), &args, *pid)?;
                 best = Some(match best {
                     None => measured,
                     Some(prev) => prev
@@ -254,6 +271,7 @@ fn url_to_addr(url: &str) -> BenchResult<String> {
 fn run_scenario(
     scenario: &str,
     addr: &str,
+    sub_addr: Option<&str>,
     args: &BenchArgs,
     pid: Option<u32>,
 ) -> BenchResult<Vec<(String, Measure)>> {
@@ -270,31 +288,38 @@ fn run_scenario(
     Ok(match scenario {
         "pub16" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(&plain, args.msgs, 16, 0, false)?),
+            throughput(pub_sub(&plain, &plain, args.msgs, 16, 0, false)?),
         )],
         "pub128" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(&plain, args.msgs, 128, 0, false)?),
+            throughput(pub_sub(&plain, &plain, args.msgs, 128, 0, false)?),
         )],
         "pubsub1" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(&plain, args.msgs, 128, 1, false)?),
+            throughput(pub_sub(&plain, &plain, args.msgs, 128, 1, false)?),
         )],
         "pubsub4" => vec![(
             "msgs/s delivered".into(),
-            throughput(pub_sub(&plain, args.msgs / 2, 128, 4, false)? * 4.0),
+            throughput(pub_sub(&plain, &plain, args.msgs / 2, 128, 4, false)? * 4.0),
         )],
         "queue4" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(&plain, args.msgs, 128, 4, true)?),
+            throughput(pub_sub(&plain, &plain, args.msgs, 128, 4, true)?),
         )],
+        "routepubsub" => {
+            let sub = sub_addr.ok_or("routepubsub needs --sub-url (and --compare-sub-url)")?;
+            vec![(
+                "msgs/s".into(),
+                throughput(pub_sub(&plain, &Endpoint::plain(sub), args.msgs, 128, 1, false)?),
+            )]
+        }
         "tlspub" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(&tls()?, args.msgs, 128, 0, false)?),
+            throughput(pub_sub(&tls()?, &tls()?, args.msgs, 128, 0, false)?),
         )],
         "tlspubsub" => vec![(
             "msgs/s".into(),
-            throughput(pub_sub(&tls()?, args.msgs, 128, 1, false)?),
+            throughput(pub_sub(&tls()?, &tls()?, args.msgs, 128, 1, false)?),
         )],
         "reqrep" => {
             let (p50, p99) = req_rep(addr, args.requests)?;
@@ -503,6 +528,7 @@ impl<S: Read + Write> MsgReader<S> {
 /// of `size` bytes. Returns messages per second published and fully delivered.
 fn pub_sub(
     endpoint: &Endpoint,
+    sub_endpoint: &Endpoint,
     msgs: u64,
     size: usize,
     subs: usize,
@@ -512,7 +538,7 @@ fn pub_sub(
     let received: Arc<Vec<AtomicU64>> = Arc::new((0..subs).map(|_| AtomicU64::new(0)).collect());
     let mut handles = Vec::new();
     for i in 0..subs {
-        let mut stream = connect_to(endpoint)?;
+        let mut stream = connect_to(sub_endpoint)?;
         let mut frame = Vec::new();
         let q = queue.then_some(&b"workers"[..]);
         encode::write_sub(&mut frame, subject.as_bytes(), q, b"1");
@@ -541,15 +567,35 @@ fn pub_sub(
     }
     // How far the publisher may run ahead of the slowest subscriber.
     let window = (16 * 1024 * 1024 / (size as u64 + 64)).max(batch * 4);
+    // Subscribers on another node: their interest crosses the route after their
+    // PONG; probe until each has received one, then count from there.
+    let mut baseline = vec![0u64; subs];
+    if sub_endpoint.addr != endpoint.addr && subs > 0 {
+        let mut probe = Vec::new();
+        encode::write_pub(&mut probe, subject.as_bytes(), None, None, &payload);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received.iter().any(|r| r.load(Ordering::Relaxed) == 0) {
+            if Instant::now() > deadline {
+                return Err("the subscribers' interest never reached the publisher's node".into());
+            }
+            publisher.write_all(&probe).map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sync(&mut publisher)?;
+        std::thread::sleep(Duration::from_millis(100));
+        for (b, r) in baseline.iter_mut().zip(received.iter()) {
+            *b = r.load(Ordering::Relaxed);
+        }
+    }
     let delivered = |received: &[AtomicU64]| -> u64 {
+        let counts = received
+            .iter()
+            .zip(&baseline)
+            .map(|(r, b)| r.load(Ordering::Relaxed).saturating_sub(*b));
         if queue {
-            received.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+            counts.sum()
         } else {
-            received
-                .iter()
-                .map(|r| r.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(u64::MAX)
+            counts.min().unwrap_or(u64::MAX)
         }
     };
     let start = Instant::now();
