@@ -343,7 +343,6 @@ impl MeshHandle {
 pub struct Prepared {
     config: MeshConfig,
     iface: Interface,
-    key: Key,
     me: NodeRecord,
     network: crate::mesh::Network,
     socket: std::net::UdpSocket,
@@ -393,7 +392,6 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
     Ok(Prepared {
         config: config.clone(),
         iface,
-        key,
         me,
         network,
         socket,
@@ -411,7 +409,6 @@ pub fn start(
     let Prepared {
         config,
         iface,
-        key,
         me,
         network,
         socket,
@@ -478,7 +475,6 @@ pub fn start(
     let actor = MeshActor {
         config,
         iface: Some(iface),
-        key,
         membership,
         announce_key: AnnounceKey::derive(secret, cluster_name),
         socket,
@@ -504,9 +500,6 @@ struct PeerStats {
 struct MeshActor {
     config: MeshConfig,
     iface: Option<Interface>,
-    /// Kept for re-applying the device settings if wireguard-go must be restarted.
-    #[allow(dead_code)]
-    key: Key,
     membership: Membership,
     announce_key: AnnounceKey,
     socket: runtime::UdpSocket,

@@ -26,7 +26,7 @@ use super::publish::{Message, Publisher, Subscription};
 use super::readbuf::ReadBuf;
 use super::router::SubChange;
 use super::runtime::{self, TcpStream};
-use crate::cluster::{Handshake, LocalNode, Role, Step};
+use crate::cluster::{Handshake, LocalNode, Refusal, Role, Step};
 use crate::proto::route::{write_msg, Parsed, RouteInfo, RouteOp, RouteParser};
 
 /// Messages other actors send a route actor.
@@ -132,6 +132,15 @@ pub enum RouteEnd {
     Closed { server_id: String, reason: String },
 }
 
+/// A handshake that failed for a reason of our own (I/O, a protocol error).
+fn failed(reason: String) -> Refusal {
+    Refusal {
+        reason,
+        reply: None,
+        self_route: false,
+    }
+}
+
 /// Time the two nodes have for the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -174,9 +183,10 @@ pub async fn serve(
     let mut handshake = Handshake::new(role, local.clone(), super::client::new_nonce());
     let first = handshake.start();
     let shake = async {
+        let io = |e: std::io::Error| failed(e.to_string());
         if !first.is_empty() {
-            writer.write_all(&first).await.map_err(|e| e.to_string())?;
-            writer.flush().await.map_err(|e| e.to_string())?;
+            writer.write_all(&first).await.map_err(io)?;
+            writer.flush().await.map_err(io)?;
         }
         loop {
             // Complete operations first: the peer may send several in one segment.
@@ -188,21 +198,21 @@ pub async fn serve(
                         match step {
                             Step::Continue(out) => {
                                 if !out.is_empty() {
-                                    writer.write_all(&out).await.map_err(|e| e.to_string())?;
-                                    writer.flush().await.map_err(|e| e.to_string())?;
+                                    writer.write_all(&out).await.map_err(io)?;
+                                    writer.flush().await.map_err(io)?;
                                 }
                             }
                             Step::Established(out, info) => {
-                                writer.write_all(&out).await.map_err(|e| e.to_string())?;
-                                writer.flush().await.map_err(|e| e.to_string())?;
+                                writer.write_all(&out).await.map_err(io)?;
+                                writer.flush().await.map_err(io)?;
                                 return Ok(info);
                             }
                             Step::Refused(refusal) => {
-                                if let Some(reply) = refusal.reply {
-                                    let _ = writer.write_all(&reply).await;
+                                if let Some(reply) = &refusal.reply {
+                                    let _ = writer.write_all(reply).await;
                                     let _ = writer.flush().await;
                                 }
-                                return Err(refusal.reason);
+                                return Err(refusal);
                             }
                         }
                     }
@@ -210,24 +220,24 @@ pub async fn serve(
                         rbuf.reserve(need);
                         break;
                     }
-                    Err(e) => return Err(format!("protocol error: {e}")),
+                    Err(e) => return Err(failed(format!("protocol error: {e}"))),
                 }
             }
             match reader.read(rbuf.spare()).await {
-                Ok(0) => return Err("closed during the handshake".to_string()),
+                Ok(0) => return Err(failed("closed during the handshake".into())),
                 Ok(n) => rbuf.filled(n),
-                Err(e) => return Err(format!("read failed during the handshake: {e}")),
+                Err(e) => return Err(failed(format!("read failed during the handshake: {e}"))),
             }
         }
     };
     let info = match runtime::timeout(HANDSHAKE_TIMEOUT, shake).await {
         Some(Ok(info)) => info,
-        Some(Err(reason)) => {
+        Some(Err(refusal)) => {
             let _ = socket.shutdown(std::net::Shutdown::Both);
-            if reason.contains("itself") {
+            if refusal.self_route {
                 return RouteEnd::SelfRoute;
             }
-            return RouteEnd::Handshake(reason);
+            return RouteEnd::Handshake(refusal.reason);
         }
         None => {
             let _ = socket.shutdown(std::net::Shutdown::Both);

@@ -324,6 +324,9 @@ pub struct Refusal {
     pub reason: String,
     /// The `-ERR` line to send before closing, if any.
     pub reply: Option<Vec<u8>>,
+    /// The other end is this node itself (a route address that points back here):
+    /// not worth dialing again.
+    pub self_route: bool,
 }
 
 /// What the actor does after feeding an operation to the handshake.
@@ -352,6 +355,15 @@ fn refuse(reason: impl Into<String>, reply: Option<&str>) -> Step {
     Step::Refused(Refusal {
         reason: reason.into(),
         reply: reply.map(|r| format!("-ERR '{r}'\r\n").into_bytes()),
+        self_route: false,
+    })
+}
+
+fn refuse_self() -> Step {
+    Step::Refused(Refusal {
+        reason: "a route to this node itself".into(),
+        reply: None,
+        self_route: true,
     })
 }
 
@@ -471,7 +483,7 @@ impl Handshake {
             );
         }
         if info.server_id == self.local.server_id {
-            return refuse("a route to this node itself", None);
+            return refuse_self();
         }
         let out = match &self.local.secret {
             Some(secret) => {
@@ -519,7 +531,7 @@ impl Handshake {
             return Step::Established(Vec::new(), first);
         }
         if info.server_id == self.local.server_id {
-            return refuse("a route to this node itself", None);
+            return refuse_self();
         }
         if info.cluster != self.local.cluster {
             return refuse(

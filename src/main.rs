@@ -26,7 +26,7 @@ struct Cli {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Subcommand {
-    Bench(actors::bench::BenchArgs),
+    Bench(Box<actors::bench::BenchArgs>),
     Mesh(MeshArgs),
 }
 
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Subcommand::Bench(args)) = cli.command {
-        return match actors::bench::run(args) {
+        return match actors::bench::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("meshbroker bench: {e}");

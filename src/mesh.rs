@@ -571,7 +571,6 @@ impl Membership {
                 }
                 let changed =
                     m.record.endpoint != from.endpoint || m.record.mesh_addr != from.mesh_addr;
-                let restarted = from.incarnation > m.record.incarnation;
                 if changed {
                     // Moved: routes to the old address are gone.
                     if m.alive {
@@ -584,7 +583,6 @@ impl Membership {
                 m.confirmed = true;
                 m.last_heard = Some(now);
                 m.silence_reported = false;
-                let _ = restarted;
                 if !m.alive {
                     m.alive = true;
                     events.push(MeshEvent::Up(from.clone()));
@@ -612,7 +610,7 @@ impl Membership {
         Ok(events)
     }
 
-    /// WireGuard completed a handshake with `key` at `when`: a hint is confirmed (the
+    /// WireGuard completed a handshake with `key` recently: a hint is confirmed (the
     /// node holds its key), though it is routed only once it announces itself.
     pub fn handshake(&mut self, key: &str) {
         if let Some(m) = self.members.get_mut(key) {

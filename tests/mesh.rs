@@ -150,8 +150,8 @@ impl Lab {
         }
     }
 
-    /// Adds node `n{i}` (not started) with `seeds` (indexes of earlier nodes);
-    /// `extra` is appended to its `[cluster]` section... as raw TOML lines.
+    /// Adds node `n{i}` (not started): its namespace, its veth to the hub, its key and
+    /// config, with `seeds` (numbers of earlier nodes), a cluster name and a secret.
     fn add(&mut self, seeds: &[usize], cluster_name: &str, secret: &str) -> usize {
         let i = self.nodes.len() + 1;
         let name = format!("n{i}");

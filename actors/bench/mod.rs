@@ -310,7 +310,14 @@ fn run_scenario(
             let sub = sub_addr.ok_or("routepubsub needs --sub-url (and --compare-sub-url)")?;
             vec![(
                 "msgs/s".into(),
-                throughput(pub_sub(&plain, &Endpoint::plain(sub), args.msgs, 128, 1, false)?),
+                throughput(pub_sub(
+                    &plain,
+                    &Endpoint::plain(sub),
+                    args.msgs,
+                    128,
+                    1,
+                    false,
+                )?),
             )]
         }
         "tlspub" => vec![(
