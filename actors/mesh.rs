@@ -686,10 +686,17 @@ impl MeshActor {
                     }
                 }
                 MeshEvent::Down(record) => {
+                    let s = self.stats.get(&record.key).copied().unwrap_or_default();
+                    let handshake = s
+                        .handshake
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .map_or_else(|| "never".to_string(), |d| format!("{}s ago", d.as_secs()));
                     log::info!(
-                        "mesh: {} ({}) went silent: dropping its routes",
+                        "mesh: {} ({}) went silent: dropping its routes (last handshake {handshake}, {} B received, {} B sent)",
                         record.name,
-                        key_prefix(&record.key)
+                        key_prefix(&record.key),
+                        s.rx,
+                        s.tx
                     );
                     self.cluster.mesh_down(record.route_addr());
                 }

@@ -153,6 +153,17 @@ impl Lab {
     /// Adds node `n{i}` (not started): its namespace, its veth to the hub, its key and
     /// config, with `seeds` (numbers of earlier nodes), a cluster name and a secret.
     fn add(&mut self, seeds: &[usize], cluster_name: &str, secret: &str) -> usize {
+        self.add_with(seeds, cluster_name, secret, "")
+    }
+
+    /// [`Lab::add`] with `cluster_extra` (TOML lines) added to the `[cluster]` section.
+    fn add_with(
+        &mut self,
+        seeds: &[usize],
+        cluster_name: &str,
+        secret: &str,
+        cluster_extra: &str,
+    ) -> usize {
         let i = self.nodes.len() + 1;
         let name = format!("n{i}");
         let ns = format!("mbt{}n{i}", self.tag);
@@ -211,6 +222,7 @@ listen = "127.0.0.1:8222"
 [cluster]
 name = "{cluster_name}"
 secret = "{secret}"
+{cluster_extra}
 [mesh]
 interface = "mb{tag}{i}"
 backend = "userspace"
@@ -558,36 +570,66 @@ fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
 }
 
 #[test]
-fn nodes_without_the_secret_or_from_another_cluster_never_join() {
+fn nodes_without_the_secret_from_another_cluster_or_with_another_ca_never_join() {
     if skip_unless_ready() {
         return;
     }
     let mut lab = Lab::new('b');
-    lab.add(&[], "c1", SECRET);
-    lab.add(&[1], "c1", "not-the-cluster-secret-at-all");
-    lab.add(&[1], "c2", SECRET);
-    for i in 1..=3 {
+    // This cluster also runs mutual TLS on its routes, inside the mesh.
+    let ca = common::certs::TestCa::new("cluster ca");
+    let impostor_ca = common::certs::TestCa::new("impostor ca");
+    let ca_file = ca.write(&lab.dir.0, "ca.pem");
+    let tls = |lab: &Lab, ca: &common::certs::TestCa, stem: &str| {
+        let files = ca.leaf(&lab.dir.0, stem, &["localhost"]);
+        format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"",
+            files.cert.display(),
+            files.key.display(),
+            ca_file.display()
+        )
+    };
+    let good = tls(&lab, &ca, "n1");
+    lab.add_with(&[], "c1", SECRET, &good);
+    let extra = tls(&lab, &ca, "n2");
+    lab.add_with(&[1], "c1", "not-the-cluster-secret-at-all", &extra);
+    let extra = tls(&lab, &ca, "n3");
+    lab.add_with(&[1], "c2", SECRET, &extra);
+    // The right secret and name, so a mesh member, but a certificate from another CA.
+    let extra = tls(&lab, &impostor_ca, "n4");
+    lab.add_with(&[1], "c1", SECRET, &extra);
+    for i in 1..=4 {
         lab.start(i);
     }
     // Give them time to try.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(lab.routes(1), Some(HashSet::new()));
-    assert_eq!(lab.routes(2), Some(HashSet::new()));
-    assert_eq!(lab.routes(3), Some(HashSet::new()));
+    for i in 1..=4 {
+        assert_eq!(lab.routes(i), Some(HashSet::new()), "n{i} has no route");
+    }
     let mesh = monitor_get(&lab.node(1).ns, "/meshz").expect("/meshz");
+    let peers: Vec<String> = mesh["mesh"]["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(
-        mesh["mesh"]["peers"].as_array().map(Vec::len),
-        Some(0),
-        "the seed never added them to its interface: {mesh}"
+        peers,
+        vec!["n4".to_string()],
+        "only the node with the secret reached the seed's interface: {mesh}"
     );
     let log = std::fs::read_to_string(&lab.node(1).log).unwrap_or_default();
     assert!(
         log.contains("ignored: bad MAC"),
         "the seed logs the refused announcements"
     );
-    // A node with the secret and the name joins.
-    lab.add(&[1], "c1", SECRET);
-    lab.start(4);
-    lab.wait_routes(4, &["n1"], Duration::from_secs(20));
-    lab.wait_routes(1, &["n4"], Duration::from_secs(20));
+    assert!(
+        log.contains("TLS handshake failed"),
+        "and the refused certificate"
+    );
+    // A node with the secret, the name and a certificate from the cluster CA joins.
+    let extra = tls(&lab, &ca, "n5");
+    lab.add_with(&[1], "c1", SECRET, &extra);
+    lab.start(5);
+    lab.wait_routes(5, &["n1"], Duration::from_secs(20));
+    lab.wait_routes(1, &["n5"], Duration::from_secs(20));
 }
