@@ -343,6 +343,7 @@ impl MeshHandle {
 pub struct Prepared {
     config: MeshConfig,
     iface: Interface,
+    key: Key,
     me: NodeRecord,
     network: crate::mesh::Network,
     socket: std::net::UdpSocket,
@@ -392,6 +393,7 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
     Ok(Prepared {
         config: config.clone(),
         iface,
+        key,
         me,
         network,
         socket,
@@ -409,6 +411,7 @@ pub fn start(
     let Prepared {
         config,
         iface,
+        key,
         me,
         network,
         socket,
@@ -475,6 +478,8 @@ pub fn start(
     let actor = MeshActor {
         config,
         iface: Some(iface),
+        key,
+        prefix: network.prefix,
         membership,
         announce_key: AnnounceKey::derive(secret, cluster_name),
         socket,
@@ -500,6 +505,9 @@ struct PeerStats {
 struct MeshActor {
     config: MeshConfig,
     iface: Option<Interface>,
+    /// For setting the interface up again if wireguard-go dies.
+    key: Key,
+    prefix: u8,
     membership: Membership,
     announce_key: AnnounceKey,
     socket: runtime::UdpSocket,
@@ -551,6 +559,7 @@ impl MeshActor {
                     runtime::sleep(Duration::from_millis(10)).await;
                 }
                 Event::Tick => {
+                    self.supervise().await;
                     let events = self.membership.tick(Instant::now());
                     self.apply(events).await;
                     self.announce(false).await;
@@ -704,6 +713,47 @@ impl MeshActor {
         }
         if peers_changed {
             self.update_device(update, "updating the peers").await;
+        }
+    }
+
+    /// Restarts wireguard-go if it died (the tun device went with it): a new
+    /// interface with the same key, port and address, and every member's peer again.
+    async fn supervise(&mut self) {
+        let label = self.config.interface.clone().unwrap_or_default();
+        match self.iface.as_mut() {
+            // A restart that failed: try again.
+            None => {}
+            Some(iface) => {
+                let exited = iface
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                let Some(status) = exited else {
+                    return;
+                };
+                log::error!("mesh: wireguard-go for {label} exited ({status}); starting it again");
+            }
+        }
+        if let Some(mut old) = self.iface.take() {
+            old.child = None;
+            old.close();
+        }
+        let config = self.config.clone();
+        let key = Key(self.key.0);
+        let (address, prefix) = (self.membership.me().mesh_addr, self.prefix);
+        match blocking::unblock(move || setup_interface(&config, &key, address, prefix)).await {
+            Ok(iface) => {
+                self.iface = Some(iface);
+                // Handshakes start over; keepalives come back after the first one.
+                self.stats.clear();
+                let peers = self
+                    .membership
+                    .members()
+                    .map(|m| MeshEvent::SetPeer(m.record.clone()))
+                    .collect();
+                self.apply(peers).await;
+            }
+            Err(e) => log::error!("mesh: {e}; trying again at the next heartbeat"),
         }
     }
 

@@ -518,46 +518,32 @@ fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
     eprintln!("a vanished node dropped after {:?}", cut.elapsed());
     std::thread::sleep(Duration::from_secs(2));
     // Heal, and measure until a message from n1 reaches a subscriber on n3.
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    let receiver = with_client(&lab.node(3).ns.clone(), move |c| async move {
-        let mut sub = c.subscribe("heal.test").await.unwrap();
-        common::settle(&c).await;
-        ready_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .ok()
-            .flatten()
-            .map(|_| Instant::now())
-    });
-    ready_rx.recv_timeout(limit).expect("n3 subscriber ready");
-    let healed = Instant::now();
-    lab.link(3, true);
-    let sender = with_client(&lab.node(1).ns.clone(), move |c| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let _ = c.publish("heal.test", "after the heal".into()).await;
-            let _ = c.flush().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if c.statistics()
-                .out_messages
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 1500
-            {
-                break;
-            }
-        }
-    });
-    let first = receiver
-        .join()
-        .expect("receiver")
-        .expect("delivery resumed after the heal");
-    let _ = sender.join();
-    eprintln!(
-        "delivery resumed {:?} after the heal",
-        first.duration_since(healed)
-    );
+    let resumed = deliver_after(&lab, 1, 3, "heal.test", || lab.link(3, true));
+    eprintln!("delivery resumed {resumed:?} after the heal");
     lab.wait_routes(1, &["n2", "n3"], limit);
     lab.wait_routes(3, &["n1", "n2"], limit);
+
+    // wireguard-go dies under n2: the node starts it again, and traffic flows.
+    let node_pid = lab.nodes[1].child.as_ref().expect("n2 runs").id();
+    let wg = Command::new("pgrep")
+        .args(["-P", &node_pid.to_string(), "-x", "wireguard-go"])
+        .output()
+        .expect("pgrep");
+    let wg_pid: i32 = String::from_utf8_lossy(&wg.stdout)
+        .trim()
+        .parse()
+        .expect("n2's wireguard-go child");
+    let recovered = deliver_after(&lab, 1, 2, "restart.test", || {
+        // SAFETY: kill(2) on a process this test started (n2's child).
+        unsafe { libc::kill(wg_pid, libc::SIGKILL) };
+    });
+    let log = std::fs::read_to_string(&lab.node(2).log).unwrap_or_default();
+    assert!(
+        log.contains("exited") && log.contains("starting it again"),
+        "{log}"
+    );
+    eprintln!("delivery to n2 resumed {recovered:?} after its wireguard-go was killed");
+    lab.wait_routes(2, &["n1", "n3"], limit);
 
     // Every seed gone: n3 restarts and rejoins from the members it remembered.
     lab.kill(1);
@@ -567,6 +553,50 @@ fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
     lab.start(3);
     lab.wait_routes(3, &["n2"], limit);
     lab.wait_routes(2, &["n3"], limit);
+}
+
+/// Subscribes on node `to`, runs `event`, then publishes on node `from` every 20 ms
+/// until the subscriber gets one; returns the time from the event to that delivery.
+/// (The publisher connects to a node that may not route to `to` yet: messages
+/// published meanwhile are lost, as in the reference, and the next ones count.)
+fn deliver_after(
+    lab: &Lab,
+    from: usize,
+    to: usize,
+    subject: &'static str,
+    event: impl FnOnce(),
+) -> Duration {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let receiver = with_client(&lab.node(to).ns.clone(), move |c| async move {
+        let mut sub = c.subscribe(subject).await.unwrap();
+        common::settle(&c).await;
+        ready_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|_| Instant::now())
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("subscriber ready");
+    let at = Instant::now();
+    event();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let sender = with_client(&lab.node(from).ns.clone(), move |c| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && stop_rx.try_recv().is_err() {
+            let _ = c.publish(subject, "ping".into()).await;
+            let _ = c.flush().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let first = receiver.join().expect("receiver");
+    let _ = stop_tx.send(());
+    let _ = sender.join();
+    first
+        .unwrap_or_else(|| panic!("nothing from n{from} reached n{to} within 30 s"))
+        .duration_since(at)
 }
 
 #[test]
