@@ -488,39 +488,38 @@ async fn run_connection(
     };
     match role {
         Role::Accepted => {
-            match runtime::timeout(tls.timeout, tls.acceptor.accept(stream.clone())).await {
-                Some(Ok(session)) => {
-                    let (r, w) = futures_lite::io::split(session);
-                    route::serve(setup, r, w).await
-                }
-                Some(Err(e)) => {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    RouteEnd::Handshake(format!("TLS handshake failed: {e}"))
-                }
-                None => {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    RouteEnd::Handshake("TLS handshake timed out".into())
-                }
-            }
+            let handshake = tls.acceptor.accept(stream.clone());
+            over_tls(setup, &stream, tls.timeout, handshake).await
         }
         Role::Solicited => {
             let name = crate::tls::route_server_name(dialed.unwrap_or_default());
-            match runtime::timeout(tls.timeout, tls.connector.connect(name, stream.clone())).await {
-                Some(Ok(session)) => {
-                    let (r, w) = futures_lite::io::split(session);
-                    route::serve(setup, r, w).await
-                }
-                Some(Err(e)) => {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    RouteEnd::Handshake(format!("TLS handshake failed: {e}"))
-                }
-                None => {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                    RouteEnd::Handshake("TLS handshake timed out".into())
-                }
-            }
+            let handshake = tls.connector.connect(name, stream.clone());
+            over_tls(setup, &stream, tls.timeout, handshake).await
         }
     }
+}
+
+/// Completes a TLS handshake (either side's) within `limit`, then runs the route
+/// over the session.
+async fn over_tls<S>(
+    setup: RouteSetup,
+    stream: &TcpStream,
+    limit: Duration,
+    handshake: impl std::future::Future<Output = std::io::Result<S>>,
+) -> RouteEnd
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
+    let failure = match runtime::timeout(limit, handshake).await {
+        Some(Ok(session)) => {
+            let (r, w) = futures_lite::io::split(session);
+            return route::serve(setup, r, w).await;
+        }
+        Some(Err(e)) => format!("TLS handshake failed: {e}"),
+        None => "TLS handshake timed out".into(),
+    };
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    RouteEnd::Handshake(failure)
 }
 
 /// How long a dial may take before it counts as failed.

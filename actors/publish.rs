@@ -153,6 +153,23 @@ impl PartialEq for Subscription {
 }
 
 impl Subscription {
+    /// The fields every kind of subscription starts with.
+    fn new(target: Target, sid: Box<[u8]>, subject: &[u8], queue: Option<&[u8]>) -> Self {
+        Subscription {
+            target,
+            sid,
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            headers: true,
+            max: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            deny: Box::default(),
+            replies: None,
+            weight: 1,
+        }
+    }
+
     pub fn for_client(
         client: Arc<ClientShared>,
         subject: &[u8],
@@ -161,17 +178,8 @@ impl Subscription {
         headers: bool,
     ) -> Self {
         Subscription {
-            target: Target::Client(client),
-            sid: sid.into(),
-            subject: subject.into(),
-            queue: queue.map(Into::into),
             headers,
-            max: AtomicU64::new(u64::MAX),
-            delivered: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            deny: Box::default(),
-            replies: None,
-            weight: 1,
+            ..Subscription::new(Target::Client(client), sid.into(), subject, queue)
         }
     }
 
@@ -183,34 +191,19 @@ impl Subscription {
         weight: u32,
     ) -> Self {
         Subscription {
-            sid: Box::default(),
-            target: Target::Route(route),
-            subject: subject.into(),
-            queue: queue.map(Into::into),
-            headers: true,
-            max: AtomicU64::new(u64::MAX),
-            delivered: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            deny: Box::default(),
-            replies: None,
             weight: weight.max(1),
+            ..Subscription::new(Target::Route(route), Box::default(), subject, queue)
         }
     }
 
     pub fn internal(subject: &str, queue: Option<&str>, sink: InternalSink) -> Self {
-        Subscription {
-            sid: sink.tag.to_string().into_bytes().into(),
-            target: Target::Internal(sink),
-            subject: subject.as_bytes().into(),
-            queue: queue.map(|q| q.as_bytes().into()),
-            headers: true,
-            max: AtomicU64::new(u64::MAX),
-            delivered: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            deny: Box::default(),
-            replies: None,
-            weight: 1,
-        }
+        let sid = sink.tag.to_string().into_bytes().into();
+        Subscription::new(
+            Target::Internal(sink),
+            sid,
+            subject.as_bytes(),
+            queue.map(str::as_bytes),
+        )
     }
 
     /// The client connection this subscription belongs to (0 for internal ones).
