@@ -9,7 +9,8 @@
 //! drains the queue, as for clients.
 //!
 //! Who waits on whom: the actor awaits the cluster actor once, to register (which
-//! settles duplicates); nobody awaits a route.
+//! settles duplicates), and its account router before answering a PING; nobody
+//! awaits a route.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -293,6 +294,7 @@ pub async fn serve(
         changes: Vec::new(),
         publisher: Publisher::default(),
         pings_out: 0,
+        pongs_due: 0,
         last_in: runtime::now(),
     };
     let reason = route.run(reader, rbuf, parser, control_rx).await;
@@ -331,6 +333,9 @@ struct Route {
     changes: Vec<SubChange>,
     publisher: Publisher,
     pings_out: u32,
+    /// PINGs read in this batch: answered once the batch's interest is in the index
+    /// (so a PONG means what came before it is in effect, as with the reference).
+    pongs_due: u32,
     last_in: std::time::Instant,
 }
 
@@ -359,7 +364,7 @@ impl Route {
         if let Err(reason) = self.process(&mut rbuf, &parser) {
             return reason;
         }
-        self.end_batch();
+        self.end_batch().await;
         loop {
             let event = {
                 let read = async { Event::Read(reader.read(rbuf.spare()).await) };
@@ -377,7 +382,7 @@ impl Route {
                     rbuf.filled(n);
                     self.last_in = runtime::now();
                     let result = self.process(&mut rbuf, &parser);
-                    self.end_batch();
+                    self.end_batch().await;
                     if let Err(reason) = result {
                         return reason;
                     }
@@ -508,7 +513,7 @@ impl Route {
                     self.changes.push(SubChange::Remove(sub));
                 }
             }
-            RouteOp::Ping => self.push(b"PONG\r\n"),
+            RouteOp::Ping => self.pongs_due += 1,
             RouteOp::Pong => self.pings_out = 0,
             RouteOp::Ok => {}
             RouteOp::Err(text) => {
@@ -529,9 +534,16 @@ impl Route {
         Ok(())
     }
 
-    fn end_batch(&mut self) {
-        if !self.changes.is_empty() {
-            self.ctx.global.send(std::mem::take(&mut self.changes));
+    async fn end_batch(&mut self) {
+        let changes = std::mem::take(&mut self.changes);
+        if self.pongs_due > 0 {
+            // The router never waits on a route: awaiting it here cannot deadlock.
+            self.ctx.global.apply(changes).await;
+            for _ in 0..std::mem::take(&mut self.pongs_due) {
+                self.push(b"PONG\r\n");
+            }
+        } else if !changes.is_empty() {
+            self.ctx.global.send(changes);
         }
         self.publisher.flush();
     }

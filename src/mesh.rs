@@ -356,6 +356,8 @@ pub enum Rejected {
     ClonedKey,
     #[error("a record that is not in the mesh network or with a bad key")]
     BadRecord,
+    #[error("mesh address {0} is already another node's (two keys hash to it: set mesh.address on one of them)")]
+    AddressTaken(Ipv4Addr),
 }
 
 /// Encodes `ann` into datagrams of at most [`MAX_DATAGRAM`] bytes (the member list
@@ -474,7 +476,7 @@ impl Membership {
     /// A record known only by hearsay (a seed, a member remembered from the last run,
     /// gossip): WireGuard gets it, routes wait for the node itself.
     pub fn hint(&mut self, record: NodeRecord, now: Instant) -> Vec<MeshEvent> {
-        if record.key == self.me.key || !self.valid(&record) {
+        if record.key == self.me.key || !self.valid(&record) || self.address_taken(&record) {
             return Vec::new();
         }
         if self
@@ -517,6 +519,16 @@ impl Membership {
         decode_key(&record.key).is_ok() && self.network.contains(record.mesh_addr)
     }
 
+    /// Is `record`'s address ours or another member's? (The first to hold it keeps it:
+    /// WireGuard can route an address to one peer only.)
+    fn address_taken(&self, record: &NodeRecord) -> bool {
+        record.mesh_addr == self.me.mesh_addr
+            || self
+                .members
+                .values()
+                .any(|m| m.record.key != record.key && m.record.mesh_addr == record.mesh_addr)
+    }
+
     /// An authenticated announcement arrived (its MAC checked); `now_ms` is our clock.
     pub fn receive(
         &mut self,
@@ -541,6 +553,9 @@ impl Membership {
         }
         if !self.valid(&from) {
             return Err(Rejected::BadRecord);
+        }
+        if self.address_taken(&from) {
+            return Err(Rejected::AddressTaken(from.mesh_addr));
         }
         let stamp = (from.incarnation, ann.seq);
         if let Some(last) = self.last_seq.get(&from.key) {
@@ -921,6 +936,24 @@ mod tests {
         );
         // Old gossip does not bring it back.
         assert!(m.hint(moved, t0).is_empty());
+    }
+
+    #[test]
+    fn an_address_held_by_another_key_is_refused() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        let mut clash = record(3, 1);
+        clash.mesh_addr = record(2, 1).mesh_addr;
+        assert_eq!(
+            m.receive(ann(clash.clone(), 1, 0), t0, 0),
+            Err(Rejected::AddressTaken(clash.mesh_addr))
+        );
+        assert!(m.hint(clash.clone(), t0).is_empty());
+        clash.mesh_addr = m.me().mesh_addr;
+        assert!(m.receive(ann(clash, 2, 0), t0, 0).is_err(), "ours too");
+        // The holder itself keeps announcing.
+        assert!(m.receive(ann(record(2, 1), 2, 0), t0, 0).is_ok());
     }
 
     #[test]

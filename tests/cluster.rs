@@ -380,6 +380,57 @@ fn a_certificate_from_another_ca_is_refused() {
     });
 }
 
+/// A peer that sends garbage, an oversized message or lies about interest is cut off
+/// (or contained); the node keeps serving its clients and its real routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_peer_that_misbehaves_is_cut_off_and_the_node_keeps_serving() {
+    let n1 = start(cluster_config("n1", &[]));
+    let n2 = start(cluster_config("n2", &[route_to(&n1)]));
+    wait_full_mesh(&[&n1, &n2], Duration::from_secs(10));
+    let addr = n1.cluster_addr().unwrap();
+    let handshake = |id: &str| {
+        format!(
+            "CONNECT {{\"name\":\"{id}\",\"cluster\":\"c1\"}}\r\nINFO {{\"server_id\":\"{id}\",\"server_name\":\"{id}\",\"cluster\":\"c1\"}}\r\n"
+        )
+    };
+    // Garbage instead of a handshake.
+    let mut raw = common::Raw::connect(addr);
+    raw.send(b"HELLO THERE\r\n");
+    assert!(raw.read_to_close(Duration::from_secs(5)), "closed");
+    // A route whose message is over max_payload: -ERR, then closed.
+    let mut raw = common::Raw::connect(addr);
+    raw.send(handshake("NFAKE1").as_bytes());
+    raw.send(b"RMSG $G foo 999999999\r\n");
+    assert!(raw.read_to_close(Duration::from_secs(5)), "closed");
+    assert!(raw.text().contains("-ERR"), "{}", raw.text());
+    // A route that sends an unknown operation after the handshake: closed.
+    let mut raw = common::Raw::connect(addr);
+    raw.send(handshake("NFAKE2").as_bytes());
+    raw.send(b"BOGUS op\r\n");
+    assert!(raw.read_to_close(Duration::from_secs(5)), "closed");
+    // Interest with a bad subject is ignored; an absurd queue weight is capped.
+    let mut raw = common::Raw::connect(addr);
+    raw.send(handshake("NFAKE3").as_bytes());
+    raw.send(b"RS+ $G foo..bar\r\nRS+ $G ok.subject q 4000000000\r\nPING\r\n");
+    assert!(raw.read_until(b"PONG", Duration::from_secs(5)));
+    let heard = n1.remote_interest("ok.subject");
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(heard[0].2, 1024, "weight capped");
+    assert!(n1.remote_interest("foo.bar").is_empty());
+    // Through all of it, clients on both nodes talk over the real route.
+    let c1 = connect(&n1).await;
+    let c2 = connect(&n2).await;
+    let mut sub = c2.subscribe("still.works").await.unwrap();
+    common::settle(&c2).await;
+    wait_interest(&n1, "n2", "still.works", None);
+    c1.publish("still.works", "yes".into()).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(m.payload, "yes".as_bytes());
+}
+
 #[test]
 fn a_cluster_listener_off_loopback_needs_secret_and_tls() {
     let mut config = cluster_config("open", &[]);
