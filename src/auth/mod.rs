@@ -5,6 +5,7 @@
 //! INFO, which user is this and what may it do ([`Grant`])? It holds secrets, so
 //! neither it nor its errors ever print a password, token or signature.
 
+pub mod jwt;
 pub mod permissions;
 
 use std::collections::HashMap;
