@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 use super::cluster::ClusterHandle;
+use super::route::short_id;
 use super::runtime;
 use crate::mesh::{
     decode, decode_key, encode, AnnounceKey, Membership, MeshBackend, MeshConfig, MeshEvent,
@@ -70,11 +71,6 @@ fn read_key(path: &Path) -> Result<Key, MeshError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
     Key::from_base64(text.trim())
         .map_err(|_| err("not a base64 WireGuard private key (write one with `meshbroker mesh keygen --out FILE`)".into()))
-}
-
-/// A short, log-safe name for a public key.
-fn key_prefix(key: &str) -> &str {
-    key.get(..8).unwrap_or(key)
 }
 
 /// The interface once set up, and who owns it.
@@ -325,7 +321,6 @@ enum MeshCmd {
 pub struct MeshHandle {
     tx: async_channel::Sender<MeshCmd>,
     pub view: Arc<arc_swap::ArcSwap<MeshView>>,
-    pub address: Ipv4Addr,
 }
 
 impl MeshHandle {
@@ -419,7 +414,6 @@ pub fn start(
     let port = config.discovery_port();
     let socket = runtime::UdpSocket::try_from(socket)
         .map_err(|source| MeshError::Socket { port, source })?;
-    let address = me.mesh_addr;
     let view = Arc::new(arc_swap::ArcSwap::from_pointee(MeshView {
         interface: iface.label.clone(),
         backend: match iface.backend {
@@ -427,7 +421,7 @@ pub fn start(
             _ => "wireguard-go".into(),
         },
         public_key: me.key.clone(),
-        mesh_addr: address.to_string(),
+        mesh_addr: me.mesh_addr.to_string(),
         endpoint: me.endpoint.to_string(),
         peers: Vec::new(),
     }));
@@ -491,7 +485,7 @@ pub fn start(
         rejected_logged: HashMap::new(),
     };
     spawner.spawn_detached(actor.run(rx, initial));
-    Ok(MeshHandle { tx, view, address })
+    Ok(MeshHandle { tx, view })
 }
 
 /// Handshake and byte counters of one peer, from the last read of the interface.
@@ -655,7 +649,7 @@ impl MeshActor {
                     log::info!(
                         "mesh: peer {} ({}) at {}, mesh address {}",
                         record.name,
-                        key_prefix(&record.key),
+                        short_id(&record.key),
                         record.endpoint,
                         record.mesh_addr
                     );
@@ -675,7 +669,7 @@ impl MeshActor {
                     let Ok(raw) = decode_key(&key) else {
                         continue;
                     };
-                    log::info!("mesh: peer {name} ({}) removed", key_prefix(&key));
+                    log::info!("mesh: peer {name} ({}) removed", short_id(&key));
                     update = update.remove_peer_by_key(&Key(raw));
                     self.stats.remove(&key);
                     peers_changed = true;
@@ -684,7 +678,7 @@ impl MeshActor {
                     log::info!(
                         "mesh: {} ({}) is up at {}: routing to it",
                         record.name,
-                        key_prefix(&record.key),
+                        short_id(&record.key),
                         record.route_addr()
                     );
                     // One side dials (the smaller key), so only one side starts the
@@ -703,7 +697,7 @@ impl MeshActor {
                     log::info!(
                         "mesh: {} ({}) went silent: dropping its routes (last handshake {handshake}, {} B received, {} B sent)",
                         record.name,
-                        key_prefix(&record.key),
+                        short_id(&record.key),
                         s.rx,
                         s.tx
                     );
@@ -804,7 +798,7 @@ impl MeshActor {
                         .members()
                         .find(|m| m.record.key == key)
                         .map_or_else(|| "?".to_string(), |m| m.record.name.clone());
-                    log::info!("mesh: first handshake with {name} ({})", key_prefix(&key));
+                    log::info!("mesh: first handshake with {name} ({})", short_id(&key));
                 }
             }
         }

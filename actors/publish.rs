@@ -430,9 +430,7 @@ impl Publisher {
         }
         for (g, group) in result.queues.iter().enumerate() {
             if let Origin::Route { queues } = origin {
-                let named = queues
-                    .split(|&b| b == b' ' || b == b'\t')
-                    .any(|q| q == &*group.name);
+                let named = crate::proto::route::queue_names(queues).any(|q| q == &*group.name);
                 if !named {
                     continue;
                 }

@@ -313,7 +313,8 @@ pub async fn serve(
     RouteEnd::Closed { server_id, reason }
 }
 
-/// The first characters of a server id, enough to tell nodes apart in a log line.
+/// The first characters of a server id or a public key, enough to tell nodes apart in
+/// a log line.
 pub fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }

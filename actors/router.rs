@@ -112,25 +112,30 @@ impl Interest {
     /// Is this subscription interest the cluster should hear about? Client
     /// subscriptions only: what other nodes told us is theirs to announce, and the
     /// internal subscribers (JetStream) serve this node's clients.
-    fn counts(sub: &Subscription) -> bool {
+    fn announced(sub: &Subscription) -> bool {
         matches!(sub.target, Target::Client(_))
     }
 
     fn changed(&mut self, sub: &Subscription, added: bool) {
-        let key = (sub.subject.clone(), sub.queue.clone());
-        let count = self.counts.entry(key).or_insert(0);
-        let before = *count;
-        *count = if added {
-            before + 1
-        } else {
-            before.saturating_sub(1)
+        use std::collections::hash_map::Entry;
+        let (before, after) = match self.counts.entry((sub.subject.clone(), sub.queue.clone())) {
+            Entry::Occupied(mut e) => {
+                let before = *e.get();
+                let after = if added { before + 1 } else { before - 1 };
+                if after == 0 {
+                    e.remove();
+                } else {
+                    *e.get_mut() = after;
+                }
+                (before, after)
+            }
+            Entry::Vacant(e) if added => {
+                e.insert(1);
+                (0, 1)
+            }
+            Entry::Vacant(_) => return,
         };
-        let after = *count;
-        if after == 0 {
-            self.counts
-                .remove(&(sub.subject.clone(), sub.queue.clone()));
-        }
-        if self.routes.is_empty() || before == after {
+        if self.routes.is_empty() {
             return;
         }
         let queue = sub.queue.as_deref();
@@ -207,7 +212,7 @@ async fn run_router(account: std::sync::Weak<Account>, mailbox: async_channel::R
                                 break;
                             }
                         }
-                        if added && Interest::counts(&sub) {
+                        if added && Interest::announced(&sub) {
                             interest.changed(&sub, true);
                         }
                     }
@@ -220,7 +225,7 @@ async fn run_router(account: std::sync::Weak<Account>, mailbox: async_channel::R
                                 .remove(&sub.subject, sub.queue.as_deref(), &sub)
                                 .is_ok();
                         }
-                        if removed && Interest::counts(&sub) {
+                        if removed && Interest::announced(&sub) {
                             interest.changed(&sub, false);
                         }
                     }

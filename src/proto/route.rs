@@ -143,10 +143,13 @@ impl<'a> RouteMsg<'a> {
 
     /// The queue groups the sender picked this node's members for.
     pub fn queues(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.queue_list
-            .split(|&b| is_ws(b))
-            .filter(|q| !q.is_empty())
+        queue_names(self.queue_list)
     }
+}
+
+/// The names in an RMSG's queue list ([`RouteMsg::queue_list`]).
+pub fn queue_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|&b| is_ws(b)).filter(|q| !q.is_empty())
 }
 
 /// Route protocol parser; like the client parser it is resumable (returns
