@@ -42,7 +42,7 @@ pub async fn start(
     spawner: Spawner,
     server_name: String,
 ) -> Result<Started, StorageError> {
-    let (storage, closed) = Storage::open(&config.store_dir)?;
+    let (storage, closed) = Storage::open(&config.store_dir, config.ack)?;
     let usage = Arc::new(Usage {
         max_memory: config.max_memory.0,
         max_file: config.max_file.0,
@@ -331,8 +331,9 @@ impl JetStream {
                 let _ = tx.try_send(r);
             }),
         });
+        // The first word (written, or committed) is the answer; a second is ignored.
         match rx.recv().await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("storage stopped".into()),
         }

@@ -389,6 +389,7 @@ impl Monitor {
             .collect();
         Some(JetStreamCounters {
             store_dir: config.jetstream.store_dir.display().to_string(),
+            sync_always: config.jetstream.ack == crate::config::AckAfter::Fsync,
             max_memory: usage.max_memory,
             max_file: usage.max_file,
             memory: usage.memory.load(Ordering::Relaxed),

@@ -7,14 +7,26 @@
 //! the next one fills while a commit is in flight. Each submitter is told once its
 //! writes are durable; a stream acks a publish only then.
 //!
+//! With `[jetstream] ack = "write"` a journal thread sits in front of the writer: it
+//! appends each batch to `jetstream.journal` with one `write()` (no fsync), reports the
+//! batch written (streams ack then), and passes it on to the writer, which commits
+//! as above and records in the same transaction how far into the journal redb is. On
+//! open, whatever the journal holds past that mark is committed first, in either mode.
+//!
 //! Reads (a message a consumer needs that is no longer cached, the startup load) are
 //! short read transactions on the caller's thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::io::{Read, Seek, Write};
+use std::sync::{Condvar, Mutex};
+
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::config::AckAfter;
+pub use crate::jetstream::journal::WriteOp;
+use crate::jetstream::journal::{self, Applied, Next};
 use crate::jetstream::schema::{
     self, ConsumerRecord, MessageRecord, StreamRecord, MARKER_TABLE, STREAMS_TABLE,
 };
@@ -40,6 +52,8 @@ pub enum StorageError {
     },
     #[error("JetStream store {path} is damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
+    #[error("JetStream journal {path}: {reason}")]
+    Journal { path: PathBuf, reason: String },
     #[error("JetStream store write failed: {0}")]
     Write(String),
     #[error("the JetStream storage writer has stopped")]
@@ -50,23 +64,24 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::Write(e.to_string())
 }
 
-/// One write to apply, on behalf of one stream.
-#[derive(Debug)]
-pub enum WriteOp {
-    PutStream(Box<StreamRecord>),
-    DeleteStream,
-    Append { seq: u64, record: Vec<u8> },
-    Remove(u64),
-    RemoveBelow(u64),
-    PutConsumer { name: String, record: Vec<u8> },
-    DeleteConsumer(String),
+/// How far a write batch has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// In the journal (`ack = "write"` only): it survives a crash of the process.
+    Written,
+    /// In an fsynced redb commit; readable from redb from now on.
+    Committed,
 }
+
+/// Told of a batch's progress: with `ack = "write"` once `Written` and once
+/// `Committed`, else once `Committed`; an error ends it.
+pub type Done = Box<dyn FnMut(Result<Progress, Arc<StorageError>>) + Send>;
 
 /// Writes of one stream, applied in order, with who to tell when they are durable.
 pub struct WriteBatch {
     pub stream: String,
     pub ops: Vec<WriteOp>,
-    pub done: Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>,
+    pub done: Done,
 }
 
 /// A stream as stored: its record, messages and consumers.
@@ -98,6 +113,13 @@ pub struct Storage {
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new(STREAMS_TABLE);
 const MARKER: TableDefinition<&str, &str> = TableDefinition::new(MARKER_TABLE);
+/// `applied` → [`Applied`]: how far into the journal redb is.
+const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
+/// The journal is emptied (once redb has all of it) when it grows past this.
+const JOURNAL_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+/// The journal thread waits when the writer is this many bytes behind it (the
+/// batches in between are held in memory, and stream caches must keep them).
+const JOURNAL_MAX_LAG: u64 = 2 * 1024 * 1024;
 /// A group commit takes at most this many bytes of writes before it commits.
 const MAX_COMMIT_BYTES: usize = 8 * 1024 * 1024;
 const MAX_COMMIT_BATCHES: usize = 4096;
@@ -117,8 +139,10 @@ fn consumers_def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]>
 }
 
 impl Storage {
-    /// Opens (or creates) the store in `dir` and starts the writer thread.
-    pub fn open(dir: &Path) -> Result<(Storage, Closed), StorageError> {
+    /// Opens (or creates) the store in `dir`, commits what its journal holds past
+    /// redb's mark, and starts the writer thread (and the journal thread for
+    /// `AckAfter::Write`).
+    pub fn open(dir: &Path, ack: AckAfter) -> Result<(Storage, Closed), StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -137,20 +161,48 @@ impl Storage {
                 },
             })?;
         check_marker(&db, &path)?;
+        let journal_path = dir.join("jetstream.journal");
+        let replayed = replay_journal(&db, &journal_path)?;
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
         let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let spawn_err = |e: std::io::Error| StorageError::Open {
+            path: path.clone(),
+            reason: format!("cannot start the storage threads: {e}"),
+        };
         let writer_db = db.clone();
-        std::thread::Builder::new()
-            .name("meshbroker-storage".into())
-            .spawn(move || {
-                writer(writer_db, rx);
-                let _ = closed_tx.send(());
-            })
-            .map_err(|e| StorageError::Open {
-                path: path.clone(),
-                reason: format!("cannot start the writer thread: {e}"),
-            })?;
+        match ack {
+            AckAfter::Fsync => {
+                if replayed.had_file {
+                    // Everything it held is in redb now.
+                    let _ = std::fs::remove_file(&journal_path);
+                }
+                std::thread::Builder::new()
+                    .name("meshbroker-storage".into())
+                    .spawn(move || {
+                        writer(writer_db, rx);
+                        let _ = closed_tx.send(());
+                    })
+                    .map_err(spawn_err)?;
+            }
+            AckAfter::Write => {
+                let journal = Journal::create(&journal_path, replayed.next_generation)?;
+                let lag = Arc::new(Lag::default());
+                let (to_writer, from_journal) = std::sync::mpsc::channel();
+                let writer_lag = lag.clone();
+                std::thread::Builder::new()
+                    .name("meshbroker-storage".into())
+                    .spawn(move || {
+                        journaled_writer(writer_db, from_journal, writer_lag);
+                        let _ = closed_tx.send(());
+                    })
+                    .map_err(spawn_err)?;
+                std::thread::Builder::new()
+                    .name("meshbroker-journal".into())
+                    .spawn(move || journal.run(rx, to_writer, lag))
+                    .map_err(spawn_err)?;
+            }
+        }
         Ok((
             Storage {
                 db,
@@ -167,7 +219,7 @@ impl Storage {
 
     /// Queues writes; `batch.done` runs (on the writer thread) once they are durable.
     pub fn submit(&self, batch: WriteBatch) {
-        if let Err(std::sync::mpsc::SendError(batch)) = self.writes.send(batch) {
+        if let Err(std::sync::mpsc::SendError(mut batch)) = self.writes.send(batch) {
             (batch.done)(Err(Arc::new(StorageError::Stopped)));
         }
     }
@@ -347,22 +399,340 @@ fn writer(db: Arc<redb::Database>, rx: std::sync::mpsc::Receiver<WriteBatch>) {
             }
         }
         last_ops = ops;
-        let result = commit(&db, &pending).map_err(Arc::new);
+        let result = commit(&db, &pending, None).map_err(Arc::new);
         if let Err(e) = &result {
             log::error!("{e}");
         }
-        for b in pending.drain(..) {
-            (b.done)(result.clone());
+        for mut b in pending.drain(..) {
+            (b.done)(result.clone().map(|()| Progress::Committed));
         }
     }
 }
 
-fn commit(db: &redb::Database, batches: &[WriteBatch]) -> Result<(), StorageError> {
+/// The writer thread behind the journal: commits whatever the journal thread has
+/// passed on (its acks went out already, so there is nothing to wait for) together
+/// with the journal position it reaches.
+fn journaled_writer(
+    db: Arc<redb::Database>,
+    rx: std::sync::mpsc::Receiver<(Vec<WriteBatch>, Applied)>,
+    lag: Arc<Lag>,
+) {
+    while let Ok((mut pending, mut at)) = rx.recv() {
+        let mut bytes: usize = pending.iter().map(batch_bytes).sum();
+        while bytes < MAX_COMMIT_BYTES {
+            match rx.try_recv() {
+                Ok((more, upto)) => {
+                    bytes += more.iter().map(batch_bytes).sum::<usize>();
+                    pending.extend(more);
+                    at = upto;
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &pending, Some(at)).map_err(Arc::new);
+        match &result {
+            Ok(()) => lag.advance(at),
+            Err(e) => {
+                // The journal keeps these writes; they are committed at the next
+                // start. Until then the journal must not be emptied.
+                log::error!("{e}");
+                lag.fail();
+            }
+        }
+        for b in pending.iter_mut() {
+            (b.done)(result.clone().map(|()| Progress::Committed));
+        }
+    }
+}
+
+/// Applies `batches` in one transaction (with the journal position they reach, if
+/// they came through the journal) and commits it with an fsync.
+fn commit(
+    db: &redb::Database,
+    batches: &[WriteBatch],
+    mark: Option<Applied>,
+) -> Result<(), StorageError> {
     let tx = db.begin_write().map_err(write_err)?;
     for b in batches {
         apply(&tx, b).map_err(|e| StorageError::Write(format!("stream {}: {e}", b.stream)))?;
     }
+    if let Some(mark) = mark {
+        let mut t = tx.open_table(JOURNAL).map_err(write_err)?;
+        t.insert("applied", mark.to_bytes().as_slice())
+            .map_err(write_err)?;
+    }
     tx.commit().map_err(write_err)
+}
+
+/// How far the writer has committed the journal, shared with the journal thread so
+/// it neither runs too far ahead nor empties a journal redb does not hold yet.
+#[derive(Default)]
+struct Lag {
+    /// The position committed, and whether a commit has failed.
+    state: Mutex<(Applied, bool)>,
+    changed: Condvar,
+}
+
+impl Lag {
+    fn advance(&self, at: Applied) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = s.0.max(at);
+        }
+        self.changed.notify_all();
+    }
+
+    fn fail(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1 = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until redb holds the journal up to `at`; false if it never will (a
+    /// commit failed).
+    fn wait_for(&self, at: Applied) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        while s.0 < at && !s.1 {
+            s = match self.changed.wait(s) {
+                Ok(s) => s,
+                Err(_) => return false,
+            };
+        }
+        !s.1
+    }
+}
+
+/// The journal file and its writer thread (`ack = "write"`).
+struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+    generation: u64,
+    /// Bytes in the file (the offset of the next record).
+    written: u64,
+    /// Set when a write failed: what follows could not be replayed in order, so
+    /// nothing more is written (or acknowledged).
+    broken: Option<Arc<StorageError>>,
+}
+
+impl Journal {
+    /// Starts an empty journal of `generation` at `path`.
+    fn create(path: &Path, generation: u64) -> Result<Journal, StorageError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::Journal {
+                path: path.to_path_buf(),
+                reason: format!("cannot open it: {e}"),
+            })?;
+        let mut journal = Journal {
+            file,
+            path: path.to_path_buf(),
+            generation,
+            written: 0,
+            broken: None,
+        };
+        journal
+            .restart(generation)
+            .map_err(|e| StorageError::Journal {
+                path: path.to_path_buf(),
+                reason: format!("cannot write it: {e}"),
+            })?;
+        Ok(journal)
+    }
+
+    /// Empties the file and starts `generation` in it. Only once redb holds
+    /// everything written so far (or at open, after the replay).
+    fn restart(&mut self, generation: u64) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(&journal::header(generation))?;
+        self.generation = generation;
+        self.written = journal::HEADER_LEN;
+        Ok(())
+    }
+
+    fn position(&self) -> Applied {
+        Applied {
+            generation: self.generation,
+            offset: self.written,
+        }
+    }
+
+    fn run(
+        mut self,
+        rx: std::sync::mpsc::Receiver<WriteBatch>,
+        to_writer: std::sync::mpsc::Sender<(Vec<WriteBatch>, Applied)>,
+        lag: Arc<Lag>,
+    ) {
+        let mut buf = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut bytes = batch_bytes(&first);
+            let mut pending = vec![first];
+            while bytes < MAX_COMMIT_BYTES && pending.len() < MAX_COMMIT_BATCHES {
+                match rx.try_recv() {
+                    Ok(b) => {
+                        bytes += batch_bytes(&b);
+                        pending.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            buf.clear();
+            for b in &pending {
+                journal::encode_record(&mut buf, self.generation, &b.stream, &b.ops);
+            }
+            let written = match &self.broken {
+                Some(e) => Err(e.clone()),
+                None => self.file.write_all(&buf).map_err(|e| {
+                    let e = Arc::new(StorageError::Journal {
+                        path: self.path.clone(),
+                        reason: format!("write failed: {e}"),
+                    });
+                    log::error!("{e}");
+                    self.broken = Some(e.clone());
+                    e
+                }),
+            };
+            if let Err(e) = written {
+                for b in pending.iter_mut() {
+                    (b.done)(Err(e.clone()));
+                }
+                continue;
+            }
+            self.written += buf.len() as u64;
+            for b in pending.iter_mut() {
+                (b.done)(Ok(Progress::Written));
+            }
+            let at = self.position();
+            if to_writer.send((pending, at)).is_err() {
+                return;
+            }
+            // Held batches are memory, and stream caches keep the messages redb does
+            // not have yet: the writer may not fall far behind.
+            let behind = Applied {
+                generation: self.generation,
+                offset: self.written.saturating_sub(JOURNAL_MAX_LAG),
+            };
+            if !lag.wait_for(behind) {
+                continue;
+            }
+            if self.written >= JOURNAL_ROTATE_BYTES && lag.wait_for(at) {
+                if let Err(e) = self.restart(self.generation + 1) {
+                    let e = Arc::new(StorageError::Journal {
+                        path: self.path.clone(),
+                        reason: format!("cannot empty it: {e}"),
+                    });
+                    log::error!("{e}");
+                    self.broken = Some(e);
+                }
+            }
+        }
+    }
+}
+
+/// What opening found of an earlier journal.
+struct Replayed {
+    /// Whether a journal file existed.
+    had_file: bool,
+    /// The generation a new journal must have: past both the file's and redb's mark,
+    /// so that replay never mistakes its records for applied ones.
+    next_generation: u64,
+}
+
+/// Commits whatever the journal at `path` holds past redb's mark.
+fn replay_journal(db: &redb::Database, path: &Path) -> Result<Replayed, StorageError> {
+    let err = |reason: String| StorageError::Journal {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mark = {
+        let tx = db.begin_read().map_err(|e| err(e.to_string()))?;
+        match tx.open_table(JOURNAL) {
+            Ok(t) => match t.get("applied").map_err(|e| err(e.to_string()))? {
+                Some(v) => Applied::from_bytes(v.value())
+                    .ok_or_else(|| err("redb's journal mark is not 16 bytes".into()))?,
+                None => Applied::default(),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => Applied::default(),
+            Err(e) => return Err(err(e.to_string())),
+        }
+    };
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| err(format!("cannot read it: {e}")))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Replayed {
+                had_file: false,
+                next_generation: mark.generation + 1,
+            })
+        }
+        Err(e) => return Err(err(format!("cannot open it: {e}"))),
+    }
+    if bytes.is_empty() {
+        // Emptied for a new generation, and stopped before its header was written.
+        return Ok(Replayed {
+            had_file: true,
+            next_generation: mark.generation + 1,
+        });
+    }
+    let generation = journal::read_header(&bytes).map_err(|e| err(e.to_string()))?;
+    let replayed = Replayed {
+        had_file: true,
+        next_generation: generation.max(mark.generation) + 1,
+    };
+    let Some(mut at) = mark.replay_from(generation) else {
+        return Ok(replayed);
+    };
+    let mut batches = Vec::new();
+    loop {
+        let rest = bytes.get(at as usize..).unwrap_or_default();
+        match journal::next_record(rest, generation)
+            .map_err(|e| err(format!("record at byte {at}: {e}")))?
+        {
+            Next::Record { stream, ops, len } => {
+                batches.push(WriteBatch {
+                    stream,
+                    ops,
+                    done: Box::new(|_| {}),
+                });
+                at += len as u64;
+            }
+            Next::End => break,
+            Next::Torn => {
+                log::warn!(
+                    "JetStream journal {}: the last {} bytes are a write cut short (never \
+                     acknowledged); ignored",
+                    path.display(),
+                    rest.len()
+                );
+                break;
+            }
+        }
+    }
+    if !batches.is_empty() {
+        log::info!(
+            "JetStream journal {}: committing {} write batches not yet in the store",
+            path.display(),
+            batches.len()
+        );
+        commit(
+            db,
+            &batches,
+            Some(Applied {
+                generation,
+                offset: at,
+            }),
+        )?;
+    }
+    Ok(replayed)
 }
 
 fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
@@ -475,4 +845,143 @@ fn append_run(
     }
     run.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jetstream::api::StreamConfig;
+
+    fn scratch(tag: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "meshbroker-storage-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn stream_record(name: &str) -> WriteOp {
+        WriteOp::PutStream(Box::new(StreamRecord {
+            config: StreamConfig {
+                name: name.into(),
+                ..StreamConfig::default()
+            },
+            created: 1,
+            last_seq: 0,
+            last_ts: 0,
+        }))
+    }
+
+    fn append(seq: u64, body: &str) -> WriteOp {
+        let mut record = Vec::new();
+        schema::encode_message(&mut record, seq as i64, None, "s", 0, body.as_bytes());
+        WriteOp::Append { seq, record }
+    }
+
+    /// Submits `ops` and returns every progress report, waiting for the last.
+    fn write(storage: &Storage, ops: Vec<WriteOp>) -> Vec<Progress> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        storage.submit(WriteBatch {
+            stream: "S".into(),
+            ops,
+            done: Box::new(move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }),
+        });
+        let mut seen = Vec::new();
+        while let Ok(r) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            let p = r.expect("write succeeds");
+            seen.push(p);
+            if p == Progress::Committed {
+                break;
+            }
+        }
+        seen
+    }
+
+    fn close(storage: Storage, closed: Closed) {
+        drop(storage);
+        closed.wait(std::time::Duration::from_secs(10));
+    }
+
+    fn bodies(dir: &Path) -> Vec<(u64, String)> {
+        let (storage, closed) = Storage::open(dir, AckAfter::Fsync).expect("open");
+        let loaded = storage.load_all().expect("load");
+        close(storage, closed);
+        loaded
+            .iter()
+            .flat_map(|s| &s.messages)
+            .map(|(seq, m)| (*seq, String::from_utf8_lossy(&m.data).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn write_acks_come_before_the_commit_and_both_modes_read_the_result() {
+        let dir = scratch("modes");
+        let (storage, closed) = Storage::open(&dir, AckAfter::Write).expect("open");
+        let progress = write(&storage, vec![stream_record("S"), append(1, "one")]);
+        assert_eq!(progress, [Progress::Written, Progress::Committed]);
+        write(&storage, vec![append(2, "two")]);
+        close(storage, closed);
+        assert!(dir.join("jetstream.journal").exists());
+        // Opened with fsync acks, the journal is done with and goes.
+        assert_eq!(bodies(&dir), [(1, "one".into()), (2, "two".into())]);
+        assert!(!dir.join("jetstream.journal").exists());
+        let (storage, closed) = Storage::open(&dir, AckAfter::Fsync).expect("open");
+        assert_eq!(
+            write(&storage, vec![append(3, "three")]),
+            [Progress::Committed]
+        );
+        close(storage, closed);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash after the journal write and before the commit leaves records past
+    /// redb's mark: the next open commits them, once, and ignores a torn tail.
+    #[test]
+    fn records_past_the_mark_are_committed_on_open() {
+        let dir = scratch("replay");
+        let (storage, closed) = Storage::open(&dir, AckAfter::Write).expect("open");
+        write(&storage, vec![stream_record("S"), append(1, "one")]);
+        close(storage, closed);
+        // What a killed node leaves: records of the current generation past the mark
+        // (redb's mark is generation 1, so the new file is generation 2 from its
+        // start), the last one cut short.
+        let path = dir.join("jetstream.journal");
+        let mut file = journal::header(2).to_vec();
+        journal::encode_record(&mut file, 2, "S", &[append(2, "two")]);
+        journal::encode_record(&mut file, 2, "S", &[append(3, "three")]);
+        let mut torn = Vec::new();
+        journal::encode_record(&mut torn, 2, "S", &[append(4, "four")]);
+        file.extend_from_slice(&torn[..torn.len() - 3]);
+        std::fs::write(&path, &file).expect("journal");
+        let expected: Vec<(u64, String)> =
+            vec![(1, "one".into()), (2, "two".into()), (3, "three".into())];
+        assert_eq!(bodies(&dir), expected);
+        // Nothing is applied twice on the next open, in either mode.
+        let (storage, closed) = Storage::open(&dir, AckAfter::Write).expect("open");
+        write(&storage, vec![append(4, "four again")]);
+        close(storage, closed);
+        let mut after = expected.clone();
+        after.push((4, "four again".into()));
+        assert_eq!(bodies(&dir), after);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_foreign_journal_is_refused_by_name() {
+        let dir = scratch("foreign");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("jetstream.journal"), b"not a journal at all").expect("w");
+        let err = Storage::open(&dir, AckAfter::Write)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("jetstream.journal"), "{err}");
+        assert!(err.contains("header"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

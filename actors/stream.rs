@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::publish::{InternalMsg, InternalSink, Message, Publisher, Subscription};
 use super::router::{Account, SubChange};
 use super::runtime;
-use super::storage::{Storage, StorageError, WriteBatch, WriteOp};
+use super::storage::{Progress, Storage, StorageError, WriteBatch, WriteOp};
 use crate::jetstream::api::{
     self, ConsumerConfig, CreateConsumerRequest, MsgDeleteRequest, MsgGetRequest, NextRequest,
     PurgeRequest, StoredMessage, StreamConfig, StreamInfo, StreamInfoRequest,
@@ -105,8 +105,8 @@ pub enum StreamCmd {
     Info(async_channel::Sender<StreamInfo>),
     /// Delete the stream and its data; answered once that is durable.
     Delete(async_channel::Sender<Result<(), ApiError>>),
-    /// The storage actor committed (or failed) write batch `id`.
-    Committed(u64, Result<(), Arc<StorageError>>),
+    /// Write batch `id` is written or committed (or failed).
+    Stored(u64, Result<Progress, Arc<StorageError>>),
 }
 
 /// What the JetStream actor keeps for a running stream.
@@ -143,8 +143,12 @@ pub struct StreamActor {
     /// Replies produced since the last write batch was cut.
     replies: Vec<(Bytes, Vec<u8>)>,
     next_batch: u64,
-    /// The highest sequence submitted in a write batch, by batch id.
+    /// The highest sequence submitted in a write batch, by batch id, until the
+    /// batch is durable (written or committed, as `jetstream.ack` says).
     submitted: VecDeque<(u64, u64)>,
+    /// The same, until the batch is committed to redb (only then may the cache
+    /// drop the messages' bytes).
+    uncommitted: VecDeque<(u64, u64)>,
     /// Bytes this stream counts in the node's usage.
     counted_bytes: u64,
     failed: Option<String>,
@@ -182,6 +186,7 @@ pub fn spawn(
         replies: Vec::new(),
         next_batch: 1,
         submitted: VecDeque::new(),
+        uncommitted: VecDeque::new(),
         counted_bytes: 0,
         failed: None,
     };
@@ -391,13 +396,15 @@ impl StreamActor {
             replies: std::mem::take(&mut self.replies),
         });
         self.submitted.push_back((id, self.stream.store.last_seq()));
+        self.uncommitted
+            .push_back((id, self.stream.store.last_seq()));
         let tx = self.commands_tx.clone();
         if let Some(storage) = &self.storage {
             storage.submit(WriteBatch {
                 stream: self.stream.name().to_string(),
                 ops,
                 done: Box::new(move |result| {
-                    let _ = tx.try_send(StreamCmd::Committed(id, result));
+                    let _ = tx.try_send(StreamCmd::Stored(id, result));
                 }),
             });
         }
@@ -463,18 +470,22 @@ impl StreamActor {
         }
     }
 
-    fn committed(&mut self, id: u64, result: Result<(), Arc<StorageError>>) {
-        if let Err(e) = &result {
-            // A store that cannot write cannot ack anything more.
-            self.failed = Some(e.to_string());
-            let err = ApiError::stream_store_failed(&e.to_string());
-            while let Some(h) = self.held.pop_front() {
-                for (reply, _) in h.replies {
-                    self.reply(&reply, api::pub_ack_error(self.stream.name(), &err));
+    fn stored(&mut self, id: u64, result: Result<Progress, Arc<StorageError>>) {
+        let progress = match result {
+            Ok(p) => p,
+            Err(e) => return self.store_failed(&e),
+        };
+        if progress == Progress::Committed {
+            while let Some((b, seq)) = self.uncommitted.front().copied() {
+                if b > id {
+                    break;
                 }
+                self.uncommitted.pop_front();
+                self.stream.store.set_committed(seq);
             }
-            return;
         }
+        // Durable either way (a batch committed without a word before was never
+        // written to a journal).
         while let Some((b, seq)) = self.submitted.front().copied() {
             if b > id {
                 break;
@@ -485,6 +496,17 @@ impl StreamActor {
         while self.held.front().is_some_and(|h| h.batch <= id) {
             if let Some(h) = self.held.pop_front() {
                 self.send_replies(h.replies);
+            }
+        }
+    }
+
+    fn store_failed(&mut self, e: &StorageError) {
+        // A store that cannot write cannot ack anything more.
+        self.failed = Some(e.to_string());
+        let err = ApiError::stream_store_failed(&e.to_string());
+        while let Some(h) = self.held.pop_front() {
+            for (reply, _) in h.replies {
+                self.reply(&reply, api::pub_ack_error(self.stream.name(), &err));
             }
         }
     }
@@ -600,7 +622,7 @@ impl StreamActor {
                 let _ = done.send(info).await;
             }
             StreamCmd::Delete(_) => {}
-            StreamCmd::Committed(id, result) => self.committed(id, result),
+            StreamCmd::Stored(id, result) => self.stored(id, result),
         }
     }
 
@@ -645,7 +667,7 @@ impl StreamActor {
             }),
         });
         match rx.recv().await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(ApiError::stream_general(&e.to_string())),
             Err(_) => Err(ApiError::stream_general("storage stopped")),
         }
@@ -1239,6 +1261,7 @@ pub fn restore(loaded: super::storage::LoadedStream, now: i64) -> Stream {
     stream.store.set_last(rec.last_seq, rec.last_ts);
     let last = stream.store.last_seq().max(rec.last_seq);
     stream.store.set_durable(last);
+    stream.store.set_committed(last);
     stream.restore_dedupe(now, ids);
     for c in loaded.consumers {
         let consumer = Consumer::restore(

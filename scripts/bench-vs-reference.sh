@@ -5,6 +5,10 @@
 #
 #   ./scripts/bench-vs-reference.sh [extra bench flags, e.g. --msgs 5000000 --rounds 5]
 #   SCENARIOS=jspub,jspubasync,jsfetch REF_SYNC=always ./scripts/bench-vs-reference.sh
+#   SCENARIOS=jspub,jspubasync,jsfetch MB_ACK=write ./scripts/bench-vs-reference.sh
+#
+# MB_ACK sets meshbroker's `jetstream.ack` (fsync, the default, or write); REF_SYNC
+# the reference's `sync_interval` (2m, its default, or always).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-reference.sh >/dev/null
@@ -22,11 +26,12 @@ listen = "127.0.0.1:$mb_port"
 log_level = "warn"
 [jetstream]
 store_dir = "$work/js"
+ack = "${MB_ACK:-fsync}"
 TOML
 "$bin" --conf "$work/node.toml" & pids+=($!); mb_pid=$!
 # JetStream on both, file storage in the same scratch directory. The reference's acks
 # do not wait for an fsync (sync_interval 2 min) unless REF_SYNC=always is set; ours
-# always do (see README, JetStream).
+# do unless MB_ACK=write is set (see README, JetStream).
 cat > "$work/ref.conf" <<CONF
 jetstream { store_dir: "$work/refjs", sync_interval: "${REF_SYNC:-2m}" }
 CONF

@@ -35,3 +35,8 @@ python3 -m pip install --quiet --disable-pip-version-check 'nats-py==2.16.0' 2>/
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 export MESHBROKER_CI=1
 cargo test --all-targets "$@"
+# The JetStream suites once more with acks after the journal write (jetstream.ack =
+# "write"; tests/jetstream_crash.rs covers both kinds itself).
+if [ $# -eq 0 ]; then
+  MESHBROKER_TEST_JS_ACK=write cargo test --test jetstream --test jetstream_differential --test python_client
+fi

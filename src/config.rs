@@ -146,6 +146,22 @@ pub struct JetStreamConfig {
     pub max_memory: Size,
     /// Most bytes all file streams may hold together (0: no limit).
     pub max_file: Size,
+    /// When a write (a publish, a consumer ack, a stream change) is acknowledged.
+    pub ack: AckAfter,
+}
+
+/// `jetstream.ack`: what an acknowledgement promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckAfter {
+    /// Once the write is in a redb commit that was fsynced: it survives `kill -9`,
+    /// an OS crash and a power loss.
+    #[default]
+    Fsync,
+    /// Once the write is in the store's journal file (`write()` returned: the OS has
+    /// it). It survives `kill -9`, not an OS crash until the redb commit right behind
+    /// it, like nats-server's default (which fsyncs every two minutes).
+    Write,
 }
 
 impl Default for JetStreamConfig {
@@ -155,6 +171,7 @@ impl Default for JetStreamConfig {
             store_dir: PathBuf::from("./data/jetstream"),
             max_memory: Size(0),
             max_file: Size(0),
+            ack: AckAfter::Fsync,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct NodeCounters {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JetStreamCounters {
     pub store_dir: String,
+    /// Acks wait for an fsynced commit (`jetstream.ack = "fsync"`).
+    pub sync_always: bool,
     /// Limits in bytes; 0 is none.
     pub max_memory: u64,
     pub max_file: u64,
@@ -472,7 +474,8 @@ struct JetStreamConfigz<'a> {
     max_storage: i64,
     store_dir: &'a str,
     /// Acks wait for an fsync'd commit: what the reference reports for its
-    /// `sync_interval: always` (and then no interval).
+    /// `sync_interval: always` (and then no interval). With `ack = "write"` false,
+    /// and still no interval: the commit follows each write at once.
     sync_always: bool,
     strict: bool,
 }
@@ -506,7 +509,7 @@ impl JetStreamCounters {
             max_memory: crate::jetstream::api::limit_or_none(self.max_memory),
             max_storage: crate::jetstream::api::limit_or_none(self.max_file),
             store_dir: &self.store_dir,
-            sync_always: true,
+            sync_always: self.sync_always,
             strict: true,
         }
     }

@@ -1,6 +1,8 @@
 //! Acknowledged means durable: the node is killed with SIGKILL while publishers wait for
 //! acks, restarted on the same store, and every acknowledged message must be there,
-//! once, with sequences continuing after the last one.
+//! once, with sequences continuing after the last one. Both kinds of ack are tested:
+//! after the fsynced redb commit (the default) and after the journal write
+//! (`ack = "write"`, where a restart commits what the journal holds past redb).
 
 mod common;
 
@@ -16,20 +18,22 @@ use futures::StreamExt;
 
 use common::{free_port, meshbroker_binary, wait_for_port, Child, TempDir};
 
-fn run_node(dir: &TempDir, port: u16) -> Child {
+/// Starts the node on `dir`'s store; its log goes to `dir/<log>`.
+fn run_node(dir: &TempDir, port: u16, ack: &str, log: &str) -> Child {
     let conf = dir.0.join("node.toml");
     std::fs::write(
         &conf,
         format!(
-            "listen = \"127.0.0.1:{port}\"\n[jetstream]\nstore_dir = \"{}\"\n",
+            "listen = \"127.0.0.1:{port}\"\nlog_level = \"info\"\n[jetstream]\nstore_dir = \"{}\"\nack = \"{ack}\"\n",
             dir.0.join("js").display()
         ),
     )
     .unwrap();
+    let log = std::fs::File::create(dir.0.join(log)).unwrap();
     let child = Command::new(meshbroker_binary())
         .args(["--conf", conf.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -39,9 +43,18 @@ fn run_node(dir: &TempDir, port: u16) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_kill_9() {
+    kill_9_under_load("fsync").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_survive_kill_9_with_write_acks() {
+    kill_9_under_load("write").await;
+}
+
+async fn kill_9_under_load(ack: &str) {
     let dir = TempDir::new("js-crash");
     let port = free_port();
-    let mut node = run_node(&dir, port);
+    let mut node = run_node(&dir, port, ack, "before.log");
     let url = format!("nats://127.0.0.1:{port}");
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client.clone());
@@ -80,6 +93,37 @@ async fn acked_messages_survive_kill_9() {
             }
         }));
     }
+    // A durable consumer works through the stream meanwhile, one confirmed ack
+    // (double ack) at a time, in order: its ack floor is the last one confirmed.
+    let acked_floor = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let worker: consumer::PullConsumer = js
+        .get_stream("CRASH")
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("WORKER".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let floor = acked_floor.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let Ok(mut batch) = worker.fetch().max_messages(100).messages().await else {
+                return;
+            };
+            while let Some(Ok(m)) = batch.next().await {
+                let Ok(info) = m.info().map(|i| i.stream_sequence) else {
+                    return;
+                };
+                if m.double_ack().await.is_err() {
+                    return;
+                }
+                floor.store(info, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     node.0.kill().unwrap();
     let _ = node.0.wait();
@@ -94,13 +138,27 @@ async fn acked_messages_survive_kill_9() {
         acked.len()
     );
 
-    let _node = run_node(&dir, port);
+    let _node = run_node(&dir, port, ack, "after.log");
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client);
     let mut s = js.get_stream("CRASH").await.unwrap();
     let info = s.info().await.unwrap().clone();
     let max_acked = *acked.keys().last().unwrap();
     assert!(info.state.last_sequence >= max_acked);
+
+    // The consumer resumes where its confirmed acks left it.
+    let confirmed = acked_floor.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(confirmed > 0, "the consumer confirmed acks before the kill");
+    let mut worker: consumer::PullConsumer = s.get_consumer("WORKER").await.unwrap();
+    let floor = worker.info().await.unwrap().ack_floor.stream_sequence;
+    assert!(
+        floor >= confirmed,
+        "ack floor {floor} after restart, {confirmed} confirmed before the kill"
+    );
+    let mut next = worker.fetch().max_messages(1).messages().await.unwrap();
+    let first = next.next().await.unwrap().unwrap();
+    assert!(first.info().unwrap().stream_sequence > floor);
+    drop(next);
 
     // Read everything back: every acked message is present with its payload, and no
     // payload appears twice.
@@ -147,8 +205,14 @@ async fn acked_messages_survive_kill_9() {
         .await
         .unwrap();
     assert_eq!(next.sequence, info.state.last_sequence + 1);
+    let log = std::fs::read_to_string(dir.0.join("after.log")).unwrap_or_default();
+    let replay = log
+        .lines()
+        .find(|l| l.contains("JetStream journal"))
+        .unwrap_or("nothing replayed from the journal");
     eprintln!(
-        "kill -9: {} acked before the kill, {} stored after restart",
+        "kill -9 (ack = {ack}): {} acked before the kill, {} stored after restart, \
+         consumer ack floor {floor} ({confirmed} confirmed); {replay}",
         acked.len(),
         stored.len()
     );

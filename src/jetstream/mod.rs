@@ -1,11 +1,12 @@
 //! JetStream, the pure part: the API's JSON and errors, message headers, a stream's
-//! messages and state machine, consumers, and the storage schema. The actors in
+//! messages and state machine, consumers, the storage schema and the write journal's format. The actors in
 //! `actors/jetstream.rs`, `actors/stream.rs` and `actors/storage.rs` drive it.
 
 pub mod api;
 pub mod consumer;
 pub mod errors;
 pub mod headers;
+pub mod journal;
 pub mod request;
 pub mod schema;
 pub mod store;

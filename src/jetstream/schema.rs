@@ -27,7 +27,7 @@ pub fn consumers_table(stream: &str) -> String {
     format!("consumers/{stream}")
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamRecord {
     pub config: StreamConfig,
     pub created: i64,

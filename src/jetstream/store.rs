@@ -97,6 +97,10 @@ pub struct StreamStore {
     last_ts: i64,
     /// The last sequence known to be durable; consumers deliver nothing beyond it.
     durable: u64,
+    /// The last sequence committed to redb (with `jetstream.ack = "write"` it trails
+    /// `durable`): only messages up to it may leave the cache, since a message
+    /// missing from the cache is read back from redb.
+    committed: u64,
     /// Bytes of cached message data (file streams evict the oldest beyond a budget).
     cached: u64,
     cache_budget: u64,
@@ -134,6 +138,11 @@ impl StreamStore {
 
     pub fn set_durable(&mut self, seq: u64) {
         self.durable = self.durable.max(seq);
+    }
+
+    pub fn set_committed(&mut self, seq: u64) {
+        self.committed = self.committed.max(seq);
+        self.evict();
     }
 
     /// The sequence of the first message, or `last_seq + 1` when empty (as the
@@ -219,8 +228,8 @@ impl StreamStore {
         if self.cached <= self.cache_budget {
             return;
         }
-        for e in self.msgs.values_mut() {
-            if self.cached <= self.cache_budget / 2 {
+        for (&seq, e) in self.msgs.iter_mut() {
+            if self.cached <= self.cache_budget / 2 || seq > self.committed {
                 break;
             }
             if let Some(d) = e.data.take() {
@@ -492,12 +501,17 @@ mod tests {
     }
 
     #[test]
-    fn file_streams_evict_cached_bytes() {
+    fn file_streams_evict_cached_bytes_once_committed() {
         let mut s = StreamStore::new(6, Accounting::Memory);
         for i in 1..=4 {
             s.insert(i, entry("x", 0));
         }
+        // Not in redb yet: the cache is the only copy.
+        assert!((1..=4).all(|i| s.get(i).is_some_and(|e| e.data.is_some())));
+        s.set_committed(2);
         assert!(s.get(1).is_some_and(|e| e.data.is_none()));
+        assert!(s.get(3).is_some_and(|e| e.data.is_some()));
+        s.set_committed(4);
         assert!(s.get(4).is_some_and(|e| e.data.is_some()));
     }
 }

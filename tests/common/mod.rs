@@ -42,11 +42,15 @@ impl Drop for TempDir {
     }
 }
 
-/// A test config with JetStream storing in `dir`.
+/// A test config with JetStream storing in `dir`. `MESHBROKER_TEST_JS_ACK=write`
+/// runs the tests with acks after the journal write (`scripts/test.sh` does both).
 pub fn jetstream_config(dir: &TempDir) -> Config {
     let mut config = test_config();
     config.jetstream.enabled = true;
     config.jetstream.store_dir = dir.0.join("js");
+    if std::env::var("MESHBROKER_TEST_JS_ACK").as_deref() == Ok("write") {
+        config.jetstream.ack = meshbroker::config::AckAfter::Write;
+    }
     config
 }
 
