@@ -16,11 +16,9 @@
 //! Reads (a message a consumer needs that is no longer cached, the startup load) are
 //! short read transactions on the caller's thread.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use std::io::{Read, Seek, Write};
-use std::sync::{Condvar, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -217,7 +215,7 @@ impl Storage {
         &self.path
     }
 
-    /// Queues writes; `batch.done` runs (on the writer thread) once they are durable.
+    /// Queues writes; `batch.done` hears of their progress (on a storage thread).
     pub fn submit(&self, batch: WriteBatch) {
         if let Err(std::sync::mpsc::SendError(mut batch)) = self.writes.send(batch) {
             (batch.done)(Err(Arc::new(StorageError::Stopped)));
