@@ -9,7 +9,7 @@
 //!
 //! File: `MAGIC | generation (u64 LE)`, then records `len (u32 LE) | crc32 (u32 LE)
 //! | body`, the CRC over the generation and the body so a record left over from an
-//! earlier generation never passes. Body: one [`WriteBatch`]'s stream and operations.
+//! earlier generation never passes. Body: one write batch's stream and its [`WriteOp`]s.
 //! Reading stops at the first record that is incomplete or fails its check: a crash in
 //! the middle of a `write()` leaves such a tail, and nothing in it was acknowledged.
 
