@@ -706,8 +706,9 @@ fn replay_journal(db: &redb::Database, path: &Path) -> Result<Replayed, StorageE
             Next::End => break,
             Next::Torn => {
                 log::warn!(
-                    "JetStream journal {}: the last {} bytes are a write cut short (never \
-                     acknowledged); ignored",
+                    "JetStream journal {}: the last {} bytes (from byte {at}) are not a \
+                     whole record: a write cut short by a crash, never acknowledged, or \
+                     damage; ignored",
                     path.display(),
                     rest.len()
                 );

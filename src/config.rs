@@ -713,6 +713,19 @@ mod tests {
         assert!(e.contains("node.toml") && e.contains("max_paylod"), "{e}");
         let e = parse("[jetstream]\nstore = \"x\"").unwrap_err().to_string();
         assert!(e.contains("store"), "{e}");
+        let e = parse("[jetstream]\nack = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `jetstream.ack`") && e.contains("sometimes") && e.contains("write"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("[jetstream]\nack = \"write\"")
+                .ok()
+                .map(|c| c.jetstream.ack),
+            Some(AckAfter::Write)
+        );
         let e = parse("listen = \"localhost\"").unwrap_err().to_string();
         assert!(e.contains("key `listen`"), "{e}");
         let e = parse("max_payload = \"100MiB\"").unwrap_err().to_string();
