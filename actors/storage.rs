@@ -141,6 +141,15 @@ impl Storage {
     /// redb's mark, and starts the writer thread (and the journal thread for
     /// `AckAfter::Write`).
     pub fn open(dir: &Path, ack: AckAfter) -> Result<(Storage, Closed), StorageError> {
+        Self::open_with(dir, ack, JOURNAL_ROTATE_BYTES)
+    }
+
+    /// [`Storage::open`] with the journal emptied once it passes `rotate_at` bytes.
+    fn open_with(
+        dir: &Path,
+        ack: AckAfter,
+        rotate_at: u64,
+    ) -> Result<(Storage, Closed), StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -184,7 +193,7 @@ impl Storage {
                     .map_err(spawn_err)?;
             }
             AckAfter::Write => {
-                let journal = Journal::create(&journal_path, replayed.next_generation)?;
+                let journal = Journal::create(&journal_path, replayed.next_generation, rotate_at)?;
                 let lag = Arc::new(Lag::default());
                 let (to_writer, from_journal) = std::sync::mpsc::channel();
                 let writer_lag = lag.clone();
@@ -512,11 +521,13 @@ struct Journal {
     /// Set when a write failed: what follows could not be replayed in order, so
     /// nothing more is written (or acknowledged).
     broken: Option<Arc<StorageError>>,
+    /// Emptied (once redb holds it all) when it passes this many bytes.
+    rotate_at: u64,
 }
 
 impl Journal {
     /// Starts an empty journal of `generation` at `path`.
-    fn create(path: &Path, generation: u64) -> Result<Journal, StorageError> {
+    fn create(path: &Path, generation: u64, rotate_at: u64) -> Result<Journal, StorageError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -533,6 +544,7 @@ impl Journal {
             generation,
             written: 0,
             broken: None,
+            rotate_at,
         };
         journal
             .restart(generation)
@@ -619,7 +631,7 @@ impl Journal {
             if !lag.wait_for(behind) {
                 continue;
             }
-            if self.written >= JOURNAL_ROTATE_BYTES && lag.wait_for(at) {
+            if self.written >= self.rotate_at && lag.wait_for(at) {
                 if let Err(e) = self.restart(self.generation + 1) {
                     let e = Arc::new(StorageError::Journal {
                         path: self.path.clone(),
@@ -967,6 +979,28 @@ mod tests {
         let mut after = expected.clone();
         after.push((4, "four again".into()));
         assert_eq!(bodies(&dir), after);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Past its size the journal is emptied under a new generation once redb has
+    /// everything; nothing is lost or replayed twice across the generations.
+    #[test]
+    fn the_journal_is_emptied_once_redb_holds_it() {
+        let dir = scratch("rotate");
+        let (storage, closed) = Storage::open_with(&dir, AckAfter::Write, 512).expect("open");
+        write(&storage, vec![stream_record("S"), append(1, "m1")]);
+        let path = dir.join("jetstream.journal");
+        let first = journal::read_header(&std::fs::read(&path).expect("journal")).expect("hdr");
+        for seq in 2..=40 {
+            write(&storage, vec![append(seq, &format!("m{seq}"))]);
+        }
+        let bytes = std::fs::read(&path).expect("journal");
+        let now = journal::read_header(&bytes).expect("header");
+        assert!(now > first + 2, "generations {first} -> {now}");
+        assert!(bytes.len() < 1024, "journal holds {} bytes", bytes.len());
+        close(storage, closed);
+        let expected: Vec<(u64, String)> = (1..=40).map(|s| (s, format!("m{s}"))).collect();
+        assert_eq!(bodies(&dir), expected);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
