@@ -21,6 +21,24 @@ pub const MAGIC: &[u8; 8] = b"MBJRNL1\n";
 pub const HEADER_LEN: u64 = 16;
 const RECORD_HEAD: usize = 8;
 
+/// Operation tags in a record body (a record is `stream (u16 len + bytes) | count (u32)
+/// | operations`, each a tag and its fields, integers little-endian).
+mod tag {
+    /// `json (u32 len + bytes)`: the stream's record.
+    pub const PUT_STREAM: u8 = 1;
+    pub const DELETE_STREAM: u8 = 2;
+    /// `seq (u64) | record (u32 len + bytes)`.
+    pub const APPEND: u8 = 3;
+    /// `seq (u64)`.
+    pub const REMOVE: u8 = 4;
+    /// `seq (u64)`: every message below it.
+    pub const REMOVE_BELOW: u8 = 5;
+    /// `name (u16 len + bytes) | record (u32 len + bytes)`.
+    pub const PUT_CONSUMER: u8 = 6;
+    /// `name (u16 len + bytes)`.
+    pub const DELETE_CONSUMER: u8 = 7;
+}
+
 /// One write to apply, on behalf of one stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
@@ -84,32 +102,32 @@ pub fn encode_record(out: &mut Vec<u8>, generation: u64, stream: &str, ops: &[Wr
     for op in ops {
         match op {
             WriteOp::PutStream(rec) => {
-                out.push(1);
+                out.push(tag::PUT_STREAM);
                 // A record we just built always serialises; an empty one is refused
                 // on replay rather than written wrong.
                 put_bytes32(out, &serde_json::to_vec(rec).unwrap_or_default());
             }
-            WriteOp::DeleteStream => out.push(2),
+            WriteOp::DeleteStream => out.push(tag::DELETE_STREAM),
             WriteOp::Append { seq, record } => {
-                out.push(3);
+                out.push(tag::APPEND);
                 out.extend_from_slice(&seq.to_le_bytes());
                 put_bytes32(out, record);
             }
             WriteOp::Remove(seq) => {
-                out.push(4);
+                out.push(tag::REMOVE);
                 out.extend_from_slice(&seq.to_le_bytes());
             }
             WriteOp::RemoveBelow(seq) => {
-                out.push(5);
+                out.push(tag::REMOVE_BELOW);
                 out.extend_from_slice(&seq.to_le_bytes());
             }
             WriteOp::PutConsumer { name, record } => {
-                out.push(6);
+                out.push(tag::PUT_CONSUMER);
                 put_str16(out, name);
                 put_bytes32(out, record);
             }
             WriteOp::DeleteConsumer(name) => {
-                out.push(7);
+                out.push(tag::DELETE_CONSUMER);
                 put_str16(out, name);
             }
         }
@@ -225,30 +243,30 @@ fn decode_body(body: &[u8]) -> Result<(String, Vec<WriteOp>), JournalError> {
     let mut ops = Vec::with_capacity(count.min(r.0.len()));
     for _ in 0..count {
         let op = match r.u8()? {
-            1 => {
+            tag::PUT_STREAM => {
                 let json = r.bytes32()?;
                 let rec: StreamRecord = serde_json::from_slice(json)
                     .map_err(|e| JournalError::StreamRecord(e.to_string()))?;
                 WriteOp::PutStream(Box::new(rec))
             }
-            2 => WriteOp::DeleteStream,
-            3 => {
+            tag::DELETE_STREAM => WriteOp::DeleteStream,
+            tag::APPEND => {
                 let seq = r.u64()?;
                 WriteOp::Append {
                     seq,
                     record: r.bytes32()?.to_vec(),
                 }
             }
-            4 => WriteOp::Remove(r.u64()?),
-            5 => WriteOp::RemoveBelow(r.u64()?),
-            6 => {
+            tag::REMOVE => WriteOp::Remove(r.u64()?),
+            tag::REMOVE_BELOW => WriteOp::RemoveBelow(r.u64()?),
+            tag::PUT_CONSUMER => {
                 let name = r.str16()?;
                 WriteOp::PutConsumer {
                     name,
                     record: r.bytes32()?.to_vec(),
                 }
             }
-            7 => WriteOp::DeleteConsumer(r.str16()?),
+            tag::DELETE_CONSUMER => WriteOp::DeleteConsumer(r.str16()?),
             other => return Err(JournalError::UnknownOp(other)),
         };
         ops.push(op);
