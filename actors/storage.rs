@@ -18,7 +18,7 @@
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -194,19 +194,18 @@ impl Storage {
             }
             AckAfter::Write => {
                 let journal = Journal::create(&journal_path, replayed.next_generation, rotate_at)?;
-                let lag = Arc::new(Lag::default());
                 let (to_writer, from_journal) = std::sync::mpsc::channel();
-                let writer_lag = lag.clone();
+                let (to_journal, from_writer) = std::sync::mpsc::channel();
                 std::thread::Builder::new()
                     .name("meshbroker-storage".into())
                     .spawn(move || {
-                        journaled_writer(writer_db, from_journal, writer_lag);
+                        journaled_writer(writer_db, from_journal, to_journal);
                         let _ = closed_tx.send(());
                     })
                     .map_err(spawn_err)?;
                 std::thread::Builder::new()
                     .name("meshbroker-journal".into())
-                    .spawn(move || journal.run(rx, to_writer, lag))
+                    .spawn(move || journal.run(rx, to_writer, from_writer))
                     .map_err(spawn_err)?;
             }
         }
@@ -355,98 +354,107 @@ fn check_marker(db: &redb::Database, path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn batch_bytes(b: &WriteBatch) -> usize {
-    b.ops
-        .iter()
-        .map(|op| match op {
-            WriteOp::Append { record, .. } => record.len(),
-            WriteOp::PutConsumer { record, .. } => record.len(),
-            _ => 16,
-        })
-        .sum()
+/// Write batches taken from the queue for one commit (or one journal write).
+#[derive(Default)]
+struct Gathered {
+    batches: Vec<WriteBatch>,
+    bytes: usize,
+    ops: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, b: WriteBatch) {
+        self.bytes += b
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Append { record, .. } => record.len(),
+                WriteOp::PutConsumer { record, .. } => record.len(),
+                _ => 16,
+            })
+            .sum::<usize>();
+        self.ops += b.ops.len();
+        self.batches.push(b);
+    }
+
+    /// Takes what is queued, without waiting, until the queue is empty or a commit
+    /// is full.
+    fn take_queued(&mut self, rx: &std::sync::mpsc::Receiver<WriteBatch>) {
+        while self.bytes < MAX_COMMIT_BYTES && self.batches.len() < MAX_COMMIT_BATCHES {
+            match rx.try_recv() {
+                Ok(b) => self.push(b),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// The writer thread: group commits until every handle is gone.
 fn writer(db: Arc<redb::Database>, rx: std::sync::mpsc::Receiver<WriteBatch>) {
     // Returning drops this thread's database reference; it is the last one once every
     // handle (which also holds the sender) is gone.
-    let mut pending: Vec<WriteBatch> = Vec::new();
     let mut last_ops = 0usize;
     while let Ok(first) = rx.recv() {
-        let mut bytes = batch_bytes(&first);
-        let mut ops = first.ops.len();
+        let mut pending = Gathered::default();
         pending.push(first);
         let mut lingered = false;
         loop {
-            while bytes < MAX_COMMIT_BYTES && pending.len() < MAX_COMMIT_BATCHES {
-                match rx.try_recv() {
-                    Ok(b) => {
-                        bytes += batch_bytes(&b);
-                        ops += b.ops.len();
-                        pending.push(b);
-                    }
-                    Err(_) => break,
-                }
-            }
+            pending.take_queued(&rx);
             // Under a steady load the acks of the last commit are what brings the next
             // writes: wait a moment for them when this batch is much smaller than the
             // last one, rather than paying a commit for half of it. A lone writer (the
             // last commit was small) never waits.
-            if lingered || last_ops < LINGER_MIN_OPS || ops * 2 >= last_ops {
+            if lingered || last_ops < LINGER_MIN_OPS || pending.ops * 2 >= last_ops {
                 break;
             }
             lingered = true;
             match rx.recv_timeout(LINGER) {
-                Ok(b) => {
-                    bytes += batch_bytes(&b);
-                    ops += b.ops.len();
-                    pending.push(b);
-                }
+                Ok(b) => pending.push(b),
                 Err(_) => break,
             }
         }
-        last_ops = ops;
-        let result = commit(&db, &pending, None).map_err(Arc::new);
+        last_ops = pending.ops;
+        let result = commit(&db, &pending.batches, None).map_err(Arc::new);
         if let Err(e) = &result {
             log::error!("{e}");
         }
-        for mut b in pending.drain(..) {
+        for mut b in pending.batches {
             (b.done)(result.clone().map(|()| Progress::Committed));
         }
     }
 }
+
+/// What the writer tells the journal thread after each commit: how far into the
+/// journal redb now is, or `Err` when a commit failed (the journal keeps those
+/// writes for the next start, so it must not be emptied from then on).
+type CommittedUpTo = Result<Applied, ()>;
 
 /// The writer thread behind the journal: commits whatever the journal thread has
 /// passed on (its acks went out already, so there is nothing to wait for) together
 /// with the journal position it reaches.
 fn journaled_writer(
     db: Arc<redb::Database>,
-    rx: std::sync::mpsc::Receiver<(Vec<WriteBatch>, Applied)>,
-    lag: Arc<Lag>,
+    rx: std::sync::mpsc::Receiver<(Gathered, Applied)>,
+    to_journal: std::sync::mpsc::Sender<CommittedUpTo>,
 ) {
     while let Ok((mut pending, mut at)) = rx.recv() {
-        let mut bytes: usize = pending.iter().map(batch_bytes).sum();
-        while bytes < MAX_COMMIT_BYTES {
+        while pending.bytes < MAX_COMMIT_BYTES {
             match rx.try_recv() {
                 Ok((more, upto)) => {
-                    bytes += more.iter().map(batch_bytes).sum::<usize>();
-                    pending.extend(more);
+                    for b in more.batches {
+                        pending.push(b);
+                    }
                     at = upto;
                 }
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &pending, Some(at)).map_err(Arc::new);
-        match &result {
-            Ok(()) => lag.advance(at),
-            Err(e) => {
-                // The journal keeps these writes; they are committed at the next
-                // start. Until then the journal must not be emptied.
-                log::error!("{e}");
-                lag.fail();
-            }
+        let result = commit(&db, &pending.batches, Some(at)).map_err(Arc::new);
+        if let Err(e) = &result {
+            log::error!("{e}");
         }
-        for b in pending.iter_mut() {
+        let _ = to_journal.send(result.as_ref().map(|()| at).map_err(|_| ()));
+        for mut b in pending.batches {
             (b.done)(result.clone().map(|()| Progress::Committed));
         }
     }
@@ -471,46 +479,6 @@ fn commit(
     tx.commit().map_err(write_err)
 }
 
-/// How far the writer has committed the journal, shared with the journal thread so
-/// it neither runs too far ahead nor empties a journal redb does not hold yet.
-#[derive(Default)]
-struct Lag {
-    /// The position committed, and whether a commit has failed.
-    state: Mutex<(Applied, bool)>,
-    changed: Condvar,
-}
-
-impl Lag {
-    fn advance(&self, at: Applied) {
-        if let Ok(mut s) = self.state.lock() {
-            s.0 = s.0.max(at);
-        }
-        self.changed.notify_all();
-    }
-
-    fn fail(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.1 = true;
-        }
-        self.changed.notify_all();
-    }
-
-    /// Waits until redb holds the journal up to `at`; false if it never will (a
-    /// commit failed).
-    fn wait_for(&self, at: Applied) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
-        while s.0 < at && !s.1 {
-            s = match self.changed.wait(s) {
-                Ok(s) => s,
-                Err(_) => return false,
-            };
-        }
-        !s.1
-    }
-}
-
 /// The journal file and its writer thread (`ack = "write"`).
 struct Journal {
     file: std::fs::File,
@@ -523,6 +491,10 @@ struct Journal {
     broken: Option<Arc<StorageError>>,
     /// Emptied (once redb holds it all) when it passes this many bytes.
     rotate_at: u64,
+    /// How far redb holds the journal, as the writer last said.
+    committed: Applied,
+    /// A commit failed: the journal is never emptied again.
+    commit_failed: bool,
 }
 
 impl Journal {
@@ -545,6 +517,8 @@ impl Journal {
             written: 0,
             broken: None,
             rotate_at,
+            committed: Applied::default(),
+            commit_failed: false,
         };
         journal
             .restart(generation)
@@ -573,27 +547,46 @@ impl Journal {
         }
     }
 
+    /// Notes what the writer said.
+    fn heard(&mut self, word: CommittedUpTo) {
+        match word {
+            Ok(at) => self.committed = self.committed.max(at),
+            Err(()) => self.commit_failed = true,
+        }
+    }
+
+    /// Waits until redb holds the journal up to `at`; false if it never will (a
+    /// commit failed, or the writer is gone).
+    fn wait_for(
+        &mut self,
+        at: Applied,
+        from_writer: &std::sync::mpsc::Receiver<CommittedUpTo>,
+    ) -> bool {
+        while let Ok(word) = from_writer.try_recv() {
+            self.heard(word);
+        }
+        while self.committed < at && !self.commit_failed {
+            match from_writer.recv() {
+                Ok(word) => self.heard(word),
+                Err(_) => return false,
+            }
+        }
+        !self.commit_failed
+    }
+
     fn run(
         mut self,
         rx: std::sync::mpsc::Receiver<WriteBatch>,
-        to_writer: std::sync::mpsc::Sender<(Vec<WriteBatch>, Applied)>,
-        lag: Arc<Lag>,
+        to_writer: std::sync::mpsc::Sender<(Gathered, Applied)>,
+        from_writer: std::sync::mpsc::Receiver<CommittedUpTo>,
     ) {
         let mut buf = Vec::new();
         while let Ok(first) = rx.recv() {
-            let mut bytes = batch_bytes(&first);
-            let mut pending = vec![first];
-            while bytes < MAX_COMMIT_BYTES && pending.len() < MAX_COMMIT_BATCHES {
-                match rx.try_recv() {
-                    Ok(b) => {
-                        bytes += batch_bytes(&b);
-                        pending.push(b);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let mut pending = Gathered::default();
+            pending.push(first);
+            pending.take_queued(&rx);
             buf.clear();
-            for b in &pending {
+            for b in &pending.batches {
                 journal::encode_record(&mut buf, self.generation, &b.stream, &b.ops);
             }
             let written = match &self.broken {
@@ -609,13 +602,13 @@ impl Journal {
                 }),
             };
             if let Err(e) = written {
-                for b in pending.iter_mut() {
+                for b in pending.batches.iter_mut() {
                     (b.done)(Err(e.clone()));
                 }
                 continue;
             }
             self.written += buf.len() as u64;
-            for b in pending.iter_mut() {
+            for b in pending.batches.iter_mut() {
                 (b.done)(Ok(Progress::Written));
             }
             let at = self.position();
@@ -628,10 +621,10 @@ impl Journal {
                 generation: self.generation,
                 offset: self.written.saturating_sub(JOURNAL_MAX_LAG),
             };
-            if !lag.wait_for(behind) {
+            if !self.wait_for(behind, &from_writer) {
                 continue;
             }
-            if self.written >= self.rotate_at && lag.wait_for(at) {
+            if self.written >= self.rotate_at && self.wait_for(at, &from_writer) {
                 if let Err(e) = self.restart(self.generation + 1) {
                     let e = Arc::new(StorageError::Journal {
                         path: self.path.clone(),
