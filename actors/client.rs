@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
 use super::node::{ServerContext, TlsSetup};
-use super::outbound::{drain, Drained, OutboundQueue, Wake};
+use super::outbound::{drain, Drained, OutboundQueue, Wake, STALL_MAX, STALL_TOTAL};
 use super::publish::{Message, Publisher, ReplyLog, Subscription};
 use super::readbuf::ReadBuf;
 use super::router::{Account, SubChange};
@@ -73,6 +73,10 @@ impl Wake for ClientShared {
             None => self.out.wake(),
         }
     }
+
+    fn outbound(&self) -> &OutboundQueue {
+        &self.out
+    }
 }
 
 /// Which listener a connection came through.
@@ -111,7 +115,8 @@ pub fn spawn(
         control: control_tx.clone(),
         socket: inline.then(|| stream.clone().into()),
     });
-    ctx.spawner.clone().spawn_detached(async move {
+    let spawner = ctx.spawner.clone();
+    let fut = async move {
         let account = ctx.global.clone();
         let mut client = Client::new(ctx, shared, account, peer);
         log::debug!("client {id} connected from {peer} ({via:?})");
@@ -121,50 +126,66 @@ pub fn spawn(
             control: control_rx,
         };
         match (via, tls, websocket) {
+            // TLS and WebSocket sessions are boxed: their handshake state would
+            // otherwise make every plain connection's task as large as theirs (~48 KiB).
             (Via::Tcp, None, _) => session.serve(stream.clone(), stream).await,
             (Via::Tcp, Some(tls), _) => {
-                if let Some(tls) = session.client.start_tls(&stream, &tls).await {
-                    let (reader, writer) = futures_lite::io::split(tls);
-                    session.serve(reader, writer).await;
-                }
+                Box::pin(async {
+                    if let Some(tls) = session.client.start_tls(&stream, &tls).await {
+                        let (reader, writer) = futures_lite::io::split(tls);
+                        session.serve(reader, writer).await;
+                    }
+                })
+                .await
             }
             (Via::WebSocket, _, Some(ws)) => {
-                session.client.transport = "websocket";
-                let limit = ws.handshake_timeout;
-                let max_payload = session.client.ctx.config().max_payload.as_usize();
-                match &ws.acceptor {
-                    Some(acceptor) => {
-                        let handshakes = async {
-                            let tls = acceptor
-                                .accept(stream.clone())
-                                .await
-                                .map_err(|e| e.to_string())?;
-                            let details = tls_session(tls.get_ref().1);
-                            websocket::accept(tls, &ws.policy, true, max_payload, peer)
-                                .await
-                                .map(|halves| (halves, details))
-                        };
-                        if let Some(((reader, writer), details)) =
-                            ws_handshake(limit, handshakes, peer).await
-                        {
-                            session.client.tls_session = Some(details);
-                            session.serve(reader, writer).await;
+                Box::pin(async {
+                    session.client.transport = "websocket";
+                    let limit = ws.handshake_timeout;
+                    let max_payload = session.client.ctx.config().max_payload.as_usize();
+                    match &ws.acceptor {
+                        Some(acceptor) => {
+                            let handshakes = async {
+                                let tls = acceptor
+                                    .accept(stream.clone())
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                                let details = tls_session(tls.get_ref().1);
+                                websocket::accept(tls, &ws.policy, true, max_payload, peer)
+                                    .await
+                                    .map(|halves| (halves, details))
+                            };
+                            if let Some(((reader, writer), details)) =
+                                ws_handshake(limit, handshakes, peer).await
+                            {
+                                session.client.tls_session = Some(details);
+                                session.serve(reader, writer).await;
+                            }
+                        }
+                        None => {
+                            let handshake = websocket::accept(
+                                stream.clone(),
+                                &ws.policy,
+                                false,
+                                max_payload,
+                                peer,
+                            );
+                            if let Some((reader, writer)) =
+                                ws_handshake(limit, handshake, peer).await
+                            {
+                                session.serve(reader, writer).await;
+                            }
                         }
                     }
-                    None => {
-                        let handshake =
-                            websocket::accept(stream.clone(), &ws.policy, false, max_payload, peer);
-                        if let Some((reader, writer)) = ws_handshake(limit, handshake, peer).await {
-                            session.serve(reader, writer).await;
-                        }
-                    }
-                }
+                })
+                .await
             }
             (Via::WebSocket, _, None) => {}
         }
         let _ = session.socket.shutdown(std::net::Shutdown::Both);
         let _ = gone.send(id).await;
-    });
+    };
+    spawner.spawn_detached(fut);
     control_tx
 }
 
@@ -230,7 +251,13 @@ impl Session<'_> {
     ) {
         let deadline = self.client.ctx.config().write_deadline.0;
         let shared = self.client.shared.clone();
-        let writer = write_loop(writer, self.socket.clone(), shared, deadline);
+        let writer = write_loop(
+            writer,
+            self.socket.clone(),
+            shared,
+            deadline,
+            self.client.peer,
+        );
         let Some(writer) = self.client.ctx.spawner.spawn(writer) else {
             return;
         };
@@ -240,17 +267,25 @@ impl Session<'_> {
 }
 
 /// Drains the connection's outbound queue into `out`; tells the actor when a write
-/// fails or misses its deadline.
+/// fails or misses its deadline (logged as the reference logs it).
 async fn write_loop(
     out: impl futures_lite::AsyncWrite + Unpin,
     socket: TcpStream,
     shared: Arc<ClientShared>,
     deadline: Duration,
+    peer: SocketAddr,
 ) {
     match drain(out, socket, &shared.out, deadline).await {
         Drained::Closed => {}
         Drained::WriteFailed => shared.tell(Control::WriteFailed),
-        Drained::Deadline => shared.tell(Control::Close(WireError::SlowConsumer)),
+        Drained::Deadline { bytes, chunks } => {
+            log::info!(
+                "{peer} - cid:{} - Slow Consumer Detected: WriteDeadline of {} exceeded with {chunks} chunks of {bytes} total bytes.",
+                shared.id,
+                humantime::format_duration(deadline)
+            );
+            shared.tell(Control::Close(WireError::SlowConsumerWriteDeadline))
+        }
     }
 }
 
@@ -591,6 +626,9 @@ impl Client {
                     if let Err(e) = result {
                         return Ended::Error(e);
                     }
+                    if self.publisher.flush.has_stalled() {
+                        self.wait_stalled().await;
+                    }
                     rbuf.maybe_shrink(n);
                 }
                 Event::Control(None) => return Ended::Error(WireError::ServerShutdown),
@@ -671,7 +709,8 @@ impl Client {
             self.account.send(std::mem::take(&mut self.changes));
             self.unsynced = true;
         }
-        self.publisher.flush();
+        // Wakes the queues touched; the stalled ones stay noted for `wait_stalled`.
+        self.publisher.flush.flush();
         self.total_in_msgs += self.in_msgs;
         self.total_in_bytes += self.in_bytes;
         // Node-wide counters are shared atomics: add to them once per batch.
@@ -685,6 +724,35 @@ impl Client {
             if *local > 0 {
                 shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Waits, before reading more, for subscribers this batch found falling behind
+    /// (at most [`STALL_TOTAL`]): the reference's fast-producer stall. Meanwhile this
+    /// connection's socket fills and TCP slows its sender.
+    async fn wait_stalled(&mut self) {
+        let stats = &self.ctx.stats;
+        let stalled = self.publisher.flush.wait_stalled(STALL_TOTAL).await;
+        stats.stalls.fetch_add(stalled.waits, Ordering::Relaxed);
+        if stalled.spent < STALL_MAX {
+            return;
+        }
+        // Rate-limited as the reference's warning: once a second node-wide.
+        let now_ms = (runtime::now_unix_ns() / 1_000_000).max(0) as u64;
+        let last = stats.stall_logged_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last) >= 1000;
+        if due
+            && stats
+                .stall_logged_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "{} - cid:{} - Producer was stalled for a total of {}ms",
+                self.peer,
+                self.id(),
+                stalled.spent.as_millis()
+            );
         }
     }
 
@@ -1041,11 +1109,19 @@ impl Client {
             Ended::Error(e) => e.reason(),
         };
         if let Ended::Error(e) = ended {
-            if e == WireError::SlowConsumer {
+            if e.is_slow_consumer() {
                 self.ctx
                     .stats
                     .slow_consumers
                     .fetch_add(1, Ordering::Relaxed);
+            }
+            if e == WireError::SlowConsumerPendingBytes {
+                log::info!(
+                    "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                    self.peer,
+                    self.id(),
+                    self.shared.out.max_pending()
+                );
             }
             self.send_err(e);
         }

@@ -70,9 +70,8 @@ pub fn start(
     js: Option<Arc<Usage>>,
     listener_commands: async_channel::Sender<Command>,
 ) -> std::io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    let bound = std_listener.local_addr()?;
-    let listener = TcpListener::try_from(std_listener)?;
+    let listener = runtime::listen(addr)?;
+    let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         log::warn!(
             "monitoring endpoint on {bound} is reachable from other hosts and has no authentication"
@@ -370,6 +369,7 @@ impl Monitor {
             out_msgs: s.out_msgs.load(Ordering::Relaxed),
             out_bytes: s.out_bytes.load(Ordering::Relaxed),
             slow_consumers: s.slow_consumers.load(Ordering::Relaxed),
+            stalls: s.stalls.load(Ordering::Relaxed),
         }
     }
 

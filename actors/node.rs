@@ -56,6 +56,11 @@ pub struct Stats {
     pub out_msgs: AtomicU64,
     pub out_bytes: AtomicU64,
     pub slow_consumers: AtomicU64,
+    /// Times a client publisher waited at a stalled subscriber queue.
+    pub stalls: AtomicU64,
+    /// When a stalled producer was last logged (Unix ms), so the
+    /// warning comes at most once a second, as the reference rate-limits it.
+    pub stall_logged_ms: AtomicU64,
     pub total_connections: AtomicU64,
     /// Client connections open now (the listener counts them).
     pub connections: AtomicU64,
@@ -147,6 +152,12 @@ impl TlsSetup {
         }
         let server = crate::tls::server_config(&config.tls, "tls")
             .map_err(|e| NodeError::Config(e.to_string()))?;
+        if config.tls.ca_file.is_some() && !config.tls.verify {
+            // nats-server accepts this too (and ignores the CA): configs port over.
+            log::warn!(
+                "tls.ca_file is set but tls.verify is not: client certificates are neither asked for nor checked (set verify = true for mutual TLS)"
+            );
+        }
         Ok(Some(Arc::new(TlsSetup {
             acceptor: futures_rustls::TlsAcceptor::from(server),
             timeout: config.tls.timeout(),
@@ -189,11 +200,15 @@ impl ServerContext {
             port: self.client_addr.port(),
             headers: true,
             max_payload: self.config().max_payload.0,
+            // As the reference: clients (nats.ws, nats.js) read it to offer JetStream.
+            jetstream: self.config().jetstream.enabled,
             auth_required: self.auth.load().advertised(),
             tls_required: self.tls.load().is_some(),
             tls_verify: self.tls.load().as_ref().is_some_and(|t| t.verify),
             client_id,
             client_ip: client_ip.to_string(),
+            // Always, as the reference: the JetStream API level this server speaks.
+            api_lvl: u64::from(crate::jetstream::api::API_LEVEL),
             ..ServerInfo::default()
         }
     }
@@ -251,12 +266,10 @@ impl Node {
             .validate(std::path::Path::new("<embedded config>"))
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let addr = config.listen_addr().map_err(NodeError::Config)?;
-        let std_listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| NodeError::Listen { addr, source })?;
-        let client_addr = std_listener
+        let listener =
+            runtime::listen(addr).map_err(|source| NodeError::Listen { addr, source })?;
+        let client_addr = listener
             .local_addr()
-            .map_err(|source| NodeError::Listen { addr, source })?;
-        let listener = runtime::TcpListener::try_from(std_listener)
             .map_err(|source| NodeError::Listen { addr, source })?;
 
         let server_id = new_server_id();
@@ -273,12 +286,7 @@ impl Node {
         let ws = WsSetup::load(&config)?;
         let ws_listener = match config.websocket.addr().map_err(NodeError::Config)? {
             Some(addr) => {
-                let bound = std::net::TcpListener::bind(addr)
-                    .map_err(|source| NodeError::Listen { addr, source })?;
-                Some(
-                    runtime::TcpListener::try_from(bound)
-                        .map_err(|source| NodeError::Listen { addr, source })?,
-                )
+                Some(runtime::listen(addr).map_err(|source| NodeError::Listen { addr, source })?)
             }
             None => None,
         };
@@ -528,12 +536,9 @@ fn start_cluster(ctx: &Arc<ServerContext>) -> Result<Option<SocketAddr>, NodeErr
             None => return Ok(None),
         },
     };
-    let bound =
-        std::net::TcpListener::bind(addr).map_err(|source| NodeError::Cluster { addr, source })?;
-    let local_addr = bound
+    let listener = runtime::listen(addr).map_err(|source| NodeError::Cluster { addr, source })?;
+    let local_addr = listener
         .local_addr()
-        .map_err(|source| NodeError::Cluster { addr, source })?;
-    let listener = runtime::TcpListener::try_from(bound)
         .map_err(|source| NodeError::Cluster { addr, source })?;
     let secret = cluster
         .load_secret()

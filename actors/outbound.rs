@@ -7,7 +7,12 @@
 //!
 //! The queue is bounded in bytes: an append that would take the pending bytes (queued
 //! plus being written) past the limit is refused and the connection is marked a slow
-//! consumer; the publisher is never blocked. Wake-ups are deferred: a publisher appends
+//! consumer. Before that, a queue past three quarters of its bound is *stalled*: a
+//! client publishing to it waits a few milliseconds at the end of its read batch (at
+//! most [`STALL_TOTAL`] per batch) for the writer to bring it back under, as the
+//! reference's producer stall does, so a subscriber that pauses for a moment slows
+//! the publisher (whose socket then fills, which TCP pushes back to its sender) instead
+//! of losing its connection. Appends themselves never block. Wake-ups are deferred: a publisher appends
 //! many frames, collects the queues it touched ([`FlushSet`]), and at the end of its
 //! read batch flushes each one: if no one is writing to that socket, the publisher
 //! writes the queued bytes itself with one non-blocking write (no task hop on the
@@ -18,8 +23,20 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
+use event_listener::Event;
+
+/// The shortest wait of a publisher at a stalled queue (the reference's
+/// `stallClientMinDuration`), and the wait at a queue already at its bound.
+pub const STALL_MIN: Duration = Duration::from_millis(2);
+pub const STALL_MAX: Duration = Duration::from_millis(5);
+/// The most a publisher waits at stalled queues per read batch (`stallTotalAllowed`).
+pub const STALL_TOTAL: Duration = Duration::from_millis(10);
+
+/// The writer reports progress (and may release a stall) after each chunk this size.
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Why an append was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +62,8 @@ struct State {
     /// Someone (the writer task, or a publisher flushing inline) is writing taken
     /// bytes to the socket; nobody else may until it is done.
     writing: bool,
+    /// Past three quarters of the bound: publishers wait at [`OutboundQueue::stall`].
+    stalled: bool,
     /// Messages and payload bytes queued for the client since it connected (kept
     /// under the lock the append takes anyway).
     msgs: u64,
@@ -59,7 +78,20 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 pub struct OutboundQueue {
     state: Mutex<State>,
     writer: AtomicWaker,
+    /// Notified when a stall ends (the queue drained under the mark, or closed).
+    unstalled: Event,
     max_pending: usize,
+    /// Pending bytes above which the queue is stalled.
+    stall_at: usize,
+}
+
+/// An append that was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The caller must schedule a wake of the writer.
+    pub wake: bool,
+    /// The queue is stalled: a client publisher should wait at it ([`FlushSet::stall`]).
+    pub stalled: bool,
 }
 
 impl OutboundQueue {
@@ -67,7 +99,9 @@ impl OutboundQueue {
         OutboundQueue {
             state: Mutex::new(State::default()),
             writer: AtomicWaker::new(),
+            unstalled: Event::new(),
             max_pending,
+            stall_at: max_pending / 4 * 3,
         }
     }
 
@@ -80,28 +114,84 @@ impl OutboundQueue {
     }
 
     /// Appends a message that `write` produces, if it fits in the bound (`len` is its
-    /// size on the wire, `payload` its headers and payload). Returns whether the caller
-    /// must schedule a wake of the writer.
+    /// size on the wire, `payload` its headers and payload).
     pub fn push(
         &self,
         len: usize,
         payload: usize,
         write: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<bool, PushError> {
+    ) -> Result<Pushed, PushError> {
         let mut state = self.lock();
         if state.closed || state.slow {
             return Err(PushError::Closed);
         }
-        if state.buf.len() + state.in_flight + len > self.max_pending {
+        let pending = state.buf.len() + state.in_flight + len;
+        if pending > self.max_pending {
             state.slow = true;
             drop(state);
             self.writer.wake();
+            self.unstalled.notify(usize::MAX);
             return Err(PushError::SlowConsumer);
         }
         write(&mut state.buf);
         state.msgs += 1;
         state.payload_bytes += payload as u64;
-        Ok(!std::mem::replace(&mut state.wake_scheduled, true))
+        if pending > self.stall_at {
+            state.stalled = true;
+        }
+        Ok(Pushed {
+            wake: !std::mem::replace(&mut state.wake_scheduled, true),
+            stalled: state.stalled,
+        })
+    }
+
+    /// Ends a stall once the pending bytes are back under the mark (or when the
+    /// writer wrote everything it took: it is keeping up). Under the lock.
+    fn release_stall(&self, state: &mut State, wrote_all: bool) {
+        if state.stalled
+            && (wrote_all || state.buf.len() + state.in_flight <= self.stall_at || state.closed)
+        {
+            state.stalled = false;
+            self.unstalled.notify(usize::MAX);
+        }
+    }
+
+    /// Waits until the queue is no longer stalled, for at most `limit`; returns how
+    /// long it waited. A publisher calls this (through [`FlushSet::wait_stalled`])
+    /// after flushing, never while appending.
+    pub async fn stall(&self, limit: Duration) -> Duration {
+        let start = super::runtime::now();
+        let wait = async {
+            loop {
+                let listener = self.unstalled.listen();
+                if !self.lock().stalled {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        super::runtime::timeout(limit, wait).await;
+        super::runtime::now().duration_since(start)
+    }
+
+    /// The bound in bytes.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
+    /// Whether publishers would wait at this queue now.
+    pub fn is_stalled(&self) -> bool {
+        self.lock().stalled
+    }
+
+    /// The wait a publisher owes this queue: longer once it is at its bound.
+    pub fn stall_limit(&self) -> Duration {
+        let state = self.lock();
+        if state.buf.len() + state.in_flight >= self.max_pending / 100 * 99 {
+            STALL_MAX
+        } else {
+            STALL_MIN
+        }
     }
 
     /// Messages and payload bytes queued for the client so far.
@@ -134,7 +224,10 @@ impl OutboundQueue {
 
     /// No more appends; the writer drains what is queued and stops.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        self.release_stall(&mut state, false);
+        drop(state);
         self.writer.wake();
     }
 
@@ -189,11 +282,19 @@ impl OutboundQueue {
         None
     }
 
+    /// The writer task wrote `n` more bytes of what it took (it keeps writing).
+    pub fn wrote(&self, n: usize) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(n);
+        self.release_stall(&mut state, false);
+    }
+
     /// The writer task finished writing what it took.
     pub fn done_writing(&self) {
         let mut state = self.lock();
         state.writing = false;
         state.in_flight = 0;
+        self.release_stall(&mut state, true);
     }
 
     /// Writes what is queued straight to `socket` (non-blocking) when nobody else is
@@ -219,6 +320,7 @@ impl OutboundQueue {
         let mut state = self.lock();
         state.writing = false;
         state.in_flight = 0;
+        let wrote_all = written == data.len();
         if written < data.len() {
             // Put the unwritten tail back in front of what was queued meanwhile.
             data.drain(..written);
@@ -229,6 +331,7 @@ impl OutboundQueue {
         if data.capacity() <= KEEP_CAPACITY && state.scratch.capacity() == 0 {
             state.scratch = data;
         }
+        self.release_stall(&mut state, wrote_all);
         let handoff = !state.buf.is_empty() || state.closed;
         drop(state);
         if handoff {
@@ -243,8 +346,12 @@ pub enum Drained {
     /// The queue closed and everything in it was written (or it was a slow consumer).
     Closed,
     WriteFailed,
-    /// A write took longer than the deadline.
-    Deadline,
+    /// A write took longer than the deadline, with this many bytes (in this many
+    /// chunks) taken for it.
+    Deadline {
+        bytes: usize,
+        chunks: usize,
+    },
 }
 
 /// The writer task of a connection: drains `queue` into `out` (the socket, or the
@@ -262,9 +369,17 @@ pub async fn drain(
     let mut spare = Vec::new();
     let mut end = Drained::Closed;
     while queue.take(&mut spare).await {
-        // Flushed too: TLS and WebSocket layers may hold bytes until asked.
+        // In chunks, each reported, so that a stall ends as soon as the queue is back
+        // under its mark rather than when a large backlog is all written. Flushed too:
+        // TLS and WebSocket layers may hold bytes until asked.
         let write = async {
-            out.write_all(&spare).await?;
+            let mut chunks = spare.chunks(WRITE_CHUNK).peekable();
+            while let Some(chunk) = chunks.next() {
+                out.write_all(chunk).await?;
+                if chunks.peek().is_some() {
+                    queue.wrote(chunk.len());
+                }
+            }
             out.flush().await
         };
         match super::runtime::timeout(deadline, write).await {
@@ -274,7 +389,10 @@ pub async fn drain(
                 break;
             }
             None => {
-                end = Drained::Deadline;
+                end = Drained::Deadline {
+                    bytes: spare.len(),
+                    chunks: spare.len().div_ceil(WRITE_CHUNK),
+                };
                 break;
             }
         }
@@ -289,15 +407,26 @@ pub async fn drain(
     end
 }
 
-/// The queues a publisher touched during one read batch, woken once at its end.
+/// The queues a publisher touched during one read batch, woken once at its end, and
+/// those it found stalled.
 #[derive(Default)]
 pub struct FlushSet {
     queues: Vec<Arc<dyn Wake + Send + Sync>>,
+    stalled: Vec<Arc<dyn Wake + Send + Sync>>,
+}
+
+/// What a publisher's wait at stalled queues took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stalled {
+    /// Queues waited at.
+    pub waits: u64,
+    pub spent: Duration,
 }
 
 /// Something with an outbound queue to wake.
 pub trait Wake {
     fn wake_writer(&self);
+    fn outbound(&self) -> &OutboundQueue;
 }
 
 impl FlushSet {
@@ -305,10 +434,53 @@ impl FlushSet {
         self.queues.push(target);
     }
 
+    /// Notes a queue that was stalled when this publisher appended to it.
+    pub fn stall(&mut self, target: Arc<dyn Wake + Send + Sync>) {
+        let seen = self
+            .stalled
+            .iter()
+            .any(|q| std::ptr::eq(q.outbound(), target.outbound()));
+        if !seen {
+            self.stalled.push(target);
+        }
+    }
+
     pub fn flush(&mut self) {
         for q in self.queues.drain(..) {
             q.wake_writer();
         }
+    }
+
+    /// Whether a queue this publisher appended to was stalled.
+    pub fn has_stalled(&self) -> bool {
+        !self.stalled.is_empty()
+    }
+
+    /// Waits at the stalled queues (after [`Self::flush`]): at each one still stalled
+    /// until it drains under its mark or its limit passes, all of them together for
+    /// at most `budget`. Returns the time spent. Only client publishers wait; routes
+    /// and internal actors drop the list.
+    pub async fn wait_stalled(&mut self, budget: Duration) -> Stalled {
+        let mut stalled = Stalled::default();
+        for q in self.stalled.drain(..) {
+            let queue = q.outbound();
+            if stalled.spent >= budget {
+                break;
+            }
+            if !queue.is_stalled() {
+                continue;
+            }
+            let limit = queue.stall_limit().min(budget - stalled.spent);
+            stalled.spent += queue.stall(limit).await;
+            stalled.waits += 1;
+        }
+        self.stalled.clear();
+        stalled
+    }
+
+    /// Forgets the stalled queues (for publishers that never wait).
+    pub fn forget_stalled(&mut self) {
+        self.stalled.clear();
     }
 }
 
@@ -319,8 +491,15 @@ mod tests {
     #[test]
     fn bounded_in_bytes_and_marks_slow() {
         let q = OutboundQueue::new(10);
-        assert_eq!(q.push(6, 6, |b| b.extend_from_slice(b"abcdef")), Ok(true));
-        assert_eq!(q.push(2, 2, |b| b.extend_from_slice(b"gh")), Ok(false));
+        let pushed = |wake, stalled| Ok(Pushed { wake, stalled });
+        assert_eq!(
+            q.push(6, 6, |b| b.extend_from_slice(b"abcdef")),
+            pushed(true, false)
+        );
+        assert_eq!(
+            q.push(2, 2, |b| b.extend_from_slice(b"gh")),
+            pushed(false, true)
+        );
         assert_eq!(
             q.push(3, 3, |b| b.extend_from_slice(b"ijk")),
             Err(PushError::SlowConsumer)
@@ -343,6 +522,57 @@ mod tests {
             q.push_control(|b| b.extend_from_slice(b"PING\r\n")),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn a_queue_past_three_quarters_stalls_until_the_writer_brings_it_under() {
+        let q = OutboundQueue::new(100);
+        let fill = |q: &OutboundQueue, n: usize| {
+            q.push(n, n, |b| b.extend(std::iter::repeat_n(b'x', n)))
+                .expect("fits")
+        };
+        assert!(!fill(&q, 75).stalled, "at the mark is not past it");
+        assert!(fill(&q, 1).stalled);
+        assert!(q.is_stalled());
+        assert_eq!(q.stall_limit(), STALL_MIN);
+        let mut spare = Vec::new();
+        assert!(q.try_take(&mut spare).is_some());
+        // Written in part: still over the mark, then under it.
+        q.wrote(0);
+        assert!(q.is_stalled());
+        q.wrote(10);
+        assert!(!q.is_stalled());
+        // A publisher waiting at a stalled queue is released by the writer's progress,
+        // long before its limit.
+        assert!(fill(&q, 10).stalled, "66 in flight + 10 queued");
+        let q = Arc::new(q);
+        let writer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                q.done_writing();
+            })
+        };
+        let waited = futures_lite::future::block_on(q.stall(Duration::from_secs(10)));
+        writer.join().expect("writer");
+        assert!(!q.is_stalled());
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+        // With nothing to wait for, a stall returns at once.
+        let waited = futures_lite::future::block_on(q.stall(Duration::from_secs(10)));
+        assert!(waited < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stall_ends_at_its_limit_and_when_the_queue_closes() {
+        let q = OutboundQueue::new(100);
+        q.push(99, 99, |b| b.extend(std::iter::repeat_n(b'x', 99)))
+            .expect("fits");
+        assert_eq!(q.stall_limit(), STALL_MAX, "at the bound");
+        let waited = futures_lite::future::block_on(q.stall(Duration::from_millis(30)));
+        assert!(waited >= Duration::from_millis(30), "waited {waited:?}");
+        assert!(q.is_stalled());
+        q.close();
+        assert!(!q.is_stalled());
     }
 
     #[test]

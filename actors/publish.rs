@@ -282,14 +282,17 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
         encode::write_msg(buf, msg.subject, &sub.sid, msg.reply, headers, data)
     });
     match pushed {
-        Ok(wake) => {
-            if wake {
+        Ok(pushed) => {
+            if pushed.wake {
                 flush.add(client.clone());
+            }
+            if pushed.stalled {
+                flush.stall(client.clone());
             }
             true
         }
         Err(PushError::SlowConsumer) => {
-            client.tell(Control::Close(WireError::SlowConsumer));
+            client.tell(Control::Close(WireError::SlowConsumerPendingBytes));
             false
         }
         Err(PushError::Closed) => false,
@@ -529,8 +532,10 @@ impl Publisher {
         self.send(account, to, reply, Some(block.len()), block);
     }
 
-    /// Wakes every outbound queue touched since the last flush.
+    /// Wakes every outbound queue touched since the last flush. For publishers that
+    /// never wait at a stalled queue (routes, internal actors): the stalls are dropped.
     pub fn flush(&mut self) {
         self.flush.flush();
+        self.flush.forget_stalled();
     }
 }

@@ -92,13 +92,16 @@ impl RouteShared {
             )
         });
         match pushed {
-            Ok(wake) => {
+            Ok(pushed) => {
                 self.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .out_bytes
                     .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-                if wake {
+                if pushed.wake {
                     flush.add(self.clone());
+                }
+                if pushed.stalled {
+                    flush.stall(self.clone());
                 }
                 true
             }
@@ -117,6 +120,10 @@ impl Wake for RouteShared {
             Some(socket) => self.out.flush_inline(socket.get_ref()),
             None => self.out.wake(),
         }
+    }
+
+    fn outbound(&self) -> &OutboundQueue {
+        &self.out
     }
 }
 

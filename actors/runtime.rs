@@ -116,6 +116,30 @@ pub fn threads_for(configured: usize) -> usize {
         .max(1)
 }
 
+/// A TCP listener on `addr` whose accept queue is as long as the kernel allows
+/// (`net.core.somaxconn`, as the reference listens), not the standard library's 128:
+/// with 128, a reconnect storm of thousands overflows the queue and the SYNs that
+/// did not fit are retried by the clients' kernels only after 1 s and 3 s.
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does on Unix: a restarted node can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(accept_backlog())?;
+    TcpListener::try_from(std::net::TcpListener::from(socket))
+}
+
+/// The longest accept queue the kernel grants (`listen` caps at it anyway).
+fn accept_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096)
+}
+
 pub fn now() -> Instant {
     Instant::now()
 }

@@ -679,8 +679,16 @@ fn replay_journal(db: &redb::Database, path: &Path) -> Result<Replayed, StorageE
         }
         Err(e) => return Err(err(format!("cannot open it: {e}"))),
     }
-    if bytes.is_empty() {
-        // Emptied for a new generation, and stopped before its header was written.
+    if journal::is_unfinished_header(&bytes) {
+        // Emptied for a new generation, and stopped before its header was written
+        // (or in the middle of it).
+        if !bytes.is_empty() {
+            log::warn!(
+                "{}: an unfinished header ({} bytes) from a crash while the journal was emptied; starting a new generation",
+                path.display(),
+                bytes.len()
+            );
+        }
         return Ok(Replayed {
             had_file: true,
             next_generation: mark.generation + 1,
@@ -980,20 +988,58 @@ mod tests {
     #[test]
     fn the_journal_is_emptied_once_redb_holds_it() {
         let dir = scratch("rotate");
+        let path = dir.join("jetstream.journal");
+        // The file is read only once the storage is closed: while it runs, the journal
+        // thread may be between emptying the file and writing its new header.
         let (storage, closed) = Storage::open_with(&dir, AckAfter::Write, 512).expect("open");
         write(&storage, vec![stream_record("S"), append(1, "m1")]);
-        let path = dir.join("jetstream.journal");
+        close(storage, closed);
         let first = journal::read_header(&std::fs::read(&path).expect("journal")).expect("hdr");
+        let (storage, closed) = Storage::open_with(&dir, AckAfter::Write, 512).expect("reopen");
         for seq in 2..=40 {
             write(&storage, vec![append(seq, &format!("m{seq}"))]);
         }
+        close(storage, closed);
         let bytes = std::fs::read(&path).expect("journal");
         let now = journal::read_header(&bytes).expect("header");
         assert!(now > first + 2, "generations {first} -> {now}");
         assert!(bytes.len() < 1024, "journal holds {} bytes", bytes.len());
-        close(storage, closed);
         let expected: Vec<(u64, String)> = (1..=40).map(|s| (s, format!("m{s}"))).collect();
         assert_eq!(bodies(&dir), expected);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash between emptying the journal and finishing its new header (a prefix of
+    /// it, or zeros after an OS crash) leaves a node that starts and keeps its data.
+    #[test]
+    fn a_journal_cut_inside_its_header_starts_a_new_generation() {
+        for cut in [1usize, 7, 8, 15] {
+            let dir = scratch(&format!("cut-header-{cut}"));
+            let path = dir.join("jetstream.journal");
+            let (storage, closed) = Storage::open(&dir, AckAfter::Write).expect("open");
+            write(&storage, vec![stream_record("S"), append(1, "kept")]);
+            close(storage, closed);
+            let header = std::fs::read(&path).expect("journal");
+            let generation = journal::read_header(&header).expect("header");
+            std::fs::write(&path, &header[..cut]).expect("cut");
+            let (storage, closed) = Storage::open(&dir, AckAfter::Write).expect("reopen cut");
+            write(&storage, vec![append(2, "after")]);
+            close(storage, closed);
+            let now = journal::read_header(&std::fs::read(&path).expect("journal")).expect("hdr");
+            assert!(
+                now > generation,
+                "cut at {cut}: generation {generation} -> {now}"
+            );
+            let expected: Vec<(u64, String)> = vec![(1, "kept".into()), (2, "after".into())];
+            assert_eq!(bodies(&dir), expected, "cut at {cut}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let dir = scratch("zeroed-header");
+        let (storage, closed) = Storage::open(&dir, AckAfter::Write).expect("open");
+        write(&storage, vec![stream_record("S"), append(1, "kept")]);
+        close(storage, closed);
+        std::fs::write(dir.join("jetstream.journal"), [0u8; 16]).expect("zero");
+        assert_eq!(bodies(&dir), vec![(1, "kept".to_string())]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

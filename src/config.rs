@@ -615,12 +615,6 @@ impl Config {
                 "verify = true needs the CA that signs client certificates".into(),
             ));
         }
-        if tls.ca_file.is_some() && !tls.verify {
-            return Err((
-                "tls.verify",
-                "a ca_file is only used with verify = true; set it".into(),
-            ));
-        }
         if tls.timeout.is_some_and(|t| t.0.is_zero()) {
             return Err(("tls.timeout", "must be more than 0".into()));
         }

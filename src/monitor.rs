@@ -48,6 +48,8 @@ pub struct NodeCounters {
     pub out_msgs: u64,
     pub out_bytes: u64,
     pub slow_consumers: u64,
+    /// Times a client publisher waited at a subscriber's stalled queue.
+    pub stalls: u64,
 }
 
 /// JetStream's configuration and usage at one moment.
@@ -666,7 +668,7 @@ pub fn varz(
         out_client_bytes: now.out_bytes,
         slow_consumers: now.slow_consumers,
         stale_connections: 0,
-        stalled_clients: 0,
+        stalled_clients: now.stalls,
         subscriptions: now.subscriptions,
         http_req_stats,
         config_load_time: &facts.config_load_time,
@@ -785,6 +787,12 @@ pub fn prometheus(now: &NodeCounters, js: Option<&JetStreamCounters>) -> String 
         "counter",
         "Clients cut off as slow consumers.",
         now.slow_consumers.to_string(),
+    );
+    metric(
+        "stalls_total",
+        "counter",
+        "Times a client publisher waited for a subscriber that fell behind.",
+        now.stalls.to_string(),
     );
     metric(
         "resident_memory_bytes",

@@ -3,22 +3,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{meshbroker_binary, wait_for_port, Child, Raw};
-
-fn write_config(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("meshbroker-test-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::process::{run_node, signal, stderr_of, temp_dir, wait_exit, write_config};
+use common::{meshbroker_binary, Raw};
 
 #[test]
 fn version_and_help() {
@@ -102,86 +91,6 @@ fn check_names_the_file_the_key_and_the_problem() {
 
 /// A node process; its stderr is read as it comes (a full pipe would stall the node)
 /// and kept for the test.
-struct RunningNode {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Starts the binary on a config listening on a port it picks itself (port 0; the
-/// address is read from its log, so parallel tests never race for a port).
-fn run_node(tag: &str, extra: &str) -> (RunningNode, SocketAddr, std::path::PathBuf) {
-    use std::io::BufRead;
-    let dir = temp_dir(tag);
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\nlog_level = \"debug\"\n{extra}[jetstream]\nstore_dir = \"{}\"\n",
-        dir.join("js").display()
-    );
-    let path = write_config(&dir, "node.toml", &text);
-    let mut child = Command::new(meshbroker_binary())
-        .args(["--conf", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pipe = child.stderr.take().expect("stderr piped");
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (found, listening) = std::sync::mpsc::channel::<SocketAddr>();
-    let sink = log.clone();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line
-                .split("listening for clients on ")
-                .nth(1)
-                .and_then(|a| a.trim().parse().ok())
-            {
-                let _ = found.send(addr);
-            }
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let addr = listening
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the node logs its client address");
-    assert!(wait_for_port(addr, Duration::from_secs(10)), "node listens");
-    let node = RunningNode {
-        child: Child(child),
-        log,
-        reader: Some(reader),
-    };
-    (node, addr, dir)
-}
-
-fn signal(node: &RunningNode, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &node.child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Everything an exited node wrote to its stderr.
-fn stderr_of(node: &mut RunningNode) -> String {
-    if let Some(reader) = node.reader.take() {
-        let _ = reader.join();
-    }
-    node.log.lock().unwrap().clone()
-}
-
-fn wait_exit(node: &mut RunningNode, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = node.child.0.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 fn sigint_stops_at_once_and_cleanly() {
     let (mut child, addr, dir) = run_node("sigint", "");

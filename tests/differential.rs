@@ -44,6 +44,59 @@ fn byte_scripts_get_the_same_answers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The keys of the INFO a client sees first at `addr`, sorted, with the values of the
+/// JetStream ones.
+fn info_keys(addr: SocketAddr) -> (Vec<String>, serde_json::Value) {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut raw = Raw {
+        stream,
+        received: Vec::new(),
+    };
+    assert!(raw.read_until(b"\r\n", Duration::from_secs(5)));
+    let text = raw.text();
+    let json = text
+        .strip_prefix("INFO ")
+        .and_then(|t| t.split("\r\n").next())
+        .unwrap()
+        .trim();
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    let js = serde_json::json!([value["jetstream"], value["api_lvl"]]);
+    (keys, js)
+}
+
+/// Fields that only describe the Go build, or the reference's xkey encryption (not
+/// part of the client protocol), are not ours to copy.
+const REFERENCE_ONLY_INFO: [&str; 3] = ["git_commit", "go", "xkey"];
+
+/// With JetStream on, INFO says so (`jetstream`, `api_lvl`) as the reference's does:
+/// nats.ws and nats.js read it before they offer JetStream.
+#[test]
+fn info_announces_jetstream_as_the_reference_does() {
+    let dir = common::TempDir::new("info-js");
+    let Some((_reference, reference_addr)) =
+        common::start_reference(&["-js", "-sd", &dir.0.join("ref").to_string_lossy()])
+    else {
+        return;
+    };
+    let node = start(common::jetstream_config(&dir));
+    let (ours, our_js) = info_keys(node.client_addr());
+    let (theirs, their_js) = info_keys(reference_addr);
+    let expected: Vec<&String> = theirs
+        .iter()
+        .filter(|k| !REFERENCE_ONLY_INFO.contains(&k.as_str()))
+        .collect();
+    assert_eq!(ours.iter().collect::<Vec<_>>(), expected);
+    assert_eq!(their_js[0], serde_json::json!(true));
+    // `api_lvl` is the JetStream API level each side implements (ADR-44): ours is
+    // lower than 2.15's, and clients gate newer features on it.
+    assert_eq!(
+        our_js,
+        serde_json::json!([true, meshbroker::jetstream::api::API_LEVEL])
+    );
+}
+
 /// The INFO a client sees: same keys (values such as ids and ports differ).
 #[test]
 fn info_has_the_reference_keys() {
@@ -71,13 +124,9 @@ fn info_has_the_reference_keys() {
     };
     let ours = keys(node.client_addr());
     let theirs = keys(reference_addr);
-    // Fields that only describe the Go build, or the reference's xkey encryption
-    // (not part of the client protocol), are not ours to copy.
-    // `api_lvl` is the JetStream API level: announced once JetStream is served.
-    let reference_only = ["git_commit", "go", "xkey", "api_lvl"];
     let expected: Vec<&String> = theirs
         .iter()
-        .filter(|k| !reference_only.contains(&k.as_str()))
+        .filter(|k| !REFERENCE_ONLY_INFO.contains(&k.as_str()))
         .collect();
     let ours_ref: Vec<&String> = ours.iter().collect();
     assert_eq!(ours_ref, expected);

@@ -268,6 +268,18 @@ fn half_or_broken_tls_settings_are_refused_with_the_file() {
     assert!(e.contains("tls.key_file"), "{e}");
 }
 
+/// The INFO a server sends first, as JSON.
+fn first_info(addr: std::net::SocketAddr) -> serde_json::Value {
+    let mut raw = Raw {
+        stream: std::net::TcpStream::connect(addr).unwrap(),
+        received: Vec::new(),
+    };
+    assert!(raw.read_until(b"\r\n", WAIT));
+    let line = raw.text();
+    let json = line.strip_prefix("INFO ").unwrap().trim_end().to_string();
+    serde_json::from_str::<serde_json::Value>(&json).unwrap()
+}
+
 /// INFO announces TLS as the reference does for the same setup.
 #[test]
 fn info_announces_tls_like_the_reference() {
@@ -281,25 +293,62 @@ fn info_announces_tls_like_the_reference() {
         ),
     )
     .unwrap();
-    let info = |addr| {
-        let mut raw = Raw {
-            stream: std::net::TcpStream::connect(addr).unwrap(),
-            received: Vec::new(),
-        };
-        assert!(raw.read_until(b"\r\n", WAIT));
-        let line = raw.text();
-        let json = line.strip_prefix("INFO ").unwrap().trim_end().to_string();
-        serde_json::from_str::<serde_json::Value>(&json).unwrap()
-    };
     let node = start(tls_config(&pki, |c| {
         c.tls.ca_file = Some(pki.ca_file.clone());
         c.tls.verify = true;
     }));
-    let ours = info(node.client_addr());
+    let ours = first_info(node.client_addr());
     assert_eq!(ours["tls_required"], true);
     assert_eq!(ours["tls_verify"], true);
     if let Some((_reference, addr)) = start_reference(&["-c", conf.to_str().unwrap()]) {
-        let theirs = info(addr);
+        let theirs = first_info(addr);
+        for key in ["tls_required", "tls_verify", "tls_available"] {
+            assert_eq!(ours.get(key), theirs.get(key), "{key}");
+        }
+    }
+}
+
+/// A CA without `verify`, which nats-server accepts (the CA is then unused), starts
+/// too: clients without a certificate connect to both servers, and INFO says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_without_verify_is_accepted_as_by_the_reference() {
+    let pki = pki("tls-ca-no-verify");
+    let config = tls_config(&pki, |c| c.tls.ca_file = Some(pki.ca_file.clone()));
+    config
+        .validate(std::path::Path::new("test.toml"))
+        .expect("a ca_file without verify passes validation");
+    let node = start(config);
+    let conf = pki.dir.0.join("ref.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?} }}\n",
+            pki.server.cert, pki.server.key, pki.ca_file
+        ),
+    )
+    .unwrap();
+    let connect = |port: u16| {
+        async_nats::ConnectOptions::new()
+            .add_root_certificates(pki.ca_file.clone())
+            .require_tls(true)
+            .connect(format!("tls://localhost:{port}"))
+    };
+    let client = connect(node.client_addr().port())
+        .await
+        .expect("a client without a certificate connects");
+    round_trip(&client).await;
+    let ours = first_info(node.client_addr());
+    assert_eq!(
+        ours.get("tls_verify"),
+        None,
+        "no client certificate is asked for"
+    );
+    if let Some((_reference, addr)) = start_reference(&["-c", conf.to_str().unwrap()]) {
+        let theirs = connect(addr.port())
+            .await
+            .expect("the reference takes the same client");
+        round_trip(&theirs).await;
+        let theirs = first_info(addr);
         for key in ["tls_required", "tls_verify", "tls_available"] {
             assert_eq!(ours.get(key), theirs.get(key), "{key}");
         }

@@ -19,6 +19,7 @@ use argh::FromArgs;
 
 use crate::proto::{encode, Op, Parsed, Parser};
 
+mod connections;
 mod jetstream;
 
 /// run a benchmark against a NATS server (and optionally compare with another)
@@ -45,8 +46,9 @@ pub struct BenchArgs {
     #[argh(option, default = "String::from(\"nats-server\")")]
     pub compare_name: String,
     /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle,
-    /// jspub,jspubasync,jsfetch, with --tls-ca tlspub,tlspubsub, and with --sub-url
-    /// routepubsub (publisher on --url, subscriber on --sub-url)
+    /// storm, jspub,jspubasync,jsfetch, with --tls-ca tlspub,tlspubsub, and with --sub-url
+    /// routepubsub (publisher on --url, subscriber on --sub-url) or stormws, stormroute,
+    /// stormhttp (--sub-url is the WebSocket, cluster or monitoring listener)
     #[argh(
         option,
         default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
@@ -58,8 +60,8 @@ pub struct BenchArgs {
     /// round trips for the request/reply scenario
     #[argh(option, default = "20_000")]
     pub requests: u64,
-    /// connections for the idle-memory scenario
-    #[argh(option, default = "2000")]
+    /// connections for the idle-memory and storm scenarios
+    #[argh(option, default = "5000")]
     pub conns: usize,
     /// pid of the --url server (for the idle-memory scenario)
     #[argh(option)]
@@ -360,7 +362,23 @@ fn run_scenario(
             let pid = pid.ok_or("the idle scenario needs --pid (and --compare-pid)")?;
             vec![(
                 "bytes/conn".into(),
-                lower(idle_memory(addr, args.conns, pid)?),
+                lower(connections::idle_memory(addr, args.conns, pid)?),
+            )]
+        }
+        "storm" | "stormws" | "stormroute" | "stormhttp" => {
+            use connections::Listener;
+            let (kind, at) = match scenario {
+                "storm" => (Listener::Client, Some(addr)),
+                "stormws" => (Listener::WebSocket, sub_addr),
+                "stormroute" => (Listener::Route, sub_addr),
+                _ => (Listener::Monitor, sub_addr),
+            };
+            let at = at.ok_or(
+                "this storm needs the listener's address in --sub-url (and --compare-sub-url)",
+            )?;
+            vec![(
+                "conns/s".into(),
+                throughput(connections::storm(at, args.conns, kind)?),
             )]
         }
         other => return Err(format!("unknown scenario {other:?}")),
@@ -779,27 +797,7 @@ fn old_style_requests(addr: &str, requests: u64, background: usize) -> BenchResu
     Ok((rate, percentile(&mut samples, 0.99)))
 }
 
-/// Resident memory added per idle connection (CONNECTed, one subscription).
-fn idle_memory(addr: &str, conns: usize, pid: u32) -> BenchResult<f64> {
-    let before = rss(pid)?;
-    let mut held = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let mut s = connect(addr)?;
-        let mut frame = Vec::new();
-        encode::write_sub(&mut frame, format!("idle.{i}").as_bytes(), None, b"1");
-        s.write_all(&frame).map_err(|e| e.to_string())?;
-        held.push(s);
-    }
-    for s in &mut held {
-        sync(s)?;
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let after = rss(pid)?;
-    drop(held);
-    Ok((after.saturating_sub(before)) as f64 / conns as f64)
-}
-
-fn rss(pid: u32) -> BenchResult<u64> {
+pub(crate) fn rss(pid: u32) -> BenchResult<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     status

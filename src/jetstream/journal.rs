@@ -86,6 +86,19 @@ pub fn read_header(bytes: &[u8]) -> Result<u64, JournalError> {
     }
 }
 
+/// Whether `bytes` (a whole file) is a header that was never finished: a file emptied
+/// for a new generation and cut, by a crash, before or inside the header's write (a
+/// prefix of it, or zeros where an OS crash lost the data but not the length). Such a
+/// file holds nothing: it is emptied only once redb holds all it had.
+pub fn is_unfinished_header(bytes: &[u8]) -> bool {
+    if bytes.len() > HEADER_LEN as usize {
+        return false;
+    }
+    let magic = &bytes[..bytes.len().min(MAGIC.len())];
+    let prefix_of_ours = MAGIC.starts_with(magic) && bytes.len() < HEADER_LEN as usize;
+    prefix_of_ours || bytes.iter().all(|&b| b == 0)
+}
+
 fn crc(generation: u64, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&generation.to_le_bytes());
@@ -389,5 +402,26 @@ mod tests {
         assert_eq!(mark.replay_from(4), Some(HEADER_LEN));
         assert_eq!(mark.replay_from(2), None);
         assert_eq!(Applied::default().replay_from(0), Some(HEADER_LEN));
+    }
+
+    #[test]
+    fn a_header_cut_by_a_crash_is_unfinished_not_foreign() {
+        let whole = header(5);
+        for cut in 0..whole.len() {
+            assert!(is_unfinished_header(&whole[..cut]), "cut at {cut}");
+        }
+        assert!(!is_unfinished_header(&whole), "a whole header is finished");
+        assert!(is_unfinished_header(&[0u8; HEADER_LEN as usize]));
+        assert!(is_unfinished_header(&[0u8; 3]));
+        assert!(!is_unfinished_header(b"not a journal"));
+        assert!(!is_unfinished_header(b"MBJRNL2\n"));
+        let mut longer = vec![0u8; HEADER_LEN as usize + 1];
+        assert!(
+            !is_unfinished_header(&longer),
+            "zeros past a header are damage"
+        );
+        longer.truncate(2);
+        longer.copy_from_slice(b"MB");
+        assert!(is_unfinished_header(&longer));
     }
 }

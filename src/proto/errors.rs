@@ -40,7 +40,10 @@ pub enum WireError {
     InvalidSubject,
     InvalidPublishSubject,
     StaleConnection,
-    SlowConsumer,
+    /// The outbound queue passed `max_pending`: closed without a word.
+    SlowConsumerPendingBytes,
+    /// A write took longer than `write_deadline`: closed without a word.
+    SlowConsumerWriteDeadline,
     MaxConnectionsExceeded,
     AuthenticationTimeout,
     AuthorizationViolation,
@@ -62,7 +65,7 @@ impl WireError {
             InvalidSubject => "Invalid Subject",
             InvalidPublishSubject => "Invalid Publish Subject",
             StaleConnection => "Stale Connection",
-            SlowConsumer => return None,
+            SlowConsumerPendingBytes | SlowConsumerWriteDeadline => return None,
             MaxConnectionsExceeded => "maximum connections exceeded",
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
@@ -82,6 +85,14 @@ impl WireError {
         )
     }
 
+    /// Whether this is a slow-consumer cut (counted in `/varz` `slow_consumers`).
+    pub fn is_slow_consumer(self) -> bool {
+        matches!(
+            self,
+            WireError::SlowConsumerPendingBytes | WireError::SlowConsumerWriteDeadline
+        )
+    }
+
     /// The reason recorded for a closed connection (logs, and later the monitor).
     pub fn reason(self) -> &'static str {
         use WireError::*;
@@ -95,7 +106,8 @@ impl WireError {
             MaxControlLineExceeded => "Maximum Control Line Exceeded",
             MaxPayloadViolation => "Maximum Payload Exceeded",
             StaleConnection => "Stale Connection",
-            SlowConsumer => "Slow Consumer (Pending Bytes)",
+            SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
+            SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
             MaxConnectionsExceeded => "Maximum Connections Exceeded",
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",

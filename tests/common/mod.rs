@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod process;
 pub mod scripts;
 
 use std::io::{Read, Write};
