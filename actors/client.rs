@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
-use super::node::{ServerContext, TlsSetup};
+use super::mailbox::Mailbox;
+use super::node::{ServerContext, TlsSetup, WsSetup};
 use super::outbound::{drain, Drained, OutboundQueue, Wake, STALL_MAX, STALL_TOTAL};
 use super::publish::{Message, Publisher, ReplyLog, Subscription};
 use super::readbuf::ReadBuf;
@@ -54,15 +55,16 @@ pub enum Control {
 pub struct ClientShared {
     pub id: u64,
     pub out: OutboundQueue,
-    control: async_channel::Sender<Control>,
+    control: Mailbox<Control>,
     /// The socket, for publishers that flush this connection's queue inline (plain
     /// TCP only: TLS bytes must go through the connection's TLS session).
     socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
 }
 
 impl ClientShared {
-    pub fn tell(&self, control: Control) {
-        let _ = self.control.try_send(control);
+    /// Leaves a message for the actor; `false` once the connection has ended.
+    pub fn tell(&self, control: Control) -> bool {
+        self.control.send(control)
     }
 }
 
@@ -96,8 +98,7 @@ pub fn spawn(
     id: u64,
     gone: async_channel::Sender<u64>,
     via: Via,
-) -> async_channel::Sender<Control> {
-    let (control_tx, control_rx) = async_channel::unbounded();
+) -> Arc<ClientShared> {
     let tls = match via {
         Via::Tcp => ctx.tls(),
         Via::WebSocket => None,
@@ -112,9 +113,10 @@ pub fn spawn(
     let shared = Arc::new(ClientShared {
         id,
         out: OutboundQueue::new(ctx.config().max_pending.as_usize()),
-        control: control_tx.clone(),
+        control: Mailbox::default(),
         socket: inline.then(|| stream.clone().into()),
     });
+    let handle = shared.clone();
     let spawner = ctx.spawner.clone();
     let fut = async move {
         let account = ctx.global.clone();
@@ -123,70 +125,23 @@ pub fn spawn(
         let mut session = Session {
             client: &mut client,
             socket: stream.clone(),
-            control: control_rx,
         };
+        // Each transport's handshake state is boxed on its own: inline, the largest
+        // (wss://, ~48 KiB) would make every connection's task that large.
         match (via, tls, websocket) {
-            // TLS and WebSocket sessions are boxed: their handshake state would
-            // otherwise make every plain connection's task as large as theirs (~48 KiB).
             (Via::Tcp, None, _) => session.serve(stream.clone(), stream).await,
-            (Via::Tcp, Some(tls), _) => {
-                Box::pin(async {
-                    if let Some(tls) = session.client.start_tls(&stream, &tls).await {
-                        let (reader, writer) = futures_lite::io::split(tls);
-                        session.serve(reader, writer).await;
-                    }
-                })
-                .await
-            }
-            (Via::WebSocket, _, Some(ws)) => {
-                Box::pin(async {
-                    session.client.transport = "websocket";
-                    let limit = ws.handshake_timeout;
-                    let max_payload = session.client.ctx.config().max_payload.as_usize();
-                    match &ws.acceptor {
-                        Some(acceptor) => {
-                            let handshakes = async {
-                                let tls = acceptor
-                                    .accept(stream.clone())
-                                    .await
-                                    .map_err(|e| e.to_string())?;
-                                let details = tls_session(tls.get_ref().1);
-                                websocket::accept(tls, &ws.policy, true, max_payload, peer)
-                                    .await
-                                    .map(|halves| (halves, details))
-                            };
-                            if let Some(((reader, writer), details)) =
-                                ws_handshake(limit, handshakes, peer).await
-                            {
-                                session.client.tls_session = Some(details);
-                                session.serve(reader, writer).await;
-                            }
-                        }
-                        None => {
-                            let handshake = websocket::accept(
-                                stream.clone(),
-                                &ws.policy,
-                                false,
-                                max_payload,
-                                peer,
-                            );
-                            if let Some((reader, writer)) =
-                                ws_handshake(limit, handshake, peer).await
-                            {
-                                session.serve(reader, writer).await;
-                            }
-                        }
-                    }
-                })
-                .await
-            }
+            (Via::Tcp, Some(tls), _) => Box::pin(session.serve_tls(stream, &tls)).await,
+            (Via::WebSocket, _, Some(ws)) => match &ws.acceptor {
+                None => Box::pin(session.serve_ws(stream, &ws)).await,
+                Some(acceptor) => Box::pin(session.serve_wss(stream, &ws, acceptor)).await,
+            },
             (Via::WebSocket, _, None) => {}
         }
         let _ = session.socket.shutdown(std::net::Shutdown::Both);
         let _ = gone.send(id).await;
     };
     spawner.spawn_detached(fut);
-    control_tx
+    handle
 }
 
 /// A TLS session's version and cipher suite as the reference's `/connz` names them
@@ -240,10 +195,55 @@ struct Session<'a> {
     /// The TCP socket under any TLS or WebSocket layer, shut down at the end so that
     /// a read waiting on it ends too.
     socket: TcpStream,
-    control: async_channel::Receiver<Control>,
 }
 
 impl Session<'_> {
+    /// TLS on the client port: INFO in plain text (unless the handshake comes first),
+    /// the handshake, then the session inside it.
+    async fn serve_tls(&mut self, stream: TcpStream, tls: &TlsSetup) {
+        if let Some(tls) = self.client.start_tls(&stream, tls).await {
+            let (reader, writer) = futures_lite::io::split(tls);
+            self.serve(reader, writer).await;
+        }
+    }
+
+    /// ws://: the WebSocket handshake (with the origin check), then the session in
+    /// binary messages.
+    async fn serve_ws(&mut self, stream: TcpStream, ws: &WsSetup) {
+        self.client.transport = "websocket";
+        let max_payload = self.client.ctx.config().max_payload.as_usize();
+        let peer = self.client.peer;
+        let handshake = websocket::accept(stream, &ws.policy, false, max_payload, peer);
+        if let Some((reader, writer)) = ws_handshake(ws.handshake_timeout, handshake, peer).await {
+            self.serve(reader, writer).await;
+        }
+    }
+
+    /// wss://: TLS with the WebSocket listener's certificate, then as [`Self::serve_ws`].
+    async fn serve_wss(
+        &mut self,
+        stream: TcpStream,
+        ws: &WsSetup,
+        acceptor: &futures_rustls::TlsAcceptor,
+    ) {
+        self.client.transport = "websocket";
+        let max_payload = self.client.ctx.config().max_payload.as_usize();
+        let peer = self.client.peer;
+        let handshakes = async {
+            let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+            let details = tls_session(tls.get_ref().1);
+            websocket::accept(tls, &ws.policy, true, max_payload, peer)
+                .await
+                .map(|halves| (halves, details))
+        };
+        if let Some(((reader, writer), details)) =
+            ws_handshake(ws.handshake_timeout, handshakes, peer).await
+        {
+            self.client.tls_session = Some(details);
+            self.serve(reader, writer).await;
+        }
+    }
+
     async fn serve(
         &mut self,
         reader: impl futures_lite::AsyncRead + Unpin,
@@ -261,7 +261,7 @@ impl Session<'_> {
         let Some(writer) = self.client.ctx.spawner.spawn(writer) else {
             return;
         };
-        let reason = self.client.run(reader, self.control.clone()).await;
+        let reason = self.client.run(reader).await;
         self.client.finish(reason, writer).await;
     }
 }
@@ -277,14 +277,16 @@ async fn write_loop(
 ) {
     match drain(out, socket, &shared.out, deadline).await {
         Drained::Closed => {}
-        Drained::WriteFailed => shared.tell(Control::WriteFailed),
+        Drained::WriteFailed => {
+            shared.tell(Control::WriteFailed);
+        }
         Drained::Deadline { bytes, chunks } => {
             log::info!(
                 "{peer} - cid:{} - Slow Consumer Detected: WriteDeadline of {} exceeded with {chunks} chunks of {bytes} total bytes.",
                 shared.id,
                 humantime::format_duration(deadline)
             );
-            shared.tell(Control::Close(WireError::SlowConsumerWriteDeadline))
+            shared.tell(Control::Close(WireError::SlowConsumerWriteDeadline));
         }
     }
 }
@@ -426,7 +428,7 @@ impl Client {
             nonce,
             auth_deadline,
             user: None,
-            permissions: Arc::new(Permissions::all()),
+            permissions: crate::auth::unrestricted(),
             publish_allowed: HashMap::new(),
             replies: None,
             pings_out: 0,
@@ -565,11 +567,8 @@ impl Client {
         }
     }
 
-    async fn run(
-        &mut self,
-        stream: impl futures_lite::AsyncRead + Unpin,
-        control: async_channel::Receiver<Control>,
-    ) -> Ended {
+    async fn run(&mut self, stream: impl futures_lite::AsyncRead + Unpin) -> Ended {
+        let shared = self.shared.clone();
         let mut stream = stream;
         if !self.info_sent {
             self.send_info(false);
@@ -579,14 +578,14 @@ impl Client {
         let mut ping = runtime::interval(self.ctx.config().ping_interval.0);
         enum Event {
             Read(std::io::Result<usize>),
-            Control(Option<Control>),
+            Control(Control),
             Tick,
             AuthTimeout,
         }
         loop {
             let event = {
                 let read = async { Event::Read(stream.read(rbuf.spare()).await) };
-                let ctl = async { Event::Control(control.recv().await.ok()) };
+                let ctl = async { Event::Control(shared.control.recv().await) };
                 let tick = async {
                     ping.next().await;
                     Event::Tick
@@ -631,8 +630,7 @@ impl Client {
                     }
                     rbuf.maybe_shrink(n);
                 }
-                Event::Control(None) => return Ended::Error(WireError::ServerShutdown),
-                Event::Control(Some(ctl)) => match ctl {
+                Event::Control(ctl) => match ctl {
                     Control::Close(e) => return Ended::Error(e),
                     Control::WriteFailed => return Ended::ReadError,
                     Control::AutoUnsubscribed(sub) => {
@@ -1131,6 +1129,7 @@ impl Client {
         }
         self.end_batch();
         self.shared.out.close();
+        self.shared.control.close();
         let deadline = self.ctx.config().write_deadline.0;
         let _ = runtime::timeout(deadline, writer).await;
         log::debug!("client {} closed: {reason}", self.id());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
-use super::client::{self, Control, Via};
+use super::client::{self, ClientShared, Control, Via};
 use super::node::ServerContext;
 use super::runtime::{self, TcpListener, TcpStream};
 use crate::proto::{encode, WireError};
@@ -21,8 +21,8 @@ use crate::proto::{encode, WireError};
 pub enum Command {
     Shutdown,
     LameDuck,
-    /// The control channels of the clients connected now (for monitoring).
-    Clients(async_channel::Sender<Vec<async_channel::Sender<Control>>>),
+    /// The clients connected now (for monitoring).
+    Clients(async_channel::Sender<Vec<Arc<ClientShared>>>),
     /// The authorization config changed: every client checks itself against it.
     Reauthorize,
 }
@@ -94,7 +94,7 @@ pub async fn run(
             }
             Event::Command(Some(Command::Reauthorize)) => {
                 for client in clients.values() {
-                    let _ = client.try_send(Control::Reauthorize);
+                    client.tell(Control::Reauthorize);
                 }
             }
             Event::Command(Some(Command::LameDuck)) => break true,
@@ -112,7 +112,7 @@ pub async fn run(
             ctx.config().lame_duck_duration.0
         );
         for control in clients.values() {
-            let _ = control.try_send(Control::LameDuck);
+            control.tell(Control::LameDuck);
         }
         let (grace, duration) = (
             ctx.config().lame_duck_grace_period.0,
@@ -122,7 +122,7 @@ pub async fn run(
         close_spread(&ctx, &mut clients, &gone_rx, duration).await;
     } else {
         for control in clients.values() {
-            let _ = control.try_send(Control::Close(WireError::ServerShutdown));
+            control.tell(Control::Close(WireError::ServerShutdown));
         }
     }
     wait_for_clients(&ctx, &mut clients, &gone_rx, SHUTDOWN_DRAIN).await;
@@ -135,7 +135,7 @@ fn forget(ctx: &ServerContext, clients: &mut Clients, id: u64) {
     }
 }
 
-type Clients = HashMap<u64, async_channel::Sender<Control>>;
+type Clients = HashMap<u64, Arc<ClientShared>>;
 
 /// Waits until every client is gone or `limit` passed.
 async fn wait_for_clients(
@@ -169,7 +169,7 @@ async fn close_spread(
     for batch in ids.chunks(per_step) {
         for id in batch {
             if let Some(control) = clients.get(id) {
-                let _ = control.try_send(Control::Close(WireError::ServerShutdown));
+                control.tell(Control::Close(WireError::ServerShutdown));
             }
         }
         while let Ok(id) = gone.try_recv() {

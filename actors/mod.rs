@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod jetstream;
 pub mod listener;
+pub mod mailbox;
 pub mod mesh;
 pub mod monitor;
 pub mod node;

@@ -112,12 +112,16 @@ async fn accept(
         monitor.ctx.spawner.clone().spawn_detached(async move {
             match tls {
                 None => serve(monitor, stream).await,
+                // Boxed: the TLS session would make every plain request's task as big.
                 Some(acceptor) => {
-                    match runtime::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
-                        Some(Ok(session)) => serve(monitor, session).await,
-                        Some(Err(e)) => log::debug!("monitoring TLS handshake failed: {e}"),
-                        None => log::debug!("monitoring TLS handshake timed out"),
-                    }
+                    Box::pin(async move {
+                        match runtime::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                            Some(Ok(session)) => serve(monitor, session).await,
+                            Some(Err(e)) => log::debug!("monitoring TLS handshake failed: {e}"),
+                            None => log::debug!("monitoring TLS handshake timed out"),
+                        }
+                    })
+                    .await
                 }
             }
         });
@@ -305,8 +309,8 @@ impl Monitor {
         };
         let (snap_tx, snap_rx) = async_channel::unbounded();
         let mut asked = 0;
-        for control in clients {
-            if control.try_send(Control::Snapshot(snap_tx.clone())).is_ok() {
+        for client in clients {
+            if client.tell(Control::Snapshot(snap_tx.clone())) {
                 asked += 1;
             }
         }

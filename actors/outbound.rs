@@ -328,8 +328,14 @@ impl OutboundQueue {
             std::mem::swap(&mut state.buf, &mut data);
         }
         data.clear();
-        if data.capacity() <= KEEP_CAPACITY && state.scratch.capacity() == 0 {
-            state.scratch = data;
+        if data.capacity() <= KEEP_CAPACITY {
+            if state.buf.is_empty() && state.buf.capacity() == 0 {
+                // Nothing was queued meanwhile: the written buffer takes the queue's
+                // place, so an idle connection keeps one buffer, not two.
+                state.buf = data;
+            } else if state.scratch.capacity() == 0 {
+                state.scratch = data;
+            }
         }
         self.release_stall(&mut state, wrote_all);
         let handoff = !state.buf.is_empty() || state.closed;

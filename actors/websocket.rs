@@ -28,6 +28,9 @@ fn max_message(max_payload: usize) -> usize {
     max_payload.saturating_mul(2).max(1024 * 1024)
 }
 
+/// What tungstenite reads into at a time (it grows for larger messages).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// Runs the server side of the WebSocket handshake on `stream`, refusing (403) an
 /// origin `policy` does not allow.
 pub async fn accept<S>(
@@ -57,6 +60,11 @@ where
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(max_message(max_payload));
     config.max_frame_size = Some(max_message(max_payload));
+    // tungstenite's defaults (128 KiB to read, 128 KiB to gather writes) cost every
+    // browser connection a quarter of a megabyte; the connection's writer already
+    // hands over whole batches, one message each, and flushes them.
+    config.read_buffer_size = WS_READ_BUFFER;
+    config.write_buffer_size = 0;
     let ws = async_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
         .await
         .map_err(|e| e.to_string())?;

@@ -111,6 +111,13 @@ pub struct Grant {
     pub permissions: Arc<Permissions>,
 }
 
+/// Permissions that allow everything, shared (one per node would do; one per process
+/// costs nothing): every connection of an open node holds them.
+pub fn unrestricted() -> Arc<Permissions> {
+    static ALL: std::sync::OnceLock<Arc<Permissions>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| Arc::new(Permissions::all())).clone()
+}
+
 /// The authentication configuration, compiled.
 #[derive(Clone, Default)]
 pub struct Authenticator {
@@ -294,7 +301,7 @@ impl Authenticator {
         if self.open {
             return Some(Grant {
                 user: None,
-                permissions: Arc::new(Permissions::all()),
+                permissions: unrestricted(),
             });
         }
         let name = self.no_auth_user.as_ref()?;
