@@ -30,6 +30,7 @@ use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
 use super::websocket;
 use crate::auth::{Authenticator, Grant, Permissions};
+use crate::events::ClientInfo;
 use crate::monitor::{ConnSnapshot, SubSnapshot};
 use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
 use crate::subject;
@@ -368,6 +369,9 @@ struct Client {
     auth_deadline: Option<Instant>,
     /// The authenticated user (for logs and monitoring).
     user: Option<String>,
+    /// This client as events describe it (JetStream's API audit), from its first
+    /// publish on (and again after its credentials change).
+    event_info: Option<Arc<ClientInfo>>,
     permissions: Arc<Permissions>,
     /// Publish permission answers by subject (permissions are checked once per
     /// subject, not once per message).
@@ -428,6 +432,7 @@ impl Client {
             nonce,
             auth_deadline,
             user: None,
+            event_info: None,
             permissions: crate::auth::unrestricted(),
             publish_allowed: HashMap::new(),
             replies: None,
@@ -440,6 +445,28 @@ impl Client {
             total_in_msgs: 0,
             total_in_bytes: 0,
             started_ns: runtime::unix_ns(std::time::SystemTime::now()),
+        }
+    }
+
+    /// This connection as server events name it.
+    fn describe(&self) -> ClientInfo {
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        ClientInfo {
+            start: crate::jetstream::api::format_time(self.started_ns),
+            host: self.peer.ip().to_string(),
+            id: self.id(),
+            acc: self.account.name.clone(),
+            user: self.user.clone().unwrap_or_default(),
+            name: text(&self.opts.name),
+            lang: text(&self.opts.lang),
+            ver: text(&self.opts.version),
+            server: self.ctx.server_name.clone(),
+            kind: "Client",
+            client_type: if self.transport == "websocket" {
+                "websocket"
+            } else {
+                "nats"
+            },
         }
     }
 
@@ -801,12 +828,21 @@ impl Client {
                 self.ok();
                 if valid && self.may_publish(subject) {
                     self.sync_subscriptions().await;
+                    // Built at the first publish: a connection that only subscribes
+                    // never pays for it.
+                    // Taken out and put back: no reference count touched per message.
+                    let from = match self.event_info.take() {
+                        Some(info) => info,
+                        None => Arc::new(self.describe()),
+                    };
                     self.publish(&Message {
                         subject,
                         reply,
                         headers,
                         data,
+                        from: Some(&from),
                     });
+                    self.event_info = Some(from);
                 }
             }
             Op::Sub {
@@ -884,6 +920,7 @@ impl Client {
     fn accept(&mut self, grant: Grant) {
         self.auth_deadline = None;
         self.user = grant.user;
+        self.event_info = None;
         // The requests already received stay answerable while the permission to
         // answer is the same.
         self.replies = match (grant.permissions.responses(), self.replies.take()) {

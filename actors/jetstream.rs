@@ -19,6 +19,7 @@ use super::runtime::Spawner;
 use super::storage::{Closed, Storage, StorageError, WriteBatch, WriteOp};
 use super::stream::{self as stream_actor, now_ns, StreamCmd, StreamHandle, Usage};
 use crate::config::JetStreamConfig;
+use crate::jetstream::advisory::{Action, Advisory};
 use crate::jetstream::api::{self, AccountInfo, ListRequest, StreamConfig, StreamInfo};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers;
@@ -91,6 +92,7 @@ pub async fn start(
         server_name,
         publisher: Publisher::default(),
         limits: config.clone(),
+        advisories: Vec::new(),
     };
     log::info!(
         "JetStream enabled, store in {}",
@@ -109,6 +111,8 @@ struct JetStream {
     server_name: String,
     publisher: Publisher,
     limits: JetStreamConfig,
+    /// Advisories of the request being handled.
+    advisories: Vec<Advisory>,
 }
 
 impl JetStream {
@@ -145,18 +149,43 @@ impl JetStream {
         };
         self.usage.api_total.fetch_add(1, Ordering::Relaxed);
         let kind = req.response_type();
-        let msg_subject = msg.subject.clone();
+        // Kept for the audit (cheap: shared bytes); the request may move on to a
+        // stream actor, which then answers and audits it itself.
+        let request = msg.clone();
         let result = self.handle(req.clone(), msg).await;
-        match result {
-            Handled::Done => {}
-            Handled::Reply(body) => self.reply(&reply, &body),
+        let body = match result {
+            Handled::Done => return,
+            Handled::Reply(body) => body,
             Handled::Error(e) => {
                 self.usage.api_errors.fetch_add(1, Ordering::Relaxed);
-                let body = api::error_response(kind, &e);
-                self.reply(&reply, &body);
+                api::error_response(kind, &e)
             }
-            Handled::NoResponders => self.no_responders(&reply, &msg_subject),
+            Handled::NoResponders => {
+                self.no_responders(&reply, &request.subject);
+                return;
+            }
+        };
+        self.reply(&reply, &body);
+        let now = now_ns();
+        for advisory in std::mem::take(&mut self.advisories) {
+            self.publisher.advise(&self.account, &advisory, now);
         }
+        stream_actor::audit(
+            &mut self.publisher,
+            &self.account,
+            &self.server_name,
+            &request,
+            body,
+            now,
+        );
+    }
+
+    /// Notes a stream's advisory, published once the request is answered.
+    fn advise(&mut self, stream: &str, action: Action) {
+        self.advisories.push(Advisory::Stream {
+            stream: stream.to_string(),
+            action,
+        });
     }
 
     async fn handle(&mut self, req: ApiRequest, msg: InternalMsg) -> Handled {
@@ -318,6 +347,7 @@ impl JetStream {
         );
         self.streams.insert(name.to_string(), handle);
         log::debug!("JetStream: stream {name} created");
+        self.advise(name, Action::Create);
         // Answered once the stream's subscriptions are visible (it answers Info after).
         Ok(self.stream_info(name).await?.for_change(true))
     }
@@ -372,6 +402,7 @@ impl JetStream {
         if let Some(h) = self.streams.get_mut(name) {
             h.config = config;
         }
+        self.advise(name, Action::Modify);
         Ok(info.for_change(false))
     }
 
@@ -385,7 +416,9 @@ impl JetStream {
         }
         rx.recv()
             .await
-            .map_err(|_| ApiError::stream_general("stream stopped"))?
+            .map_err(|_| ApiError::stream_general("stream stopped"))??;
+        self.advise(name, Action::Delete);
+        Ok(())
     }
 
     async fn list(&self, req: &ApiRequest, r: &ListRequest) -> Vec<u8> {

@@ -21,6 +21,8 @@ use super::outbound::{FlushSet, PushError};
 use super::route::RouteShared;
 use super::router::{Account, Index};
 use crate::auth::permissions::{ReplyGrant, ResponsePermission};
+use crate::events::ClientInfo;
+use crate::jetstream::advisory::Advisory;
 use crate::proto::{encode, WireError};
 use crate::subject;
 use crate::subject_index::MatchResult;
@@ -55,6 +57,9 @@ pub struct InternalMsg {
     /// Length of the header block at the start of `data`, if the message has headers.
     pub headers: Option<usize>,
     pub data: Bytes,
+    /// The client that published it, when it came from a local client (JetStream's
+    /// API audit names it).
+    pub from: Option<Arc<ClientInfo>>,
 }
 
 impl InternalMsg {
@@ -233,6 +238,8 @@ pub struct Message<'a> {
     /// Length of the header block at the start of `data`, if any.
     pub headers: Option<usize>,
     pub data: &'a [u8],
+    /// The local client that published it (internal subscribers get it).
+    pub from: Option<&'a Arc<ClientInfo>>,
 }
 
 /// Delivers `msg` to `sub` unless it is closed or past its auto-unsubscribe count.
@@ -263,6 +270,7 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
                     reply: msg.reply.map(Bytes::copy_from_slice),
                     headers: msg.headers,
                     data: Bytes::copy_from_slice(msg.data),
+                    from: msg.from.cloned(),
                 })
                 .is_ok();
         }
@@ -517,6 +525,7 @@ impl Publisher {
             reply,
             headers,
             data,
+            from: None,
         };
         self.publish(account, &msg, 0, true);
     }
@@ -530,6 +539,22 @@ impl Publisher {
         block: &[u8],
     ) {
         self.send(account, to, reply, Some(block.len()), block);
+    }
+
+    /// Whether anyone listens on `subject` (events nobody reads are never built).
+    pub fn has_interest(&mut self, account: &Account, subject: &[u8]) -> bool {
+        !self.cache.get(&account.index(), subject).is_empty()
+    }
+
+    /// Publishes a JetStream advisory, if anyone listens for it, with a fresh id and
+    /// the time `now`.
+    pub fn advise(&mut self, account: &Account, advisory: &Advisory, now: i64) {
+        let subject = advisory.subject();
+        if !self.has_interest(account, subject.as_bytes()) {
+            return;
+        }
+        let body = advisory.encode(&crate::events::event_id(&mut self.rng), now);
+        self.send(account, subject.as_bytes(), None, None, &body);
     }
 
     /// Wakes every outbound queue touched since the last flush. For publishers that

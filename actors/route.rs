@@ -463,6 +463,7 @@ impl Route {
                     reply: m.reply,
                     headers: m.headers,
                     data: m.data,
+                    from: None,
                 };
                 let queues = m.queue_list();
                 self.publisher.publish_routed(account, &msg, queues);

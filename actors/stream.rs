@@ -20,6 +20,7 @@ use super::publish::{InternalMsg, InternalSink, Message, Publisher, Subscription
 use super::router::{Account, SubChange};
 use super::runtime;
 use super::storage::{Progress, Storage, StorageError, WriteBatch, WriteOp};
+use crate::jetstream::advisory::{self, Advisory};
 use crate::jetstream::api::{
     self, ConsumerConfig, CreateConsumerRequest, MsgDeleteRequest, MsgGetRequest, NextRequest,
     PurgeRequest, StoredMessage, StreamConfig, StreamInfo, StreamInfoRequest,
@@ -198,6 +199,29 @@ pub fn spawn(
 }
 
 /// Nanoseconds since the Unix epoch (the actors' clock; `src/` takes it as input).
+/// Publishes the audit of API request `msg`, answered with `response` by `server`,
+/// when anyone listens on `$JS.EVENT.ADVISORY.API`.
+pub fn audit(
+    publisher: &mut Publisher,
+    account: &Account,
+    server: &str,
+    msg: &InternalMsg,
+    response: Vec<u8>,
+    now: i64,
+) {
+    if !publisher.has_interest(account, advisory::API_AUDIT.as_bytes()) {
+        return;
+    }
+    let audit = Advisory::Api {
+        server: server.to_string(),
+        client: msg.from.clone(),
+        subject: String::from_utf8_lossy(&msg.subject).into_owned(),
+        request: String::from_utf8_lossy(msg.payload()).into_owned(),
+        response: String::from_utf8(response).unwrap_or_default(),
+    };
+    publisher.advise(account, &audit, now);
+}
+
 pub fn now_ns() -> i64 {
     runtime::now_unix_ns()
 }
@@ -339,10 +363,18 @@ impl StreamActor {
         self.stream.poll_consumers(now, &interest, &mut out);
         drop(index);
         self.send_outbound(out);
+        self.advise(now);
         // Deliveries change consumer state and (interest retention) the stream.
         self.flush_changes();
         self.update_usage();
         self.publisher.flush();
+    }
+
+    /// Publishes the advisories the stream and its consumers raised.
+    fn advise(&mut self, now: i64) {
+        for advisory in self.stream.take_advisories() {
+            self.publisher.advise(&self.account, &advisory, now);
+        }
     }
 
     fn update_usage(&mut self) {
@@ -590,7 +622,9 @@ impl StreamActor {
             return;
         };
         let consumer = ack.consumer.to_string();
-        self.stream.ack(&consumer, ack.stream_seq, kind, now);
+        let reason = AckKind::term_reason(msg.payload());
+        self.stream
+            .ack(&consumer, ack.stream_seq, kind, reason, now);
         if let Some(reply) = msg.reply.clone() {
             if kind == AckKind::Next {
                 if let Some(c) = self.stream.consumers.get_mut(&consumer) {
@@ -648,6 +682,7 @@ impl StreamActor {
             self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
         }
         self.send_outbound(out);
+        self.advise(runtime::now_unix_ns());
         self.publisher.flush();
         self.stream.take_changes();
         let bytes = self.counted_bytes;
@@ -673,17 +708,30 @@ impl StreamActor {
         }
     }
 
+    /// Answers an API request, then audits it (`$JS.EVENT.ADVISORY.API`).
     fn respond(
         &mut self,
         req: &ApiRequest,
-        reply: &Option<Bytes>,
+        msg: &InternalMsg,
         body: Result<Vec<u8>, ApiError>,
+        now: i64,
     ) {
-        let Some(reply) = reply else {
+        let Some(reply) = &msg.reply else {
             return;
         };
         let body = body.unwrap_or_else(|e| api::error_response(req.response_type(), &e));
-        self.reply(reply, body);
+        self.publisher.send(&self.account, reply, None, None, &body);
+        // What the request did (a consumer created or deleted) comes before its audit,
+        // as at the reference.
+        self.advise(now);
+        audit(
+            &mut self.publisher,
+            &self.account,
+            &self.leader,
+            msg,
+            body,
+            now,
+        );
     }
 
     fn api(&mut self, req: ApiRequest, msg: InternalMsg, now: i64) {
@@ -830,7 +878,7 @@ impl StreamActor {
             }
             _ => Err(ApiError::bad_request()),
         };
-        self.respond(&req, &reply, result);
+        self.respond(&req, &msg, result, now);
     }
 
     fn create_consumer(
@@ -1058,6 +1106,7 @@ impl StreamActor {
                             reply: Some(reply.as_bytes()),
                             headers: hdr_len,
                             data: &data,
+                            from: None,
                         },
                         0,
                         true,

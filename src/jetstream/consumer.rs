@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::advisory::Advisory;
+
 use super::api::{
     self, AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, NextRequest, SequenceInfo,
     SequenceInfoActive,
@@ -63,6 +65,14 @@ impl AckKind {
             return Some(AckKind::Next);
         }
         None
+    }
+
+    /// The reason a `+TERM` body gives after the keyword, if any.
+    pub fn term_reason(body: &[u8]) -> Option<&str> {
+        let rest = body.trim_ascii().strip_prefix(b"+TERM")?;
+        std::str::from_utf8(rest.trim_ascii())
+            .ok()
+            .filter(|r| !r.is_empty())
     }
 }
 
@@ -168,6 +178,8 @@ pub struct Consumer {
     fc_counter: u64,
     /// State changed since it was last persisted.
     pub dirty: bool,
+    /// Advisories raised (NAK, TERM, max deliveries), for the actor to publish.
+    advisories: Vec<Advisory>,
 }
 
 impl Consumer {
@@ -228,6 +240,7 @@ impl Consumer {
             fc_bytes: 0,
             fc_counter: 0,
             dirty: true,
+            advisories: Vec::new(),
         };
         if c.config.deliver_policy == DeliverPolicy::LastPerSubject {
             // Deliver the last message of each subject first, then everything new: the
@@ -387,8 +400,37 @@ impl Consumer {
 
     /// Applies an ack for stream sequence `seq`. Returns the stream sequences now
     /// acknowledged (for retention), empty if nothing changed.
-    pub fn ack(&mut self, seq: u64, kind: AckKind, now: i64) -> Vec<u64> {
+    pub fn ack(&mut self, seq: u64, kind: AckKind, reason: Option<&str>, now: i64) -> Vec<u64> {
         self.last_active = now;
+        match kind {
+            AckKind::Nak(_) | AckKind::Term => {
+                if let Some(p) = self.pending.get(&seq) {
+                    let (consumer_seq, deliveries) = (
+                        p.consumer_seq,
+                        self.redelivered.get(&seq).copied().unwrap_or(1),
+                    );
+                    let (stream, consumer) = (self.stream.clone(), self.name.clone());
+                    self.advisories.push(match kind {
+                        AckKind::Term => Advisory::Terminated {
+                            stream,
+                            consumer,
+                            consumer_seq,
+                            stream_seq: seq,
+                            deliveries,
+                            reason: reason.filter(|r| !r.is_empty()).map(str::to_string),
+                        },
+                        _ => Advisory::Nak {
+                            stream,
+                            consumer,
+                            consumer_seq,
+                            stream_seq: seq,
+                            deliveries,
+                        },
+                    });
+                }
+            }
+            _ => {}
+        }
         match kind {
             AckKind::Ack | AckKind::Next | AckKind::Term => {
                 let acked: Vec<u64> = match self.config.ack_policy {
@@ -557,9 +599,19 @@ impl Consumer {
             *dc += 1;
             let dc = *dc;
             if self.config.max_deliver > 0 && dc as i64 > self.config.max_deliver {
-                // Delivered as often as allowed: give up on it, as acknowledged.
-                self.drop_pending(seq);
-                self.update_ack_floor();
+                // Delivered as often as allowed: no longer pending, but not acked
+                // either. As at the reference, the ack floor stays where it is (a later
+                // ack moves it on), the message still counts as redelivered, and the
+                // advisory tells whoever handles dead letters.
+                if self.pending.remove(&seq).is_some() {
+                    self.deadlines.retain(|(_, s)| *s != seq);
+                    self.advisories.push(Advisory::MaxDeliveries {
+                        stream: self.stream.clone(),
+                        consumer: self.name.clone(),
+                        stream_seq: seq,
+                        deliveries: dc - 1,
+                    });
+                }
                 self.dirty = true;
                 continue;
             }
@@ -884,6 +936,11 @@ impl Consumer {
         }
     }
 
+    /// The advisories raised since the last call.
+    pub fn take_advisories(&mut self) -> Vec<Advisory> {
+        std::mem::take(&mut self.advisories)
+    }
+
     pub fn info(&self, now: i64) -> ConsumerInfo {
         let mut config = self.config.clone();
         api::add_server_metadata(&mut config.metadata);
@@ -972,7 +1029,7 @@ mod tests {
         assert_eq!(seqs(&out), vec![1, 2]);
         assert_eq!(c.info(0).num_ack_pending, 2);
         assert_eq!(c.info(0).num_pending, 3);
-        assert_eq!(c.ack(2, AckKind::Ack, 1), vec![2]);
+        assert_eq!(c.ack(2, AckKind::Ack, None, 1), vec![2]);
         // Floor stays below 1 (still pending).
         assert_eq!(c.info(1).ack_floor.stream_seq, 0);
         // After the ack wait, 1 is redelivered with a new consumer sequence.
@@ -988,7 +1045,7 @@ mod tests {
             Outbound::Message { reply, .. } => assert!(reply.starts_with("$JS.ACK.S.C.2.1.3.")),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(c.ack(1, AckKind::Ack, 2001), vec![1]);
+        assert_eq!(c.ack(1, AckKind::Ack, None, 2001), vec![1]);
         let info = c.info(2001);
         assert_eq!(info.ack_floor.stream_seq, 2);
         assert_eq!(info.num_redelivered, 0);
@@ -1049,7 +1106,7 @@ mod tests {
         let mut out = Vec::new();
         c.poll(&st, 0, &|_| true, &mut out);
         assert_eq!(seqs(&out), vec![2, 4, 6]);
-        assert_eq!(c.ack(4, AckKind::Ack, 0), vec![2, 4]);
+        assert_eq!(c.ack(4, AckKind::Ack, None, 0), vec![2, 4]);
         assert!(c.done_with(3, "odd"));
         assert!(c.done_with(4, "even"));
         assert!(!c.done_with(6, "even"));
@@ -1072,7 +1129,7 @@ mod tests {
         let mut out = Vec::new();
         c.poll(&st, 0, &|_| true, &mut out);
         assert_eq!(seqs(&out), vec![1, 2]);
-        c.ack(1, AckKind::Ack, 1);
+        c.ack(1, AckKind::Ack, None, 1);
         let mut out = Vec::new();
         c.poll(&st, 1, &|_| true, &mut out);
         assert_eq!(seqs(&out), vec![3]);
@@ -1089,6 +1146,12 @@ mod tests {
         );
         assert_eq!(AckKind::parse(b"+WPI"), Some(AckKind::InProgress));
         assert_eq!(AckKind::parse(b"+TERM reason"), Some(AckKind::Term));
+        assert_eq!(
+            AckKind::term_reason(b"+TERM  because \r\n"),
+            Some("because")
+        );
+        assert_eq!(AckKind::term_reason(b"+TERM"), None);
+        assert_eq!(AckKind::term_reason(b"+ACK"), None);
         assert_eq!(AckKind::parse(b"+NXT"), Some(AckKind::Next));
         assert_eq!(AckKind::parse(b"junk"), None);
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::advisory::{Action, Advisory};
 use super::api::{
     self, Discard, MsgGetRequest, PubAck, PurgeRequest, Retention, StreamConfig, StreamInfo,
     StreamInfoRequest, StreamState,
@@ -218,6 +219,7 @@ pub struct Stream {
     last_msg_id: String,
     pub consumers: BTreeMap<String, Consumer>,
     changes: Vec<Change>,
+    advisories: Vec<Advisory>,
 }
 
 /// An empty store for a stream kept in `storage`: memory streams cache everything
@@ -244,6 +246,7 @@ impl Stream {
             last_msg_id: String::new(),
             consumers: BTreeMap::new(),
             changes: Vec::new(),
+            advisories: Vec::new(),
         }
     }
 
@@ -747,11 +750,11 @@ impl Stream {
 
     /// Applies an ack to a consumer and, for interest and work-queue streams, removes
     /// messages no consumer needs any more.
-    pub fn ack(&mut self, consumer: &str, seq: u64, kind: AckKind, now: i64) {
+    pub fn ack(&mut self, consumer: &str, seq: u64, kind: AckKind, reason: Option<&str>, now: i64) {
         let Some(c) = self.consumers.get_mut(consumer) else {
             return;
         };
-        let acked = c.ack(seq, kind, now);
+        let acked = c.ack(seq, kind, reason, now);
         if self.config.retention != Retention::Limits {
             for s in acked {
                 self.remove_if_done(s);
@@ -830,15 +833,29 @@ impl Stream {
             .min()
     }
 
+    /// A new consumer (raises its `CREATED` advisory).
     pub fn add_consumer(&mut self, consumer: Consumer) {
         self.changes.push(Change::Consumer(consumer.name.clone()));
+        self.advisories.push(Advisory::Consumer {
+            stream: self.config.name.clone(),
+            consumer: consumer.name.clone(),
+            action: Action::Create,
+        });
         self.consumers.insert(consumer.name.clone(), consumer);
     }
 
+    /// Deletes a consumer (asked to, gone inactive, or with its stream), raising its
+    /// `DELETED` advisory.
     pub fn remove_consumer(&mut self, name: &str, out: &mut Vec<Outbound>) -> bool {
         let Some(mut c) = self.consumers.remove(name) else {
             return false;
         };
+        self.advisories.extend(c.take_advisories());
+        self.advisories.push(Advisory::Consumer {
+            stream: self.config.name.clone(),
+            consumer: name.to_string(),
+            action: Action::Delete,
+        });
         c.deleted(out);
         self.changes.push(Change::ConsumerDeleted(name.to_string()));
         if self.config.retention == Retention::Interest {
@@ -846,6 +863,15 @@ impl Stream {
             self.apply_retention(&all);
         }
         true
+    }
+
+    /// The advisories raised since the last call, the consumers' included.
+    pub fn take_advisories(&mut self) -> Vec<Advisory> {
+        let mut all = std::mem::take(&mut self.advisories);
+        for c in self.consumers.values_mut() {
+            all.extend(c.take_advisories());
+        }
+        all
     }
 
     pub fn set_config(&mut self, config: StreamConfig) {
