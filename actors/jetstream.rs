@@ -392,7 +392,7 @@ impl JetStream {
         let (tx, rx) = async_channel::bounded(1);
         handle
             .commands
-            .send(StreamCmd::Update(config.clone(), tx))
+            .send(StreamCmd::Update(Box::new(config.clone()), tx))
             .await
             .map_err(|_| ApiError::stream_not_found())?;
         let info = rx

@@ -30,6 +30,7 @@ use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers::{self, HeaderBuilder};
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::schema::{self, ConsumerRecord, StreamRecord};
+use crate::jetstream::sourcing::{self, Inbound, Sourcing};
 use crate::jetstream::store::Loaded;
 use crate::jetstream::stream::{self, Change, Stream};
 
@@ -100,7 +101,7 @@ pub enum StreamCmd {
     Api(ApiRequest, InternalMsg),
     /// A new configuration, already validated against the other streams.
     Update(
-        StreamConfig,
+        Box<StreamConfig>,
         async_channel::Sender<Result<StreamInfo, ApiError>>,
     ),
     Info(async_channel::Sender<StreamInfo>),
@@ -120,6 +121,10 @@ pub struct StreamHandle {
 const TAG_CAPTURE: u64 = 1;
 const TAG_ACK: u64 = 2;
 const TAG_FC: u64 = 3;
+/// Answers to the consumer creates of the stream's mirror or sources.
+const TAG_SOURCE_REPLY: u64 = 4;
+/// Deliveries from origin `i` of the mirror or sources come tagged `TAG_SOURCE + i`.
+const TAG_SOURCE: u64 = 100;
 
 /// Replies held until the writes before them are durable.
 struct Held {
@@ -153,6 +158,9 @@ pub struct StreamActor {
     /// Bytes this stream counts in the node's usage.
     counted_bytes: u64,
     failed: Option<String>,
+    /// The mirror or sources this stream takes from, when it has any.
+    sourcing: Option<Sourcing>,
+    rng: fastrand::Rng,
 }
 
 /// Starts a stream actor for `stream` (new, or restored from storage).
@@ -190,6 +198,8 @@ pub fn spawn(
         uncommitted: VecDeque::new(),
         counted_bytes: 0,
         failed: None,
+        sourcing: None,
+        rng: fastrand::Rng::new(),
     };
     spawner.spawn_detached(actor.run(inbox_rx, commands_rx));
     StreamHandle {
@@ -198,7 +208,6 @@ pub fn spawn(
     }
 }
 
-/// Nanoseconds since the Unix epoch (the actors' clock; `src/` takes it as input).
 /// Publishes the audit of API request `msg`, answered with `response` by `server`,
 /// when anyone listens on `$JS.EVENT.ADVISORY.API`.
 pub fn audit(
@@ -222,6 +231,7 @@ pub fn audit(
     publisher.advise(account, &audit, now);
 }
 
+/// Nanoseconds since the Unix epoch (the actors' clock; `src/` takes it as input).
 pub fn now_ns() -> i64 {
     runtime::now_unix_ns()
 }
@@ -251,6 +261,20 @@ impl StreamActor {
             None,
             sink(TAG_FC),
         )));
+        if let Some(sourcing) = &self.sourcing {
+            for (i, deliver) in sourcing.deliver_subjects().iter().enumerate() {
+                subs.push(Arc::new(Subscription::internal(
+                    deliver,
+                    None,
+                    sink(TAG_SOURCE + i as u64),
+                )));
+            }
+            subs.push(Arc::new(Subscription::internal(
+                &sourcing.reply_subscription(),
+                None,
+                sink(TAG_SOURCE_REPLY),
+            )));
+        }
         let mut changes: Vec<SubChange> = subs.iter().cloned().map(SubChange::Add).collect();
         for old in self.subs.drain(..) {
             old.close();
@@ -277,6 +301,7 @@ impl StreamActor {
         inbox: async_channel::Receiver<InternalMsg>,
         commands: async_channel::Receiver<StreamCmd>,
     ) {
+        self.start_sourcing();
         self.subscribe().await;
         if !self.is_file() {
             let last = self.stream.store.last_seq();
@@ -291,7 +316,14 @@ impl StreamActor {
             Tick,
         }
         loop {
-            let deadline = self.stream.next_deadline(now_ns());
+            let now = now_ns();
+            let deadline = [
+                self.stream.next_deadline(now),
+                self.sourcing.as_ref().and_then(Sourcing::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let event = {
                 let inbox = async { Event::Inbox(inbox.recv().await.ok()) };
                 let cmd = async { Event::Command(commands.recv().await.ok()) };
@@ -342,8 +374,7 @@ impl StreamActor {
                             "stream {}: consumer {name} inactive, removed",
                             self.stream.name()
                         );
-                        self.stream.remove_consumer(&name, &mut out);
-                        self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+                        self.remove_consumer(&name, &mut out);
                     }
                     self.send_outbound(out);
                 }
@@ -355,6 +386,7 @@ impl StreamActor {
 
     /// After each step: persist what changed, deliver what can be delivered.
     fn end_batch(&mut self, now: i64) {
+        self.poll_sourcing(now);
         self.flush_changes();
         let account = self.account.clone();
         let index = account.index();
@@ -393,8 +425,25 @@ impl StreamActor {
         own.bytes.store(bytes, Ordering::Relaxed);
         own.messages
             .store(self.stream.store.len(), Ordering::Relaxed);
-        own.consumers
-            .store(self.stream.consumers.len() as u64, Ordering::Relaxed);
+        own.consumers.store(
+            self.stream.public_consumers().count() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Removes consumer `name` (its closing statuses into `out`), keeping the node's
+    /// consumer count (which leaves out `direct` ones).
+    fn remove_consumer(&mut self, name: &str, out: &mut Vec<Outbound>) -> bool {
+        let public = self
+            .stream
+            .consumers
+            .get(name)
+            .is_some_and(|c| !c.config.direct);
+        let removed = self.stream.remove_consumer(name, out);
+        if removed && public {
+            self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Cuts a write batch from the stream's changes; replies produced so far wait for it.
@@ -569,8 +618,143 @@ impl StreamActor {
                     }
                 }
             }
+            TAG_SOURCE_REPLY => {
+                if let (Some(sourcing), Ok(subject)) =
+                    (&mut self.sourcing, std::str::from_utf8(&msg.subject))
+                {
+                    sourcing.handle_response(subject, msg.payload(), now);
+                }
+            }
+            tag if tag >= TAG_SOURCE => self.sourced(tag - TAG_SOURCE, msg, now),
             _ => {}
         }
+    }
+
+    /// Builds the stream's sourcing from its config (at start and after an update that
+    /// changed its sources), finding where each source left off in the stored messages.
+    fn start_sourcing(&mut self) {
+        let prefix = format!("$JS.SRC.{}", random_name());
+        self.sourcing = Sourcing::new(&self.stream.config, prefix);
+        let Some(sourcing) = &self.sourcing else {
+            return;
+        };
+        if sourcing.is_mirror() {
+            return;
+        }
+        // From the newest message back, the first one each source wrote says where it
+        // stands (as the reference finds it).
+        let names = sourcing.index_names();
+        let mut found: Vec<Option<u64>> = vec![None; names.len()];
+        let seqs: Vec<u64> = self.stream.store.seqs_from(0).collect();
+        for seq in seqs.into_iter().rev() {
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+            let Some(m) = self.load(seq) else {
+                continue;
+            };
+            let Some(value) = headers::get(m.headers(), sourcing::SOURCE_HEADER) else {
+                continue;
+            };
+            if let Some((iname, origin_seq)) = sourcing::parse_source_header(value) {
+                if let Some(i) = names.iter().position(|n| *n == iname) {
+                    found[i].get_or_insert(origin_seq);
+                }
+            }
+        }
+        if let Some(sourcing) = &mut self.sourcing {
+            for (i, seq) in found.into_iter().enumerate() {
+                sourcing.resume(i, seq.unwrap_or(0));
+            }
+        }
+    }
+
+    /// Asks for the consumers the mirror or sources need now.
+    fn poll_sourcing(&mut self, now: i64) {
+        let Some(sourcing) = &mut self.sourcing else {
+            return;
+        };
+        sourcing.tick(now);
+        let (last, empty) = (
+            self.stream.store.last_seq(),
+            self.stream.store.last_seq() == 0,
+        );
+        let rng = &mut self.rng;
+        let mut name = || {
+            std::iter::repeat_with(|| rng.alphanumeric())
+                .take(12)
+                .collect::<String>()
+        };
+        let requests = sourcing.poll_setup(now, last, empty, &mut name);
+        for r in requests {
+            self.publisher.send(
+                &self.account,
+                r.subject.as_bytes(),
+                Some(r.reply.as_bytes()),
+                None,
+                &r.body,
+            );
+        }
+    }
+
+    /// Something from origin `i`'s consumer: a message to store, or a control message.
+    fn sourced(&mut self, i: u64, msg: InternalMsg, now: i64) {
+        let (Some(sourcing), Ok(subject)) = (&mut self.sourcing, std::str::from_utf8(&msg.subject))
+        else {
+            return;
+        };
+        let reply = msg
+            .reply
+            .as_deref()
+            .and_then(|r| std::str::from_utf8(r).ok());
+        let hdr_len = msg.headers.unwrap_or(0);
+        match sourcing.handle_delivery(i as usize, subject, reply, &msg.data, hdr_len, now) {
+            Inbound::Nothing => {}
+            Inbound::Answer(to) => {
+                self.publisher
+                    .send(&self.account, to.as_bytes(), None, None, b"")
+            }
+            Inbound::Store(m) => {
+                let data = Bytes::from(m.data.clone());
+                let result = if sourcing.is_mirror() {
+                    self.stream.store_mirrored(
+                        m.origin_seq,
+                        m.origin_ts,
+                        &m.subject,
+                        data,
+                        m.hdr_len,
+                    )
+                } else {
+                    self.stream
+                        .publish(now, &m.subject, data, m.hdr_len)
+                        .map(|_| ())
+                };
+                if let Err(e) = result {
+                    log::warn!(
+                        "stream {}: cannot store {} message {} from {}: {}",
+                        self.stream.name(),
+                        if sourcing.is_mirror() {
+                            "mirrored"
+                        } else {
+                            "sourced"
+                        },
+                        m.origin_seq,
+                        m.subject,
+                        e.description
+                    );
+                    sourcing.store_failed(&m, now);
+                }
+            }
+        }
+    }
+
+    /// STREAM.INFO, with the mirror's or sources' state.
+    fn info(&self, now: i64, req: &StreamInfoRequest) -> StreamInfo {
+        let mut info = self.stream.info(now, &self.leader, req);
+        if let Some(sourcing) = &self.sourcing {
+            (info.mirror, info.sources) = sourcing.info(now);
+        }
+        info
     }
 
     fn captured(&mut self, msg: InternalMsg, now: i64) {
@@ -646,13 +830,11 @@ impl StreamActor {
         match cmd {
             StreamCmd::Api(req, msg) => self.api(req, msg, now),
             StreamCmd::Update(config, done) => {
-                let result = self.update(config, now).await;
+                let result = self.update(*config, now).await;
                 let _ = done.send(result).await;
             }
             StreamCmd::Info(done) => {
-                let info = self
-                    .stream
-                    .info(now, &self.leader, &StreamInfoRequest::default());
+                let info = self.info(now, &StreamInfoRequest::default());
                 let _ = done.send(info).await;
             }
             StreamCmd::Delete(_) => {}
@@ -662,14 +844,16 @@ impl StreamActor {
 
     async fn update(&mut self, config: StreamConfig, now: i64) -> Result<StreamInfo, ApiError> {
         stream::check_update(&self.stream.config, &config)?;
-        let resubscribe = config.subjects != self.stream.config.subjects;
+        let sources_changed = config.sources != self.stream.config.sources;
+        let resubscribe = config.subjects != self.stream.config.subjects || sources_changed;
         self.stream.set_config(config);
+        if sources_changed {
+            self.start_sourcing();
+        }
         if resubscribe {
             self.subscribe().await;
         }
-        Ok(self
-            .stream
-            .info(now, &self.leader, &StreamInfoRequest::default()))
+        Ok(self.info(now, &StreamInfoRequest::default()))
     }
 
     async fn delete(&mut self) -> Result<(), ApiError> {
@@ -678,8 +862,7 @@ impl StreamActor {
         let mut out = Vec::new();
         let names: Vec<String> = self.stream.consumers.keys().cloned().collect();
         for name in names {
-            self.stream.remove_consumer(&name, &mut out);
-            self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+            self.remove_consumer(&name, &mut out);
         }
         self.send_outbound(out);
         self.advise(runtime::now_unix_ns());
@@ -741,7 +924,7 @@ impl StreamActor {
         let msg_subject = msg.subject.clone();
         let result: Result<Vec<u8>, ApiError> = match &req {
             ApiRequest::StreamInfo(_) => api::parse_optional::<StreamInfoRequest>(&body)
-                .map(|r| api::response(kind, &self.stream.info(now, &self.leader, &r))),
+                .map(|r| api::response(kind, &self.info(now, &r))),
             ApiRequest::StreamPurge(_) => {
                 api::parse_optional::<PurgeRequest>(&body).and_then(|r| {
                     let purged = self.stream.purge(&r)?;
@@ -800,8 +983,7 @@ impl StreamActor {
             },
             ApiRequest::ConsumerDelete(_, name) => {
                 let mut out = Vec::new();
-                if self.stream.remove_consumer(name, &mut out) {
-                    self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+                if self.remove_consumer(name, &mut out) {
                     self.send_outbound(out);
                     Ok(api::response(kind, &serde_json::json!({"success": true})))
                 } else {
@@ -815,10 +997,10 @@ impl StreamActor {
                     offset: usize,
                 }
                 api::parse_optional::<Paging>(&body).map(|p| {
-                    let total = self.stream.consumers.len();
+                    let total = self.stream.public_consumers().count();
                     let list = matches!(req, ApiRequest::ConsumerList(_));
                     let limit = if list { 256 } else { 1024 };
-                    let page = self.stream.consumers.values().skip(p.offset).take(limit);
+                    let page = self.stream.public_consumers().skip(p.offset).take(limit);
                     if list {
                         let infos: Vec<_> = page
                             .map(|c| {
@@ -969,16 +1151,19 @@ impl StreamActor {
             return Err(ApiError::consumer_does_not_exist());
         }
         let max = self.stream.config.max_consumers;
-        if max > 0 && self.stream.consumers.len() as i64 >= max {
+        if max > 0 && self.stream.public_consumers().count() as i64 >= max && !config.direct {
             return Err(ApiError::consumer_max_consumers());
         }
-        if self.stream.config.retention == api::Retention::Workqueue {
+        if self.stream.config.retention == api::Retention::Workqueue && !config.direct {
             check_workqueue(&config, &self.stream)?;
         }
+        let direct = config.direct;
         let consumer = Consumer::new(self.stream.name(), &name, config, now, &self.stream.store);
         let info = consumer.info(now);
         self.stream.add_consumer(consumer);
-        self.usage.consumers.fetch_add(1, Ordering::Relaxed);
+        if !direct {
+            self.usage.consumers.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(api::response("consumer_create_response", &info))
     }
 
@@ -1139,6 +1324,14 @@ pub fn normalize_consumer(
     }
     if c.filter_subject.as_deref() == Some("") {
         c.filter_subject = None;
+    }
+    // Direct consumers (what mirrors and sources run on their origins) push, and go
+    // away with their subscriber.
+    if c.direct && c.deliver_subject.is_none() {
+        return Err(ApiError::consumer_direct_requires_push());
+    }
+    if c.direct && c.durable_name.is_some() {
+        return Err(ApiError::consumer_direct_requires_ephemeral());
     }
     if let Some(d) = &c.durable_name {
         if !stream::valid_name(d) {

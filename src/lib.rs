@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod proto;
 pub mod subject;
 pub mod subject_index;
+pub mod subject_transform;
 pub mod tls;
 pub mod websocket;
 

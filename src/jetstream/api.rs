@@ -113,8 +113,15 @@ pub struct StreamConfig {
     pub num_replicas: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_ack: bool,
-    #[serde(default)]
+    /// Left out (0) for mirrors and sourcing streams, as by the reference.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub duplicate_window: i64,
+    /// Copy another stream, sequences and all (the stream then has no subjects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<StreamSource>,
+    /// Streams whose messages are appended to this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<StreamSource>>,
     #[serde(default)]
     pub compression: Compression,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
@@ -143,10 +150,6 @@ pub struct StreamConfig {
     pub metadata: Option<BTreeMap<String, String>>,
     /// Features we do not implement; kept to refuse them clearly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sources: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub republish: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_transform: Option<serde_json::Value>,
@@ -159,6 +162,60 @@ impl Default for StreamConfig {
         // An empty JSON object gives the same defaults as a missing field.
         serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("defaults deserialize"))
     }
+}
+
+/// A stream to mirror or source from (the reference's `StreamSource`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamSource {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub opt_start_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_transforms: Vec<SubjectTransformConfig>,
+    /// Where the origin's API and deliveries are (another JetStream domain or account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalStream>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectTransformConfig {
+    #[serde(default)]
+    pub src: String,
+    #[serde(default)]
+    pub dest: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalStream {
+    #[serde(default)]
+    pub api: String,
+    #[serde(default)]
+    pub deliver: String,
+}
+
+/// How a mirror or source is doing, in STREAM.INFO.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamSourceInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalStream>,
+    /// Messages the origin holds that are not here yet.
+    pub lag: u64,
+    /// The origin's last sequence received (sources only, as the reference).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub seq: u64,
+    /// Nanoseconds since the origin was last heard from; -1 when never.
+    pub active: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_transforms: Vec<SubjectTransformConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -203,6 +260,10 @@ pub struct StreamInfo {
     pub state: StreamState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<StreamSourceInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<StreamSourceInfo>>,
     pub ts: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub did_create: Option<bool>,
@@ -464,6 +525,10 @@ pub struct ConsumerConfig {
     pub num_replicas: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     pub mem_storage: bool,
+    /// A consumer a mirror or source runs on its origin: hidden from the consumer
+    /// lists, never persisted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub direct: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

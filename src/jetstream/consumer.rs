@@ -634,7 +634,10 @@ impl Consumer {
         self.num_pending + self.lps_queued
     }
 
-    fn record_delivery(&mut self, seq: u64, dc: u64, now: i64) -> String {
+    /// Notes a delivery of `seq` and returns its ack subject, which carries the
+    /// message's own time (`ts`, as the reference: clients read it as the message's
+    /// timestamp), not the delivery's.
+    fn record_delivery(&mut self, seq: u64, ts: i64, dc: u64, now: i64) -> String {
         self.delivered.consumer_seq += 1;
         if seq > self.delivered.stream_seq {
             self.delivered.stream_seq = seq;
@@ -662,7 +665,7 @@ impl Consumer {
             dc,
             seq,
             cseq,
-            now,
+            ts,
             self.still_pending()
         )
     }
@@ -735,7 +738,8 @@ impl Consumer {
                 }
                 continue;
             }
-            let reply = self.record_delivery(seq, dc, now);
+            let ts = store.get(seq).map_or(now, |e| e.ts);
+            let reply = self.record_delivery(seq, ts, dc, now);
             let Some(req) = self.waiting.front_mut() else {
                 break;
             };
@@ -826,8 +830,10 @@ impl Consumer {
             let Some((seq, dc, _)) = self.next_message(store, now) else {
                 break;
             };
-            let size = store.get(seq).map_or(0, |e| store.size_of(e));
-            let reply = self.record_delivery(seq, dc, now);
+            let (size, ts) = store
+                .get(seq)
+                .map_or((0, now), |e| (store.size_of(e), e.ts));
+            let reply = self.record_delivery(seq, ts, dc, now);
             out.push(Outbound::Message {
                 to: to.clone(),
                 reply,

@@ -69,6 +69,85 @@ impl ApiError {
     pub fn invalid_stream_config(why: &str) -> Self {
         e(500, 10052, why)
     }
+    pub fn mirror_with_subjects() -> Self {
+        e(400, 10034, "stream mirrors can not contain subjects")
+    }
+    pub fn mirror_with_sources() -> Self {
+        e(
+            400,
+            10031,
+            "stream mirrors can not also contain other sources",
+        )
+    }
+    pub fn mirror_with_first_seq() -> Self {
+        e(
+            400,
+            10143,
+            "stream mirrors can not have first sequence configured",
+        )
+    }
+    pub fn mirror_invalid_stream_name() -> Self {
+        e(400, 10142, "mirrored stream name is invalid")
+    }
+    pub fn source_invalid_stream_name() -> Self {
+        e(400, 10141, "sourced stream name is invalid")
+    }
+    pub fn mirror_not_updatable() -> Self {
+        e(400, 10055, "stream mirror configuration can not be updated")
+    }
+    pub fn source_duplicate() -> Self {
+        e(400, 10140, "duplicate source configuration detected")
+    }
+    /// A filter and several transforms at once (10150 for a mirror, 10144 a source).
+    pub fn filter_with_transforms(mirror: bool) -> Self {
+        if mirror {
+            e(
+                400,
+                10150,
+                "mirror with multiple subject transforms cannot also have a single subject filter",
+            )
+        } else {
+            e(
+                400,
+                10144,
+                "source with multiple subject transforms cannot also have a single subject filter",
+            )
+        }
+    }
+    /// A transform's source filter is invalid (10151 mirror, 10145 source).
+    pub fn transform_source(mirror: bool, err: &dyn std::fmt::Display) -> Self {
+        match mirror {
+            true => e(400, 10151, format!("mirror transform source: {err}")),
+            false => e(400, 10145, format!("source transform source: {err}")),
+        }
+    }
+    /// A transform's destination is invalid (10154 mirror, 10146 source).
+    pub fn transform_destination(mirror: bool, err: &dyn std::fmt::Display) -> Self {
+        match mirror {
+            true => e(400, 10154, format!("mirror transform: {err}")),
+            false => e(400, 10146, format!("source transform: {err}")),
+        }
+    }
+    /// Filters of one mirror or source overlap (10152 mirror, 10147 source).
+    pub fn overlapping_filters(mirror: bool) -> Self {
+        match mirror {
+            true => e(400, 10152, "mirror subject filters can not overlap"),
+            false => e(400, 10147, "source filters can not overlap"),
+        }
+    }
+    /// Setting up the consumer on the origin failed (the reference's 10029).
+    pub fn mirror_consumer_setup_failed(why: &str) -> Self {
+        e(500, 10029, why)
+    }
+    pub fn source_consumer_setup_failed(why: &str) -> Self {
+        e(500, 10045, why)
+    }
+    pub fn consumer_direct_requires_push() -> Self {
+        e(400, 10090, "consumer direct requires a push based consumer")
+    }
+    pub fn consumer_direct_requires_ephemeral() -> Self {
+        e(400, 10091, "consumer direct requires an ephemeral consumer")
+    }
     pub fn stream_update(why: &str) -> Self {
         e(500, 10069, why)
     }

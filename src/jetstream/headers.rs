@@ -29,6 +29,34 @@ pub fn status(block: &[u8]) -> Option<u16> {
     rest.split(' ').next()?.parse().ok()
 }
 
+/// A builder holding `block`'s version line and every line but those whose key
+/// `drop` picks (as is, order kept). An empty or malformed block gives a fresh one.
+pub fn retain(block: &[u8], drop: impl Fn(&str) -> bool) -> HeaderBuilder {
+    let Some(body) = block.strip_suffix(b"\r\n\r\n") else {
+        return HeaderBuilder::new();
+    };
+    let mut lines = body.split(|&b| b == b'\n');
+    let Some(version) = lines.next().filter(|v| v.starts_with(b"NATS/1.0")) else {
+        return HeaderBuilder::new();
+    };
+    let mut buf = version.strip_suffix(b"\r").unwrap_or(version).to_vec();
+    buf.extend_from_slice(b"\r\n");
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let key = line
+            .iter()
+            .position(|&b| b == b':')
+            .and_then(|c| std::str::from_utf8(&line[..c]).ok())
+            .map(str::trim);
+        if key.is_some_and(&drop) {
+            continue;
+        }
+        buf.extend_from_slice(line);
+        buf.extend_from_slice(b"\r\n");
+    }
+    HeaderBuilder { buf }
+}
+
 /// Builds a header block.
 #[derive(Debug, Clone)]
 pub struct HeaderBuilder {
@@ -101,6 +129,21 @@ pub fn no_responders(subject: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retain_drops_the_lines_asked_and_keeps_the_rest_in_order() {
+        let block = b"NATS/1.0\r\nA: 1\r\nNats-Expected-Stream: X\r\nB: 2\r\nnats-stream-source: S 1\r\n\r\n";
+        let kept = retain(block, |k| {
+            k.eq_ignore_ascii_case("Nats-Stream-Source") || k.starts_with("Nats-Expected-")
+        })
+        .add("Nats-Stream-Source", "O 3 > > s")
+        .finish();
+        assert_eq!(
+            kept,
+            b"NATS/1.0\r\nA: 1\r\nB: 2\r\nNats-Stream-Source: O 3 > > s\r\n\r\n".to_vec()
+        );
+        assert_eq!(retain(b"", |_| true).finish(), b"NATS/1.0\r\n\r\n".to_vec());
+    }
 
     #[test]
     fn reads_values_case_insensitively() {

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod journal;
 pub mod request;
 pub mod schema;
+pub mod sourcing;
 pub mod store;
 pub mod stream;
 

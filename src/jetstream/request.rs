@@ -135,7 +135,14 @@ pub fn parse(subject: &str) -> Option<ApiRequest> {
 pub struct AckSubject<'a> {
     pub stream: &'a str,
     pub consumer: &'a str,
+    /// How often this message was delivered, this time included.
+    pub deliveries: u64,
     pub stream_seq: u64,
+    pub consumer_seq: u64,
+    /// When the message was stored (ns since the epoch).
+    pub ts: i64,
+    /// Messages still pending for the consumer after this one.
+    pub pending: u64,
 }
 
 pub fn parse_ack(subject: &str) -> Option<AckSubject<'_>> {
@@ -146,10 +153,15 @@ pub fn parse_ack(subject: &str) -> Option<AckSubject<'_>> {
         n if n >= 9 => 2,
         _ => return None,
     };
+    let num = |i: usize| t.get(base + i).and_then(|v| v.parse::<u64>().ok());
     Some(AckSubject {
         stream: t.get(base)?,
         consumer: t.get(base + 1)?,
-        stream_seq: t.get(base + 3)?.parse().ok()?,
+        deliveries: num(2).unwrap_or(1),
+        stream_seq: num(3)?,
+        consumer_seq: num(4).unwrap_or(0),
+        ts: t.get(base + 5).and_then(|v| v.parse().ok()).unwrap_or(0),
+        pending: num(6).unwrap_or(0),
     })
 }
 
@@ -187,11 +199,19 @@ mod tests {
     fn ack_subjects() {
         let a = parse_ack("$JS.ACK.S.C.1.5.3.1700000000.0");
         assert_eq!(
-            a.map(|a| (a.stream, a.consumer, a.stream_seq)),
+            a.as_ref().map(|a| (a.stream, a.consumer, a.stream_seq)),
             Some(("S", "C", 5))
         );
-        let v2 = parse_ack("$JS.ACK._.HASH.S.C.1.6.3.1700000000.0.x");
-        assert_eq!(v2.map(|a| a.stream_seq), Some(6));
+        let a = a.unwrap();
+        assert_eq!(
+            (a.deliveries, a.consumer_seq, a.ts, a.pending),
+            (1, 3, 1_700_000_000, 0)
+        );
+        let v2 = parse_ack("$JS.ACK._.HASH.S.C.2.6.3.1700000000.4.x");
+        assert_eq!(
+            v2.map(|a| (a.stream_seq, a.deliveries, a.pending)),
+            Some((6, 2, 4))
+        );
         assert!(parse_ack("$JS.ACK.S.C.1.5").is_none());
     }
 }

@@ -76,9 +76,8 @@ pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
             "replicas count cannot be negative",
         ));
     }
+    super::sourcing::check_config(&c)?;
     for (what, set) in [
-        ("mirror", c.mirror.is_some()),
-        ("sources", c.sources.is_some()),
         ("republish", c.republish.is_some()),
         ("subject_transform", c.subject_transform.is_some()),
     ] {
@@ -88,7 +87,9 @@ pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
             )));
         }
     }
-    if c.subjects.is_empty() {
+    // A stream with neither subjects nor a mirror or sources listens on its name; one
+    // that sources others may have no subjects of its own.
+    if c.subjects.is_empty() && c.mirror.is_none() && c.sources.as_ref().is_none_or(Vec::is_empty) {
         c.subjects = vec![c.name.clone()];
     }
     for (i, s) in c.subjects.iter().enumerate() {
@@ -127,7 +128,8 @@ pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
             "max age needs to be >= 100ms",
         ));
     }
-    if c.duplicate_window == 0 {
+    let sourcing = c.mirror.is_some() || c.sources.as_ref().is_some_and(|s| !s.is_empty());
+    if c.duplicate_window == 0 && !sourcing {
         c.duplicate_window = api::DEFAULT_DUPLICATE_WINDOW;
         if c.max_age > 0 && c.max_age < c.duplicate_window {
             c.duplicate_window = c.max_age;
@@ -163,6 +165,7 @@ pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
 
 /// Checks an update against the current config (what may not change).
 pub fn check_update(old: &StreamConfig, new: &StreamConfig) -> Result<(), ApiError> {
+    super::sourcing::check_update(old, new)?;
     if old.storage != new.storage {
         return Err(ApiError::stream_update(
             "stream configuration update can not change storage type",
@@ -463,6 +466,55 @@ impl Stream {
         })
     }
 
+    /// Stores a message a mirror took from its origin, under the origin's sequence and
+    /// time (sequences the origin no longer has are left as deleted). Nothing of the
+    /// message is checked but this stream's limits: it was checked where it was
+    /// published. An older or equal sequence is ignored.
+    pub fn store_mirrored(
+        &mut self,
+        seq: u64,
+        ts: i64,
+        subject: &str,
+        data: Bytes,
+        hdr_len: usize,
+    ) -> Result<(), ApiError> {
+        if seq <= self.store.last_seq() {
+            return Ok(());
+        }
+        let subject_arc: Arc<str> = Arc::from(subject);
+        let entry = Entry {
+            ts,
+            subject: subject_arc.clone(),
+            hdr_len: hdr_len as u32,
+            len: data.len() as u32,
+            data: Some(data.clone()),
+            expires: None,
+        };
+        if self.config.discard == Discard::New {
+            let c = &self.config;
+            if (c.max_msgs > 0 && self.store.len() as i64 >= c.max_msgs)
+                || (c.max_bytes > 0
+                    && (self.store.bytes() + self.store.size_of(&entry)) as i64 > c.max_bytes)
+            {
+                return Err(ApiError::stream_store_failed("maximum messages exceeded"));
+            }
+        }
+        self.store.insert(seq, entry);
+        self.changes.push(Change::Append {
+            seq,
+            ts,
+            subject: subject_arc,
+            hdr_len: hdr_len as u32,
+            data,
+            expires: None,
+        });
+        for c in self.consumers.values_mut() {
+            c.on_append(seq, subject);
+        }
+        self.enforce_limits(subject);
+        Ok(())
+    }
+
     /// Records a sequence used by a message that was not kept, so sequences continue.
     fn skip_sequence(&mut self, seq: u64, now: i64) {
         // A placeholder entry removed at once keeps the interior-delete bookkeeping.
@@ -720,7 +772,7 @@ impl Stream {
                 .deleted_details
                 .then(|| self.store.deleted().collect())
                 .filter(|d: &Vec<u64>| !d.is_empty()),
-            consumer_count: self.consumers.len() as u64,
+            consumer_count: self.public_consumers().count() as u64,
         }
     }
 
@@ -743,6 +795,9 @@ impl Stream {
                 name: None,
                 leader: leader.to_string(),
             }),
+            // Filled in by whoever runs the stream's sourcing (the leader's actor).
+            mirror: None,
+            sources: None,
             ts: api::format_time(now),
             did_create: None,
         }
@@ -833,14 +888,21 @@ impl Stream {
             .min()
     }
 
-    /// A new consumer (raises its `CREATED` advisory).
+    /// The consumers clients see: all but the `direct` ones mirrors and sources run.
+    pub fn public_consumers(&self) -> impl Iterator<Item = &Consumer> {
+        self.consumers.values().filter(|c| !c.config.direct)
+    }
+
+    /// A new consumer (raises its `CREATED` advisory, unless it is `direct`).
     pub fn add_consumer(&mut self, consumer: Consumer) {
         self.changes.push(Change::Consumer(consumer.name.clone()));
-        self.advisories.push(Advisory::Consumer {
-            stream: self.config.name.clone(),
-            consumer: consumer.name.clone(),
-            action: Action::Create,
-        });
+        if !consumer.config.direct {
+            self.advisories.push(Advisory::Consumer {
+                stream: self.config.name.clone(),
+                consumer: consumer.name.clone(),
+                action: Action::Create,
+            });
+        }
         self.consumers.insert(consumer.name.clone(), consumer);
     }
 
@@ -851,11 +913,13 @@ impl Stream {
             return false;
         };
         self.advisories.extend(c.take_advisories());
-        self.advisories.push(Advisory::Consumer {
-            stream: self.config.name.clone(),
-            consumer: name.to_string(),
-            action: Action::Delete,
-        });
+        if !c.config.direct {
+            self.advisories.push(Advisory::Consumer {
+                stream: self.config.name.clone(),
+                consumer: name.to_string(),
+                action: Action::Delete,
+            });
+        }
         c.deleted(out);
         self.changes.push(Change::ConsumerDeleted(name.to_string()));
         if self.config.retention == Retention::Interest {
