@@ -87,6 +87,7 @@ async fn official_javascript_client_in_chromium() {
     let report: Value = serde_json::from_str(stdout.trim()).expect("run.mjs prints JSON");
     let allowed = &report["allowed"];
     assert_eq!(allowed["ok"], true, "{allowed:#}");
+    assert_eq!(allowed["jetstream"], true, "INFO announces JetStream");
     assert_eq!(allowed["reply"], "ping");
     let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(allowed["count"], serde_json::json!(expected));

@@ -115,6 +115,16 @@ async fn script(addr: SocketAddr) -> Seen {
         r#"{"name":"MIR4","mirror":{"name":"ORIG","opt_start_seq":4}}"#,
     )
     .await;
+    // From a start time: that of origin message 4.
+    let four = request(&client, "$JS.API.STREAM.MSG.GET.ORIG", r#"{"seq":4}"#).await;
+    let time = four["message"]["time"].as_str().unwrap().to_string();
+    let created = request(
+        &client,
+        "$JS.API.STREAM.CREATE.MIRT",
+        &format!(r#"{{"name":"MIRT","mirror":{{"name":"ORIG","opt_start_time":"{time}"}}}}"#),
+    )
+    .await;
+    assert!(created.get("error").is_none(), "{created}");
     create(
         "MIRF",
         r#"{"name":"MIRF","mirror":{"name":"ORIG","filter_subject":"orig.1"}}"#,
@@ -134,6 +144,11 @@ async fn script(addr: SocketAddr) -> Seen {
         .unwrap();
     let mirror = contents(&client, "MIR", 6).await;
     let mirror_from_4 = contents(&client, "MIR4", 6).await;
+    assert_eq!(
+        contents(&client, "MIRT", 6).await,
+        mirror_from_4,
+        "a start time gives what the start sequence gives"
+    );
     let mirror_filtered = contents(&client, "MIRF", 6).await;
     let sourced = contents(&client, "SRC", 8).await;
     let info = request(&client, "$JS.API.STREAM.INFO.MIR", "").await;
