@@ -1,86 +1,41 @@
 //! The client actor: one per client connection.
 //!
-//! It owns the connection's parser state, its CONNECT options, its subscriptions and
-//! its match cache, and drives the pure protocol code in `crate::proto` with the
-//! socket. Two tasks serve a connection: the actor proper (reads, parses, publishes,
-//! answers its mailbox and its ping timer) and a writer that drains the connection's
-//! [`OutboundQueue`] into the socket when it cannot be written at once. Publishing
-//! appends straight to the subscribers' outbound queues; at the end of each read batch
-//! the publisher flushes every queue it touched, writing inline when the subscriber's
-//! socket is free (see `outbound.rs`).
+//! It drives the connection's protocol rules (`crate::connection::Connection`, the
+//! sans-io state machine) with the socket: it reads, parses, hands each operation to
+//! the connection and carries out what it says — queue a reply, change a subscription,
+//! make the changes visible, publish, authenticate, close. Two tasks serve a
+//! connection: the actor proper (reads, its mailbox, its ping timer) and a writer that
+//! drains the connection's outbound queue into the socket when it cannot be written
+//! at once. Publishing appends straight to the subscribers' outbound queues; at the end
+//! of each read batch the publisher flushes every queue it touched, writing inline when
+//! the subscriber's socket is free (see `outbound.rs`).
 //!
 //! Who waits on whom: the actor awaits its account router only to make its own
-//! subscription changes visible (before its own PUB or before answering PING); the
-//! router never waits on a client. See `actors/README.md`.
+//! subscription changes visible (before its own PUB or before answering PING), and the
+//! blocking pool for a bcrypt check; the router never waits on a client. See
+//! `actors/README.md`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
-use super::mailbox::Mailbox;
-use super::node::{ServerContext, TlsSetup, WsSetup};
-use super::outbound::{drain, Drained, OutboundQueue, Wake, STALL_MAX, STALL_TOTAL};
-use super::publish::{Message, Publisher, ReplyLog, Subscription};
+use super::context::{new_nonce, ServerContext, TlsSetup, WsSetup};
+use super::outbound::{drain, Drained, STALL_MAX, STALL_TOTAL};
+use super::publish::Publisher;
 use super::readbuf::ReadBuf;
 use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
+use super::subscription::{ClientShared, Control, Message, Subscription};
 use super::websocket;
-use crate::auth::{Authenticator, Grant, Permissions};
+use crate::auth::{AuthError, Authenticator, Grant};
+use crate::connection::{Action, Connection, Limits, Publish, Reply};
 use crate::events::ClientInfo;
 use crate::monitor::{ConnSnapshot, SubSnapshot};
-use crate::proto::{encode, ConnectOptions, Op, Parsed, Parser, WireError};
-use crate::subject;
-
-/// Messages other actors send a client actor.
-pub enum Control {
-    /// Close the connection, sending the error's text first if it has one.
-    Close(WireError),
-    /// The writer failed: the peer is gone.
-    WriteFailed,
-    /// A subscription reached its auto-unsubscribe count.
-    AutoUnsubscribed(Arc<Subscription>),
-    /// Lame-duck mode: tell the client (INFO with `ldm`) to reconnect elsewhere.
-    LameDuck,
-    /// Monitoring asks what this connection is and did.
-    Snapshot(async_channel::Sender<ConnSnapshot>),
-    /// The authorization config changed: check the credentials again, apply the new
-    /// permissions (dropping subscriptions they no longer allow), or close.
-    Reauthorize,
-}
-
-/// The part of a client connection that publishers and subscriptions reach.
-pub struct ClientShared {
-    pub id: u64,
-    pub out: OutboundQueue,
-    control: Mailbox<Control>,
-    /// The socket, for publishers that flush this connection's queue inline (plain
-    /// TCP only: TLS bytes must go through the connection's TLS session).
-    socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
-}
-
-impl ClientShared {
-    /// Leaves a message for the actor; `false` once the connection has ended.
-    pub fn tell(&self, control: Control) -> bool {
-        self.control.send(control)
-    }
-}
-
-impl Wake for ClientShared {
-    fn wake_writer(&self) {
-        match &self.socket {
-            Some(socket) => self.out.flush_inline(socket.get_ref()),
-            None => self.out.wake(),
-        }
-    }
-
-    fn outbound(&self) -> &OutboundQueue {
-        &self.out
-    }
-}
+use crate::proto::{encode, errors, ConnectOptions, Parsed, Parser, WireError};
 
 /// Which listener a connection came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,28 +55,23 @@ pub fn spawn(
     gone: async_channel::Sender<u64>,
     via: Via,
 ) -> Arc<ClientShared> {
-    let tls = match via {
-        Via::Tcp => ctx.tls(),
-        Via::WebSocket => None,
-    };
-    let websocket = match via {
-        Via::Tcp => None,
-        Via::WebSocket => ctx.websocket(),
+    let (tls, websocket) = match via {
+        Via::Tcp => (ctx.tls(), None),
+        Via::WebSocket => (None, ctx.websocket()),
     };
     // Publishers write inline only to plain TCP sockets: TLS and WebSocket bytes
     // must go through their session.
     let inline = via == Via::Tcp && tls.is_none();
-    let shared = Arc::new(ClientShared {
+    let max_pending = ctx.config().max_pending.as_usize();
+    let shared = Arc::new(ClientShared::new(
         id,
-        out: OutboundQueue::new(ctx.config().max_pending.as_usize()),
-        control: Mailbox::default(),
-        socket: inline.then(|| stream.clone().into()),
-    });
+        max_pending,
+        inline.then(|| stream.clone().into()),
+    ));
     let handle = shared.clone();
     let spawner = ctx.spawner.clone();
-    let fut = async move {
-        let account = ctx.global.clone();
-        let mut client = Client::new(ctx, shared, account, peer);
+    spawner.spawn_detached(async move {
+        let mut client = Client::new(ctx, shared, peer);
         log::debug!("client {id} connected from {peer} ({via:?})");
         let mut session = Session {
             client: &mut client,
@@ -129,19 +79,18 @@ pub fn spawn(
         };
         // Each transport's handshake state is boxed on its own: inline, the largest
         // (wss://, ~48 KiB) would make every connection's task that large.
-        match (via, tls, websocket) {
-            (Via::Tcp, None, _) => session.serve(stream.clone(), stream).await,
-            (Via::Tcp, Some(tls), _) => Box::pin(session.serve_tls(stream, &tls)).await,
-            (Via::WebSocket, _, Some(ws)) => match &ws.acceptor {
+        match (tls, websocket) {
+            (Some(tls), _) => Box::pin(session.serve_tls(stream, &tls)).await,
+            (None, Some(ws)) => match &ws.acceptor {
                 None => Box::pin(session.serve_ws(stream, &ws)).await,
                 Some(acceptor) => Box::pin(session.serve_wss(stream, &ws, acceptor)).await,
             },
-            (Via::WebSocket, _, None) => {}
+            (None, None) if via == Via::Tcp => session.serve(stream.clone(), stream).await,
+            (None, None) => {}
         }
         let _ = session.socket.shutdown(std::net::Shutdown::Both);
         let _ = gone.send(id).await;
-    };
-    spawner.spawn_detached(fut);
+    });
     handle
 }
 
@@ -169,9 +118,9 @@ fn tls_session(conn: &rustls::ServerConnection) -> (String, String) {
     (version, suite)
 }
 
-/// Waits for a WebSocket connection's handshakes; `None` (logged) if they failed or
-/// took too long.
-async fn ws_handshake<T>(
+/// Waits for a transport's handshakes; `None` (logged) if they failed or took too long.
+async fn handshake<T>(
+    what: &str,
     limit: Duration,
     handshakes: impl std::future::Future<Output = Result<T, String>>,
     peer: SocketAddr,
@@ -179,18 +128,18 @@ async fn ws_handshake<T>(
     match runtime::timeout(limit, handshakes).await {
         Some(Ok(done)) => Some(done),
         Some(Err(e)) => {
-            log::debug!("{peer} - websocket handshake failed: {e}");
+            log::debug!("{peer} - {what} handshake failed: {e}");
             None
         }
         None => {
-            log::debug!("{peer} - websocket handshake timeout");
+            log::debug!("{peer} - {what} handshake timeout");
             None
         }
     }
 }
 
-/// A connection whose transport is ready: the actor reads from one half while its
-/// writer task drains the outbound queue into the other.
+/// A connection whose transport is being set up, then served: the actor reads from
+/// one half while its writer task drains the outbound queue into the other.
 struct Session<'a> {
     client: &'a mut Client,
     /// The TCP socket under any TLS or WebSocket layer, shut down at the end so that
@@ -202,8 +151,23 @@ impl Session<'_> {
     /// TLS on the client port: INFO in plain text (unless the handshake comes first),
     /// the handshake, then the session inside it.
     async fn serve_tls(&mut self, stream: TcpStream, tls: &TlsSetup) {
-        if let Some(tls) = self.client.start_tls(&stream, tls).await {
-            let (reader, writer) = futures_lite::io::split(tls);
+        let peer = self.client.peer;
+        if !tls.handshake_first {
+            let mut line = Vec::new();
+            encode::write_info(&mut line, &self.client.info(false));
+            let mut raw = stream.clone();
+            if !matches!(
+                runtime::timeout(tls.timeout, raw.write_all(&line)).await,
+                Some(Ok(()))
+            ) {
+                return;
+            }
+            self.client.info_sent = true;
+        }
+        let accept = async { tls.acceptor.accept(stream).await.map_err(|e| e.to_string()) };
+        if let Some(session) = handshake("TLS", tls.timeout, accept, peer).await {
+            self.client.tls_session = Some(tls_session(session.get_ref().1));
+            let (reader, writer) = futures_lite::io::split(session);
             self.serve(reader, writer).await;
         }
     }
@@ -214,9 +178,9 @@ impl Session<'_> {
         self.client.transport = "websocket";
         let max_payload = self.client.ctx.config().max_payload.as_usize();
         let peer = self.client.peer;
-        let handshake = websocket::accept(stream, &ws.policy, false, max_payload, peer);
-        if let Some((reader, writer)) = ws_handshake(ws.handshake_timeout, handshake, peer).await {
-            self.serve(reader, writer).await;
+        let accept = websocket::accept(stream, &ws.policy, false, max_payload, peer);
+        if let Some((r, w)) = handshake("websocket", ws.handshake_timeout, accept, peer).await {
+            self.serve(r, w).await;
         }
     }
 
@@ -237,11 +201,11 @@ impl Session<'_> {
                 .await
                 .map(|halves| (halves, details))
         };
-        if let Some(((reader, writer), details)) =
-            ws_handshake(ws.handshake_timeout, handshakes, peer).await
+        if let Some(((r, w), details)) =
+            handshake("websocket", ws.handshake_timeout, handshakes, peer).await
         {
             self.client.tls_session = Some(details);
-            self.serve(reader, writer).await;
+            self.serve(r, w).await;
         }
     }
 
@@ -292,43 +256,15 @@ async fn write_loop(
     }
 }
 
-/// Subjects whose publish permission a connection remembers.
-const PUBLISH_CACHE_MAX: usize = 1024;
-
-/// The reference's text for a refused subscription.
-fn subscribe_violation(subject: &[u8], queue: Option<&[u8]>) -> String {
-    let subject = String::from_utf8_lossy(subject);
-    match queue {
-        Some(q) => format!(
-            "Permissions Violation for Subscription to \"{subject}\" using queue \"{}\"",
-            String::from_utf8_lossy(q)
-        ),
-        None => format!("Permissions Violation for Subscription to \"{subject}\""),
-    }
-}
-
-/// A fresh nonce for INFO: 11 random bytes, base64url without padding (15 characters),
-/// as the reference makes them.
-pub(crate) fn new_nonce() -> String {
-    use base64::Engine;
-    let mut raw = [0u8; 11];
-    if getrandom::fill(&mut raw).is_err() {
-        // No system randomness: a nonce from a seeded generator still differs per
-        // connection, which is what a replayed signature needs to fail.
-        fastrand::fill(&mut raw);
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
 /// Checks credentials, on the blocking pool when bcrypt is involved (it is slow on
 /// purpose and would stall every connection sharing this executor thread).
 async fn check_credentials(
     auth: Arc<Authenticator>,
     opts: ConnectOptions,
     nonce: String,
-) -> Result<Grant, crate::auth::AuthError> {
+) -> Result<Grant, AuthError> {
     if auth.is_slow(&opts) {
-        blocking::unblock(move || auth.authenticate(&opts, &nonce)).await
+        runtime::unblock(move || auth.authenticate(&opts, &nonce)).await
     } else {
         auth.authenticate(&opts, &nonce)
     }
@@ -347,15 +283,12 @@ struct Client {
     account: Arc<Account>,
     peer: SocketAddr,
     parser: Parser,
-    opts: ConnectOptions,
-    /// Sends a second INFO (with `connect_info`) after the first PONG that follows
-    /// CONNECT, as the reference does.
-    connect_info_due: bool,
+    /// The protocol's rules and state.
+    conn: Connection,
+    /// The subscriptions, as the index holds them, by sid.
     subs: HashMap<Box<[u8]>, Arc<Subscription>>,
     /// Subscription changes not yet sent to the router.
     changes: Vec<SubChange>,
-    /// Changes sent to the router without waiting for them to be applied.
-    unsynced: bool,
     publisher: Publisher,
     /// The first INFO went out before the TLS handshake.
     info_sent: bool,
@@ -363,23 +296,9 @@ struct Client {
     /// version and cipher suite when the connection uses TLS.
     transport: &'static str,
     tls_session: Option<(String, String)>,
-    /// Sent in INFO for nkey users to sign; empty when none are configured.
-    nonce: String,
-    /// Until CONNECT is accepted: when the connection is closed for not sending it.
-    auth_deadline: Option<Instant>,
-    /// The authenticated user (for logs and monitoring).
-    user: Option<String>,
     /// This client as events describe it (JetStream's API audit), from its first
     /// publish on (and again after its credentials change).
     event_info: Option<Arc<ClientInfo>>,
-    permissions: Arc<Permissions>,
-    /// Publish permission answers by subject (permissions are checked once per
-    /// subject, not once per message).
-    publish_allowed: HashMap<Box<[u8]>, bool>,
-    /// Requests received that this client may answer (`allow_responses`).
-    replies: Option<Arc<ReplyLog>>,
-    pings_out: u32,
-    last_in: Instant,
     in_msgs: u64,
     in_bytes: u64,
     out_msgs: u64,
@@ -392,130 +311,46 @@ struct Client {
 }
 
 impl Client {
-    fn new(
-        ctx: Arc<ServerContext>,
-        shared: Arc<ClientShared>,
-        account: Arc<Account>,
-        peer: SocketAddr,
-    ) -> Self {
+    fn new(ctx: Arc<ServerContext>, shared: Arc<ClientShared>, peer: SocketAddr) -> Self {
+        let config = ctx.config();
         let parser = Parser::new(
-            ctx.config().max_control_line.as_usize(),
-            ctx.config().max_payload.as_usize(),
+            config.max_control_line.as_usize(),
+            config.max_payload.as_usize(),
         );
+        let limits = Limits {
+            max_subscriptions: config.max_subscriptions,
+            ping_interval: config.ping_interval.0,
+            max_pings_out: config.max_pings_out,
+        };
         // The clock for authentication starts with the connection (TLS included).
         let auth = ctx.auth();
-        let (nonce, auth_deadline) = if auth.required() {
-            let nonce = if auth.wants_nonce() {
-                new_nonce()
-            } else {
-                String::new()
-            };
-            (nonce, Some(runtime::now() + auth.timeout()))
+        let nonce = if auth.required() && auth.wants_nonce() {
+            new_nonce()
         } else {
-            (String::new(), None)
+            String::new()
         };
+        let conn = Connection::new(auth, limits, nonce, runtime::now());
         Client {
+            account: ctx.global.clone(),
             ctx,
             shared,
-            account,
             peer,
             parser,
-            opts: ConnectOptions::default(),
-            connect_info_due: false,
+            conn,
             subs: HashMap::new(),
             changes: Vec::new(),
-            unsynced: false,
             publisher: Publisher::default(),
             info_sent: false,
             transport: "nats",
             tls_session: None,
-            nonce,
-            auth_deadline,
-            user: None,
             event_info: None,
-            permissions: crate::auth::unrestricted(),
-            publish_allowed: HashMap::new(),
-            replies: None,
-            pings_out: 0,
-            last_in: runtime::now(),
             in_msgs: 0,
             in_bytes: 0,
             out_msgs: 0,
             out_bytes: 0,
             total_in_msgs: 0,
             total_in_bytes: 0,
-            started_ns: runtime::unix_ns(std::time::SystemTime::now()),
-        }
-    }
-
-    /// This connection as server events name it.
-    fn describe(&self) -> ClientInfo {
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
-        ClientInfo {
-            start: crate::jetstream::api::format_time(self.started_ns),
-            host: self.peer.ip().to_string(),
-            id: self.id(),
-            acc: self.account.name.clone(),
-            user: self.user.clone().unwrap_or_default(),
-            name: text(&self.opts.name),
-            lang: text(&self.opts.lang),
-            ver: text(&self.opts.version),
-            server: self.ctx.server_name.clone(),
-            kind: "Client",
-            client_type: if self.transport == "websocket" {
-                "websocket"
-            } else {
-                "nats"
-            },
-        }
-    }
-
-    /// What `/connz` shows of this connection.
-    fn snapshot(&self) -> ConnSnapshot {
-        let idle = runtime::now().duration_since(self.last_in);
-        let now = std::time::SystemTime::now();
-        let (out_msgs, out_bytes) = self.shared.out.delivered();
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
-        ConnSnapshot {
-            cid: self.id(),
-            ip: self.peer.ip().to_string(),
-            port: self.peer.port(),
-            start_ns: self.started_ns,
-            last_activity_ns: runtime::unix_ns(now.checked_sub(idle).unwrap_or(now)),
-            pending_bytes: self.shared.out.pending() as u64,
-            in_msgs: self.total_in_msgs + self.in_msgs,
-            in_bytes: self.total_in_bytes + self.in_bytes,
-            out_msgs,
-            out_bytes,
-            name: text(&self.opts.name),
-            lang: text(&self.opts.lang),
-            version: text(&self.opts.version),
-            transport: self.transport,
-            authorized_user: self.user.clone().unwrap_or_default(),
-            tls_version: self
-                .tls_session
-                .as_ref()
-                .map(|t| t.0.clone())
-                .unwrap_or_default(),
-            tls_cipher_suite: self
-                .tls_session
-                .as_ref()
-                .map(|t| t.1.clone())
-                .unwrap_or_default(),
-            subs: self
-                .subs
-                .values()
-                .map(|sub| SubSnapshot {
-                    subject: String::from_utf8_lossy(&sub.subject).into_owned(),
-                    queue: sub
-                        .queue
-                        .as_ref()
-                        .map(|q| String::from_utf8_lossy(q).into_owned()),
-                    sid: String::from_utf8_lossy(&sub.sid).into_owned(),
-                    msgs: sub.delivered.load(Ordering::Relaxed),
-                    cid: self.id(),
-                })
-                .collect(),
+            started_ns: runtime::now_unix_ns(),
         }
     }
 
@@ -523,79 +358,7 @@ impl Client {
         self.shared.id
     }
 
-    /// Queues bytes of our own (replies, errors); they are never refused for size.
-    fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        if let Ok(true) = self.shared.out.push_control(write) {
-            self.publisher.flush.add(self.shared.clone());
-        }
-    }
-
-    fn info(&self, after_connect: bool) -> crate::proto::ServerInfo {
-        let mut info = self.ctx.info_for(self.id(), self.peer.ip());
-        info.nonce = self.nonce.clone();
-        if after_connect {
-            info.connect_info = true;
-            info.remote_account = self.account.name.clone();
-        }
-        info
-    }
-
-    fn send_info(&mut self, after_connect: bool) {
-        let info = self.info(after_connect);
-        self.send(|buf| encode::write_info(buf, &info));
-    }
-
-    fn send_err(&mut self, err: WireError) {
-        if let Some(text) = err.text() {
-            self.send(|buf| encode::write_err(buf, text));
-        }
-    }
-
-    fn ok(&mut self) {
-        if self.opts.verbose {
-            self.send(|buf| buf.extend_from_slice(encode::OK));
-        }
-    }
-
-    /// TLS before anything else: the plain-text INFO first (unless the handshake comes
-    /// first), then the handshake within its timeout. `None`: no TLS session (the
-    /// client spoke plain text, offered no valid certificate, or was too slow).
-    async fn start_tls(
-        &mut self,
-        stream: &TcpStream,
-        tls: &TlsSetup,
-    ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
-        if !tls.handshake_first {
-            let mut line = Vec::new();
-            encode::write_info(&mut line, &self.info(false));
-            let mut raw = stream.clone();
-            runtime::timeout(tls.timeout, raw.write_all(&line))
-                .await?
-                .ok()?;
-            self.info_sent = true;
-        }
-        match runtime::timeout(tls.timeout, tls.acceptor.accept(stream.clone())).await {
-            Some(Ok(session)) => {
-                self.tls_session = Some(tls_session(session.get_ref().1));
-                Some(session)
-            }
-            Some(Err(e)) => {
-                log::debug!(
-                    "{} - cid:{} - TLS handshake error: {e}",
-                    self.peer,
-                    self.id()
-                );
-                None
-            }
-            None => {
-                log::debug!("{} - cid:{} - TLS handshake timeout", self.peer, self.id());
-                None
-            }
-        }
-    }
-
     async fn run(&mut self, stream: impl futures_lite::AsyncRead + Unpin) -> Ended {
-        let shared = self.shared.clone();
         let mut stream = stream;
         if !self.info_sent {
             self.send_info(false);
@@ -603,6 +366,7 @@ impl Client {
         }
         let mut rbuf = ReadBuf::new();
         let mut ping = runtime::interval(self.ctx.config().ping_interval.0);
+        let shared = self.shared.clone();
         enum Event {
             Read(std::io::Result<usize>),
             Control(Control),
@@ -612,17 +376,15 @@ impl Client {
         loop {
             let event = {
                 let read = async { Event::Read(stream.read(rbuf.spare()).await) };
-                let ctl = async { Event::Control(shared.control.recv().await) };
+                let ctl = async { Event::Control(shared.next_control().await) };
                 let tick = async {
                     ping.next().await;
                     Event::Tick
                 };
-                let deadline = self.auth_deadline;
+                let deadline = self.conn.auth_deadline();
                 let auth_timeout = async move {
                     match deadline {
-                        Some(at) => {
-                            runtime::sleep(at.saturating_duration_since(runtime::now())).await
-                        }
+                        Some(at) => runtime::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
                     Event::AuthTimeout
@@ -633,77 +395,66 @@ impl Client {
                 )
                 .await
             };
-            match event {
-                Event::AuthTimeout => {
+            let result = match event {
+                Event::AuthTimeout if self.conn.auth_timed_out(runtime::now()) => {
                     log::debug!(
                         "client {} ({}): authentication timeout",
                         self.id(),
                         self.peer
                     );
-                    return Ended::Error(WireError::AuthenticationTimeout);
+                    Err(Ended::Error(WireError::AuthenticationTimeout))
                 }
-                Event::Read(Ok(0)) => return Ended::ClientClosed,
-                Event::Read(Err(_)) => return Ended::ReadError,
+                Event::AuthTimeout => Ok(()),
+                Event::Read(Ok(0)) => Err(Ended::ClientClosed),
+                Event::Read(Err(_)) => Err(Ended::ReadError),
                 Event::Read(Ok(n)) => {
                     rbuf.filled(n);
-                    self.last_in = runtime::now();
+                    self.conn.received(runtime::now());
                     let result = self.process(&mut rbuf).await;
                     self.end_batch();
-                    if let Err(e) = result {
-                        return Ended::Error(e);
-                    }
                     if self.publisher.flush.has_stalled() {
                         self.wait_stalled().await;
                     }
                     rbuf.maybe_shrink(n);
+                    result.map_err(Ended::Error)
                 }
-                Event::Control(ctl) => match ctl {
-                    Control::Close(e) => return Ended::Error(e),
-                    Control::WriteFailed => return Ended::ReadError,
-                    Control::AutoUnsubscribed(sub) => {
-                        if self
-                            .subs
-                            .get(&sub.sid)
-                            .is_some_and(|s| Arc::ptr_eq(s, &sub))
-                        {
-                            self.remove_sub(&sub.sid.clone());
-                            self.end_batch();
-                        }
-                    }
-                    Control::Snapshot(reply) => {
-                        let _ = reply.try_send(self.snapshot());
-                    }
-                    Control::Reauthorize => {
-                        if let Err(e) = self.reauthorize().await {
-                            return Ended::Error(e);
-                        }
-                        self.end_batch();
-                    }
-                    Control::LameDuck => {
-                        let mut info = self.ctx.info_for(self.id(), self.peer.ip());
-                        info.ldm = true;
-                        self.send(|buf| encode::write_info(buf, &info));
-                        self.end_batch();
-                    }
+                Event::Control(ctl) => self.control(ctl).await,
+                Event::Tick => match self.conn.tick(runtime::now()) {
+                    Some(action) => self.perform(action).await.map_err(Ended::Error),
+                    None => Ok(()),
                 },
-                Event::Tick => {
-                    // Activity within the interval makes a PING unnecessary (as in the
-                    // reference); the slack keeps a CONNECT that arrived just after the
-                    // timer started from delaying the first PING by a whole interval.
-                    let config = self.ctx.config();
-                    let interval = config.ping_interval.0;
-                    if runtime::now().duration_since(self.last_in) < interval.mul_f64(0.9) {
-                        continue;
-                    }
-                    if self.pings_out + 1 > config.max_pings_out {
-                        return Ended::Error(WireError::StaleConnection);
-                    }
-                    self.pings_out += 1;
-                    self.send(|buf| buf.extend_from_slice(encode::PING));
-                    self.end_batch();
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+            self.end_batch();
+        }
+    }
+
+    async fn control(&mut self, ctl: Control) -> Result<(), Ended> {
+        match ctl {
+            Control::Close(e) => return Err(Ended::Error(e)),
+            Control::WriteFailed => return Err(Ended::ReadError),
+            Control::AutoUnsubscribed(sub) => {
+                if self
+                    .subs
+                    .get(&sub.sid)
+                    .is_some_and(|s| Arc::ptr_eq(s, &sub))
+                {
+                    self.remove_sub(&sub.sid.clone());
                 }
             }
+            Control::Snapshot(reply) => {
+                let _ = reply.try_send(self.snapshot());
+            }
+            Control::Reauthorize => self.reauthorize().await.map_err(Ended::Error)?,
+            Control::LameDuck => {
+                let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+                info.ldm = true;
+                self.send(|buf| encode::write_info(buf, &info));
+            }
         }
+        Ok(())
     }
 
     /// Handles every complete operation in the buffer.
@@ -711,7 +462,18 @@ impl Client {
         loop {
             match self.parser.parse(rbuf.data()) {
                 Ok(Parsed::Op(op, n)) => {
-                    let result = self.handle(op).await;
+                    if let crate::proto::Op::Pub { data, .. } = &op {
+                        self.in_msgs += 1;
+                        self.in_bytes += data.len() as u64;
+                    }
+                    let actions = self.conn.handle(op);
+                    let mut result = Ok(());
+                    for action in actions {
+                        result = self.perform(action).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
                     rbuf.consume(n);
                     result?;
                 }
@@ -727,28 +489,229 @@ impl Client {
         }
     }
 
-    /// Work deferred to the end of a read batch: one router message for all the
-    /// subscription changes, one wake per outbound queue touched, the stats.
-    fn end_batch(&mut self) {
-        if !self.changes.is_empty() {
-            self.account.send(std::mem::take(&mut self.changes));
-            self.unsynced = true;
-        }
-        // Wakes the queues touched; the stalled ones stay noted for `wait_stalled`.
-        self.publisher.flush.flush();
-        self.total_in_msgs += self.in_msgs;
-        self.total_in_bytes += self.in_bytes;
-        // Node-wide counters are shared atomics: add to them once per batch.
-        let stats = &self.ctx.stats;
-        for (local, shared) in [
-            (&mut self.in_msgs, &stats.in_msgs),
-            (&mut self.in_bytes, &stats.in_bytes),
-            (&mut self.out_msgs, &stats.out_msgs),
-            (&mut self.out_bytes, &stats.out_bytes),
-        ] {
-            if *local > 0 {
-                shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
+    /// Carries out one action of the connection; `Err` closes it.
+    async fn perform(&mut self, action: Action<'_>) -> Result<(), WireError> {
+        match action {
+            Action::Reply(reply) => self.reply(reply),
+            Action::SyncSubscriptions => self.sync_subscriptions().await,
+            Action::Publish(p) => self.publish(p),
+            Action::Subscribe {
+                sid,
+                subject,
+                queue,
+            } => {
+                let sub = Arc::new(self.new_subscription(subject, queue, sid));
+                self.subs.insert(sid.into(), sub.clone());
+                self.changes.push(SubChange::Add(sub));
             }
+            Action::Unsubscribe { sid, max } => self.unsubscribe(sid, max),
+            Action::Authenticate(opts) => {
+                log::debug!(
+                    "client {}: CONNECT name={:?} lang={:?} version={:?}",
+                    self.id(),
+                    opts.name.as_deref().unwrap_or(""),
+                    opts.lang.as_deref().unwrap_or(""),
+                    opts.version.as_deref().unwrap_or("")
+                );
+                let nonce = self.conn.nonce().to_string();
+                let result = check_credentials(self.ctx.auth(), (*opts).clone(), nonce).await;
+                if let Err(e) = &result {
+                    log::error!(
+                        "{} - cid:{} - authentication error - {e}",
+                        self.peer,
+                        self.id()
+                    );
+                }
+                self.event_info = None;
+                for next in self.conn.authenticated(result) {
+                    match next {
+                        Action::Reply(r) => self.reply(r),
+                        Action::Close(e) => return Err(e),
+                        _ => {}
+                    }
+                }
+            }
+            Action::Close(e) => {
+                if e == WireError::AuthorizationViolation {
+                    log::error!(
+                        "{} - cid:{} - authentication error: operation before CONNECT",
+                        self.peer,
+                        self.id()
+                    );
+                } else if e == WireError::ProtocolViolation {
+                    log::debug!("client {}: protocol violation", self.id());
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, reply: Reply<'_>) {
+        match reply {
+            Reply::Ok => self.send(|b| b.extend_from_slice(encode::OK)),
+            Reply::Ping => self.send(|b| b.extend_from_slice(encode::PING)),
+            Reply::Pong => self.send(|b| b.extend_from_slice(encode::PONG)),
+            Reply::ConnectInfo => self.send_info(true),
+            Reply::Err(e) => self.send_err(e),
+            Reply::PublishViolation(subject) => {
+                let shown = String::from_utf8_lossy(subject);
+                log::error!(
+                    "{} - cid:{} - Publish Violation - Subject {shown:?}",
+                    self.peer,
+                    self.id()
+                );
+                let text = errors::publish_violation(subject);
+                self.send(|b| encode::write_err(b, &text));
+            }
+            Reply::SubscribeViolation { subject, queue } => {
+                let text = errors::subscribe_violation(subject, queue);
+                log::error!("{} - cid:{} - {text}", self.peer, self.id());
+                self.send(|b| encode::write_err(b, &text));
+            }
+        }
+    }
+
+    /// Makes this connection's subscription changes visible to every publisher.
+    async fn sync_subscriptions(&mut self) {
+        self.account.apply(std::mem::take(&mut self.changes)).await;
+        self.conn.synced();
+    }
+
+    /// Checks this connection against a reloaded authorization config: closes it if its
+    /// credentials no longer pass, otherwise applies the new permissions, ending the
+    /// subscriptions they no longer allow.
+    async fn reauthorize(&mut self) -> Result<(), WireError> {
+        let Some(opts) = self.conn.reauthorize(self.ctx.auth()) else {
+            return Ok(());
+        };
+        let nonce = self.conn.nonce().to_string();
+        let result = check_credentials(self.ctx.auth(), opts, nonce).await;
+        if let Err(e) = &result {
+            log::error!(
+                "{} - cid:{} - authentication error after reload - {e}",
+                self.peer,
+                self.id()
+            );
+        }
+        self.event_info = None;
+        let done = self.conn.reauthorized(result)?;
+        for (sid, text) in done.removed {
+            log::info!(
+                "{} - cid:{} - removed subscription: {text}",
+                self.peer,
+                self.id()
+            );
+            self.send(|buf| encode::write_err(buf, &text));
+            self.remove_sub(&sid);
+        }
+        // Subscriptions that stay get the new deny filter and reply log: each one
+        // whose filter changed is replaced in the index in one router batch (the new
+        // one added with the old one's counts, the old one removed), so no message
+        // falls between them; the old one stops delivering once the swap is visible.
+        let mut replaced = Vec::new();
+        let kept: Vec<Arc<Subscription>> = self.subs.values().cloned().collect();
+        for old in kept {
+            let new = self.new_subscription(&old.subject, old.queue.as_deref(), &old.sid);
+            let same_log = match (&new.replies, &old.replies) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if new.deny == old.deny && same_log {
+                continue;
+            }
+            new.carry_counts_from(&old);
+            let new = Arc::new(new);
+            self.subs.insert(old.sid.clone(), new.clone());
+            self.changes.push(SubChange::Add(new));
+            self.changes.push(SubChange::Remove(old.clone()));
+            replaced.push(old);
+        }
+        if !replaced.is_empty() {
+            self.sync_subscriptions().await;
+            for old in replaced {
+                old.close();
+            }
+        }
+        Ok(())
+    }
+
+    /// A subscription of this connection, with its permissions' delivery filter.
+    fn new_subscription(&self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) -> Subscription {
+        let mut sub = Subscription::for_client(
+            self.shared.clone(),
+            subject,
+            queue,
+            sid,
+            self.conn.options().headers,
+        );
+        let (deny, replies) = self.conn.delivery_filter(subject);
+        sub.deny = deny.into();
+        sub.replies = replies;
+        sub
+    }
+
+    fn publish(&mut self, p: Publish<'_>) {
+        // Taken out and put back: no reference count touched per message.
+        let from = match self.event_info.take() {
+            Some(info) => info,
+            None => Arc::new(self.describe()),
+        };
+        let msg = Message {
+            subject: p.subject,
+            reply: p.reply,
+            headers: p.headers,
+            data: p.data,
+            from: Some(&from),
+        };
+        let echo = self.conn.options().echo;
+        let reach = self.publisher.publish(&self.account, &msg, self.id(), echo);
+        self.event_info = Some(from);
+        if reach.delivered > 0 {
+            self.out_msgs += reach.delivered;
+            self.out_bytes += reach.delivered * p.data.len() as u64;
+        } else if reach.no_interest && self.conn.options().no_responders {
+            if let Some(reply) = p.reply {
+                self.no_responders(p.subject, reply);
+            }
+        }
+    }
+
+    /// Tells a requester nobody listens on `subject`: a 503 status message on its reply
+    /// subject, to one of its own subscriptions that matches it.
+    fn no_responders(&mut self, subject: &[u8], reply: &[u8]) {
+        let me = self.id();
+        let reply_matches = self.publisher.cache.get(&self.account.index(), reply);
+        let Some(sub) = reply_matches
+            .plain
+            .iter()
+            .chain(reply_matches.queues.iter().flat_map(|g| g.members.iter()))
+            .find(|s| s.client_id() == me && !s.is_closed())
+        else {
+            return;
+        };
+        let sid = sub.sid.clone();
+        self.send(|buf| encode::write_no_responders(buf, reply, &sid, subject));
+    }
+
+    fn unsubscribe(&mut self, sid: &[u8], max: Option<u64>) {
+        let Some(sub) = self.subs.get(sid) else {
+            return;
+        };
+        if let Some(max) = max {
+            if !sub.limit_deliveries(max) {
+                return;
+            }
+        }
+        self.remove_sub(sid);
+    }
+
+    fn remove_sub(&mut self, sid: &[u8]) {
+        if let Some(sub) = self.subs.remove(sid) {
+            sub.close();
+            self.conn.unsubscribed(sid);
+            self.changes.push(SubChange::Remove(sub));
         }
     }
 
@@ -781,357 +744,121 @@ impl Client {
         }
     }
 
-    /// Makes this connection's subscription changes visible to every publisher.
-    async fn sync_subscriptions(&mut self) {
-        if self.changes.is_empty() && !self.unsynced {
-            return;
+    /// Work deferred to the end of a read batch: one router message for all the
+    /// subscription changes, one wake per outbound queue touched, the stats.
+    fn end_batch(&mut self) {
+        if !self.changes.is_empty() {
+            self.account.send(std::mem::take(&mut self.changes));
         }
-        self.account.apply(std::mem::take(&mut self.changes)).await;
-        self.unsynced = false;
-    }
-
-    async fn handle(&mut self, op: Op<'_>) -> Result<(), WireError> {
-        if self.auth_deadline.is_some() && !matches!(op, Op::Connect(_)) {
-            // Only CONNECT may come first where auth is required, unless clients
-            // without credentials are let in as `no_auth_user` (the reference's rule).
-            match self.ctx.auth().anonymous() {
-                Some(grant) => self.accept(grant),
-                None => {
-                    log::error!(
-                        "{} - cid:{} - authentication error: operation before CONNECT",
-                        self.peer,
-                        self.id()
-                    );
-                    return Err(WireError::AuthorizationViolation);
-                }
-            }
-        }
-        match op {
-            Op::Pub {
-                subject,
-                reply,
-                headers,
-                data,
-            } => {
-                if headers.is_some() && !self.opts.headers {
-                    log::debug!("client {}: HPUB without headers support", self.id());
-                    return Err(WireError::ProtocolViolation);
-                }
-                self.in_msgs += 1;
-                self.in_bytes += data.len() as u64;
-                // The reference answers +OK before delivering (a verbose client sees
-                // +OK ahead of its own echoed message), after a pedantic -ERR.
-                let valid = !self.opts.pedantic || subject::is_valid_literal_subject(subject);
-                if !valid {
-                    self.send_err(WireError::InvalidPublishSubject);
-                }
-                self.ok();
-                if valid && self.may_publish(subject) {
-                    self.sync_subscriptions().await;
-                    // Built at the first publish: a connection that only subscribes
-                    // never pays for it.
-                    // Taken out and put back: no reference count touched per message.
-                    let from = match self.event_info.take() {
-                        Some(info) => info,
-                        None => Arc::new(self.describe()),
-                    };
-                    self.publish(&Message {
-                        subject,
-                        reply,
-                        headers,
-                        data,
-                        from: Some(&from),
-                    });
-                    self.event_info = Some(from);
-                }
-            }
-            Op::Sub {
-                subject,
-                queue,
-                sid,
-            } => {
-                self.subscribe(subject, queue, sid);
-            }
-            Op::Unsub { sid, max } => {
-                self.unsubscribe(sid, max);
-                self.ok();
-            }
-            Op::Ping => {
-                self.sync_subscriptions().await;
-                self.send(|buf| buf.extend_from_slice(encode::PONG));
-                // The reference follows the first PONG after CONNECT with an INFO;
-                // clients (nats-py) wait for that PONG as the first line.
-                if self.connect_info_due {
-                    self.connect_info_due = false;
-                    self.send_info(true);
-                }
-            }
-            Op::Pong => {
-                self.pings_out = 0;
-            }
-            Op::Connect(json) => self.connect(json).await?,
-            // What a client may send but the server ignores, as the reference does.
-            Op::Info(_) | Op::Ok => {}
-            Op::Err(_) => return Err(WireError::ProtocolViolation),
-            Op::Msg { .. } => return Err(WireError::UnknownProtocolOperation),
-        }
-        Ok(())
-    }
-
-    async fn connect(&mut self, json: &[u8]) -> Result<(), WireError> {
-        let Some(opts) = ConnectOptions::parse(json) else {
-            log::debug!("client {}: malformed CONNECT", self.id());
-            return Err(WireError::ProtocolViolation);
-        };
-        if !(0..=1).contains(&opts.protocol) {
-            return Err(WireError::InvalidClientProtocol);
-        }
-        if opts.no_responders && !opts.headers {
-            return Err(WireError::NoRespondersRequiresHeaders);
-        }
-        log::debug!(
-            "client {}: CONNECT name={:?} lang={:?} version={:?}",
-            self.id(),
-            opts.name.as_deref().unwrap_or(""),
-            opts.lang.as_deref().unwrap_or(""),
-            opts.version.as_deref().unwrap_or("")
-        );
-        let auth = self.ctx.auth();
-        let grant = match check_credentials(auth, opts.clone(), self.nonce.clone()).await {
-            Ok(grant) => grant,
-            Err(e) => {
-                log::error!(
-                    "{} - cid:{} - authentication error - {e}",
-                    self.peer,
-                    self.id()
-                );
-                return Err(WireError::AuthorizationViolation);
-            }
-        };
-        self.accept(grant);
-        // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
-        self.connect_info_due = opts.protocol >= 1;
-        self.opts = opts;
-        self.ok();
-        Ok(())
-    }
-
-    /// The connection is authenticated as `grant`: its permissions apply from now on.
-    fn accept(&mut self, grant: Grant) {
-        self.auth_deadline = None;
-        self.user = grant.user;
-        self.event_info = None;
-        // The requests already received stay answerable while the permission to
-        // answer is the same.
-        self.replies = match (grant.permissions.responses(), self.replies.take()) {
-            (Some(permission), Some(log)) if log.permission() == permission => Some(log),
-            (Some(permission), _) => Some(Arc::new(ReplyLog::new(permission))),
-            (None, _) => None,
-        };
-        self.permissions = grant.permissions;
-        self.publish_allowed.clear();
-    }
-
-    /// Checks this connection against a reloaded authorization config: closes it if its
-    /// credentials no longer pass, otherwise applies the new permissions, dropping the
-    /// subscriptions they no longer allow.
-    async fn reauthorize(&mut self) -> Result<(), WireError> {
-        if self.auth_deadline.is_some() {
-            // Not authenticated yet: the new config applies to its CONNECT.
-            return Ok(());
-        }
-        let auth = self.ctx.auth();
-        let grant = match check_credentials(auth, self.opts.clone(), self.nonce.clone()).await {
-            Ok(grant) => grant,
-            Err(e) => {
-                log::error!(
-                    "{} - cid:{} - authentication error after reload - {e}",
-                    self.peer,
-                    self.id()
-                );
-                return Err(WireError::AuthorizationViolation);
-            }
-        };
-        self.accept(grant);
-        let refused: Vec<Arc<Subscription>> = self
-            .subs
-            .values()
-            .filter(|s| {
-                !self
-                    .permissions
-                    .can_subscribe(&s.subject, s.queue.as_deref())
-            })
-            .cloned()
-            .collect();
-        for sub in refused {
-            let text = format!(
-                "{} (sid \"{}\")",
-                subscribe_violation(&sub.subject, sub.queue.as_deref()),
-                String::from_utf8_lossy(&sub.sid)
-            );
-            log::info!(
-                "{} - cid:{} - removed subscription: {text}",
-                self.peer,
-                self.id()
-            );
-            self.send(|buf| encode::write_err(buf, &text));
-            self.remove_sub(&sub.sid);
-        }
-        // Subscriptions that stay get the new deny filter and reply log: each one
-        // whose filter changed is replaced in the index in one router batch (the new
-        // one added with the old one's counts, the old one removed), so no message
-        // falls between them; the old one stops delivering once the swap is visible.
-        let mut replaced = Vec::new();
-        let kept: Vec<Arc<Subscription>> = self.subs.values().cloned().collect();
-        for old in kept {
-            let new = self.new_subscription(&old.subject, old.queue.as_deref(), &old.sid);
-            let same_log = match (&new.replies, &old.replies) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if new.deny == old.deny && same_log {
-                continue;
-            }
-            new.max
-                .store(old.max.load(Ordering::Acquire), Ordering::Release);
-            new.delivered
-                .store(old.delivered.load(Ordering::Acquire), Ordering::Release);
-            let new = Arc::new(new);
-            self.subs.insert(old.sid.clone(), new.clone());
-            self.changes.push(SubChange::Add(new));
-            self.changes.push(SubChange::Remove(old.clone()));
-            replaced.push(old);
-        }
-        if !replaced.is_empty() {
-            self.sync_subscriptions().await;
-            for old in replaced {
-                old.close();
-            }
-        }
-        Ok(())
-    }
-
-    /// A subscription of this connection, with its permissions' delivery filter.
-    fn new_subscription(&self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) -> Subscription {
-        let mut sub =
-            Subscription::for_client(self.shared.clone(), subject, queue, sid, self.opts.headers);
-        if !self.permissions.is_unrestricted() {
-            sub.deny = self.permissions.delivery_deny(subject).into();
-            sub.replies = self.replies.clone();
-        }
-        sub
-    }
-
-    /// May this connection publish to `subject`? Sends the violation if not.
-    fn may_publish(&mut self, subject: &[u8]) -> bool {
-        if self.permissions.is_unrestricted() {
-            return true;
-        }
-        let allowed = match self.publish_allowed.get(subject) {
-            Some(&allowed) => allowed,
-            None => {
-                let allowed = self.permissions.can_publish(subject);
-                if self.publish_allowed.len() >= PUBLISH_CACHE_MAX {
-                    self.publish_allowed.clear();
-                }
-                self.publish_allowed.insert(subject.into(), allowed);
-                allowed
-            }
-        };
-        if allowed || self.replies.as_ref().is_some_and(|r| r.admit(subject)) {
-            return true;
-        }
-        let subject = String::from_utf8_lossy(subject);
-        log::error!(
-            "{} - cid:{} - Publish Violation - Subject {subject:?}",
-            self.peer,
-            self.id()
-        );
-        let text = format!("Permissions Violation for Publish to \"{subject}\"");
-        self.send(|buf| encode::write_err(buf, &text));
-        false
-    }
-
-    fn publish(&mut self, msg: &Message<'_>) {
-        let reach = self
-            .publisher
-            .publish(&self.account, msg, self.id(), self.opts.echo);
-        if reach.delivered > 0 {
-            self.out_msgs += reach.delivered;
-            self.out_bytes += reach.delivered * msg.data.len() as u64;
-        } else if reach.no_interest && self.opts.no_responders {
-            if let Some(reply) = msg.reply {
-                self.no_responders(msg.subject, reply);
+        // Wakes the queues touched; the stalled ones stay noted for `wait_stalled`.
+        self.publisher.flush.flush();
+        self.total_in_msgs += self.in_msgs;
+        self.total_in_bytes += self.in_bytes;
+        // Node-wide counters are shared atomics: add to them once per batch.
+        let stats = &self.ctx.stats;
+        for (local, shared) in [
+            (&mut self.in_msgs, &stats.in_msgs),
+            (&mut self.in_bytes, &stats.in_bytes),
+            (&mut self.out_msgs, &stats.out_msgs),
+            (&mut self.out_bytes, &stats.out_bytes),
+        ] {
+            if *local > 0 {
+                shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
             }
         }
     }
 
-    /// Tells a requester nobody listens on `subject`: a 503 status message on its reply
-    /// subject, to one of its own subscriptions that matches it.
-    fn no_responders(&mut self, subject: &[u8], reply: &[u8]) {
-        let me = self.id();
-        let reply_matches = self.publisher.cache.get(&self.account.index(), reply);
-        let Some(sub) = reply_matches
-            .plain
-            .iter()
-            .chain(reply_matches.queues.iter().flat_map(|g| g.members.iter()))
-            .find(|s| s.client_id() == me && !s.is_closed())
-        else {
-            return;
-        };
-        let sid = sub.sid.clone();
-        self.send(|buf| encode::write_no_responders(buf, reply, &sid, subject));
+    /// This connection as server events name it.
+    fn describe(&self) -> ClientInfo {
+        let opts = self.conn.options();
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        ClientInfo {
+            start: crate::jetstream::api::format_time(self.started_ns),
+            host: self.peer.ip().to_string(),
+            id: self.id(),
+            acc: self.account.name.clone(),
+            user: self.conn.user().unwrap_or_default().to_string(),
+            name: text(&opts.name),
+            lang: text(&opts.lang),
+            ver: text(&opts.version),
+            server: self.ctx.server_name.clone(),
+            kind: "Client",
+            client_type: if self.transport == "websocket" {
+                "websocket"
+            } else {
+                "nats"
+            },
+        }
     }
 
-    fn subscribe(&mut self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) {
-        if !subject::is_valid_subject(subject) {
-            self.send_err(WireError::InvalidSubject);
-            return;
+    /// What `/connz` shows of this connection.
+    fn snapshot(&self) -> ConnSnapshot {
+        let idle = runtime::now().saturating_duration_since(self.conn.last_activity());
+        let now_ns = runtime::now_unix_ns();
+        let (out_msgs, out_bytes) = self.shared.out.delivered();
+        let opts = self.conn.options();
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        let (tls_version, tls_cipher_suite) = self.tls_session.clone().unwrap_or_default();
+        ConnSnapshot {
+            cid: self.id(),
+            ip: self.peer.ip().to_string(),
+            port: self.peer.port(),
+            start_ns: self.started_ns,
+            last_activity_ns: now_ns.saturating_sub(idle.as_nanos().min(i64::MAX as u128) as i64),
+            pending_bytes: self.shared.out.pending() as u64,
+            in_msgs: self.total_in_msgs + self.in_msgs,
+            in_bytes: self.total_in_bytes + self.in_bytes,
+            out_msgs,
+            out_bytes,
+            name: text(&opts.name),
+            lang: text(&opts.lang),
+            version: text(&opts.version),
+            transport: self.transport,
+            authorized_user: self.conn.user().unwrap_or_default().to_string(),
+            tls_version,
+            tls_cipher_suite,
+            subs: self
+                .subs
+                .values()
+                .map(|sub| SubSnapshot {
+                    subject: String::from_utf8_lossy(&sub.subject).into_owned(),
+                    queue: sub
+                        .queue
+                        .as_ref()
+                        .map(|q| String::from_utf8_lossy(q).into_owned()),
+                    sid: String::from_utf8_lossy(&sub.sid).into_owned(),
+                    msgs: sub.delivered(),
+                    cid: self.id(),
+                })
+                .collect(),
         }
-        if let Some(q) = queue {
-            if q.iter().any(|&b| b == b' ' || b == b'\t') {
-                self.send_err(WireError::InvalidSubject);
-                return;
-            }
-        }
-        let limit = self.ctx.config().max_subscriptions;
-        if limit > 0 && self.subs.len() >= limit {
-            self.send_err(WireError::MaxSubscriptionsExceeded);
-            return;
-        }
-        if !self.permissions.can_subscribe(subject, queue) {
-            let text = subscribe_violation(subject, queue);
-            log::error!("{} - cid:{} - {text}", self.peer, self.id());
-            self.send(|buf| encode::write_err(buf, &text));
-            return;
-        }
-        // A sid already in use is ignored, as by the reference.
-        if !self.subs.contains_key(sid) {
-            let sub = Arc::new(self.new_subscription(subject, queue, sid));
-            self.subs.insert(sid.into(), sub.clone());
-            self.changes.push(SubChange::Add(sub));
-        }
-        self.ok();
     }
 
-    fn unsubscribe(&mut self, sid: &[u8], max: Option<u64>) {
-        let Some(sub) = self.subs.get(sid) else {
-            return;
-        };
-        if let Some(max) = max.filter(|&m| m > 0) {
-            sub.max.store(max, Ordering::Release);
-            if sub.delivered.load(Ordering::Acquire) < max {
-                return;
-            }
+    /// Queues bytes of our own (replies, errors); they are never refused for size.
+    fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if let Ok(true) = self.shared.out.push_control(write) {
+            self.publisher.flush.add(self.shared.clone());
         }
-        self.remove_sub(sid);
     }
 
-    fn remove_sub(&mut self, sid: &[u8]) {
-        if let Some(sub) = self.subs.remove(sid) {
-            sub.close();
-            self.changes.push(SubChange::Remove(sub));
+    fn info(&self, after_connect: bool) -> crate::proto::ServerInfo {
+        let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+        info.nonce = self.conn.nonce().to_string();
+        if after_connect {
+            info.connect_info = true;
+            info.remote_account = self.account.name.clone();
+        }
+        info
+    }
+
+    fn send_info(&mut self, after_connect: bool) {
+        let info = self.info(after_connect);
+        self.send(|buf| encode::write_info(buf, &info));
+    }
+
+    fn send_err(&mut self, err: WireError) {
+        if let Some(text) = err.text() {
+            self.send(|buf| encode::write_err(buf, text));
         }
     }
 
@@ -1166,7 +893,7 @@ impl Client {
         }
         self.end_batch();
         self.shared.out.close();
-        self.shared.control.close();
+        self.shared.close_mailbox();
         let deadline = self.ctx.config().write_deadline.0;
         let _ = runtime::timeout(deadline, writer).await;
         log::debug!("client {} closed: {reason}", self.id());

@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::node::ServerContext;
-use super::route::{self, RouteControl, RouteEnd, RouteSetup, RouteShared};
+use super::context::{short_id, ServerContext};
+use super::route::{self, Registration, RouteEnd, RouteEvent, RouteLink, RouteSetup};
 use super::runtime::{self, TcpListener, TcpStream};
+use super::subscription::{RouteControl, RouteShared};
 use crate::cluster::{new_route_wins, parse_route_url, route_url, LocalNode, Role};
 
 /// What a dialer does next.
@@ -44,32 +45,12 @@ enum DialKind {
     Mesh,
 }
 
-/// Whether a new route was kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Registration {
-    Accepted,
-    /// Another route to the same node is kept; this one closes.
-    Duplicate,
-}
-
 /// A route as monitoring shows it.
 pub type RouteSummary = crate::monitor::RouteSnapshot;
 
 enum ClusterCmd {
-    Register {
-        route: Arc<RouteShared>,
-        server_id: String,
-        server_name: String,
-        url: String,
-        role: Role,
-        peer: SocketAddr,
-        reply: async_channel::Sender<Registration>,
-    },
-    Gone(u64),
-    Gossip {
-        server_id: String,
-        url: String,
-    },
+    /// What a route reported (registration, gone, gossip).
+    Route(RouteEvent),
     /// A dialer asks whether to go on.
     Check {
         addr: String,
@@ -90,47 +71,15 @@ enum ClusterCmd {
 pub struct ClusterHandle {
     tx: async_channel::Sender<ClusterCmd>,
     stopping: Arc<AtomicBool>,
+    /// Every route's events come on this one channel (route.rs defines them, so the
+    /// route actor needs nothing of the cluster actor's).
+    route_events: async_channel::Sender<RouteEvent>,
 }
 
 impl ClusterHandle {
-    /// Registers an established route; the answer says whether it stays.
-    pub async fn register(
-        &self,
-        route: Arc<RouteShared>,
-        info: &crate::proto::route::RouteInfo,
-        role: Role,
-        peer: SocketAddr,
-    ) -> Registration {
-        let (reply, answer) = async_channel::bounded(1);
-        let url = if info.host.is_empty() || info.port == 0 {
-            String::new()
-        } else if info.host.contains(':') {
-            format!("[{}]:{}", info.host, info.port)
-        } else {
-            format!("{}:{}", info.host, info.port)
-        };
-        let cmd = ClusterCmd::Register {
-            route,
-            server_id: info.server_id.clone(),
-            server_name: info.server_name.clone(),
-            url,
-            role,
-            peer,
-            reply,
-        };
-        if self.tx.send(cmd).await.is_err() {
-            return Registration::Duplicate;
-        }
-        answer.recv().await.unwrap_or(Registration::Duplicate)
-    }
-
-    pub fn gone(&self, route_id: u64) {
-        let _ = self.tx.try_send(ClusterCmd::Gone(route_id));
-    }
-
-    /// A peer told us about another node and where it listens for routes.
-    pub fn gossip(&self, server_id: String, url: String) {
-        let _ = self.tx.try_send(ClusterCmd::Gossip { server_id, url });
+    /// Where this cluster's routes report to.
+    fn link(&self) -> RouteLink {
+        RouteLink::new(self.route_events.clone())
     }
 
     async fn check(&self, addr: &str, server_id: Option<&str>) -> DialCheck {
@@ -205,9 +154,11 @@ pub fn start(
     mesh: bool,
 ) -> ClusterHandle {
     let (tx, rx) = async_channel::unbounded();
+    let (route_events, events) = async_channel::unbounded();
     let handle = ClusterHandle {
         tx,
         stopping: Arc::new(AtomicBool::new(false)),
+        route_events,
     };
     let plane = Plane {
         ctx: ctx.clone(),
@@ -226,7 +177,12 @@ pub fn start(
     }
     ctx.spawner.spawn_detached(accept_loop(plane, listener));
     ctx.spawner.spawn_detached(async move {
-        while let Ok(cmd) = rx.recv().await {
+        loop {
+            let cmd = futures_lite::future::or(async { rx.recv().await.ok() }, async {
+                events.recv().await.ok().map(ClusterCmd::Route)
+            })
+            .await;
+            let Some(cmd) = cmd else { break };
             if !state.handle(cmd) {
                 break;
             }
@@ -255,7 +211,7 @@ impl State {
     /// Handles one command; `false` once the cluster plane stops.
     fn handle(&mut self, cmd: ClusterCmd) -> bool {
         match cmd {
-            ClusterCmd::Register {
+            ClusterCmd::Route(RouteEvent::Register {
                 route,
                 server_id,
                 server_name,
@@ -263,13 +219,13 @@ impl State {
                 role,
                 peer,
                 reply,
-            } => {
+            }) => {
                 let answer = self.register(route, server_id, server_name, url, role, peer);
                 let _ = reply.try_send(answer);
             }
-            ClusterCmd::Gone(id) => self.routes.retain(|_, e| e.route.id != id),
-            ClusterCmd::Gossip { server_id, url } => {
-                log::debug!("heard of {} at {url}", route::short_id(&server_id));
+            ClusterCmd::Route(RouteEvent::Gone(id)) => self.routes.retain(|_, e| e.route.id != id),
+            ClusterCmd::Route(RouteEvent::Gossip { server_id, url }) => {
+                log::debug!("heard of {} at {url}", short_id(&server_id));
                 // With the mesh, membership alone decides whom to dial.
                 if !self.plane.mesh
                     && server_id != self.plane.local.server_id
@@ -353,13 +309,13 @@ impl State {
             if !new_route_wins(&self.plane.local.server_id, &server_id, existing.role, role) {
                 log::debug!(
                     "duplicate route to {name} ({}) closed; the existing one stays",
-                    route::short_id(&server_id)
+                    short_id(&server_id)
                 );
                 return Registration::Duplicate;
             }
             log::debug!(
                 "duplicate route to {name} ({}): the new one replaces the existing one",
-                route::short_id(&server_id)
+                short_id(&server_id)
             );
             existing.route.tell(RouteControl::Close("duplicate route"));
         }
@@ -476,7 +432,7 @@ async fn run_connection(
 ) -> RouteEnd {
     let setup = RouteSetup {
         ctx: plane.ctx.clone(),
-        cluster: plane.handle.clone(),
+        cluster: plane.handle.link(),
         local: plane.local.clone(),
         role,
         peer,

@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::publish::{InternalMsg, InternalSink, Publisher, Subscription};
+use super::publish::Publisher;
 use super::router::{Account, SubChange};
 use super::runtime::Spawner;
 use super::storage::{Closed, Storage, StorageError, WriteBatch, WriteOp};
 use super::stream::{self as stream_actor, now_ns, StreamCmd, StreamHandle, Usage};
+use super::subscription::{InternalMsg, InternalSink, Subscription};
 use crate::config::JetStreamConfig;
 use crate::jetstream::advisory::{Action, Advisory};
 use crate::jetstream::api::{self, AccountInfo, ListRequest, StreamConfig, StreamInfo};

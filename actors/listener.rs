@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
-use super::client::{self, ClientShared, Control, Via};
-use super::node::ServerContext;
+use super::client::{self, Via};
+use super::context::ServerContext;
 use super::runtime::{self, TcpListener, TcpStream};
+use super::subscription::{ClientShared, Control};
 use crate::proto::{encode, WireError};
 
 /// Commands the node (and its monitor) send the listener.

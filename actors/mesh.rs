@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 use super::cluster::ClusterHandle;
-use super::route::short_id;
+use super::context::short_id;
 use super::runtime;
 use crate::mesh::{
     decode, decode_key, encode, AnnounceKey, Membership, MeshBackend, MeshConfig, MeshEvent,

@@ -1,23 +1,50 @@
-//! The actors: who does the work. Each file is one actor kind (or the runtime seam
-//! they share), driving the pure code of the library with sockets, timers and
-//! mailboxes. Who may wait on whom is written down in `actors/README.md`.
+//! The actors: who does the work. Each file is one actor kind (or a piece they share),
+//! driving the pure code of the library with sockets, timers and mailboxes.
+//!
+//! The modules are in floors: a module uses only those on floors below it (checked by
+//! `scripts/check-layers.sh`), and who may wait on whom (`actors/README.md`) follows
+//! the same order.
+//!
+//! 0. `runtime` (the one seam to the async runtime), `mailbox`, `readbuf`, `outbound`
+//! 1. `context` (config, identity, counters, TLS setup of a node)
+//! 2. `subscription` (what a delivery reaches)
+//! 3. `router` (an account's subject index), then `publish` (delivering)
+//! 4. `storage`, then `stream`, then `jetstream`
+//! 5. `websocket`, `client`, `route`
+//! 6. `listener`, `cluster`
+//! 7. `mesh`
+//! 8. `monitor`
+//! 9. `node`, then `signals` and `bench`
 
-pub mod bench;
-pub mod client;
-pub mod cluster;
-pub mod jetstream;
-pub mod listener;
-pub mod mailbox;
-pub mod mesh;
-pub mod monitor;
-pub mod node;
-pub mod outbound;
-pub mod publish;
-pub mod readbuf;
-pub mod route;
-pub mod router;
 pub mod runtime;
-pub mod signals;
+
+pub mod mailbox;
+pub mod outbound;
+pub mod readbuf;
+
+pub mod context;
+
+pub mod subscription;
+
+pub mod publish;
+pub mod router;
+
+pub mod jetstream;
 pub mod storage;
 pub mod stream;
+
+pub mod client;
+pub mod route;
 pub mod websocket;
+
+pub mod cluster;
+pub mod listener;
+
+pub mod mesh;
+
+pub mod monitor;
+
+pub mod node;
+
+pub mod bench;
+pub mod signals;

@@ -18,11 +18,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::client::Control;
+use super::context::ServerContext;
 use super::listener::Command;
-use super::node::ServerContext;
 use super::runtime::{self, TcpListener};
 use super::stream::Usage;
+use super::subscription::Control;
 use crate::jetstream::api::API_LEVEL;
 use crate::monitor::{
     self, ConnSnapshot, ConnzQuery, JetStreamCounters, NodeCounters, NodeFacts, StreamCounters,
@@ -59,6 +59,15 @@ struct Monitor {
     listener: async_channel::Sender<Command>,
     /// Requests per endpoint, as `/varz` reports them.
     requests: [AtomicU64; ENDPOINTS.len()],
+    planes: Arc<Planes>,
+}
+
+/// The cluster and mesh actors, for `/routez` and `/meshz`: set once each has started
+/// (the monitor starts first).
+#[derive(Default)]
+pub struct Planes {
+    pub cluster: std::sync::OnceLock<super::cluster::ClusterHandle>,
+    pub mesh: std::sync::OnceLock<super::mesh::MeshHandle>,
 }
 
 /// Binds `addr` and serves the endpoint on the node's runtime; returns the bound
@@ -69,6 +78,7 @@ pub fn start(
     tls: Option<futures_rustls::TlsAcceptor>,
     js: Option<Arc<Usage>>,
     listener_commands: async_channel::Sender<Command>,
+    planes: Arc<Planes>,
 ) -> std::io::Result<SocketAddr> {
     let listener = runtime::listen(addr)?;
     let bound = listener.local_addr()?;
@@ -85,6 +95,7 @@ pub fn start(
         js,
         listener: listener_commands,
         requests: Default::default(),
+        planes,
     });
     ctx.spawner.spawn_detached(accept(monitor, listener, tls));
     Ok(bound)
@@ -215,7 +226,7 @@ impl Monitor {
             },
             "/routez" => {
                 let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
-                let routes = match self.ctx.cluster.get() {
+                let routes = match self.planes.cluster.get() {
                     Some(cluster) => cluster.routes().await,
                     None => Vec::new(),
                 };
@@ -225,7 +236,7 @@ impl Monitor {
             }
             "/meshz" => {
                 let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
-                let view = self.ctx.mesh.get().map(|m| m.view.load_full());
+                let view = self.planes.mesh.get().map(|m| m.view.load_full());
                 let body = monitor::meshz(&self.ctx.server_id, &now, view.as_deref());
                 reply(StatusCode::OK, JSON, body)
             }

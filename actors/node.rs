@@ -5,17 +5,18 @@
 //! gives the client URL and stops the node at once ([`Node::shutdown`]) or gracefully
 //! ([`Node::lame_duck`]). The `meshbroker` binary is a thin shell around this.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use super::context::{listener_tls, ServerContext, Stats, TlsSetup, WsSetup};
 use super::listener::{self, Command};
+use super::monitor::Planes;
 use super::router::Account;
-use super::runtime::{self, Runtime, Spawner, Task};
+use super::runtime::{self, Runtime, Task};
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::proto::info::{COMPAT_VERSION, PROTO};
-use crate::proto::ServerInfo;
+use crate::proto::info::COMPAT_VERSION;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,172 +47,6 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Node-wide counters (atomics: written by many actors, read by monitoring).
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub in_msgs: AtomicU64,
-    pub in_bytes: AtomicU64,
-    pub out_msgs: AtomicU64,
-    pub out_bytes: AtomicU64,
-    pub slow_consumers: AtomicU64,
-    /// Times a client publisher waited at a stalled subscriber queue.
-    pub stalls: AtomicU64,
-    /// When a stalled producer was last logged (Unix ms), so the
-    /// warning comes at most once a second, as the reference rate-limits it.
-    pub stall_logged_ms: AtomicU64,
-    pub total_connections: AtomicU64,
-    /// Client connections open now (the listener counts them).
-    pub connections: AtomicU64,
-}
-
-/// What every actor of a node may read: the config, identity, accounts, counters.
-pub struct ServerContext {
-    /// The running config; a reload swaps it (read it through [`ServerContext::config`]).
-    config: arc_swap::ArcSwap<Config>,
-    pub server_id: String,
-    pub server_name: String,
-    pub client_addr: SocketAddr,
-    /// The global account `$G`, where every connection lives until auth exists.
-    pub global: Arc<Account>,
-    pub next_client_id: AtomicU64,
-    pub stats: Stats,
-    pub spawner: Spawner,
-    /// When the node started (for uptime and monitoring).
-    pub started: std::time::SystemTime,
-    /// Client authentication, compiled from the config's `[authorization]`; a reload
-    /// swaps it together with the config.
-    auth: arc_swap::ArcSwap<Authenticator>,
-    /// TLS for client connections, when `[tls]` is set; a reload swaps it.
-    tls: arc_swap::ArcSwapOption<TlsSetup>,
-    /// The WebSocket listener's TLS and origin policy, when `[websocket]` is set.
-    websocket: arc_swap::ArcSwapOption<WsSetup>,
-    /// The cluster actor, when `[cluster]` is set (set once, right after start).
-    pub cluster: std::sync::OnceLock<super::cluster::ClusterHandle>,
-    /// The mesh actor, when `[mesh]` is set.
-    pub mesh: std::sync::OnceLock<super::mesh::MeshHandle>,
-}
-
-/// TLS for a listener configured with just a certificate and key (the WebSocket and
-/// monitoring listeners); `section` names it in errors.
-fn listener_tls(
-    cert: &Option<std::path::PathBuf>,
-    key: &Option<std::path::PathBuf>,
-    section: &str,
-) -> Result<Option<futures_rustls::TlsAcceptor>, NodeError> {
-    let (Some(cert), Some(key)) = (cert, key) else {
-        return Ok(None);
-    };
-    let tls = crate::config::TlsConfig {
-        cert_file: Some(cert.clone()),
-        key_file: Some(key.clone()),
-        ..Default::default()
-    };
-    let server =
-        crate::tls::server_config(&tls, section).map_err(|e| NodeError::Config(e.to_string()))?;
-    Ok(Some(futures_rustls::TlsAcceptor::from(server)))
-}
-
-/// What a new WebSocket connection needs: TLS (wss://) and the origin policy.
-pub struct WsSetup {
-    pub acceptor: Option<futures_rustls::TlsAcceptor>,
-    pub policy: crate::websocket::OriginPolicy,
-    pub handshake_timeout: std::time::Duration,
-}
-
-impl WsSetup {
-    fn load(config: &Config) -> Result<Option<Arc<WsSetup>>, NodeError> {
-        let ws = &config.websocket;
-        if ws.listen.is_none() {
-            return Ok(None);
-        }
-        let acceptor = listener_tls(&ws.cert_file, &ws.key_file, "websocket")?;
-        let policy = crate::websocket::OriginPolicy::new(&ws.allowed_origins)
-            .map_err(|e| NodeError::Config(format!("key `websocket.allowed_origins`: {e}")))?;
-        Ok(Some(Arc::new(WsSetup {
-            acceptor,
-            policy,
-            handshake_timeout: ws.handshake_timeout(),
-        })))
-    }
-}
-
-/// What a new client connection needs for TLS.
-pub struct TlsSetup {
-    pub acceptor: futures_rustls::TlsAcceptor,
-    pub timeout: std::time::Duration,
-    pub handshake_first: bool,
-    pub verify: bool,
-}
-
-impl TlsSetup {
-    fn load(config: &Config) -> Result<Option<Arc<TlsSetup>>, NodeError> {
-        if !config.tls.enabled() {
-            return Ok(None);
-        }
-        let server = crate::tls::server_config(&config.tls, "tls")
-            .map_err(|e| NodeError::Config(e.to_string()))?;
-        if config.tls.ca_file.is_some() && !config.tls.verify {
-            // nats-server accepts this too (and ignores the CA): configs port over.
-            log::warn!(
-                "tls.ca_file is set but tls.verify is not: client certificates are neither asked for nor checked (set verify = true for mutual TLS)"
-            );
-        }
-        Ok(Some(Arc::new(TlsSetup {
-            acceptor: futures_rustls::TlsAcceptor::from(server),
-            timeout: config.tls.timeout(),
-            handshake_first: config.tls.handshake_first,
-            verify: config.tls.verify,
-        })))
-    }
-}
-
-impl ServerContext {
-    /// The config as it is now. Connections take their limits from it when they start
-    /// (so a reload applies to new connections) and their timers on every tick.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
-
-    /// Client authentication as configured now.
-    pub fn auth(&self) -> Arc<Authenticator> {
-        self.auth.load_full()
-    }
-
-    /// TLS as configured now (`None`: plain TCP).
-    pub fn tls(&self) -> Option<Arc<TlsSetup>> {
-        self.tls.load_full()
-    }
-
-    /// The WebSocket listener's setup as configured now.
-    pub fn websocket(&self) -> Option<Arc<WsSetup>> {
-        self.websocket.load_full()
-    }
-
-    /// The INFO a client sees.
-    pub fn info_for(&self, client_id: u64, client_ip: IpAddr) -> ServerInfo {
-        ServerInfo {
-            server_id: self.server_id.clone(),
-            server_name: self.server_name.clone(),
-            version: COMPAT_VERSION.to_string(),
-            proto: PROTO,
-            host: self.client_addr.ip().to_string(),
-            port: self.client_addr.port(),
-            headers: true,
-            max_payload: self.config().max_payload.0,
-            // As the reference: clients (nats.ws, nats.js) read it to offer JetStream.
-            jetstream: self.config().jetstream.enabled,
-            auth_required: self.auth.load().advertised(),
-            tls_required: self.tls.load().is_some(),
-            tls_verify: self.tls.load().as_ref().is_some_and(|t| t.verify),
-            client_id,
-            client_ip: client_ip.to_string(),
-            // Always, as the reference: the JetStream API level this server speaks.
-            api_lvl: u64::from(crate::jetstream::api::API_LEVEL),
-            ..ServerInfo::default()
-        }
-    }
 }
 
 /// Builds the authenticator (the config was validated: this only fails on a bug) and
@@ -257,6 +92,8 @@ pub struct Node {
     websocket_addr: Option<SocketAddr>,
     /// Where the cluster listener listens, when it is on.
     cluster_addr: Option<SocketAddr>,
+    /// The cluster and mesh actors, when configured (monitoring reads them too).
+    planes: Arc<Planes>,
 }
 
 impl Node {
@@ -282,8 +119,8 @@ impl Node {
         let spawner = rt.spawner();
         let global = Account::start("$G", &spawner);
         let auth = compile_auth(&config)?;
-        let tls = TlsSetup::load(&config)?;
-        let ws = WsSetup::load(&config)?;
+        let tls = TlsSetup::load(&config).map_err(NodeError::Config)?;
+        let ws = WsSetup::load(&config).map_err(NodeError::Config)?;
         let ws_listener = match config.websocket.addr().map_err(NodeError::Config)? {
             Some(addr) => {
                 Some(runtime::listen(addr).map_err(|source| NodeError::Listen { addr, source })?)
@@ -304,8 +141,6 @@ impl Node {
             stats: Stats::default(),
             spawner: spawner.clone(),
             started: std::time::SystemTime::now(),
-            cluster: std::sync::OnceLock::new(),
-            mesh: std::sync::OnceLock::new(),
         });
         let mut store_closed = None;
         let mut js_usage = None;
@@ -321,18 +156,27 @@ impl Node {
             js_usage = Some(started.usage);
         }
         let (commands, command_rx) = async_channel::unbounded();
+        let planes = Arc::new(Planes::default());
         let monitor_addr = match ctx.config().monitor.addr().map_err(NodeError::Config)? {
             Some(addr) => {
                 let monitor = &ctx.config().monitor;
-                let tls = listener_tls(&monitor.cert_file, &monitor.key_file, "monitor")?;
+                let tls = listener_tls(&monitor.cert_file, &monitor.key_file, "monitor")
+                    .map_err(NodeError::Config)?;
                 Some(
-                    super::monitor::start(ctx.clone(), addr, tls, js_usage, commands.clone())
-                        .map_err(|source| NodeError::Monitor { addr, source })?,
+                    super::monitor::start(
+                        ctx.clone(),
+                        addr,
+                        tls,
+                        js_usage,
+                        commands.clone(),
+                        planes.clone(),
+                    )
+                    .map_err(|source| NodeError::Monitor { addr, source })?,
                 )
             }
             None => None,
         };
-        let cluster_addr = start_cluster(&ctx)?;
+        let cluster_addr = start_cluster(&ctx, &planes)?;
         let listener_task = spawner.spawn(listener::run(
             ctx.clone(),
             listener,
@@ -361,6 +205,7 @@ impl Node {
             monitor_addr,
             websocket_addr,
             cluster_addr,
+            planes,
         })
     }
 
@@ -372,7 +217,7 @@ impl Node {
     /// Which other nodes' interest a message published here on `subject` reaches now:
     /// (route id, queue group, weight) for each entry in the index.
     pub fn remote_interest(&self, subject: &str) -> Vec<(u64, Option<String>, u32)> {
-        use super::publish::Target;
+        use super::subscription::Target;
         let index = self.ctx.global.index();
         let found = index.matches(subject.as_bytes());
         let mut out: Vec<(u64, Option<String>, u32)> = Vec::new();
@@ -397,7 +242,7 @@ impl Node {
 
     /// The routes up now (empty without `[cluster]`).
     pub fn routes(&self) -> Vec<super::cluster::RouteSummary> {
-        match (self.ctx.cluster.get(), &self.runtime) {
+        match (self.planes.cluster.get(), &self.runtime) {
             (Some(cluster), Some(_)) => runtime::block_on(cluster.routes()),
             _ => Vec::new(),
         }
@@ -462,8 +307,8 @@ impl Node {
         let auth = compile_auth(&new)?;
         // Certificates are read again: a renewed certificate applies to new
         // connections; live ones keep the session they negotiated.
-        let tls = TlsSetup::load(&new)?;
-        let ws = WsSetup::load(&new)?;
+        let tls = TlsSetup::load(&new).map_err(NodeError::Config)?;
+        let ws = WsSetup::load(&new).map_err(NodeError::Config)?;
         // Said before the level changes, so it is seen at the old level.
         log::info!(
             "config reloaded (log level {:?} -> {:?})",
@@ -493,10 +338,10 @@ impl Node {
     }
 
     fn stop(&mut self, command: Command) {
-        if let Some(cluster) = self.ctx.cluster.get() {
+        if let Some(cluster) = self.planes.cluster.get() {
             cluster.shutdown();
         }
-        if let (Some(mesh), Some(_)) = (self.ctx.mesh.get(), &self.runtime) {
+        if let (Some(mesh), Some(_)) = (self.planes.mesh.get(), &self.runtime) {
             mesh.shutdown(std::time::Duration::from_secs(3));
         }
         let _ = self.commands.try_send(command);
@@ -520,7 +365,10 @@ impl Drop for Node {
 }
 
 /// Binds the cluster listener and starts the cluster actor, when `[cluster]` is set.
-fn start_cluster(ctx: &Arc<ServerContext>) -> Result<Option<SocketAddr>, NodeError> {
+fn start_cluster(
+    ctx: &Arc<ServerContext>,
+    planes: &Planes,
+) -> Result<Option<SocketAddr>, NodeError> {
     let config = ctx.config();
     let cluster = &config.cluster;
     // With the mesh, the interface comes first: the cluster listens on its address.
@@ -585,9 +433,9 @@ fn start_cluster(ctx: &Arc<ServerContext>) -> Result<Option<SocketAddr>, NodeErr
         let name = cluster.name.clone().unwrap_or_default();
         let started =
             super::mesh::start(prepared, &name, &mesh_secret, handle.clone(), &ctx.spawner)?;
-        let _ = ctx.mesh.set(started);
+        let _ = planes.mesh.set(started);
     }
-    let _ = ctx.cluster.set(handle);
+    let _ = planes.cluster.set(handle);
     log::info!(
         "listening for routes on {local_addr} (cluster {:?}{}{})",
         cluster.name.as_deref().unwrap_or_default(),

@@ -1,6 +1,6 @@
-//! The publish path: what a subscription is, how a message reaches it, and the
-//! [`Publisher`] that matches a subject against an account's index and delivers to
-//! every subscriber (one member per queue group).
+//! The publish path: how a message reaches a subscription, and the [`Publisher`] that
+//! matches a subject against an account's index and delivers to every subscriber (one
+//! member per queue group).
 //!
 //! Client actors publish what their connections send; internal actors (JetStream's API,
 //! streams, consumers) publish their replies and deliveries through the same code. A
@@ -10,237 +10,19 @@
 //! second matching step.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::client::{ClientShared, Control};
 use super::outbound::{FlushSet, PushError};
-use super::route::RouteShared;
 use super::router::{Account, Index};
-use crate::auth::permissions::{ReplyGrant, ResponsePermission};
-use crate::events::ClientInfo;
+use super::runtime;
+use super::subscription::{Control, InternalMsg, Message, RouteShared, Subscription, Target};
 use crate::jetstream::advisory::Advisory;
 use crate::proto::{encode, WireError};
 use crate::subject;
 use crate::subject_index::MatchResult;
-
-/// Who receives what a subscription matches.
-pub enum Target {
-    /// A client connection: frames go into its outbound queue.
-    Client(Arc<ClientShared>),
-    /// An internal actor: an owned copy of the message goes into its mailbox.
-    Internal(InternalSink),
-    /// Another node's interest, learned over a route: the message goes to that route
-    /// once (however many of its subscriptions match) as an RMSG naming the queue
-    /// groups it was picked for there.
-    Route(Arc<RouteShared>),
-}
-
-/// The mailbox of an internal subscriber, and the tag it gave this subscription so it
-/// can tell its subscriptions apart.
-#[derive(Clone)]
-pub struct InternalSink {
-    pub tag: u64,
-    pub mailbox: async_channel::Sender<InternalMsg>,
-}
-
-/// A message as an internal subscriber receives it (owned: it crosses to another task).
-#[derive(Debug, Clone)]
-pub struct InternalMsg {
-    /// The tag of the subscription that matched.
-    pub tag: u64,
-    pub subject: Bytes,
-    pub reply: Option<Bytes>,
-    /// Length of the header block at the start of `data`, if the message has headers.
-    pub headers: Option<usize>,
-    pub data: Bytes,
-    /// The client that published it, when it came from a local client (JetStream's
-    /// API audit names it).
-    pub from: Option<Arc<ClientInfo>>,
-}
-
-impl InternalMsg {
-    pub fn header_block(&self) -> &[u8] {
-        self.data
-            .get(..self.headers.unwrap_or(0))
-            .unwrap_or_default()
-    }
-
-    pub fn payload(&self) -> &[u8] {
-        self.data
-            .get(self.headers.unwrap_or(0)..)
-            .unwrap_or_default()
-    }
-}
-
-/// One subscription, as the subject index holds it.
-pub struct Subscription {
-    pub target: Target,
-    pub sid: Box<[u8]>,
-    pub subject: Box<[u8]>,
-    pub queue: Option<Box<[u8]>>,
-    /// Whether the subscriber understands HMSG (otherwise headers are stripped).
-    pub headers: bool,
-    /// Auto-unsubscribe after this many deliveries (`u64::MAX`: never).
-    pub(super) max: AtomicU64,
-    pub(super) delivered: AtomicU64,
-    closed: AtomicBool,
-    /// Subjects the owner may not receive although this (wildcard) subscription
-    /// matches them: its subscribe-deny permissions.
-    pub deny: Box<[Box<[u8]>]>,
-    /// Where the reply subjects of delivered messages are noted, when the owner may
-    /// answer requests its publish permissions would otherwise refuse.
-    pub replies: Option<Arc<ReplyLog>>,
-    /// How many entries the index holds for it: a route's queue interest counts as
-    /// many members as the other node has (so picks are weighted as the reference's),
-    /// everything else once.
-    pub weight: u32,
-}
-
-/// The reply subjects a client received and may answer (`allow_responses`): filled
-/// by publishers as they deliver, consulted by the client when it publishes.
-pub struct ReplyLog {
-    permission: ResponsePermission,
-    grants: Mutex<HashMap<Box<[u8]>, ReplyGrant>>,
-}
-
-/// Entries kept before expired ones are pruned.
-const REPLY_LOG_PRUNE_AT: usize = 4096;
-
-impl ReplyLog {
-    pub fn new(permission: ResponsePermission) -> Self {
-        ReplyLog {
-            permission,
-            grants: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// How many answers per request, for how long.
-    pub fn permission(&self) -> ResponsePermission {
-        self.permission
-    }
-
-    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, ReplyGrant>> {
-        self.grants.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn note(&self, reply: &[u8]) {
-        let now = Instant::now();
-        let mut grants = self.grants();
-        if grants.len() >= REPLY_LOG_PRUNE_AT {
-            grants.retain(|_, g| !self.permission.expired(g, now));
-        }
-        grants.insert(reply.into(), ReplyGrant::new(now));
-    }
-
-    /// May the owner publish to `reply` now? Counts the answer if so.
-    pub fn admit(&self, reply: &[u8]) -> bool {
-        let now = Instant::now();
-        let mut grants = self.grants();
-        let Some(grant) = grants.get_mut(reply) else {
-            return false;
-        };
-        let admitted = self.permission.admit(grant, now);
-        if !admitted {
-            grants.remove(reply);
-        }
-        admitted
-    }
-}
-
-impl PartialEq for Subscription {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-impl Subscription {
-    /// The fields every kind of subscription starts with.
-    fn new(target: Target, sid: Box<[u8]>, subject: &[u8], queue: Option<&[u8]>) -> Self {
-        Subscription {
-            target,
-            sid,
-            subject: subject.into(),
-            queue: queue.map(Into::into),
-            headers: true,
-            max: AtomicU64::new(u64::MAX),
-            delivered: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            deny: Box::default(),
-            replies: None,
-            weight: 1,
-        }
-    }
-
-    pub fn for_client(
-        client: Arc<ClientShared>,
-        subject: &[u8],
-        queue: Option<&[u8]>,
-        sid: &[u8],
-        headers: bool,
-    ) -> Self {
-        Subscription {
-            headers,
-            ..Subscription::new(Target::Client(client), sid.into(), subject, queue)
-        }
-    }
-
-    /// Interest another node announced over `route` (`weight` members of a queue group).
-    pub fn for_route(
-        route: Arc<RouteShared>,
-        subject: &[u8],
-        queue: Option<&[u8]>,
-        weight: u32,
-    ) -> Self {
-        Subscription {
-            weight: weight.max(1),
-            ..Subscription::new(Target::Route(route), Box::default(), subject, queue)
-        }
-    }
-
-    pub fn internal(subject: &str, queue: Option<&str>, sink: InternalSink) -> Self {
-        let sid = sink.tag.to_string().into_bytes().into();
-        Subscription::new(
-            Target::Internal(sink),
-            sid,
-            subject.as_bytes(),
-            queue.map(str::as_bytes),
-        )
-    }
-
-    /// The client connection this subscription belongs to (0 for internal ones).
-    #[inline]
-    pub fn client_id(&self) -> u64 {
-        match &self.target {
-            Target::Client(c) => c.id,
-            Target::Route(r) => r.id,
-            Target::Internal(_) => 0,
-        }
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
-    /// Stops deliveries at once (the router removes it from the index later).
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-}
-
-/// A message being published, as every delivery sees it.
-pub struct Message<'a> {
-    pub subject: &'a [u8],
-    pub reply: Option<&'a [u8]>,
-    /// Length of the header block at the start of `data`, if any.
-    pub headers: Option<usize>,
-    pub data: &'a [u8],
-    /// The local client that published it (internal subscribers get it).
-    pub from: Option<&'a Arc<ClientInfo>>,
-}
 
 /// Delivers `msg` to `sub` unless it is closed or past its auto-unsubscribe count.
 /// Returns whether it was queued.
@@ -279,7 +61,7 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
         client.tell(Control::AutoUnsubscribed(sub.clone()));
     }
     if let (Some(log), Some(reply)) = (&sub.replies, msg.reply) {
-        log.note(reply);
+        log.note(reply, runtime::now());
     }
     let (headers, data) = match msg.headers {
         Some(h) if !sub.headers => (None, msg.data.get(h..).unwrap_or_default()),

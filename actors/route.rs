@@ -2,7 +2,7 @@
 //!
 //! It owns the connection to that node: the handshake (`crate::cluster::Handshake`),
 //! the interest the other node announced (entered into the account's subject index as
-//! [`Target::Route`](super::publish::Target) subscriptions, so publishers reach the
+//! [`Target::Route`](super::subscription::Target) subscriptions, so publishers reach the
 //! route by matching like for any subscriber), the messages it forwards (delivered to
 //! local subscribers only: a routed message is never routed again), and the route's
 //! outbound queue, which publishers and the account router append to. A writer task
@@ -14,116 +14,100 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 
-use super::cluster::{ClusterHandle, Registration};
-use super::node::ServerContext;
-use super::outbound::{drain, FlushSet, OutboundQueue, PushError, Wake};
-use super::publish::{Message, Publisher, Subscription};
+use super::context::{short_id, ServerContext};
+use super::outbound::{drain, Wake};
+use super::publish::Publisher;
 use super::readbuf::ReadBuf;
 use super::router::SubChange;
 use super::runtime::{self, TcpStream};
+use super::subscription::{InterestKey, Message, RouteControl, RouteShared, Subscription};
 use crate::cluster::{Handshake, LocalNode, Refusal, Role, Step};
-use crate::proto::route::{write_msg, Parsed, RouteInfo, RouteOp, RouteParser};
+use crate::proto::route::{Parsed, RouteInfo, RouteOp, RouteParser};
 
-/// Messages other actors send a route actor.
-pub enum RouteControl {
-    /// Close the route (a duplicate replaced it, the node stops, the peer left).
-    Close(&'static str),
-    WriteFailed,
+/// Whether a new route was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Accepted,
+    /// Another route to the same node is kept; this one closes.
+    Duplicate,
 }
 
-/// Counters of one route (atomics: written by publishers and the actor).
-#[derive(Default, Debug)]
-pub struct RouteStats {
-    pub in_msgs: AtomicU64,
-    pub in_bytes: AtomicU64,
-    pub out_msgs: AtomicU64,
-    pub out_bytes: AtomicU64,
-    /// Interest entries the other node has announced.
-    pub subscriptions: AtomicU64,
+/// What a route tells whoever runs the cluster (the cluster actor consumes these).
+pub enum RouteEvent {
+    /// An established route asks whether it stays.
+    Register {
+        route: Arc<RouteShared>,
+        server_id: String,
+        server_name: String,
+        /// Where the other node listens for routes (`host:port`), if it said.
+        url: String,
+        role: Role,
+        peer: SocketAddr,
+        reply: async_channel::Sender<Registration>,
+    },
+    Gone(u64),
+    /// The other node told us of a node and where it listens for routes.
+    Gossip {
+        server_id: String,
+        url: String,
+    },
 }
 
-/// The part of a route that publishers and the account router reach.
-pub struct RouteShared {
-    pub id: u64,
-    pub out: OutboundQueue,
-    control: async_channel::Sender<RouteControl>,
-    /// The plain TCP socket, for publishers that flush inline (not with TLS).
-    socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
-    pub stats: RouteStats,
+/// A route's line to the cluster actor.
+#[derive(Clone)]
+pub struct RouteLink {
+    events: async_channel::Sender<RouteEvent>,
 }
 
-impl RouteShared {
-    pub fn tell(&self, control: RouteControl) {
-        let _ = self.control.try_send(control);
+impl RouteLink {
+    pub fn new(events: async_channel::Sender<RouteEvent>) -> Self {
+        RouteLink { events }
     }
 
-    /// Queues one RMSG/HMSG for a message this route's node has interest in; `queues`
-    /// are the groups whose member on that node was picked. Returns whether it was
-    /// queued.
-    pub fn send_msg<'q>(
-        self: &Arc<Self>,
-        account: &[u8],
-        msg: &Message<'_>,
-        queues: impl Iterator<Item = &'q [u8]> + Clone,
-        flush: &mut FlushSet,
-    ) -> bool {
-        let names: usize = queues.clone().map(|q| q.len() + 1).sum();
-        let len = 48
-            + account.len()
-            + msg.subject.len()
-            + msg.reply.map_or(0, <[u8]>::len)
-            + names
-            + msg.data.len();
-        let pushed = self.out.push(len, msg.data.len(), |buf| {
-            write_msg(
-                buf,
-                account,
-                msg.subject,
-                msg.reply,
-                queues,
-                msg.headers,
-                msg.data,
-            )
-        });
-        match pushed {
-            Ok(pushed) => {
-                self.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .out_bytes
-                    .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-                if pushed.wake {
-                    flush.add(self.clone());
-                }
-                if pushed.stalled {
-                    flush.stall(self.clone());
-                }
-                true
-            }
-            Err(PushError::SlowConsumer) => {
-                self.tell(RouteControl::Close("Slow Consumer"));
-                false
-            }
-            Err(PushError::Closed) => false,
+    /// Registers an established route; the answer says whether it stays.
+    pub async fn register(
+        &self,
+        route: Arc<RouteShared>,
+        info: &RouteInfo,
+        role: Role,
+        peer: SocketAddr,
+    ) -> Registration {
+        let (reply, answer) = async_channel::bounded(1);
+        let url = if info.host.is_empty() || info.port == 0 {
+            String::new()
+        } else if info.host.contains(':') {
+            format!("[{}]:{}", info.host, info.port)
+        } else {
+            format!("{}:{}", info.host, info.port)
+        };
+        let event = RouteEvent::Register {
+            route,
+            server_id: info.server_id.clone(),
+            server_name: info.server_name.clone(),
+            url,
+            role,
+            peer,
+            reply,
+        };
+        if self.events.send(event).await.is_err() {
+            return Registration::Duplicate;
         }
-    }
-}
-
-impl Wake for RouteShared {
-    fn wake_writer(&self) {
-        match &self.socket {
-            Some(socket) => self.out.flush_inline(socket.get_ref()),
-            None => self.out.wake(),
-        }
+        answer.recv().await.unwrap_or(Registration::Duplicate)
     }
 
-    fn outbound(&self) -> &OutboundQueue {
-        &self.out
+    pub fn gone(&self, route_id: u64) {
+        let _ = self.events.try_send(RouteEvent::Gone(route_id));
+    }
+
+    /// A peer told us about another node and where it listens for routes.
+    pub fn gossip(&self, server_id: String, url: String) {
+        let _ = self.events.try_send(RouteEvent::Gossip { server_id, url });
     }
 }
 
@@ -155,7 +139,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a route connection needs to run.
 pub struct RouteSetup {
     pub ctx: Arc<ServerContext>,
-    pub cluster: ClusterHandle,
+    pub cluster: RouteLink,
     pub local: LocalNode,
     pub role: Role,
     pub peer: SocketAddr,
@@ -188,7 +172,7 @@ pub async fn serve(
     let mut reader = reader;
     let mut writer = writer;
     let mut rbuf = ReadBuf::new();
-    let mut handshake = Handshake::new(role, local.clone(), super::client::new_nonce());
+    let mut handshake = Handshake::new(role, local.clone(), super::context::new_nonce());
     let first = handshake.start();
     let shake = async {
         let io = |e: std::io::Error| failed(e.to_string());
@@ -254,13 +238,12 @@ pub async fn serve(
     };
 
     let (control_tx, control_rx) = async_channel::unbounded();
-    let shared = Arc::new(RouteShared {
-        id: ctx.next_client_id.fetch_add(1, Ordering::Relaxed),
-        out: OutboundQueue::new(config.max_pending.as_usize()),
-        control: control_tx,
-        socket: (!tls).then(|| socket.clone().into()),
-        stats: RouteStats::default(),
-    });
+    let shared = Arc::new(RouteShared::new(
+        ctx.next_client_id.fetch_add(1, Ordering::Relaxed),
+        config.max_pending.as_usize(),
+        control_tx,
+        (!tls).then(|| socket.clone().into()),
+    ));
     let server_id = info.server_id.clone();
     match cluster.register(shared.clone(), &info, role, peer).await {
         Registration::Accepted => {}
@@ -319,22 +302,12 @@ pub async fn serve(
     );
     RouteEnd::Closed { server_id, reason }
 }
-
-/// The first characters of a server id or a public key, enough to tell nodes apart in
-/// a log line.
-pub fn short_id(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
-}
-
-/// A subject and, for a queue group, its name.
-pub type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
-
 /// An established route.
 struct Route {
     ctx: Arc<ServerContext>,
     shared: Arc<RouteShared>,
     remote: Box<RouteInfo>,
-    cluster: ClusterHandle,
+    cluster: RouteLink,
     /// What the other node announced: (subject, queue) → its entry in the index.
     interest: HashMap<InterestKey, Arc<Subscription>>,
     /// Index changes gathered during one read batch.

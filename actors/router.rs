@@ -20,9 +20,8 @@ use arc_swap::ArcSwap;
 use std::collections::HashMap;
 
 use super::outbound::Wake;
-use super::publish::{Subscription, Target};
-use super::route::RouteShared;
 use super::runtime::Spawner;
+use super::subscription::{InterestKey, RouteShared, Subscription, Target};
 use crate::proto::route::{write_sub, write_unsub};
 use crate::subject_index::SubjectIndex;
 
@@ -97,7 +96,7 @@ impl Account {
 }
 
 /// (subject, queue group) → how many local subscriptions share it.
-type InterestCounts = HashMap<super::route::InterestKey, u32>;
+type InterestCounts = HashMap<InterestKey, u32>;
 
 /// What the router knows besides the index: local interest, for the routes.
 struct Interest {

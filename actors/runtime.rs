@@ -156,6 +156,17 @@ pub fn now_unix_ns() -> i64 {
     unix_ns(std::time::SystemTime::now())
 }
 
+/// Sleeps until `at`.
+pub async fn sleep_until(at: Instant) {
+    async_io::Timer::at(at).await;
+}
+
+/// Runs blocking work (a bcrypt check, a system call that may wait) on the blocking
+/// thread pool, off the executor threads.
+pub async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    blocking::unblock(work).await
+}
+
 pub async fn sleep(d: Duration) {
     async_io::Timer::after(d).await;
 }

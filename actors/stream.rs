@@ -16,10 +16,11 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 
-use super::publish::{InternalMsg, InternalSink, Message, Publisher, Subscription};
+use super::publish::Publisher;
 use super::router::{Account, SubChange};
 use super::runtime;
 use super::storage::{Progress, Storage, StorageError, WriteBatch, WriteOp};
+use super::subscription::{InternalMsg, InternalSink, Message, Subscription};
 use crate::jetstream::advisory::{self, Advisory};
 use crate::jetstream::api::{
     self, ConsumerConfig, CreateConsumerRequest, MsgDeleteRequest, MsgGetRequest, NextRequest,

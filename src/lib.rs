@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod connection;
 pub mod events;
 pub mod jetstream;
 pub mod mesh;

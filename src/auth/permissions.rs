@@ -164,6 +164,60 @@ impl ResponsePermission {
     }
 }
 
+/// The reply subjects a client received and may answer (`allow_responses`): noted by
+/// publishers as they deliver requests to it, consulted when it publishes. A lock of
+/// its own guards it (several publishers note into it); nothing waits under it.
+#[derive(Debug)]
+pub struct ReplyLog {
+    permission: ResponsePermission,
+    grants: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, ReplyGrant>>,
+}
+
+/// Entries kept before expired ones are pruned.
+const REPLY_LOG_PRUNE_AT: usize = 4096;
+
+impl ReplyLog {
+    pub fn new(permission: ResponsePermission) -> Self {
+        ReplyLog {
+            permission,
+            grants: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// How many answers per request, for how long.
+    pub fn permission(&self) -> ResponsePermission {
+        self.permission
+    }
+
+    fn grants(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<[u8]>, ReplyGrant>> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request with reply subject `reply` was delivered at `now`.
+    pub fn note(&self, reply: &[u8], now: Instant) {
+        let mut grants = self.grants();
+        if grants.len() >= REPLY_LOG_PRUNE_AT {
+            grants.retain(|_, g| !self.permission.expired(g, now));
+        }
+        grants.insert(reply.into(), ReplyGrant::new(now));
+    }
+
+    /// May the owner publish to `reply` at `now`? Counts the answer if so.
+    pub fn admit(&self, reply: &[u8], now: Instant) -> bool {
+        let mut grants = self.grants();
+        let Some(grant) = grants.get_mut(reply) else {
+            return false;
+        };
+        let admitted = self.permission.admit(grant, now);
+        if !admitted {
+            grants.remove(reply);
+        }
+        admitted
+    }
+}
+
 /// What one user may do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {

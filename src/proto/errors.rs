@@ -117,6 +117,36 @@ impl WireError {
     }
 }
 
+/// `Permissions Violation for Publish to "<subject>"`.
+pub fn publish_violation(subject: &[u8]) -> String {
+    format!(
+        "Permissions Violation for Publish to \"{}\"",
+        String::from_utf8_lossy(subject)
+    )
+}
+
+/// `Permissions Violation for Subscription to "<subject>"` (with `using queue "<q>"`).
+pub fn subscribe_violation(subject: &[u8], queue: Option<&[u8]>) -> String {
+    let subject = String::from_utf8_lossy(subject);
+    match queue {
+        Some(q) => format!(
+            "Permissions Violation for Subscription to \"{subject}\" using queue \"{}\"",
+            String::from_utf8_lossy(q)
+        ),
+        None => format!("Permissions Violation for Subscription to \"{subject}\""),
+    }
+}
+
+/// What a subscription a reload no longer allows is ended with: the violation and
+/// `(sid "<sid>")`.
+pub fn removed_subscription(subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) -> String {
+    format!(
+        "{} (sid \"{}\")",
+        subscribe_violation(subject, queue),
+        String::from_utf8_lossy(sid)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +161,21 @@ mod tests {
         assert!(ProtoError::BadArgs("SUB").wire().text().is_none());
         assert!(!WireError::InvalidSubject.closes());
         assert!(WireError::StaleConnection.closes());
+    }
+
+    #[test]
+    fn violation_texts() {
+        assert_eq!(
+            publish_violation(b"a.b"),
+            "Permissions Violation for Publish to \"a.b\""
+        );
+        assert_eq!(
+            subscribe_violation(b"x", Some(b"q")),
+            "Permissions Violation for Subscription to \"x\" using queue \"q\""
+        );
+        assert_eq!(
+            removed_subscription(b"x", None, b"7"),
+            "Permissions Violation for Subscription to \"x\" (sid \"7\")"
+        );
     }
 }

@@ -1,0 +1,392 @@
+//! What a delivery reaches: a subscription and its target — a client connection's or a
+//! route's shared half (its outbound queue and mailbox), or an internal actor's
+//! mailbox — and the message as every delivery sees it.
+//!
+//! These are the types the router indexes and the publish path delivers to; they sit
+//! below both, and below the client and route actors that own the other halves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::mailbox::Mailbox;
+use super::outbound::{FlushSet, OutboundQueue, PushError, Wake};
+use super::runtime;
+use crate::auth::permissions::ReplyLog;
+use crate::events::ClientInfo;
+use crate::monitor::ConnSnapshot;
+use crate::proto::route::write_msg;
+use crate::proto::WireError;
+
+/// Who receives what a subscription matches.
+pub enum Target {
+    /// A client connection: frames go into its outbound queue.
+    Client(Arc<ClientShared>),
+    /// An internal actor: an owned copy of the message goes into its mailbox.
+    Internal(InternalSink),
+    /// Another node's interest, learned over a route: the message goes to that route
+    /// once (however many of its subscriptions match) as an RMSG naming the queue
+    /// groups it was picked for there.
+    Route(Arc<RouteShared>),
+}
+
+/// The mailbox of an internal subscriber, and the tag it gave this subscription so it
+/// can tell its subscriptions apart.
+#[derive(Clone)]
+pub struct InternalSink {
+    pub tag: u64,
+    pub mailbox: async_channel::Sender<InternalMsg>,
+}
+
+/// A message as an internal subscriber receives it (owned: it crosses to another task).
+#[derive(Debug, Clone)]
+pub struct InternalMsg {
+    /// The tag of the subscription that matched.
+    pub tag: u64,
+    pub subject: Bytes,
+    pub reply: Option<Bytes>,
+    /// Length of the header block at the start of `data`, if the message has headers.
+    pub headers: Option<usize>,
+    pub data: Bytes,
+    /// The client that published it, when it came from a local client (JetStream's
+    /// API audit names it).
+    pub from: Option<Arc<ClientInfo>>,
+}
+
+impl InternalMsg {
+    pub fn header_block(&self) -> &[u8] {
+        self.data
+            .get(..self.headers.unwrap_or(0))
+            .unwrap_or_default()
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.data
+            .get(self.headers.unwrap_or(0)..)
+            .unwrap_or_default()
+    }
+}
+
+/// One subscription, as the subject index holds it.
+pub struct Subscription {
+    pub target: Target,
+    pub sid: Box<[u8]>,
+    pub subject: Box<[u8]>,
+    pub queue: Option<Box<[u8]>>,
+    /// Whether the subscriber understands HMSG (otherwise headers are stripped).
+    pub headers: bool,
+    /// Auto-unsubscribe after this many deliveries (`u64::MAX`: never).
+    pub(super) max: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    closed: AtomicBool,
+    /// Subjects the owner may not receive although this (wildcard) subscription
+    /// matches them: its subscribe-deny permissions.
+    pub deny: Box<[Box<[u8]>]>,
+    /// Where the reply subjects of delivered messages are noted, when the owner may
+    /// answer requests its publish permissions would otherwise refuse.
+    pub replies: Option<Arc<ReplyLog>>,
+    /// How many entries the index holds for it: a route's queue interest counts as
+    /// many members as the other node has (so picks are weighted as the reference's),
+    /// everything else once.
+    pub weight: u32,
+}
+
+impl PartialEq for Subscription {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Subscription {
+    /// The fields every kind of subscription starts with.
+    fn new(target: Target, sid: Box<[u8]>, subject: &[u8], queue: Option<&[u8]>) -> Self {
+        Subscription {
+            target,
+            sid,
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            headers: true,
+            max: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            deny: Box::default(),
+            replies: None,
+            weight: 1,
+        }
+    }
+
+    pub fn for_client(
+        client: Arc<ClientShared>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sid: &[u8],
+        headers: bool,
+    ) -> Self {
+        Subscription {
+            headers,
+            ..Subscription::new(Target::Client(client), sid.into(), subject, queue)
+        }
+    }
+
+    /// Interest another node announced over `route` (`weight` members of a queue group).
+    pub fn for_route(
+        route: Arc<RouteShared>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        weight: u32,
+    ) -> Self {
+        Subscription {
+            weight: weight.max(1),
+            ..Subscription::new(Target::Route(route), Box::default(), subject, queue)
+        }
+    }
+
+    pub fn internal(subject: &str, queue: Option<&str>, sink: InternalSink) -> Self {
+        let sid = sink.tag.to_string().into_bytes().into();
+        Subscription::new(
+            Target::Internal(sink),
+            sid,
+            subject.as_bytes(),
+            queue.map(str::as_bytes),
+        )
+    }
+
+    /// The client connection this subscription belongs to (0 for internal ones).
+    #[inline]
+    pub fn client_id(&self) -> u64 {
+        match &self.target {
+            Target::Client(c) => c.id,
+            Target::Route(r) => r.id,
+            Target::Internal(_) => 0,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Messages delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Auto-unsubscribe after `max` deliveries in all; `true` when that many are
+    /// already done (the subscription ends now).
+    pub fn limit_deliveries(&self, max: u64) -> bool {
+        self.max.store(max, Ordering::Release);
+        self.delivered.load(Ordering::Acquire) >= max
+    }
+
+    /// Takes over `old`'s delivery count and limit (a subscription replaced in place).
+    pub fn carry_counts_from(&self, old: &Subscription) {
+        self.max
+            .store(old.max.load(Ordering::Acquire), Ordering::Release);
+        self.delivered
+            .store(old.delivered.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Stops deliveries at once (the router removes it from the index later).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// A message being published, as every delivery sees it.
+pub struct Message<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    /// Length of the header block at the start of `data`, if any.
+    pub headers: Option<usize>,
+    pub data: &'a [u8],
+    /// The local client that published it (internal subscribers get it).
+    pub from: Option<&'a Arc<ClientInfo>>,
+}
+
+/// Messages other actors send a client actor.
+pub enum Control {
+    /// Close the connection, sending the error's text first if it has one.
+    Close(WireError),
+    /// The writer failed: the peer is gone.
+    WriteFailed,
+    /// A subscription reached its auto-unsubscribe count.
+    AutoUnsubscribed(Arc<Subscription>),
+    /// Lame-duck mode: tell the client (INFO with `ldm`) to reconnect elsewhere.
+    LameDuck,
+    /// Monitoring asks what this connection is and did.
+    Snapshot(async_channel::Sender<ConnSnapshot>),
+    /// The authorization config changed: check the credentials again, apply the new
+    /// permissions (dropping subscriptions they no longer allow), or close.
+    Reauthorize,
+}
+
+/// The part of a client connection that publishers and subscriptions reach.
+pub struct ClientShared {
+    pub id: u64,
+    pub out: OutboundQueue,
+    control: Mailbox<Control>,
+    /// The socket, for publishers that flush this connection's queue inline (plain
+    /// TCP only: TLS bytes must go through the connection's TLS session).
+    socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
+}
+
+impl ClientShared {
+    /// A connection's shared half; `socket` when publishers may write to it inline
+    /// (plain TCP only: TLS and WebSocket bytes must go through their session).
+    pub fn new(
+        id: u64,
+        max_pending: usize,
+        socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
+    ) -> Self {
+        ClientShared {
+            id,
+            out: OutboundQueue::new(max_pending),
+            control: Mailbox::default(),
+            socket,
+        }
+    }
+
+    /// Leaves a message for the actor; `false` once the connection has ended.
+    pub fn tell(&self, control: Control) -> bool {
+        self.control.send(control)
+    }
+
+    /// The actor's next message (only the connection's own actor receives).
+    pub async fn next_control(&self) -> Control {
+        self.control.recv().await
+    }
+
+    /// The connection ended: later messages are dropped.
+    pub fn close_mailbox(&self) {
+        self.control.close();
+    }
+}
+
+impl Wake for ClientShared {
+    fn wake_writer(&self) {
+        match &self.socket {
+            Some(socket) => self.out.flush_inline(socket.get_ref()),
+            None => self.out.wake(),
+        }
+    }
+
+    fn outbound(&self) -> &OutboundQueue {
+        &self.out
+    }
+}
+
+/// Messages other actors send a route actor.
+pub enum RouteControl {
+    /// Close the route (a duplicate replaced it, the node stops, the peer left).
+    Close(&'static str),
+    WriteFailed,
+}
+
+/// Counters of one route (atomics: written by publishers and the actor).
+#[derive(Default, Debug)]
+pub struct RouteStats {
+    pub in_msgs: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_msgs: AtomicU64,
+    pub out_bytes: AtomicU64,
+    /// Interest entries the other node has announced.
+    pub subscriptions: AtomicU64,
+}
+
+/// The part of a route that publishers and the account router reach.
+pub struct RouteShared {
+    pub id: u64,
+    pub out: OutboundQueue,
+    control: async_channel::Sender<RouteControl>,
+    /// The plain TCP socket, for publishers that flush inline (not with TLS).
+    socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
+    pub stats: RouteStats,
+}
+
+impl RouteShared {
+    /// A route's shared half (see [`ClientShared::new`] for `socket`).
+    pub fn new(
+        id: u64,
+        max_pending: usize,
+        control: async_channel::Sender<RouteControl>,
+        socket: Option<Arc<runtime::Async<std::net::TcpStream>>>,
+    ) -> Self {
+        RouteShared {
+            id,
+            out: OutboundQueue::new(max_pending),
+            control,
+            socket,
+            stats: RouteStats::default(),
+        }
+    }
+
+    pub fn tell(&self, control: RouteControl) {
+        let _ = self.control.try_send(control);
+    }
+
+    /// Queues one RMSG/HMSG for a message this route's node has interest in; `queues`
+    /// are the groups whose member on that node was picked. Returns whether it was
+    /// queued.
+    pub fn send_msg<'q>(
+        self: &Arc<Self>,
+        account: &[u8],
+        msg: &Message<'_>,
+        queues: impl Iterator<Item = &'q [u8]> + Clone,
+        flush: &mut FlushSet,
+    ) -> bool {
+        let names: usize = queues.clone().map(|q| q.len() + 1).sum();
+        let len = 48
+            + account.len()
+            + msg.subject.len()
+            + msg.reply.map_or(0, <[u8]>::len)
+            + names
+            + msg.data.len();
+        let pushed = self.out.push(len, msg.data.len(), |buf| {
+            write_msg(
+                buf,
+                account,
+                msg.subject,
+                msg.reply,
+                queues,
+                msg.headers,
+                msg.data,
+            )
+        });
+        match pushed {
+            Ok(pushed) => {
+                self.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .out_bytes
+                    .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
+                if pushed.wake {
+                    flush.add(self.clone());
+                }
+                if pushed.stalled {
+                    flush.stall(self.clone());
+                }
+                true
+            }
+            Err(PushError::SlowConsumer) => {
+                self.tell(RouteControl::Close("Slow Consumer"));
+                false
+            }
+            Err(PushError::Closed) => false,
+        }
+    }
+}
+
+impl Wake for RouteShared {
+    fn wake_writer(&self) {
+        match &self.socket {
+            Some(socket) => self.out.flush_inline(socket.get_ref()),
+            None => self.out.wake(),
+        }
+    }
+
+    fn outbound(&self) -> &OutboundQueue {
+        &self.out
+    }
+}
+
+/// A subject and, for a queue group, its name.
+pub type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);

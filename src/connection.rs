@@ -1,0 +1,538 @@
+//! A client connection's protocol rules, without sockets or clocks: what the server
+//! answers to each operation, when it closes, what it lets a client publish and
+//! subscribe to, when it pings — the rules nats-server applies, as a state machine the
+//! client actor drives.
+//!
+//! # Call order
+//!
+//! 1. [`Connection::new`] when the connection is accepted (with the authenticator, the
+//!    limits, the nonce sent in INFO and the time).
+//! 2. For every read: [`Connection::received`] with the time, then for each operation the
+//!    parser gives, [`Connection::handle`]. It returns the [`Action`]s to carry out, in
+//!    order: replies to queue, a subscription change, waiting until the connection's
+//!    subscription changes are visible to publishers ([`Action::SyncSubscriptions`]),
+//!    a publish, authenticating a CONNECT, or closing.
+//! 3. After an [`Action::Authenticate`], the driver checks the credentials (off the
+//!    executor when slow) and hands the result to [`Connection::authenticated`],
+//!    which returns the next actions; no other operation is handled meanwhile.
+//! 4. [`Connection::synced`] after the driver made the subscription changes visible.
+//! 5. On its ping timer: [`Connection::tick`]; [`Connection::auth_deadline`] says when
+//!    an unauthenticated connection is closed ([`Connection::auth_timed_out`]).
+//! 6. After a reload: [`Connection::reauthorize`], then [`Connection::reauthorized`]
+//!    with the result.
+//! 7. [`Connection::unsubscribed`] when a subscription ended by itself (its
+//!    auto-unsubscribe count was reached).
+//!
+//! Every error text comes from [`crate::proto::errors`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::permissions::ReplyLog;
+use crate::auth::{AuthError, Authenticator, Grant, Permissions};
+use crate::proto::errors::{self, WireError};
+use crate::proto::{ConnectOptions, Op};
+use crate::subject;
+
+/// Subjects whose publish permission a connection remembers.
+const PUBLISH_CACHE_MAX: usize = 1024;
+/// Actions one operation can produce at most.
+const MAX_ACTIONS: usize = 4;
+
+/// The limits a connection runs under (from the config when it opened).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// 0: unlimited.
+    pub max_subscriptions: usize,
+    pub ping_interval: Duration,
+    pub max_pings_out: u32,
+}
+
+/// Something the server sends the client, for the driver to encode and queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Ok,
+    Ping,
+    Pong,
+    /// The INFO that follows the first PONG after CONNECT (`connect_info`).
+    ConnectInfo,
+    Err(WireError),
+    /// `-ERR 'Permissions Violation for Publish to "…"'`; the driver logs it too.
+    PublishViolation(&'a [u8]),
+    /// `-ERR 'Permissions Violation for Subscription to "…"'` (with the queue).
+    SubscribeViolation {
+        subject: &'a [u8],
+        queue: Option<&'a [u8]>,
+    },
+}
+
+/// A publish the connection may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    /// Length of the header block at the start of `data`, if any.
+    pub headers: Option<usize>,
+    pub data: &'a [u8],
+}
+
+/// What the driver does next, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action<'a> {
+    Reply(Reply<'a>),
+    /// Make this connection's subscription changes visible to every publisher before
+    /// going on (then call [`Connection::synced`]).
+    SyncSubscriptions,
+    Publish(Publish<'a>),
+    /// A new subscription (its delivery filter from [`Connection::delivery_filter`]).
+    Subscribe {
+        sid: &'a [u8],
+        subject: &'a [u8],
+        queue: Option<&'a [u8]>,
+    },
+    /// End subscription `sid` now, or (with `max`) once it has delivered that many
+    /// messages in all; the driver tells [`Connection::unsubscribed`] when it ends.
+    Unsubscribe {
+        sid: &'a [u8],
+        max: Option<u64>,
+    },
+    /// Check these credentials against the nonce, then call
+    /// [`Connection::authenticated`].
+    Authenticate(Box<ConnectOptions>),
+    /// Close the connection, after sending the error's text if it has one.
+    Close(WireError),
+}
+
+/// The actions of one step, kept inline: the publish path allocates nothing.
+#[derive(Debug, Default)]
+pub struct Actions<'a> {
+    items: [Option<Action<'a>>; MAX_ACTIONS],
+    len: usize,
+}
+
+impl<'a> Actions<'a> {
+    fn push(&mut self, a: Action<'a>) {
+        // An operation never makes more than MAX_ACTIONS; were it to, the last one
+        // would be a close, which ends the connection anyway.
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = Some(a);
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<'a> IntoIterator for Actions<'a> {
+    type Item = Action<'a>;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Action<'a>>, MAX_ACTIONS>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter().flatten()
+    }
+}
+
+/// A subscription as the connection knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sub {
+    subject: Box<[u8]>,
+    queue: Option<Box<[u8]>>,
+}
+
+/// What a reload did to a connection whose credentials still pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reauthorized {
+    /// Subscriptions the new permissions refuse: sid and the `-ERR` text (the driver
+    /// sends it and ends them).
+    pub removed: Vec<(Box<[u8]>, String)>,
+}
+
+/// One client connection's protocol state.
+pub struct Connection {
+    auth: Arc<Authenticator>,
+    limits: Limits,
+    /// Sent in INFO for nkey users to sign; empty when none are configured.
+    nonce: String,
+    opts: ConnectOptions,
+    /// Until CONNECT is accepted, where authentication is required: when the
+    /// connection is closed for not sending it.
+    auth_deadline: Option<Instant>,
+    /// A CONNECT being authenticated.
+    connecting: Option<Box<ConnectOptions>>,
+    /// The INFO with `connect_info` follows the first PONG after CONNECT.
+    connect_info_due: bool,
+    user: Option<String>,
+    permissions: Arc<Permissions>,
+    /// Publish permission answers by subject (checked once per subject).
+    publish_allowed: HashMap<Box<[u8]>, bool>,
+    /// Requests received that this client may answer (`allow_responses`).
+    replies: Option<Arc<ReplyLog>>,
+    subs: HashMap<Box<[u8]>, Sub>,
+    /// Subscription changes were made since the last [`Self::synced`].
+    unsynced: bool,
+    pings_out: u32,
+    last_in: Instant,
+}
+
+impl Connection {
+    /// A new connection at `now`. With authentication required it must CONNECT
+    /// within the authenticator's timeout.
+    pub fn new(auth: Arc<Authenticator>, limits: Limits, nonce: String, now: Instant) -> Self {
+        let auth_deadline = auth.required().then(|| now + auth.timeout());
+        Connection {
+            auth,
+            limits,
+            nonce,
+            opts: ConnectOptions::default(),
+            auth_deadline,
+            connecting: None,
+            connect_info_due: false,
+            user: None,
+            permissions: crate::auth::unrestricted(),
+            publish_allowed: HashMap::new(),
+            replies: None,
+            subs: HashMap::new(),
+            unsynced: false,
+            pings_out: 0,
+            last_in: now,
+        }
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    /// The client's CONNECT options (defaults until it sent them).
+    pub fn options(&self) -> &ConnectOptions {
+        &self.opts
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn last_activity(&self) -> Instant {
+        self.last_in
+    }
+
+    /// When an unauthenticated connection is closed.
+    pub fn auth_deadline(&self) -> Option<Instant> {
+        self.auth_deadline
+    }
+
+    /// Number of subscriptions.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Bytes arrived at `now`.
+    pub fn received(&mut self, now: Instant) {
+        self.last_in = now;
+    }
+
+    /// The driver made the subscription changes visible.
+    pub fn synced(&mut self) {
+        self.unsynced = false;
+    }
+
+    /// A subscription ended by itself (its auto-unsubscribe count was reached).
+    pub fn unsubscribed(&mut self, sid: &[u8]) {
+        if self.subs.remove(sid).is_some() {
+            self.unsynced = true;
+        }
+    }
+
+    /// What a subscription on `subject` may not deliver (its subscribe-deny entries
+    /// that a wildcard subscription would match) and the reply log to note requests
+    /// in, when the permissions are restricted.
+    pub fn delivery_filter(&self, subject: &[u8]) -> (Vec<Box<[u8]>>, Option<Arc<ReplyLog>>) {
+        if self.permissions.is_unrestricted() {
+            return (Vec::new(), None);
+        }
+        (
+            self.permissions.delivery_deny(subject),
+            self.replies.clone(),
+        )
+    }
+
+    /// The authentication timed out (past [`Self::auth_deadline`]).
+    pub fn auth_timed_out(&self, now: Instant) -> bool {
+        self.auth_deadline.is_some_and(|d| now >= d)
+    }
+
+    /// The ping timer fired at `now`: a PING, nothing (the client was active), or a
+    /// close as a stale connection.
+    pub fn tick(&mut self, now: Instant) -> Option<Action<'static>> {
+        // Activity within the interval makes a PING unnecessary (as in the reference);
+        // the slack keeps a CONNECT that arrived just after the timer started from
+        // delaying the first PING by a whole interval.
+        let interval = self.limits.ping_interval;
+        if now.saturating_duration_since(self.last_in) < interval.mul_f64(0.9) {
+            return None;
+        }
+        if self.pings_out + 1 > self.limits.max_pings_out {
+            return Some(Action::Close(WireError::StaleConnection));
+        }
+        self.pings_out += 1;
+        Some(Action::Reply(Reply::Ping))
+    }
+
+    /// Handles one operation.
+    pub fn handle<'a>(&mut self, op: Op<'a>) -> Actions<'a> {
+        let mut out = Actions::default();
+        if self.auth_deadline.is_some() && !matches!(op, Op::Connect(_)) {
+            // Only CONNECT may come first where auth is required, unless clients
+            // without credentials are let in as `no_auth_user` (the reference's rule).
+            match self.auth.anonymous() {
+                Some(grant) => self.accept(grant),
+                None => {
+                    out.push(Action::Close(WireError::AuthorizationViolation));
+                    return out;
+                }
+            }
+        }
+        match op {
+            Op::Pub {
+                subject,
+                reply,
+                headers,
+                data,
+            } => {
+                if headers.is_some() && !self.opts.headers {
+                    out.push(Action::Close(WireError::ProtocolViolation));
+                    return out;
+                }
+                // The reference answers +OK before delivering (a verbose client sees
+                // +OK ahead of its own echoed message), after a pedantic -ERR.
+                let valid = !self.opts.pedantic || subject::is_valid_literal_subject(subject);
+                if !valid {
+                    out.push(Action::Reply(Reply::Err(WireError::InvalidPublishSubject)));
+                }
+                self.ok(&mut out);
+                if !valid {
+                    return out;
+                }
+                if !self.may_publish(subject) {
+                    out.push(Action::Reply(Reply::PublishViolation(subject)));
+                    return out;
+                }
+                if self.unsynced {
+                    out.push(Action::SyncSubscriptions);
+                }
+                out.push(Action::Publish(Publish {
+                    subject,
+                    reply,
+                    headers,
+                    data,
+                }));
+            }
+            Op::Sub {
+                subject,
+                queue,
+                sid,
+            } => self.subscribe(subject, queue, sid, &mut out),
+            Op::Unsub { sid, max } => {
+                if self.subs.contains_key(sid) {
+                    let max = max.filter(|&m| m > 0);
+                    if max.is_none() {
+                        self.subs.remove(sid);
+                    }
+                    self.unsynced = true;
+                    out.push(Action::Unsubscribe { sid, max });
+                }
+                self.ok(&mut out);
+            }
+            Op::Ping => {
+                if self.unsynced {
+                    out.push(Action::SyncSubscriptions);
+                }
+                out.push(Action::Reply(Reply::Pong));
+                // The reference follows the first PONG after CONNECT with an INFO;
+                // clients (nats-py) wait for that PONG as the first line.
+                if std::mem::take(&mut self.connect_info_due) {
+                    out.push(Action::Reply(Reply::ConnectInfo));
+                }
+            }
+            Op::Pong => self.pings_out = 0,
+            Op::Connect(json) => {
+                let Some(opts) = ConnectOptions::parse(json) else {
+                    out.push(Action::Close(WireError::ProtocolViolation));
+                    return out;
+                };
+                if !(0..=1).contains(&opts.protocol) {
+                    out.push(Action::Close(WireError::InvalidClientProtocol));
+                    return out;
+                }
+                if opts.no_responders && !opts.headers {
+                    out.push(Action::Close(WireError::NoRespondersRequiresHeaders));
+                    return out;
+                }
+                let opts = Box::new(opts);
+                self.connecting = Some(opts.clone());
+                out.push(Action::Authenticate(opts));
+            }
+            // What a client may send but the server ignores, as the reference does.
+            Op::Info(_) | Op::Ok => {}
+            Op::Err(_) => out.push(Action::Close(WireError::ProtocolViolation)),
+            Op::Msg { .. } => out.push(Action::Close(WireError::UnknownProtocolOperation)),
+        }
+        out
+    }
+
+    /// The result of an [`Action::Authenticate`].
+    pub fn authenticated(&mut self, result: Result<Grant, AuthError>) -> Actions<'static> {
+        let mut out = Actions::default();
+        let Some(opts) = self.connecting.take() else {
+            return out;
+        };
+        match result {
+            Err(_) => out.push(Action::Close(WireError::AuthorizationViolation)),
+            Ok(grant) => {
+                self.accept(grant);
+                // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
+                self.connect_info_due = opts.protocol >= 1;
+                self.opts = *opts;
+                self.ok(&mut out);
+            }
+        }
+        out
+    }
+
+    /// After a reload: `None` when there is nothing to check (not authenticated yet:
+    /// the new config applies to its CONNECT); otherwise the credentials to check
+    /// again with the new authenticator, whose result goes to [`Self::reauthorized`].
+    pub fn reauthorize(&mut self, auth: Arc<Authenticator>) -> Option<ConnectOptions> {
+        self.auth = auth;
+        if self.auth_deadline.is_some() {
+            return None;
+        }
+        Some(self.opts.clone())
+    }
+
+    /// The result of re-checking the credentials: `Err` with the wire error to close
+    /// with, or the subscriptions the new permissions refuse. Every subscription that
+    /// stays should get its new [`Self::delivery_filter`].
+    pub fn reauthorized(
+        &mut self,
+        result: Result<Grant, AuthError>,
+    ) -> Result<Reauthorized, WireError> {
+        let grant = result.map_err(|_| WireError::AuthorizationViolation)?;
+        self.accept(grant);
+        let mut removed = Vec::new();
+        let refused: Vec<Box<[u8]>> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| {
+                !self
+                    .permissions
+                    .can_subscribe(&s.subject, s.queue.as_deref())
+            })
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in refused {
+            if let Some(sub) = self.subs.remove(&sid) {
+                let text = errors::removed_subscription(&sub.subject, sub.queue.as_deref(), &sid);
+                removed.push((sid, text));
+                self.unsynced = true;
+            }
+        }
+        Ok(Reauthorized { removed })
+    }
+
+    /// The connection is authenticated as `grant`: its permissions apply from now on.
+    fn accept(&mut self, grant: Grant) {
+        self.auth_deadline = None;
+        self.user = grant.user;
+        // The requests already received stay answerable while the permission to
+        // answer is the same.
+        self.replies = match (grant.permissions.responses(), self.replies.take()) {
+            (Some(permission), Some(log)) if log.permission() == permission => Some(log),
+            (Some(permission), _) => Some(Arc::new(ReplyLog::new(permission))),
+            (None, _) => None,
+        };
+        self.permissions = grant.permissions;
+        self.publish_allowed.clear();
+    }
+
+    fn ok(&self, out: &mut Actions<'_>) {
+        if self.opts.verbose {
+            out.push(Action::Reply(Reply::Ok));
+        }
+    }
+
+    /// May this connection publish to `subject`?
+    fn may_publish(&mut self, subject: &[u8]) -> bool {
+        if self.permissions.is_unrestricted() {
+            return true;
+        }
+        let allowed = match self.publish_allowed.get(subject) {
+            Some(&allowed) => allowed,
+            None => {
+                let allowed = self.permissions.can_publish(subject);
+                if self.publish_allowed.len() >= PUBLISH_CACHE_MAX {
+                    self.publish_allowed.clear();
+                }
+                self.publish_allowed.insert(subject.into(), allowed);
+                allowed
+            }
+        };
+        // Answers to requests it received are allowed (`allow_responses`), as of the
+        // time of this read.
+        allowed
+            || self
+                .replies
+                .as_ref()
+                .is_some_and(|r| r.admit(subject, self.last_in))
+    }
+
+    fn subscribe<'a>(
+        &mut self,
+        subject: &'a [u8],
+        queue: Option<&'a [u8]>,
+        sid: &'a [u8],
+        out: &mut Actions<'a>,
+    ) {
+        if !subject::is_valid_subject(subject)
+            || queue.is_some_and(|q| q.iter().any(|&b| b == b' ' || b == b'\t'))
+        {
+            out.push(Action::Reply(Reply::Err(WireError::InvalidSubject)));
+            return;
+        }
+        let limit = self.limits.max_subscriptions;
+        if limit > 0 && self.subs.len() >= limit {
+            out.push(Action::Reply(Reply::Err(
+                WireError::MaxSubscriptionsExceeded,
+            )));
+            return;
+        }
+        if !self.permissions.can_subscribe(subject, queue) {
+            out.push(Action::Reply(Reply::SubscribeViolation { subject, queue }));
+            return;
+        }
+        // A sid already in use is ignored, as by the reference.
+        if !self.subs.contains_key(sid) {
+            self.subs.insert(
+                sid.into(),
+                Sub {
+                    subject: subject.into(),
+                    queue: queue.map(Into::into),
+                },
+            );
+            self.unsynced = true;
+            out.push(Action::Subscribe {
+                sid,
+                subject,
+                queue,
+            });
+        }
+        self.ok(out);
+    }
+}
