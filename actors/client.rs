@@ -19,22 +19,20 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_lite::{AsyncReadExt, StreamExt};
 
-use super::context::{new_nonce, ServerContext, TlsSetup, WsSetup};
-use super::outbound::{drain, Drained, STALL_MAX, STALL_TOTAL};
+use super::context::{new_nonce, ServerContext, Traffic};
 use super::publish::Publisher;
 use super::readbuf::ReadBuf;
 use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control, Message, Subscription};
-use super::websocket;
+use super::transport::{self, write_loop, Serve, Setup};
 use crate::auth::{AuthError, Authenticator, Grant};
 use crate::connection::{Action, Connection, Limits, Publish, Reply};
 use crate::events::ClientInfo;
-use crate::monitor::{ConnSnapshot, SubSnapshot};
+use crate::monitor::ConnSnapshot;
 use crate::proto::{encode, errors, ConnectOptions, Parsed, Parser, WireError};
 
 /// Which listener a connection came through.
@@ -55,13 +53,13 @@ pub fn spawn(
     gone: async_channel::Sender<u64>,
     via: Via,
 ) -> Arc<ClientShared> {
-    let (tls, websocket) = match via {
-        Via::Tcp => (ctx.tls(), None),
-        Via::WebSocket => (None, ctx.websocket()),
+    let setup = match via {
+        Via::Tcp => ctx.tls().map_or(Setup::Plain, Setup::Tls),
+        Via::WebSocket => ctx.websocket().map_or(Setup::Plain, Setup::WebSocket),
     };
     // Publishers write inline only to plain TCP sockets: TLS and WebSocket bytes
     // must go through their session.
-    let inline = via == Via::Tcp && tls.is_none();
+    let inline = matches!(setup, Setup::Plain);
     let max_pending = ctx.config().max_pending.as_usize();
     let shared = Arc::new(ClientShared::new(
         id,
@@ -73,186 +71,64 @@ pub fn spawn(
     spawner.spawn_detached(async move {
         let mut client = Client::new(ctx, shared, peer);
         log::debug!("client {id} connected from {peer} ({via:?})");
-        let mut session = Session {
+        let mut host = Host {
             client: &mut client,
             socket: stream.clone(),
         };
-        // Each transport's handshake state is boxed on its own: inline, the largest
-        // (wss://, ~48 KiB) would make every connection's task that large.
-        match (tls, websocket) {
-            (Some(tls), _) => Box::pin(session.serve_tls(stream, &tls)).await,
-            (None, Some(ws)) => match &ws.acceptor {
-                None => Box::pin(session.serve_ws(stream, &ws)).await,
-                Some(acceptor) => Box::pin(session.serve_wss(stream, &ws, acceptor)).await,
-            },
-            (None, None) if via == Via::Tcp => session.serve(stream.clone(), stream).await,
-            (None, None) => {}
-        }
-        let _ = session.socket.shutdown(std::net::Shutdown::Both);
+        transport::open(&mut host, stream, setup, peer).await;
+        let _ = host.socket.shutdown(std::net::Shutdown::Both);
         let _ = gone.send(id).await;
     });
     handle
 }
 
-/// A TLS session's version and cipher suite as the reference's `/connz` names them
-/// (`1.3`, `TLS_AES_128_GCM_SHA256`).
-fn tls_session(conn: &rustls::ServerConnection) -> (String, String) {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    };
-    let suite = conn
-        .negotiated_cipher_suite()
-        .map(|s| {
-            let name = s
-                .suite()
-                .as_str()
-                .map_or_else(|| format!("{:?}", s.suite()), str::to_string);
-            // rustls names the TLS 1.3 suites TLS13_…; IANA (and Go) TLS_….
-            name.strip_prefix("TLS13_")
-                .map_or(name.clone(), |rest| format!("TLS_{rest}"))
-        })
-        .unwrap_or_default();
-    (version, suite)
-}
-
-/// Waits for a transport's handshakes; `None` (logged) if they failed or took too long.
-async fn handshake<T>(
-    what: &str,
-    limit: Duration,
-    handshakes: impl std::future::Future<Output = Result<T, String>>,
-    peer: SocketAddr,
-) -> Option<T> {
-    match runtime::timeout(limit, handshakes).await {
-        Some(Ok(done)) => Some(done),
-        Some(Err(e)) => {
-            log::debug!("{peer} - {what} handshake failed: {e}");
-            None
-        }
-        None => {
-            log::debug!("{peer} - {what} handshake timeout");
-            None
-        }
-    }
-}
-
-/// A connection whose transport is being set up, then served: the actor reads from
-/// one half while its writer task drains the outbound queue into the other.
-struct Session<'a> {
+/// The client actor as its transport sees it.
+struct Host<'a> {
     client: &'a mut Client,
     /// The TCP socket under any TLS or WebSocket layer, shut down at the end so that
     /// a read waiting on it ends too.
     socket: TcpStream,
 }
 
-impl Session<'_> {
-    /// TLS on the client port: INFO in plain text (unless the handshake comes first),
-    /// the handshake, then the session inside it.
-    async fn serve_tls(&mut self, stream: TcpStream, tls: &TlsSetup) {
-        let peer = self.client.peer;
-        if !tls.handshake_first {
-            let mut line = Vec::new();
-            encode::write_info(&mut line, &self.client.info(false));
-            let mut raw = stream.clone();
-            if !matches!(
-                runtime::timeout(tls.timeout, raw.write_all(&line)).await,
-                Some(Ok(()))
-            ) {
-                return;
-            }
-            self.client.info_sent = true;
-        }
-        let accept = async { tls.acceptor.accept(stream).await.map_err(|e| e.to_string()) };
-        if let Some(session) = handshake("TLS", tls.timeout, accept, peer).await {
-            self.client.tls_session = Some(tls_session(session.get_ref().1));
-            let (reader, writer) = futures_lite::io::split(session);
-            self.serve(reader, writer).await;
-        }
+impl Serve for Host<'_> {
+    fn first_info(&self) -> Vec<u8> {
+        let mut line = Vec::new();
+        encode::write_info(&mut line, &self.client.info(false));
+        line
     }
 
-    /// ws://: the WebSocket handshake (with the origin check), then the session in
-    /// binary messages.
-    async fn serve_ws(&mut self, stream: TcpStream, ws: &WsSetup) {
+    fn info_sent(&mut self) {
+        self.client.info_sent = true;
+    }
+
+    fn tls_details(&mut self, details: (String, String)) {
+        self.client.tls_session = Some(details);
+    }
+
+    fn websocket(&mut self) {
         self.client.transport = "websocket";
-        let max_payload = self.client.ctx.config().max_payload.as_usize();
-        let peer = self.client.peer;
-        let accept = websocket::accept(stream, &ws.policy, false, max_payload, peer);
-        if let Some((r, w)) = handshake("websocket", ws.handshake_timeout, accept, peer).await {
-            self.serve(r, w).await;
-        }
     }
 
-    /// wss://: TLS with the WebSocket listener's certificate, then as [`Self::serve_ws`].
-    async fn serve_wss(
-        &mut self,
-        stream: TcpStream,
-        ws: &WsSetup,
-        acceptor: &futures_rustls::TlsAcceptor,
-    ) {
-        self.client.transport = "websocket";
-        let max_payload = self.client.ctx.config().max_payload.as_usize();
-        let peer = self.client.peer;
-        let handshakes = async {
-            let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-            let details = tls_session(tls.get_ref().1);
-            websocket::accept(tls, &ws.policy, true, max_payload, peer)
-                .await
-                .map(|halves| (halves, details))
-        };
-        if let Some(((r, w), details)) =
-            handshake("websocket", ws.handshake_timeout, handshakes, peer).await
-        {
-            self.client.tls_session = Some(details);
-            self.serve(r, w).await;
-        }
-    }
-
+    /// Starts the writer on one half and runs the actor on the other.
     async fn serve(
         &mut self,
         reader: impl futures_lite::AsyncRead + Unpin,
         writer: impl futures_lite::AsyncWrite + Unpin + Send + 'static,
     ) {
-        let deadline = self.client.ctx.config().write_deadline.0;
-        let shared = self.client.shared.clone();
+        let client = &mut *self.client;
+        let deadline = client.ctx.config().write_deadline.0;
         let writer = write_loop(
             writer,
             self.socket.clone(),
-            shared,
+            client.shared.clone(),
             deadline,
-            self.client.peer,
+            client.peer,
         );
-        let Some(writer) = self.client.ctx.spawner.spawn(writer) else {
+        let Some(writer) = client.ctx.spawner.spawn(writer) else {
             return;
         };
-        let reason = self.client.run(reader).await;
-        self.client.finish(reason, writer).await;
-    }
-}
-
-/// Drains the connection's outbound queue into `out`; tells the actor when a write
-/// fails or misses its deadline (logged as the reference logs it).
-async fn write_loop(
-    out: impl futures_lite::AsyncWrite + Unpin,
-    socket: TcpStream,
-    shared: Arc<ClientShared>,
-    deadline: Duration,
-    peer: SocketAddr,
-) {
-    match drain(out, socket, &shared.out, deadline).await {
-        Drained::Closed => {}
-        Drained::WriteFailed => {
-            shared.tell(Control::WriteFailed);
-        }
-        Drained::Deadline { bytes, chunks } => {
-            log::info!(
-                "{peer} - cid:{} - Slow Consumer Detected: WriteDeadline of {} exceeded with {chunks} chunks of {bytes} total bytes.",
-                shared.id,
-                humantime::format_duration(deadline)
-            );
-            shared.tell(Control::Close(WireError::SlowConsumerWriteDeadline));
-        }
+        let reason = client.run(reader).await;
+        client.finish(reason, writer).await;
     }
 }
 
@@ -299,14 +175,7 @@ struct Client {
     /// This client as events describe it (JetStream's API audit), from its first
     /// publish on (and again after its credentials change).
     event_info: Option<Arc<ClientInfo>>,
-    in_msgs: u64,
-    in_bytes: u64,
-    out_msgs: u64,
-    out_bytes: u64,
-    /// Since the connection opened (the fields above are folded into the node's
-    /// counters and reset once per batch).
-    total_in_msgs: u64,
-    total_in_bytes: u64,
+    traffic: Traffic,
     started_ns: i64,
 }
 
@@ -344,12 +213,7 @@ impl Client {
             transport: "nats",
             tls_session: None,
             event_info: None,
-            in_msgs: 0,
-            in_bytes: 0,
-            out_msgs: 0,
-            out_bytes: 0,
-            total_in_msgs: 0,
-            total_in_bytes: 0,
+            traffic: Traffic::default(),
             started_ns: runtime::now_unix_ns(),
         }
     }
@@ -416,7 +280,10 @@ impl Client {
                         self.wait_stalled().await;
                     }
                     rbuf.maybe_shrink(n);
-                    result.map_err(Ended::Error)
+                    if let Err(e) = result {
+                        return Ended::Error(e);
+                    }
+                    continue;
                 }
                 Event::Control(ctl) => self.control(ctl).await,
                 Event::Tick => match self.conn.tick(runtime::now()) {
@@ -463,8 +330,7 @@ impl Client {
             match self.parser.parse(rbuf.data()) {
                 Ok(Parsed::Op(op, n)) => {
                     if let crate::proto::Op::Pub { data, .. } = &op {
-                        self.in_msgs += 1;
-                        self.in_bytes += data.len() as u64;
+                        self.traffic.received(data.len());
                     }
                     let actions = self.conn.handle(op);
                     let mut result = Ok(());
@@ -612,16 +478,10 @@ impl Client {
         let mut replaced = Vec::new();
         let kept: Vec<Arc<Subscription>> = self.subs.values().cloned().collect();
         for old in kept {
-            let new = self.new_subscription(&old.subject, old.queue.as_deref(), &old.sid);
-            let same_log = match (&new.replies, &old.replies) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if new.deny == old.deny && same_log {
+            let (deny, replies) = self.conn.delivery_filter(&old.subject);
+            let Some(new) = old.refiltered(deny, replies) else {
                 continue;
-            }
-            new.carry_counts_from(&old);
+            };
             let new = Arc::new(new);
             self.subs.insert(old.sid.clone(), new.clone());
             self.changes.push(SubChange::Add(new));
@@ -669,30 +529,18 @@ impl Client {
         let reach = self.publisher.publish(&self.account, &msg, self.id(), echo);
         self.event_info = Some(from);
         if reach.delivered > 0 {
-            self.out_msgs += reach.delivered;
-            self.out_bytes += reach.delivered * p.data.len() as u64;
+            self.traffic.sent(reach.delivered, p.data.len());
         } else if reach.no_interest && self.conn.options().no_responders {
+            // A 503 on the reply subject, to one of the requester's own subscriptions.
             if let Some(reply) = p.reply {
-                self.no_responders(p.subject, reply);
+                if let Some(sid) = self
+                    .publisher
+                    .own_subscription(&self.account, self.id(), reply)
+                {
+                    self.send(|buf| encode::write_no_responders(buf, reply, &sid, p.subject));
+                }
             }
         }
-    }
-
-    /// Tells a requester nobody listens on `subject`: a 503 status message on its reply
-    /// subject, to one of its own subscriptions that matches it.
-    fn no_responders(&mut self, subject: &[u8], reply: &[u8]) {
-        let me = self.id();
-        let reply_matches = self.publisher.cache.get(&self.account.index(), reply);
-        let Some(sub) = reply_matches
-            .plain
-            .iter()
-            .chain(reply_matches.queues.iter().flat_map(|g| g.members.iter()))
-            .find(|s| s.client_id() == me && !s.is_closed())
-        else {
-            return;
-        };
-        let sid = sub.sid.clone();
-        self.send(|buf| encode::write_no_responders(buf, reply, &sid, subject));
     }
 
     fn unsubscribe(&mut self, sid: &[u8], max: Option<u64>) {
@@ -715,31 +563,15 @@ impl Client {
         }
     }
 
-    /// Waits, before reading more, for subscribers this batch found falling behind
-    /// (at most [`STALL_TOTAL`]): the reference's fast-producer stall. Meanwhile this
-    /// connection's socket fills and TCP slows its sender.
+    /// Waits, before reading more, for subscribers this batch found falling behind:
+    /// the reference's fast-producer stall (its warning rate-limited node-wide).
     async fn wait_stalled(&mut self) {
-        let stats = &self.ctx.stats;
-        let stalled = self.publisher.flush.wait_stalled(STALL_TOTAL).await;
-        stats.stalls.fetch_add(stalled.waits, Ordering::Relaxed);
-        if stalled.spent < STALL_MAX {
-            return;
-        }
-        // Rate-limited as the reference's warning: once a second node-wide.
-        let now_ms = (runtime::now_unix_ns() / 1_000_000).max(0) as u64;
-        let last = stats.stall_logged_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now_ms.saturating_sub(last) >= 1000;
-        if due
-            && stats
-                .stall_logged_ms
-                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if let Some(spent) = self.publisher.wait_stalled(&self.ctx.stats).await {
             log::warn!(
                 "{} - cid:{} - Producer was stalled for a total of {}ms",
                 self.peer,
                 self.id(),
-                stalled.spent.as_millis()
+                spent.as_millis()
             );
         }
     }
@@ -752,20 +584,7 @@ impl Client {
         }
         // Wakes the queues touched; the stalled ones stay noted for `wait_stalled`.
         self.publisher.flush.flush();
-        self.total_in_msgs += self.in_msgs;
-        self.total_in_bytes += self.in_bytes;
-        // Node-wide counters are shared atomics: add to them once per batch.
-        let stats = &self.ctx.stats;
-        for (local, shared) in [
-            (&mut self.in_msgs, &stats.in_msgs),
-            (&mut self.in_bytes, &stats.in_bytes),
-            (&mut self.out_msgs, &stats.out_msgs),
-            (&mut self.out_bytes, &stats.out_bytes),
-        ] {
-            if *local > 0 {
-                shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
-            }
-        }
+        self.traffic.fold_into(&self.ctx.stats);
     }
 
     /// This connection as server events name it.
@@ -806,8 +625,8 @@ impl Client {
             start_ns: self.started_ns,
             last_activity_ns: now_ns.saturating_sub(idle.as_nanos().min(i64::MAX as u128) as i64),
             pending_bytes: self.shared.out.pending() as u64,
-            in_msgs: self.total_in_msgs + self.in_msgs,
-            in_bytes: self.total_in_bytes + self.in_bytes,
+            in_msgs: self.traffic.in_msgs(),
+            in_bytes: self.traffic.in_bytes(),
             out_msgs,
             out_bytes,
             name: text(&opts.name),
@@ -817,20 +636,7 @@ impl Client {
             authorized_user: self.conn.user().unwrap_or_default().to_string(),
             tls_version,
             tls_cipher_suite,
-            subs: self
-                .subs
-                .values()
-                .map(|sub| SubSnapshot {
-                    subject: String::from_utf8_lossy(&sub.subject).into_owned(),
-                    queue: sub
-                        .queue
-                        .as_ref()
-                        .map(|q| String::from_utf8_lossy(q).into_owned()),
-                    sid: String::from_utf8_lossy(&sub.sid).into_owned(),
-                    msgs: sub.delivered(),
-                    cid: self.id(),
-                })
-                .collect(),
+            subs: self.subs.values().map(|s| s.snapshot(self.id())).collect(),
         }
     }
 

@@ -34,6 +34,55 @@ pub struct Stats {
     pub connections: AtomicU64,
 }
 
+/// A connection's message counts: kept locally, added to the node's counters once per
+/// read batch (they are shared atomics), and totalled for monitoring.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    in_msgs: u64,
+    in_bytes: u64,
+    out_msgs: u64,
+    out_bytes: u64,
+    /// Folded so far.
+    total_in_msgs: u64,
+    total_in_bytes: u64,
+}
+
+impl Traffic {
+    pub fn received(&mut self, bytes: usize) {
+        self.in_msgs += 1;
+        self.in_bytes += bytes as u64;
+    }
+
+    pub fn sent(&mut self, deliveries: u64, bytes: usize) {
+        self.out_msgs += deliveries;
+        self.out_bytes += deliveries * bytes as u64;
+    }
+
+    pub fn in_msgs(&self) -> u64 {
+        self.total_in_msgs + self.in_msgs
+    }
+
+    pub fn in_bytes(&self) -> u64 {
+        self.total_in_bytes + self.in_bytes
+    }
+
+    /// Adds what was counted since the last call to the node's counters.
+    pub fn fold_into(&mut self, stats: &Stats) {
+        self.total_in_msgs += self.in_msgs;
+        self.total_in_bytes += self.in_bytes;
+        for (local, shared) in [
+            (&mut self.in_msgs, &stats.in_msgs),
+            (&mut self.in_bytes, &stats.in_bytes),
+            (&mut self.out_msgs, &stats.out_msgs),
+            (&mut self.out_bytes, &stats.out_bytes),
+        ] {
+            if *local > 0 {
+                shared.fetch_add(std::mem::take(local), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// What every actor of a node may read: the config, identity, accounts, counters.
 pub struct ServerContext {
     /// The running config; a reload swaps it (read it through [`ServerContext::config`]).
@@ -81,6 +130,8 @@ pub struct WsSetup {
     pub acceptor: Option<futures_rustls::TlsAcceptor>,
     pub policy: crate::websocket::OriginPolicy,
     pub handshake_timeout: std::time::Duration,
+    /// The largest message (tungstenite's message limit is set from it).
+    pub max_payload: usize,
 }
 
 impl WsSetup {
@@ -97,6 +148,7 @@ impl WsSetup {
             acceptor,
             policy,
             handshake_timeout: ws.handshake_timeout(),
+            max_payload: config.max_payload.as_usize(),
         })))
     }
 }

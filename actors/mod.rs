@@ -10,7 +10,8 @@
 //! 2. `subscription` (what a delivery reaches)
 //! 3. `router` (an account's subject index), then `publish` (delivering)
 //! 4. `storage`, then `stream`, then `jetstream`
-//! 5. `websocket`, `client`, `route`
+//! 5. `websocket`, then `transport` (a client connection's TLS and WebSocket setup),
+//!    then `client` and `route`
 //! 6. `listener`, `cluster`
 //! 7. `mesh`
 //! 8. `monitor`
@@ -33,9 +34,12 @@ pub mod jetstream;
 pub mod storage;
 pub mod stream;
 
+pub mod websocket;
+
+pub mod transport;
+
 pub mod client;
 pub mod route;
-pub mod websocket;
 
 pub mod cluster;
 pub mod listener;

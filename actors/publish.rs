@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::context::Stats;
 use super::outbound::{FlushSet, PushError};
 use super::router::{Account, Index};
 use super::runtime;
@@ -321,6 +322,45 @@ impl Publisher {
         block: &[u8],
     ) {
         self.send(account, to, reply, Some(block.len()), block);
+    }
+
+    /// Waits at the queues this publisher found stalled (at most
+    /// [`super::outbound::STALL_TOTAL`] per read batch), counting the waits in
+    /// `stats`. `Some(time waited)` when that was long enough to warn about and no
+    /// warning went out in the last second, node-wide (the reference rate-limits it).
+    pub async fn wait_stalled(&mut self, stats: &Stats) -> Option<std::time::Duration> {
+        use super::outbound::{STALL_MAX, STALL_TOTAL};
+        let stalled = self.flush.wait_stalled(STALL_TOTAL).await;
+        stats.stalls.fetch_add(stalled.waits, Ordering::Relaxed);
+        if stalled.spent < STALL_MAX {
+            return None;
+        }
+        let now_ms = (runtime::now_unix_ns() / 1_000_000).max(0) as u64;
+        let last = stats.stall_logged_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last) >= 1000;
+        let claimed = due
+            && stats
+                .stall_logged_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        claimed.then_some(stalled.spent)
+    }
+
+    /// The sid of one of connection `me`'s own subscriptions matching `reply`, where
+    /// a no-responders status goes.
+    pub fn own_subscription(
+        &mut self,
+        account: &Account,
+        me: u64,
+        reply: &[u8],
+    ) -> Option<Box<[u8]>> {
+        let found = self.cache.get(&account.index(), reply);
+        found
+            .plain
+            .iter()
+            .chain(found.queues.iter().flat_map(|g| g.members.iter()))
+            .find(|s| s.client_id() == me && !s.is_closed())
+            .map(|s| s.sid.clone())
     }
 
     /// Whether anyone listens on `subject` (events nobody reads are never built).

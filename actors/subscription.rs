@@ -178,12 +178,50 @@ impl Subscription {
         self.delivered.load(Ordering::Acquire) >= max
     }
 
-    /// Takes over `old`'s delivery count and limit (a subscription replaced in place).
-    pub fn carry_counts_from(&self, old: &Subscription) {
-        self.max
-            .store(old.max.load(Ordering::Acquire), Ordering::Release);
-        self.delivered
-            .store(old.delivered.load(Ordering::Acquire), Ordering::Release);
+    /// A client's subscription with a new delivery filter (after a reload), taking over
+    /// this one's counts; `None` when the filter is the same.
+    pub fn refiltered(
+        &self,
+        deny: Vec<Box<[u8]>>,
+        replies: Option<Arc<ReplyLog>>,
+    ) -> Option<Subscription> {
+        let Target::Client(client) = &self.target else {
+            return None;
+        };
+        let same_log = match (&replies, &self.replies) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if *self.deny == *deny && same_log {
+            return None;
+        }
+        let mut new = Subscription::for_client(
+            client.clone(),
+            &self.subject,
+            self.queue.as_deref(),
+            &self.sid,
+            self.headers,
+        );
+        new.deny = deny.into();
+        new.replies = replies;
+        new.max
+            .store(self.max.load(Ordering::Acquire), Ordering::Release);
+        new.delivered
+            .store(self.delivered.load(Ordering::Acquire), Ordering::Release);
+        Some(new)
+    }
+
+    /// What `/subsz` and `/connz` show of it (`cid`: its connection).
+    pub fn snapshot(&self, cid: u64) -> crate::monitor::SubSnapshot {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        crate::monitor::SubSnapshot {
+            subject: text(&self.subject),
+            queue: self.queue.as_deref().map(text),
+            sid: text(&self.sid),
+            msgs: self.delivered(),
+            cid,
+        }
     }
 
     /// Stops deliveries at once (the router removes it from the index later).

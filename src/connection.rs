@@ -536,3 +536,327 @@ impl Connection {
         self.ok(out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthorizationConfig;
+    use crate::proto::{Parsed, Parser, ProtoError};
+
+    const LIMITS: Limits = Limits {
+        max_subscriptions: 2,
+        ping_interval: Duration::from_secs(10),
+        max_pings_out: 2,
+    };
+
+    fn authenticator(toml: &str) -> Arc<Authenticator> {
+        let config: AuthorizationConfig = toml::from_str(toml).expect("auth config");
+        Arc::new(Authenticator::new(&config, Duration::from_secs(2)).expect("authenticator"))
+    }
+
+    /// A fake clock: a fixed start and offsets from it (nothing here reads the time).
+    struct Clock(Instant);
+
+    impl Clock {
+        fn at(&self, secs: f64) -> Instant {
+            self.0 + Duration::from_secs_f64(secs)
+        }
+    }
+
+    /// The actions of every operation in `wire`, as text, and the parser's error.
+    fn run(conn: &mut Connection, wire: &[u8]) -> (Vec<String>, Option<ProtoError>) {
+        let parser = Parser::new(4096, 64);
+        let mut rest = wire;
+        let mut out = Vec::new();
+        loop {
+            match parser.parse(rest) {
+                Ok(Parsed::Op(op, n)) => {
+                    for a in conn.handle(op) {
+                        if let Action::Authenticate(opts) = &a {
+                            let grant = conn.auth.authenticate(opts, conn.nonce());
+                            out.push(describe(&a));
+                            for b in conn.authenticated(grant) {
+                                out.push(describe(&b));
+                            }
+                            continue;
+                        }
+                        out.push(describe(&a));
+                    }
+                    rest = &rest[n..];
+                }
+                Ok(Parsed::Incomplete { .. }) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    fn describe(a: &Action<'_>) -> String {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match a {
+            Action::Reply(Reply::PublishViolation(subject)) => {
+                format!("-ERR {}", errors::publish_violation(subject))
+            }
+            Action::Reply(Reply::SubscribeViolation { subject, queue }) => {
+                format!("-ERR {}", errors::subscribe_violation(subject, *queue))
+            }
+            Action::Reply(Reply::Err(e)) => format!("-ERR {}", e.text().unwrap_or("")),
+            Action::Reply(r) => format!("{r:?}"),
+            Action::SyncSubscriptions => "sync".into(),
+            Action::Publish(p) => format!("publish {}", s(p.subject)),
+            Action::Subscribe { sid, subject, .. } => format!("sub {} {}", s(subject), s(sid)),
+            Action::Unsubscribe { sid, max } => format!("unsub {} {max:?}", s(sid)),
+            Action::Authenticate(_) => "authenticate".into(),
+            Action::Close(e) => format!("close {e:?}"),
+        }
+    }
+
+    fn open(now: Instant) -> Connection {
+        Connection::new(authenticator(""), LIMITS, String::new(), now)
+    }
+
+    #[test]
+    fn verbose_ok_comes_before_the_publish_and_subscriptions_are_synced_first() {
+        let clock = Clock(Instant::now());
+        let mut c = open(clock.at(0.0));
+        let (acts, err) = run(
+            &mut c,
+            b"CONNECT {\"verbose\":true,\"pedantic\":false,\"protocol\":1}\r\nSUB a 1\r\nPUB a 2\r\nhi\r\nPUB a 2\r\nhi\r\n",
+        );
+        assert!(err.is_none());
+        assert_eq!(
+            acts,
+            [
+                "authenticate",
+                "Ok",
+                "sub a 1",
+                "Ok",
+                "Ok",
+                "sync",
+                "publish a",
+                "Ok",
+                "sync",
+                "publish a"
+            ]
+        );
+        c.synced();
+        let (acts, _) = run(&mut c, b"PUB a 0\r\n\r\nPING\r\n");
+        assert_eq!(acts, ["Ok", "publish a", "Pong", "ConnectInfo"]);
+        let (acts, _) = run(&mut c, b"PING\r\n");
+        assert_eq!(
+            acts,
+            ["Pong"],
+            "the connect INFO follows the first PONG only"
+        );
+    }
+
+    #[test]
+    fn pedantic_subjects_are_checked_and_the_connection_stays() {
+        let clock = Clock(Instant::now());
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(
+            &mut c,
+            b"CONNECT {\"verbose\":false,\"pedantic\":true}\r\nPUB a.* 1\r\nx\r\nPUB a.b 1\r\nx\r\nSUB a..b 1\r\nSUB a.b q 2\r\n",
+        );
+        assert_eq!(
+            acts,
+            [
+                "authenticate",
+                "-ERR Invalid Publish Subject",
+                "publish a.b",
+                "-ERR Invalid Subject",
+                "sub a.b 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn max_subscriptions_and_duplicate_sids() {
+        let clock = Clock(Instant::now());
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(
+            &mut c,
+            b"CONNECT {\"verbose\":false}\r\nSUB a 1\r\nSUB b 1\r\nSUB c 2\r\nSUB d 3\r\nUNSUB 2\r\nSUB d 3\r\nUNSUB 9\r\n",
+        );
+        assert_eq!(
+            acts,
+            [
+                "authenticate",
+                "sub a 1",
+                "sub c 2",
+                "-ERR maximum subscriptions exceeded",
+                "unsub 2 None",
+                "sub d 3"
+            ]
+        );
+        assert_eq!(c.subscriptions(), 2);
+        let (acts, _) = run(&mut c, b"UNSUB 3 5\r\n");
+        assert_eq!(acts, ["unsub 3 Some(5)"]);
+        assert_eq!(c.subscriptions(), 2, "kept until its count is reached");
+        c.unsubscribed(b"3");
+        assert_eq!(c.subscriptions(), 1);
+    }
+
+    #[test]
+    fn pings_go_out_when_idle_and_an_unanswered_one_too_many_closes() {
+        let clock = Clock(Instant::now());
+        let mut c = open(clock.at(0.0));
+        run(&mut c, b"CONNECT {}\r\n");
+        c.received(clock.at(1.0));
+        assert_eq!(c.tick(clock.at(5.0)), None, "active within the interval");
+        assert_eq!(c.tick(clock.at(11.0)), Some(Action::Reply(Reply::Ping)));
+        assert_eq!(c.tick(clock.at(21.0)), Some(Action::Reply(Reply::Ping)));
+        assert_eq!(
+            c.tick(clock.at(31.0)),
+            Some(Action::Close(WireError::StaleConnection))
+        );
+        let mut c = open(clock.at(0.0));
+        assert_eq!(c.tick(clock.at(11.0)), Some(Action::Reply(Reply::Ping)));
+        run(&mut c, b"PONG\r\n");
+        assert_eq!(c.tick(clock.at(21.0)), Some(Action::Reply(Reply::Ping)));
+        assert_eq!(
+            c.tick(clock.at(31.0)),
+            Some(Action::Reply(Reply::Ping)),
+            "PONG reset it"
+        );
+    }
+
+    #[test]
+    fn auth_required_connect_first_with_a_deadline() {
+        let clock = Clock(Instant::now());
+        let auth = authenticator("user = \"a\"\npassword = \"pw\"\n");
+        let mut c = Connection::new(auth.clone(), LIMITS, String::new(), clock.at(0.0));
+        assert_eq!(c.auth_deadline(), Some(clock.at(2.0)));
+        assert!(!c.auth_timed_out(clock.at(1.9)));
+        assert!(c.auth_timed_out(clock.at(2.0)));
+        let (acts, _) = run(&mut c, b"PING\r\n");
+        assert_eq!(
+            acts,
+            ["close AuthorizationViolation"],
+            "nothing before CONNECT"
+        );
+        let mut c = Connection::new(auth.clone(), LIMITS, String::new(), clock.at(0.0));
+        let (acts, _) = run(&mut c, b"CONNECT {\"user\":\"a\",\"pass\":\"no\"}\r\n");
+        assert_eq!(acts, ["authenticate", "close AuthorizationViolation"]);
+        let mut c = Connection::new(auth, LIMITS, String::new(), clock.at(0.0));
+        let (acts, _) = run(
+            &mut c,
+            b"CONNECT {\"user\":\"a\",\"pass\":\"pw\",\"verbose\":false,\"protocol\":1}\r\nPING\r\n",
+        );
+        assert_eq!(acts, ["authenticate", "Pong", "ConnectInfo"]);
+        assert_eq!(c.auth_deadline(), None);
+        assert_eq!(c.user(), Some("a"));
+    }
+
+    #[test]
+    fn no_auth_user_lets_a_client_without_credentials_in() {
+        let clock = Clock(Instant::now());
+        let auth = authenticator(
+            "no_auth_user = \"guest\"\n[[users]]\nuser = \"guest\"\npassword = \"x\"\npermissions = { publish = [\"open.>\"] }\n",
+        );
+        let mut c = Connection::new(auth, LIMITS, String::new(), clock.at(0.0));
+        let (acts, _) = run(&mut c, b"PUB open.a 0\r\n\r\nPUB closed 0\r\n\r\n");
+        assert_eq!(
+            acts,
+            [
+                "Ok",
+                "publish open.a",
+                "Ok",
+                "-ERR Permissions Violation for Publish to \"closed\""
+            ]
+        );
+        assert_eq!(c.user(), Some("guest"));
+    }
+
+    #[test]
+    fn permission_violations_have_the_references_texts_and_keep_the_connection() {
+        let clock = Clock(Instant::now());
+        let auth = authenticator(
+            "[[users]]\nuser = \"u\"\npassword = \"p\"\npermissions = { publish = { deny = [\"secret.>\"] }, subscribe = [\"ok.>\", \"jobs workers\"] }\n",
+        );
+        let mut c = Connection::new(auth, LIMITS, String::new(), clock.at(0.0));
+        let (acts, _) = run(
+            &mut c,
+            b"CONNECT {\"user\":\"u\",\"pass\":\"p\",\"verbose\":false}\r\nPUB secret.x 0\r\n\r\nSUB no 1\r\nSUB jobs others 2\r\nSUB jobs workers 3\r\nSUB ok.> 4\r\n",
+        );
+        assert_eq!(
+            acts,
+            [
+                "authenticate",
+                "-ERR Permissions Violation for Publish to \"secret.x\"",
+                "-ERR Permissions Violation for Subscription to \"no\"",
+                "-ERR Permissions Violation for Subscription to \"jobs\" using queue \"others\"",
+                "sub jobs 3",
+                "sub ok.> 4",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reload_that_narrows_permissions_removes_those_subscriptions() {
+        let clock = Clock(Instant::now());
+        let before = authenticator(
+            "[[users]]\nuser = \"u\"\npassword = \"p\"\npermissions = { subscribe = [\"a\", \"b\"] }\n",
+        );
+        let mut c = Connection::new(before, LIMITS, String::new(), clock.at(0.0));
+        run(
+            &mut c,
+            b"CONNECT {\"user\":\"u\",\"pass\":\"p\"}\r\nSUB a 1\r\nSUB b 2\r\n",
+        );
+        let after = authenticator(
+            "[[users]]\nuser = \"u\"\npassword = \"p\"\npermissions = { subscribe = [\"a\"] }\n",
+        );
+        let opts = c
+            .reauthorize(after.clone())
+            .expect("authenticated: check again");
+        let done = c
+            .reauthorized(after.authenticate(&opts, ""))
+            .expect("still allowed");
+        assert_eq!(
+            done.removed,
+            [(
+                Box::from(&b"2"[..]),
+                "Permissions Violation for Subscription to \"b\" (sid \"2\")".to_string()
+            )]
+        );
+        assert_eq!(c.subscriptions(), 1);
+        let gone = authenticator("[[users]]\nuser = \"v\"\npassword = \"p\"\n");
+        let opts = c.reauthorize(gone.clone()).expect("check again");
+        assert_eq!(
+            c.reauthorized(gone.authenticate(&opts, "")),
+            Err(WireError::AuthorizationViolation)
+        );
+    }
+
+    #[test]
+    fn max_payload_and_protocol_errors_close() {
+        let clock = Clock(Instant::now());
+        let mut c = open(clock.at(0.0));
+        let (_, err) = run(&mut c, b"CONNECT {}\r\nPUB a 65\r\n");
+        assert_eq!(err.map(|e| e.wire()), Some(WireError::MaxPayloadViolation));
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(
+            &mut c,
+            b"CONNECT {\"verbose\":false}\r\nHPUB a 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+        );
+        assert_eq!(
+            acts,
+            ["authenticate", "close ProtocolViolation"],
+            "headers not asked for"
+        );
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(&mut c, b"CONNECT {\"protocol\":2}\r\n");
+        assert_eq!(acts, ["close InvalidClientProtocol"]);
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(&mut c, b"CONNECT {\"no_responders\":true}\r\n");
+        assert_eq!(acts, ["close NoRespondersRequiresHeaders"]);
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(&mut c, b"CONNECT {nope\r\n");
+        assert_eq!(acts, ["close ProtocolViolation"]);
+        let mut c = open(clock.at(0.0));
+        let (acts, _) = run(&mut c, b"-ERR 'x'\r\nMSG a 1 0\r\n\r\n");
+        assert_eq!(
+            acts,
+            ["close ProtocolViolation", "close UnknownProtocolOperation"]
+        );
+    }
+}

@@ -1,9 +1,118 @@
-//! The client protocol parser on arbitrary bytes, fed whole and in arbitrary chunks:
-//! it never panics, and every chunking yields the same operations and the same error.
+//! The client protocol on arbitrary bytes. The parser, fed whole and in arbitrary
+//! chunks, never panics and every chunking yields the same operations and the same
+//! error. The connection state machine, driven with those operations (credentials
+//! checked for real, a clock that moves), never panics and keeps its rules: a closing
+//! error is a close and nothing follows it, a refused subject is never published or
+//! subscribed to, and never more subscriptions than the limit.
 #![no_main]
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use libfuzzer_sys::fuzz_target;
-use meshbroker::proto::{Parsed, Parser};
+use meshbroker::auth::Authenticator;
+use meshbroker::config::{
+    AuthorizationConfig, PermissionsConfig, Secret, SubjectPermissionConfig, UserConfig,
+};
+use meshbroker::connection::{Action, Connection, Limits, Reply};
+use meshbroker::proto::{Op, Parsed, Parser};
+use meshbroker::subject;
+
+/// Users `open` (no password needed: it is the no-auth user) and `u`/`p`, neither of
+/// whom may publish or subscribe under `secret.>`.
+fn authenticator() -> Arc<Authenticator> {
+    let denied = || {
+        Some(SubjectPermissionConfig::Rules {
+            allow: None,
+            deny: vec!["secret.>".into()],
+        })
+    };
+    let perms = PermissionsConfig {
+        publish: denied(),
+        subscribe: denied(),
+        allow_responses: None,
+    };
+    let user = |name: &str, pass: &str| UserConfig {
+        user: Some(name.into()),
+        password: Some(Secret(pass.into())),
+        permissions: Some(perms.clone()),
+        ..Default::default()
+    };
+    let config = AuthorizationConfig {
+        users: vec![user("u", "p"), user("open", "x")],
+        no_auth_user: Some("open".into()),
+        ..Default::default()
+    };
+    Arc::new(Authenticator::new(&config, Duration::from_secs(2)).expect("authenticator"))
+}
+
+const MAX_SUBS: usize = 4;
+
+/// Drives a connection with the operations in `input`; checks its rules.
+fn drive(input: &[u8]) {
+    let auth = authenticator();
+    let start = Instant::now();
+    let limits = Limits {
+        max_subscriptions: MAX_SUBS,
+        ping_interval: Duration::from_secs(1),
+        max_pings_out: 2,
+    };
+    let mut conn = Connection::new(auth.clone(), limits, String::new(), start);
+    let parser = Parser::new(256, 4096);
+    let mut rest = input;
+    let mut secs = 0u64;
+    while let Ok(Parsed::Op(op, n)) = parser.parse(rest) {
+        rest = &rest[n..];
+        secs += 1;
+        let now = start + Duration::from_millis(secs * 300);
+        conn.received(now);
+        let is_ping = matches!(op, Op::Ping);
+        let mut step: Vec<Action<'_>> = conn.handle(op).into_iter().collect();
+        let mut i = 0;
+        while i < step.len() {
+            if let Action::Authenticate(opts) = &step[i] {
+                let grant = auth.authenticate(opts, conn.nonce());
+                let more: Vec<Action<'static>> = conn.authenticated(grant).into_iter().collect();
+                step.extend(more);
+            }
+            i += 1;
+        }
+        check(&step, conn.subscriptions());
+        if step.iter().any(|a| matches!(a, Action::Close(_))) {
+            return;
+        }
+        if step.iter().any(|a| matches!(a, Action::SyncSubscriptions)) || is_ping {
+            conn.synced();
+        }
+        if let Some(a) = conn.tick(now) {
+            check(&[a.clone()], conn.subscriptions());
+            if matches!(a, Action::Close(_)) {
+                return;
+            }
+        }
+    }
+}
+
+fn check(step: &[Action<'_>], subs: usize) {
+    assert!(subs <= MAX_SUBS, "{subs} subscriptions");
+    for (i, a) in step.iter().enumerate() {
+        match a {
+            Action::Close(_) => assert_eq!(i + 1, step.len(), "nothing after a close: {step:?}"),
+            Action::Reply(Reply::Err(e)) => assert!(!e.closes(), "a closing error is a close"),
+            Action::Publish(p) => assert!(
+                !subject::matches(b"secret.>", p.subject),
+                "published to a refused subject"
+            ),
+            // A wildcard that also covers refused subjects is allowed (deliveries are
+            // filtered); the refused subjects themselves are not.
+            Action::Subscribe { subject: s, .. } => assert!(
+                !subject::matches(b"secret.>", s),
+                "subscribed to a refused subject"
+            ),
+            _ => {}
+        }
+    }
+}
 
 /// Parses `input` fed `step` bytes at a time; returns the operations (as text) and
 /// the error that stopped it, if any.
@@ -45,4 +154,5 @@ fuzz_target!(|data: &[u8]| {
     // operation name), but never differently: same operations up to it, same error.
     assert_eq!(whole.0, chunked.0, "operations differ with chunking");
     assert_eq!(whole.1, chunked.1, "errors differ with chunking");
+    drive(input);
 });
