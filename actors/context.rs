@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::router::Account;
-use super::runtime::Spawner;
+use super::runtime::{self, Spawner};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::{COMPAT_VERSION, PROTO};
@@ -121,7 +121,8 @@ pub fn listener_tls(
         key_file: Some(key.clone()),
         ..Default::default()
     };
-    let server = crate::tls::server_config(&tls, section).map_err(|e| e.to_string())?;
+    let server =
+        crate::tls::server_config(&tls, section, &runtime::read_file).map_err(|e| e.to_string())?;
     Ok(Some(futures_rustls::TlsAcceptor::from(server)))
 }
 
@@ -167,7 +168,8 @@ impl TlsSetup {
         if !config.tls.enabled() {
             return Ok(None);
         }
-        let server = crate::tls::server_config(&config.tls, "tls").map_err(|e| e.to_string())?;
+        let server = crate::tls::server_config(&config.tls, "tls", &runtime::read_file)
+            .map_err(|e| e.to_string())?;
         if config.tls.ca_file.is_some() && !config.tls.verify {
             // nats-server accepts this too (and ignores the CA): configs port over.
             log::warn!(

@@ -155,7 +155,8 @@ fn spawn_wireguard_go(program: &Path, name: &str) -> Result<Child, String> {
     ] {
         if let Some(stream) = stream {
             let name = name.to_string();
-            std::thread::spawn(move || {
+            let thread = format!("wireguard-go-{label}");
+            let _ = runtime::spawn_thread(&thread, move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream)
                     .lines()
@@ -166,14 +167,14 @@ fn spawn_wireguard_go(program: &Path, name: &str) -> Result<Child, String> {
             });
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = runtime::now() + Duration::from_secs(5);
     while !uapi_alive(name) {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
                 "wireguard-go exited ({status}) before opening its control socket (is the name taken on this host, or /dev/net/tun missing?)"
             ));
         }
-        if Instant::now() > deadline {
+        if runtime::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             return Err("wireguard-go did not open its control socket within 5 s".into());
@@ -299,8 +300,8 @@ impl Interface {
             // wireguard-go watches its control socket and exits cleanly (taking the
             // tun device with it) when the socket is removed.
             let _ = std::fs::remove_file(uapi_socket(&self.label));
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            let deadline = runtime::now() + Duration::from_secs(1);
+            while matches!(child.try_wait(), Ok(None)) && runtime::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let _ = child.kill();
@@ -374,7 +375,7 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
     let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
         .map_err(|source| MeshError::Socket { port, source })?;
     let iface = setup_interface(config, &key, address, network.prefix)?;
-    let incarnation = SystemTime::now()
+    let incarnation = runtime::wall_clock()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let me = NodeRecord {
@@ -432,7 +433,7 @@ pub fn start(
         config.stale_after.0,
         config.forget_after.0,
     );
-    let now = Instant::now();
+    let now = runtime::now();
     let mut initial = Vec::new();
     for seed in &config.seeds {
         let (Ok(raw), Ok(endpoint)) = (decode_key(&seed.public_key), seed.endpoint.parse()) else {
@@ -554,7 +555,7 @@ impl MeshActor {
                 }
                 Event::Tick => {
                     self.supervise().await;
-                    let events = self.membership.tick(Instant::now());
+                    let events = self.membership.tick(runtime::now());
                     self.apply(events).await;
                     self.announce(false).await;
                     self.read_device().await;
@@ -563,7 +564,7 @@ impl MeshActor {
                 Event::Command(Some(MeshCmd::Shutdown(done))) => {
                     self.announce(true).await;
                     if let Some(iface) = self.iface.take() {
-                        let _ = blocking::unblock(move || iface.close()).await;
+                        let _ = runtime::unblock(move || iface.close()).await;
                     }
                     let _ = done.try_send(());
                     return;
@@ -581,11 +582,11 @@ impl MeshActor {
     fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> Vec<MeshEvent> {
         let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
         let result = decode(&self.announce_key, datagram)
-            .and_then(|ann| self.membership.receive(ann, Instant::now(), now_ms));
+            .and_then(|ann| self.membership.receive(ann, runtime::now(), now_ms));
         match result {
             Ok(events) => events,
             Err(rejected) => {
-                let now = Instant::now();
+                let now = runtime::now();
                 let recent = self
                     .rejected_logged
                     .get(&from.ip())
@@ -692,7 +693,7 @@ impl MeshActor {
                     let s = self.stats.get(&record.key).copied().unwrap_or_default();
                     let handshake = s
                         .handshake
-                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .and_then(|t| runtime::wall_clock().duration_since(t).ok())
                         .map_or_else(|| "never".to_string(), |d| format!("{}s ago", d.as_secs()));
                     log::info!(
                         "mesh: {} ({}) went silent: dropping its routes (last handshake {handshake}, {} B received, {} B sent)",
@@ -735,7 +736,7 @@ impl MeshActor {
         let config = self.config.clone();
         let key = Key(self.key.0);
         let (address, prefix) = (self.membership.me().mesh_addr, self.prefix);
-        match blocking::unblock(move || setup_interface(&config, &key, address, prefix)).await {
+        match runtime::unblock(move || setup_interface(&config, &key, address, prefix)).await {
             Ok(iface) => {
                 self.iface = Some(iface);
                 // Handshakes start over; keepalives come back after the first one.
@@ -757,7 +758,7 @@ impl MeshActor {
             return;
         };
         let (name, backend) = (iface.name, iface.backend);
-        if let Err(e) = blocking::unblock(move || update.apply(&name, backend)).await {
+        if let Err(e) = runtime::unblock(move || update.apply(&name, backend)).await {
             log::error!("mesh: {what} of {} failed: {e}", iface.label);
         }
     }
@@ -768,14 +769,14 @@ impl MeshActor {
             return;
         };
         let (name, backend) = (iface.name, iface.backend);
-        let device = match blocking::unblock(move || Device::get(&name, backend)).await {
+        let device = match runtime::unblock(move || Device::get(&name, backend)).await {
             Ok(device) => device,
             Err(e) => {
                 log::warn!("mesh: cannot read the interface {}: {e}", iface.label);
                 return;
             }
         };
-        let now = SystemTime::now();
+        let now = runtime::wall_clock();
         let mut keepalives = Vec::new();
         for peer in device.peers {
             let key = peer.config.public_key.to_base64();

@@ -5,17 +5,18 @@
 //! `scripts/check-layers.sh`), and who may wait on whom (`actors/README.md`) follows
 //! the same order.
 //!
-//! 0. `runtime` (the one seam to the async runtime), `mailbox`, `readbuf`, `outbound`
-//! 1. `context` (config, identity, counters, TLS setup of a node)
-//! 2. `subscription` (what a delivery reaches)
-//! 3. `router` (an account's subject index), then `publish` (delivering)
-//! 4. `storage`, then `stream`, then `jetstream`
-//! 5. `websocket`, then `transport` (a client connection's TLS and WebSocket setup),
+//! 0. `runtime` (the one seam to the async runtime), `mailbox`, `outbound`, `readbuf`
+//! 1. `subscription` (what a delivery reaches)
+//! 2. `router` (an account's subject index)
+//! 3. `context` (config, identity, counters, TLS setup of a node)
+//! 4. `publish` (delivering)
+//! 5. `storage`, then `stream`, then `jetstream`
+//! 6. `websocket`, then `transport` (a client connection's TLS and WebSocket setup),
 //!    then `client` and `route`
-//! 6. `listener`, `cluster`
-//! 7. `mesh`
-//! 8. `monitor`
-//! 9. `node`, then `signals` and `bench`
+//! 7. `listener`, `cluster`
+//! 8. `mesh`
+//! 9. `monitor`
+//! 10. `node`, then `signals` and `bench`
 
 pub mod runtime;
 
@@ -23,16 +24,18 @@ pub mod mailbox;
 pub mod outbound;
 pub mod readbuf;
 
-pub mod context;
-
 pub mod subscription;
 
-pub mod publish;
 pub mod router;
 
-pub mod jetstream;
+pub mod context;
+
+pub mod publish;
+
 pub mod storage;
 pub mod stream;
+
+pub mod jetstream;
 
 pub mod websocket;
 

@@ -140,7 +140,7 @@ impl Node {
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
             spawner: spawner.clone(),
-            started: std::time::SystemTime::now(),
+            started: runtime::wall_clock(),
         });
         let mut store_closed = None;
         let mut js_usage = None;
@@ -389,11 +389,11 @@ fn start_cluster(
         .local_addr()
         .map_err(|source| NodeError::Cluster { addr, source })?;
     let secret = cluster
-        .load_secret()
+        .load_secret(&runtime::read_file)
         .map_err(|(key, reason)| NodeError::Config(format!("key `{key}`: {reason}")))?;
     let tls = match (&cluster.cert_file, &cluster.key_file, &cluster.ca_file) {
         (Some(cert), Some(key), Some(ca)) => {
-            let (server, client) = crate::tls::route_configs(cert, key, ca)
+            let (server, client) = crate::tls::route_configs(cert, key, ca, &runtime::read_file)
                 .map_err(|e| NodeError::Config(e.to_string()))?;
             Some(super::cluster::RouteTls {
                 acceptor: futures_rustls::TlsAcceptor::from(server),

@@ -140,6 +140,55 @@ fn accept_backlog() -> i32 {
         .unwrap_or(4096)
 }
 
+/// Reads a whole file: configs, certificates, secrets (small, read at start and on
+/// reload; `src/` takes this as its way to read files).
+pub fn read_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+/// The wall clock (for times shown to people and written into records).
+pub fn wall_clock() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
+/// Runs `work` on a thread of its own (for blocking reads that last as long as what
+/// they read: a child process's output).
+pub fn spawn_thread(name: &str, work: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(work)
+        .map(|_| ())
+}
+
+/// The process signals the binary acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessSignal {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+/// The process's SIGINT, SIGTERM and SIGHUP, taken over from their default action.
+pub struct ProcessSignals(async_signal::Signals);
+
+impl ProcessSignals {
+    pub fn new() -> io::Result<ProcessSignals> {
+        use async_signal::{Signal, Signals};
+        Signals::new([Signal::Int, Signal::Term, Signal::Hup]).map(ProcessSignals)
+    }
+
+    /// Blocks until the next signal (`None` if they can no longer be read).
+    pub fn wait(&mut self) -> Option<ProcessSignal> {
+        use futures_lite::StreamExt;
+        match block_on(self.0.next())? {
+            Ok(async_signal::Signal::Hup) => Some(ProcessSignal::Hangup),
+            Ok(async_signal::Signal::Term) => Some(ProcessSignal::Terminate),
+            Ok(_) => Some(ProcessSignal::Interrupt),
+            Err(_) => None,
+        }
+    }
+}
+
 pub fn now() -> Instant {
     Instant::now()
 }

@@ -3,21 +3,19 @@
 
 use std::path::Path;
 
-use futures_lite::StreamExt;
-
 use super::node::Node;
+use super::runtime::{ProcessSignal, ProcessSignals};
 use crate::config::Config;
 
 /// Runs until SIGINT or SIGTERM, then stops `node` accordingly; on SIGHUP reads
 /// `conf` again and applies it (an invalid file is logged and the running config
 /// stays).
 pub fn run_until_signalled(node: Node, conf: &Path) -> std::io::Result<()> {
-    use async_signal::{Signal, Signals};
-    let mut signals = Signals::new([Signal::Int, Signal::Term, Signal::Hup])?;
+    let mut signals = ProcessSignals::new()?;
     loop {
-        match super::runtime::block_on(signals.next()) {
-            Some(Ok(Signal::Hup)) => reload(&node, conf),
-            Some(Ok(Signal::Term)) => {
+        match signals.wait() {
+            Some(ProcessSignal::Hangup) => reload(&node, conf),
+            Some(ProcessSignal::Terminate) => {
                 log::info!("SIGTERM: entering lame duck mode");
                 node.lame_duck();
                 return Ok(());
@@ -32,7 +30,7 @@ pub fn run_until_signalled(node: Node, conf: &Path) -> std::io::Result<()> {
 }
 
 fn reload(node: &Node, conf: &Path) {
-    let result = Config::load(conf)
+    let result = Config::load(conf, &super::runtime::read_file)
         .map_err(|e| e.to_string())
         .and_then(|config| {
             node.reload(config)

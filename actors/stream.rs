@@ -124,8 +124,10 @@ const TAG_ACK: u64 = 2;
 const TAG_FC: u64 = 3;
 /// Answers to the consumer creates of the stream's mirror or sources.
 const TAG_SOURCE_REPLY: u64 = 4;
-/// Deliveries from origin `i` of the mirror or sources come tagged `TAG_SOURCE + i`.
+/// Deliveries from origin `i`'s consumer of generation `g` (of the mirror or sources)
+/// come tagged `TAG_SOURCE + (g << 16) + i`.
 const TAG_SOURCE: u64 = 100;
+const TAG_SOURCE_ORIGINS: u64 = 1 << 16;
 
 /// Replies held until the writes before them are durable.
 struct Held {
@@ -161,6 +163,8 @@ pub struct StreamActor {
     failed: Option<String>,
     /// The mirror or sources this stream takes from, when it has any.
     sourcing: Option<Sourcing>,
+    /// Each origin's deliver subscription (of its current consumer).
+    source_subs: Vec<Option<Arc<Subscription>>>,
     rng: fastrand::Rng,
 }
 
@@ -200,6 +204,7 @@ pub fn spawn(
         counted_bytes: 0,
         failed: None,
         sourcing: None,
+        source_subs: Vec::new(),
         rng: fastrand::Rng::new(),
     };
     spawner.spawn_detached(actor.run(inbox_rx, commands_rx));
@@ -263,13 +268,7 @@ impl StreamActor {
             sink(TAG_FC),
         )));
         if let Some(sourcing) = &self.sourcing {
-            for (i, deliver) in sourcing.deliver_subjects().iter().enumerate() {
-                subs.push(Arc::new(Subscription::internal(
-                    deliver,
-                    None,
-                    sink(TAG_SOURCE + i as u64),
-                )));
-            }
+            subs.extend(self.source_subs.iter().flatten().cloned());
             subs.push(Arc::new(Subscription::internal(
                 &sourcing.reply_subscription(),
                 None,
@@ -626,7 +625,10 @@ impl StreamActor {
                     sourcing.handle_response(subject, msg.payload(), now);
                 }
             }
-            tag if tag >= TAG_SOURCE => self.sourced(tag - TAG_SOURCE, msg, now),
+            tag if tag >= TAG_SOURCE => {
+                let t = tag - TAG_SOURCE;
+                self.sourced(t % TAG_SOURCE_ORIGINS, t / TAG_SOURCE_ORIGINS, msg, now);
+            }
             _ => {}
         }
     }
@@ -688,6 +690,28 @@ impl StreamActor {
         };
         let requests = sourcing.poll_setup(now, last, empty, &mut name);
         for r in requests {
+            // The new consumer's subject replaces the old one's: the old consumer loses
+            // its subscriber and goes away after its inactivity threshold.
+            let tag = TAG_SOURCE + r.generation * TAG_SOURCE_ORIGINS + r.origin as u64;
+            let sub = Arc::new(Subscription::internal(
+                &r.deliver,
+                None,
+                InternalSink {
+                    tag,
+                    mailbox: self.inbox_tx.clone(),
+                },
+            ));
+            if self.source_subs.len() <= r.origin {
+                self.source_subs.resize(r.origin + 1, None);
+            }
+            let mut changes = vec![SubChange::Add(sub.clone())];
+            if let Some(old) = self.source_subs[r.origin].replace(sub.clone()) {
+                old.close();
+                self.subs.retain(|s| !Arc::ptr_eq(s, &old));
+                changes.push(SubChange::Remove(old));
+            }
+            self.subs.push(sub);
+            self.account.send(changes);
             self.publisher.send(
                 &self.account,
                 r.subject.as_bytes(),
@@ -699,7 +723,7 @@ impl StreamActor {
     }
 
     /// Something from origin `i`'s consumer: a message to store, or a control message.
-    fn sourced(&mut self, i: u64, msg: InternalMsg, now: i64) {
+    fn sourced(&mut self, i: u64, generation: u64, msg: InternalMsg, now: i64) {
         let (Some(sourcing), Ok(subject)) = (&mut self.sourcing, std::str::from_utf8(&msg.subject))
         else {
             return;
@@ -709,7 +733,9 @@ impl StreamActor {
             .as_deref()
             .and_then(|r| std::str::from_utf8(r).ok());
         let hdr_len = msg.headers.unwrap_or(0);
-        match sourcing.handle_delivery(i as usize, subject, reply, &msg.data, hdr_len, now) {
+        match sourcing.handle_delivery(
+            i as usize, generation, subject, reply, &msg.data, hdr_len, now,
+        ) {
             Inbound::Nothing => {}
             Inbound::Answer(to) => {
                 self.publisher

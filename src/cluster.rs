@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Dur, Secret};
 use crate::proto::route::{RouteConnect, RouteInfo, RouteOp, ROUTE_PROTO};
+use crate::values::{Dur, Secret};
 
 /// `[cluster]`: routes to other nodes. Off unless `listen` is set.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -164,16 +164,19 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The secret's bytes, read from `secret_file` if that is where it is.
-    pub fn load_secret(&self) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+    /// The secret's bytes, read from `secret_file` (with `files`) if that is where it is.
+    pub fn load_secret(
+        &self,
+        files: crate::tls::ReadFile<'_>,
+    ) -> Result<Option<Vec<u8>>, (&'static str, String)> {
         if let Some(s) = &self.secret {
             return Ok(Some(s.0.as_bytes().to_vec()));
         }
         let Some(path) = &self.secret_file else {
             return Ok(None);
         };
-        let text = std::fs::read(path)
-            .map_err(|e| ("cluster.secret_file", format!("{}: {e}", path.display())))?;
+        let text =
+            files(path).map_err(|e| ("cluster.secret_file", format!("{}: {e}", path.display())))?;
         let trimmed = text.trim_ascii().to_vec();
         check_secret(&trimmed)
             .map_err(|e| ("cluster.secret_file", format!("{}: {e}", path.display())))?;

@@ -5,12 +5,19 @@
 //! of bytes) and durations too (`"2m"`, `"500ms"`, or a plain integer of seconds).
 //! Unknown keys and bad values are errors that name the file, the key and the problem.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+// Where each section's types live; named here too, as the config's parts.
+pub use crate::auth::config::{
+    AllowResponsesConfig, AuthorizationConfig, PermissionsConfig, SubjectPermissionConfig,
+    UserConfig, DEFAULT_AUTH_TIMEOUT,
+};
+pub use crate::tls::{TlsConfig, DEFAULT_TLS_TIMEOUT};
+pub use crate::values::{Dur, Secret, Size};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -29,87 +36,6 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
-}
-
-/// A size in bytes, written as an integer or as `"1MiB"`, `"64MB"`, `"4KiB"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Size(pub u64);
-
-impl Size {
-    pub const fn kib(n: u64) -> Size {
-        Size(n * 1024)
-    }
-    pub const fn mib(n: u64) -> Size {
-        Size(n * 1024 * 1024)
-    }
-    pub fn as_usize(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
-    }
-}
-
-/// A value written either as a plain integer or as text with a unit.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IntOrText {
-    Int(i64),
-    Text(String),
-}
-
-impl IntOrText {
-    /// Converts either form; `what` names the kind of value in the error.
-    fn parse<T, E: serde::de::Error>(
-        self,
-        what: &str,
-        from_int: impl FnOnce(u64) -> T,
-        from_text: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, E> {
-        match self {
-            IntOrText::Int(n) => u64::try_from(n)
-                .map(from_int)
-                .map_err(|_| E::custom(format!("a {what} cannot be negative"))),
-            IntOrText::Text(s) => from_text(s.trim()).map_err(E::custom),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IntOrText::deserialize(d)?.parse("size", Size, |s| {
-            s.parse::<bytesize::ByteSize>().map(|b| Size(b.0)).map_err(|e| {
-                format!("invalid size {s:?} ({e}); write e.g. \"1MiB\", \"512KB\" or a number of bytes")
-            })
-        })
-    }
-}
-
-/// A duration, written as an integer of seconds or as `"2m"`, `"10s"`, `"250ms"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IntOrText::deserialize(d)?.parse(
-            "duration",
-            |secs| Dur(Duration::from_secs(secs)),
-            |s| {
-                humantime::parse_duration(s).map(Dur).map_err(|e| {
-                    format!("invalid duration {s:?} ({e}); write e.g. \"2m\", \"10s\" or \"250ms\"")
-                })
-            },
-        )
-    }
 }
 
 /// Log verbosity; `RUST_LOG` overrides it.
@@ -204,121 +130,6 @@ impl MonitorConfig {
         text.parse::<SocketAddr>()
             .map(Some)
             .map_err(|_| format!("{text:?} is not an address with a port, like \"127.0.0.1:8222\""))
-    }
-}
-
-/// A password or token: kept out of `Debug` output so that no log line can show it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-/// Who may publish or subscribe where: a list of allowed subjects, or allow and deny
-/// lists. Subscribe entries may name a queue group after a space (`"jobs.> workers"`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum SubjectPermissionConfig {
-    Allow(Vec<String>),
-    Rules {
-        #[serde(default)]
-        allow: Option<Vec<String>>,
-        #[serde(default)]
-        deny: Vec<String>,
-    },
-}
-
-/// `allow_responses`: `true` (one reply within two minutes per request received), or
-/// the number of replies and how long they may take.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum AllowResponsesConfig {
-    Enabled(bool),
-    Limits {
-        /// Replies per request (0: one; negative: unlimited).
-        #[serde(default)]
-        max: Option<i64>,
-        #[serde(default)]
-        expires: Option<Dur>,
-    },
-}
-
-/// A user's permissions.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PermissionsConfig {
-    pub publish: Option<SubjectPermissionConfig>,
-    pub subscribe: Option<SubjectPermissionConfig>,
-    pub allow_responses: Option<AllowResponsesConfig>,
-}
-
-/// One entry of `[[authorization.users]]`: a user with a password (plain or bcrypt),
-/// or an nkey.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UserConfig {
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    pub nkey: Option<String>,
-    pub permissions: Option<PermissionsConfig>,
-}
-
-/// `[authorization]`: how clients prove who they are. Without any of it, every client
-/// is accepted with all permissions.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthorizationConfig {
-    /// A single user and password (plain or bcrypt).
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    /// A single token (plain or bcrypt).
-    pub token: Option<Secret>,
-    /// Time a new connection has to authenticate (default 2 s).
-    pub timeout: Option<Dur>,
-    /// Clients that send no credentials at all are this user (one of `users`).
-    pub no_auth_user: Option<String>,
-    pub users: Vec<UserConfig>,
-    /// Permissions of users that have none of their own.
-    pub default_permissions: Option<PermissionsConfig>,
-}
-
-/// The reference's authentication timeout.
-pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `[tls]`: TLS on the client listener. Set `cert_file` and `key_file` to turn it on;
-/// every client must then speak TLS.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// The server's certificate chain, PEM.
-    pub cert_file: Option<PathBuf>,
-    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: Option<PathBuf>,
-    /// CA certificates, PEM, that client certificates must chain to (with `verify`).
-    pub ca_file: Option<PathBuf>,
-    /// Require a client certificate signed by `ca_file` (mutual TLS).
-    pub verify: bool,
-    /// Time a client has to complete the handshake (default 2 s).
-    pub timeout: Option<Dur>,
-    /// Start with the TLS handshake instead of a plain-text INFO (the reference's
-    /// `handshake_first`; clients must be set up for it too).
-    pub handshake_first: bool,
-}
-
-/// The reference's TLS handshake timeout.
-pub const DEFAULT_TLS_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl TlsConfig {
-    pub fn enabled(&self) -> bool {
-        self.cert_file.is_some()
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout.map_or(DEFAULT_TLS_TIMEOUT, |d| d.0)
     }
 }
 
@@ -482,11 +293,15 @@ impl Default for Config {
 pub const MAX_PAYLOAD_LIMIT: Size = Size::mib(64);
 
 impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    /// Reads (with `files`: `src/` opens no file itself) and validates a config file.
+    pub fn load(path: &Path, files: crate::tls::ReadFile<'_>) -> Result<Config, ConfigError> {
+        let bytes = files(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_owned(),
+            message: "the file is not UTF-8 text".into(),
         })?;
         Config::from_toml(&text, path)
     }

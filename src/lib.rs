@@ -18,6 +18,7 @@ pub mod subject;
 pub mod subject_index;
 pub mod subject_transform;
 pub mod tls;
+pub mod values;
 pub mod websocket;
 
 #[path = "../actors/mod.rs"]

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         eprintln!("meshbroker: --conf FILE is required (try conf/node.toml); see --help");
         return ExitCode::from(2);
     };
-    let config = match Config::load(&path) {
+    let config = match Config::load(&path, &meshbroker::actors::runtime::read_file) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("meshbroker: {e}");

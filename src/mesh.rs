@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Dur;
+use crate::values::Dur;
 
 /// How the node gets its WireGuard interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -8,11 +8,47 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsConfig;
+use serde::Deserialize;
+
+use crate::values::Dur;
+
+/// `[tls]`: TLS on the client listener. Set `cert_file` and `key_file` to turn it on;
+/// every client must then speak TLS.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates, PEM, that client certificates must chain to (with `verify`).
+    pub ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `ca_file` (mutual TLS).
+    pub verify: bool,
+    /// Time a client has to complete the handshake (default 2 s).
+    pub timeout: Option<Dur>,
+    /// Start with the TLS handshake instead of a plain-text INFO (the reference's
+    /// `handshake_first`; clients must be set up for it too).
+    pub handshake_first: bool,
+}
+
+/// The reference's TLS handshake timeout.
+pub const DEFAULT_TLS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(DEFAULT_TLS_TIMEOUT, |d| d.0)
+    }
+}
 
 /// Why the TLS setup could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -23,16 +59,23 @@ pub struct TlsError {
     pub reason: String,
 }
 
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError {
+/// How the caller reads files (`src/` opens none itself): the whole file at `path`.
+pub type ReadFile<'a> = &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
+
+fn read(key: &str, path: &Path, files: ReadFile<'_>) -> Result<Vec<u8>, TlsError> {
+    files(path).map_err(|e| TlsError {
         key: key.to_string(),
         path: path.to_owned(),
         reason: format!("cannot read: {e}"),
     })
 }
 
-fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(key, path)?;
+fn certificates(
+    key: &str,
+    path: &Path,
+    files: ReadFile<'_>,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(key, path, files)?;
     let err = |reason: String| TlsError {
         key: key.to_string(),
         path: path.to_owned(),
@@ -52,6 +95,7 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 pub fn server_config(
     config: &TlsConfig,
     section: &str,
+    files: ReadFile<'_>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let key = |name: &str| format!("{section}.{name}");
     let (Some(cert_path), Some(key_path)) = (&config.cert_file, &config.key_file) else {
@@ -62,8 +106,8 @@ pub fn server_config(
         });
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certificates(&key("cert_file"), cert_path)?;
-    let key_pem = read(&key("key_file"), key_path)?;
+    let chain = certificates(&key("cert_file"), cert_path, files)?;
+    let key_pem = read(&key("key_file"), key_path, files)?;
     let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
         key: key("key_file"),
         path: key_path.clone(),
@@ -79,7 +123,7 @@ pub fn server_config(
     let builder = match (&config.ca_file, config.verify) {
         (Some(ca_path), true) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(&key("ca_file"), ca_path)? {
+            for cert in certificates(&key("ca_file"), ca_path, files)? {
                 roots.add(cert).map_err(|e| TlsError {
                     key: key("ca_file"),
                     path: ca_path.clone(),
@@ -101,7 +145,7 @@ pub fn server_config(
         (Some(ca_path), false) => {
             // Unused without `verify` (as by the reference), but read anyway so a
             // file that would fail once verify is turned on fails now.
-            certificates(&key("ca_file"), ca_path)?;
+            certificates(&key("ca_file"), ca_path, files)?;
             builder.with_no_client_auth()
         }
         (None, _) => builder.with_no_client_auth(),
@@ -187,6 +231,7 @@ pub fn route_configs(
     cert_file: &Path,
     key_file: &Path,
     ca_file: &Path,
+    files: ReadFile<'_>,
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
     let tls = TlsConfig {
         cert_file: Some(cert_file.to_owned()),
@@ -195,10 +240,10 @@ pub fn route_configs(
         verify: true,
         ..TlsConfig::default()
     };
-    let server = server_config(&tls, "cluster")?;
+    let server = server_config(&tls, "cluster", files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates("cluster.ca_file", ca_file)? {
+    for cert in certificates("cluster.ca_file", ca_file, files)? {
         roots.add(cert).map_err(|e| TlsError {
             key: "cluster.ca_file".into(),
             path: ca_file.to_owned(),
@@ -215,8 +260,8 @@ pub fn route_configs(
         path: ca_file.to_owned(),
         reason: e.to_string(),
     })?;
-    let chain = certificates("cluster.cert_file", cert_file)?;
-    let key_pem = read("cluster.key_file", key_file)?;
+    let chain = certificates("cluster.cert_file", cert_file, files)?;
+    let key_pem = read("cluster.key_file", key_file, files)?;
     let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
         key: "cluster.key_file".into(),
         path: key_file.to_owned(),

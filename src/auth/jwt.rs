@@ -16,7 +16,7 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PermissionsConfig, SubjectPermissionConfig};
+use super::config::{PermissionsConfig, SubjectPermissionConfig};
 
 /// Why a JWT was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

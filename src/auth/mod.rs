@@ -5,6 +5,7 @@
 //! INFO, which user is this and what may it do ([`Grant`])? It holds secrets, so
 //! neither it nor its errors ever print a password, token or signature.
 
+pub mod config;
 pub mod jwt;
 pub mod permissions;
 
@@ -15,8 +16,9 @@ use std::time::Duration;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthorizationConfig, PermissionsConfig, Secret};
 use crate::proto::info::ConnectOptions;
+use crate::values::Secret;
+use config::{AuthorizationConfig, PermissionsConfig};
 pub use permissions::Permissions;
 
 /// A configuration mistake, with the key it is about.
@@ -411,7 +413,7 @@ mod tests {
 
     fn auth(toml_text: &str) -> Result<Authenticator, AuthConfigError> {
         let config: AuthorizationConfig = toml::from_str(toml_text).expect("parses");
-        Authenticator::new(&config, crate::config::DEFAULT_AUTH_TIMEOUT)
+        Authenticator::new(&config, config::DEFAULT_AUTH_TIMEOUT)
     }
 
     fn connect(json: &str) -> ConnectOptions {

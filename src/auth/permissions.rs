@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{AllowResponsesConfig, PermissionsConfig, SubjectPermissionConfig};
+use super::config::{AllowResponsesConfig, PermissionsConfig, SubjectPermissionConfig};
 use crate::subject;
 
 /// A reply allowed per request received, and for how long, unless configured.

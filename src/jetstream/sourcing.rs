@@ -62,16 +62,22 @@ struct Origin {
     lag: u64,
     /// When the origin was last heard from (0: never).
     last_heard: i64,
-    /// Each create request gets a new generation, in its reply subject, so a late
-    /// answer to an old one is told apart (late deliveries are, by consumer name).
+    /// Each create request gets a new generation, in its reply and deliver subjects,
+    /// so late answers and deliveries of an old one are told apart.
     generation: u64,
     setup: Setup,
     error: Option<ApiError>,
 }
 
-/// A request the stream actor publishes (with `reply` as its reply subject).
+/// A consumer create request the stream actor publishes (with `reply` as its reply
+/// subject), after subscribing to `deliver` for `origin`'s `generation` in place of
+/// the previous generation's subject (so a consumer given up on loses its subscriber
+/// and goes away after its inactivity threshold).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    pub origin: usize,
+    pub generation: u64,
+    pub deliver: String,
     pub subject: String,
     pub reply: String,
     pub body: Vec<u8>,
@@ -107,8 +113,9 @@ pub struct Sourcing {
     stream: String,
     mirror: bool,
     origins: Vec<Origin>,
-    /// Subjects of this stream's sourcing: deliveries arrive on `<prefix>.D.<origin>`
-    /// (under the origin's subjects), create responses on `<prefix>.R.<origin>.<gen>`.
+    /// Subjects of this stream's sourcing: deliveries arrive on
+    /// `<prefix>.D.<origin>.<generation>` (under the origin's subjects), create
+    /// responses on `<prefix>.R.<origin>.<generation>`.
     prefix: String,
 }
 
@@ -293,12 +300,9 @@ impl Sourcing {
         self.mirror
     }
 
-    /// The deliver subject of each origin, by index: the stream subscribes to each
-    /// (deliveries carry the origin's subjects, so the subscription tells them apart).
-    pub fn deliver_subjects(&self) -> Vec<String> {
-        (0..self.origins.len())
-            .map(|i| format!("{}.D.{i}", self.prefix))
-            .collect()
+    /// The generation of origin `i`'s current consumer.
+    pub fn generation(&self, i: usize) -> u64 {
+        self.origins.get(i).map_or(0, |o| o.generation)
     }
 
     /// Where create responses come, for every origin.
@@ -357,7 +361,7 @@ impl Sourcing {
         o.dseq = 0;
         let mut config = ConsumerConfig {
             name: Some(name.clone()),
-            deliver_subject: Some(format!("{}.D.{i}", self.prefix)),
+            deliver_subject: Some(format!("{}.D.{i}.{}", self.prefix, o.generation)),
             ack_policy: api::AckPolicy::None,
             ack_wait: 22 * 3_600_000_000_000,
             max_deliver: 1,
@@ -406,6 +410,9 @@ impl Sourcing {
         })
         .unwrap_or_default();
         Request {
+            origin: i,
+            generation: o.generation,
+            deliver: format!("{}.D.{i}.{}", self.prefix, o.generation),
             subject,
             reply: format!("{}.R.{i}.{}", self.prefix, o.generation),
             body,
@@ -450,19 +457,26 @@ impl Sourcing {
         }
     }
 
-    /// A message on origin `i`'s deliver subject: a delivery (under its subject at the
-    /// origin, with the consumer's ack subject as `reply`), a heartbeat or a
-    /// flow-control request. `data` is the header block (`hdr_len` bytes) and payload.
+    /// A message on origin `i`'s deliver subject of `generation`: a delivery (under its
+    /// subject at the origin, with the consumer's ack subject as `reply`), a heartbeat
+    /// or a flow-control request. `data` is the header block (`hdr_len` bytes) and
+    /// payload. What an earlier generation's consumer still sends is ignored.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_delivery(
         &mut self,
         i: usize,
+        generation: u64,
         subject: &str,
         reply: Option<&str>,
         data: &[u8],
         hdr_len: usize,
         now: i64,
     ) -> Inbound {
-        if i >= self.origins.len() {
+        if self
+            .origins
+            .get(i)
+            .is_none_or(|o| o.generation != generation)
+        {
             return Inbound::Nothing;
         }
         let hdr = data.get(..hdr_len).unwrap_or_default();
@@ -477,6 +491,12 @@ impl Sourcing {
         let o = &mut self.origins[i];
         match &o.setup {
             Setup::Running { consumer } if consumer == ack.consumer => {}
+            // The consumer asked for delivers before its create response arrives.
+            Setup::Requested { name, .. } if name == ack.consumer => {
+                o.setup = Setup::Running {
+                    consumer: name.clone(),
+                };
+            }
             // A late delivery of a consumer given up on.
             _ => return Inbound::Nothing,
         }
@@ -739,14 +759,20 @@ mod tests {
         assert_eq!(reqs[0].subject, "$JS.API.CONSUMER.CREATE.ORIG.C1.orig.1");
         let body: serde_json::Value = serde_json::from_slice(&reqs[0].body).unwrap();
         assert_eq!(body["config"]["deliver_policy"], "all");
-        assert_eq!(body["config"]["deliver_subject"], "$JS.SRC.t.D.0");
+        assert_eq!(body["config"]["deliver_subject"], "$JS.SRC.t.D.0.1");
         assert_eq!(body["config"]["direct"], true);
         assert_eq!(body["config"]["flow_control"], true);
         assert!(setup(&mut s, 1, 0).is_empty(), "one request at a time");
         running(&mut s, 0, &reqs, "C1");
-        let Inbound::Store(m) =
-            s.handle_delivery(0, "orig.1", Some(&ack("C1", 2, 1, 1)), b"payload", 0, 2)
-        else {
+        let Inbound::Store(m) = s.handle_delivery(
+            0,
+            s.generation(0),
+            "orig.1",
+            Some(&ack("C1", 2, 1, 1)),
+            b"payload",
+            0,
+            2,
+        ) else {
             panic!("stored");
         };
         assert_eq!(m.subject, "orig.1");
@@ -761,12 +787,28 @@ mod tests {
         );
         // A delivery of another consumer, or a redelivery, is not taken.
         assert_eq!(
-            s.handle_delivery(0, "orig.1", Some(&ack("OLD", 4, 2, 0)), b"x", 0, 3),
+            s.handle_delivery(
+                0,
+                s.generation(0),
+                "orig.1",
+                Some(&ack("OLD", 4, 2, 0)),
+                b"x",
+                0,
+                3
+            ),
             Inbound::Nothing
         );
         // Delivery 3 after 1: one went missing. Ask again, from after origin seq 2.
         assert_eq!(
-            s.handle_delivery(0, "orig.1", Some(&ack("C1", 6, 3, 0)), b"x", 0, 3),
+            s.handle_delivery(
+                0,
+                s.generation(0),
+                "orig.1",
+                Some(&ack("C1", 6, 3, 0)),
+                b"x",
+                0,
+                3
+            ),
             Inbound::Nothing
         );
         let again = setup(&mut s, 3, 0);
@@ -786,16 +828,28 @@ mod tests {
         assert_eq!(body["config"]["opt_start_seq"], 4);
         assert_eq!(reqs[0].subject, "$JS.API.CONSUMER.CREATE.ORIG.C1");
         running(&mut s, 0, &reqs, "C1");
-        let Inbound::Store(m) =
-            s.handle_delivery(0, "o.a", Some(&ack("C1", 4, 1, 2)), b"four", 0, 1)
-        else {
+        let Inbound::Store(m) = s.handle_delivery(
+            0,
+            s.generation(0),
+            "o.a",
+            Some(&ack("C1", 4, 1, 2)),
+            b"four",
+            0,
+            1,
+        ) else {
             panic!("stored");
         };
         assert_eq!((m.origin_seq, m.origin_ts, m.hdr_len), (4, 1004, 0));
         // 5 and 6 were deleted at the origin: 7 comes as the next delivery.
-        let Inbound::Store(m) =
-            s.handle_delivery(0, "o.a", Some(&ack("C1", 7, 2, 0)), b"seven", 0, 2)
-        else {
+        let Inbound::Store(m) = s.handle_delivery(
+            0,
+            s.generation(0),
+            "o.a",
+            Some(&ack("C1", 7, 2, 0)),
+            b"seven",
+            0,
+            2,
+        ) else {
             panic!("stored");
         };
         assert_eq!(m.origin_seq, 7);
@@ -803,6 +857,7 @@ mod tests {
         assert_eq!(
             s.handle_delivery(
                 0,
+                s.generation(0),
                 "$JS.SRC.m.D.0",
                 Some("$JS.FC.ORIG.C1.1"),
                 fc,
@@ -815,7 +870,7 @@ mod tests {
         let hb =
             b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 3\r\nNats-Last-Stream: 8\r\n\r\n";
         assert_eq!(
-            s.handle_delivery(0, "$JS.SRC.m.D.0", None, hb, hb.len(), 4),
+            s.handle_delivery(0, s.generation(0), "$JS.SRC.m.D.0", None, hb, hb.len(), 4),
             Inbound::Nothing
         );
         let again = setup(&mut s, 4, 7);
@@ -827,6 +882,42 @@ mod tests {
         let (mirror, sources) = s.info(5);
         assert!(sources.is_none());
         assert_eq!(mirror.unwrap().seq, 0, "no seq for a mirror");
+    }
+
+    #[test]
+    fn an_old_consumer_is_not_heard_once_a_new_one_is_asked_for() {
+        let cfg = config(r#"{"name":"S","sources":[{"name":"ORIG"}]}"#);
+        let mut s = Sourcing::new(&cfg, "$JS.SRC.g".into()).expect("sourcing");
+        let first = setup(&mut s, 0, 0);
+        running(&mut s, 0, &first, "C1");
+        let old = s.generation(0);
+        // Silent: a new consumer, on a new subject.
+        s.tick(HEALTH_CHECK * 2);
+        let second = setup(&mut s, HEALTH_CHECK * 2, 0);
+        assert_ne!(second[0].deliver, first[0].deliver);
+        // The old one's heartbeat (it may still be heard until its subscriber is gone)
+        // and deliveries change nothing.
+        let hb = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 9\r\n\r\n";
+        let now = HEALTH_CHECK * 2 + 1;
+        assert_eq!(
+            s.handle_delivery(0, old, "x", None, hb, hb.len(), now),
+            Inbound::Nothing
+        );
+        assert!(
+            setup(&mut s, now, 0).is_empty(),
+            "no retry for the old one's heartbeat"
+        );
+        let late = s.handle_delivery(0, old, "o", Some(&ack("C1", 3, 1, 0)), b"x", 0, now);
+        assert_eq!(late, Inbound::Nothing);
+        // A delivery of the new one before its create response is taken.
+        let new = s.generation(0);
+        let name = serde_json::from_slice::<serde_json::Value>(&second[0].body).unwrap()["config"]
+            ["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let early = s.handle_delivery(0, new, "o", Some(&ack(&name, 1, 1, 0)), b"x", 0, now);
+        assert!(matches!(early, Inbound::Store(_)));
     }
 
     #[test]
