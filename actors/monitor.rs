@@ -148,8 +148,8 @@ async fn serve(
         let monitor = monitor.clone();
         async move { Ok::<_, Infallible>(monitor.handle(req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(runtime::hyper_io(io), service);
     if let Some(Err(e)) = runtime::timeout(CONNECTION_LIMIT, conn).await {
         log::debug!("monitoring connection ended: {e}");
     }

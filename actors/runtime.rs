@@ -140,6 +140,11 @@ fn accept_backlog() -> i32 {
         .unwrap_or(4096)
 }
 
+/// A byte stream of this runtime as hyper's I/O (for the monitoring endpoint).
+pub fn hyper_io<T>(io: T) -> smol_hyper::rt::FuturesIo<T> {
+    smol_hyper::rt::FuturesIo::new(io)
+}
+
 /// Reads a whole file: configs, certificates, secrets (small, read at start and on
 /// reload; `src/` takes this as its way to read files).
 pub fn read_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
