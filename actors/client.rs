@@ -30,7 +30,7 @@ use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control, Message, Subscription};
 use super::transport::{self, write_loop, Serve, Setup};
 use crate::auth::{AuthError, Authenticator, Grant};
-use crate::connection::{Action, Connection, Limits, Publish, Reply};
+use crate::connection::{Action, Connection, Limits, Publish, Reply, Step};
 use crate::events::ClientInfo;
 use crate::monitor::ConnSnapshot;
 use crate::proto::{encode, errors, ConnectOptions, Parsed, Parser, WireError};
@@ -287,7 +287,7 @@ impl Client {
                 }
                 Event::Control(ctl) => self.control(ctl).await,
                 Event::Tick => match self.conn.tick(runtime::now()) {
-                    Some(action) => self.perform(action).await.map_err(Ended::Error),
+                    Some(step) => self.step(step).await.map_err(Ended::Error),
                     None => Ok(()),
                 },
             };
@@ -332,14 +332,21 @@ impl Client {
                     if let crate::proto::Op::Pub { data, .. } = &op {
                         self.traffic.received(data.len());
                     }
-                    let actions = self.conn.handle(op);
-                    let mut result = Ok(());
-                    for action in actions {
-                        result = self.perform(action).await;
-                        if result.is_err() {
-                            break;
+                    let step = self.conn.handle(op);
+                    // The common publish (nothing to reply, nothing to sync) is carried
+                    // out here: no future is built for it.
+                    let result = match step {
+                        Step {
+                            action: Some(Action::Publish(p)),
+                            sync: false,
+                            before,
+                            after,
+                        } if before.is_empty() && after.is_empty() => {
+                            self.publish(p);
+                            Ok(())
                         }
-                    }
+                        step => self.step(step).await,
+                    };
                     rbuf.consume(n);
                     result?;
                 }
@@ -355,49 +362,46 @@ impl Client {
         }
     }
 
-    /// Carries out one action of the connection; `Err` closes it.
-    async fn perform(&mut self, action: Action<'_>) -> Result<(), WireError> {
-        match action {
-            Action::Reply(reply) => self.reply(reply),
-            Action::SyncSubscriptions => self.sync_subscriptions().await,
-            Action::Publish(p) => self.publish(p),
-            Action::Subscribe {
+    /// Carries out what one operation asked for, in order; `Err` closes the
+    /// connection. Only a sync or an authentication awaits anything.
+    #[inline]
+    async fn step(&mut self, step: Step<'_>) -> Result<(), WireError> {
+        for r in step.before.iter() {
+            self.reply(r);
+        }
+        if step.sync {
+            self.sync_subscriptions().await;
+        }
+        match step.action {
+            None => {}
+            Some(Action::Publish(p)) => self.publish(p),
+            Some(Action::Subscribe {
                 sid,
                 subject,
                 queue,
-            } => {
+            }) => {
                 let sub = Arc::new(self.new_subscription(subject, queue, sid));
                 self.subs.insert(sid.into(), sub.clone());
                 self.changes.push(SubChange::Add(sub));
             }
-            Action::Unsubscribe { sid, max } => self.unsubscribe(sid, max),
-            Action::Authenticate(opts) => {
-                log::debug!(
-                    "client {}: CONNECT name={:?} lang={:?} version={:?}",
-                    self.id(),
-                    opts.name.as_deref().unwrap_or(""),
-                    opts.lang.as_deref().unwrap_or(""),
-                    opts.version.as_deref().unwrap_or("")
+            Some(Action::Unsubscribe { sid, max }) => self.unsubscribe(sid, max),
+            Some(Action::PublishViolation(subject)) => {
+                let shown = String::from_utf8_lossy(subject);
+                log::error!(
+                    "{} - cid:{} - Publish Violation - Subject {shown:?}",
+                    self.peer,
+                    self.id()
                 );
-                let nonce = self.conn.nonce().to_string();
-                let result = check_credentials(self.ctx.auth(), (*opts).clone(), nonce).await;
-                if let Err(e) = &result {
-                    log::error!(
-                        "{} - cid:{} - authentication error - {e}",
-                        self.peer,
-                        self.id()
-                    );
-                }
-                self.event_info = None;
-                for next in self.conn.authenticated(result) {
-                    match next {
-                        Action::Reply(r) => self.reply(r),
-                        Action::Close(e) => return Err(e),
-                        _ => {}
-                    }
-                }
+                let text = errors::publish_violation(subject);
+                self.send(|b| encode::write_err(b, &text));
             }
-            Action::Close(e) => {
+            Some(Action::SubscribeViolation { subject, queue }) => {
+                let text = errors::subscribe_violation(subject, queue);
+                log::error!("{} - cid:{} - {text}", self.peer, self.id());
+                self.send(|b| encode::write_err(b, &text));
+            }
+            Some(Action::Authenticate(opts)) => Box::pin(self.authenticate(*opts)).await?,
+            Some(Action::Close(e)) => {
                 if e == WireError::AuthorizationViolation {
                     log::error!(
                         "{} - cid:{} - authentication error: operation before CONNECT",
@@ -410,31 +414,45 @@ impl Client {
                 return Err(e);
             }
         }
+        for r in step.after.iter() {
+            self.reply(r);
+        }
         Ok(())
     }
 
-    fn reply(&mut self, reply: Reply<'_>) {
+    /// A CONNECT: its credentials checked (bcrypt off the executor), then accepted or
+    /// closed.
+    async fn authenticate(&mut self, opts: ConnectOptions) -> Result<(), WireError> {
+        log::debug!(
+            "client {}: CONNECT name={:?} lang={:?} version={:?}",
+            self.id(),
+            opts.name.as_deref().unwrap_or(""),
+            opts.lang.as_deref().unwrap_or(""),
+            opts.version.as_deref().unwrap_or("")
+        );
+        let nonce = self.conn.nonce().to_string();
+        let result = check_credentials(self.ctx.auth(), opts, nonce).await;
+        if let Err(e) = &result {
+            log::error!(
+                "{} - cid:{} - authentication error - {e}",
+                self.peer,
+                self.id()
+            );
+        }
+        self.event_info = None;
+        for r in self.conn.authenticated(result)?.iter() {
+            self.reply(r);
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, reply: Reply) {
         match reply {
             Reply::Ok => self.send(|b| b.extend_from_slice(encode::OK)),
             Reply::Ping => self.send(|b| b.extend_from_slice(encode::PING)),
             Reply::Pong => self.send(|b| b.extend_from_slice(encode::PONG)),
             Reply::ConnectInfo => self.send_info(true),
             Reply::Err(e) => self.send_err(e),
-            Reply::PublishViolation(subject) => {
-                let shown = String::from_utf8_lossy(subject);
-                log::error!(
-                    "{} - cid:{} - Publish Violation - Subject {shown:?}",
-                    self.peer,
-                    self.id()
-                );
-                let text = errors::publish_violation(subject);
-                self.send(|b| encode::write_err(b, &text));
-            }
-            Reply::SubscribeViolation { subject, queue } => {
-                let text = errors::subscribe_violation(subject, queue);
-                log::error!("{} - cid:{} - {text}", self.peer, self.id());
-                self.send(|b| encode::write_err(b, &text));
-            }
         }
     }
 

@@ -8,15 +8,17 @@
 //! 1. [`Connection::new`] when the connection is accepted (with the authenticator, the
 //!    limits, the nonce sent in INFO and the time).
 //! 2. For every read: [`Connection::received`] with the time, then for each operation the
-//!    parser gives, [`Connection::handle`]. It returns the [`Action`]s to carry out, in
-//!    order: replies to queue, a subscription change, waiting until the connection's
-//!    subscription changes are visible to publishers ([`Action::SyncSubscriptions`]),
-//!    a publish, authenticating a CONNECT, or closing.
+//!    parser gives, [`Connection::handle`]. It returns a [`Step`] to carry out in
+//!    order: replies to queue, whether to wait until the connection's subscription
+//!    changes are visible to publishers, then one [`Action`] (a subscription change,
+//!    a publish, a violation to report, authenticating a CONNECT, or closing), then
+//!    more replies.
 //! 3. After an [`Action::Authenticate`], the driver checks the credentials (off the
 //!    executor when slow) and hands the result to [`Connection::authenticated`],
 //!    which returns the next actions; no other operation is handled meanwhile.
 //! 4. [`Connection::synced`] after the driver made the subscription changes visible.
-//! 5. On its ping timer: [`Connection::tick`]; [`Connection::auth_deadline`] says when
+//! 5. On its ping timer: [`Connection::tick`] (a PING to send, or a close);
+//!    [`Connection::auth_deadline`] says when
 //!    an unauthenticated connection is closed ([`Connection::auth_timed_out`]).
 //! 6. After a reload: [`Connection::reauthorize`], then [`Connection::reauthorized`]
 //!    with the result.
@@ -37,8 +39,6 @@ use crate::subject;
 
 /// Subjects whose publish permission a connection remembers.
 const PUBLISH_CACHE_MAX: usize = 1024;
-/// Actions one operation can produce at most.
-const MAX_ACTIONS: usize = 4;
 
 /// The limits a connection runs under (from the config when it opened).
 #[derive(Debug, Clone, Copy)]
@@ -49,22 +49,15 @@ pub struct Limits {
     pub max_pings_out: u32,
 }
 
-/// Something the server sends the client, for the driver to encode and queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply<'a> {
+/// A reply without data of its own, for the driver to encode and queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
     Ok,
     Ping,
     Pong,
     /// The INFO that follows the first PONG after CONNECT (`connect_info`).
     ConnectInfo,
     Err(WireError),
-    /// `-ERR 'Permissions Violation for Publish to "…"'`; the driver logs it too.
-    PublishViolation(&'a [u8]),
-    /// `-ERR 'Permissions Violation for Subscription to "…"'` (with the queue).
-    SubscribeViolation {
-        subject: &'a [u8],
-        queue: Option<&'a [u8]>,
-    },
 }
 
 /// A publish the connection may make.
@@ -77,13 +70,9 @@ pub struct Publish<'a> {
     pub data: &'a [u8],
 }
 
-/// What the driver does next, in order.
+/// The one thing an operation asks of the driver besides replies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action<'a> {
-    Reply(Reply<'a>),
-    /// Make this connection's subscription changes visible to every publisher before
-    /// going on (then call [`Connection::synced`]).
-    SyncSubscriptions,
     Publish(Publish<'a>),
     /// A new subscription (its delivery filter from [`Connection::delivery_filter`]).
     Subscribe {
@@ -97,6 +86,13 @@ pub enum Action<'a> {
         sid: &'a [u8],
         max: Option<u64>,
     },
+    /// `-ERR 'Permissions Violation for Publish to "…"'`; the driver logs it too.
+    PublishViolation(&'a [u8]),
+    /// `-ERR 'Permissions Violation for Subscription to "…"'` (with the queue).
+    SubscribeViolation {
+        subject: &'a [u8],
+        queue: Option<&'a [u8]>,
+    },
     /// Check these credentials against the nonce, then call
     /// [`Connection::authenticated`].
     Authenticate(Box<ConnectOptions>),
@@ -104,38 +100,48 @@ pub enum Action<'a> {
     Close(WireError),
 }
 
-/// The actions of one step, kept inline: the publish path allocates nothing.
-#[derive(Debug, Default)]
-pub struct Actions<'a> {
-    items: [Option<Action<'a>>; MAX_ACTIONS],
-    len: usize,
-}
+/// Replies in order (at most two on either side of an action).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replies([Option<Reply>; 2]);
 
-impl<'a> Actions<'a> {
-    fn push(&mut self, a: Action<'a>) {
-        // An operation never makes more than MAX_ACTIONS; were it to, the last one
-        // would be a close, which ends the connection anyway.
-        if let Some(slot) = self.items.get_mut(self.len) {
-            *slot = Some(a);
-            self.len += 1;
+impl Replies {
+    fn push(&mut self, r: Reply) {
+        if let Some(slot) = self.0.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(r);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
+    pub fn is_empty(&self) -> bool {
+        self.0[0].is_none()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    pub fn iter(&self) -> impl Iterator<Item = Reply> + '_ {
+        self.0.iter().flatten().copied()
     }
 }
 
-impl<'a> IntoIterator for Actions<'a> {
-    type Item = Action<'a>;
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<Action<'a>>, MAX_ACTIONS>>;
+/// What the driver does for one operation, in this order: queue `before`, make the
+/// subscription changes visible if `sync` says so ([`Connection::synced`] after),
+/// carry out `action`, queue `after`. Small and flat: the publish path builds nothing
+/// bigger than this.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step<'a> {
+    pub before: Replies,
+    pub sync: bool,
+    pub action: Option<Action<'a>>,
+    pub after: Replies,
+}
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.items.into_iter().flatten()
+impl<'a> Step<'a> {
+    fn act(action: Action<'a>) -> Self {
+        Step {
+            action: Some(action),
+            ..Step::default()
+        }
+    }
+
+    fn close(e: WireError) -> Self {
+        Step::act(Action::Close(e))
     }
 }
 
@@ -270,7 +276,7 @@ impl Connection {
 
     /// The ping timer fired at `now`: a PING, nothing (the client was active), or a
     /// close as a stale connection.
-    pub fn tick(&mut self, now: Instant) -> Option<Action<'static>> {
+    pub fn tick(&mut self, now: Instant) -> Option<Step<'static>> {
         // Activity within the interval makes a PING unnecessary (as in the reference);
         // the slack keeps a CONNECT that arrived just after the timer started from
         // delaying the first PING by a whole interval.
@@ -279,26 +285,26 @@ impl Connection {
             return None;
         }
         if self.pings_out + 1 > self.limits.max_pings_out {
-            return Some(Action::Close(WireError::StaleConnection));
+            return Some(Step::close(WireError::StaleConnection));
         }
         self.pings_out += 1;
-        Some(Action::Reply(Reply::Ping))
+        let mut step = Step::default();
+        step.after.push(Reply::Ping);
+        Some(step)
     }
 
     /// Handles one operation.
-    pub fn handle<'a>(&mut self, op: Op<'a>) -> Actions<'a> {
-        let mut out = Actions::default();
+    #[inline]
+    pub fn handle<'a>(&mut self, op: Op<'a>) -> Step<'a> {
         if self.auth_deadline.is_some() && !matches!(op, Op::Connect(_)) {
             // Only CONNECT may come first where auth is required, unless clients
             // without credentials are let in as `no_auth_user` (the reference's rule).
             match self.auth.anonymous() {
                 Some(grant) => self.accept(grant),
-                None => {
-                    out.push(Action::Close(WireError::AuthorizationViolation));
-                    return out;
-                }
+                None => return Step::close(WireError::AuthorizationViolation),
             }
         }
+        let mut step = Step::default();
         match op {
             Op::Pub {
                 subject,
@@ -307,27 +313,27 @@ impl Connection {
                 data,
             } => {
                 if headers.is_some() && !self.opts.headers {
-                    out.push(Action::Close(WireError::ProtocolViolation));
-                    return out;
+                    return Step::close(WireError::ProtocolViolation);
                 }
                 // The reference answers +OK before delivering (a verbose client sees
                 // +OK ahead of its own echoed message), after a pedantic -ERR.
                 let valid = !self.opts.pedantic || subject::is_valid_literal_subject(subject);
                 if !valid {
-                    out.push(Action::Reply(Reply::Err(WireError::InvalidPublishSubject)));
+                    step.before
+                        .push(Reply::Err(WireError::InvalidPublishSubject));
                 }
-                self.ok(&mut out);
+                if self.opts.verbose {
+                    step.before.push(Reply::Ok);
+                }
                 if !valid {
-                    return out;
+                    return step;
                 }
                 if !self.may_publish(subject) {
-                    out.push(Action::Reply(Reply::PublishViolation(subject)));
-                    return out;
+                    step.action = Some(Action::PublishViolation(subject));
+                    return step;
                 }
-                if self.unsynced {
-                    out.push(Action::SyncSubscriptions);
-                }
-                out.push(Action::Publish(Publish {
+                step.sync = self.unsynced;
+                step.action = Some(Action::Publish(Publish {
                     subject,
                     reply,
                     headers,
@@ -338,7 +344,7 @@ impl Connection {
                 subject,
                 queue,
                 sid,
-            } => self.subscribe(subject, queue, sid, &mut out),
+            } => self.subscribe(subject, queue, sid, &mut step),
             Op::Unsub { sid, max } => {
                 if self.subs.contains_key(sid) {
                     let max = max.filter(|&m| m > 0);
@@ -346,64 +352,59 @@ impl Connection {
                         self.subs.remove(sid);
                     }
                     self.unsynced = true;
-                    out.push(Action::Unsubscribe { sid, max });
+                    step.action = Some(Action::Unsubscribe { sid, max });
                 }
-                self.ok(&mut out);
+                self.ok(&mut step.after);
             }
             Op::Ping => {
-                if self.unsynced {
-                    out.push(Action::SyncSubscriptions);
-                }
-                out.push(Action::Reply(Reply::Pong));
+                step.sync = self.unsynced;
+                step.after.push(Reply::Pong);
                 // The reference follows the first PONG after CONNECT with an INFO;
                 // clients (nats-py) wait for that PONG as the first line.
                 if std::mem::take(&mut self.connect_info_due) {
-                    out.push(Action::Reply(Reply::ConnectInfo));
+                    step.after.push(Reply::ConnectInfo);
                 }
             }
             Op::Pong => self.pings_out = 0,
             Op::Connect(json) => {
                 let Some(opts) = ConnectOptions::parse(json) else {
-                    out.push(Action::Close(WireError::ProtocolViolation));
-                    return out;
+                    return Step::close(WireError::ProtocolViolation);
                 };
                 if !(0..=1).contains(&opts.protocol) {
-                    out.push(Action::Close(WireError::InvalidClientProtocol));
-                    return out;
+                    return Step::close(WireError::InvalidClientProtocol);
                 }
                 if opts.no_responders && !opts.headers {
-                    out.push(Action::Close(WireError::NoRespondersRequiresHeaders));
-                    return out;
+                    return Step::close(WireError::NoRespondersRequiresHeaders);
                 }
                 let opts = Box::new(opts);
                 self.connecting = Some(opts.clone());
-                out.push(Action::Authenticate(opts));
+                step.action = Some(Action::Authenticate(opts));
             }
             // What a client may send but the server ignores, as the reference does.
             Op::Info(_) | Op::Ok => {}
-            Op::Err(_) => out.push(Action::Close(WireError::ProtocolViolation)),
-            Op::Msg { .. } => out.push(Action::Close(WireError::UnknownProtocolOperation)),
+            Op::Err(_) => return Step::close(WireError::ProtocolViolation),
+            Op::Msg { .. } => return Step::close(WireError::UnknownProtocolOperation),
         }
-        out
+        step
     }
 
-    /// The result of an [`Action::Authenticate`].
-    pub fn authenticated(&mut self, result: Result<Grant, AuthError>) -> Actions<'static> {
-        let mut out = Actions::default();
+    /// The result of an [`Action::Authenticate`]: `Ok` with the replies that follow
+    /// it, or the error to close with.
+    pub fn authenticated(
+        &mut self,
+        result: Result<Grant, AuthError>,
+    ) -> Result<Replies, WireError> {
+        let mut out = Replies::default();
         let Some(opts) = self.connecting.take() else {
-            return out;
+            return Ok(out);
         };
-        match result {
-            Err(_) => out.push(Action::Close(WireError::AuthorizationViolation)),
-            Ok(grant) => {
-                self.accept(grant);
-                // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
-                self.connect_info_due = opts.protocol >= 1;
-                self.opts = *opts;
-                self.ok(&mut out);
-            }
-        }
-        out
+        let grant = result.map_err(|_| WireError::AuthorizationViolation)?;
+        self.accept(grant);
+        // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
+        self.connect_info_due = opts.protocol >= 1;
+        self.opts = *opts;
+        self.ok(&mut out);
+        Ok(out)
     }
 
     /// After a reload: `None` when there is nothing to check (not authenticated yet:
@@ -462,9 +463,9 @@ impl Connection {
         self.publish_allowed.clear();
     }
 
-    fn ok(&self, out: &mut Actions<'_>) {
+    fn ok(&self, out: &mut Replies) {
         if self.opts.verbose {
-            out.push(Action::Reply(Reply::Ok));
+            out.push(Reply::Ok);
         }
     }
 
@@ -498,23 +499,22 @@ impl Connection {
         subject: &'a [u8],
         queue: Option<&'a [u8]>,
         sid: &'a [u8],
-        out: &mut Actions<'a>,
+        step: &mut Step<'a>,
     ) {
         if !subject::is_valid_subject(subject)
             || queue.is_some_and(|q| q.iter().any(|&b| b == b' ' || b == b'\t'))
         {
-            out.push(Action::Reply(Reply::Err(WireError::InvalidSubject)));
+            step.before.push(Reply::Err(WireError::InvalidSubject));
             return;
         }
         let limit = self.limits.max_subscriptions;
         if limit > 0 && self.subs.len() >= limit {
-            out.push(Action::Reply(Reply::Err(
-                WireError::MaxSubscriptionsExceeded,
-            )));
+            step.before
+                .push(Reply::Err(WireError::MaxSubscriptionsExceeded));
             return;
         }
         if !self.permissions.can_subscribe(subject, queue) {
-            out.push(Action::Reply(Reply::SubscribeViolation { subject, queue }));
+            step.action = Some(Action::SubscribeViolation { subject, queue });
             return;
         }
         // A sid already in use is ignored, as by the reference.
@@ -527,13 +527,13 @@ impl Connection {
                 },
             );
             self.unsynced = true;
-            out.push(Action::Subscribe {
+            step.action = Some(Action::Subscribe {
                 sid,
                 subject,
                 queue,
             });
         }
-        self.ok(out);
+        self.ok(&mut step.after);
     }
 }
 
@@ -563,7 +563,8 @@ mod tests {
         }
     }
 
-    /// The actions of every operation in `wire`, as text, and the parser's error.
+    /// What every operation in `wire` asked for, in order, as text, and the parser's
+    /// error.
     fn run(conn: &mut Connection, wire: &[u8]) -> (Vec<String>, Option<ProtoError>) {
         let parser = Parser::new(4096, 64);
         let mut rest = wire;
@@ -571,17 +572,24 @@ mod tests {
         loop {
             match parser.parse(rest) {
                 Ok(Parsed::Op(op, n)) => {
-                    for a in conn.handle(op) {
-                        if let Action::Authenticate(opts) = &a {
-                            let grant = conn.auth.authenticate(opts, conn.nonce());
-                            out.push(describe(&a));
-                            for b in conn.authenticated(grant) {
-                                out.push(describe(&b));
-                            }
-                            continue;
-                        }
-                        out.push(describe(&a));
+                    let step = conn.handle(op);
+                    out.extend(step.before.iter().map(reply));
+                    if step.sync {
+                        out.push("sync".into());
                     }
+                    match &step.action {
+                        Some(Action::Authenticate(opts)) => {
+                            out.push("authenticate".into());
+                            let grant = conn.auth.authenticate(opts, conn.nonce());
+                            match conn.authenticated(grant) {
+                                Ok(replies) => out.extend(replies.iter().map(reply)),
+                                Err(e) => out.push(format!("close {e:?}")),
+                            }
+                        }
+                        Some(a) => out.push(describe(a)),
+                        None => {}
+                    }
+                    out.extend(step.after.iter().map(reply));
                     rest = &rest[n..];
                 }
                 Ok(Parsed::Incomplete { .. }) => return (out, None),
@@ -590,18 +598,22 @@ mod tests {
         }
     }
 
+    fn reply(r: Reply) -> String {
+        match r {
+            Reply::Err(e) => format!("-ERR {}", e.text().unwrap_or("")),
+            r => format!("{r:?}"),
+        }
+    }
+
     fn describe(a: &Action<'_>) -> String {
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         match a {
-            Action::Reply(Reply::PublishViolation(subject)) => {
+            Action::PublishViolation(subject) => {
                 format!("-ERR {}", errors::publish_violation(subject))
             }
-            Action::Reply(Reply::SubscribeViolation { subject, queue }) => {
+            Action::SubscribeViolation { subject, queue } => {
                 format!("-ERR {}", errors::subscribe_violation(subject, *queue))
             }
-            Action::Reply(Reply::Err(e)) => format!("-ERR {}", e.text().unwrap_or("")),
-            Action::Reply(r) => format!("{r:?}"),
-            Action::SyncSubscriptions => "sync".into(),
             Action::Publish(p) => format!("publish {}", s(p.subject)),
             Action::Subscribe { sid, subject, .. } => format!("sub {} {}", s(subject), s(sid)),
             Action::Unsubscribe { sid, max } => format!("unsub {} {max:?}", s(sid)),
@@ -703,21 +715,22 @@ mod tests {
         run(&mut c, b"CONNECT {}\r\n");
         c.received(clock.at(1.0));
         assert_eq!(c.tick(clock.at(5.0)), None, "active within the interval");
-        assert_eq!(c.tick(clock.at(11.0)), Some(Action::Reply(Reply::Ping)));
-        assert_eq!(c.tick(clock.at(21.0)), Some(Action::Reply(Reply::Ping)));
+        let ping = || {
+            let mut step = Step::default();
+            step.after.push(Reply::Ping);
+            Some(step)
+        };
+        assert_eq!(c.tick(clock.at(11.0)), ping());
+        assert_eq!(c.tick(clock.at(21.0)), ping());
         assert_eq!(
             c.tick(clock.at(31.0)),
-            Some(Action::Close(WireError::StaleConnection))
+            Some(Step::close(WireError::StaleConnection))
         );
         let mut c = open(clock.at(0.0));
-        assert_eq!(c.tick(clock.at(11.0)), Some(Action::Reply(Reply::Ping)));
+        assert_eq!(c.tick(clock.at(11.0)), ping());
         run(&mut c, b"PONG\r\n");
-        assert_eq!(c.tick(clock.at(21.0)), Some(Action::Reply(Reply::Ping)));
-        assert_eq!(
-            c.tick(clock.at(31.0)),
-            Some(Action::Reply(Reply::Ping)),
-            "PONG reset it"
-        );
+        assert_eq!(c.tick(clock.at(21.0)), ping());
+        assert_eq!(c.tick(clock.at(31.0)), ping(), "PONG reset it");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use meshbroker::auth::Authenticator;
 use meshbroker::config::{
     AuthorizationConfig, PermissionsConfig, Secret, SubjectPermissionConfig, UserConfig,
 };
-use meshbroker::connection::{Action, Connection, Limits, Reply};
+use meshbroker::connection::{Action, Connection, Limits, Reply, Step};
 use meshbroker::proto::{Op, Parsed, Parser};
 use meshbroker::subject;
 
@@ -67,49 +67,69 @@ fn drive(input: &[u8]) {
         let now = start + Duration::from_millis(secs * 300);
         conn.received(now);
         let is_ping = matches!(op, Op::Ping);
-        let mut step: Vec<Action<'_>> = conn.handle(op).into_iter().collect();
-        let mut i = 0;
-        while i < step.len() {
-            if let Action::Authenticate(opts) = &step[i] {
-                let grant = auth.authenticate(opts, conn.nonce());
-                let more: Vec<Action<'static>> = conn.authenticated(grant).into_iter().collect();
-                step.extend(more);
-            }
-            i += 1;
-        }
-        check(&step, conn.subscriptions());
-        if step.iter().any(|a| matches!(a, Action::Close(_))) {
+        let step = conn.handle(op);
+        if !check(&step, conn.subscriptions()) {
             return;
         }
-        if step.iter().any(|a| matches!(a, Action::SyncSubscriptions)) || is_ping {
+        if let Some(Action::Authenticate(opts)) = &step.action {
+            let grant = auth.authenticate(opts, conn.nonce());
+            match conn.authenticated(grant) {
+                Ok(replies) => check_replies(replies.iter()),
+                Err(e) => {
+                    assert!(e.closes(), "a refused CONNECT closes");
+                    return;
+                }
+            }
+        }
+        if step.sync || is_ping {
             conn.synced();
         }
-        if let Some(a) = conn.tick(now) {
-            check(&[a.clone()], conn.subscriptions());
-            if matches!(a, Action::Close(_)) {
+        if let Some(tick) = conn.tick(now) {
+            if !check(&tick, conn.subscriptions()) {
                 return;
             }
         }
     }
 }
 
-fn check(step: &[Action<'_>], subs: usize) {
+/// Checks one step; `false` when it closes the connection.
+fn check(step: &Step<'_>, subs: usize) -> bool {
     assert!(subs <= MAX_SUBS, "{subs} subscriptions");
-    for (i, a) in step.iter().enumerate() {
-        match a {
-            Action::Close(_) => assert_eq!(i + 1, step.len(), "nothing after a close: {step:?}"),
-            Action::Reply(Reply::Err(e)) => assert!(!e.closes(), "a closing error is a close"),
-            Action::Publish(p) => assert!(
+    check_replies(step.before.iter());
+    check_replies(step.after.iter());
+    match &step.action {
+        Some(Action::Close(e)) => {
+            assert!(step.after.is_empty(), "nothing after a close: {step:?}");
+            assert!(e.closes() || e.text().is_none(), "a close for {e:?}");
+            false
+        }
+        Some(Action::Publish(p)) => {
+            assert!(
                 !subject::matches(b"secret.>", p.subject),
                 "published to a refused subject"
-            ),
-            // A wildcard that also covers refused subjects is allowed (deliveries are
-            // filtered); the refused subjects themselves are not.
-            Action::Subscribe { subject: s, .. } => assert!(
+            );
+            true
+        }
+        // A wildcard that also covers refused subjects is allowed (deliveries are
+        // filtered); the refused subjects themselves are not.
+        Some(Action::Subscribe { subject: s, .. }) => {
+            assert!(
                 !subject::matches(b"secret.>", s),
                 "subscribed to a refused subject"
-            ),
-            _ => {}
+            );
+            true
+        }
+        _ => true,
+    }
+}
+
+fn check_replies(replies: impl Iterator<Item = Reply>) {
+    for r in replies {
+        if let Reply::Err(e) = r {
+            assert!(
+                !e.closes(),
+                "a closing error is a close, not a reply: {e:?}"
+            );
         }
     }
 }
