@@ -15,7 +15,6 @@
 //! blocking pool for a bcrypt check; the router never waits on a client. See
 //! `actors/README.md`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,12 +24,12 @@ use futures_lite::{AsyncReadExt, StreamExt};
 use super::context::{new_nonce, ServerContext, Traffic};
 use super::publish::Publisher;
 use super::readbuf::ReadBuf;
-use super::router::{Account, SubChange};
+use super::router::{Account, SubscriptionTable};
 use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control, Message, Subscription};
 use super::transport::{self, write_loop, Serve, Setup};
-use crate::auth::{AuthError, Authenticator, Grant};
-use crate::connection::{Action, Connection, Limits, Publish, Reply, Step};
+use crate::auth::{AuthError, Grant};
+use crate::connection::{Action, Connection, Identity, Limits, Publish, Reply, Step};
 use crate::events::ClientInfo;
 use crate::monitor::ConnSnapshot;
 use crate::proto::{encode, errors, ConnectOptions, Parsed, Parser, WireError};
@@ -102,11 +101,11 @@ impl Serve for Host<'_> {
     }
 
     fn tls_details(&mut self, details: (String, String)) {
-        self.client.tls_session = Some(details);
+        self.client.who.tls = Some(details);
     }
 
     fn websocket(&mut self) {
-        self.client.transport = "websocket";
+        self.client.who.transport = "websocket";
     }
 
     /// Starts the writer on one half and runs the actor on the other.
@@ -122,27 +121,13 @@ impl Serve for Host<'_> {
             self.socket.clone(),
             client.shared.clone(),
             deadline,
-            client.peer,
+            client.who.peer,
         );
         let Some(writer) = client.ctx.spawner.spawn(writer) else {
             return;
         };
         let reason = client.run(reader).await;
         client.finish(reason, writer).await;
-    }
-}
-
-/// Checks credentials, on the blocking pool when bcrypt is involved (it is slow on
-/// purpose and would stall every connection sharing this executor thread).
-async fn check_credentials(
-    auth: Arc<Authenticator>,
-    opts: ConnectOptions,
-    nonce: String,
-) -> Result<Grant, AuthError> {
-    if auth.is_slow(&opts) {
-        runtime::unblock(move || auth.authenticate(&opts, &nonce)).await
-    } else {
-        auth.authenticate(&opts, &nonce)
     }
 }
 
@@ -157,26 +142,20 @@ struct Client {
     ctx: Arc<ServerContext>,
     shared: Arc<ClientShared>,
     account: Arc<Account>,
-    peer: SocketAddr,
+    /// What monitoring and events show of the connection.
+    who: Identity,
     parser: Parser,
     /// The protocol's rules and state.
     conn: Connection,
     /// The subscriptions, as the index holds them, by sid.
-    subs: HashMap<Box<[u8]>, Arc<Subscription>>,
-    /// Subscription changes not yet sent to the router.
-    changes: Vec<SubChange>,
+    subs: SubscriptionTable,
     publisher: Publisher,
     /// The first INFO went out before the TLS handshake.
     info_sent: bool,
-    /// What monitoring shows of the transport: `nats` or `websocket`, and the TLS
-    /// version and cipher suite when the connection uses TLS.
-    transport: &'static str,
-    tls_session: Option<(String, String)>,
     /// This client as events describe it (JetStream's API audit), from its first
     /// publish on (and again after its credentials change).
     event_info: Option<Arc<ClientInfo>>,
     traffic: Traffic,
-    started_ns: i64,
 }
 
 impl Client {
@@ -199,22 +178,25 @@ impl Client {
             String::new()
         };
         let conn = Connection::new(auth, limits, nonce, runtime::now());
+        let who = Identity {
+            id: shared.id,
+            peer,
+            started_ns: runtime::now_unix_ns(),
+            transport: "nats",
+            tls: None,
+        };
         Client {
             account: ctx.global.clone(),
             ctx,
             shared,
-            peer,
+            who,
             parser,
             conn,
-            subs: HashMap::new(),
-            changes: Vec::new(),
+            subs: SubscriptionTable::default(),
             publisher: Publisher::default(),
             info_sent: false,
-            transport: "nats",
-            tls_session: None,
             event_info: None,
             traffic: Traffic::default(),
-            started_ns: runtime::now_unix_ns(),
         }
     }
 
@@ -261,11 +243,7 @@ impl Client {
             };
             let result = match event {
                 Event::AuthTimeout if self.conn.auth_timed_out(runtime::now()) => {
-                    log::debug!(
-                        "client {} ({}): authentication timeout",
-                        self.id(),
-                        self.peer
-                    );
+                    log::debug!("{} - authentication timeout", self.who);
                     Err(Ended::Error(WireError::AuthenticationTimeout))
                 }
                 Event::AuthTimeout => Ok(()),
@@ -302,21 +280,14 @@ impl Client {
         match ctl {
             Control::Close(e) => return Err(Ended::Error(e)),
             Control::WriteFailed => return Err(Ended::ReadError),
-            Control::AutoUnsubscribed(sub) => {
-                if self
-                    .subs
-                    .get(&sub.sid)
-                    .is_some_and(|s| Arc::ptr_eq(s, &sub))
-                {
-                    self.remove_sub(&sub.sid.clone());
-                }
-            }
+            Control::AutoUnsubscribed(sub) if self.subs.holds(&sub) => self.remove_sub(&sub.sid),
+            Control::AutoUnsubscribed(_) => {}
             Control::Snapshot(reply) => {
                 let _ = reply.try_send(self.snapshot());
             }
             Control::Reauthorize => self.reauthorize().await.map_err(Ended::Error)?,
             Control::LameDuck => {
-                let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+                let mut info = self.ctx.info_for(self.id(), self.who.peer.ip());
                 info.ldm = true;
                 self.send(|buf| encode::write_info(buf, &info));
             }
@@ -379,34 +350,25 @@ impl Client {
                 sid,
                 subject,
                 queue,
-            }) => {
-                let sub = Arc::new(self.new_subscription(subject, queue, sid));
-                self.subs.insert(sid.into(), sub.clone());
-                self.changes.push(SubChange::Add(sub));
-            }
+            }) => self.subs.add(self.new_subscription(subject, queue, sid)),
             Some(Action::Unsubscribe { sid, max }) => self.unsubscribe(sid, max),
             Some(Action::PublishViolation(subject)) => {
                 let shown = String::from_utf8_lossy(subject);
-                log::error!(
-                    "{} - cid:{} - Publish Violation - Subject {shown:?}",
-                    self.peer,
-                    self.id()
-                );
+                log::error!("{} - Publish Violation - Subject {shown:?}", self.who);
                 let text = errors::publish_violation(subject);
                 self.send(|b| encode::write_err(b, &text));
             }
             Some(Action::SubscribeViolation { subject, queue }) => {
                 let text = errors::subscribe_violation(subject, queue);
-                log::error!("{} - cid:{} - {text}", self.peer, self.id());
+                log::error!("{} - {text}", self.who);
                 self.send(|b| encode::write_err(b, &text));
             }
             Some(Action::Authenticate(opts)) => Box::pin(self.authenticate(*opts)).await?,
             Some(Action::Close(e)) => {
                 if e == WireError::AuthorizationViolation {
                     log::error!(
-                        "{} - cid:{} - authentication error: operation before CONNECT",
-                        self.peer,
-                        self.id()
+                        "{} - authentication error: operation before CONNECT",
+                        self.who
                     );
                 } else if e == WireError::ProtocolViolation {
                     log::debug!("client {}: protocol violation", self.id());
@@ -430,20 +392,32 @@ impl Client {
             opts.lang.as_deref().unwrap_or(""),
             opts.version.as_deref().unwrap_or("")
         );
-        let nonce = self.conn.nonce().to_string();
-        let result = check_credentials(self.ctx.auth(), opts, nonce).await;
-        if let Err(e) = &result {
-            log::error!(
-                "{} - cid:{} - authentication error - {e}",
-                self.peer,
-                self.id()
-            );
-        }
-        self.event_info = None;
+        let result = self.check_credentials(opts, "").await;
         for r in self.conn.authenticated(result)?.iter() {
             self.reply(r);
         }
         Ok(())
+    }
+
+    /// Checks credentials, on the blocking pool when bcrypt is involved (it is slow on
+    /// purpose and would stall every connection sharing this executor thread).
+    async fn check_credentials(
+        &mut self,
+        opts: ConnectOptions,
+        when: &str,
+    ) -> Result<Grant, AuthError> {
+        let (auth, nonce) = (self.ctx.auth(), self.conn.nonce().to_string());
+        let result = if auth.is_slow(&opts) {
+            runtime::unblock(move || auth.authenticate(&opts, &nonce)).await
+        } else {
+            auth.authenticate(&opts, &nonce)
+        };
+        if let Err(e) = &result {
+            log::error!("{} - authentication error{when} - {e}", self.who);
+        }
+        // Events describe the client anew from its next publish.
+        self.event_info = None;
+        result
     }
 
     fn reply(&mut self, reply: Reply) {
@@ -458,7 +432,8 @@ impl Client {
 
     /// Makes this connection's subscription changes visible to every publisher.
     async fn sync_subscriptions(&mut self) {
-        self.account.apply(std::mem::take(&mut self.changes)).await;
+        let changes = self.subs.take_changes().unwrap_or_default();
+        self.account.apply(changes).await;
         self.conn.synced();
     }
 
@@ -469,43 +444,18 @@ impl Client {
         let Some(opts) = self.conn.reauthorize(self.ctx.auth()) else {
             return Ok(());
         };
-        let nonce = self.conn.nonce().to_string();
-        let result = check_credentials(self.ctx.auth(), opts, nonce).await;
-        if let Err(e) = &result {
-            log::error!(
-                "{} - cid:{} - authentication error after reload - {e}",
-                self.peer,
-                self.id()
-            );
-        }
-        self.event_info = None;
+        let result = self.check_credentials(opts, " after reload").await;
         let done = self.conn.reauthorized(result)?;
         for (sid, text) in done.removed {
-            log::info!(
-                "{} - cid:{} - removed subscription: {text}",
-                self.peer,
-                self.id()
-            );
+            log::info!("{} - removed subscription: {text}", self.who);
             self.send(|buf| encode::write_err(buf, &text));
             self.remove_sub(&sid);
         }
-        // Subscriptions that stay get the new deny filter and reply log: each one
-        // whose filter changed is replaced in the index in one router batch (the new
-        // one added with the old one's counts, the old one removed), so no message
-        // falls between them; the old one stops delivering once the swap is visible.
-        let mut replaced = Vec::new();
-        let kept: Vec<Arc<Subscription>> = self.subs.values().cloned().collect();
-        for old in kept {
-            let (deny, replies) = self.conn.delivery_filter(&old.subject);
-            let Some(new) = old.refiltered(deny, replies) else {
-                continue;
-            };
-            let new = Arc::new(new);
-            self.subs.insert(old.sid.clone(), new.clone());
-            self.changes.push(SubChange::Add(new));
-            self.changes.push(SubChange::Remove(old.clone()));
-            replaced.push(old);
-        }
+        // Subscriptions that stay get the new deny filter and reply log; a replaced
+        // one stops delivering once the swap is visible.
+        let replaced = self
+            .subs
+            .refilter(|subject| self.conn.delivery_filter(subject));
         if !replaced.is_empty() {
             self.sync_subscriptions().await;
             for old in replaced {
@@ -574,10 +524,8 @@ impl Client {
     }
 
     fn remove_sub(&mut self, sid: &[u8]) {
-        if let Some(sub) = self.subs.remove(sid) {
-            sub.close();
+        if self.subs.remove(sid) {
             self.conn.unsubscribed(sid);
-            self.changes.push(SubChange::Remove(sub));
         }
     }
 
@@ -586,9 +534,8 @@ impl Client {
     async fn wait_stalled(&mut self) {
         if let Some(spent) = self.publisher.wait_stalled(&self.ctx.stats).await {
             log::warn!(
-                "{} - cid:{} - Producer was stalled for a total of {}ms",
-                self.peer,
-                self.id(),
+                "{} - Producer was stalled for a total of {}ms",
+                self.who,
                 spent.as_millis()
             );
         }
@@ -597,8 +544,8 @@ impl Client {
     /// Work deferred to the end of a read batch: one router message for all the
     /// subscription changes, one wake per outbound queue touched, the stats.
     fn end_batch(&mut self) {
-        if !self.changes.is_empty() {
-            self.account.send(std::mem::take(&mut self.changes));
+        if let Some(changes) = self.subs.take_changes() {
+            self.account.send(changes);
         }
         // Wakes the queues touched; the stalled ones stay noted for `wait_stalled`.
         self.publisher.flush.flush();
@@ -607,54 +554,23 @@ impl Client {
 
     /// This connection as server events name it.
     fn describe(&self) -> ClientInfo {
-        let opts = self.conn.options();
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
-        ClientInfo {
-            start: crate::jetstream::api::format_time(self.started_ns),
-            host: self.peer.ip().to_string(),
-            id: self.id(),
-            acc: self.account.name.clone(),
-            user: self.conn.user().unwrap_or_default().to_string(),
-            name: text(&opts.name),
-            lang: text(&opts.lang),
-            ver: text(&opts.version),
-            server: self.ctx.server_name.clone(),
-            kind: "Client",
-            client_type: if self.transport == "websocket" {
-                "websocket"
-            } else {
-                "nats"
-            },
-        }
+        let server = &self.ctx.server_name;
+        self.conn.describe(&self.who, &self.account.name, server)
     }
 
     /// What `/connz` shows of this connection.
     fn snapshot(&self) -> ConnSnapshot {
-        let idle = runtime::now().saturating_duration_since(self.conn.last_activity());
-        let now_ns = runtime::now_unix_ns();
         let (out_msgs, out_bytes) = self.shared.out.delivered();
-        let opts = self.conn.options();
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
-        let (tls_version, tls_cipher_suite) = self.tls_session.clone().unwrap_or_default();
         ConnSnapshot {
-            cid: self.id(),
-            ip: self.peer.ip().to_string(),
-            port: self.peer.port(),
-            start_ns: self.started_ns,
-            last_activity_ns: now_ns.saturating_sub(idle.as_nanos().min(i64::MAX as u128) as i64),
             pending_bytes: self.shared.out.pending() as u64,
             in_msgs: self.traffic.in_msgs(),
             in_bytes: self.traffic.in_bytes(),
             out_msgs,
             out_bytes,
-            name: text(&opts.name),
-            lang: text(&opts.lang),
-            version: text(&opts.version),
-            transport: self.transport,
-            authorized_user: self.conn.user().unwrap_or_default().to_string(),
-            tls_version,
-            tls_cipher_suite,
-            subs: self.subs.values().map(|s| s.snapshot(self.id())).collect(),
+            subs: self.subs.snapshot(self.id()),
+            ..self
+                .conn
+                .snapshot(&self.who, runtime::now(), runtime::now_unix_ns())
         }
     }
 
@@ -666,7 +582,7 @@ impl Client {
     }
 
     fn info(&self, after_connect: bool) -> crate::proto::ServerInfo {
-        let mut info = self.ctx.info_for(self.id(), self.peer.ip());
+        let mut info = self.ctx.info_for(self.id(), self.who.peer.ip());
         info.nonce = self.conn.nonce().to_string();
         if after_connect {
             info.connect_info = true;
@@ -703,16 +619,14 @@ impl Client {
             }
             if e == WireError::SlowConsumerPendingBytes {
                 log::info!(
-                    "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
-                    self.peer,
-                    self.id(),
+                    "{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                    self.who,
                     self.shared.out.max_pending()
                 );
             }
             self.send_err(e);
         }
-        let sids: Vec<Box<[u8]>> = self.subs.keys().cloned().collect();
-        for sid in sids {
+        for sid in self.subs.sids() {
             self.remove_sub(&sid);
         }
         self.end_batch();

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use super::outbound::Wake;
 use super::runtime::Spawner;
 use super::subscription::{InterestKey, RouteShared, Subscription, Target};
+use crate::auth::permissions::ReplyLog;
 use crate::proto::route::{write_sub, write_unsub};
 use crate::subject_index::SubjectIndex;
 
@@ -35,6 +36,77 @@ pub enum SubChange {
     AttachRoute(Arc<RouteShared>),
     /// A route is gone (its own subscriptions are removed with `Remove`).
     DetachRoute(u64),
+}
+
+/// A client connection's subscriptions by sid, and the changes the router has not
+/// been sent yet.
+#[derive(Default)]
+pub struct SubscriptionTable {
+    by_sid: HashMap<Box<[u8]>, Arc<Subscription>>,
+    changes: Vec<SubChange>,
+}
+
+impl SubscriptionTable {
+    pub fn add(&mut self, sub: Subscription) {
+        let sub = Arc::new(sub);
+        self.by_sid.insert(sub.sid.clone(), sub.clone());
+        self.changes.push(SubChange::Add(sub));
+    }
+
+    pub fn get(&self, sid: &[u8]) -> Option<&Arc<Subscription>> {
+        self.by_sid.get(sid)
+    }
+
+    /// `sub` is the one this table holds under its sid (not one it replaced).
+    pub fn holds(&self, sub: &Arc<Subscription>) -> bool {
+        self.get(&sub.sid).is_some_and(|s| Arc::ptr_eq(s, sub))
+    }
+
+    /// Ends the subscription `sid`, if there is one.
+    pub fn remove(&mut self, sid: &[u8]) -> bool {
+        let Some(sub) = self.by_sid.remove(sid) else {
+            return false;
+        };
+        sub.close();
+        self.changes.push(SubChange::Remove(sub));
+        true
+    }
+
+    pub fn sids(&self) -> Vec<Box<[u8]>> {
+        self.by_sid.keys().cloned().collect()
+    }
+
+    /// Gives every subscription the delivery filter `filter` says for its subject:
+    /// each whose filter changed is replaced, the new one added with the old one's
+    /// counts and the old one removed in the same batch, so no message falls between
+    /// them. Returns the old ones, to close once the batch is visible.
+    pub fn refilter(
+        &mut self,
+        filter: impl Fn(&[u8]) -> (Vec<Box<[u8]>>, Option<Arc<ReplyLog>>),
+    ) -> Vec<Arc<Subscription>> {
+        let mut replaced = Vec::new();
+        for slot in self.by_sid.values_mut() {
+            let (deny, replies) = filter(&slot.subject);
+            let Some(new) = slot.refiltered(deny, replies) else {
+                continue;
+            };
+            let old = std::mem::replace(slot, Arc::new(new));
+            self.changes.push(SubChange::Add(slot.clone()));
+            self.changes.push(SubChange::Remove(old.clone()));
+            replaced.push(old);
+        }
+        replaced
+    }
+
+    /// The changes not yet sent to the router.
+    pub fn take_changes(&mut self) -> Option<Vec<SubChange>> {
+        (!self.changes.is_empty()).then(|| std::mem::take(&mut self.changes))
+    }
+
+    /// What `/connz` shows of them.
+    pub fn snapshot(&self, cid: u64) -> Vec<crate::monitor::SubSnapshot> {
+        self.by_sid.values().map(|s| s.snapshot(cid)).collect()
+    }
 }
 
 pub struct Batch {

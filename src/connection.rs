@@ -28,11 +28,14 @@
 //! Every error text comes from [`crate::proto::errors`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::permissions::ReplyLog;
 use crate::auth::{AuthError, Authenticator, Grant, Permissions};
+use crate::events::ClientInfo;
+use crate::monitor::ConnSnapshot;
 use crate::proto::errors::{self, WireError};
 use crate::proto::{ConnectOptions, Op};
 use crate::subject;
@@ -160,6 +163,27 @@ pub struct Reauthorized {
     pub removed: Vec<(Box<[u8]>, String)>,
 }
 
+/// What a connection is, fixed once its transport is set up: how monitoring and
+/// events name it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// When it was accepted, in nanoseconds since the Unix epoch.
+    pub started_ns: i64,
+    /// `nats` or `websocket`.
+    pub transport: &'static str,
+    /// The TLS version and cipher suite, for TLS connections.
+    pub tls: Option<(String, String)>,
+}
+
+/// As the reference's log lines name a client: `127.0.0.1:50000 - cid:7`.
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} - cid:{}", self.peer, self.id)
+    }
+}
+
 /// One client connection's protocol state.
 pub struct Connection {
     auth: Arc<Authenticator>,
@@ -227,6 +251,47 @@ impl Connection {
 
     pub fn last_activity(&self) -> Instant {
         self.last_in
+    }
+
+    /// This connection as server events describe it (JetStream's API audit).
+    pub fn describe(&self, who: &Identity, account: &str, server: &str) -> ClientInfo {
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        ClientInfo {
+            start: crate::jetstream::api::format_time(who.started_ns),
+            host: who.peer.ip().to_string(),
+            id: who.id,
+            acc: account.to_string(),
+            user: self.user().unwrap_or_default().to_string(),
+            name: text(&self.opts.name),
+            lang: text(&self.opts.lang),
+            ver: text(&self.opts.version),
+            server: server.to_string(),
+            kind: "Client",
+            client_type: who.transport,
+        }
+    }
+
+    /// What `/connz` shows of this connection at `now` (`now_ns` on the wall clock);
+    /// the driver adds what it counts: traffic, pending bytes, subscriptions.
+    pub fn snapshot(&self, who: &Identity, now: Instant, now_ns: i64) -> ConnSnapshot {
+        let idle = now.saturating_duration_since(self.last_in).as_nanos();
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        let (tls_version, tls_cipher_suite) = who.tls.clone().unwrap_or_default();
+        ConnSnapshot {
+            cid: who.id,
+            ip: who.peer.ip().to_string(),
+            port: who.peer.port(),
+            start_ns: who.started_ns,
+            last_activity_ns: now_ns.saturating_sub(idle.min(i64::MAX as u128) as i64),
+            name: text(&self.opts.name),
+            lang: text(&self.opts.lang),
+            version: text(&self.opts.version),
+            transport: who.transport,
+            authorized_user: self.user().unwrap_or_default().to_string(),
+            tls_version,
+            tls_cipher_suite,
+            ..ConnSnapshot::default()
+        }
     }
 
     /// When an unauthenticated connection is closed.
@@ -778,6 +843,53 @@ mod tests {
             ]
         );
         assert_eq!(c.user(), Some("guest"));
+    }
+
+    #[test]
+    fn monitoring_and_events_see_the_connect_options_the_user_and_the_idle_time() {
+        let clock = Clock(Instant::now());
+        let auth = authenticator("[[users]]\nuser = \"u\"\npassword = \"p\"\n");
+        let mut c = Connection::new(auth, LIMITS, String::new(), clock.at(0.0));
+        c.received(clock.at(1.0));
+        run(
+            &mut c,
+            b"CONNECT {\"user\":\"u\",\"pass\":\"p\",\"name\":\"svc\",\"lang\":\"rust\",\"version\":\"0.1\"}\r\n",
+        );
+        let who = Identity {
+            id: 7,
+            peer: "127.0.0.1:50000".parse().expect("addr"),
+            started_ns: 1_000_000_000,
+            transport: "websocket",
+            tls: Some(("1.3".into(), "TLS_AES_128_GCM_SHA256".into())),
+        };
+        assert_eq!(who.to_string(), "127.0.0.1:50000 - cid:7");
+        let info = c.describe(&who, "$G", "node-a");
+        assert_eq!(
+            (
+                info.id,
+                info.user.as_str(),
+                info.name.as_str(),
+                info.lang.as_str()
+            ),
+            (7, "u", "svc", "rust")
+        );
+        assert_eq!((info.ver.as_str(), info.acc.as_str()), ("0.1", "$G"));
+        assert_eq!(
+            (info.client_type, info.start.as_str()),
+            ("websocket", "1970-01-01T00:00:01Z")
+        );
+        // Read 1 s after it opened, looked at 3.5 s after: idle for 2.5 s.
+        let snap = c.snapshot(&who, clock.at(3.5), 10_000_000_000);
+        assert_eq!(snap.last_activity_ns, 7_500_000_000);
+        assert_eq!(
+            (snap.cid, snap.port, snap.start_ns),
+            (7, 50000, 1_000_000_000)
+        );
+        assert_eq!(
+            (snap.authorized_user.as_str(), snap.version.as_str()),
+            ("u", "0.1")
+        );
+        assert_eq!(snap.tls_version, "1.3");
     }
 
     #[test]
