@@ -54,15 +54,12 @@ pub async fn start(
     let mut streams = BTreeMap::new();
     for loaded in storage.load_all()? {
         let n = loaded.messages.len();
-        let stream = stream_actor::restore(loaded, now);
+        let stream = Stream::restore(loaded, now);
         log::info!(
             "JetStream: restored stream {} ({n} messages, {} consumers)",
             stream.name(),
-            stream.consumers.len()
+            stream.consumers().count()
         );
-        usage
-            .consumers
-            .fetch_add(stream.consumers.len() as u64, Ordering::Relaxed);
         let name = stream.name().to_string();
         let handle = stream_actor::spawn(
             stream,
@@ -331,7 +328,7 @@ impl JetStream {
             let record = StreamRecord {
                 config: config.clone(),
                 created: now,
-                last_seq: stream.store.last_seq(),
+                last_seq: stream.store().last_seq(),
                 last_ts: 0,
             };
             self.write(name, vec![WriteOp::PutStream(Box::new(record))])

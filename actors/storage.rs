@@ -25,6 +25,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use crate::config::AckAfter;
 pub use crate::jetstream::journal::WriteOp;
 use crate::jetstream::journal::{self, Applied, Next};
+pub use crate::jetstream::schema::LoadedStream;
 use crate::jetstream::schema::{
     self, ConsumerRecord, MessageRecord, StreamRecord, MARKER_TABLE, STREAMS_TABLE,
 };
@@ -80,13 +81,6 @@ pub struct WriteBatch {
     pub stream: String,
     pub ops: Vec<WriteOp>,
     pub done: Done,
-}
-
-/// A stream as stored: its record, messages and consumers.
-pub struct LoadedStream {
-    pub record: StreamRecord,
-    pub messages: Vec<(u64, MessageRecord)>,
-    pub consumers: Vec<ConsumerRecord>,
 }
 
 /// Tells when the writer thread has stopped and the database file is closed (after

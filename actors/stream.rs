@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use base64::Engine;
 use bytes::Bytes;
 
 use super::publish::Publisher;
@@ -22,18 +21,14 @@ use super::runtime;
 use super::storage::{Progress, Storage, StorageError, WriteBatch, WriteOp};
 use super::subscription::{InternalMsg, InternalSink, Message, Subscription};
 use crate::jetstream::advisory::{self, Advisory};
-use crate::jetstream::api::{
-    self, ConsumerConfig, CreateConsumerRequest, MsgDeleteRequest, MsgGetRequest, NextRequest,
-    PurgeRequest, StoredMessage, StreamConfig, StreamInfo, StreamInfoRequest,
-};
-use crate::jetstream::consumer::{AckKind, Consumer, Outbound};
+use crate::jetstream::api::{self, NextRequest, StreamConfig, StreamInfo, StreamInfoRequest};
+use crate::jetstream::consumer::{AckKind, Outbound};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers::{self, HeaderBuilder};
 use crate::jetstream::request::{self, ApiRequest};
-use crate::jetstream::schema::{self, ConsumerRecord, StreamRecord};
 use crate::jetstream::sourcing::{self, Inbound, Sourcing};
 use crate::jetstream::store::Loaded;
-use crate::jetstream::stream::{self, Change, Stream};
+use crate::jetstream::stream::{self, Answer, Stream};
 
 /// Node-wide JetStream usage, kept by the stream actors (atomics: many writers), and
 /// the node's limits on it (`jetstream.max_memory` / `max_file`; 0: none).
@@ -160,6 +155,8 @@ pub struct StreamActor {
     uncommitted: VecDeque<(u64, u64)>,
     /// Bytes this stream counts in the node's usage.
     counted_bytes: u64,
+    /// Consumers (not `direct`) this stream counts in the node's usage.
+    counted_consumers: u64,
     failed: Option<String>,
     /// The mirror or sources this stream takes from, when it has any.
     sourcing: Option<Sourcing>,
@@ -179,7 +176,7 @@ pub fn spawn(
 ) -> StreamHandle {
     let (inbox_tx, inbox_rx) = async_channel::unbounded();
     let (commands_tx, commands_rx) = async_channel::unbounded();
-    let config = stream.config.clone();
+    let config = stream.config().clone();
     let own_usage = Arc::new(StreamUsage {
         name: stream.name().to_string(),
         ..StreamUsage::default()
@@ -202,6 +199,7 @@ pub fn spawn(
         submitted: VecDeque::new(),
         uncommitted: VecDeque::new(),
         counted_bytes: 0,
+        counted_consumers: 0,
         failed: None,
         sourcing: None,
         source_subs: Vec::new(),
@@ -244,7 +242,7 @@ pub fn now_ns() -> i64 {
 
 impl StreamActor {
     fn is_file(&self) -> bool {
-        self.stream.config.storage == api::Storage::File && self.storage.is_some()
+        self.stream.config().storage == api::Storage::File && self.storage.is_some()
     }
 
     async fn subscribe(&mut self) {
@@ -254,7 +252,7 @@ impl StreamActor {
             mailbox: self.inbox_tx.clone(),
         };
         let mut subs = Vec::new();
-        for s in &self.stream.config.subjects {
+        for s in &self.stream.config().subjects {
             subs.push(Arc::new(Subscription::internal(s, None, sink(TAG_CAPTURE))));
         }
         subs.push(Arc::new(Subscription::internal(
@@ -304,8 +302,8 @@ impl StreamActor {
         self.start_sourcing();
         self.subscribe().await;
         if !self.is_file() {
-            let last = self.stream.store.last_seq();
-            self.stream.store.set_durable(last);
+            let last = self.stream.store().last_seq();
+            self.stream.set_durable(last);
         }
         self.update_usage();
         // One event lives on the stack per wake-up; boxing it would cost an allocation.
@@ -361,20 +359,13 @@ impl StreamActor {
                 Event::Command(Some(cmd)) => self.command(cmd, now).await,
                 Event::Tick => {
                     self.stream.expire(now);
-                    let inactive: Vec<String> = self
-                        .stream
-                        .consumers
-                        .values()
-                        .filter(|c| c.is_inactive(now))
-                        .map(|c| c.name.clone())
-                        .collect();
                     let mut out = Vec::new();
-                    for name in inactive {
+                    for name in self.stream.inactive_consumers(now) {
                         log::debug!(
                             "stream {}: consumer {name} inactive, removed",
                             self.stream.name()
                         );
-                        self.remove_consumer(&name, &mut out);
+                        self.stream.remove_consumer(&name, &mut out);
                     }
                     self.send_outbound(out);
                 }
@@ -410,8 +401,8 @@ impl StreamActor {
     }
 
     fn update_usage(&mut self) {
-        let bytes = self.stream.store.bytes();
-        let counter = match self.stream.config.storage {
+        let bytes = self.stream.store().bytes();
+        let counter = match self.stream.config().storage {
             api::Storage::Memory => &self.usage.memory,
             api::Storage::File => &self.usage.storage,
         };
@@ -424,39 +415,30 @@ impl StreamActor {
         let own = &self.own_usage;
         own.bytes.store(bytes, Ordering::Relaxed);
         own.messages
-            .store(self.stream.store.len(), Ordering::Relaxed);
-        own.consumers.store(
-            self.stream.public_consumers().count() as u64,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Removes consumer `name` (its closing statuses into `out`), keeping the node's
-    /// consumer count (which leaves out `direct` ones).
-    fn remove_consumer(&mut self, name: &str, out: &mut Vec<Outbound>) -> bool {
-        let public = self
-            .stream
-            .consumers
-            .get(name)
-            .is_some_and(|c| !c.config.direct);
-        let removed = self.stream.remove_consumer(name, out);
-        if removed && public {
-            self.usage.consumers.fetch_sub(1, Ordering::Relaxed);
+            .store(self.stream.store().len(), Ordering::Relaxed);
+        let consumers = self.stream.public_consumers().count() as u64;
+        own.consumers.store(consumers, Ordering::Relaxed);
+        if consumers > self.counted_consumers {
+            let more = consumers - self.counted_consumers;
+            self.usage.consumers.fetch_add(more, Ordering::Relaxed);
+        } else {
+            let fewer = self.counted_consumers - consumers;
+            self.usage.consumers.fetch_sub(fewer, Ordering::Relaxed);
         }
-        removed
+        self.counted_consumers = consumers;
     }
 
     /// Cuts a write batch from the stream's changes; replies produced so far wait for it.
     fn flush_changes(&mut self) {
         let changes = self.stream.take_changes();
         if !self.is_file() {
-            let last = self.stream.store.last_seq();
-            self.stream.store.set_durable(last);
+            let last = self.stream.store().last_seq();
+            self.stream.set_durable(last);
             let replies = std::mem::take(&mut self.replies);
             self.send_replies(replies);
             return;
         }
-        let ops = self.write_ops(changes);
+        let ops = self.stream.write_ops(changes);
         if ops.is_empty() {
             if self.held.is_empty() {
                 let replies = std::mem::take(&mut self.replies);
@@ -476,9 +458,10 @@ impl StreamActor {
             batch: id,
             replies: std::mem::take(&mut self.replies),
         });
-        self.submitted.push_back((id, self.stream.store.last_seq()));
+        self.submitted
+            .push_back((id, self.stream.store().last_seq()));
         self.uncommitted
-            .push_back((id, self.stream.store.last_seq()));
+            .push_back((id, self.stream.store().last_seq()));
         let tx = self.commands_tx.clone();
         if let Some(storage) = &self.storage {
             storage.submit(WriteBatch {
@@ -488,66 +471,6 @@ impl StreamActor {
                     let _ = tx.try_send(StreamCmd::Stored(id, result));
                 }),
             });
-        }
-    }
-
-    fn write_ops(&self, changes: Vec<Change>) -> Vec<WriteOp> {
-        let mut ops = Vec::with_capacity(changes.len());
-        let mut meta = false;
-        for change in changes {
-            match change {
-                Change::Append {
-                    seq,
-                    ts,
-                    subject,
-                    hdr_len,
-                    data,
-                    expires,
-                } => {
-                    let mut record = Vec::new();
-                    schema::encode_message(&mut record, ts, expires, &subject, hdr_len, &data);
-                    ops.push(WriteOp::Append { seq, record });
-                }
-                Change::Remove(seq) => ops.push(WriteOp::Remove(seq)),
-                Change::RemoveBelow(seq) => {
-                    ops.push(WriteOp::RemoveBelow(seq));
-                    meta = true;
-                }
-                Change::Config => meta = true,
-                Change::Consumer(name) => {
-                    if let Some(c) = self.stream.consumers.get(&name) {
-                        if c.is_durable() && !c.config.mem_storage {
-                            let record = ConsumerRecord {
-                                name: name.clone(),
-                                config: c.config.clone(),
-                                created: c.created,
-                                state: c.state(),
-                            };
-                            if let Ok(bytes) = serde_json::to_vec(&record) {
-                                ops.push(WriteOp::PutConsumer {
-                                    name,
-                                    record: bytes,
-                                });
-                            }
-                        }
-                    }
-                }
-                Change::ConsumerDeleted(name) => ops.push(WriteOp::DeleteConsumer(name)),
-            }
-        }
-        if meta {
-            ops.push(WriteOp::PutStream(Box::new(self.record())));
-        }
-        ops
-    }
-
-    fn record(&self) -> StreamRecord {
-        let t = self.stream.store.totals();
-        StreamRecord {
-            config: self.stream.config.clone(),
-            created: self.stream.created,
-            last_seq: t.last_seq,
-            last_ts: t.last_ts,
         }
     }
 
@@ -562,7 +485,7 @@ impl StreamActor {
                     break;
                 }
                 self.uncommitted.pop_front();
-                self.stream.store.set_committed(seq);
+                self.stream.set_committed(seq);
             }
         }
         // Durable either way (a batch committed without a word before was never
@@ -572,7 +495,7 @@ impl StreamActor {
                 break;
             }
             self.submitted.pop_front();
-            self.stream.store.set_durable(seq);
+            self.stream.set_durable(seq);
         }
         while self.held.front().is_some_and(|h| h.batch <= id) {
             if let Some(h) = self.held.pop_front() {
@@ -613,9 +536,7 @@ impl StreamActor {
             TAG_ACK => self.acked(msg, now),
             TAG_FC => {
                 if let Ok(subject) = std::str::from_utf8(&msg.subject) {
-                    for c in self.stream.consumers.values_mut() {
-                        c.flow_control_reply(subject);
-                    }
+                    self.stream.flow_control_reply(subject);
                 }
             }
             TAG_SOURCE_REPLY => {
@@ -637,7 +558,7 @@ impl StreamActor {
     /// changed its sources), finding where each source left off in the stored messages.
     fn start_sourcing(&mut self) {
         let prefix = format!("$JS.SRC.{}", random_name());
-        self.sourcing = Sourcing::new(&self.stream.config, prefix);
+        self.sourcing = Sourcing::new(self.stream.config(), prefix);
         let Some(sourcing) = &self.sourcing else {
             return;
         };
@@ -648,7 +569,7 @@ impl StreamActor {
         // stands (as the reference finds it).
         let names = sourcing.index_names();
         let mut found: Vec<Option<u64>> = vec![None; names.len()];
-        let seqs: Vec<u64> = self.stream.store.seqs_from(0).collect();
+        let seqs: Vec<u64> = self.stream.store().seqs_from(0).collect();
         for seq in seqs.into_iter().rev() {
             if found.iter().all(Option::is_some) {
                 break;
@@ -679,8 +600,8 @@ impl StreamActor {
         };
         sourcing.tick(now);
         let (last, empty) = (
-            self.stream.store.last_seq(),
-            self.stream.store.last_seq() == 0,
+            self.stream.store().last_seq(),
+            self.stream.store().last_seq() == 0,
         );
         let rng = &mut self.rng;
         let mut name = || {
@@ -796,7 +717,7 @@ impl StreamActor {
             }
             return;
         }
-        let storage = self.stream.config.storage;
+        let storage = self.stream.config().storage;
         let result = if self.usage.exceeded(storage) {
             Err(ApiError::insufficient_resources())
         } else {
@@ -807,7 +728,7 @@ impl StreamActor {
             // Counted per message, not per batch, so a node overshoots by one message.
             self.update_usage();
         }
-        let no_ack = self.stream.config.no_ack;
+        let no_ack = self.stream.config().no_ack;
         let Some(reply) = msg.reply.filter(|_| !no_ack) else {
             return;
         };
@@ -838,7 +759,7 @@ impl StreamActor {
             .ack(&consumer, ack.stream_seq, kind, reason, now);
         if let Some(reply) = msg.reply.clone() {
             if kind == AckKind::Next {
-                if let Some(c) = self.stream.consumers.get_mut(&consumer) {
+                if let Some(c) = self.stream.consumer_mut(&consumer) {
                     let reply = String::from_utf8_lossy(&reply).to_string();
                     let req = NextRequest::parse(msg.payload().get(4..).unwrap_or_default())
                         .unwrap_or_default();
@@ -870,9 +791,9 @@ impl StreamActor {
     }
 
     async fn update(&mut self, config: StreamConfig, now: i64) -> Result<StreamInfo, ApiError> {
-        stream::check_update(&self.stream.config, &config)?;
-        let sources_changed = config.sources != self.stream.config.sources;
-        let resubscribe = config.subjects != self.stream.config.subjects || sources_changed;
+        stream::check_update(self.stream.config(), &config)?;
+        let sources_changed = config.sources != self.stream.config().sources;
+        let resubscribe = config.subjects != self.stream.config().subjects || sources_changed;
         self.stream.set_config(config);
         if sources_changed {
             self.start_sourcing();
@@ -887,16 +808,18 @@ impl StreamActor {
         self.unsubscribe().await;
         self.usage.unregister(&self.own_usage);
         let mut out = Vec::new();
-        let names: Vec<String> = self.stream.consumers.keys().cloned().collect();
+        let names: Vec<String> = self.stream.consumers().map(|c| c.name.clone()).collect();
         for name in names {
-            self.remove_consumer(&name, &mut out);
+            self.stream.remove_consumer(&name, &mut out);
         }
         self.send_outbound(out);
         self.advise(runtime::now_unix_ns());
         self.publisher.flush();
         self.stream.take_changes();
+        let consumers = std::mem::take(&mut self.counted_consumers);
+        self.usage.consumers.fetch_sub(consumers, Ordering::Relaxed);
         let bytes = self.counted_bytes;
-        match self.stream.config.storage {
+        match self.stream.config().storage {
             api::Storage::Memory => self.usage.memory.fetch_sub(bytes, Ordering::Relaxed),
             api::Storage::File => self.usage.storage.fetch_sub(bytes, Ordering::Relaxed),
         };
@@ -946,309 +869,55 @@ impl StreamActor {
 
     fn api(&mut self, req: ApiRequest, msg: InternalMsg, now: i64) {
         let kind = req.response_type();
-        let body = msg.payload().to_vec();
-        let reply = msg.reply.clone();
-        let msg_subject = msg.subject.clone();
-        let result: Result<Vec<u8>, ApiError> = match &req {
-            ApiRequest::StreamInfo(_) => api::parse_optional::<StreamInfoRequest>(&body)
-                .map(|r| api::response(kind, &self.info(now, &r))),
-            ApiRequest::StreamPurge(_) => {
-                api::parse_optional::<PurgeRequest>(&body).and_then(|r| {
-                    let purged = self.stream.purge(&r)?;
-                    #[derive(serde::Serialize)]
-                    struct Purged {
-                        success: bool,
-                        purged: u64,
+        if let ApiRequest::StreamInfo(_) = &req {
+            let result = api::parse_optional::<StreamInfoRequest>(msg.payload())
+                .map(|r| api::response(kind, &self.info(now, &r)));
+            return self.respond(&req, &msg, result, now);
+        }
+        let reply = msg
+            .reply
+            .as_deref()
+            .map(|r| String::from_utf8_lossy(r).into_owned());
+        let request = stream::Request {
+            api: &req,
+            body: msg.payload(),
+            reply: reply.as_deref(),
+            subject: &msg.subject,
+        };
+        let mut out = Vec::new();
+        let answer = self.stream.api(&request, now, &mut random_name, &mut out);
+        // The node's consumer count is current when the answer goes out.
+        self.update_usage();
+        self.send_outbound(out);
+        let result = match answer {
+            Answer::Json(result) => result,
+            Answer::MsgGet(seq) => self
+                .load(seq)
+                .ok_or_else(ApiError::no_message_found)
+                .map(|m| stream::msg_get_response(kind, &m)),
+            Answer::DirectGet(seq) => {
+                if let Some(reply) = &msg.reply {
+                    match self.load(seq) {
+                        Some(m) => {
+                            let (data, hdr_len) = stream::direct_message(self.stream.name(), &m);
+                            self.publisher
+                                .send(&self.account, reply, None, Some(hdr_len), &data);
+                        }
+                        None => self.status(reply, 404, "Message Not Found"),
                     }
-                    Ok(api::response(
-                        kind,
-                        &Purged {
-                            success: true,
-                            purged,
-                        },
-                    ))
-                })
-            }
-            ApiRequest::MsgDelete(_) => api::parse_required::<MsgDeleteRequest>(&body)
-                .and_then(|r| self.stream.delete_message(r.seq))
-                .map(|()| api::response(kind, &serde_json::json!({"success": true}))),
-            ApiRequest::MsgGet(_) => api::parse_required::<MsgGetRequest>(&body)
-                .and_then(|r| self.stream.find_message(&r))
-                .and_then(|seq| self.load(seq).ok_or_else(ApiError::no_message_found))
-                .map(|m| {
-                    let b64 = base64::engine::general_purpose::STANDARD;
-                    let stored = StoredMessage {
-                        subject: m.subject.to_string(),
-                        seq: m.seq,
-                        hdrs: (m.hdr_len > 0).then(|| b64.encode(m.headers())),
-                        data: (!m.payload().is_empty()).then(|| b64.encode(m.payload())),
-                        time: api::format_time(m.ts),
-                    };
-                    api::response(kind, &serde_json::json!({ "message": stored }))
-                }),
-            ApiRequest::DirectGet(_, subject) => {
-                if !self.stream.config.allow_direct {
-                    // The reference only subscribes for streams that allow it.
-                    if let Some(reply) = &reply {
-                        let h = headers::no_responders(&msg_subject);
-                        self.publisher.send_status(&self.account, reply, None, &h);
-                    }
-                    return;
-                }
-                self.direct_get(subject.clone(), &body, reply.as_ref());
-                return;
-            }
-            ApiRequest::ConsumerCreate { name, filter, .. } => {
-                self.create_consumer(name.clone(), filter.clone(), false, &body, now)
-            }
-            ApiRequest::DurableCreate(_, name) => {
-                self.create_consumer(Some(name.clone()), None, true, &body, now)
-            }
-            ApiRequest::ConsumerInfo(_, name) => match self.stream.consumers.get(name) {
-                Some(c) => Ok(api::response(kind, &c.info(now))),
-                None => Err(ApiError::consumer_not_found()),
-            },
-            ApiRequest::ConsumerDelete(_, name) => {
-                let mut out = Vec::new();
-                if self.remove_consumer(name, &mut out) {
-                    self.send_outbound(out);
-                    Ok(api::response(kind, &serde_json::json!({"success": true})))
-                } else {
-                    Err(ApiError::consumer_not_found())
-                }
-            }
-            ApiRequest::ConsumerNames(_) | ApiRequest::ConsumerList(_) => {
-                #[derive(serde::Deserialize, Default)]
-                struct Paging {
-                    #[serde(default)]
-                    offset: usize,
-                }
-                api::parse_optional::<Paging>(&body).map(|p| {
-                    let total = self.stream.public_consumers().count();
-                    let list = matches!(req, ApiRequest::ConsumerList(_));
-                    let limit = if list { 256 } else { 1024 };
-                    let page = self.stream.public_consumers().skip(p.offset).take(limit);
-                    if list {
-                        let infos: Vec<_> = page
-                            .map(|c| {
-                                let mut info = c.info(now);
-                                api::strip_dynamic_metadata(&mut info.config.metadata);
-                                info
-                            })
-                            .collect();
-                        api::response(
-                            kind,
-                            &serde_json::json!({
-                                "total": total, "offset": p.offset, "limit": limit,
-                                "consumers": infos,
-                            }),
-                        )
-                    } else {
-                        let names: Vec<&str> = page.map(|c| c.name.as_str()).collect();
-                        api::response(
-                            kind,
-                            &serde_json::json!({
-                                "total": total, "offset": p.offset, "limit": limit,
-                                "consumers": names,
-                            }),
-                        )
-                    }
-                })
-            }
-            ApiRequest::MsgNext(_, name) => {
-                let Some(reply) = reply else {
-                    return;
-                };
-                let reply_s = String::from_utf8_lossy(&reply).to_string();
-                let status = match self.stream.consumers.get_mut(name) {
-                    // Nobody would be subscribed to it at the reference.
-                    None => Some(Outbound::Status {
-                        to: reply_s,
-                        reply: None,
-                        headers: headers::no_responders(&msg_subject),
-                    }),
-                    Some(c) => match NextRequest::parse(&body) {
-                        Ok(r) => c.request_next(&reply_s, r, now),
-                        Err(e) => Some(Outbound::Status {
-                            to: reply_s,
-                            reply: None,
-                            headers: HeaderBuilder::status(
-                                400,
-                                &format!("Bad Request - {}", e.description),
-                            )
-                            .finish(),
-                        }),
-                    },
-                };
-                if let Some(s) = status {
-                    self.send_outbound(vec![s]);
                 }
                 return;
             }
-            _ => Err(ApiError::bad_request()),
+            Answer::Status(headers) => {
+                if let Some(reply) = &msg.reply {
+                    self.publisher
+                        .send_status(&self.account, reply, None, &headers);
+                }
+                return;
+            }
+            Answer::Nothing => return,
         };
         self.respond(&req, &msg, result, now);
-    }
-
-    fn create_consumer(
-        &mut self,
-        name_in_subject: Option<String>,
-        filter_in_subject: Option<String>,
-        durable_api: bool,
-        body: &[u8],
-        now: i64,
-    ) -> Result<Vec<u8>, ApiError> {
-        // An empty body names no stream, which is the reference's first complaint.
-        let req: CreateConsumerRequest = if body.trim_ascii().is_empty() {
-            return Err(ApiError::stream_name_mismatch());
-        } else {
-            api::parse_required(body)?
-        };
-        if req.stream_name != self.stream.name() {
-            return Err(ApiError::stream_name_mismatch());
-        }
-        let mut config = normalize_consumer(req.config, &self.stream.config)?;
-        // Which name wins, as the reference decides it: the durable API needs a
-        // matching durable name; the named API takes the subject's name (a durable name
-        // must match it, a `name` in the body is overridden); the legacy ephemeral API
-        // takes the body's `name` and refuses a durable one.
-        let name = match (durable_api, name_in_subject) {
-            (true, Some(subject_name)) => {
-                match &config.durable_name {
-                    None => return Err(ApiError::consumer_durable_name_not_set()),
-                    Some(d) if *d != subject_name => {
-                        return Err(ApiError::consumer_durable_name_mismatch())
-                    }
-                    Some(_) => {}
-                }
-                subject_name
-            }
-            (_, Some(subject_name)) => {
-                if config
-                    .durable_name
-                    .as_ref()
-                    .is_some_and(|d| *d != subject_name)
-                {
-                    return Err(ApiError::consumer_durable_name_mismatch());
-                }
-                subject_name
-            }
-            (_, None) => {
-                if config.durable_name.is_some() {
-                    return Err(ApiError::consumer_ephemeral_with_durable());
-                }
-                config.name.clone().unwrap_or_else(random_name)
-            }
-        };
-        config.name = Some(name.clone());
-        if let Some(f) = &filter_in_subject {
-            if config
-                .filter_subjects
-                .as_ref()
-                .is_some_and(|f| !f.is_empty())
-            {
-                return Err(ApiError::consumer_multiple_filters_not_allowed());
-            }
-            if config.filter_subject.as_deref() != Some(f.as_str()) {
-                return Err(ApiError::consumer_filter_mismatch());
-            }
-        }
-        if !stream::valid_name(&name) {
-            return Err(ApiError::consumer_bad_durable_name());
-        }
-        if let Some(existing) = self.stream.consumers.get_mut(&name) {
-            if req.action == "create" && existing.config != config {
-                return Err(ApiError::consumer_already_exists());
-            }
-            if existing.config != config {
-                if existing.config.deliver_subject.is_none() != config.deliver_subject.is_none() {
-                    return Err(ApiError::consumer_create(
-                        "can not update pull consumer to push based",
-                    ));
-                }
-                existing.config = config;
-                existing.dirty = true;
-            }
-            return Ok(api::response(
-                "consumer_create_response",
-                &existing.info(now),
-            ));
-        }
-        if req.action == "update" {
-            return Err(ApiError::consumer_does_not_exist());
-        }
-        let max = self.stream.config.max_consumers;
-        if max > 0 && self.stream.public_consumers().count() as i64 >= max && !config.direct {
-            return Err(ApiError::consumer_max_consumers());
-        }
-        if self.stream.config.retention == api::Retention::Workqueue && !config.direct {
-            check_workqueue(&config, &self.stream)?;
-        }
-        let direct = config.direct;
-        let consumer = Consumer::new(self.stream.name(), &name, config, now, &self.stream.store);
-        let info = consumer.info(now);
-        self.stream.add_consumer(consumer);
-        if !direct {
-            self.usage.consumers.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(api::response("consumer_create_response", &info))
-    }
-
-    /// DIRECT.GET: the message itself, with its stream headers, or a status.
-    fn direct_get(&mut self, last_by: Option<String>, body: &[u8], reply: Option<&Bytes>) {
-        let Some(reply) = reply.cloned() else {
-            return;
-        };
-        let req = match last_by {
-            Some(subject) => {
-                if !body.iter().all(u8::is_ascii_whitespace) {
-                    self.status(&reply, 408, "Bad Request");
-                    return;
-                }
-                Ok(MsgGetRequest {
-                    last_by_subj: Some(subject),
-                    ..Default::default()
-                })
-            }
-            None => match api::parse_optional::<MsgGetRequest>(body) {
-                Ok(r)
-                    if r.seq.unwrap_or(0) == 0
-                        && r.last_by_subj.is_none()
-                        && r.next_by_subj.is_none()
-                        && r.multi_last.is_none() =>
-                {
-                    self.status(&reply, 408, "Empty Request");
-                    return;
-                }
-                Ok(r) => Ok(r),
-                Err(_) => {
-                    self.status(&reply, 408, "Malformed Request");
-                    return;
-                }
-            },
-        };
-        let found = req.and_then(|r| self.stream.find_message(&r));
-        let m = match found.map(|seq| self.load(seq)) {
-            Ok(Some(m)) => m,
-            Ok(None) | Err(ApiError { code: 404, .. }) => {
-                self.status(&reply, 404, "Message Not Found");
-                return;
-            }
-            Err(_) => {
-                self.status(&reply, 408, "Bad Request");
-                return;
-            }
-        };
-        let mut data = HeaderBuilder::extend(m.headers())
-            .add("Nats-Stream", self.stream.name())
-            .add("Nats-Subject", &m.subject)
-            .add("Nats-Sequence", &m.seq.to_string())
-            .add("Nats-Time-Stamp", &api::format_time(m.ts))
-            .finish();
-        let hdr_len = data.len();
-        data.extend_from_slice(m.payload());
-        self.publisher
-            .send(&self.account, &reply, None, Some(hdr_len), &data);
     }
 
     fn status(&mut self, to: &[u8], code: u16, text: &str) {
@@ -1258,7 +927,7 @@ impl StreamActor {
 
     /// A stored message with its bytes (from the cache, else from storage).
     fn load(&mut self, seq: u64) -> Option<Loaded> {
-        let entry = self.stream.store.get(seq)?;
+        let entry = self.stream.store().get(seq)?;
         let (ts, subject, hdr_len) = (entry.ts, entry.subject.clone(), entry.hdr_len as usize);
         let data = match &entry.data {
             Some(d) => d.clone(),
@@ -1266,7 +935,7 @@ impl StreamActor {
                 let storage = self.storage.as_ref()?;
                 match storage.read_message(self.stream.name(), seq) {
                     Ok(Some(rec)) => {
-                        self.stream.store.recache(seq, &rec.data);
+                        self.stream.recache(seq, &rec.data);
                         rec.data
                     }
                     Ok(None) => return None,
@@ -1334,166 +1003,6 @@ impl StreamActor {
     }
 }
 
-/// Fills a consumer config's defaults as the reference does and checks it.
-pub fn normalize_consumer(
-    mut c: ConsumerConfig,
-    stream: &StreamConfig,
-) -> Result<ConsumerConfig, ApiError> {
-    api::strip_server_metadata(&mut c.metadata);
-    if c.deliver_subject.as_deref() == Some("") {
-        c.deliver_subject = None;
-    }
-    if c.durable_name.as_deref() == Some("") {
-        c.durable_name = None;
-    }
-    if c.name.as_deref() == Some("") {
-        c.name = None;
-    }
-    if c.filter_subject.as_deref() == Some("") {
-        c.filter_subject = None;
-    }
-    // Direct consumers (what mirrors and sources run on their origins) push, and go
-    // away with their subscriber.
-    if c.direct && c.deliver_subject.is_none() {
-        return Err(ApiError::consumer_direct_requires_push());
-    }
-    if c.direct && c.durable_name.is_some() {
-        return Err(ApiError::consumer_direct_requires_ephemeral());
-    }
-    if let Some(d) = &c.durable_name {
-        if !stream::valid_name(d) {
-            return Err(ApiError::consumer_bad_durable_name());
-        }
-    }
-    if c.filter_subject.is_some() && c.filter_subjects.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(ApiError::consumer_duplicate_filters());
-    }
-    if let Some(fs) = &c.filter_subjects {
-        if fs.iter().any(String::is_empty) {
-            return Err(ApiError::consumer_empty_filter());
-        }
-        for (i, a) in fs.iter().enumerate() {
-            if fs[..i]
-                .iter()
-                .any(|b| crate::subject::overlaps(a.as_bytes(), b.as_bytes()))
-            {
-                return Err(ApiError::consumer_overlapping_filters());
-            }
-        }
-        if fs.is_empty() {
-            c.filter_subjects = None;
-        }
-    }
-    for f in c.filters() {
-        if !crate::subject::is_valid_subject(f.as_bytes())
-            || !stream
-                .subjects
-                .iter()
-                .any(|s| crate::subject::overlaps(f.as_bytes(), s.as_bytes()))
-        {
-            return Err(ApiError::consumer_filter_not_subset());
-        }
-    }
-    let push = c.deliver_subject.is_some();
-    if let Some(d) = &c.deliver_subject {
-        if !crate::subject::is_valid_literal_subject(d.as_bytes()) {
-            return Err(ApiError::consumer_deliver_to_wildcards());
-        }
-    }
-    if !push {
-        if c.idle_heartbeat > 0 {
-            return Err(ApiError::consumer_hb_requires_push());
-        }
-        if c.flow_control {
-            return Err(ApiError::consumer_fc_requires_push());
-        }
-        if c.max_waiting == 0 {
-            c.max_waiting = api::DEFAULT_MAX_WAITING;
-        }
-    } else {
-        if c.max_waiting != 0 {
-            return Err(ApiError::consumer_push_max_waiting());
-        }
-        if c.idle_heartbeat > 0 && c.idle_heartbeat < 100_000_000 {
-            return Err(ApiError::consumer_small_heartbeat());
-        }
-        if c.flow_control && c.idle_heartbeat == 0 {
-            return Err(ApiError::consumer_fc_needs_heartbeats());
-        }
-    }
-    if c.ack_wait <= 0 {
-        c.ack_wait = api::DEFAULT_ACK_WAIT;
-    }
-    if c.max_deliver == 0 {
-        c.max_deliver = -1;
-    }
-    if let Some(b) = &c.backoff {
-        if b.iter().any(|x| *x <= 0) {
-            return Err(ApiError::consumer_invalid_policy(
-                "consumer backoff needs to be positive",
-            ));
-        }
-        if c.max_deliver > 0 && c.max_deliver as usize <= b.len() {
-            return Err(ApiError::consumer_max_deliver_backoff());
-        }
-        if b.is_empty() {
-            c.backoff = None;
-        }
-    }
-    if c.max_ack_pending == 0 && c.ack_policy != api::AckPolicy::None {
-        c.max_ack_pending = api::DEFAULT_MAX_ACK_PENDING;
-    }
-    if c.ack_policy == api::AckPolicy::None && c.max_ack_pending > 0 {
-        c.max_ack_pending = -1;
-    }
-    if c.num_replicas < 0 || c.num_replicas > 1 {
-        return Err(ApiError::consumer_create(
-            "replicas > 1 not supported in non-clustered mode",
-        ));
-    }
-    match c.deliver_policy {
-        api::DeliverPolicy::ByStartSequence if c.opt_start_seq.is_none() => {
-            return Err(ApiError::consumer_invalid_policy(
-                "consumer delivery policy is deliver by start sequence, but optional start sequence is not set",
-            ))
-        }
-        api::DeliverPolicy::ByStartTime if c.opt_start_time.is_none() => {
-            return Err(ApiError::consumer_invalid_policy(
-                "consumer delivery policy is deliver by start time, but optional start time is not set",
-            ))
-        }
-        _ => {}
-    }
-    if c.durable_name.is_none() && c.inactive_threshold == 0 {
-        c.inactive_threshold = api::DEFAULT_INACTIVE_THRESHOLD;
-    }
-    Ok(c)
-}
-
-fn check_workqueue(c: &ConsumerConfig, stream: &Stream) -> Result<(), ApiError> {
-    if c.ack_policy != api::AckPolicy::Explicit {
-        return Err(ApiError::consumer_wq_requires_explicit_ack());
-    }
-    if c.deliver_policy != api::DeliverPolicy::All {
-        return Err(ApiError::consumer_wq_deliver_all());
-    }
-    let mine = c.filters();
-    for other in stream.consumers.values() {
-        let theirs = other.filters();
-        if mine.is_empty() || theirs.is_empty() {
-            return Err(ApiError::consumer_wq_multiple_unfiltered());
-        }
-        if mine.iter().any(|a| {
-            theirs
-                .iter()
-                .any(|b| crate::subject::overlaps(a.as_bytes(), b.as_bytes()))
-        }) {
-            return Err(ApiError::consumer_wq_not_unique());
-        }
-    }
-    Ok(())
-}
-
 /// A generated consumer name, like the reference's (8 random alphanumerics).
 fn random_name() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -1501,48 +1010,4 @@ fn random_name() -> String {
     (0..8)
         .map(|_| ALPHABET[rng.usize(..ALPHABET.len())] as char)
         .collect()
-}
-
-/// Rebuilds a stream from what storage loaded.
-pub fn restore(loaded: super::storage::LoadedStream, now: i64) -> Stream {
-    let rec = loaded.record;
-    let mut stream = Stream::new(rec.config, rec.created, stream::STREAM_CACHE_BUDGET);
-    let mut ids = Vec::new();
-    for (seq, m) in loaded.messages {
-        let hdr = m.data.get(..m.hdr_len as usize).unwrap_or_default();
-        if m.hdr_len > 0 {
-            if let Some(id) = crate::jetstream::headers::get(hdr, "Nats-Msg-Id") {
-                ids.push((seq, m.ts, id.to_string()));
-            }
-        }
-        stream.restore_message(
-            seq,
-            crate::jetstream::store::Entry {
-                ts: m.ts,
-                subject: Arc::from(m.subject.as_str()),
-                hdr_len: m.hdr_len,
-                len: m.data.len() as u32,
-                data: Some(m.data),
-                expires: m.expires,
-            },
-        );
-    }
-    stream.store.set_last(rec.last_seq, rec.last_ts);
-    let last = stream.store.last_seq().max(rec.last_seq);
-    stream.store.set_durable(last);
-    stream.store.set_committed(last);
-    stream.restore_dedupe(now, ids);
-    for c in loaded.consumers {
-        let consumer = Consumer::restore(
-            stream.name(),
-            &c.name,
-            c.config,
-            c.created,
-            c.state,
-            &stream.store,
-            now,
-        );
-        stream.consumers.insert(c.name, consumer);
-    }
-    stream
 }

@@ -1,7 +1,10 @@
 //! JetStream's request decoding and the stream state machine on arbitrary input:
 //! API subjects, ack subjects and bodies, pull requests, stream configs and stored
 //! records never panic; records that decode re-encode to the same bytes; a stream
-//! driven by arbitrary publishes, deletes and purges keeps its counts consistent.
+//! driven by arbitrary publishes, deletes, purges and its own `$JS.API` requests
+//! (consumer create/delete/info/list, pull requests, msg and direct get) keeps its
+//! counts consistent, answers every request with JSON or a status, and produces write
+//! operations for every change.
 #![no_main]
 
 use bytes::Bytes;
@@ -63,7 +66,7 @@ fn drive_stream(ops: &[u8]) {
     for chunk in ops.chunks(2) {
         let (op, arg) = (chunk[0], chunk.get(1).copied().unwrap_or(0));
         now += 1;
-        match op % 5 {
+        match op % 6 {
             0 | 1 => {
                 let mut h = headers::HeaderBuilder::new();
                 match arg % 4 {
@@ -90,6 +93,7 @@ fn drive_stream(ops: &[u8]) {
                     seq: None,
                 });
             }
+            4 => drive_api(&mut s, arg, now),
             _ => s.expire(now),
         }
         let st = s.state(&StreamInfoRequest {
@@ -107,6 +111,73 @@ fn drive_stream(ops: &[u8]) {
             assert_eq!(st.first_seq, st.last_seq + 1);
         }
         assert!(st.messages <= 50);
-        let _ = s.take_changes();
+        let changes = s.take_changes();
+        let _ = s.write_ops(changes);
     }
+}
+
+/// One of the stream's own API requests, chosen and shaped by `arg`.
+fn drive_api(s: &mut stream::Stream, arg: u8, now: i64) {
+    let name = ["A", "B", "C"][(arg % 3) as usize];
+    let (subject, body) = match (arg / 3) % 8 {
+        0 => (
+            format!("CONSUMER.CREATE.F.{name}"),
+            format!(
+                r#"{{"stream_name":"F","config":{{"durable_name":"{name}","ack_policy":"{}","filter_subject":"f.{}"}}}}"#,
+                ["explicit", "none", "all"][(arg % 3) as usize],
+                arg % 5
+            ),
+        ),
+        1 => (
+            "CONSUMER.CREATE.F".to_string(),
+            r#"{"stream_name":"F","config":{"deliver_subject":"d.x"}}"#.to_string(),
+        ),
+        2 => (format!("CONSUMER.DELETE.F.{name}"), String::new()),
+        3 => (format!("CONSUMER.INFO.F.{name}"), String::new()),
+        4 => (
+            format!("CONSUMER.MSG.NEXT.F.{name}"),
+            format!("{}", arg % 4),
+        ),
+        5 => ("CONSUMER.LIST.F".to_string(), String::new()),
+        6 => (
+            "STREAM.MSG.GET.F".to_string(),
+            format!(r#"{{"seq":{}}}"#, arg % 20),
+        ),
+        _ => (
+            "DIRECT.GET.F".to_string(),
+            format!(r#"{{"last_by_subj":"f.{}"}}"#, arg % 5),
+        ),
+    };
+    let full = format!("$JS.API.{subject}");
+    let Some(req) = request::parse(&full) else {
+        panic!("the fuzzer built a subject the parser refuses: {full}");
+    };
+    let request = stream::Request {
+        api: &req,
+        body: body.as_bytes(),
+        reply: Some("_INBOX.f"),
+        subject: full.as_bytes(),
+    };
+    let mut out = Vec::new();
+    let mut n = 0u32;
+    let mut new_name = || {
+        n += 1;
+        format!("E{n}")
+    };
+    match s.api(&request, now, &mut new_name, &mut out) {
+        stream::Answer::Json(Ok(body)) => {
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+        }
+        stream::Answer::MsgGet(seq) | stream::Answer::DirectGet(seq) => {
+            assert!(
+                s.store().get(seq).is_some(),
+                "found {seq} that is not stored"
+            );
+        }
+        stream::Answer::Status(h) => assert!(headers::status(&h).is_some()),
+        stream::Answer::Json(Err(_)) | stream::Answer::Nothing => {}
+    }
+    assert!(s.public_consumers().count() <= 5);
+    let interest = |_: &str| true;
+    s.poll_consumers(now, &interest, &mut out);
 }

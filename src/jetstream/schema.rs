@@ -46,6 +46,14 @@ pub struct ConsumerRecord {
     pub state: ConsumerState,
 }
 
+/// A stream as storage reads it back at start: its record, messages and consumers.
+#[derive(Debug, Clone)]
+pub struct LoadedStream {
+    pub record: StreamRecord,
+    pub messages: Vec<(u64, MessageRecord)>,
+    pub consumers: Vec<ConsumerRecord>,
+}
+
 /// A stored message as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {

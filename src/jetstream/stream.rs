@@ -12,14 +12,19 @@ use bytes::Bytes;
 
 use super::advisory::{Action, Advisory};
 use super::api::{
-    self, Discard, MsgGetRequest, PubAck, PurgeRequest, Retention, StreamConfig, StreamInfo,
-    StreamInfoRequest, StreamState,
+    self, ConsumerConfig, Discard, MsgGetRequest, PubAck, PurgeRequest, Retention, StreamConfig,
+    StreamInfo, StreamInfoRequest, StreamState,
 };
 use super::consumer::{AckKind, Consumer, Outbound};
 use super::errors::ApiError;
 use super::headers;
 use super::store::{self, Entry, StreamStore};
 use crate::subject;
+
+mod records;
+mod requests;
+
+pub use requests::{direct_message, msg_get_response, normalize_consumer, Answer, Request};
 
 /// A mutation the storage actor must persist.
 #[derive(Debug, Clone)]
@@ -213,14 +218,14 @@ fn parse_ttl(v: &str) -> Result<Option<i64>, ApiError> {
 }
 
 pub struct Stream {
-    pub config: StreamConfig,
-    pub created: i64,
-    pub store: StreamStore,
+    config: StreamConfig,
+    created: i64,
+    store: StreamStore,
     /// Nats-Msg-Id → (sequence, time), and the same ids by time for expiry.
     dedupe: HashMap<String, (u64, i64)>,
     dedupe_order: VecDeque<(i64, String)>,
     last_msg_id: String,
-    pub consumers: BTreeMap<String, Consumer>,
+    consumers: BTreeMap<String, Consumer>,
     changes: Vec<Change>,
     advisories: Vec<Advisory>,
 }
@@ -255,6 +260,59 @@ impl Stream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    /// The stream's messages (read side; every change goes through the stream).
+    pub fn store(&self) -> &StreamStore {
+        &self.store
+    }
+
+    /// Messages up to `seq` are durable: consumers may deliver them.
+    pub fn set_durable(&mut self, seq: u64) {
+        self.store.set_durable(seq);
+    }
+
+    /// Messages up to `seq` are committed to storage: the cache may drop their bytes.
+    pub fn set_committed(&mut self, seq: u64) {
+        self.store.set_committed(seq);
+    }
+
+    /// Puts a message's bytes, read back from storage, into the cache.
+    pub fn recache(&mut self, seq: u64, data: &Bytes) {
+        self.store.recache(seq, data);
+    }
+
+    pub fn consumer(&self, name: &str) -> Option<&Consumer> {
+        self.consumers.get(name)
+    }
+
+    pub fn consumer_mut(&mut self, name: &str) -> Option<&mut Consumer> {
+        self.consumers.get_mut(name)
+    }
+
+    /// Every consumer, `direct` ones included.
+    pub fn consumers(&self) -> impl Iterator<Item = &Consumer> {
+        self.consumers.values()
+    }
+
+    /// A flow-control reply came on `subject`: the push consumer waiting for it goes on.
+    pub fn flow_control_reply(&mut self, subject: &str) {
+        for c in self.consumers.values_mut() {
+            c.flow_control_reply(subject);
+        }
+    }
+
+    /// Consumers past their inactivity threshold.
+    pub fn inactive_consumers(&self, now: i64) -> Vec<String> {
+        self.consumers
+            .values()
+            .filter(|c| c.is_inactive(now))
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     /// Takes the changes made since the last call.
@@ -947,6 +1005,35 @@ impl Stream {
         while max_msgs > 0 && self.store.len() as i64 > max_msgs && self.remove_first() {}
         while max_bytes > 0 && self.store.bytes() as i64 > max_bytes && self.remove_first() {}
     }
+}
+
+/// A work-queue stream's rules for a new consumer: explicit acks, deliver all, and a
+/// filter that overlaps no other consumer's (nor is any of them unfiltered).
+fn check_workqueue_consumer<'a>(
+    c: &ConsumerConfig,
+    others: impl Iterator<Item = &'a Consumer>,
+) -> Result<(), ApiError> {
+    if c.ack_policy != api::AckPolicy::Explicit {
+        return Err(ApiError::consumer_wq_requires_explicit_ack());
+    }
+    if c.deliver_policy != api::DeliverPolicy::All {
+        return Err(ApiError::consumer_wq_deliver_all());
+    }
+    let mine = c.filters();
+    for other in others {
+        let theirs = other.filters();
+        if mine.is_empty() || theirs.is_empty() {
+            return Err(ApiError::consumer_wq_multiple_unfiltered());
+        }
+        if mine.iter().any(|a| {
+            theirs
+                .iter()
+                .any(|b| subject::overlaps(a.as_bytes(), b.as_bytes()))
+        }) {
+            return Err(ApiError::consumer_wq_not_unique());
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of message data a file stream keeps cached in memory for its consumers.
