@@ -223,7 +223,10 @@ impl State {
                 let answer = self.register(route, server_id, server_name, url, role, peer);
                 let _ = reply.try_send(answer);
             }
-            ClusterCmd::Route(RouteEvent::Gone(id)) => self.routes.retain(|_, e| e.route.id != id),
+            ClusterCmd::Route(RouteEvent::Gone(id)) => {
+                self.routes.retain(|_, e| e.route.id != id);
+                self.plane.ctx.peers.remove(id);
+            }
             ClusterCmd::Route(RouteEvent::Gossip { server_id, url }) => {
                 log::debug!("heard of {} at {url}", short_id(&server_id));
                 // With the mesh, membership alone decides whom to dial.
@@ -340,6 +343,7 @@ impl State {
                 }
             }
         }
+        self.plane.ctx.peers.insert(&name, route.clone());
         self.routes.insert(
             server_id,
             Entry {

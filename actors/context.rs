@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::router::Account;
 use super::runtime::{self, Spawner};
+use super::subscription::Peers;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::{COMPAT_VERSION, PROTO};
@@ -104,6 +105,8 @@ pub struct ServerContext {
     pub(super) tls: arc_swap::ArcSwapOption<TlsSetup>,
     /// The WebSocket listener's TLS and origin policy, when `[websocket]` is set.
     pub(super) websocket: arc_swap::ArcSwapOption<WsSetup>,
+    /// The routes by peer name, and the Raft inbox (see [`Peers`]).
+    pub peers: Peers,
 }
 
 /// TLS for a listener configured with just a certificate and key (the WebSocket and

@@ -5,6 +5,15 @@
 //!
 //! On start it opens the storage actor and restores every stored stream.
 //!
+//! With `jetstream.peers` the node is one of a clustered JetStream: it runs the meta
+//! Raft group with the other peers, whose log ([`MetaEntry`]) says which streams exist
+//! and which peer holds each. Every peer receives every API request (they all
+//! subscribe to `$JS.API.>`, and routes carry requests to all of them); the meta leader
+//! answers what is about the set of streams (create, update, delete, names, account
+//! info, unknown streams) by proposing to the log, and the peer that holds a stream
+//! answers what is about that stream, and the create, update or delete of it once the
+//! change is committed. Everyone else stays silent.
+//!
 //! Who waits on whom: this actor awaits stream actors (info, update, delete) and the
 //! storage actor (a new stream's record is durable before the create is answered);
 //! neither ever awaits this actor.
@@ -13,7 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::context::ServerContext;
 use super::publish::Publisher;
+use super::raft::{GroupEvent, GroupHandle, RaftHost};
 use super::router::{Account, SubChange};
 use super::runtime::Spawner;
 use super::storage::{Closed, Storage, StorageError, WriteBatch, WriteOp};
@@ -24,6 +35,7 @@ use crate::jetstream::advisory::{Action, Advisory};
 use crate::jetstream::api::{self, AccountInfo, ListRequest, StreamConfig, StreamInfo};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers;
+use crate::jetstream::meta::{Meta, MetaChange, MetaEntry};
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::schema::StreamRecord;
 use crate::jetstream::stream::{self, Stream, STREAM_CACHE_BUDGET};
@@ -34,16 +46,54 @@ pub struct Started {
     /// Tells when the store is closed after the node's runtime stopped.
     pub closed: Closed,
     pub usage: Arc<Usage>,
+    /// The meta group, when the JetStream is clustered.
+    pub meta: Option<GroupHandle>,
+}
+
+/// Why JetStream could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("JetStream meta group: {0}")]
+    Raft(#[from] super::raft::StartError),
+}
+
+/// The clustered part of a JetStream peer.
+struct Clustered {
+    ctx: Arc<ServerContext>,
+    meta: Meta,
+    group: GroupHandle,
+    /// The meta leader's name, as the group last said.
+    leader: Option<String>,
+    peers: Vec<String>,
+}
+
+impl Clustered {
+    fn is_leader(&self) -> bool {
+        self.leader.as_deref() == Some(self.ctx.server_name.as_str())
+    }
+
+    /// The peers a new stream may go to now: this node and those routed to it.
+    fn available(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|p| **p == self.ctx.server_name || self.ctx.peers.is_routed(p))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Starts JetStream for `account`: opens the store, restores the streams, subscribes
-/// to the API. Fails if the store cannot be opened.
+/// to the API, and with `jetstream.peers` starts the meta group. Fails if the store
+/// or the meta group's log cannot be opened.
 pub async fn start(
+    ctx: &Arc<ServerContext>,
     config: &JetStreamConfig,
     account: Arc<Account>,
     spawner: Spawner,
     server_name: String,
-) -> Result<Started, StorageError> {
+) -> Result<Started, StartError> {
     let (storage, closed) = Storage::open(&config.store_dir, config.ack)?;
     let usage = Arc::new(Usage {
         max_memory: config.max_memory.0,
@@ -67,20 +117,51 @@ pub async fn start(
             Some(storage.clone()),
             usage.clone(),
             server_name.clone(),
+            !config.peers.is_empty(),
             &spawner,
         );
         streams.insert(name, handle);
     }
     let (tx, rx) = async_channel::unbounded();
-    let sub = Arc::new(Subscription::internal(
-        "$JS.API.>",
-        None,
-        InternalSink {
-            tag: 0,
-            mailbox: tx,
-        },
-    ));
+    let sub = Arc::new(
+        Subscription::internal(
+            "$JS.API.>",
+            None,
+            InternalSink {
+                tag: 0,
+                mailbox: tx,
+            },
+        )
+        .cluster_wide(!config.peers.is_empty()),
+    );
     account.apply(vec![SubChange::Add(sub.clone())]).await;
+    let (meta_tx, meta_rx) = async_channel::unbounded();
+    let cluster = if config.peers.is_empty() {
+        None
+    } else {
+        let host = RaftHost::start(ctx);
+        let group = host.start_group(
+            ctx,
+            crate::raft::META_GROUP,
+            &config.peers,
+            storage.clone(),
+            config.ack,
+            meta_tx,
+        )?;
+        log::info!(
+            "JetStream clustered with {} (meta group of {} peers)",
+            config.peers.join(", "),
+            config.peers.len()
+        );
+        Some(Clustered {
+            ctx: ctx.clone(),
+            meta: Meta::default(),
+            group,
+            leader: None,
+            peers: config.peers.clone(),
+        })
+    };
+    let meta = cluster.as_ref().map(|c| c.group.clone());
     let actor = JetStream {
         account,
         storage,
@@ -91,13 +172,18 @@ pub async fn start(
         publisher: Publisher::default(),
         limits: config.clone(),
         advisories: Vec::new(),
+        cluster,
     };
     log::info!(
         "JetStream enabled, store in {}",
         actor.storage.path().display()
     );
-    spawner.spawn_detached(actor.run(rx, sub));
-    Ok(Started { closed, usage })
+    spawner.spawn_detached(actor.run(rx, meta_rx, sub));
+    Ok(Started {
+        closed,
+        usage,
+        meta,
+    })
 }
 
 struct JetStream {
@@ -111,15 +197,140 @@ struct JetStream {
     limits: JetStreamConfig,
     /// Advisories of the request being handled.
     advisories: Vec<Advisory>,
+    cluster: Option<Clustered>,
+}
+
+/// Who answers a request in a clustered JetStream.
+enum Answerer {
+    /// This node (the meta leader, or the holder of the stream).
+    Me,
+    /// Nobody can: no meta leader is known, and the client is this node's.
+    Unavailable,
+    /// Another node.
+    Other,
 }
 
 impl JetStream {
-    async fn run(mut self, requests: async_channel::Receiver<InternalMsg>, sub: Arc<Subscription>) {
-        while let Ok(msg) = requests.recv().await {
-            self.request(msg).await;
+    async fn run(
+        mut self,
+        requests: async_channel::Receiver<InternalMsg>,
+        meta: async_channel::Receiver<GroupEvent>,
+        sub: Arc<Subscription>,
+    ) {
+        enum Event {
+            Request(Option<InternalMsg>),
+            Meta(GroupEvent),
+        }
+        loop {
+            let event = futures_lite::future::or(
+                async { Event::Request(requests.recv().await.ok()) },
+                async {
+                    match meta.recv().await {
+                        Ok(e) => Event::Meta(e),
+                        // Not clustered (or the group stopped): requests only.
+                        Err(_) => futures_lite::future::pending().await,
+                    }
+                },
+            )
+            .await;
+            match event {
+                Event::Request(Some(msg)) => self.request(msg).await,
+                Event::Request(None) => break,
+                Event::Meta(e) => self.meta_event(e).await,
+            }
             self.publisher.flush();
         }
         sub.close();
+    }
+
+    /// Who answers a request about the set of streams: the meta leader.
+    fn meta_answerer(&self, msg: &InternalMsg) -> Answerer {
+        match &self.cluster {
+            None => Answerer::Me,
+            Some(c) if c.is_leader() => Answerer::Me,
+            // The node the client is on says so, as the reference does.
+            Some(c) if c.leader.is_none() && msg.from.is_some() => Answerer::Unavailable,
+            Some(_) => Answerer::Other,
+        }
+    }
+
+    /// What the meta group committed: the assignments change everywhere, and the
+    /// peer that holds the stream acts on it and answers the client that asked.
+    async fn meta_event(&mut self, event: GroupEvent) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let data = match event {
+            GroupEvent::Leader { leader, .. } => {
+                cluster.leader = leader;
+                return;
+            }
+            GroupEvent::Committed { data, .. } => data,
+        };
+        let entry = match MetaEntry::decode(&data) {
+            Ok(e) => e,
+            Err(e) => {
+                // Every peer skips it alike (the bytes are the same everywhere).
+                log::error!("JetStream meta entry refused: {e}");
+                return;
+            }
+        };
+        let me = cluster.ctx.server_name.clone();
+        let change = cluster.meta.apply(&entry);
+        const CREATE: &str = "stream_create_response";
+        const UPDATE: &str = "stream_update_response";
+        const DELETE: &str = "stream_delete_response";
+        let (reply, result, kind) = match (change, entry) {
+            (
+                MetaChange::Assigned(name),
+                MetaEntry::AssignStream {
+                    config,
+                    peers,
+                    created,
+                    reply,
+                },
+            ) => {
+                if !peers.contains(&me) || self.streams.contains_key(&name) {
+                    // Held elsewhere, or restored from this node's store (a replay).
+                    return;
+                }
+                let result = self
+                    .start_stream(config, created)
+                    .await
+                    .map(|info| api::response(CREATE, &info.for_change(true)));
+                (reply, result, CREATE)
+            }
+            (MetaChange::Updated(name), MetaEntry::UpdateStream { config, reply }) => {
+                if !self.streams.contains_key(&name) {
+                    return;
+                }
+                let result = self
+                    .update_local(&name, config)
+                    .await
+                    .map(|info| api::response(UPDATE, &info));
+                (reply, result, UPDATE)
+            }
+            (MetaChange::Removed(_), MetaEntry::RemoveStream { name, reply }) => {
+                if !self.streams.contains_key(&name) {
+                    return;
+                }
+                let result = self
+                    .delete_stream(&name)
+                    .await
+                    .map(|()| api::response(DELETE, &serde_json::json!({"success": true})));
+                (reply, result, DELETE)
+            }
+            _ => return,
+        };
+        let Some(reply) = reply else {
+            return;
+        };
+        let body = result.unwrap_or_else(|e| api::error_response(kind, &e));
+        self.reply(reply.as_bytes(), &body);
+        let now = now_ns();
+        for advisory in std::mem::take(&mut self.advisories) {
+            self.publisher.advise(&self.account, &advisory, now);
+        }
     }
 
     fn reply(&mut self, to: &[u8], body: &[u8]) {
@@ -150,7 +361,19 @@ impl JetStream {
         // Kept for the audit (cheap: shared bytes); the request may move on to a
         // stream actor, which then answers and audits it itself.
         let request = msg.clone();
+        let local = msg.from.is_some();
         let result = self.handle(req.clone(), msg).await;
+        log::trace!(
+            "JetStream API {} ({}): {}",
+            String::from_utf8_lossy(&request.subject),
+            if local { "local client" } else { "routed" },
+            match &result {
+                Handled::Done => "forwarded or left to another node",
+                Handled::Reply(_) => "answered",
+                Handled::Error(_) => "answered with an error",
+                Handled::NoResponders => "no responders",
+            }
+        );
         let body = match result {
             Handled::Done => return,
             Handled::Reply(body) => body,
@@ -187,6 +410,9 @@ impl JetStream {
     }
 
     async fn handle(&mut self, req: ApiRequest, msg: InternalMsg) -> Handled {
+        if self.cluster.is_some() {
+            return self.handle_clustered(req, msg).await;
+        }
         let body = msg.payload().to_vec();
         let kind = req.response_type();
         match &req {
@@ -230,6 +456,255 @@ impl JetStream {
                 }
             }
         }
+    }
+
+    /// A request to a clustered JetStream (see the module's notes for who answers).
+    async fn handle_clustered(&mut self, req: ApiRequest, msg: InternalMsg) -> Handled {
+        let body = msg.payload().to_vec();
+        let kind = req.response_type();
+        // What is about a stream this node holds, it answers (creates and changes of
+        // the set of streams excepted: the meta leader proposes those).
+        if let Some(name) = req.stream() {
+            if let Some(handle) = self.streams.get(name) {
+                match &req {
+                    ApiRequest::StreamCreate(_) => {
+                        return match self.parse_config(name, &body) {
+                            Ok(c) if c == handle.config => match self.stream_info(name).await {
+                                Ok(info) => {
+                                    Handled::Reply(api::response(kind, &info.for_change(true)))
+                                }
+                                Err(e) => Handled::Error(e),
+                            },
+                            Ok(_) => Handled::Error(ApiError::stream_name_exists()),
+                            Err(e) => Handled::Error(e),
+                        };
+                    }
+                    ApiRequest::StreamUpdate(_) | ApiRequest::StreamDelete(_) => {}
+                    _ => {
+                        let _ = handle.commands.try_send(StreamCmd::Api(req.clone(), msg));
+                        return Handled::Done;
+                    }
+                }
+            }
+        }
+        match self.meta_answerer(&msg) {
+            Answerer::Me => {}
+            Answerer::Other => return Handled::Done,
+            Answerer::Unavailable => return Handled::Error(ApiError::cluster_unavailable()),
+        }
+        let Some(cluster) = &self.cluster else {
+            return Handled::Done;
+        };
+        let reply = msg
+            .reply
+            .as_deref()
+            .map(|r| String::from_utf8_lossy(r).into_owned());
+        let held_elsewhere = req
+            .stream()
+            .is_some_and(|n| cluster.meta.stream(n).is_some());
+        let entry = match &req {
+            ApiRequest::AccountInfo => {
+                let mut info = self.account_info();
+                info.streams = cluster.meta.len() as u64;
+                return Handled::Reply(api::response(kind, &info));
+            }
+            ApiRequest::StreamNames | ApiRequest::StreamList => {
+                return match api::parse_optional::<ListRequest>(&body) {
+                    Ok(r) => Handled::Reply(self.list_clustered(&req, &r).await),
+                    Err(e) => Handled::Error(e),
+                };
+            }
+            // Its holder answers (identical or not).
+            ApiRequest::StreamCreate(_) if held_elsewhere => return Handled::Done,
+            ApiRequest::StreamCreate(name) => {
+                let config = match self.parse_config(name, &body) {
+                    Ok(c) => c,
+                    Err(e) => return Handled::Error(e),
+                };
+                if let Err(e) = cluster.meta.check_overlap(&config) {
+                    return Handled::Error(e);
+                }
+                let replicas = config.num_replicas.max(1) as usize;
+                let mut rng = fastrand::Rng::new();
+                let mut pick = |n: usize| rng.usize(..n.max(1));
+                let Some(peers) = cluster
+                    .meta
+                    .place(replicas, &cluster.available(), &mut pick)
+                else {
+                    return Handled::Error(ApiError::no_suitable_peers());
+                };
+                MetaEntry::AssignStream {
+                    config,
+                    peers,
+                    created: now_ns(),
+                    reply,
+                }
+            }
+            ApiRequest::StreamUpdate(name) => {
+                let config = match self.parse_config(name, &body) {
+                    Ok(c) => c,
+                    Err(e) => return Handled::Error(e),
+                };
+                let Some(old) = cluster.meta.stream(name) else {
+                    return Handled::Error(ApiError::stream_not_found());
+                };
+                if let Err(e) = stream::check_update(&old.config, &config)
+                    .and_then(|()| cluster.meta.check_overlap(&config))
+                {
+                    return Handled::Error(e);
+                }
+                MetaEntry::UpdateStream { config, reply }
+            }
+            ApiRequest::StreamDelete(name) => {
+                if cluster.meta.stream(name).is_none() {
+                    return Handled::Error(ApiError::stream_not_found());
+                }
+                MetaEntry::RemoveStream {
+                    name: name.clone(),
+                    reply,
+                }
+            }
+            // A stream another node holds: it answers.
+            _ if held_elsewhere => return Handled::Done,
+            ApiRequest::MsgNext(..) | ApiRequest::DirectGet(..) => return Handled::NoResponders,
+            _ => return Handled::Error(ApiError::stream_not_found()),
+        };
+        match cluster.group.propose(entry.encode()).await {
+            // The holder answers once the entry is committed.
+            Ok(()) => Handled::Done,
+            Err(e) => {
+                log::debug!("JetStream meta proposal refused: {e}");
+                Handled::Error(ApiError::cluster_unavailable())
+            }
+        }
+    }
+
+    /// STREAM.NAMES / STREAM.LIST across the cluster, from the meta leader: names from
+    /// the assignments, each stream's info from the node that holds it.
+    async fn list_clustered(&mut self, req: &ApiRequest, r: &ListRequest) -> Vec<u8> {
+        let kind = req.response_type();
+        let Some(cluster) = &self.cluster else {
+            return Vec::new();
+        };
+        let filter = r.subject.as_deref().filter(|s| !s.is_empty());
+        let names: Vec<String> = cluster
+            .meta
+            .streams()
+            .filter(|(_, a)| {
+                filter.is_none_or(|f| {
+                    a.config
+                        .subjects
+                        .iter()
+                        .any(|s| subject::overlaps(s.as_bytes(), f.as_bytes()))
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let total = names.len();
+        if matches!(req, ApiRequest::StreamNames) {
+            let limit = 1024;
+            let page: Vec<&String> = names.iter().skip(r.offset).take(limit).collect();
+            let streams = (!page.is_empty()).then_some(page);
+            return api::response(
+                kind,
+                &serde_json::json!({
+                    "total": total, "offset": r.offset, "limit": limit, "streams": streams,
+                }),
+            );
+        }
+        let limit = 256;
+        let page: Vec<String> = names.into_iter().skip(r.offset).take(limit).collect();
+        let mut slots: Vec<Option<StreamInfo>> = Vec::with_capacity(page.len());
+        let mut remote = Vec::new();
+        for n in &page {
+            if self.streams.contains_key(n) {
+                slots.push(self.stream_info(n).await.ok());
+            } else {
+                slots.push(None);
+                remote.push(n.clone());
+            }
+        }
+        let mut fetched = self.remote_infos(remote).await.into_iter();
+        let mut infos = Vec::new();
+        // Streams whose holder did not answer are left out of the page, and named.
+        let mut missing = Vec::new();
+        for (n, slot) in page.into_iter().zip(slots) {
+            let held_here = self.streams.contains_key(&n);
+            let info = if held_here {
+                slot
+            } else {
+                fetched.next().flatten()
+            };
+            match info {
+                Some(info) => infos.push(info.for_list()),
+                None => missing.push(n),
+            }
+        }
+        let mut body = serde_json::json!({
+            "total": total, "offset": r.offset, "limit": limit, "streams": infos,
+        });
+        if !missing.is_empty() {
+            body["missing"] = serde_json::json!(missing);
+        }
+        api::response(kind, &body)
+    }
+
+    /// Asks the holders of `names` for their info (STREAM.INFO over the cluster), all
+    /// at once, waiting at most a second for the answers.
+    async fn remote_infos(&mut self, names: Vec<String>) -> Vec<Option<StreamInfo>> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let (tx, rx) = async_channel::unbounded();
+        let inbox = format!("_INBOX.$JSM.{}", fastrand::u64(..));
+        let sub = Arc::new(
+            Subscription::internal(
+                &format!("{inbox}.*"),
+                None,
+                InternalSink {
+                    tag: 0,
+                    mailbox: tx,
+                },
+            )
+            .cluster_wide(true),
+        );
+        self.account.apply(vec![SubChange::Add(sub.clone())]).await;
+        for (i, name) in names.iter().enumerate() {
+            let subject = format!("{}STREAM.INFO.{name}", api::API_PREFIX);
+            let reply = format!("{inbox}.{i}");
+            self.publisher.send(
+                &self.account,
+                subject.as_bytes(),
+                Some(reply.as_bytes()),
+                None,
+                b"",
+            );
+        }
+        self.publisher.flush();
+        let mut out: Vec<Option<StreamInfo>> = vec![None; names.len()];
+        let deadline = super::runtime::now() + std::time::Duration::from_secs(1);
+        let mut got = 0;
+        while got < names.len() {
+            let left = deadline.saturating_duration_since(super::runtime::now());
+            let Some(Ok(m)) = super::runtime::timeout(left, rx.recv()).await else {
+                break;
+            };
+            let i = std::str::from_utf8(&m.subject)
+                .ok()
+                .and_then(|s| s.rsplit('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            if let Some(slot) = i.and_then(|i| out.get_mut(i)) {
+                if slot.is_none() {
+                    if let Ok(info) = serde_json::from_slice::<StreamInfo>(m.payload()) {
+                        *slot = Some(info);
+                        got += 1;
+                    }
+                }
+            }
+        }
+        sub.close();
+        self.account.apply(vec![SubChange::Remove(sub)]).await;
+        out
     }
 
     fn account_info(&self) -> AccountInfo {
@@ -321,7 +796,18 @@ impl JetStream {
         }
         self.check_overlap(&config)?;
         self.check_limits(&config)?;
-        let now = now_ns();
+        self.start_stream(config, now_ns()).await
+    }
+
+    /// Creates stream `config.name` on this node: its record made durable, its actor
+    /// started; answers with its info once its subscriptions are in place.
+    async fn start_stream(
+        &mut self,
+        config: StreamConfig,
+        now: i64,
+    ) -> Result<StreamInfo, ApiError> {
+        let name = config.name.clone();
+        let name = name.as_str();
         let stream = Stream::new(config.clone(), now, STREAM_CACHE_BUDGET);
         let file = config.storage == api::Storage::File;
         if file {
@@ -341,6 +827,7 @@ impl JetStream {
             file.then(|| self.storage.clone()),
             self.usage.clone(),
             self.server_name.clone(),
+            self.cluster.is_some(),
             &self.spawner,
         );
         self.streams.insert(name.to_string(), handle);
@@ -383,10 +870,22 @@ impl JetStream {
 
     async fn update_stream(&mut self, name: &str, body: &[u8]) -> Result<StreamInfo, ApiError> {
         let config = self.parse_config(name, body)?;
+        if !self.streams.contains_key(name) {
+            return Err(ApiError::stream_not_found());
+        }
+        self.check_overlap(&config)?;
+        self.update_local(name, config).await
+    }
+
+    /// Gives this node's stream `name` a new (validated) configuration.
+    async fn update_local(
+        &mut self,
+        name: &str,
+        config: StreamConfig,
+    ) -> Result<StreamInfo, ApiError> {
         let Some(handle) = self.streams.get(name) else {
             return Err(ApiError::stream_not_found());
         };
-        self.check_overlap(&config)?;
         let (tx, rx) = async_channel::bounded(1);
         handle
             .commands

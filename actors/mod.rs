@@ -35,6 +35,8 @@ pub mod publish;
 pub mod storage;
 pub mod stream;
 
+pub mod raft;
+
 pub mod jetstream;
 
 pub mod websocket;

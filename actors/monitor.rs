@@ -20,12 +20,14 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::context::ServerContext;
 use super::listener::Command;
+use super::raft::GroupHandle;
 use super::runtime::{self, TcpListener};
 use super::stream::Usage;
 use super::subscription::Control;
 use crate::jetstream::api::API_LEVEL;
 use crate::monitor::{
-    self, ConnSnapshot, ConnzQuery, JetStreamCounters, NodeCounters, NodeFacts, StreamCounters,
+    self, ConnSnapshot, ConnzQuery, JetStreamCounters, MetaCounters, MetaPeer, NodeCounters,
+    NodeFacts, StreamCounters,
 };
 use crate::proto::info::COMPAT_VERSION;
 
@@ -55,6 +57,8 @@ struct Monitor {
     ctx: Arc<ServerContext>,
     addr: SocketAddr,
     js: Option<Arc<Usage>>,
+    /// The JetStream meta group, when clustered.
+    meta: Option<GroupHandle>,
     /// The listener, which knows the connections.
     listener: async_channel::Sender<Command>,
     /// Requests per endpoint, as `/varz` reports them.
@@ -77,6 +81,7 @@ pub fn start(
     addr: SocketAddr,
     tls: Option<futures_rustls::TlsAcceptor>,
     js: Option<Arc<Usage>>,
+    meta: Option<GroupHandle>,
     listener_commands: async_channel::Sender<Command>,
     planes: Arc<Planes>,
 ) -> std::io::Result<SocketAddr> {
@@ -93,6 +98,7 @@ pub fn start(
         ctx: ctx.clone(),
         addr: bound,
         js,
+        meta,
         listener: listener_commands,
         requests: Default::default(),
         planes,
@@ -415,6 +421,33 @@ impl Monitor {
             api_total: usage.api_total.load(Ordering::Relaxed),
             api_errors: usage.api_errors.load(Ordering::Relaxed),
             streams,
+            meta: self.meta.as_ref().map(|g| {
+                let st = g.status();
+                MetaCounters {
+                    cluster: config.cluster.name.clone().unwrap_or_default(),
+                    leader: st.leader.clone(),
+                    is_leader: st.is_leader,
+                    term: st.term,
+                    commit: st.commit,
+                    applied: st.applied,
+                    leader_changes: st.leader_changes,
+                    peers: st
+                        .peers
+                        .iter()
+                        .filter(|p| p.name != self.ctx.server_name)
+                        .map(|p| MetaPeer {
+                            name: p.name.clone(),
+                            current: p.routed && (!st.is_leader || p.matched >= st.commit),
+                            lag: if st.is_leader {
+                                st.commit.saturating_sub(p.matched)
+                            } else {
+                                0
+                            },
+                        })
+                        .collect(),
+                    size: st.peers.len(),
+                }
+            }),
         })
     }
 }

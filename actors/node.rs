@@ -14,6 +14,7 @@ use super::listener::{self, Command};
 use super::monitor::Planes;
 use super::router::Account;
 use super::runtime::{self, Runtime, Task};
+use super::subscription::Peers;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::COMPAT_VERSION;
@@ -32,7 +33,7 @@ pub enum NodeError {
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("cannot start JetStream: {0}")]
-    JetStream(#[source] super::storage::StorageError),
+    JetStream(#[source] super::jetstream::StartError),
     #[error("cannot listen for routes on {addr}: {source}")]
     Cluster {
         addr: SocketAddr,
@@ -141,11 +142,14 @@ impl Node {
             stats: Stats::default(),
             spawner: spawner.clone(),
             started: runtime::wall_clock(),
+            peers: Peers::default(),
         });
         let mut store_closed = None;
         let mut js_usage = None;
+        let mut js_meta = None;
         if ctx.config().jetstream.enabled {
             let started = runtime::block_on(super::jetstream::start(
+                &ctx,
                 &ctx.config().jetstream,
                 ctx.global.clone(),
                 spawner.clone(),
@@ -154,6 +158,7 @@ impl Node {
             .map_err(NodeError::JetStream)?;
             store_closed = Some(started.closed);
             js_usage = Some(started.usage);
+            js_meta = started.meta;
         }
         let (commands, command_rx) = async_channel::unbounded();
         let planes = Arc::new(Planes::default());
@@ -168,6 +173,7 @@ impl Node {
                         addr,
                         tls,
                         js_usage,
+                        js_meta,
                         commands.clone(),
                         planes.clone(),
                     )

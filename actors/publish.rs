@@ -194,6 +194,12 @@ impl Publisher {
         self.deliver_all(account, msg.subject, msg, Origin::Route { queues })
     }
 
+    /// Delivers to `to`'s local subscribers, under `msg.subject`, a message a route
+    /// brought as another node's delivery.
+    pub fn publish_routed_via(&mut self, account: &Account, to: &[u8], msg: &Message<'_>) -> Reach {
+        self.deliver_all(account, to, msg, Origin::Route { queues: b"" })
+    }
+
     fn deliver_all(
         &mut self,
         account: &Account,
@@ -252,7 +258,22 @@ impl Publisher {
             }
         }
         if !self.routes.is_empty() {
-            delivered += self.send_to_routes(account, msg, &result);
+            if to == msg.subject {
+                delivered += self.send_to_routes(account, msg, &result);
+            } else {
+                // A delivery under another subject (a JetStream consumer's): routed by
+                // `to`, its own subject in a header line the other node takes out.
+                let (data, headers) =
+                    crate::proto::route::wrap_delivery(msg.subject, msg.headers, msg.data);
+                let routed = Message {
+                    subject: to,
+                    reply: msg.reply,
+                    headers: Some(headers),
+                    data: &data,
+                    from: msg.from,
+                };
+                delivered += self.send_to_routes(account, &routed, &result);
+            }
         }
         Reach {
             delivered,

@@ -26,7 +26,9 @@ use super::publish::Publisher;
 use super::readbuf::ReadBuf;
 use super::router::SubChange;
 use super::runtime::{self, TcpStream};
-use super::subscription::{InterestKey, Message, RouteControl, RouteShared, Subscription};
+use super::subscription::{
+    InterestKey, Message, RouteControl, RouteShared, Subscription, RAFT_ACCOUNT,
+};
 use crate::cluster::{Handshake, LocalNode, Refusal, Role, Step};
 use crate::proto::route::{Parsed, RouteInfo, RouteOp, RouteParser};
 
@@ -285,6 +287,7 @@ pub async fn serve(
         publisher: Publisher::default(),
         pings_out: 0,
         pongs_due: 0,
+        unsynced: false,
         last_in: runtime::now(),
     };
     let reason = route.run(reader, rbuf, parser, control_rx).await;
@@ -317,6 +320,8 @@ struct Route {
     /// PINGs read in this batch: answered once the batch's interest is in the index
     /// (so a PONG means what came before it is in effect, as with the reference).
     pongs_due: u32,
+    /// Interest changes were sent to the router without waiting for them.
+    unsynced: bool,
     last_in: std::time::Instant,
 }
 
@@ -342,7 +347,7 @@ impl Route {
             Tick,
         }
         // Operations that arrived with the end of the handshake.
-        if let Err(reason) = self.process(&mut rbuf, &parser) {
+        if let Err(reason) = self.process_all(&mut rbuf, &parser).await {
             return reason;
         }
         self.end_batch().await;
@@ -362,7 +367,7 @@ impl Route {
                 Event::Read(Ok(n)) => {
                     rbuf.filled(n);
                     self.last_in = runtime::now();
-                    let result = self.process(&mut rbuf, &parser);
+                    let result = self.process_all(&mut rbuf, &parser).await;
                     self.end_batch().await;
                     if let Err(reason) = result {
                         return reason;
@@ -396,17 +401,38 @@ impl Route {
         }
     }
 
-    fn process(&mut self, rbuf: &mut ReadBuf, parser: &RouteParser) -> Result<(), String> {
+    /// Handles what the buffer holds. A message that follows interest changes not yet
+    /// visible to publishers waits for them: the other node sent the `RS+` first (a
+    /// client's new reply inbox, then its request), and an answer published before the
+    /// inbox is in the index would be dropped.
+    async fn process_all(
+        &mut self,
+        rbuf: &mut ReadBuf,
+        parser: &RouteParser,
+    ) -> Result<(), String> {
+        while self.process(rbuf, parser)? == Processed::NeedSync {
+            let changes = std::mem::take(&mut self.changes);
+            self.ctx.global.apply(changes).await;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, rbuf: &mut ReadBuf, parser: &RouteParser) -> Result<Processed, String> {
         loop {
             match parser.parse(rbuf.data()) {
                 Ok(Parsed::Op(op, n)) => {
+                    if matches!(op, RouteOp::Msg(_)) && (self.unsynced || !self.changes.is_empty())
+                    {
+                        return Ok(Processed::NeedSync);
+                    }
                     let result = self.handle(op);
                     rbuf.consume(n);
                     result?;
                 }
                 Ok(Parsed::Incomplete { need }) => {
                     rbuf.reserve(need);
-                    return Ok(());
+                    return Ok(Processed::All);
                 }
                 Err(e) => {
                     // Tell the peer, as the reference does, then close.
@@ -429,6 +455,21 @@ impl Route {
                     .in_bytes
                     .fetch_add(m.data.len() as u64, Ordering::Relaxed);
                 if m.account != account.name.as_bytes() {
+                    if m.account == RAFT_ACCOUNT {
+                        self.ctx.peers.raft_frame(m.data);
+                    }
+                    return Ok(());
+                }
+                if let Some(d) = crate::proto::route::unwrap_delivery(m.headers, m.data) {
+                    // A consumer's delivery made on the other node (see `wrap_delivery`).
+                    let msg = Message {
+                        subject: &d.subject,
+                        reply: m.reply,
+                        headers: d.headers,
+                        data: &d.data,
+                        from: None,
+                    };
+                    self.publisher.publish_routed_via(account, m.subject, &msg);
                     return Ok(());
                 }
                 let msg = Message {
@@ -521,11 +562,13 @@ impl Route {
         if self.pongs_due > 0 {
             // The router never waits on a route: awaiting it here cannot deadlock.
             self.ctx.global.apply(changes).await;
+            self.unsynced = false;
             for _ in 0..std::mem::take(&mut self.pongs_due) {
                 self.push(b"PONG\r\n");
             }
         } else if !changes.is_empty() {
             self.ctx.global.send(changes);
+            self.unsynced = true;
         }
         self.publisher.flush();
     }
@@ -540,4 +583,13 @@ impl Route {
         self.ctx.global.send(changes);
         self.publisher.flush();
     }
+}
+
+/// How far [`Route::process`] got.
+#[derive(Debug, PartialEq, Eq)]
+enum Processed {
+    /// Everything complete in the buffer.
+    All,
+    /// A message waits for earlier interest changes to be applied.
+    NeedSync,
 }

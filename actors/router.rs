@@ -181,10 +181,11 @@ struct Interest {
 
 impl Interest {
     /// Is this subscription interest the cluster should hear about? Client
-    /// subscriptions only: what other nodes told us is theirs to announce, and the
-    /// internal subscribers (JetStream) serve this node's clients.
+    /// subscriptions, and the internal ones marked cluster-wide (a clustered
+    /// JetStream's); not what other nodes told us (theirs to announce), nor a node's
+    /// own JetStream (it serves this node's clients only).
     fn announced(sub: &Subscription) -> bool {
-        matches!(sub.target, Target::Client(_))
+        matches!(sub.target, Target::Client(_)) || sub.cluster_wide
     }
 
     fn changed(&mut self, sub: &Subscription, added: bool) {

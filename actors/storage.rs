@@ -107,6 +107,7 @@ const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new(STREAMS_TABLE
 const MARKER: TableDefinition<&str, &str> = TableDefinition::new(MARKER_TABLE);
 /// `applied` → [`Applied`]: how far into the journal redb is.
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
+const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new(schema::RAFT_STATE_TABLE);
 /// The journal is emptied (once redb has all of it) when it grows past this.
 const JOURNAL_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 /// The journal thread waits when the writer is this many bytes behind it (the
@@ -304,6 +305,39 @@ impl Storage {
             .map(Some)
             .map_err(|e| self.damaged(format!("stream {stream} message {seq}: {e}")))
     }
+
+    /// Reads a Raft group's log back (node start): its stored state, if any, and its
+    /// entries in index order, still encoded (the group checks each one).
+    pub fn load_raft_log(&self, log: &str) -> Result<LoadedLog, StorageError> {
+        let tx = self.db.begin_read().map_err(|e| self.damaged(e))?;
+        let state = match tx.open_table(RAFT_STATE) {
+            Ok(t) => t
+                .get(log)
+                .map_err(|e| self.damaged(e))?
+                .map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.damaged(e)),
+        };
+        let name = schema::msgs_table(log);
+        let mut entries = Vec::new();
+        match tx.open_table(msgs_def(&name)) {
+            Ok(t) => {
+                for row in t.iter().map_err(|e| self.damaged(e))? {
+                    let (k, v) = row.map_err(|e| self.damaged(e))?;
+                    entries.push((k.value(), v.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.damaged(e)),
+        }
+        Ok(LoadedLog { state, entries })
+    }
+}
+
+/// A Raft group's log as storage holds it.
+pub struct LoadedLog {
+    pub state: Option<Vec<u8>>,
+    pub entries: Vec<(u64, Vec<u8>)>,
 }
 
 /// A new store gets the format marker; an existing one must carry ours.
@@ -796,6 +830,16 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
             WriteOp::DeleteConsumer(name) => {
                 open(&mut consumers, tx, &consumers_name)?
                     .remove(name.as_str())
+                    .map_err(|x| e(&x))?;
+            }
+            WriteOp::RemoveFrom(seq) => {
+                open(&mut msgs, tx, &msgs_name)?
+                    .retain_in(*seq.., |_, _| false)
+                    .map_err(|x| e(&x))?;
+            }
+            WriteOp::PutRaftState(record) => {
+                let mut t = tx.open_table(RAFT_STATE).map_err(|x| e(&x))?;
+                t.insert(b.stream.as_str(), record.as_slice())
                     .map_err(|x| e(&x))?;
             }
         }

@@ -163,6 +163,8 @@ pub struct StreamActor {
     /// Each origin's deliver subscription (of its current consumer).
     source_subs: Vec<Option<Arc<Subscription>>>,
     rng: fastrand::Rng,
+    /// Part of a clustered JetStream: its subscriptions are announced to the cluster.
+    cluster_wide: bool,
 }
 
 /// Starts a stream actor for `stream` (new, or restored from storage).
@@ -172,6 +174,7 @@ pub fn spawn(
     storage: Option<Storage>,
     usage: Arc<Usage>,
     leader: String,
+    cluster_wide: bool,
     spawner: &runtime::Spawner,
 ) -> StreamHandle {
     let (inbox_tx, inbox_rx) = async_channel::unbounded();
@@ -204,6 +207,7 @@ pub fn spawn(
         sourcing: None,
         source_subs: Vec::new(),
         rng: fastrand::Rng::new(),
+        cluster_wide,
     };
     spawner.spawn_detached(actor.run(inbox_rx, commands_rx));
     StreamHandle {
@@ -251,27 +255,31 @@ impl StreamActor {
             tag,
             mailbox: self.inbox_tx.clone(),
         };
+        let wide = self.cluster_wide;
         let mut subs = Vec::new();
         for s in &self.stream.config().subjects {
-            subs.push(Arc::new(Subscription::internal(s, None, sink(TAG_CAPTURE))));
+            subs.push(Arc::new(
+                Subscription::internal(s, None, sink(TAG_CAPTURE)).cluster_wide(wide),
+            ));
         }
-        subs.push(Arc::new(Subscription::internal(
-            &format!("$JS.ACK.{name}.>"),
-            None,
-            sink(TAG_ACK),
-        )));
-        subs.push(Arc::new(Subscription::internal(
-            &format!("$JS.FC.{name}.>"),
-            None,
-            sink(TAG_FC),
-        )));
+        subs.push(Arc::new(
+            Subscription::internal(&format!("$JS.ACK.{name}.>"), None, sink(TAG_ACK))
+                .cluster_wide(wide),
+        ));
+        subs.push(Arc::new(
+            Subscription::internal(&format!("$JS.FC.{name}.>"), None, sink(TAG_FC))
+                .cluster_wide(wide),
+        ));
         if let Some(sourcing) = &self.sourcing {
             subs.extend(self.source_subs.iter().flatten().cloned());
-            subs.push(Arc::new(Subscription::internal(
-                &sourcing.reply_subscription(),
-                None,
-                sink(TAG_SOURCE_REPLY),
-            )));
+            subs.push(Arc::new(
+                Subscription::internal(
+                    &sourcing.reply_subscription(),
+                    None,
+                    sink(TAG_SOURCE_REPLY),
+                )
+                .cluster_wide(wide),
+            ));
         }
         let mut changes: Vec<SubChange> = subs.iter().cloned().map(SubChange::Add).collect();
         for old in self.subs.drain(..) {
@@ -614,14 +622,17 @@ impl StreamActor {
             // The new consumer's subject replaces the old one's: the old consumer loses
             // its subscriber and goes away after its inactivity threshold.
             let tag = TAG_SOURCE + r.generation * TAG_SOURCE_ORIGINS + r.origin as u64;
-            let sub = Arc::new(Subscription::internal(
-                &r.deliver,
-                None,
-                InternalSink {
-                    tag,
-                    mailbox: self.inbox_tx.clone(),
-                },
-            ));
+            let sub = Arc::new(
+                Subscription::internal(
+                    &r.deliver,
+                    None,
+                    InternalSink {
+                        tag,
+                        mailbox: self.inbox_tx.clone(),
+                    },
+                )
+                .cluster_wide(self.cluster_wide),
+            );
             if self.source_subs.len() <= r.origin {
                 self.source_subs.resize(r.origin + 1, None);
             }

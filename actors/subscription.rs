@@ -90,6 +90,9 @@ pub struct Subscription {
     /// many members as the other node has (so picks are weighted as the reference's),
     /// everything else once.
     pub weight: u32,
+    /// An internal subscription the cluster hears of (a clustered JetStream's: its API
+    /// and its streams serve every node's clients); client interest always is.
+    pub cluster_wide: bool,
 }
 
 impl PartialEq for Subscription {
@@ -113,7 +116,14 @@ impl Subscription {
             deny: Box::default(),
             replies: None,
             weight: 1,
+            cluster_wide: false,
         }
+    }
+
+    /// Makes an internal subscription's interest known to the other nodes (or not).
+    pub fn cluster_wide(mut self, yes: bool) -> Self {
+        self.cluster_wide = yes;
+        self
     }
 
     pub fn for_client(
@@ -428,3 +438,70 @@ impl Wake for RouteShared {
 
 /// A subject and, for a queue group, its name.
 pub type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
+
+/// The account name Raft frames travel under on a route (`RMSG $MBR $MBR.RAFT …`). No
+/// client can be in it: a route hands what comes under it to [`Peers::raft_frame`],
+/// never to the router, so only route peers (who proved the cluster secret) reach Raft.
+pub const RAFT_ACCOUNT: &[u8] = b"$MBR";
+const RAFT_SUBJECT: &[u8] = b"$MBR.RAFT";
+
+/// The routes to the other nodes by server name, for what goes to one node rather
+/// than to an interest (Raft), and where a route hands the Raft frames it receives.
+/// The cluster actor keeps the routes; the Raft host reads them and sets the inbox.
+#[derive(Default)]
+pub struct Peers {
+    routes: arc_swap::ArcSwap<std::collections::HashMap<String, Arc<RouteShared>>>,
+    raft_inbox: arc_swap::ArcSwapOption<async_channel::Sender<Bytes>>,
+}
+
+impl Peers {
+    /// The route to `name` is `route` from now on.
+    pub fn insert(&self, name: &str, route: Arc<RouteShared>) {
+        self.routes.rcu(|map| {
+            let mut map = std::collections::HashMap::clone(map);
+            map.insert(name.to_string(), route.clone());
+            map
+        });
+    }
+
+    /// Route `id` is gone.
+    pub fn remove(&self, id: u64) {
+        self.routes.rcu(|map| {
+            let mut map = std::collections::HashMap::clone(map);
+            map.retain(|_, r| r.id != id);
+            map
+        });
+    }
+
+    pub fn is_routed(&self, name: &str) -> bool {
+        self.routes.load().contains_key(name)
+    }
+
+    /// Queues a Raft frame for node `name`; false when no route to it is up (Raft
+    /// retries by itself, so nothing is kept).
+    pub fn send_raft(&self, name: &str, frame: &[u8], flush: &mut FlushSet) -> bool {
+        let Some(route) = self.routes.load().get(name).cloned() else {
+            return false;
+        };
+        let msg = Message {
+            subject: RAFT_SUBJECT,
+            reply: None,
+            headers: None,
+            data: frame,
+            from: None,
+        };
+        route.send_msg(RAFT_ACCOUNT, &msg, std::iter::empty(), flush)
+    }
+
+    /// Where Raft frames from routes go from now on.
+    pub fn set_raft_inbox(&self, inbox: async_channel::Sender<Bytes>) {
+        self.raft_inbox.store(Some(Arc::new(inbox)));
+    }
+
+    /// A route received a Raft frame (dropped while this node runs no Raft).
+    pub fn raft_frame(&self, frame: &[u8]) {
+        if let Some(inbox) = self.raft_inbox.load().as_ref() {
+            let _ = inbox.try_send(Bytes::copy_from_slice(frame));
+        }
+    }
+}

@@ -74,6 +74,9 @@ pub struct JetStreamConfig {
     pub max_file: Size,
     /// When a write (a publish, a consumer ack, a stream change) is acknowledged.
     pub ack: AckAfter,
+    /// The server names of the nodes that form one JetStream across the cluster (this
+    /// node's among them). Empty: JetStream is this node's own.
+    pub peers: Vec<String>,
 }
 
 /// `jetstream.ack`: what an acknowledgement promises.
@@ -98,6 +101,7 @@ impl Default for JetStreamConfig {
             max_memory: Size(0),
             max_file: Size(0),
             ack: AckAfter::Fsync,
+            peers: Vec::new(),
         }
     }
 }
@@ -392,6 +396,8 @@ impl Config {
         if self.jetstream.enabled && self.jetstream.store_dir.as_os_str().is_empty() {
             return Err(invalid("jetstream.store_dir", "must not be empty".into()));
         }
+        self.validate_jetstream_peers()
+            .map_err(|reason| invalid("jetstream.peers", reason))?;
         crate::auth::Authenticator::new(&self.authorization, self.auth_timeout())
             .map_err(|e| invalid(e.key, e.reason))?;
         self.validate_tls()
@@ -405,6 +411,42 @@ impl Config {
         self.mesh
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        Ok(())
+    }
+
+    /// A clustered JetStream needs routes, a name for this node among the peers, and
+    /// peers that are told apart.
+    fn validate_jetstream_peers(&self) -> Result<(), String> {
+        let peers = &self.jetstream.peers;
+        if peers.is_empty() || !self.jetstream.enabled {
+            return Ok(());
+        }
+        if !self.cluster.enabled() {
+            return Err(
+                "a clustered JetStream needs [cluster] (its peers talk over routes)".into(),
+            );
+        }
+        let Some(name) = &self.server_name else {
+            return Err("a clustered JetStream needs server_name (one of the peers)".into());
+        };
+        if !peers.contains(name) {
+            return Err(format!(
+                "this node's server_name {name:?} is not among them"
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for p in peers {
+            if p.is_empty() || p.chars().any(char::is_whitespace) {
+                return Err(format!("{p:?} is not a server name"));
+            }
+            if !seen.insert(p) {
+                return Err(format!("{p:?} is named twice"));
+            }
+            if !ids.insert(crate::raft::node_id(p)) {
+                return Err(format!("{p:?} has the Raft id of another peer; rename one"));
+            }
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod jetstream;
 pub mod mesh;
 pub mod monitor;
 pub mod proto;
+pub mod raft;
 pub mod subject;
 pub mod subject_index;
 pub mod subject_transform;

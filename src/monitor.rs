@@ -69,6 +69,32 @@ pub struct JetStreamCounters {
     pub api_total: u64,
     pub api_errors: u64,
     pub streams: Vec<StreamCounters>,
+    /// The meta group, when the JetStream is clustered.
+    pub meta: Option<MetaCounters>,
+}
+
+/// A clustered JetStream's meta group as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetaCounters {
+    pub cluster: String,
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub leader_changes: u64,
+    /// The other peers.
+    pub peers: Vec<MetaPeer>,
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetaPeer {
+    pub name: String,
+    /// Routed to, and (seen from the leader) holding everything committed.
+    pub current: bool,
+    /// Entries behind the commit (leader only).
+    pub lag: u64,
 }
 
 /// One stream's numbers.
@@ -697,8 +723,47 @@ pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
         messages: u64,
         bytes: u64,
         total: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        meta_cluster: Option<MetaCluster<'a>>,
+    }
+    /// The reference's `meta_cluster`, with the Raft numbers after its keys.
+    #[derive(Serialize)]
+    struct MetaCluster<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        leader: Option<&'a str>,
+        replicas: Vec<Replica<'a>>,
+        cluster_size: usize,
+        term: u64,
+        commit: u64,
+        applied: u64,
+        leader_changes: u64,
+    }
+    #[derive(Serialize)]
+    struct Replica<'a> {
+        name: &'a str,
+        current: bool,
+        lag: u64,
     }
     let (messages, bytes, consumers) = js.totals();
+    let meta_cluster = js.meta.as_ref().map(|m| MetaCluster {
+        name: &m.cluster,
+        leader: m.leader.as_deref(),
+        replicas: m
+            .peers
+            .iter()
+            .map(|p| Replica {
+                name: &p.name,
+                current: p.current,
+                lag: p.lag,
+            })
+            .collect(),
+        cluster_size: m.size,
+        term: m.term,
+        commit: m.commit,
+        applied: m.applied,
+        leader_changes: m.leader_changes,
+    });
     let v = Jsz {
         stats: js.stats(),
         server_id,
@@ -712,6 +777,7 @@ pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
         messages,
         bytes,
         total: 1,
+        meta_cluster,
     };
     serde_json::to_vec_pretty(&v).unwrap_or_default()
 }

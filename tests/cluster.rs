@@ -431,6 +431,45 @@ async fn a_route_peer_that_misbehaves_is_cut_off_and_the_node_keeps_serving() {
     assert_eq!(m.payload, "yes".as_bytes());
 }
 
+/// A peer that announces an inbox and sends a request in the same breath gets the
+/// answer, however fast the responder: the node applies the interest before it hands
+/// on the message (a JetStream actor answers within microseconds, before an interest
+/// change still on its way to the router would be visible; the reply was then lost).
+#[test]
+fn interest_announced_before_a_request_is_in_place_for_its_answer() {
+    let dir = TempDir::new("route-order");
+    let mut config = common::jetstream_config(&dir);
+    config.server_name = Some("n1".into());
+    config.cluster.name = Some("c1".into());
+    config.cluster.listen = Some("127.0.0.1:0".into());
+    let n1 = start(config);
+    let addr = n1.cluster_addr().unwrap();
+    for i in 0..20 {
+        let mut raw = common::Raw::connect(addr);
+        raw.send(
+            format!(
+                "CONNECT {{\"name\":\"NPEER{i}\",\"cluster\":\"c1\"}}\r\nINFO {{\"server_id\":\"NPEER{i}\",\"server_name\":\"peer{i}\",\"cluster\":\"c1\"}}\r\n"
+            )
+            .as_bytes(),
+        );
+        raw.send(
+            format!("RS+ $G _INBOX.t{i}.*\r\nRMSG $G $JS.API.INFO _INBOX.t{i}.1 0\r\n\r\n")
+                .as_bytes(),
+        );
+        let want = format!("RMSG $G _INBOX.t{i}.1");
+        assert!(
+            raw.read_until(want.as_bytes(), Duration::from_secs(5)),
+            "round {i}: no answer routed back: {}",
+            raw.text()
+        );
+        assert!(
+            raw.text().contains("account_info_response"),
+            "{}",
+            raw.text()
+        );
+    }
+}
+
 #[test]
 fn a_cluster_listener_off_loopback_needs_secret_and_tls() {
     let mut config = cluster_config("open", &[]);

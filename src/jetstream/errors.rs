@@ -41,6 +41,14 @@ impl ApiError {
         e(503, 10076, "JetStream not enabled")
     }
     /// A publish while the node is past `max_memory` / `max_file`.
+    /// A clustered JetStream without a meta leader (nats-server's JSClusterNotAvailErr).
+    pub fn cluster_unavailable() -> Self {
+        e(503, 10008, "JetStream system temporarily unavailable")
+    }
+    /// Too few peers are up to place a stream (JSClusterNoPeersErrF).
+    pub fn no_suitable_peers() -> Self {
+        e(400, 10005, "no suitable peers for placement")
+    }
     pub fn insufficient_resources() -> Self {
         e(503, 10023, "insufficient resources")
     }

@@ -37,6 +37,10 @@ mod tag {
     pub const PUT_CONSUMER: u8 = 6;
     /// `name (u16 len + bytes)`.
     pub const DELETE_CONSUMER: u8 = 7;
+    /// `seq (u64)`: every message (log entry) from it on.
+    pub const REMOVE_FROM: u8 = 8;
+    /// `record (u32 len + bytes)`: a Raft group's hard state and voters.
+    pub const PUT_RAFT_STATE: u8 = 9;
 }
 
 /// One write to apply, on behalf of one stream.
@@ -44,11 +48,22 @@ mod tag {
 pub enum WriteOp {
     PutStream(Box<StreamRecord>),
     DeleteStream,
-    Append { seq: u64, record: Vec<u8> },
+    Append {
+        seq: u64,
+        record: Vec<u8>,
+    },
     Remove(u64),
     RemoveBelow(u64),
-    PutConsumer { name: String, record: Vec<u8> },
+    PutConsumer {
+        name: String,
+        record: Vec<u8>,
+    },
     DeleteConsumer(String),
+    /// Every message from this sequence on: a Raft log's entries that a new leader's
+    /// overwrite (the batch names the group's log, see `schema::raft_log`).
+    RemoveFrom(u64),
+    /// A Raft group's state ([`crate::raft::GroupState`], encoded).
+    PutRaftState(Vec<u8>),
 }
 
 /// Why a journal (or one of its records) could not be read.
@@ -142,6 +157,14 @@ pub fn encode_record(out: &mut Vec<u8>, generation: u64, stream: &str, ops: &[Wr
             WriteOp::DeleteConsumer(name) => {
                 out.push(tag::DELETE_CONSUMER);
                 put_str16(out, name);
+            }
+            WriteOp::RemoveFrom(seq) => {
+                out.push(tag::REMOVE_FROM);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            WriteOp::PutRaftState(record) => {
+                out.push(tag::PUT_RAFT_STATE);
+                put_bytes32(out, record);
             }
         }
     }
@@ -280,6 +303,8 @@ fn decode_body(body: &[u8]) -> Result<(String, Vec<WriteOp>), JournalError> {
                 }
             }
             tag::DELETE_CONSUMER => WriteOp::DeleteConsumer(r.str16()?),
+            tag::REMOVE_FROM => WriteOp::RemoveFrom(r.u64()?),
+            tag::PUT_RAFT_STATE => WriteOp::PutRaftState(r.bytes32()?.to_vec()),
             other => return Err(JournalError::UnknownOp(other)),
         };
         ops.push(op);
@@ -349,6 +374,8 @@ mod tests {
                 record: b"{}".to_vec(),
             },
             WriteOp::DeleteConsumer("D".into()),
+            WriteOp::RemoveFrom(9),
+            WriteOp::PutRaftState(b"state".to_vec()),
             WriteOp::DeleteStream,
         ]
     }

@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod errors;
 pub mod headers;
 pub mod journal;
+pub mod meta;
 pub mod request;
 pub mod schema;
 pub mod sourcing;

@@ -19,6 +19,16 @@ pub const FORMAT: &str = "meshbroker-jetstream-1";
 pub const MARKER_TABLE: &str = "meshbroker";
 pub const STREAMS_TABLE: &str = "streams";
 
+/// The name a Raft group's log goes by in write batches: its entries are kept as a
+/// stream's messages are (index → entry, in `msgs/<name>`), its state in
+/// [`RAFT_STATE_TABLE`]. No stream can take the name (`/` is refused in names).
+pub fn raft_log(group: u64) -> String {
+    format!("raft/{group}")
+}
+
+/// Each Raft group's state, by its log's name.
+pub const RAFT_STATE_TABLE: &str = "raft_state";
+
 pub fn msgs_table(stream: &str) -> String {
     format!("msgs/{stream}")
 }

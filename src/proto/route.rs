@@ -422,6 +422,82 @@ pub fn write_msg<Q: AsRef<[u8]>>(
     buf.extend_from_slice(b"\r\n");
 }
 
+/// The header line that carries a delivery's own subject across a route between
+/// meshbroker nodes. A JetStream consumer delivers a stored message to a deliver
+/// subject (a client's inbox) under the subject it was stored with; a route routes by
+/// the inbox, so the stored subject travels in this line and the receiving node puts
+/// it back (`1`/`0`: whether the message had headers of its own).
+pub const DELIVERED_AS: &[u8] = b"Nats-Mbr-Delivered: ";
+
+/// Wraps a delivery of `data` (`headers`: its header block's length) made under
+/// `subject`: the header block, with [`DELIVERED_AS`] as its second line, and its
+/// length.
+pub fn wrap_delivery(subject: &[u8], headers: Option<usize>, data: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(data.len() + subject.len() + 48);
+    let (first, rest) = match headers {
+        Some(n) => {
+            let block = data.get(..n).unwrap_or_default();
+            let end = memchr::memmem::find(block, b"\r\n").map_or(block.len(), |i| i + 2);
+            (&block[..end], data.get(end..).unwrap_or_default())
+        }
+        None => (&b"NATS/1.0\r\n"[..], &b"\r\n"[..]),
+    };
+    out.extend_from_slice(first);
+    out.extend_from_slice(DELIVERED_AS);
+    out.push(if headers.is_some() { b'1' } else { b'0' });
+    out.push(b' ');
+    out.extend_from_slice(subject);
+    out.extend_from_slice(b"\r\n");
+    let hdr_len = out.len() + headers.map_or(2, |n| n.saturating_sub(first.len()));
+    out.extend_from_slice(rest);
+    if headers.is_none() {
+        out.extend_from_slice(data);
+    }
+    (out, hdr_len)
+}
+
+/// A delivery unwrapped: its subject, its own header length, and its bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub subject: Vec<u8>,
+    pub headers: Option<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Takes [`DELIVERED_AS`] out of a routed message, if it carries one.
+pub fn unwrap_delivery(headers: Option<usize>, data: &[u8]) -> Option<Delivery> {
+    let n = headers?;
+    let block = data.get(..n)?;
+    let first_end = memchr::memmem::find(block, b"\r\n")? + 2;
+    let line = block.get(first_end..)?;
+    let line = line.strip_prefix(DELIVERED_AS)?;
+    let line_end = memchr::memmem::find(line, b"\r\n")?;
+    let (flag, subject) = line[..line_end].split_first()?;
+    let subject = subject.strip_prefix(b" ")?;
+    if subject.is_empty() {
+        return None;
+    }
+    let after = first_end + DELIVERED_AS.len() + line_end + 2;
+    match flag {
+        b'1' => {
+            let mut out = Vec::with_capacity(data.len());
+            out.extend_from_slice(&block[..first_end]);
+            out.extend_from_slice(data.get(after..)?);
+            Some(Delivery {
+                subject: subject.to_vec(),
+                headers: Some(n - (after - first_end)),
+                data: out,
+            })
+        }
+        b'0' => Some(Delivery {
+            subject: subject.to_vec(),
+            headers: None,
+            data: data.get(n..)?.to_vec(),
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,5 +682,34 @@ mod tests {
             parser().parse(b"LMSG x $G foo 0 1\r\n"),
             Err(ProtoError::UnknownOp)
         );
+    }
+
+    #[test]
+    fn a_delivery_keeps_its_subject_and_headers_across_a_route() {
+        let plain = b"hello";
+        let (wrapped, n) = wrap_delivery(b"orders.1", None, plain);
+        assert_eq!(
+            &wrapped[..n],
+            b"NATS/1.0\r\nNats-Mbr-Delivered: 0 orders.1\r\n\r\n"
+        );
+        let d = unwrap_delivery(Some(n), &wrapped).unwrap_or_else(|| panic!("unwrapped"));
+        assert_eq!(
+            d,
+            Delivery {
+                subject: b"orders.1".to_vec(),
+                headers: None,
+                data: plain.to_vec()
+            }
+        );
+        let with = b"NATS/1.0\r\nA: b\r\n\r\npayload";
+        let (wrapped, n) = wrap_delivery(b"s", Some(18), with);
+        let d = unwrap_delivery(Some(n), &wrapped).unwrap_or_else(|| panic!("unwrapped"));
+        assert_eq!(d.subject, b"s");
+        assert_eq!(d.headers, Some(18));
+        assert_eq!(d.data, with.to_vec());
+        // Anything else is left alone.
+        assert_eq!(unwrap_delivery(Some(18), with), None);
+        assert_eq!(unwrap_delivery(None, plain), None);
+        assert_eq!(unwrap_delivery(Some(400), plain), None);
     }
 }

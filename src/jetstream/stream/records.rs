@@ -160,6 +160,8 @@ mod tests {
                     WriteOp::DeleteConsumer(name) => {
                         self.consumers.remove(&name);
                     }
+                    WriteOp::RemoveFrom(seq) => self.messages.retain(|s, _| *s < seq),
+                    WriteOp::PutRaftState(_) => {}
                 }
             }
         }

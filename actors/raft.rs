@@ -1,0 +1,472 @@
+//! The Raft host and its group actors: one actor per Raft group, one host per node.
+//!
+//! A group actor owns a raft-rs `RawNode` and drives it: ticks from the host, steps
+//! with peers' messages, proposals from the group's owner (the JetStream actor for the
+//! meta group), and after each batch of those one `Ready` cycle: messages for peers go
+//! out at once; new entries and the hard state go to the storage actor (one redb group
+//! commit across every group and stream), and only once they are durable (fsynced, or
+//! written to the journal with `jetstream.ack = "write"`) are the messages that
+//! acknowledge them (votes, append responses) sent; committed entries go to the owner.
+//!
+//! The host runs the node-wide ticker (every [`crate::raft::TICK_MS`]) and hands
+//! frames from routes to their groups. Frames travel on the routes to peers by name
+//! (`Peers::send_raft`), in our own encoding (`crate::raft::frame`).
+//!
+//! Who waits on whom: a group actor awaits the storage actor (a durable write); the
+//! host awaits nobody (it `try_send`s); owners await a group only for a proposal's
+//! admission (is this node the leader), never for its commit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::raft::eraftpb::{Entry, Message};
+use ::raft::storage::MemStorage;
+use ::raft::{RawNode, StateRole};
+use bytes::Bytes;
+
+use super::context::ServerContext;
+use super::outbound::FlushSet;
+use super::runtime;
+use super::storage::{Progress, Storage, WriteBatch, WriteOp};
+use crate::jetstream::schema;
+use crate::raft::{self as consensus, frame, GroupState};
+
+/// What a group tells its owner.
+#[derive(Debug, Clone)]
+pub enum GroupEvent {
+    /// An entry is committed (in log order; after a restart the whole log again).
+    Committed { index: u64, data: Bytes },
+    /// The group's leader changed (`None`: no leader known).
+    Leader { leader: Option<String>, term: u64 },
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the group's leader")]
+    NotLeader,
+    #[error("the group has stopped")]
+    Stopped,
+    #[error("raft refused the proposal: {0}")]
+    Refused(String),
+}
+
+/// A group as monitoring sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupStatus {
+    pub leader: Option<String>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub is_leader: bool,
+    /// The peers (by name) and, seen from the leader, how far each has replicated.
+    pub peers: Vec<PeerStatus>,
+    /// Leader changes seen since start.
+    pub leader_changes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    /// The highest index the peer is known to hold (leader only; 0 otherwise).
+    pub matched: u64,
+    pub routed: bool,
+}
+
+enum GroupCmd {
+    Tick,
+    Step(Box<Message>),
+    Propose(Vec<u8>, async_channel::Sender<Result<(), ProposeError>>),
+}
+
+/// How other actors reach a group.
+#[derive(Clone)]
+pub struct GroupHandle {
+    tx: async_channel::Sender<GroupCmd>,
+    status: Arc<arc_swap::ArcSwap<GroupStatus>>,
+}
+
+impl GroupHandle {
+    /// Proposes `data` for the log: `Ok` once the leader (this node) took it in; the
+    /// owner hears of it again as `Committed` once a quorum has it durable.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<(), ProposeError> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.tx
+            .send(GroupCmd::Propose(data, tx))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.recv().await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    pub fn status(&self) -> Arc<GroupStatus> {
+        self.status.load_full()
+    }
+}
+
+/// The node's Raft: its groups, their ticker, and the inbox routes hand frames to.
+#[derive(Clone)]
+pub struct RaftHost {
+    groups: Arc<Mutex<HashMap<u64, async_channel::Sender<GroupCmd>>>>,
+}
+
+/// Why a group could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("raft group {group}: {reason}")]
+    Log { group: u64, reason: String },
+}
+
+impl RaftHost {
+    /// Starts the ticker and takes the frames routes receive.
+    pub fn start(ctx: &Arc<ServerContext>) -> RaftHost {
+        let host = RaftHost {
+            groups: Arc::default(),
+        };
+        let (inbox_tx, inbox) = async_channel::bounded::<Bytes>(65_536);
+        ctx.peers.set_raft_inbox(inbox_tx);
+        let groups = host.groups.clone();
+        ctx.spawner.spawn_detached(async move {
+            while let Ok(bytes) = inbox.recv().await {
+                match frame::decode(&bytes) {
+                    Ok(m) => {
+                        let tx = lock(&groups).get(&m.group).cloned();
+                        if let Some(tx) = tx {
+                            let _ = tx.try_send(GroupCmd::Step(Box::new(m.message)));
+                        }
+                    }
+                    Err(e) => log::warn!("raft frame from a route refused: {e}"),
+                }
+            }
+        });
+        let groups = host.groups.clone();
+        ctx.spawner.spawn_detached(async move {
+            let mut ticks = runtime::interval(Duration::from_millis(consensus::TICK_MS));
+            loop {
+                futures_lite::StreamExt::next(&mut ticks).await;
+                let all: Vec<_> = lock(&groups).values().cloned().collect();
+                if all.iter().all(async_channel::Sender::is_closed) && !all.is_empty() {
+                    break;
+                }
+                for tx in all {
+                    let _ = tx.try_send(GroupCmd::Tick);
+                }
+            }
+        });
+        host
+    }
+
+    /// Starts group `group` with `peers` (server names, this node's among them) as its
+    /// voters, or as its log in `storage` says when it ran before. Committed entries
+    /// and leader changes go to `events`.
+    pub fn start_group(
+        &self,
+        ctx: &Arc<ServerContext>,
+        group: u64,
+        peers: &[String],
+        storage: Storage,
+        ack: crate::config::AckAfter,
+        events: async_channel::Sender<GroupEvent>,
+    ) -> Result<GroupHandle, StartError> {
+        let fail = |reason: String| StartError::Log { group, reason };
+        let names: HashMap<u64, String> = peers
+            .iter()
+            .map(|n| (consensus::node_id(n), n.clone()))
+            .collect();
+        let id = consensus::node_id(&ctx.server_name);
+        let log_name = schema::raft_log(group);
+        let loaded = storage
+            .load_raft_log(&log_name)
+            .map_err(|e| fail(e.to_string()))?;
+        let state = match &loaded.state {
+            Some(bytes) => GroupState::decode(bytes).map_err(|e| fail(e.to_string()))?,
+            None => GroupState {
+                voters: names.keys().copied().collect(),
+                ..GroupState::default()
+            },
+        };
+        let mem = MemStorage::new_with_conf_state(state.conf_state());
+        let mut entries = Vec::with_capacity(loaded.entries.len());
+        for (index, bytes) in &loaded.entries {
+            let entry = frame::decode_entry(bytes).map_err(|e| fail(e.to_string()))?;
+            if entry.index != *index {
+                return Err(fail(format!(
+                    "entry stored at {index} says it is {}",
+                    entry.index
+                )));
+            }
+            entries.push(entry);
+        }
+        {
+            let mut w = mem.wl();
+            w.append(&entries).map_err(|e| fail(e.to_string()))?;
+            let mut hard = state.hard.clone();
+            // A commit index past the stored log would be a lie of the store.
+            hard.commit = hard.commit.min(entries.last().map_or(0, |e| e.index));
+            w.set_hardstate(hard);
+        }
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&consensus::group_config(id, 0), mem, &logger)
+            .map_err(|e| fail(e.to_string()))?;
+        let (tx, rx) = async_channel::unbounded();
+        let status = Arc::new(arc_swap::ArcSwap::from_pointee(GroupStatus::default()));
+        let actor = Group {
+            group,
+            log_name,
+            node,
+            voters: state.voters,
+            storage,
+            ack,
+            ctx: ctx.clone(),
+            names,
+            events,
+            status: status.clone(),
+            leader: 0,
+            leader_changes: 0,
+        };
+        lock(&self.groups).insert(group, tx.clone());
+        let groups = self.groups.clone();
+        ctx.spawner.spawn_detached(async move {
+            actor.run(rx).await;
+            lock(&groups).remove(&group);
+        });
+        Ok(GroupHandle { tx, status })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Group {
+    group: u64,
+    log_name: String,
+    node: RawNode<MemStorage>,
+    voters: Vec<u64>,
+    storage: Storage,
+    ack: crate::config::AckAfter,
+    ctx: Arc<ServerContext>,
+    names: HashMap<u64, String>,
+    events: async_channel::Sender<GroupEvent>,
+    status: Arc<arc_swap::ArcSwap<GroupStatus>>,
+    leader: u64,
+    leader_changes: u64,
+}
+
+impl Group {
+    async fn run(mut self, rx: async_channel::Receiver<GroupCmd>) {
+        while let Ok(first) = rx.recv().await {
+            self.handle(first);
+            // Everything queued meanwhile, then one Ready cycle for all of it.
+            while let Ok(more) = rx.try_recv() {
+                self.handle(more);
+            }
+            if self.on_ready().await.is_err() {
+                break;
+            }
+            if self.events.is_closed() {
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: GroupCmd) {
+        match cmd {
+            GroupCmd::Tick => {
+                self.node.tick();
+            }
+            GroupCmd::Step(m) => {
+                // Only the group's voters speak in it.
+                if !self.names.contains_key(&m.from) {
+                    return;
+                }
+                if let Err(e) = self.node.step(*m) {
+                    log::debug!("raft group {}: step: {e}", self.group);
+                }
+            }
+            GroupCmd::Propose(data, done) => {
+                let result = if self.node.raft.state != StateRole::Leader {
+                    Err(ProposeError::NotLeader)
+                } else {
+                    self.node
+                        .propose(Vec::new(), data)
+                        .map_err(|e| ProposeError::Refused(e.to_string()))
+                };
+                let _ = done.try_send(result);
+            }
+        }
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut flush = FlushSet::default();
+        for m in msgs {
+            let Some(name) = self.names.get(&m.to) else {
+                continue;
+            };
+            match frame::encode(self.group, &m) {
+                Ok(bytes) => {
+                    self.ctx.peers.send_raft(name, &bytes, &mut flush);
+                }
+                Err(e) => log::error!("raft group {}: cannot send to {name}: {e}", self.group),
+            }
+        }
+        flush.forget_stalled();
+        flush.flush();
+    }
+
+    /// One Ready cycle; `Err` when the log cannot be written (the group stops: it must
+    /// not acknowledge what it could not make durable).
+    async fn on_ready(&mut self) -> Result<(), ()> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.node.ready();
+        self.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            // Snapshots come with log compaction (the next issue); no leader sends one yet.
+            log::error!(
+                "raft group {}: snapshot received, not supported yet",
+                self.group
+            );
+        }
+        let mut ops = Vec::new();
+        if let Some(first) = rd.entries().first() {
+            // A new leader's entries replace whatever this log held from there on.
+            ops.push(WriteOp::RemoveFrom(first.index));
+            for e in rd.entries() {
+                let mut record = Vec::with_capacity(e.data.len() + 40);
+                if let Err(err) = frame::encode_entry(&mut record, e) {
+                    log::error!("raft group {}: entry {}: {err}", self.group, e.index);
+                    return Err(());
+                }
+                ops.push(WriteOp::Append {
+                    seq: e.index,
+                    record,
+                });
+            }
+            let appended = self.node.raft.raft_log.store.wl().append(rd.entries());
+            if let Err(e) = appended {
+                log::error!("raft group {}: {e}", self.group);
+                return Err(());
+            }
+        }
+        if let Some(hs) = rd.hs() {
+            self.node.raft.raft_log.store.wl().set_hardstate(hs.clone());
+            let state = GroupState {
+                hard: hs.clone(),
+                voters: self.voters.clone(),
+            };
+            ops.push(WriteOp::PutRaftState(state.encode()));
+        }
+        if !ops.is_empty() {
+            self.persist(ops).await?;
+        }
+        self.send(rd.take_persisted_messages());
+        self.apply(rd.take_committed_entries());
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node
+                .raft
+                .raft_log
+                .store
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries());
+        self.node.advance_apply();
+        self.observe();
+        Ok(())
+    }
+
+    /// Writes `ops` and waits until they are durable as `jetstream.ack` says.
+    async fn persist(&mut self, ops: Vec<WriteOp>) -> Result<(), ()> {
+        let (tx, rx) = async_channel::bounded(2);
+        self.storage.submit(WriteBatch {
+            stream: self.log_name.clone(),
+            ops,
+            done: Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        });
+        let want_written = self.ack == crate::config::AckAfter::Write;
+        loop {
+            match rx.recv().await {
+                Ok(Ok(Progress::Committed)) => return Ok(()),
+                Ok(Ok(Progress::Written)) if want_written => return Ok(()),
+                Ok(Ok(Progress::Written)) => continue,
+                Ok(Err(e)) => {
+                    log::error!("raft group {}: log write failed: {e}", self.group);
+                    return Err(());
+                }
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            // Empty entries are a new leader's no-op.
+            if e.data.is_empty() {
+                continue;
+            }
+            let _ = self.events.try_send(GroupEvent::Committed {
+                index: e.index,
+                data: e.data,
+            });
+        }
+    }
+
+    /// Publishes the group's status, and tells the owner when the leader changed.
+    fn observe(&mut self) {
+        let raft = &self.node.raft;
+        if raft.leader_id != self.leader {
+            self.leader = raft.leader_id;
+            self.leader_changes += 1;
+            let leader = self.names.get(&raft.leader_id).cloned();
+            match &leader {
+                Some(name) => log::info!(
+                    "raft group {}: leader is {name} (term {})",
+                    self.group,
+                    raft.term
+                ),
+                None => log::info!("raft group {}: no leader (term {})", self.group, raft.term),
+            }
+            let _ = self.events.try_send(GroupEvent::Leader {
+                leader,
+                term: raft.term,
+            });
+        }
+        let is_leader = raft.state == StateRole::Leader;
+        let mut peers: Vec<PeerStatus> = self
+            .voters
+            .iter()
+            .map(|id| {
+                let name = self.names.get(id).cloned().unwrap_or_default();
+                PeerStatus {
+                    matched: if is_leader {
+                        raft.prs().get(*id).map_or(0, |p| p.matched)
+                    } else {
+                        0
+                    },
+                    routed: name == self.ctx.server_name || self.ctx.peers.is_routed(&name),
+                    name,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.status.store(Arc::new(GroupStatus {
+            leader: self.names.get(&raft.leader_id).cloned(),
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            is_leader,
+            peers,
+            leader_changes: self.leader_changes,
+        }));
+    }
+}

@@ -1,0 +1,326 @@
+//! Raft for replicated JetStream, the pure part: how a node is named in a group, the
+//! timings every group runs with, a group's persisted state, and (in [`frame`]) the
+//! encoding of messages between nodes and of log entries on disk.
+//!
+//! The consensus itself is tikv's raft-rs (`raft::RawNode`): a state machine with no
+//! threads or timers that the group actor (`actors/raft.rs`) ticks, steps with peers'
+//! messages, proposes to, and drains of its `Ready` state.
+
+pub mod frame;
+
+use raft::eraftpb::{ConfState, HardState};
+
+pub use frame::{FrameError, GroupMessage};
+
+/// How often the node-wide ticker ticks every group.
+pub const TICK_MS: u64 = 100;
+/// A leader with nothing to send says it is alive every this many ticks (0.5 s).
+pub const HEARTBEAT_TICKS: usize = 5;
+/// A follower that hears no leader campaigns after a random number of ticks in this
+/// range (1.5–3 s). nats-server waits 4–9 s; with pre-vote and check-quorum a shorter
+/// timeout does not flap under load, because a node that still hears its leader
+/// refuses to pre-vote for another.
+pub const ELECTION_TICKS: (usize, usize) = (15, 30);
+
+/// The meta group (stream and consumer assignments): group id 0.
+pub const META_GROUP: u64 = 0;
+
+/// A node's id in every Raft group, from its server name: the same on every node
+/// (FNV-1a, 64 bits), never 0 (raft-rs reserves it for "none").
+pub fn node_id(server_name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in server_name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// The raft-rs configuration every group runs with.
+pub fn group_config(id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id,
+        applied,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        election_tick: ELECTION_TICKS.0,
+        min_election_tick: ELECTION_TICKS.0,
+        max_election_tick: ELECTION_TICKS.1,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..raft::Config::default()
+    }
+}
+
+/// What a group keeps besides its log: the vote, term and commit (raft's hard state)
+/// and its voters. Stored as `term | vote | commit | n | voter*n` (u64 LE), a CRC-32
+/// after it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GroupState {
+    pub hard: HardState,
+    pub voters: Vec<u64>,
+}
+
+/// Why a stored group state could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("raft group state is {0} bytes, not a whole record")]
+    Length(usize),
+    #[error("raft group state fails its checksum")]
+    Checksum,
+}
+
+impl GroupState {
+    pub fn conf_state(&self) -> ConfState {
+        ConfState {
+            voters: self.voters.clone(),
+            ..ConfState::default()
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + 8 * self.voters.len() + 4);
+        for v in [self.hard.term, self.hard.vote, self.hard.commit] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.voters.len() as u64).to_le_bytes());
+        for v in &self.voters {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<GroupState, StateError> {
+        let bad = || StateError::Length(bytes.len());
+        let body_len = bytes.len().checked_sub(4).ok_or_else(bad)?;
+        let (body, crc) = bytes.split_at(body_len);
+        if body.len() < 32 || (body.len() - 32) % 8 != 0 {
+            return Err(bad());
+        }
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return Err(StateError::Checksum);
+        }
+        let words: Vec<u64> = body
+            .chunks_exact(8)
+            .map(|c| {
+                let mut a = [0; 8];
+                a.copy_from_slice(c);
+                u64::from_le_bytes(a)
+            })
+            .collect();
+        let n = words[3] as usize;
+        if words.len() != 4 + n {
+            return Err(bad());
+        }
+        Ok(GroupState {
+            hard: HardState {
+                term: words[0],
+                vote: words[1],
+                commit: words[2],
+                ..HardState::default()
+            },
+            voters: words[4..].to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        assert_eq!(node_id("n1"), node_id("n1"));
+        assert_ne!(node_id("n1"), node_id("n2"));
+        assert_ne!(node_id(""), 0);
+    }
+
+    #[test]
+    fn group_state_round_trips_and_damage_is_seen() {
+        let s = GroupState {
+            hard: HardState {
+                term: 7,
+                vote: 3,
+                commit: 99,
+                ..HardState::default()
+            },
+            voters: vec![1, 2, 3],
+        };
+        let bytes = s.encode();
+        assert_eq!(GroupState::decode(&bytes), Ok(s));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x04;
+            assert!(GroupState::decode(&bad).is_err(), "byte {i}");
+        }
+        assert!(GroupState::decode(&bytes[..bytes.len() - 9]).is_err());
+    }
+
+    use ::raft::storage::MemStorage;
+    use ::raft::RawNode;
+    use std::collections::VecDeque;
+
+    /// Three raft-rs nodes with our timings, every message through our frame codec, and
+    /// the Ready cycle the group actor runs (persist, then send persisted messages).
+    struct Sim {
+        nodes: Vec<RawNode<MemStorage>>,
+        wire: VecDeque<Vec<u8>>,
+        committed: Vec<Vec<Vec<u8>>>,
+        down: Option<usize>,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            let ids: Vec<u64> = ["a", "b", "c"].iter().map(|n| node_id(n)).collect();
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let nodes = ids
+                .iter()
+                .map(|id| {
+                    let cs = ConfState {
+                        voters: ids.clone(),
+                        ..ConfState::default()
+                    };
+                    let storage = MemStorage::new_with_conf_state(cs);
+                    RawNode::new(&group_config(*id, 0), storage, &logger)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                })
+                .collect();
+            Sim {
+                nodes,
+                wire: VecDeque::new(),
+                committed: vec![Vec::new(); 3],
+                down: None,
+            }
+        }
+
+        fn index_of(&self, id: u64) -> Option<usize> {
+            self.nodes.iter().position(|n| n.raft.id == id)
+        }
+
+        fn send(&mut self, msgs: Vec<::raft::eraftpb::Message>) {
+            for m in msgs {
+                let frame = frame::encode(META_GROUP, &m).unwrap_or_else(|e| panic!("{e}"));
+                self.wire.push_back(frame);
+            }
+        }
+
+        fn ready(&mut self, i: usize) {
+            if !self.nodes[i].has_ready() {
+                return;
+            }
+            let mut rd = self.nodes[i].ready();
+            let msgs = rd.take_messages();
+            self.send(msgs);
+            let store = self.nodes[i].raft.raft_log.store.clone();
+            if !rd.entries().is_empty() {
+                store
+                    .wl()
+                    .append(rd.entries())
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            if let Some(hs) = rd.hs() {
+                store.wl().set_hardstate(hs.clone());
+            }
+            let persisted = rd.take_persisted_messages();
+            self.send(persisted);
+            let committed = rd.take_committed_entries();
+            self.apply(i, committed);
+            let mut light = self.nodes[i].advance(rd);
+            if let Some(commit) = light.commit_index() {
+                store.wl().mut_hard_state().set_commit(commit);
+            }
+            let msgs = light.take_messages();
+            self.send(msgs);
+            let committed = light.take_committed_entries();
+            self.apply(i, committed);
+            self.nodes[i].advance_apply();
+        }
+
+        fn apply(&mut self, i: usize, entries: Vec<::raft::eraftpb::Entry>) {
+            for e in entries {
+                if !e.data.is_empty() {
+                    self.committed[i].push(e.data.to_vec());
+                }
+            }
+        }
+
+        /// Ticks everyone `ticks` times, delivering every message in between.
+        fn run(&mut self, ticks: usize) {
+            for _ in 0..ticks {
+                for i in 0..3 {
+                    if Some(i) != self.down {
+                        self.nodes[i].tick();
+                    }
+                }
+                self.settle();
+            }
+        }
+
+        fn settle(&mut self) {
+            for _ in 0..100 {
+                for i in 0..3 {
+                    if Some(i) != self.down {
+                        self.ready(i);
+                    }
+                }
+                if self.wire.is_empty() {
+                    return;
+                }
+                while let Some(bytes) = self.wire.pop_front() {
+                    let m = frame::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+                    let Some(to) = self.index_of(m.message.to) else {
+                        continue;
+                    };
+                    if Some(to) != self.down {
+                        let _ = self.nodes[to].step(m.message);
+                    }
+                }
+            }
+        }
+
+        fn leader(&self) -> Option<usize> {
+            (0..3).find(|i| {
+                Some(*i) != self.down && self.nodes[*i].raft.state == ::raft::StateRole::Leader
+            })
+        }
+    }
+
+    #[test]
+    fn three_nodes_elect_replicate_and_survive_the_leader() {
+        let mut sim = Sim::new();
+        sim.run(ELECTION_TICKS.1 * 2);
+        let leader = sim.leader().unwrap_or_else(|| panic!("no leader"));
+        for n in 0..10u8 {
+            let proposed = sim.nodes[leader].propose(vec![], vec![n]);
+            assert!(proposed.is_ok(), "{proposed:?}");
+        }
+        sim.run(2);
+        for i in 0..3 {
+            assert_eq!(
+                sim.committed[i],
+                (0..10u8).map(|n| vec![n]).collect::<Vec<_>>()
+            );
+        }
+        // The leader goes away: another is elected within the election timeout and
+        // what it commits reaches the third node in the same order.
+        sim.down = Some(leader);
+        sim.run(ELECTION_TICKS.1 * 2 + 2);
+        let next = sim.leader().unwrap_or_else(|| panic!("no new leader"));
+        assert_ne!(next, leader);
+        assert!(sim.nodes[next].propose(vec![], vec![42]).is_ok());
+        sim.run(2);
+        let third = (0..3)
+            .find(|i| *i != leader && *i != next)
+            .unwrap_or_else(|| panic!("three nodes"));
+        assert_eq!(sim.committed[next].last(), Some(&vec![42]));
+        assert_eq!(sim.committed[third], sim.committed[next]);
+        // The old leader returns and catches up as a follower.
+        sim.down = None;
+        sim.run(HEARTBEAT_TICKS * 3);
+        assert_eq!(sim.committed[leader], sim.committed[next]);
+        assert_eq!(sim.leader(), Some(next), "the old leader must not disrupt");
+    }
+}

@@ -1,0 +1,330 @@
+//! One JetStream across three meshbroker processes on loopback (`jetstream.peers`):
+//! the meta group elects a leader, streams created through any node are seen from
+//! every node, an R1 stream placed on one node takes publishes and serves consumers
+//! from clients on the others, a `kill -9`ed meta leader is replaced and the node,
+//! restarted on its store, rejoins knowing every stream. Clients are async-nats.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+
+use common::{http_get_json, meshbroker_binary, wait_for_port, Child};
+
+const NAMES: [&str; 3] = ["n1", "n2", "n3"];
+
+struct Peer {
+    name: &'static str,
+    client: SocketAddr,
+    cluster: SocketAddr,
+    monitor: SocketAddr,
+    dir: std::path::PathBuf,
+    process: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A port for a listener that must keep its number across restarts: below the
+/// kernel's ephemeral range, so no outgoing connection (a route being dialed) takes it
+/// between runs of the node.
+fn fixed_port() -> u16 {
+    loop {
+        let port = 20_000 + (fastrand::u16(..12_000));
+        if std::net::TcpListener::bind(loopback(port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Peer {
+    fn config(&self, all: &[Peer]) -> String {
+        let routes: Vec<String> = all
+            .iter()
+            .filter(|p| p.name != self.name)
+            .map(|p| format!("\"nats-route://{}\"", p.cluster))
+            .collect();
+        let peers: Vec<String> = NAMES.iter().map(|n| format!("\"{n}\"")).collect();
+        format!(
+            "listen = \"{}\"\nserver_name = \"{}\"\nlog_level = \"debug\"\n\
+             [monitor]\nlisten = \"{}\"\n\
+             [cluster]\nname = \"js\"\nlisten = \"{}\"\nroutes = [{}]\nsecret = \"a-cluster-secret-for-tests\"\n\
+             [jetstream]\nstore_dir = \"{}\"\npeers = [{}]\n",
+            self.client,
+            self.name,
+            self.monitor,
+            self.cluster,
+            routes.join(", "),
+            self.dir.join("js").display(),
+            peers.join(", ")
+        )
+    }
+
+    fn start(&mut self, config: &str) {
+        let path = self.dir.join("node.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(meshbroker_binary())
+            .args(["--conf", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.process = Some(Child(child));
+        for addr in [self.client, self.monitor] {
+            assert!(
+                wait_for_port(addr, Duration::from_secs(10)),
+                "{} listens on {addr}",
+                self.name
+            );
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
+    }
+
+    fn jsz(&self) -> serde_json::Value {
+        http_get_json(self.monitor, "/jsz")
+    }
+
+    fn meta_leader(&self) -> Option<String> {
+        self.jsz()["meta_cluster"]["leader"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn peers(tag: &str) -> Vec<Peer> {
+    NAMES
+        .iter()
+        .map(|name| {
+            let dir = std::env::temp_dir().join(format!(
+                "meshbroker-test-jscluster-{tag}-{name}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Peer {
+                name,
+                client: loopback(fixed_port()),
+                cluster: loopback(fixed_port()),
+                monitor: loopback(fixed_port()),
+                log: dir.join("node.log"),
+                dir,
+                process: None,
+            }
+        })
+        .collect()
+}
+
+/// Waits until every running peer names the same meta leader; returns it.
+fn wait_leader(all: &[Peer], limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let seen: Vec<Option<String>> = all
+            .iter()
+            .filter(|p| p.process.is_some())
+            .map(Peer::meta_leader)
+            .collect();
+        if let Some(Some(first)) = seen.first() {
+            let alive = all
+                .iter()
+                .any(|p| p.process.is_some() && p.name == first.as_str());
+            if alive && seen.iter().all(|s| s.as_deref() == Some(first.as_str())) {
+                return first.clone();
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no agreed meta leader after {limit:?}: {seen:?}\n{}",
+            all.iter()
+                .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
+                .collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn js_on(peer: &Peer) -> jetstream::Context {
+    let client = async_nats::connect(peer.client.to_string()).await.unwrap();
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_secs(5));
+    js
+}
+
+async fn names(js: &jetstream::Context) -> Vec<String> {
+    let mut names: Vec<String> = js
+        .stream_names()
+        .map(|n| n.unwrap())
+        .collect::<Vec<_>>()
+        .await;
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
+    let mut all = peers("one");
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    for (p, c) in all.iter_mut().zip(&configs) {
+        p.start(c);
+    }
+    let leader = wait_leader(&all, Duration::from_secs(20));
+    let jsz = all[0].jsz();
+    assert_eq!(jsz["meta_cluster"]["cluster_size"], 3, "{jsz}");
+    assert_eq!(jsz["meta_cluster"]["name"], "js", "{jsz}");
+
+    // A stream created through n1 is seen from n3 and n2.
+    let js1 = js_on(&all[0]).await;
+    let created = js1
+        .create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.cached_info().config.name, "ORDERS");
+    let js3 = js_on(&all[2]).await;
+    let mut orders = js3.get_stream("ORDERS").await.unwrap();
+    assert_eq!(orders.info().await.unwrap().state.messages, 0);
+
+    // Published from n3, consumed from n2, wherever the stream is held.
+    for i in 0..20 {
+        let ack = js3
+            .publish(format!("orders.{i}"), format!("order {i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(ack.sequence, i + 1);
+        assert_eq!(ack.stream, "ORDERS");
+    }
+    let js2 = js_on(&all[1]).await;
+    let consumer = js2
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("worker".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(20).messages().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+        m.ack().await.unwrap();
+    }
+    assert_eq!(got.len(), 20, "{got:?}");
+    assert_eq!(got[19], "order 19");
+
+    // A create that clashes is refused by the meta leader, whoever the client is on.
+    let clash = js2
+        .create_stream(stream::Config {
+            name: "OTHER".into(),
+            subjects: vec!["orders.eu".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(clash.is_err(), "overlapping subjects accepted");
+    assert_eq!(names(&js2).await, ["ORDERS"]);
+    let list: Vec<_> = js2.streams().map(|s| s.unwrap()).collect::<Vec<_>>().await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0].state.messages, 20,
+        "LIST asks the holder for its info"
+    );
+
+    // The meta leader is killed: the other two elect another, and the JetStream goes
+    // on taking new streams.
+    let held_by = all
+        .iter()
+        .find(|p| p.jsz()["streams"].as_u64().is_some_and(|n| n == 1))
+        .map(|p| p.name)
+        .unwrap();
+    let at = all.iter().position(|p| p.name == leader).unwrap();
+    all[at].kill9();
+    let killed = Instant::now();
+    let next = wait_leader(&all, Duration::from_secs(15));
+    let took = killed.elapsed();
+    assert_ne!(next, leader);
+    eprintln!("meta leader {leader} killed; {next} leads after {took:?}");
+    let survivor = all.iter().find(|p| p.process.is_some()).unwrap();
+    let js = js_on(survivor).await;
+    js.create_stream(stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    if held_by != leader {
+        let info = js
+            .get_stream("ORDERS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.state.messages, 20);
+    }
+
+    // Restarted on its store, the old leader rejoins, knows both streams, and
+    // still holds (or reaches) ORDERS with every message.
+    let config = configs[at].clone();
+    all[at].start(&config);
+    let again = wait_leader(&all, Duration::from_secs(15));
+    assert_eq!(again, next, "the returning node must not take over");
+    let back = js_on(&all[at]).await;
+    assert_eq!(names(&back).await, ["EVENTS", "ORDERS"]);
+    let info = back
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.state.messages, 20);
+
+    // A delete through any node removes it everywhere.
+    back.delete_stream("EVENTS").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in &all {
+        let js = js_on(p).await;
+        while names(&js).await != ["ORDERS"] {
+            assert!(
+                Instant::now() < deadline,
+                "EVENTS still listed on {}",
+                p.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for p in &mut all {
+        p.kill9();
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
+}
