@@ -62,6 +62,7 @@ pub enum StartError {
 /// The clustered part of a JetStream peer.
 struct Clustered {
     ctx: Arc<ServerContext>,
+    host: RaftHost,
     meta: Meta,
     group: GroupHandle,
     /// The meta leader's name, as the group last said.
@@ -146,7 +147,8 @@ pub async fn start(
             &config.peers,
             storage.clone(),
             config.ack,
-            meta_tx,
+            0,
+            Box::new(move |e| meta_tx.try_send(e).is_ok()),
         )?;
         log::info!(
             "JetStream clustered with {} (meta group of {} peers)",
@@ -155,6 +157,7 @@ pub async fn start(
         );
         Some(Clustered {
             ctx: ctx.clone(),
+            host,
             meta: Meta::default(),
             group,
             leader: None,
@@ -286,34 +289,54 @@ impl JetStream {
                 MetaEntry::AssignStream {
                     config,
                     peers,
+                    group,
                     created,
                     reply,
                 },
             ) => {
-                if !peers.contains(&me) || self.streams.contains_key(&name) {
-                    // Held elsewhere, or restored from this node's store (a replay).
+                if !peers.contains(&me) {
                     return;
                 }
-                let result = self
-                    .start_stream(config, created)
-                    .await
-                    .map(|info| api::response(CREATE, &info.for_change(true)));
+                let restored = self.streams.contains_key(&name);
+                let result = if restored {
+                    // Restored from this node's store (a replay of the meta log).
+                    Ok(None)
+                } else {
+                    self.start_stream(config, created).await.map(Some)
+                };
+                if peers.len() > 1 {
+                    if let Err(e) = self.replicate(&name, group, &peers) {
+                        log::error!("JetStream: stream {name}: cannot start its Raft group: {e}");
+                    }
+                }
+                // One of the replicas answers: the first placed.
+                if restored || peers.first() != Some(&me) {
+                    return;
+                }
+                let result = result.map(|info| {
+                    let info = info.map(|i| i.for_change(true));
+                    api::response(CREATE, &info)
+                });
                 (reply, result, CREATE)
             }
             (MetaChange::Updated(name), MetaEntry::UpdateStream { config, reply }) => {
+                let first = cluster.meta.stream(&name).and_then(|a| a.peers.first()) == Some(&me);
                 if !self.streams.contains_key(&name) {
                     return;
                 }
+                let reply = reply.filter(|_| first);
                 let result = self
                     .update_local(&name, config)
                     .await
                     .map(|info| api::response(UPDATE, &info));
                 (reply, result, UPDATE)
             }
-            (MetaChange::Removed(_), MetaEntry::RemoveStream { name, reply }) => {
+            (MetaChange::Removed(a), MetaEntry::RemoveStream { name, reply }) => {
                 if !self.streams.contains_key(&name) {
                     return;
                 }
+                let first = a.peers.first() == Some(&me);
+                let reply = reply.filter(|_| first);
                 let result = self
                     .delete_stream(&name)
                     .await
@@ -468,6 +491,15 @@ impl JetStream {
             if let Some(handle) = self.streams.get(name) {
                 match &req {
                     ApiRequest::StreamCreate(_) => {
+                        let first = self.cluster.as_ref().is_none_or(|c| {
+                            c.meta
+                                .stream(name)
+                                .is_none_or(|a| a.peers.first() == Some(&c.ctx.server_name))
+                        });
+                        if !first {
+                            // Another replica answers.
+                            return Handled::Done;
+                        }
                         return match self.parse_config(name, &body) {
                             Ok(c) if c == handle.config => match self.stream_info(name).await {
                                 Ok(info) => {
@@ -536,6 +568,8 @@ impl JetStream {
                 MetaEntry::AssignStream {
                     config,
                     peers,
+                    // Random, so that no two streams (nor the meta group) share one.
+                    group: fastrand::u64(1..),
                     created: now_ns(),
                     reply,
                 }
@@ -548,6 +582,12 @@ impl JetStream {
                 let Some(old) = cluster.meta.stream(name) else {
                     return Handled::Error(ApiError::stream_not_found());
                 };
+                if config.num_replicas != old.config.num_replicas {
+                    // Issue 16 (membership) brings live replica changes.
+                    return Handled::Error(ApiError::invalid_stream_config(
+                        "changing a stream's replica count is not supported yet",
+                    ));
+                }
                 if let Err(e) = stream::check_update(&old.config, &config)
                     .and_then(|()| cluster.meta.check_overlap(&config))
                 {
@@ -745,7 +785,53 @@ impl JetStream {
         if config.name != name {
             return Err(ApiError::stream_name_mismatch());
         }
-        stream::normalize_config(config)
+        if self.cluster.is_some() {
+            stream::normalize_clustered_config(config)
+        } else {
+            stream::normalize_config(config)
+        }
+    }
+
+    /// Makes this node's copy of stream `name` one replica of its Raft group `group`.
+    fn replicate(&mut self, name: &str, group: u64, peers: &[String]) -> Result<(), String> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let Some(handle) = self.streams.get(name) else {
+            return Ok(());
+        };
+        let applied = self.storage.load_applied(name).map_err(|e| e.to_string())?;
+        let commands = handle.commands.clone();
+        let group_handle = cluster
+            .host
+            .start_group(
+                &cluster.ctx,
+                group,
+                peers,
+                self.storage.clone(),
+                self.limits.ack,
+                applied,
+                Box::new(move |e| commands.try_send(StreamCmd::Raft(e)).is_ok()),
+            )
+            .map_err(|e| e.to_string())?;
+        let replica = stream_actor::Replica {
+            group: group_handle,
+            peers: peers.to_vec(),
+            cluster: cluster
+                .ctx
+                .config()
+                .cluster
+                .name
+                .clone()
+                .unwrap_or_default(),
+            applied,
+            leading: false,
+            leader: None,
+        };
+        let _ = handle
+            .commands
+            .try_send(StreamCmd::Replicate(Box::new(replica)));
+        Ok(())
     }
 
     fn check_overlap(&self, config: &StreamConfig) -> Result<(), ApiError> {

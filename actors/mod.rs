@@ -33,9 +33,10 @@ pub mod context;
 pub mod publish;
 
 pub mod storage;
-pub mod stream;
 
 pub mod raft;
+
+pub mod stream;
 
 pub mod jetstream;
 

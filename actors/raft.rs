@@ -37,9 +37,16 @@ use crate::raft::{self as consensus, frame, GroupState};
 pub enum GroupEvent {
     /// An entry is committed (in log order; after a restart the whole log again).
     Committed { index: u64, data: Bytes },
-    /// The group's leader changed (`None`: no leader known).
-    Leader { leader: Option<String>, term: u64 },
+    /// The group's leader changed (`None`: no leader known); `me`: this node leads.
+    Leader {
+        leader: Option<String>,
+        term: u64,
+        me: bool,
+    },
 }
+
+/// Where a group's events go; `false` once the owner is gone (the group then stops).
+pub type EventSink = Box<dyn Fn(GroupEvent) -> bool + Send>;
 
 /// Why a proposal was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,7 +84,10 @@ pub struct PeerStatus {
 enum GroupCmd {
     Tick,
     Step(Box<Message>),
-    Propose(Vec<u8>, async_channel::Sender<Result<(), ProposeError>>),
+    Propose(
+        Vec<u8>,
+        Option<async_channel::Sender<Result<(), ProposeError>>>,
+    ),
 }
 
 /// How other actors reach a group.
@@ -93,10 +103,16 @@ impl GroupHandle {
     pub async fn propose(&self, data: Vec<u8>) -> Result<(), ProposeError> {
         let (tx, rx) = async_channel::bounded(1);
         self.tx
-            .send(GroupCmd::Propose(data, tx))
+            .send(GroupCmd::Propose(data, Some(tx)))
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.recv().await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Proposes `data` without waiting to hear whether it was taken (the owner acts
+    /// on `Committed`; a proposal a non-leader drops is retried by whoever asked).
+    pub fn propose_nowait(&self, data: Vec<u8>) {
+        let _ = self.tx.try_send(GroupCmd::Propose(data, None));
     }
 
     pub fn status(&self) -> Arc<GroupStatus> {
@@ -158,7 +174,9 @@ impl RaftHost {
 
     /// Starts group `group` with `peers` (server names, this node's among them) as its
     /// voters, or as its log in `storage` says when it ran before. Committed entries
-    /// and leader changes go to `events`.
+    /// after `applied` (what the owner already holds) and leader changes go to
+    /// `events`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_group(
         &self,
         ctx: &Arc<ServerContext>,
@@ -166,7 +184,8 @@ impl RaftHost {
         peers: &[String],
         storage: Storage,
         ack: crate::config::AckAfter,
-        events: async_channel::Sender<GroupEvent>,
+        applied: u64,
+        events: EventSink,
     ) -> Result<GroupHandle, StartError> {
         let fail = |reason: String| StartError::Log { group, reason };
         let names: HashMap<u64, String> = peers
@@ -201,12 +220,15 @@ impl RaftHost {
             let mut w = mem.wl();
             w.append(&entries).map_err(|e| fail(e.to_string()))?;
             let mut hard = state.hard.clone();
-            // A commit index past the stored log would be a lie of the store.
-            hard.commit = hard.commit.min(entries.last().map_or(0, |e| e.index));
+            let last = entries.last().map_or(0, |e| e.index);
+            // What the owner applied was committed (the commit index is stored lazily);
+            // a commit index past the stored log would be a lie of the store.
+            hard.commit = hard.commit.max(applied).min(last);
             w.set_hardstate(hard);
         }
+        let applied = applied.min(last_index(&loaded.entries));
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let node = RawNode::new(&consensus::group_config(id, 0), mem, &logger)
+        let node = RawNode::new(&consensus::group_config(id, applied), mem, &logger)
             .map_err(|e| fail(e.to_string()))?;
         let (tx, rx) = async_channel::unbounded();
         let status = Arc::new(arc_swap::ArcSwap::from_pointee(GroupStatus::default()));
@@ -223,6 +245,7 @@ impl RaftHost {
             status: status.clone(),
             leader: 0,
             leader_changes: 0,
+            owner_gone: false,
         };
         lock(&self.groups).insert(group, tx.clone());
         let groups = self.groups.clone();
@@ -232,6 +255,10 @@ impl RaftHost {
         });
         Ok(GroupHandle { tx, status })
     }
+}
+
+fn last_index(entries: &[(u64, Vec<u8>)]) -> u64 {
+    entries.last().map_or(0, |(i, _)| *i)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -247,13 +274,20 @@ struct Group {
     ack: crate::config::AckAfter,
     ctx: Arc<ServerContext>,
     names: HashMap<u64, String>,
-    events: async_channel::Sender<GroupEvent>,
+    events: EventSink,
     status: Arc<arc_swap::ArcSwap<GroupStatus>>,
     leader: u64,
     leader_changes: u64,
+    owner_gone: bool,
 }
 
 impl Group {
+    fn tell(&mut self, event: GroupEvent) {
+        if !(self.events)(event) {
+            self.owner_gone = true;
+        }
+    }
+
     async fn run(mut self, rx: async_channel::Receiver<GroupCmd>) {
         while let Ok(first) = rx.recv().await {
             self.handle(first);
@@ -261,10 +295,7 @@ impl Group {
             while let Ok(more) = rx.try_recv() {
                 self.handle(more);
             }
-            if self.on_ready().await.is_err() {
-                break;
-            }
-            if self.events.is_closed() {
+            if self.on_ready().await.is_err() || self.owner_gone {
                 break;
             }
         }
@@ -292,7 +323,12 @@ impl Group {
                         .propose(Vec::new(), data)
                         .map_err(|e| ProposeError::Refused(e.to_string()))
                 };
-                let _ = done.try_send(result);
+                if let Err(e) = &result {
+                    log::debug!("raft group {}: proposal refused: {e}", self.group);
+                }
+                if let Some(done) = done {
+                    let _ = done.try_send(result);
+                }
             }
         }
     }
@@ -414,7 +450,7 @@ impl Group {
             if e.data.is_empty() {
                 continue;
             }
-            let _ = self.events.try_send(GroupEvent::Committed {
+            self.tell(GroupEvent::Committed {
                 index: e.index,
                 data: e.data,
             });
@@ -423,24 +459,27 @@ impl Group {
 
     /// Publishes the group's status, and tells the owner when the leader changed.
     fn observe(&mut self) {
-        let raft = &self.node.raft;
-        if raft.leader_id != self.leader {
-            self.leader = raft.leader_id;
+        let (leader_id, term, leading) = {
+            let raft = &self.node.raft;
+            (raft.leader_id, raft.term, raft.state == StateRole::Leader)
+        };
+        if leader_id != self.leader {
+            self.leader = leader_id;
             self.leader_changes += 1;
-            let leader = self.names.get(&raft.leader_id).cloned();
+            let leader = self.names.get(&leader_id).cloned();
             match &leader {
-                Some(name) => log::info!(
-                    "raft group {}: leader is {name} (term {})",
-                    self.group,
-                    raft.term
-                ),
-                None => log::info!("raft group {}: no leader (term {})", self.group, raft.term),
+                Some(name) => {
+                    log::info!("raft group {}: leader is {name} (term {term})", self.group)
+                }
+                None => log::info!("raft group {}: no leader (term {term})", self.group),
             }
-            let _ = self.events.try_send(GroupEvent::Leader {
+            self.tell(GroupEvent::Leader {
                 leader,
-                term: raft.term,
+                term,
+                me: leading,
             });
         }
+        let raft = &self.node.raft;
         let is_leader = raft.state == StateRole::Leader;
         let mut peers: Vec<PeerStatus> = self
             .voters

@@ -108,6 +108,7 @@ const MARKER: TableDefinition<&str, &str> = TableDefinition::new(MARKER_TABLE);
 /// `applied` → [`Applied`]: how far into the journal redb is.
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new(schema::RAFT_STATE_TABLE);
+const APPLIED: TableDefinition<&str, u64> = TableDefinition::new(schema::APPLIED_TABLE);
 /// The journal is emptied (once redb has all of it) when it grows past this.
 const JOURNAL_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 /// The journal thread waits when the writer is this many bytes behind it (the
@@ -304,6 +305,19 @@ impl Storage {
         schema::decode_message(rec.value())
             .map(Some)
             .map_err(|e| self.damaged(format!("stream {stream} message {seq}: {e}")))
+    }
+
+    /// How far replicated stream `stream` has applied its Raft log (0: never).
+    pub fn load_applied(&self, stream: &str) -> Result<u64, StorageError> {
+        let tx = self.db.begin_read().map_err(|e| self.damaged(e))?;
+        match tx.open_table(APPLIED) {
+            Ok(t) => Ok(t
+                .get(stream)
+                .map_err(|e| self.damaged(e))?
+                .map_or(0, |v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(self.damaged(e)),
+        }
     }
 
     /// Reads a Raft group's log back (node start): its stored state, if any, and its
@@ -811,6 +825,8 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                 tx.delete_table(msgs_def(&msgs_name)).map_err(|x| e(&x))?;
                 tx.delete_table(consumers_def(&consumers_name))
                     .map_err(|x| e(&x))?;
+                let mut applied = tx.open_table(APPLIED).map_err(|x| e(&x))?;
+                applied.remove(b.stream.as_str()).map_err(|x| e(&x))?;
             }
             WriteOp::Remove(seq) => {
                 open(&mut msgs, tx, &msgs_name)?
@@ -841,6 +857,10 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                 let mut t = tx.open_table(RAFT_STATE).map_err(|x| e(&x))?;
                 t.insert(b.stream.as_str(), record.as_slice())
                     .map_err(|x| e(&x))?;
+            }
+            WriteOp::PutApplied(index) => {
+                let mut t = tx.open_table(APPLIED).map_err(|x| e(&x))?;
+                t.insert(b.stream.as_str(), *index).map_err(|x| e(&x))?;
             }
         }
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::publish::Publisher;
+use super::raft::{GroupEvent, GroupHandle};
 use super::router::{Account, SubChange};
 use super::runtime;
 use super::storage::{Progress, Storage, StorageError, WriteBatch, WriteOp};
@@ -25,6 +26,7 @@ use crate::jetstream::api::{self, NextRequest, StreamConfig, StreamInfo, StreamI
 use crate::jetstream::consumer::{AckKind, Outbound};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers::{self, HeaderBuilder};
+use crate::jetstream::replicated::StreamEntry;
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::sourcing::{self, Inbound, Sourcing};
 use crate::jetstream::store::Loaded;
@@ -105,6 +107,25 @@ pub enum StreamCmd {
     Delete(async_channel::Sender<Result<(), ApiError>>),
     /// Write batch `id` is written or committed (or failed).
     Stored(u64, Result<Progress, Arc<StorageError>>),
+    /// The stream is one replica of a replicated stream from now on.
+    Replicate(Box<Replica>),
+    /// What the stream's Raft group says.
+    Raft(GroupEvent),
+}
+
+/// A replicated stream's replica: its Raft group, and whether this node leads it.
+/// The leader proposes what reaches the stream (publishes, acks, changing API
+/// requests) and answers; every replica applies the committed entries; consumers
+/// deliver from the leader only (their acks are in the log, so a new leader delivers
+/// from the ack floor on).
+pub struct Replica {
+    pub group: GroupHandle,
+    pub peers: Vec<String>,
+    pub cluster: String,
+    /// The log index applied so far (stored with the changes it made).
+    pub applied: u64,
+    pub leading: bool,
+    pub leader: Option<String>,
 }
 
 /// What the JetStream actor keeps for a running stream.
@@ -165,6 +186,10 @@ pub struct StreamActor {
     rng: fastrand::Rng,
     /// Part of a clustered JetStream: its subscriptions are announced to the cluster.
     cluster_wide: bool,
+    replica: Option<Box<Replica>>,
+    /// A replicated stream whose group is not attached yet: it stays silent (nothing
+    /// may reach its store but through the log).
+    awaiting_replica: bool,
 }
 
 /// Starts a stream actor for `stream` (new, or restored from storage).
@@ -207,7 +232,9 @@ pub fn spawn(
         sourcing: None,
         source_subs: Vec::new(),
         rng: fastrand::Rng::new(),
+        awaiting_replica: cluster_wide && config.num_replicas > 1,
         cluster_wide,
+        replica: None,
     };
     spawner.spawn_detached(actor.run(inbox_rx, commands_rx));
     StreamHandle {
@@ -368,7 +395,18 @@ impl StreamActor {
                 Event::Tick => {
                     self.stream.expire(now);
                     let mut out = Vec::new();
-                    for name in self.stream.inactive_consumers(now) {
+                    if let Some(r) = self.replica.as_ref().filter(|r| r.leading) {
+                        // Every replica removes it when the log says so.
+                        for name in self.stream.inactive_consumers(now) {
+                            let entry = StreamEntry::RemoveConsumer { ts: now, name };
+                            r.group.propose_nowait(entry.encode());
+                        }
+                    }
+                    let inactive = match &self.replica {
+                        Some(_) => Vec::new(),
+                        None => self.stream.inactive_consumers(now),
+                    };
+                    for name in inactive {
                         log::debug!(
                             "stream {}: consumer {name} inactive, removed",
                             self.stream.name()
@@ -391,7 +429,9 @@ impl StreamActor {
         let index = account.index();
         let interest = |s: &str| index.has_interest(s.as_bytes());
         let mut out = Vec::new();
-        self.stream.poll_consumers(now, &interest, &mut out);
+        if self.replica.as_ref().is_none_or(|r| r.leading) {
+            self.stream.poll_consumers(now, &interest, &mut out);
+        }
         drop(index);
         self.send_outbound(out);
         self.advise(now);
@@ -446,7 +486,12 @@ impl StreamActor {
             self.send_replies(replies);
             return;
         }
-        let ops = self.stream.write_ops(changes);
+        let mut ops = self.stream.write_ops(changes);
+        if let Some(r) = &self.replica {
+            if !ops.is_empty() {
+                ops.push(WriteOp::PutApplied(r.applied));
+            }
+        }
         if ops.is_empty() {
             if self.held.is_empty() {
                 let replies = std::mem::take(&mut self.replies);
@@ -530,11 +575,23 @@ impl StreamActor {
     }
 
     fn reply(&mut self, to: &[u8], body: Vec<u8>) {
+        log::trace!(
+            "stream {}: reply to {} ({} held batches)",
+            self.stream.name(),
+            String::from_utf8_lossy(to),
+            self.held.len()
+        );
         self.publisher.send(&self.account, to, None, None, &body);
     }
 
     /// Replies once the writes made so far are durable.
     fn reply_after_writes(&mut self, to: Bytes, body: Vec<u8>) {
+        log::trace!(
+            "stream {}: reply to {} held ({} batches in flight)",
+            self.stream.name(),
+            String::from_utf8_lossy(&to),
+            self.held.len()
+        );
         self.replies.push((to, body));
     }
 
@@ -709,17 +766,154 @@ impl StreamActor {
 
     /// STREAM.INFO, with the mirror's or sources' state.
     fn info(&self, now: i64, req: &StreamInfoRequest) -> StreamInfo {
-        let mut info = self.stream.info(now, &self.leader, req);
+        let leader = match &self.replica {
+            Some(r) => r.leader.clone().unwrap_or_default(),
+            None => self.leader.clone(),
+        };
+        let mut info = self.stream.info(now, &leader, req);
+        if let (Some(r), Some(cluster)) = (&self.replica, info.cluster.as_mut()) {
+            cluster.name = Some(r.cluster.clone());
+        }
         if let Some(sourcing) = &self.sourcing {
             (info.mirror, info.sources) = sourcing.info(now);
         }
         info
     }
 
+    /// What the stream's Raft group said.
+    fn raft_event(&mut self, event: GroupEvent) {
+        let Some(r) = &mut self.replica else {
+            return;
+        };
+        match event {
+            GroupEvent::Leader { leader, me, .. } => {
+                if me && !r.leading {
+                    log::info!("stream {}: this node leads it now", self.stream.name());
+                }
+                r.leading = me;
+                r.leader = leader;
+            }
+            GroupEvent::Committed { index, data } => {
+                if index <= r.applied {
+                    return;
+                }
+                r.applied = index;
+                let leading = r.leading;
+                match StreamEntry::decode(&data) {
+                    Ok(entry) => self.apply(entry, leading),
+                    // The same bytes everywhere: every replica skips it alike.
+                    Err(e) => log::error!("stream {}: log entry {index}: {e}", self.stream.name()),
+                }
+            }
+        }
+    }
+
+    /// Applies a committed entry; the leader answers whoever waits.
+    fn apply(&mut self, entry: StreamEntry, leading: bool) {
+        match entry {
+            StreamEntry::Publish {
+                ts,
+                subject,
+                hdr_len,
+                data,
+                reply,
+            } => {
+                let result = self.stream.publish(ts, &subject, data, hdr_len as usize);
+                log::trace!(
+                    "stream {}: applied a publish on {subject}: {:?}",
+                    self.stream.name(),
+                    result.as_ref().map(|a| a.seq)
+                );
+                let Some(reply) = reply.filter(|_| leading) else {
+                    return;
+                };
+                match result {
+                    Ok(ack) => self.reply_after_writes(Bytes::from(reply), ack.to_json()),
+                    Err(e) => {
+                        let body = api::pub_ack_error(self.stream.name(), &e);
+                        self.reply(reply.as_bytes(), body);
+                    }
+                }
+            }
+            StreamEntry::Ack {
+                ts,
+                subject,
+                body,
+                reply,
+            } => self.apply_ack(
+                &subject,
+                &body,
+                reply.map(Bytes::from).filter(|_| leading),
+                ts,
+            ),
+            StreamEntry::Api {
+                ts,
+                subject,
+                body,
+                reply,
+                name,
+            } => {
+                let Some(req) = request::parse(&subject) else {
+                    return;
+                };
+                let msg = InternalMsg {
+                    tag: 0,
+                    subject: Bytes::from(subject),
+                    reply: reply.map(Bytes::from).filter(|_| leading),
+                    headers: None,
+                    data: body,
+                    from: None,
+                };
+                self.answer(req, msg, ts, Some(name));
+            }
+            StreamEntry::RemoveConsumer { name, .. } => {
+                let mut out = Vec::new();
+                self.stream.remove_consumer(&name, &mut out);
+                if leading {
+                    self.send_outbound(out);
+                }
+            }
+        }
+    }
+
     fn captured(&mut self, msg: InternalMsg, now: i64) {
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
         };
+        if self.awaiting_replica {
+            return;
+        }
+        if let Some(r) = &self.replica {
+            if !r.leading {
+                return;
+            }
+            if self.usage.exceeded(self.stream.config().storage) {
+                if let Some(reply) = &msg.reply {
+                    let err = ApiError::insufficient_resources();
+                    let body = api::pub_ack_error(self.stream.name(), &err);
+                    self.reply(reply, body);
+                }
+                return;
+            }
+            let no_ack = self.stream.config().no_ack;
+            let entry = StreamEntry::Publish {
+                ts: now,
+                subject: subject.to_string(),
+                hdr_len: msg.headers.unwrap_or(0) as u32,
+                data: msg.data.clone(),
+                reply: msg
+                    .reply
+                    .as_deref()
+                    .filter(|_| !no_ack)
+                    .map(|r| String::from_utf8_lossy(r).into_owned()),
+            };
+            log::trace!(
+                "stream {}: proposing a publish on {subject}",
+                self.stream.name()
+            );
+            r.group.propose_nowait(entry.encode());
+            return;
+        }
         if self.failed.is_some() {
             if let Some(reply) = &msg.reply {
                 let err = ApiError::stream_store_failed("stream store has failed");
@@ -758,21 +952,46 @@ impl StreamActor {
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
         };
+        if self.awaiting_replica {
+            return;
+        }
+        if let Some(r) = &self.replica {
+            if r.leading {
+                let entry = StreamEntry::Ack {
+                    ts: now,
+                    subject: subject.to_string(),
+                    body: msg
+                        .data
+                        .slice(msg.headers.unwrap_or(0).min(msg.data.len())..),
+                    reply: msg
+                        .reply
+                        .as_deref()
+                        .map(|r| String::from_utf8_lossy(r).into_owned()),
+                };
+                r.group.propose_nowait(entry.encode());
+            }
+            return;
+        }
+        self.apply_ack(subject, msg.payload(), msg.reply.clone(), now);
+    }
+
+    /// Applies a consumer ack; `reply` (the leader's or a single node's) is answered.
+    fn apply_ack(&mut self, subject: &str, payload: &[u8], reply: Option<Bytes>, now: i64) {
         let Some(ack) = request::parse_ack(subject) else {
             return;
         };
-        let Some(kind) = AckKind::parse(msg.payload()) else {
+        let Some(kind) = AckKind::parse(payload) else {
             return;
         };
         let consumer = ack.consumer.to_string();
-        let reason = AckKind::term_reason(msg.payload());
+        let reason = AckKind::term_reason(payload);
         self.stream
             .ack(&consumer, ack.stream_seq, kind, reason, now);
-        if let Some(reply) = msg.reply.clone() {
+        if let Some(reply) = reply {
             if kind == AckKind::Next {
                 if let Some(c) = self.stream.consumer_mut(&consumer) {
                     let reply = String::from_utf8_lossy(&reply).to_string();
-                    let req = NextRequest::parse(msg.payload().get(4..).unwrap_or_default())
+                    let req = NextRequest::parse(payload.get(4..).unwrap_or_default())
                         .unwrap_or_default();
                     if let Some(status) = c.request_next(&reply, req, now) {
                         self.send_outbound(vec![status]);
@@ -798,6 +1017,17 @@ impl StreamActor {
             }
             StreamCmd::Delete(_) => {}
             StreamCmd::Stored(id, result) => self.stored(id, result),
+            StreamCmd::Replicate(replica) => {
+                log::info!(
+                    "stream {}: replicated on {} (applied up to {})",
+                    self.stream.name(),
+                    replica.peers.join(", "),
+                    replica.applied
+                );
+                self.replica = Some(replica);
+                self.awaiting_replica = false;
+            }
+            StreamCmd::Raft(event) => self.raft_event(event),
         }
     }
 
@@ -879,6 +1109,36 @@ impl StreamActor {
     }
 
     fn api(&mut self, req: ApiRequest, msg: InternalMsg, now: i64) {
+        if self.awaiting_replica {
+            return;
+        }
+        if let Some(r) = &self.replica {
+            if !r.leading {
+                return;
+            }
+            if changes_stream(&req) {
+                let entry = StreamEntry::Api {
+                    ts: now,
+                    subject: String::from_utf8_lossy(&msg.subject).into_owned(),
+                    body: msg
+                        .data
+                        .slice(msg.headers.unwrap_or(0).min(msg.data.len())..),
+                    reply: msg
+                        .reply
+                        .as_deref()
+                        .map(|r| String::from_utf8_lossy(r).into_owned()),
+                    name: random_name(),
+                };
+                r.group.propose_nowait(entry.encode());
+                return;
+            }
+        }
+        self.answer(req, msg, now, None);
+    }
+
+    /// Acts on a request and answers it (when it has a reply subject); `name` is the
+    /// name a new consumer gets when the request gives none (random if `None`).
+    fn answer(&mut self, req: ApiRequest, msg: InternalMsg, now: i64, name: Option<String>) {
         let kind = req.response_type();
         if let ApiRequest::StreamInfo(_) = &req {
             let result = api::parse_optional::<StreamInfoRequest>(msg.payload())
@@ -896,7 +1156,9 @@ impl StreamActor {
             subject: &msg.subject,
         };
         let mut out = Vec::new();
-        let answer = self.stream.api(&request, now, &mut random_name, &mut out);
+        let mut name = name;
+        let mut new_name = || name.take().unwrap_or_else(random_name);
+        let answer = self.stream.api(&request, now, &mut new_name, &mut out);
         // The node's consumer count is current when the answer goes out.
         self.update_usage();
         self.send_outbound(out);
@@ -1012,6 +1274,18 @@ impl StreamActor {
             }
         }
     }
+}
+
+/// Whether a request changes the stream (a replicated stream puts it in its log).
+fn changes_stream(req: &ApiRequest) -> bool {
+    matches!(
+        req,
+        ApiRequest::ConsumerCreate { .. }
+            | ApiRequest::DurableCreate(..)
+            | ApiRequest::ConsumerDelete(..)
+            | ApiRequest::StreamPurge(_)
+            | ApiRequest::MsgDelete(_)
+    )
 }
 
 /// A generated consumer name, like the reference's (8 random alphanumerics).

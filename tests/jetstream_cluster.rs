@@ -112,6 +112,14 @@ impl Peer {
     }
 }
 
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // The process first (its Child kills it), then its store and log.
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn peers(tag: &str) -> Vec<Peer> {
     NAMES
         .iter()
@@ -323,8 +331,196 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    for p in &mut all {
-        p.kill9();
-        let _ = std::fs::remove_dir_all(&p.dir);
+}
+
+/// Waits until `f` holds, or fails naming `what`.
+async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
+    let mut all = peers("r3");
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    for (p, c) in all.iter_mut().zip(&configs) {
+        p.start(c);
+    }
+    wait_leader(&all, Duration::from_secs(20));
+    let urls: Vec<String> = all.iter().map(|p| format!("nats://{}", p.client)).collect();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(urls.clone())
+        .await
+        .unwrap();
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_secs(3));
+    js.create_stream(stream::Config {
+        name: "R3".into(),
+        subjects: vec!["r3.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The group elects its leader; the stream answers INFO once it has one.
+    let mut leader = String::new();
+    eventually(
+        "an R3 stream leader",
+        Duration::from_secs(15),
+        async || match js.get_stream("R3").await {
+            Ok(mut s) => match s.info().await {
+                Ok(info) => {
+                    let cluster = info.cluster.clone().unwrap_or_default();
+                    leader = cluster.leader.unwrap_or_default();
+                    !leader.is_empty()
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        },
+    )
+    .await;
+
+    // An async publisher, 64 acks outstanding, each message with its own id; an ack
+    // that fails is retried with the same id until it is acked.
+    const TOTAL: u64 = 3000;
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move {
+            let send = |i: u64| {
+                let js = js.clone();
+                async move {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("m-{i}").as_str());
+                    let ack = js
+                        .publish_with_headers(
+                            format!("r3.{}", i % 7),
+                            headers,
+                            format!("{i}").into(),
+                        )
+                        .await
+                        .ok();
+                    // Each ack has two seconds from its publish, not from when it is awaited.
+                    (i, tokio::time::Instant::now() + Duration::from_secs(2), ack)
+                }
+            };
+            let mut window = std::collections::VecDeque::new();
+            let mut retries = 0u64;
+            let mut next = 0u64;
+            let started = Instant::now();
+            while next < TOTAL || !window.is_empty() {
+                while next < TOTAL && window.len() < 64 {
+                    window.push_back(send(next).await);
+                    next += 1;
+                }
+                let Some((i, deadline, pending)) = window.pop_front() else {
+                    break;
+                };
+                let acked = match pending {
+                    Some(ack) => matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(_))),
+                    None => false,
+                };
+                if !acked {
+                    // Again, same id, until it is acked (a leader change in between).
+                    retries += 1;
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "message {i} never acked"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    window.push_back(send(i).await);
+                }
+            }
+            retries
+        }
+    });
+    // Kill the stream's leader once the load is under way.
+    eventually("publishes under way", Duration::from_secs(20), async || {
+        let peer = all.iter().find(|p| p.name != leader).unwrap();
+        peer.jsz()["messages"].as_u64().unwrap_or(0) >= 500
+    })
+    .await;
+    let at = all.iter().position(|p| p.name == leader).unwrap();
+    all[at].kill9();
+    let killed = Instant::now();
+    let retries = publisher.await.unwrap();
+    eprintln!(
+        "R3 leader {leader} killed under load; all {TOTAL} acked {:?} later, {retries} acks retried",
+        killed.elapsed()
+    );
+
+    // Every acked message is there once, in one order, on the survivors.
+    let mut info = js
+        .get_stream("R3")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_ne!(
+        info.cluster
+            .clone()
+            .unwrap_or_default()
+            .leader
+            .unwrap_or_default(),
+        leader
+    );
+    assert_eq!(info.state.messages, TOTAL, "{info:?}");
+    assert_eq!(
+        info.state.last_sequence, TOTAL,
+        "a retry was stored twice: {info:?}"
+    );
+    let consumer = js
+        .get_stream("R3")
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("check".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < TOTAL as usize {
+        let mut batch = consumer.fetch().max_messages(500).messages().await.unwrap();
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string());
+            assert!(seen.insert(id.clone().unwrap()), "{id:?} twice");
+            // Answered once the ack is committed (through the stream's log): the next
+            // fetch then never finds max_ack_pending reached by acks still on the way.
+            m.double_ack().await.unwrap();
+            got += 1;
+        }
+        assert!(got > 0, "consumer stalled at {}", seen.len());
+    }
+
+    // The killed replica returns and catches up from the log.
+    let config = configs[at].clone();
+    all[at].start(&config);
+    eventually(
+        "the returning replica holds every message",
+        Duration::from_secs(20),
+        async || all[at].jsz()["messages"].as_u64() == Some(TOTAL),
+    )
+    .await;
+    info = js
+        .get_stream("R3")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.state.messages, TOTAL);
 }

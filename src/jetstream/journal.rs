@@ -41,6 +41,8 @@ mod tag {
     pub const REMOVE_FROM: u8 = 8;
     /// `record (u32 len + bytes)`: a Raft group's hard state and voters.
     pub const PUT_RAFT_STATE: u8 = 9;
+    /// `index (u64)`: how far into its Raft log a replicated stream has applied.
+    pub const PUT_APPLIED: u8 = 10;
 }
 
 /// One write to apply, on behalf of one stream.
@@ -64,6 +66,9 @@ pub enum WriteOp {
     RemoveFrom(u64),
     /// A Raft group's state ([`crate::raft::GroupState`], encoded).
     PutRaftState(Vec<u8>),
+    /// A replicated stream has applied its Raft log up to this index (written with the
+    /// changes it applied, so a restart applies exactly what follows).
+    PutApplied(u64),
 }
 
 /// Why a journal (or one of its records) could not be read.
@@ -165,6 +170,10 @@ pub fn encode_record(out: &mut Vec<u8>, generation: u64, stream: &str, ops: &[Wr
             WriteOp::PutRaftState(record) => {
                 out.push(tag::PUT_RAFT_STATE);
                 put_bytes32(out, record);
+            }
+            WriteOp::PutApplied(index) => {
+                out.push(tag::PUT_APPLIED);
+                out.extend_from_slice(&index.to_le_bytes());
             }
         }
     }
@@ -305,6 +314,7 @@ fn decode_body(body: &[u8]) -> Result<(String, Vec<WriteOp>), JournalError> {
             tag::DELETE_CONSUMER => WriteOp::DeleteConsumer(r.str16()?),
             tag::REMOVE_FROM => WriteOp::RemoveFrom(r.u64()?),
             tag::PUT_RAFT_STATE => WriteOp::PutRaftState(r.bytes32()?.to_vec()),
+            tag::PUT_APPLIED => WriteOp::PutApplied(r.u64()?),
             other => return Err(JournalError::UnknownOp(other)),
         };
         ops.push(op);
@@ -376,6 +386,7 @@ mod tests {
             WriteOp::DeleteConsumer("D".into()),
             WriteOp::RemoveFrom(9),
             WriteOp::PutRaftState(b"state".to_vec()),
+            WriteOp::PutApplied(77),
             WriteOp::DeleteStream,
         ]
     }

@@ -23,6 +23,9 @@ pub enum MetaEntry {
     AssignStream {
         config: StreamConfig,
         peers: Vec<String>,
+        /// The stream's Raft group (when it has more than one peer).
+        #[serde(default)]
+        group: u64,
         created: i64,
         /// Where the client that asked waits for the answer (the stream's leader
         /// answers when it has created the stream).
@@ -52,6 +55,7 @@ impl MetaEntry {
 pub struct Assignment {
     pub config: StreamConfig,
     pub peers: Vec<String>,
+    pub group: u64,
     pub created: i64,
 }
 
@@ -94,6 +98,7 @@ impl Meta {
             MetaEntry::AssignStream {
                 config,
                 peers,
+                group,
                 created,
                 ..
             } => {
@@ -105,6 +110,7 @@ impl Meta {
                     Assignment {
                         config: config.clone(),
                         peers: peers.clone(),
+                        group: *group,
                         created: *created,
                     },
                 );
@@ -195,6 +201,7 @@ mod tests {
         MetaEntry::AssignStream {
             config: config(name, subjects),
             peers: vec![peer.into()],
+            group: 0,
             created: 1,
             reply: Some("_INBOX.x".into()),
         }

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod headers;
 pub mod journal;
 pub mod meta;
+pub mod replicated;
 pub mod request;
 pub mod schema;
 pub mod sourcing;

@@ -28,6 +28,8 @@ pub fn raft_log(group: u64) -> String {
 
 /// Each Raft group's state, by its log's name.
 pub const RAFT_STATE_TABLE: &str = "raft_state";
+/// How far each replicated stream has applied its log, by stream name.
+pub const APPLIED_TABLE: &str = "raft_applied";
 
 pub fn msgs_table(stream: &str) -> String {
     format!("msgs/{stream}")

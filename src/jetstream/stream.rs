@@ -59,6 +59,28 @@ pub fn valid_name(name: &str) -> bool {
             .any(|b| matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\') || b.is_ascii_whitespace())
 }
 
+/// The most replicas a stream may have (as at the reference).
+pub const MAX_REPLICAS: i64 = 5;
+
+/// [`normalize_config`] for a clustered JetStream, where a stream may have up to
+/// [`MAX_REPLICAS`] replicas.
+pub fn normalize_clustered_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
+    let replicas = c.num_replicas;
+    if replicas > MAX_REPLICAS {
+        return Err(ApiError::invalid_stream_config(
+            "replicas > 5 not supported",
+        ));
+    }
+    if replicas > 1 {
+        c.num_replicas = 1;
+    }
+    let mut c = normalize_config(c)?;
+    if replicas > 1 {
+        c.num_replicas = replicas;
+    }
+    Ok(c)
+}
+
 /// Validates a stream config from a create request and fills in defaults.
 pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
     api::strip_server_metadata(&mut c.metadata);

@@ -161,7 +161,7 @@ mod tests {
                         self.consumers.remove(&name);
                     }
                     WriteOp::RemoveFrom(seq) => self.messages.retain(|s, _| *s < seq),
-                    WriteOp::PutRaftState(_) => {}
+                    WriteOp::PutRaftState(_) | WriteOp::PutApplied(_) => {}
                 }
             }
         }
