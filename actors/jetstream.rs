@@ -19,6 +19,8 @@
 //! neither ever awaits this actor.
 
 use std::collections::BTreeMap;
+
+use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -148,6 +150,7 @@ pub async fn start(
             storage.clone(),
             config.ack,
             0,
+            false,
             Box::new(move |e| meta_tx.try_send(e).is_ok()),
         )?;
         log::info!(
@@ -305,8 +308,17 @@ impl JetStream {
                     self.start_stream(config, created).await.map(Some)
                 };
                 if peers.len() > 1 {
-                    if let Err(e) = self.replicate(&name, group, &peers) {
+                    // Its first leader answers the create, once elected (as the
+                    // reference's: a publish right after the answer finds a leader).
+                    let pending = match (&result, restored) {
+                        (Ok(_), false) => reply.clone(),
+                        _ => None,
+                    };
+                    if let Err(e) = self.replicate(&name, group, &peers, pending) {
                         log::error!("JetStream: stream {name}: cannot start its Raft group: {e}");
+                    }
+                    if result.is_ok() {
+                        return;
                     }
                 }
                 // One of the replicas answers: the first placed.
@@ -793,7 +805,13 @@ impl JetStream {
     }
 
     /// Makes this node's copy of stream `name` one replica of its Raft group `group`.
-    fn replicate(&mut self, name: &str, group: u64, peers: &[String]) -> Result<(), String> {
+    fn replicate(
+        &mut self,
+        name: &str,
+        group: u64,
+        peers: &[String],
+        create_reply: Option<String>,
+    ) -> Result<(), String> {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
@@ -811,6 +829,7 @@ impl JetStream {
                 self.storage.clone(),
                 self.limits.ack,
                 applied,
+                peers.first() == Some(&cluster.ctx.server_name),
                 Box::new(move |e| commands.try_send(StreamCmd::Raft(e)).is_ok()),
             )
             .map_err(|e| e.to_string())?;
@@ -827,6 +846,7 @@ impl JetStream {
             applied,
             leading: false,
             leader: None,
+            create_reply: create_reply.map(Bytes::from),
         };
         let _ = handle
             .commands

@@ -185,6 +185,7 @@ impl RaftHost {
         storage: Storage,
         ack: crate::config::AckAfter,
         applied: u64,
+        campaign: bool,
         events: EventSink,
     ) -> Result<GroupHandle, StartError> {
         let fail = |reason: String| StartError::Log { group, reason };
@@ -228,8 +229,15 @@ impl RaftHost {
         }
         let applied = applied.min(last_index(&loaded.entries));
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let node = RawNode::new(&consensus::group_config(id, applied), mem, &logger)
+        let mut node = RawNode::new(&consensus::group_config(id, applied), mem, &logger)
             .map_err(|e| fail(e.to_string()))?;
+        // A new group need not wait out an election timeout: its first peer stands at
+        // once (the others vote as soon as they have the group too).
+        if campaign && state.hard.term == 0 {
+            if let Err(e) = node.campaign() {
+                log::debug!("raft group {group}: first campaign: {e}");
+            }
+        }
         let (tx, rx) = async_channel::unbounded();
         let status = Arc::new(arc_swap::ArcSwap::from_pointee(GroupStatus::default()));
         let actor = Group {
@@ -248,6 +256,8 @@ impl RaftHost {
             owner_gone: false,
         };
         lock(&self.groups).insert(group, tx.clone());
+        // The first campaign's messages go out with the first Ready.
+        let _ = tx.try_send(GroupCmd::Tick);
         let groups = self.groups.clone();
         ctx.spawner.spawn_detached(async move {
             actor.run(rx).await;

@@ -126,6 +126,8 @@ pub struct Replica {
     pub applied: u64,
     pub leading: bool,
     pub leader: Option<String>,
+    /// Where the client that created the stream waits: its first leader answers.
+    pub create_reply: Option<Bytes>,
 }
 
 /// What the JetStream actor keeps for a running stream.
@@ -391,7 +393,25 @@ impl StreamActor {
                     let _ = done.send(result).await;
                     return;
                 }
-                Event::Command(Some(cmd)) => self.command(cmd, now).await,
+                Event::Command(Some(cmd)) => {
+                    self.command(cmd, now).await;
+                    // A replicated stream's committed entries come one command each:
+                    // take what is queued, then one write batch for all of it.
+                    let mut n = 0;
+                    while n < 4096 {
+                        match commands.try_recv() {
+                            Ok(StreamCmd::Delete(done)) => {
+                                self.end_batch(now);
+                                let result = self.delete().await;
+                                let _ = done.send(result).await;
+                                return;
+                            }
+                            Ok(cmd) => self.command(cmd, now).await,
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
                 Event::Tick => {
                     self.stream.expire(now);
                     let mut out = Vec::new();
@@ -791,7 +811,15 @@ impl StreamActor {
                     log::info!("stream {}: this node leads it now", self.stream.name());
                 }
                 r.leading = me;
+                let elected = leader.is_some();
                 r.leader = leader;
+                // The first leader answers the create; the others forget it.
+                let pending = if elected { r.create_reply.take() } else { None };
+                if let Some(to) = pending.filter(|_| me) {
+                    let info = self.info(runtime::now_unix_ns(), &StreamInfoRequest::default());
+                    let body = api::response("stream_create_response", &info.for_change(true));
+                    self.reply(&to, body);
+                }
             }
             GroupEvent::Committed { index, data } => {
                 if index <= r.applied {
@@ -828,7 +856,10 @@ impl StreamActor {
                     return;
                 };
                 match result {
-                    Ok(ack) => self.reply_after_writes(Bytes::from(reply), ack.to_json()),
+                    // Committed means durable on a quorum's log (which replays into the
+                    // store from the stored applied index after a crash): no need to
+                    // wait for this replica's own store write as well.
+                    Ok(ack) => self.reply(reply.as_bytes(), ack.to_json()),
                     Err(e) => {
                         let body = api::pub_ack_error(self.stream.name(), &e);
                         self.reply(reply.as_bytes(), body);

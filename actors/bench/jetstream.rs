@@ -100,7 +100,7 @@ struct BenchStream {
 }
 
 impl BenchStream {
-    fn create(api: &mut Requester) -> BenchResult<Self> {
+    fn create(api: &mut Requester, replicas: u32) -> BenchResult<Self> {
         let id = fastrand::u64(..);
         let stream = BenchStream {
             name: format!("BENCH_{id}"),
@@ -113,7 +113,7 @@ impl BenchStream {
                 "subjects": [stream.subject],
                 "storage": "file",
                 "retention": "limits",
-                "num_replicas": 1,
+                "num_replicas": replicas,
             }),
         )?;
         Ok(stream)
@@ -141,9 +141,9 @@ fn check_ack(data: &[u8]) -> BenchResult<()> {
 }
 
 /// One publisher that waits for each PubAck before the next publish.
-pub(super) fn publish_sync(addr: &str, msgs: u64, size: usize) -> BenchResult<f64> {
+pub(super) fn publish_sync(addr: &str, msgs: u64, size: usize, replicas: u32) -> BenchResult<f64> {
     let mut client = Requester::connect(addr)?;
-    let stream = BenchStream::create(&mut client)?;
+    let stream = BenchStream::create(&mut client, replicas)?;
     let payload = vec![b'x'; size];
     let start = Instant::now();
     for _ in 0..msgs {
@@ -155,9 +155,15 @@ pub(super) fn publish_sync(addr: &str, msgs: u64, size: usize) -> BenchResult<f6
 }
 
 /// One publisher that keeps up to `window` PubAcks outstanding.
-pub(super) fn publish_async(addr: &str, msgs: u64, size: usize, window: u64) -> BenchResult<f64> {
+pub(super) fn publish_async(
+    addr: &str,
+    msgs: u64,
+    size: usize,
+    window: u64,
+    replicas: u32,
+) -> BenchResult<f64> {
     let mut client = Requester::connect(addr)?;
-    let stream = BenchStream::create(&mut client)?;
+    let stream = BenchStream::create(&mut client, replicas)?;
     let rate = publish_window(addr, &stream.subject, msgs, size, window)?;
     stream.delete(&mut client)?;
     Ok(rate)
@@ -270,9 +276,15 @@ fn publish_window(
 /// A pull consumer with explicit acks fetching `msgs` stored messages in batches of
 /// `batch`, acking each one; done when the consumer has no ack pending. Returns
 /// messages consumed per second.
-pub(super) fn fetch(addr: &str, msgs: u64, size: usize, batch: u64) -> BenchResult<f64> {
+pub(super) fn fetch(
+    addr: &str,
+    msgs: u64,
+    size: usize,
+    batch: u64,
+    replicas: u32,
+) -> BenchResult<f64> {
     let mut client = Requester::connect(addr)?;
-    let stream = BenchStream::create(&mut client)?;
+    let stream = BenchStream::create(&mut client, replicas)?;
     publish_window(addr, &stream.subject, msgs, size, 256)?;
     let consumer = "bench";
     client.api(

@@ -78,6 +78,9 @@ pub struct BenchArgs {
     /// messages per pull request in the JetStream fetch scenario
     #[argh(option, default = "100")]
     pub js_batch: u64,
+    /// replicas of the JetStream scenarios' stream (3 or 5 against clusters)
+    #[argh(option, default = "1")]
+    pub js_replicas: u32,
     /// how many times each scenario runs on each server (the best run counts; the
     /// idle-memory scenario runs once)
     #[argh(option, default = "3")]
@@ -343,7 +346,12 @@ fn run_scenario(
         }
         "jspub" => vec![(
             "msgs/s".into(),
-            throughput(jetstream::publish_sync(addr, args.js_msgs / 10, 128)?),
+            throughput(jetstream::publish_sync(
+                addr,
+                args.js_msgs / 10,
+                128,
+                args.js_replicas,
+            )?),
         )],
         "jspubasync" => vec![(
             "msgs/s".into(),
@@ -352,11 +360,18 @@ fn run_scenario(
                 args.js_msgs,
                 128,
                 args.js_window,
+                args.js_replicas,
             )?),
         )],
         "jsfetch" => vec![(
             "msgs/s".into(),
-            throughput(jetstream::fetch(addr, args.js_msgs, 128, args.js_batch)?),
+            throughput(jetstream::fetch(
+                addr,
+                args.js_msgs,
+                128,
+                args.js_batch,
+                args.js_replicas,
+            )?),
         )],
         "idle" => {
             let pid = pid.ok_or("the idle scenario needs --pid (and --compare-pid)")?;
