@@ -34,6 +34,9 @@ use crate::events::ClientInfo;
 use crate::monitor::ConnSnapshot;
 use crate::proto::{encode, errors, ConnectOptions, Parsed, Parser, WireError};
 
+/// How much a publisher reads per batch while a subscriber it feeds stays stalled.
+const THROTTLED_READ: usize = 4096;
+
 /// Which listener a connection came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -213,6 +216,7 @@ impl Client {
         let mut rbuf = ReadBuf::new();
         let mut ping = runtime::interval(self.ctx.config().ping_interval.0);
         let shared = self.shared.clone();
+        let mut throttled = false;
         enum Event {
             Read(std::io::Result<usize>),
             Control(Control),
@@ -221,7 +225,16 @@ impl Client {
         }
         loop {
             let event = {
-                let read = async { Event::Read(stream.read(rbuf.spare()).await) };
+                // While a subscriber it feeds is not reading, the publisher reads a
+                // little per stall: its socket fills and TCP holds its sender back,
+                // rather than its burst filling the subscriber's queue to the cut.
+                let spare = rbuf.spare();
+                let window = if throttled {
+                    spare.len().min(THROTTLED_READ)
+                } else {
+                    spare.len()
+                };
+                let read = async { Event::Read(stream.read(&mut spare[..window]).await) };
                 let ctl = async { Event::Control(shared.next_control().await) };
                 let tick = async {
                     ping.next().await;
@@ -254,9 +267,7 @@ impl Client {
                     self.conn.received(runtime::now());
                     let result = self.process(&mut rbuf).await;
                     self.end_batch();
-                    if self.publisher.flush.has_stalled() {
-                        self.wait_stalled().await;
-                    }
+                    throttled = self.publisher.flush.has_stalled() && self.wait_stalled().await;
                     rbuf.maybe_shrink(n);
                     if let Err(e) = result {
                         return Ended::Error(e);
@@ -531,14 +542,17 @@ impl Client {
 
     /// Waits, before reading more, for subscribers this batch found falling behind:
     /// the reference's fast-producer stall (its warning rate-limited node-wide).
-    async fn wait_stalled(&mut self) {
-        if let Some(spent) = self.publisher.wait_stalled(&self.ctx.stats).await {
+    /// Returns whether a subscriber was still behind after the wait.
+    async fn wait_stalled(&mut self) -> bool {
+        let outcome = self.publisher.wait_stalled(&self.ctx.stats).await;
+        if let Some(spent) = outcome.log {
             log::warn!(
                 "{} - Producer was stalled for a total of {}ms",
                 self.who,
                 spent.as_millis()
             );
         }
+        outcome.unrelieved
     }
 
     /// Work deferred to the end of a read batch: one router message for all the

@@ -539,10 +539,7 @@ impl JetStream {
         let Some(cluster) = &self.cluster else {
             return Handled::Done;
         };
-        let reply = msg
-            .reply
-            .as_deref()
-            .map(|r| String::from_utf8_lossy(r).into_owned());
+        let reply = msg.reply_text();
         let held_elsewhere = req
             .stream()
             .is_some_and(|n| cluster.meta.stream(n).is_some());
@@ -654,15 +651,7 @@ impl JetStream {
             .collect();
         let total = names.len();
         if matches!(req, ApiRequest::StreamNames) {
-            let limit = 1024;
-            let page: Vec<&String> = names.iter().skip(r.offset).take(limit).collect();
-            let streams = (!page.is_empty()).then_some(page);
-            return api::response(
-                kind,
-                &serde_json::json!({
-                    "total": total, "offset": r.offset, "limit": limit, "streams": streams,
-                }),
-            );
+            return names_page(kind, &names, r.offset);
         }
         let limit = 256;
         let page: Vec<String> = names.into_iter().skip(r.offset).take(limit).collect();
@@ -1042,16 +1031,7 @@ impl JetStream {
             .collect();
         let total = names.len();
         if matches!(req, ApiRequest::StreamNames) {
-            let limit = 1024;
-            let page: Vec<&String> = names.into_iter().skip(r.offset).take(limit).collect();
-            // The reference sends null, not [], for no names (its LIST sends []).
-            let streams = (!page.is_empty()).then_some(page);
-            return api::response(
-                kind,
-                &serde_json::json!({
-                    "total": total, "offset": r.offset, "limit": limit, "streams": streams,
-                }),
-            );
+            return names_page(kind, &names, r.offset);
         }
         let limit = 256;
         let mut infos = Vec::new();
@@ -1067,6 +1047,20 @@ impl JetStream {
             }),
         )
     }
+}
+
+/// One page of STREAM.NAMES.
+fn names_page<S: serde::Serialize>(kind: &str, names: &[S], offset: usize) -> Vec<u8> {
+    let limit = 1024;
+    let page: Vec<&S> = names.iter().skip(offset).take(limit).collect();
+    // The reference sends null, not [], for no names (its LIST sends []).
+    let streams = (!page.is_empty()).then_some(page);
+    api::response(
+        kind,
+        &serde_json::json!({
+            "total": names.len(), "offset": offset, "limit": limit, "streams": streams,
+        }),
+    )
 }
 
 enum Handled {

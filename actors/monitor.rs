@@ -280,7 +280,8 @@ impl Monitor {
             }
             "/healthz" => {
                 let configured = self.ctx.config().jetstream.enabled;
-                let (code, body) = monitor::healthz(configured, self.js.is_some());
+                let meta = self.meta.as_ref().map(|g| g.status().leader.is_some());
+                let (code, body) = monitor::healthz(configured, self.js.is_some(), meta);
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
                 reply(status, JSON, body)
             }

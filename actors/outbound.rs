@@ -427,6 +427,8 @@ pub struct Stalled {
     /// Queues waited at.
     pub waits: u64,
     pub spent: Duration,
+    /// A queue was still stalled when its wait ran out: its subscriber is not reading.
+    pub unrelieved: bool,
 }
 
 /// Something with an outbound queue to wake.
@@ -479,6 +481,7 @@ impl FlushSet {
             let limit = queue.stall_limit().min(budget - stalled.spent);
             stalled.spent += queue.stall(limit).await;
             stalled.waits += 1;
+            stalled.unrelieved |= queue.is_stalled();
         }
         self.stalled.clear();
         stalled

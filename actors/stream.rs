@@ -932,11 +932,7 @@ impl StreamActor {
                 subject: subject.to_string(),
                 hdr_len: msg.headers.unwrap_or(0) as u32,
                 data: msg.data.clone(),
-                reply: msg
-                    .reply
-                    .as_deref()
-                    .filter(|_| !no_ack)
-                    .map(|r| String::from_utf8_lossy(r).into_owned()),
+                reply: msg.reply_text().filter(|_| !no_ack),
             };
             log::trace!(
                 "stream {}: proposing a publish on {subject}",
@@ -991,13 +987,8 @@ impl StreamActor {
                 let entry = StreamEntry::Ack {
                     ts: now,
                     subject: subject.to_string(),
-                    body: msg
-                        .data
-                        .slice(msg.headers.unwrap_or(0).min(msg.data.len())..),
-                    reply: msg
-                        .reply
-                        .as_deref()
-                        .map(|r| String::from_utf8_lossy(r).into_owned()),
+                    body: msg.payload_bytes(),
+                    reply: msg.reply_text(),
                 };
                 r.group.propose_nowait(entry.encode());
             }
@@ -1151,13 +1142,8 @@ impl StreamActor {
                 let entry = StreamEntry::Api {
                     ts: now,
                     subject: String::from_utf8_lossy(&msg.subject).into_owned(),
-                    body: msg
-                        .data
-                        .slice(msg.headers.unwrap_or(0).min(msg.data.len())..),
-                    reply: msg
-                        .reply
-                        .as_deref()
-                        .map(|r| String::from_utf8_lossy(r).into_owned()),
+                    body: msg.payload_bytes(),
+                    reply: msg.reply_text(),
                     name: random_name(),
                 };
                 r.group.propose_nowait(entry.encode());
@@ -1176,10 +1162,7 @@ impl StreamActor {
                 .map(|r| api::response(kind, &self.info(now, &r)));
             return self.respond(&req, &msg, result, now);
         }
-        let reply = msg
-            .reply
-            .as_deref()
-            .map(|r| String::from_utf8_lossy(r).into_owned());
+        let reply = msg.reply_text();
         let request = stream::Request {
             api: &req,
             body: msg.payload(),

@@ -55,6 +55,19 @@ pub struct InternalMsg {
 }
 
 impl InternalMsg {
+    /// The payload (after the header block), sharing the message's bytes.
+    pub fn payload_bytes(&self) -> Bytes {
+        self.data
+            .slice(self.headers.unwrap_or(0).min(self.data.len())..)
+    }
+
+    /// The reply subject as text.
+    pub fn reply_text(&self) -> Option<String> {
+        self.reply
+            .as_deref()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+    }
+
     pub fn header_block(&self) -> &[u8] {
         self.data
             .get(..self.headers.unwrap_or(0))

@@ -787,11 +787,22 @@ pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
 /// The node is healthy when it serves clients and, where JetStream is configured,
 /// JetStream runs. `js-enabled-only` and `js-server-only` narrow the JetStream check
 /// as at the reference; with JetStream off by config they are healthy there too.
-pub fn healthz(js_configured: bool, js_running: bool) -> (u16, Vec<u8>) {
+///
+/// A clustered JetStream is healthy once this node knows its meta leader (`meta`:
+/// `Some(known)` when clustered), as the reference's check of "contact with a meta
+/// leader".
+pub fn healthz(js_configured: bool, js_running: bool, meta: Option<bool>) -> (u16, Vec<u8>) {
     if js_configured && !js_running {
         return (
             503,
             br#"{"status":"unavailable","status_code":503,"error":"JetStream is not running"}"#
+                .to_vec(),
+        );
+    }
+    if meta == Some(false) {
+        return (
+            503,
+            br#"{"status":"unavailable","status_code":503,"error":"JetStream has not established contact with a meta leader"}"#
                 .to_vec(),
         );
     }
@@ -886,6 +897,44 @@ pub fn prometheus(now: &NodeCounters, js: Option<&JetStreamCounters>) -> String 
             "Bytes held by file streams.",
             js.storage.to_string(),
         );
+        if let Some(m) = &js.meta {
+            metric(
+                "raft_meta_term",
+                "gauge",
+                "The meta group's Raft term.",
+                m.term.to_string(),
+            );
+            metric(
+                "raft_meta_commit_index",
+                "gauge",
+                "The meta group's commit index.",
+                m.commit.to_string(),
+            );
+            metric(
+                "raft_meta_applied_index",
+                "gauge",
+                "The meta group's applied index.",
+                m.applied.to_string(),
+            );
+            metric(
+                "raft_meta_leader_changes_total",
+                "counter",
+                "Meta leader changes this node has seen.",
+                m.leader_changes.to_string(),
+            );
+            metric(
+                "raft_meta_is_leader",
+                "gauge",
+                "1 while this node leads the meta group.",
+                u8::from(m.is_leader).to_string(),
+            );
+            metric(
+                "raft_meta_peers_current",
+                "gauge",
+                "Other meta peers routed to and (seen from the leader) up to date.",
+                m.peers.iter().filter(|p| p.current).count().to_string(),
+            );
+        }
         metric(
             "jetstream_streams",
             "gauge",
@@ -1039,12 +1088,21 @@ mod tests {
 
     #[test]
     fn healthz_fails_only_when_configured_jetstream_is_down() {
-        assert_eq!(healthz(false, false).0, 200);
-        assert_eq!(healthz(true, true).0, 200);
-        let (code, body) = healthz(true, false);
+        assert_eq!(healthz(false, false, None).0, 200);
+        assert_eq!(healthz(true, true, None).0, 200);
+        let (code, body) = healthz(true, false, None);
         assert_eq!(code, 503);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["status"], "unavailable");
+        // Clustered: healthy once the meta leader is known.
+        assert_eq!(healthz(true, true, Some(true)).0, 200);
+        let (code, body) = healthz(true, true, Some(false));
+        assert_eq!(code, 503);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["error"],
+            "JetStream has not established contact with a meta leader"
+        );
     }
 
     #[test]

@@ -178,6 +178,23 @@ async fn js_on(peer: &Peer) -> jetstream::Context {
     js
 }
 
+/// A durable pull consumer `name` on `stream`.
+async fn durable(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> consumer::Consumer<consumer::pull::Config> {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 async fn names(js: &jetstream::Context) -> Vec<String> {
     let mut names: Vec<String> = js
         .stream_names()
@@ -199,6 +216,18 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
     let jsz = all[0].jsz();
     assert_eq!(jsz["meta_cluster"]["cluster_size"], 3, "{jsz}");
     assert_eq!(jsz["meta_cluster"]["name"], "js", "{jsz}");
+    for p in &all {
+        let (code, _, body) = common::http_get(p.monitor, "/healthz");
+        assert_eq!(code, 200, "{}: {}", p.name, String::from_utf8_lossy(&body));
+        let (_, _, metrics) = common::http_get(p.monitor, "/metrics");
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let leads = if p.name == leader { 1 } else { 0 };
+        assert!(
+            metrics.contains(&format!("meshbroker_raft_meta_is_leader {leads}\n")),
+            "{}: {metrics}",
+            p.name
+        );
+    }
 
     // A stream created through n1 is seen from n3 and n2.
     let js1 = js_on(&all[0]).await;
@@ -227,16 +256,7 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
         assert_eq!(ack.stream, "ORDERS");
     }
     let js2 = js_on(&all[1]).await;
-    let consumer = js2
-        .get_stream("ORDERS")
-        .await
-        .unwrap()
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("worker".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let consumer = durable(&js2, "ORDERS", "worker").await;
     let mut batch = consumer.fetch().max_messages(20).messages().await.unwrap();
     let mut got = Vec::new();
     while let Some(m) = batch.next().await {
@@ -475,16 +495,7 @@ async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
         info.state.last_sequence, TOTAL,
         "a retry was stored twice: {info:?}"
     );
-    let consumer = js
-        .get_stream("R3")
-        .await
-        .unwrap()
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("check".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let consumer = durable(&js, "R3", "check").await;
     let mut seen = std::collections::HashSet::new();
     while seen.len() < TOTAL as usize {
         let mut batch = consumer.fetch().max_messages(500).messages().await.unwrap();
