@@ -2,7 +2,7 @@
 //! driving the pure code of the library with sockets, timers and mailboxes.
 //!
 //! The modules are in floors: a module uses only those on floors below it (checked by
-//! `scripts/check-layers.sh`), and who may wait on whom (`actors/README.md`) follows
+//! `tests/layers.rs`), and who may wait on whom (`actors/README.md`) follows
 //! the same order.
 //!
 //! 0. `runtime` (the one seam to the async runtime), `mailbox`, `outbound`, `readbuf`
@@ -10,7 +10,8 @@
 //! 2. `router` (an account's subject index)
 //! 3. `context` (config, identity, counters, TLS setup of a node)
 //! 4. `publish` (delivering)
-//! 5. `storage`, then `stream`, then `jetstream`
+//! 5. `storage`, then `raft` (a Raft group's actor and the node's Raft host), then
+//!    `stream`, then `jetstream`
 //! 6. `websocket`, then `transport` (a client connection's TLS and WebSocket setup),
 //!    then `client` and `route`
 //! 7. `listener`, `cluster`
