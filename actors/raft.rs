@@ -17,7 +17,7 @@
 //! admission (is this node the leader), never for its commit.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::raft::eraftpb::{Entry, Message};
@@ -123,7 +123,9 @@ impl GroupHandle {
 /// The node's Raft: its groups, their ticker, and the inbox routes hand frames to.
 #[derive(Clone)]
 pub struct RaftHost {
-    groups: Arc<Mutex<HashMap<u64, async_channel::Sender<GroupCmd>>>>,
+    /// Each group's mailbox: read per frame and per tick without a lock, changed only
+    /// when a group starts or stops.
+    groups: Arc<arc_swap::ArcSwap<HashMap<u64, async_channel::Sender<GroupCmd>>>>,
 }
 
 /// Why a group could not start.
@@ -146,7 +148,7 @@ impl RaftHost {
             while let Ok(bytes) = inbox.recv().await {
                 match frame::decode(&bytes) {
                     Ok(m) => {
-                        let tx = lock(&groups).get(&m.group).cloned();
+                        let tx = groups.load().get(&m.group).cloned();
                         if let Some(tx) = tx {
                             let _ = tx.try_send(GroupCmd::Step(Box::new(m.message)));
                         }
@@ -160,7 +162,7 @@ impl RaftHost {
             let mut ticks = runtime::interval(Duration::from_millis(consensus::TICK_MS));
             loop {
                 futures_lite::StreamExt::next(&mut ticks).await;
-                let all: Vec<_> = lock(&groups).values().cloned().collect();
+                let all: Vec<_> = groups.load().values().cloned().collect();
                 if all.iter().all(async_channel::Sender::is_closed) && !all.is_empty() {
                     break;
                 }
@@ -255,13 +257,21 @@ impl RaftHost {
             leader_changes: 0,
             owner_gone: false,
         };
-        lock(&self.groups).insert(group, tx.clone());
+        self.groups.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(group, tx.clone());
+            map
+        });
         // The first campaign's messages go out with the first Ready.
         let _ = tx.try_send(GroupCmd::Tick);
         let groups = self.groups.clone();
         ctx.spawner.spawn_detached(async move {
             actor.run(rx).await;
-            lock(&groups).remove(&group);
+            groups.rcu(|map| {
+                let mut map = HashMap::clone(map);
+                map.remove(&group);
+                map
+            });
         });
         Ok(GroupHandle { tx, status })
     }
@@ -269,10 +279,6 @@ impl RaftHost {
 
 fn last_index(entries: &[(u64, Vec<u8>)]) -> u64 {
     entries.last().map_or(0, |(i, _)| *i)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Group {

@@ -595,23 +595,11 @@ impl StreamActor {
     }
 
     fn reply(&mut self, to: &[u8], body: Vec<u8>) {
-        log::trace!(
-            "stream {}: reply to {} ({} held batches)",
-            self.stream.name(),
-            String::from_utf8_lossy(to),
-            self.held.len()
-        );
         self.publisher.send(&self.account, to, None, None, &body);
     }
 
     /// Replies once the writes made so far are durable.
     fn reply_after_writes(&mut self, to: Bytes, body: Vec<u8>) {
-        log::trace!(
-            "stream {}: reply to {} held ({} batches in flight)",
-            self.stream.name(),
-            String::from_utf8_lossy(&to),
-            self.held.len()
-        );
         self.replies.push((to, body));
     }
 
@@ -847,11 +835,6 @@ impl StreamActor {
                 reply,
             } => {
                 let result = self.stream.publish(ts, &subject, data, hdr_len as usize);
-                log::trace!(
-                    "stream {}: applied a publish on {subject}: {:?}",
-                    self.stream.name(),
-                    result.as_ref().map(|a| a.seq)
-                );
                 let Some(reply) = reply.filter(|_| leading) else {
                     return;
                 };
@@ -934,10 +917,6 @@ impl StreamActor {
                 data: msg.data.clone(),
                 reply: msg.reply_text().filter(|_| !no_ack),
             };
-            log::trace!(
-                "stream {}: proposing a publish on {subject}",
-                self.stream.name()
-            );
             r.group.propose_nowait(entry.encode());
             return;
         }

@@ -178,6 +178,17 @@ async fn js_on(peer: &Peer) -> jetstream::Context {
     js
 }
 
+/// What STREAM.INFO says of `stream` now.
+async fn info_of(js: &jetstream::Context, stream: &str) -> stream::Info {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 /// A durable pull consumer `name` on `stream`.
 async fn durable(
     js: &jetstream::Context,
@@ -308,14 +319,7 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
     .await
     .unwrap();
     if held_by != leader {
-        let info = js
-            .get_stream("ORDERS")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
+        let info = info_of(&js, "ORDERS").await;
         assert_eq!(info.state.messages, 20);
     }
 
@@ -327,14 +331,7 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
     assert_eq!(again, next, "the returning node must not take over");
     let back = js_on(&all[at]).await;
     assert_eq!(names(&back).await, ["EVENTS", "ORDERS"]);
-    let info = back
-        .get_stream("ORDERS")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = info_of(&back, "ORDERS").await;
     assert_eq!(info.state.messages, 20);
 
     // A delete through any node removes it everywhere.
@@ -474,14 +471,7 @@ async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
     );
 
     // Every acked message is there once, in one order, on the survivors.
-    let mut info = js
-        .get_stream("R3")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let mut info = info_of(&js, "R3").await;
     assert_ne!(
         info.cluster
             .clone()
@@ -525,13 +515,6 @@ async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
         async || all[at].jsz()["messages"].as_u64() == Some(TOTAL),
     )
     .await;
-    info = js
-        .get_stream("R3")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    info = info_of(&js, "R3").await;
     assert_eq!(info.state.messages, TOTAL);
 }
