@@ -16,7 +16,6 @@
 //! `actors/README.md`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, StreamExt};
@@ -27,24 +26,15 @@ use super::readbuf::ReadBuf;
 use super::router::{Account, SubscriptionTable};
 use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control, Message, Subscription};
-use super::transport::{self, write_loop, Serve, Setup};
+use super::transport::{self, write_loop, Serve, Setup, Via};
 use crate::auth::{AuthError, Grant};
 use crate::connection::{Action, Connection, Identity, Limits, Publish, Reply, Step};
 use crate::events::ClientInfo;
 use crate::monitor::ConnSnapshot;
-use crate::proto::{encode, errors, ConnectOptions, Parsed, Parser, WireError};
+use crate::proto::{encode, ConnectOptions, Parsed, Parser, WireError};
 
 /// How much a publisher reads per batch while a subscriber it feeds stays stalled.
 const THROTTLED_READ: usize = 4096;
-
-/// Which listener a connection came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// The client listener: plain TCP, or TLS when `[tls]` is set.
-    Tcp,
-    /// The WebSocket listener: ws://, or wss:// with its own certificate.
-    WebSocket,
-}
 
 /// Starts the actor (and its writer) for an accepted connection.
 pub fn spawn(
@@ -55,10 +45,7 @@ pub fn spawn(
     gone: async_channel::Sender<u64>,
     via: Via,
 ) -> Arc<ClientShared> {
-    let setup = match via {
-        Via::Tcp => ctx.tls().map_or(Setup::Plain, Setup::Tls),
-        Via::WebSocket => ctx.websocket().map_or(Setup::Plain, Setup::WebSocket),
-    };
+    let setup = Setup::for_listener(&ctx, via);
     // Publishers write inline only to plain TCP sockets: TLS and WebSocket bytes
     // must go through their session.
     let inline = matches!(setup, Setup::Plain);
@@ -71,44 +58,33 @@ pub fn spawn(
     let handle = shared.clone();
     let spawner = ctx.spawner.clone();
     spawner.spawn_detached(async move {
-        let mut client = Client::new(ctx, shared, peer);
+        let mut client = Client::new(ctx, shared, peer, stream.clone());
         log::debug!("client {id} connected from {peer} ({via:?})");
-        let mut host = Host {
-            client: &mut client,
-            socket: stream.clone(),
-        };
-        transport::open(&mut host, stream, setup, peer).await;
-        let _ = host.socket.shutdown(std::net::Shutdown::Both);
+        transport::open(&mut client, stream, setup, peer).await;
+        let _ = client.socket.shutdown(std::net::Shutdown::Both);
         let _ = gone.send(id).await;
     });
     handle
 }
 
 /// The client actor as its transport sees it.
-struct Host<'a> {
-    client: &'a mut Client,
-    /// The TCP socket under any TLS or WebSocket layer, shut down at the end so that
-    /// a read waiting on it ends too.
-    socket: TcpStream,
-}
-
-impl Serve for Host<'_> {
+impl Serve for Client {
     fn first_info(&self) -> Vec<u8> {
         let mut line = Vec::new();
-        encode::write_info(&mut line, &self.client.info(false));
+        encode::write_info(&mut line, &self.info(false));
         line
     }
 
     fn info_sent(&mut self) {
-        self.client.info_sent = true;
+        self.info_sent = true;
     }
 
     fn tls_details(&mut self, details: (String, String)) {
-        self.client.who.tls = Some(details);
+        self.who.tls = Some(details);
     }
 
     fn websocket(&mut self) {
-        self.client.who.transport = "websocket";
+        self.who.transport = "websocket";
     }
 
     /// Starts the writer on one half and runs the actor on the other.
@@ -117,20 +93,14 @@ impl Serve for Host<'_> {
         reader: impl futures_lite::AsyncRead + Unpin,
         writer: impl futures_lite::AsyncWrite + Unpin + Send + 'static,
     ) {
-        let client = &mut *self.client;
-        let deadline = client.ctx.config().write_deadline.0;
-        let writer = write_loop(
-            writer,
-            self.socket.clone(),
-            client.shared.clone(),
-            deadline,
-            client.who.peer,
-        );
-        let Some(writer) = client.ctx.spawner.spawn(writer) else {
+        let deadline = self.ctx.config().write_deadline.0;
+        let (socket, shared, peer) = (self.socket.clone(), self.shared.clone(), self.who.peer);
+        let writer = write_loop(writer, socket, shared, deadline, peer);
+        let Some(writer) = self.ctx.spawner.spawn(writer) else {
             return;
         };
-        let reason = client.run(reader).await;
-        client.finish(reason, writer).await;
+        let reason = self.run(reader).await;
+        self.finish(reason, writer).await;
     }
 }
 
@@ -159,10 +129,18 @@ struct Client {
     /// publish on (and again after its credentials change).
     event_info: Option<Arc<ClientInfo>>,
     traffic: Traffic,
+    /// The TCP socket under any TLS or WebSocket layer, shut down at the end so that
+    /// a read waiting on it ends too.
+    socket: TcpStream,
 }
 
 impl Client {
-    fn new(ctx: Arc<ServerContext>, shared: Arc<ClientShared>, peer: SocketAddr) -> Self {
+    fn new(
+        ctx: Arc<ServerContext>,
+        shared: Arc<ClientShared>,
+        peer: SocketAddr,
+        socket: TcpStream,
+    ) -> Self {
         let config = ctx.config();
         let parser = Parser::new(
             config.max_control_line.as_usize(),
@@ -200,6 +178,7 @@ impl Client {
             info_sent: false,
             event_info: None,
             traffic: Traffic::default(),
+            socket,
         }
     }
 
@@ -267,7 +246,11 @@ impl Client {
                     self.conn.received(runtime::now());
                     let result = self.process(&mut rbuf).await;
                     self.end_batch();
-                    throttled = self.publisher.flush.has_stalled() && self.wait_stalled().await;
+                    throttled = self.publisher.flush.has_stalled()
+                        && self
+                            .publisher
+                            .wait_stalled(&self.ctx.stats, &self.who)
+                            .await;
                     rbuf.maybe_shrink(n);
                     if let Err(e) = result {
                         return Ended::Error(e);
@@ -363,15 +346,8 @@ impl Client {
                 queue,
             }) => self.subs.add(self.new_subscription(subject, queue, sid)),
             Some(Action::Unsubscribe { sid, max }) => self.unsubscribe(sid, max),
-            Some(Action::PublishViolation(subject)) => {
-                let shown = String::from_utf8_lossy(subject);
-                log::error!("{} - Publish Violation - Subject {shown:?}", self.who);
-                let text = errors::publish_violation(subject);
-                self.send(|b| encode::write_err(b, &text));
-            }
-            Some(Action::SubscribeViolation { subject, queue }) => {
-                let text = errors::subscribe_violation(subject, queue);
-                log::error!("{} - {text}", self.who);
+            Some(Action::Violation { text, log }) => {
+                log::error!("{} - {log}", self.who);
                 self.send(|b| encode::write_err(b, &text));
             }
             Some(Action::Authenticate(opts)) => Box::pin(self.authenticate(*opts)).await?,
@@ -540,21 +516,6 @@ impl Client {
         }
     }
 
-    /// Waits, before reading more, for subscribers this batch found falling behind:
-    /// the reference's fast-producer stall (its warning rate-limited node-wide).
-    /// Returns whether a subscriber was still behind after the wait.
-    async fn wait_stalled(&mut self) -> bool {
-        let outcome = self.publisher.wait_stalled(&self.ctx.stats).await;
-        if let Some(spent) = outcome.log {
-            log::warn!(
-                "{} - Producer was stalled for a total of {}ms",
-                self.who,
-                spent.as_millis()
-            );
-        }
-        outcome.unrelieved
-    }
-
     /// Work deferred to the end of a read batch: one router message for all the
     /// subscription changes, one wake per outbound queue touched, the stats.
     fn end_batch(&mut self) {
@@ -625,19 +586,8 @@ impl Client {
             Ended::Error(e) => e.reason(),
         };
         if let Ended::Error(e) = ended {
-            if e.is_slow_consumer() {
-                self.ctx
-                    .stats
-                    .slow_consumers
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            if e == WireError::SlowConsumerPendingBytes {
-                log::info!(
-                    "{} - Slow Consumer Detected: MaxPending of {} Exceeded",
-                    self.who,
-                    self.shared.out.max_pending()
-                );
-            }
+            let max_pending = self.shared.out.max_pending();
+            self.ctx.stats.slow_consumer(&self.who, e, max_pending);
             self.send_err(e);
         }
         for sid in self.subs.sids() {

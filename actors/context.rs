@@ -6,7 +6,7 @@
 //! them (no cluster, mesh or monitor handles live here: the node keeps those).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::router::Account;
@@ -15,7 +15,7 @@ use super::subscription::Peers;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::{COMPAT_VERSION, PROTO};
-use crate::proto::ServerInfo;
+use crate::proto::{ServerInfo, WireError};
 
 /// Node-wide counters (atomics: written by many actors, read by monitoring).
 #[derive(Default, Debug)]
@@ -33,6 +33,25 @@ pub struct Stats {
     pub total_connections: AtomicU64,
     /// Client connections open now (the listener counts them).
     pub connections: AtomicU64,
+}
+
+impl Stats {
+    /// Counts a connection closed for `error` if it is a slow consumer, and logs a
+    /// cut at `max_pending` as the reference does (the write deadline's cut is logged
+    /// where it happens, in the writer).
+    pub fn slow_consumer(
+        &self,
+        who: &impl std::fmt::Display,
+        error: WireError,
+        max_pending: usize,
+    ) {
+        if error.is_slow_consumer() {
+            self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        if error == WireError::SlowConsumerPendingBytes {
+            log::info!("{who} - Slow Consumer Detected: MaxPending of {max_pending} Exceeded");
+        }
+    }
 }
 
 /// A connection's message counts: kept locally, added to the node's counters once per

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
-use super::client::{self, Via};
+use super::client;
 use super::context::ServerContext;
 use super::runtime::{self, TcpListener, TcpStream};
 use super::subscription::{ClientShared, Control};
+use super::transport::Via;
 use crate::proto::{encode, WireError};
 
 /// Commands the node (and its monitor) send the listener.

@@ -128,16 +128,6 @@ impl MatchCache {
     }
 }
 
-/// What a publisher's stall came to.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StallOutcome {
-    /// How long it waited, when that is to be logged (rate-limited node-wide).
-    pub log: Option<std::time::Duration>,
-    /// A subscriber's queue was still over its mark after the wait: the publisher
-    /// should read little until it is relieved.
-    pub unrelieved: bool,
-}
-
 /// What a publish reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reach {
@@ -357,18 +347,16 @@ impl Publisher {
 
     /// Waits at the queues this publisher found stalled (at most
     /// [`super::outbound::STALL_TOTAL`] per read batch), counting the waits in
-    /// `stats`. `log`: the time waited, when that was long enough to warn about and no
-    /// warning went out in the last second, node-wide (the reference rate-limits it).
-    pub async fn wait_stalled(&mut self, stats: &Stats) -> StallOutcome {
+    /// `stats`, and warns as the reference does ("Producer was stalled"), when the
+    /// wait was long enough and no warning went out in the last second, node-wide.
+    /// Returns whether a subscriber's queue was still over its mark after the wait:
+    /// the publisher should then read little until it is relieved.
+    pub async fn wait_stalled(&mut self, stats: &Stats, who: &impl std::fmt::Display) -> bool {
         use super::outbound::{STALL_MAX, STALL_TOTAL};
         let stalled = self.flush.wait_stalled(STALL_TOTAL).await;
         stats.stalls.fetch_add(stalled.waits, Ordering::Relaxed);
-        let mut outcome = StallOutcome {
-            log: None,
-            unrelieved: stalled.unrelieved,
-        };
         if stalled.spent < STALL_MAX {
-            return outcome;
+            return stalled.unrelieved;
         }
         let now_ms = (runtime::now_unix_ns() / 1_000_000).max(0) as u64;
         let last = stats.stall_logged_ms.load(Ordering::Relaxed);
@@ -378,8 +366,11 @@ impl Publisher {
                 .stall_logged_ms
                 .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
-        outcome.log = claimed.then_some(stalled.spent);
-        outcome
+        if claimed {
+            let ms = stalled.spent.as_millis();
+            log::warn!("{who} - Producer was stalled for a total of {ms}ms");
+        }
+        stalled.unrelieved
     }
 
     /// The sid of one of connection `me`'s own subscriptions matching `reply`, where

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::context::{TlsSetup, WsSetup};
+use super::context::{ServerContext, TlsSetup, WsSetup};
 use super::outbound::{drain, Drained};
 use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control};
@@ -42,6 +42,25 @@ pub enum Setup {
     Plain,
     Tls(Arc<TlsSetup>),
     WebSocket(Arc<WsSetup>),
+}
+
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The client listener: plain TCP, or TLS when `[tls]` is set.
+    Tcp,
+    /// The WebSocket listener: ws://, or wss:// with its own certificate.
+    WebSocket,
+}
+
+impl Setup {
+    /// How connections through `via` are set up on this node.
+    pub fn for_listener(ctx: &ServerContext, via: Via) -> Setup {
+        match via {
+            Via::Tcp => ctx.tls().map_or(Setup::Plain, Setup::Tls),
+            Via::WebSocket => ctx.websocket().map_or(Setup::Plain, Setup::WebSocket),
+        }
+    }
 }
 
 /// Sets up `stream` as `setup` says and serves it with `host`; returns when the

@@ -89,12 +89,12 @@ pub enum Action<'a> {
         sid: &'a [u8],
         max: Option<u64>,
     },
-    /// `-ERR 'Permissions Violation for Publish to "…"'`; the driver logs it too.
-    PublishViolation(&'a [u8]),
-    /// `-ERR 'Permissions Violation for Subscription to "…"'` (with the queue).
-    SubscribeViolation {
-        subject: &'a [u8],
-        queue: Option<&'a [u8]>,
+    /// A permissions violation: send `-ERR <text>` (`Permissions Violation for
+    /// Publish to "…"`, or `… for Subscription to "…"` with the queue) and log `log`
+    /// as an error, as the reference does; the connection stays open.
+    Violation {
+        text: String,
+        log: String,
     },
     /// Check these credentials against the nonce, then call
     /// [`Connection::authenticated`].
@@ -394,7 +394,11 @@ impl Connection {
                     return step;
                 }
                 if !self.may_publish(subject) {
-                    step.action = Some(Action::PublishViolation(subject));
+                    let shown = String::from_utf8_lossy(subject);
+                    step.action = Some(Action::Violation {
+                        text: errors::publish_violation(subject),
+                        log: format!("Publish Violation - Subject {shown:?}"),
+                    });
                     return step;
                 }
                 step.sync = self.unsynced;
@@ -579,7 +583,11 @@ impl Connection {
             return;
         }
         if !self.permissions.can_subscribe(subject, queue) {
-            step.action = Some(Action::SubscribeViolation { subject, queue });
+            let text = errors::subscribe_violation(subject, queue);
+            step.action = Some(Action::Violation {
+                log: text.clone(),
+                text,
+            });
             return;
         }
         // A sid already in use is ignored, as by the reference.
@@ -673,12 +681,7 @@ mod tests {
     fn describe(a: &Action<'_>) -> String {
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         match a {
-            Action::PublishViolation(subject) => {
-                format!("-ERR {}", errors::publish_violation(subject))
-            }
-            Action::SubscribeViolation { subject, queue } => {
-                format!("-ERR {}", errors::subscribe_violation(subject, *queue))
-            }
+            Action::Violation { text, .. } => format!("-ERR {text}"),
             Action::Publish(p) => format!("publish {}", s(p.subject)),
             Action::Subscribe { sid, subject, .. } => format!("sub {} {}", s(subject), s(sid)),
             Action::Unsubscribe { sid, max } => format!("unsub {} {max:?}", s(sid)),
