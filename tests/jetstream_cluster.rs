@@ -2,7 +2,10 @@
 //! the meta group elects a leader, streams created through any node are seen from
 //! every node, an R1 stream placed on one node takes publishes and serves consumers
 //! from clients on the others, a `kill -9`ed meta leader is replaced and the node,
-//! restarted on its store, rejoins knowing every stream. Clients are async-nats.
+//! restarted on its store, rejoins knowing every stream. R3 streams keep every acked
+//! message through a leader `kill -9`, a leader frozen 12 s (SIGSTOP) and all nodes
+//! killed at once; each replica's store, read from disk after a clean stop, holds the
+//! same history. Clients are async-nats.
 
 mod common;
 
@@ -351,6 +354,112 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
 }
 
 /// Waits until `f` holds, or fails naming `what`.
+/// An async publisher: 64 acks outstanding, message `i` on `<prefix>.<i % 7>` with
+/// `Nats-Msg-Id: m-<i>`; an ack that fails or takes over two seconds is retried with
+/// the same id until it comes. What was acked is noted as it is.
+#[derive(Clone, Default)]
+struct Load {
+    acked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+}
+
+impl Load {
+    fn acked(&self) -> std::collections::BTreeSet<u64> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Publishes `0..total`; returns how many acks were retried.
+    async fn run(self, js: jetstream::Context, prefix: &'static str, total: u64) -> u64 {
+        let send = |i: u64| {
+            let js = js.clone();
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("m-{i}").as_str());
+                let ack = js
+                    .publish_with_headers(
+                        format!("{prefix}.{}", i % 7),
+                        headers,
+                        format!("{i}").into(),
+                    )
+                    .await
+                    .ok();
+                // Each ack has two seconds from its publish, not from when it is awaited.
+                (i, tokio::time::Instant::now() + Duration::from_secs(2), ack)
+            }
+        };
+        let mut window = std::collections::VecDeque::new();
+        let mut retries = 0u64;
+        let mut next = 0u64;
+        let started = Instant::now();
+        while next < total || !window.is_empty() {
+            while next < total && window.len() < 64 {
+                window.push_back(send(next).await);
+                next += 1;
+            }
+            let Some((i, deadline, pending)) = window.pop_front() else {
+                break;
+            };
+            let acked = match pending {
+                Some(ack) => matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(_))),
+                None => false,
+            };
+            if acked {
+                self.acked.lock().unwrap().insert(i);
+            } else {
+                // Again, same id, until it is acked (a leader change in between).
+                retries += 1;
+                assert!(
+                    started.elapsed() < Duration::from_secs(90),
+                    "message {i} never acked"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                window.push_back(send(i).await);
+            }
+        }
+        retries
+    }
+}
+
+/// The messages of `stream` in a stopped node's store, in sequence order: (sequence,
+/// subject, payload). Read from the redb file itself, so each replica is seen as it
+/// is on disk, not through a leader.
+fn stored(peer: &Peer, stream: &str) -> Vec<(u64, String, Vec<u8>)> {
+    use meshbroker::actors::storage::Storage;
+    let (store, closed) =
+        Storage::open(&peer.dir.join("js"), meshbroker::config::AckAfter::Fsync).unwrap();
+    let all = store.load_all().unwrap();
+    // The file is free again for the node once the store's threads are gone.
+    drop(store);
+    closed.wait(Duration::from_secs(10));
+    let Some(s) = all.into_iter().find(|s| s.record.config.name == stream) else {
+        return Vec::new();
+    };
+    s.messages
+        .into_iter()
+        .map(|(seq, m)| {
+            let payload = m.data[m.hdr_len as usize..].to_vec();
+            (seq, m.subject, payload)
+        })
+        .collect()
+}
+
+/// Every message `0..total` once in `messages`, by payload.
+fn assert_once_each(
+    messages: &[(u64, String, Vec<u8>)],
+    acked: &std::collections::BTreeSet<u64>,
+    who: &str,
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (seq, _, payload) in messages {
+        let i: u64 = std::str::from_utf8(payload).unwrap().parse().unwrap();
+        assert!(
+            seen.insert(i),
+            "{who}: message {i} stored twice (again at {seq})"
+        );
+    }
+    let missing: Vec<&u64> = acked.difference(&seen).collect();
+    assert!(missing.is_empty(), "{who}: acked but lost: {missing:?}");
+}
+
 async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f().await {
@@ -402,59 +511,9 @@ async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
     )
     .await;
 
-    // An async publisher, 64 acks outstanding, each message with its own id; an ack
-    // that fails is retried with the same id until it is acked.
     const TOTAL: u64 = 3000;
-    let publisher = tokio::spawn({
-        let js = js.clone();
-        async move {
-            let send = |i: u64| {
-                let js = js.clone();
-                async move {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", format!("m-{i}").as_str());
-                    let ack = js
-                        .publish_with_headers(
-                            format!("r3.{}", i % 7),
-                            headers,
-                            format!("{i}").into(),
-                        )
-                        .await
-                        .ok();
-                    // Each ack has two seconds from its publish, not from when it is awaited.
-                    (i, tokio::time::Instant::now() + Duration::from_secs(2), ack)
-                }
-            };
-            let mut window = std::collections::VecDeque::new();
-            let mut retries = 0u64;
-            let mut next = 0u64;
-            let started = Instant::now();
-            while next < TOTAL || !window.is_empty() {
-                while next < TOTAL && window.len() < 64 {
-                    window.push_back(send(next).await);
-                    next += 1;
-                }
-                let Some((i, deadline, pending)) = window.pop_front() else {
-                    break;
-                };
-                let acked = match pending {
-                    Some(ack) => matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(_))),
-                    None => false,
-                };
-                if !acked {
-                    // Again, same id, until it is acked (a leader change in between).
-                    retries += 1;
-                    assert!(
-                        started.elapsed() < Duration::from_secs(60),
-                        "message {i} never acked"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    window.push_back(send(i).await);
-                }
-            }
-            retries
-        }
-    });
+    let load = Load::default();
+    let publisher = tokio::spawn(load.clone().run(js.clone(), "r3", TOTAL));
     // Kill the stream's leader once the load is under way.
     eventually("publishes under way", Duration::from_secs(20), async || {
         let peer = all.iter().find(|p| p.name != leader).unwrap();
@@ -517,4 +576,216 @@ async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
     .await;
     info = info_of(&js, "R3").await;
     assert_eq!(info.state.messages, TOTAL);
+    // One order on every replica, as their stores hold it.
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    let first = stored(&all[0], "R3");
+    assert_once_each(&first, &load.acked(), all[0].name);
+    for p in &all[1..] {
+        assert!(stored(p, "R3") == first, "{} holds another history", p.name);
+    }
+}
+
+impl Peer {
+    /// SIGSTOP or SIGCONT.
+    fn signal(&self, signal: i32) {
+        let pid = self.process.as_ref().unwrap().0.id() as i32;
+        // SAFETY: kill(2) on a process this test started and still holds.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Stops the node as an operator would (SIGTERM) and waits for it to exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let pid = child.0.id() as i32;
+            // SAFETY: as in `signal`.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = child.0.wait();
+        }
+    }
+}
+
+/// Starts the three nodes, creates the R3 stream `name` on `<name>.>` through any of
+/// them and returns (a JetStream context on `urls`, the stream's leader).
+async fn r3_cluster(all: &mut [Peer], name: &str, urls: &[usize]) -> (jetstream::Context, String) {
+    let configs: Vec<String> = all.iter().map(|p| p.config(all)).collect();
+    for (p, c) in all.iter_mut().zip(&configs) {
+        p.start(c);
+    }
+    wait_leader(all, Duration::from_secs(20));
+    let urls: Vec<String> = urls
+        .iter()
+        .map(|&i| format!("nats://{}", all[i].client))
+        .collect();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(urls)
+        .await
+        .unwrap();
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_secs(3));
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{name}.>")],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let leader = stream_leader(&js, name, Duration::from_secs(15)).await;
+    (js, leader)
+}
+
+/// The leader STREAM.INFO names, once there is one.
+async fn stream_leader(js: &jetstream::Context, name: &str, limit: Duration) -> String {
+    let mut leader = String::new();
+    eventually("an R3 stream leader", limit, async || {
+        match js.get_stream(name).await {
+            Ok(mut s) => match s.info().await {
+                Ok(info) => {
+                    leader = info
+                        .cluster
+                        .clone()
+                        .unwrap_or_default()
+                        .leader
+                        .unwrap_or_default();
+                    !leader.is_empty()
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        }
+    })
+    .await;
+    leader
+}
+
+/// The stream's leader frozen (SIGSTOP) for 12 s while an async publisher on the two
+/// other nodes goes on: the majority elects and acks, the frozen node acks nothing
+/// (it cannot), and once thawed it steps down and converges: every replica's store
+/// holds the same messages in the same order, each acked message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_r3_leader_steps_down_and_converges_with_no_acked_message_lost() {
+    let mut all = peers("freeze");
+    // The leader is known only once the stream exists: connect to all, then to the
+    // other two for the load.
+    let (js, leader) = r3_cluster(&mut all, "FZ", &[0, 1, 2]).await;
+    let frozen = all.iter().position(|p| p.name == leader).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != frozen).collect();
+    let urls: Vec<String> = others
+        .iter()
+        .map(|&i| format!("nats://{}", all[i].client))
+        .collect();
+    let client = async_nats::connect(urls).await.unwrap();
+    let mut load_js = jetstream::new(client);
+    load_js.set_timeout(Duration::from_secs(3));
+    drop(js);
+
+    const TOTAL: u64 = 4000;
+    let load = Load::default();
+    let publisher = tokio::spawn(load.clone().run(load_js.clone(), "FZ", TOTAL));
+    eventually("publishes under way", Duration::from_secs(20), async || {
+        load.acked().len() >= 500
+    })
+    .await;
+    all[frozen].signal(libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    let before = load.acked().len();
+    // The majority goes on: acks resume while the old leader is still frozen.
+    eventually(
+        "acks resumed without the frozen leader",
+        Duration::from_secs(11),
+        async || load.acked().len() > before + 200,
+    )
+    .await;
+    let resumed = frozen_at.elapsed();
+    let new_leader = stream_leader(&load_js, "FZ", Duration::from_secs(5)).await;
+    assert_ne!(new_leader, leader);
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(frozen_at.elapsed())).await;
+    all[frozen].signal(libc::SIGCONT);
+    let retries = publisher.await.unwrap();
+    eprintln!(
+        "R3 leader {leader} frozen 12 s under load: acks resumed {resumed:?} after, on {new_leader}; {retries} acks retried"
+    );
+    assert_eq!(load.acked().len() as u64, TOTAL);
+
+    // The thawed node follows the new leader and catches up.
+    eventually(
+        "the thawed replica holds every message",
+        Duration::from_secs(30),
+        async || all[frozen].jsz()["messages"].as_u64() == Some(TOTAL),
+    )
+    .await;
+    let info = info_of(&load_js, "FZ").await;
+    assert_eq!(info.state.messages, TOTAL, "{info:?}");
+    assert_eq!(
+        info.state.last_sequence, TOTAL,
+        "a retry was stored twice: {info:?}"
+    );
+    assert_ne!(
+        info.cluster.unwrap_or_default().leader.unwrap_or_default(),
+        leader
+    );
+
+    // One history: the three stores, read from disk, are the same sequence.
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    let first = stored(&all[0], "FZ");
+    assert_once_each(&first, &load.acked(), all[0].name);
+    for p in &all[1..] {
+        let other = stored(p, "FZ");
+        assert!(
+            other == first,
+            "{} holds another history than {}",
+            p.name,
+            all[0].name
+        );
+    }
+}
+
+/// Every node `kill -9`ed at once while an async publisher runs, then restarted: every
+/// acked message is there, once, on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_message_survives_all_nodes_killed_at_once() {
+    let mut all = peers("killall");
+    let (js, _) = r3_cluster(&mut all, "KA", &[0, 1, 2]).await;
+    let load = Load::default();
+    let publisher = tokio::spawn(load.clone().run(js.clone(), "KA", 1_000_000));
+    eventually("publishes under way", Duration::from_secs(20), async || {
+        load.acked().len() >= 1500
+    })
+    .await;
+    for p in all.iter_mut() {
+        p.kill9();
+    }
+    publisher.abort();
+    let _ = publisher.await;
+    let acked = load.acked();
+    eprintln!("all nodes killed with {} acked", acked.len());
+
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    for (p, c) in all.iter_mut().zip(&configs) {
+        p.start(c);
+    }
+    wait_leader(&all, Duration::from_secs(20));
+    stream_leader(&js, "KA", Duration::from_secs(20)).await;
+    let info = info_of(&js, "KA").await;
+    assert!(info.state.messages >= acked.len() as u64, "{info:?}");
+    eventually(
+        "every replica caught up",
+        Duration::from_secs(30),
+        async || {
+            all.iter()
+                .all(|p| p.jsz()["messages"].as_u64() == Some(info.state.messages))
+        },
+    )
+    .await;
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    for p in &all {
+        assert_once_each(&stored(p, "KA"), &acked, p.name);
+    }
 }
