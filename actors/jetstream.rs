@@ -451,6 +451,9 @@ impl JetStream {
         let body = msg.payload().to_vec();
         let kind = req.response_type();
         match &req {
+            ApiRequest::StreamLeaderStepdown(_) | ApiRequest::ConsumerLeaderStepdown(..) => {
+                Handled::Error(ApiError::clustering_required())
+            }
             ApiRequest::AccountInfo => Handled::Reply(api::response(kind, &self.account_info())),
             ApiRequest::StreamCreate(name) => match self.create_stream(name, &body).await {
                 Ok(info) => Handled::Reply(api::response(kind, &info)),
@@ -822,8 +825,14 @@ impl JetStream {
                 Box::new(move |e| commands.try_send(StreamCmd::Raft(e)).is_ok()),
             )
             .map_err(|e| e.to_string())?;
+        // Named as the reference names a stream's group: replicas and storage first.
+        let storage = match handle.config.storage {
+            api::Storage::Memory => 'M',
+            api::Storage::File => 'F',
+        };
         let replica = stream_actor::Replica {
             group: group_handle,
+            raft_group: format!("S-R{}{storage}-{group:x}", peers.len()),
             peers: peers.to_vec(),
             cluster: cluster
                 .ctx

@@ -71,6 +71,10 @@ pub struct GroupStatus {
     pub peers: Vec<PeerStatus>,
     /// Leader changes seen since start.
     pub leader_changes: u64,
+    /// When this node last saw the leader change (Unix ns; 0 before).
+    pub leader_since: i64,
+    /// The last index in this node's log.
+    pub last_index: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,6 +83,8 @@ pub struct PeerStatus {
     /// The highest index the peer is known to hold (leader only; 0 otherwise).
     pub matched: u64,
     pub routed: bool,
+    /// When this node last heard from the peer in this group.
+    pub heard: Option<std::time::Instant>,
 }
 
 enum GroupCmd {
@@ -88,6 +94,8 @@ enum GroupCmd {
         Vec<u8>,
         Option<async_channel::Sender<Result<(), ProposeError>>>,
     ),
+    /// Hand leadership to this peer (by name), when this node leads.
+    TransferLeader(String),
 }
 
 /// How other actors reach a group.
@@ -113,6 +121,12 @@ impl GroupHandle {
     /// on `Committed`; a proposal a non-leader drops is retried by whoever asked).
     pub fn propose_nowait(&self, data: Vec<u8>) {
         let _ = self.tx.try_send(GroupCmd::Propose(data, None));
+    }
+
+    /// Asks the group's leader (this node) to hand leadership to `peer`: raft-rs
+    /// brings it up to date, then tells it to campaign at once.
+    pub fn transfer_leader(&self, peer: &str) {
+        let _ = self.tx.try_send(GroupCmd::TransferLeader(peer.to_string()));
     }
 
     pub fn status(&self) -> Arc<GroupStatus> {
@@ -255,6 +269,8 @@ impl RaftHost {
             status: status.clone(),
             leader: 0,
             leader_changes: 0,
+            leader_since: 0,
+            heard: HashMap::new(),
             owner_gone: false,
         };
         self.groups.rcu(|map| {
@@ -294,6 +310,9 @@ struct Group {
     status: Arc<arc_swap::ArcSwap<GroupStatus>>,
     leader: u64,
     leader_changes: u64,
+    leader_since: i64,
+    /// When each peer was last heard from.
+    heard: HashMap<u64, std::time::Instant>,
     owner_gone: bool,
 }
 
@@ -327,6 +346,7 @@ impl Group {
                 if !self.names.contains_key(&m.from) {
                     return;
                 }
+                self.heard.insert(m.from, runtime::now());
                 if let Err(e) = self.node.step(*m) {
                     log::debug!("raft group {}: step: {e}", self.group);
                 }
@@ -344,6 +364,20 @@ impl Group {
                 }
                 if let Some(done) = done {
                     let _ = done.try_send(result);
+                }
+            }
+            GroupCmd::TransferLeader(to) => {
+                let id = self
+                    .names
+                    .iter()
+                    .find(|(_, n)| **n == to)
+                    .map(|(id, _)| *id);
+                match id {
+                    Some(id) if self.node.raft.state == StateRole::Leader => {
+                        log::info!("raft group {}: handing leadership to {to}", self.group);
+                        self.node.transfer_leader(id);
+                    }
+                    _ => log::debug!("raft group {}: no leadership to hand to {to}", self.group),
                 }
             }
         }
@@ -482,6 +516,7 @@ impl Group {
         if leader_id != self.leader {
             self.leader = leader_id;
             self.leader_changes += 1;
+            self.leader_since = runtime::now_unix_ns();
             let leader = self.names.get(&leader_id).cloned();
             match &leader {
                 Some(name) => {
@@ -509,6 +544,7 @@ impl Group {
                         0
                     },
                     routed: name == self.ctx.server_name || self.ctx.peers.is_routed(&name),
+                    heard: self.heard.get(id).copied(),
                     name,
                 }
             })
@@ -522,6 +558,8 @@ impl Group {
             is_leader,
             peers,
             leader_changes: self.leader_changes,
+            leader_since: self.leader_since,
+            last_index: raft.raft_log.last_index(),
         }));
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::publish::Publisher;
-use super::raft::{GroupEvent, GroupHandle};
+use super::raft::{GroupEvent, GroupHandle, GroupStatus};
 use super::router::{Account, SubChange};
 use super::runtime;
 use super::storage::{Progress, Storage, StorageError, WriteBatch, WriteOp};
@@ -26,7 +26,7 @@ use crate::jetstream::api::{self, NextRequest, StreamConfig, StreamInfo, StreamI
 use crate::jetstream::consumer::{AckKind, Outbound};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers::{self, HeaderBuilder};
-use crate::jetstream::replicated::StreamEntry;
+use crate::jetstream::replicated::{self, StreamEntry};
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::sourcing::{self, Inbound, Sourcing};
 use crate::jetstream::store::Loaded;
@@ -120,6 +120,8 @@ pub enum StreamCmd {
 /// from the ack floor on).
 pub struct Replica {
     pub group: GroupHandle,
+    /// The group's name in `cluster.raft_group`.
+    pub raft_group: String,
     pub peers: Vec<String>,
     pub cluster: String,
     /// The log index applied so far (stored with the changes it made).
@@ -134,6 +136,26 @@ pub struct Replica {
 pub struct StreamHandle {
     pub config: StreamConfig,
     pub commands: async_channel::Sender<StreamCmd>,
+}
+
+/// The other replicas of a group as its leader sees them, for `cluster.replicas`.
+fn replicas(status: &GroupStatus, me: &str) -> Vec<api::PeerInfo> {
+    let now = runtime::now();
+    status
+        .peers
+        .iter()
+        .filter(|p| p.name != me)
+        .map(|p| api::PeerInfo {
+            name: p.name.clone(),
+            current: p.routed && p.matched >= status.applied,
+            offline: !p.routed,
+            active: p
+                .heard
+                .map_or(0, |at| now.saturating_duration_since(at).as_nanos() as u64),
+            lag: status.last_index.saturating_sub(p.matched),
+            peer: format!("{:08x}", crate::raft::node_id(&p.name) as u32),
+        })
+        .collect()
 }
 
 /// Subscription tags of a stream actor.
@@ -781,6 +803,11 @@ impl StreamActor {
         let mut info = self.stream.info(now, &leader, req);
         if let (Some(r), Some(cluster)) = (&self.replica, info.cluster.as_mut()) {
             cluster.name = Some(r.cluster.clone());
+            cluster.raft_group = Some(r.raft_group.clone());
+            let status = r.group.status();
+            cluster.leader_since =
+                (status.leader_since > 0).then(|| api::format_time(status.leader_since));
+            cluster.replicas = replicas(&status, &self.leader);
         }
         if let Some(sourcing) = &self.sourcing {
             (info.mirror, info.sources) = sourcing.info(now);
@@ -1117,6 +1144,11 @@ impl StreamActor {
             if !r.leading {
                 return;
             }
+        }
+        if let ApiRequest::StreamLeaderStepdown(_) | ApiRequest::ConsumerLeaderStepdown(..) = &req {
+            return self.step_down(&req, &msg, now);
+        }
+        if let Some(r) = &self.replica {
             if changes_stream(&req) {
                 let entry = StreamEntry::Api {
                     ts: now,
@@ -1130,6 +1162,38 @@ impl StreamActor {
             }
         }
         self.answer(req, msg, now, None);
+    }
+
+    /// A stream or consumer leader stepdown: the leader answers, then hands the group
+    /// to another replica. A consumer's state is replicated through its stream's log,
+    /// so its leader is the stream's and both move together. An R1 stream has no
+    /// one to hand over to; the reference answers success there too.
+    fn step_down(&mut self, req: &ApiRequest, msg: &InternalMsg, now: i64) {
+        if let ApiRequest::ConsumerLeaderStepdown(_, name) = req {
+            if self.stream.consumer(name).is_none() {
+                return self.respond(req, msg, Err(ApiError::consumer_not_found()), now);
+            }
+        }
+        let target = match &self.replica {
+            None => Ok(None),
+            Some(r) => {
+                let status = r.group.status();
+                let followers: Vec<(String, bool)> = replicas(&status, &self.leader)
+                    .into_iter()
+                    .filter(|p| !p.offline)
+                    .map(|p| (p.name, p.current))
+                    .collect();
+                replicated::stepdown_target(msg.payload(), &followers, |n| fastrand::usize(..n))
+                    .map(Some)
+            }
+        };
+        let body = target
+            .as_ref()
+            .map(|_| api::response(req.response_type(), &serde_json::json!({"success": true})));
+        self.respond(req, msg, body.map_err(Clone::clone), now);
+        if let (Ok(Some(to)), Some(r)) = (target, &self.replica) {
+            r.group.transfer_leader(&to);
+        }
     }
 
     /// Acts on a request and answers it (when it has a reply subject); `name` is the

@@ -789,3 +789,127 @@ async fn every_acked_message_survives_all_nodes_killed_at_once() {
         assert_once_each(&stored(p, "KA"), &acked, p.name);
     }
 }
+
+/// A JetStream API request through `client`, its JSON reply.
+async fn api(client: &async_nats::Client, subject: &str, body: &str) -> serde_json::Value {
+    let reply = client
+        .request(subject.to_string(), body.to_string().into())
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// STREAM.INFO's `cluster` names the group, the leader since when, and the two other
+/// replicas as the leader sees them; a stream leader stepdown (and a consumer's, which
+/// moves with its stream) hands the group to another replica, as the reference
+/// answers it; publishes go on acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_info_lists_the_replicas_and_a_stepdown_moves_the_leader() {
+    let mut all = peers("stepdown");
+    let (js, leader) = r3_cluster(&mut all, "SD", &[0, 1, 2]).await;
+    let client = async_nats::connect(all[2].client.to_string())
+        .await
+        .unwrap();
+    js.publish("SD.a", "one".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut info = serde_json::Value::Null;
+    eventually(
+        "both followers current",
+        Duration::from_secs(10),
+        async || {
+            info = api(&client, "$JS.API.STREAM.INFO.SD", "").await;
+            let replicas = info["cluster"]["replicas"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            replicas.len() == 2 && replicas.iter().all(|r| r["current"] == true)
+        },
+    )
+    .await;
+    let cluster = &info["cluster"];
+    assert_eq!(cluster["leader"], leader.as_str(), "{info}");
+    assert_eq!(cluster["name"], "js");
+    assert!(
+        cluster["raft_group"]
+            .as_str()
+            .unwrap()
+            .starts_with("S-R3F-"),
+        "{info}"
+    );
+    assert!(cluster["leader_since"].is_string(), "{info}");
+    let mut names: Vec<&str> = cluster["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            // Heard from within the last heartbeats.
+            assert!(r["active"].as_u64().unwrap() < 5_000_000_000, "{r}");
+            assert_eq!(r["peer"].as_str().unwrap().len(), 8, "{r}");
+            r["name"].as_str().unwrap()
+        })
+        .collect();
+    names.sort();
+    let mut others: Vec<&str> = NAMES.iter().copied().filter(|n| *n != leader).collect();
+    others.sort();
+    assert_eq!(names, others);
+
+    // A stepdown: success, then another leader.
+    let bad = api(&client, "$JS.API.STREAM.LEADER.STEPDOWN.SD", "{bad json").await;
+    assert_eq!(bad["error"]["err_code"], 10025, "{bad}");
+    let nope = api(&client, "$JS.API.STREAM.LEADER.STEPDOWN.NOPE", "").await;
+    assert_eq!(nope["error"]["err_code"], 10059, "{nope}");
+    let unknown = r#"{"placement":{"preferred":"n9"}}"#;
+    let unknown = api(&client, "$JS.API.STREAM.LEADER.STEPDOWN.SD", unknown).await;
+    assert_eq!(unknown["error"]["err_code"], 10008, "{unknown}");
+    let done = api(&client, "$JS.API.STREAM.LEADER.STEPDOWN.SD", "").await;
+    assert_eq!(
+        done["type"],
+        "io.nats.jetstream.api.v1.stream_leader_stepdown_response"
+    );
+    assert_eq!(done["success"], true, "{done}");
+    let moved = Instant::now();
+    let mut second = String::new();
+    eventually("a new stream leader", Duration::from_secs(10), async || {
+        second = stream_leader(&js, "SD", Duration::from_secs(5)).await;
+        second != leader
+    })
+    .await;
+    eprintln!(
+        "stream leader {leader} stepped down; {second} leads {:?} later",
+        moved.elapsed()
+    );
+    js.publish("SD.a", "two".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // To a preferred replica, through a consumer stepdown.
+    let c = durable(&js, "SD", "C").await;
+    drop(c);
+    let nope = api(&client, "$JS.API.CONSUMER.LEADER.STEPDOWN.SD.NOPE", "").await;
+    assert_eq!(nope["error"]["err_code"], 10014, "{nope}");
+    let to = leader.as_str();
+    let body = format!(r#"{{"placement":{{"preferred":"{to}"}}}}"#);
+    let done = api(&client, "$JS.API.CONSUMER.LEADER.STEPDOWN.SD.C", &body).await;
+    assert_eq!(
+        done["type"],
+        "io.nats.jetstream.api.v1.consumer_leader_stepdown_response"
+    );
+    assert_eq!(done["success"], true, "{done}");
+    eventually(
+        "the preferred replica leads",
+        Duration::from_secs(10),
+        async || stream_leader(&js, "SD", Duration::from_secs(5)).await == to,
+    )
+    .await;
+    js.publish("SD.a", "three".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(info_of(&js, "SD").await.state.messages, 3);
+}

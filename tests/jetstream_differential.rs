@@ -137,6 +137,10 @@ fn steps() -> Vec<Step> {
         step("$JS.API.STREAM.MSG.DELETE.S", "", Json),
         step("$JS.API.STREAM.PURGE.S", r#"{"seq":5,"keep":1}"#, Json),
         step("$JS.API.STREAM.PURGE.NOPE", "", Json),
+        // Leader stepdowns need a cluster (503, 10010), for streams that exist or not.
+        step("$JS.API.STREAM.LEADER.STEPDOWN.S", "", Json),
+        step("$JS.API.STREAM.LEADER.STEPDOWN.NOPE", "", Json),
+        step("$JS.API.CONSUMER.LEADER.STEPDOWN.S.C", "", Json),
         step(
             "$JS.API.CONSUMER.CREATE.S.C",
             r#"{"stream_name":"S","config":{"durable_name":"C","ack_policy":"explicit"}}"#,

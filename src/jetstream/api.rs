@@ -237,11 +237,37 @@ pub struct StreamState {
     pub consumer_count: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The replicated stream's Raft group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_group: Option<String>,
     pub leader: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_since: Option<String>,
+    /// The other replicas, as the leader sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<PeerInfo>,
+}
+
+/// A replica in a `cluster` block, as the reference describes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub name: String,
+    /// Holds everything the leader applied.
+    pub current: bool,
+    /// Not reachable now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
+    /// Nanoseconds since the leader last heard from it.
+    pub active: u64,
+    /// Entries behind the leader's log.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub lag: u64,
+    /// The peer's id in the group.
+    pub peer: String,
 }
 
 /// A stream as the API describes it. STREAM.INFO has everything; the reference leaves

@@ -42,6 +42,10 @@ impl ApiError {
     }
     /// A publish while the node is past `max_memory` / `max_file`.
     /// A clustered JetStream without a meta leader (nats-server's JSClusterNotAvailErr).
+    /// A cluster-only request (a leader stepdown) to a JetStream that is not clustered.
+    pub fn clustering_required() -> Self {
+        e(503, 10010, "JetStream clustering support required")
+    }
     pub fn cluster_unavailable() -> Self {
         e(503, 10008, "JetStream system temporarily unavailable")
     }

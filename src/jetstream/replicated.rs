@@ -9,6 +9,10 @@
 //! an entry has its checksum already.
 
 use bytes::Bytes;
+use serde::Deserialize;
+
+use super::api;
+use super::errors::ApiError;
 
 /// One change to a replicated stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +215,54 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A leader stepdown's body: empty, or `{"placement": {"preferred": "<server>"}}`.
+#[derive(Debug, Default, Deserialize)]
+struct StepdownRequest {
+    #[serde(default)]
+    placement: Option<StepdownPlacement>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StepdownPlacement {
+    #[serde(default)]
+    preferred: Option<String>,
+}
+
+/// Whom a leader stepping down hands its group to: the peer the request prefers, else
+/// one of the followers that hold everything (any reachable one if none does;
+/// `followers`: name and whether it is current), picked by `pick(n)`. No such peer is the reference's 503 (10008); a body
+/// that is not JSON, its 400 (10025).
+pub fn stepdown_target(
+    body: &[u8],
+    followers: &[(String, bool)],
+    pick: impl FnOnce(usize) -> usize,
+) -> Result<String, ApiError> {
+    let req: StepdownRequest = api::parse_optional(body)?;
+    let preferred = req
+        .placement
+        .and_then(|p| p.preferred)
+        .filter(|p| !p.is_empty());
+    let named = |keep: &dyn Fn(&(String, bool)) -> bool| -> Vec<&String> {
+        followers
+            .iter()
+            .filter(|f| keep(f))
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let candidates = match &preferred {
+        Some(name) => named(&|(n, _)| n == name),
+        // raft-rs brings a follower that is behind up to date before it hands over.
+        None => Some(named(&|(_, current)| *current))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| named(&|_| true)),
+    };
+    if candidates.is_empty() {
+        return Err(ApiError::cluster_unavailable());
+    }
+    let at = pick(candidates.len()).min(candidates.len() - 1);
+    Ok(candidates[at].clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +316,28 @@ mod tests {
             assert_eq!(StreamEntry::decode(&long), Err(EntryError::Trailing(1)));
         }
         assert_eq!(StreamEntry::decode(&[9; 9]), Err(EntryError::Tag(9)));
+    }
+
+    #[test]
+    fn a_stepdown_hands_the_group_to_a_current_or_the_preferred_follower() {
+        let followers = vec![("n2".to_string(), false), ("n3".to_string(), true)];
+        assert_eq!(stepdown_target(b"", &followers, |_| 0), Ok("n3".into()));
+        assert_eq!(
+            stepdown_target(b"{}", &followers, |n| n - 1),
+            Ok("n3".into())
+        );
+        let preferred = br#"{"placement":{"preferred":"n2"}}"#;
+        assert_eq!(
+            stepdown_target(preferred, &followers, |_| 0),
+            Ok("n2".into())
+        );
+        let unknown = br#"{"placement":{"preferred":"n9"}}"#;
+        let err = stepdown_target(unknown, &followers, |_| 0).unwrap_err();
+        assert_eq!((err.code, err.err_code), (503, 10008));
+        let err = stepdown_target(b"{bad json", &followers, |_| 0).unwrap_err();
+        assert_eq!((err.code, err.err_code), (400, 10025));
+        let behind = vec![("n2".to_string(), false)];
+        assert_eq!(stepdown_target(b"", &behind, |_| 0), Ok("n2".into()));
+        assert!(stepdown_target(b"", &[], |_| 0).is_err());
     }
 }

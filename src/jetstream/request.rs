@@ -28,6 +28,10 @@ pub enum ApiRequest {
     ConsumerNames(String),
     ConsumerList(String),
     MsgNext(String, String),
+    /// `STREAM.LEADER.STEPDOWN.<stream>`.
+    StreamLeaderStepdown(String),
+    /// `CONSUMER.LEADER.STEPDOWN.<stream>.<consumer>`.
+    ConsumerLeaderStepdown(String, String),
     /// A subject under `$JS.API.` we do not implement.
     Unknown,
 }
@@ -47,11 +51,14 @@ impl ApiRequest {
             | MsgDelete(s)
             | DirectGet(s, _)
             | ConsumerNames(s)
-            | ConsumerList(s) => Some(s),
+            | ConsumerList(s)
+            | StreamLeaderStepdown(s) => Some(s),
             ConsumerCreate { stream, .. } => Some(stream),
-            DurableCreate(s, _) | ConsumerInfo(s, _) | ConsumerDelete(s, _) | MsgNext(s, _) => {
-                Some(s)
-            }
+            DurableCreate(s, _)
+            | ConsumerInfo(s, _)
+            | ConsumerDelete(s, _)
+            | MsgNext(s, _)
+            | ConsumerLeaderStepdown(s, _) => Some(s),
         }
     }
 
@@ -76,6 +83,8 @@ impl ApiRequest {
             ConsumerNames(_) => "consumer_names_response",
             ConsumerList(_) => "consumer_list_response",
             MsgNext(..) => "consumer_getnext_response",
+            StreamLeaderStepdown(_) => "stream_leader_stepdown_response",
+            ConsumerLeaderStepdown(..) => "consumer_leader_stepdown_response",
             Unknown => "error_response",
         }
     }
@@ -124,6 +133,10 @@ pub fn parse(subject: &str) -> Option<ApiRequest> {
         ["CONSUMER", "NAMES", n] => ConsumerNames(n.to_string()),
         ["CONSUMER", "LIST", n] => ConsumerList(n.to_string()),
         ["CONSUMER", "MSG", "NEXT", n, c] => MsgNext(n.to_string(), c.to_string()),
+        ["STREAM", "LEADER", "STEPDOWN", n] => StreamLeaderStepdown(n.to_string()),
+        ["CONSUMER", "LEADER", "STEPDOWN", n, c] => {
+            ConsumerLeaderStepdown(n.to_string(), c.to_string())
+        }
         _ => Unknown,
     };
     Some(req)
@@ -193,6 +206,14 @@ mod tests {
             Some(ApiRequest::MsgNext("S".into(), "C".into()))
         );
         assert_eq!(parse("$JS.API.NOPE"), Some(ApiRequest::Unknown));
+        assert_eq!(
+            parse("$JS.API.STREAM.LEADER.STEPDOWN.S"),
+            Some(ApiRequest::StreamLeaderStepdown("S".into()))
+        );
+        assert_eq!(
+            parse("$JS.API.CONSUMER.LEADER.STEPDOWN.S.C"),
+            Some(ApiRequest::ConsumerLeaderStepdown("S".into(), "C".into()))
+        );
     }
 
     #[test]

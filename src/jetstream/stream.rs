@@ -872,8 +872,8 @@ impl Stream {
             created: api::format_time(self.created),
             state,
             cluster: Some(api::ClusterInfo {
-                name: None,
                 leader: leader.to_string(),
+                ..Default::default()
             }),
             // Filled in by whoever runs the stream's sourcing (the leader's actor).
             mirror: None,
