@@ -98,6 +98,25 @@ enum GroupCmd {
     TransferLeader(String),
 }
 
+/// raft-rs's own log lines, into ours: its warnings and errors as such, the rest
+/// (elections, transfers, rejections: many per leader change) at debug.
+struct RaftLog;
+
+impl slog::Drain for RaftLog {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let level = match record.level() {
+            slog::Level::Critical | slog::Level::Error => log::Level::Error,
+            slog::Level::Warning => log::Level::Warn,
+            _ => log::Level::Debug,
+        };
+        log::log!(target: "meshbroker::raft_rs", level, "{}", record.msg());
+        Ok(())
+    }
+}
+
 /// How other actors reach a group.
 #[derive(Clone)]
 pub struct GroupHandle {
@@ -244,7 +263,7 @@ impl RaftHost {
             w.set_hardstate(hard);
         }
         let applied = applied.min(last_index(&loaded.entries));
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let logger = slog::Logger::root(RaftLog, slog::o!());
         let mut node = RawNode::new(&consensus::group_config(id, applied), mem, &logger)
             .map_err(|e| fail(e.to_string()))?;
         // A new group need not wait out an election timeout: its first peer stands at
@@ -334,6 +353,11 @@ impl Group {
                 break;
             }
         }
+        log::debug!(
+            "raft group {} stopped (its owner gone: {})",
+            self.group,
+            self.owner_gone
+        );
     }
 
     fn handle(&mut self, cmd: GroupCmd) {

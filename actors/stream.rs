@@ -1187,6 +1187,10 @@ impl StreamActor {
                     .map(Some)
             }
         };
+        log::debug!(
+            "stream {}: leader stepdown to {target:?}",
+            self.stream.name()
+        );
         let body = target
             .as_ref()
             .map(|_| api::response(req.response_type(), &serde_json::json!({"success": true})));

@@ -913,3 +913,91 @@ async fn stream_info_lists_the_replicas_and_a_stepdown_moves_the_leader() {
         .unwrap();
     assert_eq!(info_of(&js, "SD").await.state.messages, 3);
 }
+
+/// A key/value bucket with three replicas from async-nats clients on every node: a
+/// put through one node is read through the others, and a watcher on another keeps
+/// every update in order across a leader `kill -9`.
+///
+/// Fails today (issue 15, open): the watcher misses the first puts after the kill
+/// (its ordered consumer comes back past them), and with a leader stepdown while
+/// puts run, the replica that stepped down stops taking part in the group. Run it
+/// with `--ignored` while fixing those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bugs: KV watcher across an R3 leader kill, stepdown under load (issue 15)"]
+async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leader_changes() {
+    let mut all = peers("kv");
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    for (p, c) in all.iter_mut().zip(&configs) {
+        p.start(c);
+    }
+    wait_leader(&all, Duration::from_secs(20));
+    let mut on = Vec::new();
+    for p in &all {
+        on.push(js_on(p).await);
+    }
+    let bucket = on[0]
+        .create_key_value(jetstream::kv::Config {
+            bucket: "cfg".into(),
+            history: 5,
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let leader = stream_leader(&on[0], "KV_cfg", Duration::from_secs(15)).await;
+    // A watcher and a writer on the two nodes that do not lead the bucket's stream
+    // (its leader is killed later).
+    let mut followers = (0..3).filter(|&i| all[i].name != leader);
+    let (watch_at, writer_at) = (followers.next().unwrap(), followers.next().unwrap());
+    let watched = on[watch_at].get_key_value("cfg").await.unwrap();
+    let mut watch = watched.watch("k.>").await.unwrap();
+    let writer = on[writer_at].get_key_value("cfg").await.unwrap();
+    drop(bucket);
+
+    let mut expected = Vec::new();
+    let put = async |n: usize, expected: &mut Vec<String>| {
+        for i in 0..n {
+            let value = format!("v{}", expected.len());
+            let key = format!("k.{}", i % 3);
+            // A put may meet a leader change: retried until acked (same key, same value).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while writer.put(&key, value.clone().into()).await.is_err() {
+                assert!(Instant::now() < deadline, "put {key} never acked");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            expected.push(value);
+        }
+    };
+    put(20, &mut expected).await;
+    // Every node reads the last value (direct gets where the bucket allows them).
+    for js in &on {
+        let kv = js.get_key_value("cfg").await.unwrap();
+        let mut got = None;
+        eventually(
+            "the last put read back",
+            Duration::from_secs(5),
+            async || {
+                got = kv.get("k.1").await.unwrap();
+                got.as_deref() == Some(b"v19".as_slice())
+            },
+        )
+        .await;
+    }
+    // The leader is killed: the bucket goes on on the other two.
+    let at = all.iter().position(|p| p.name == leader).unwrap();
+    all[at].kill9();
+    put(20, &mut expected).await;
+
+    // The watcher saw each put once, in order (a retried put that was stored twice
+    // would show twice).
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let entry = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("watcher stalled after {seen:?}"))
+            .unwrap()
+            .unwrap();
+        seen.push(String::from_utf8(entry.value.to_vec()).unwrap());
+    }
+    assert_eq!(seen, expected);
+}
