@@ -843,6 +843,7 @@ impl JetStream {
                 .unwrap_or_default(),
             applied,
             leading: false,
+            led_term: 0,
             leader: None,
             create_reply: create_reply.map(Bytes::from),
         };

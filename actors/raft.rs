@@ -35,8 +35,9 @@ use crate::raft::{self as consensus, frame, GroupState};
 /// What a group tells its owner.
 #[derive(Debug, Clone)]
 pub enum GroupEvent {
-    /// An entry is committed (in log order; after a restart the whole log again).
-    Committed { index: u64, data: Bytes },
+    /// An entry is committed (in log order; after a restart the whole log again);
+    /// `term`: the term it was proposed in (by that term's leader).
+    Committed { index: u64, term: u64, data: Bytes },
     /// The group's leader changed (`None`: no leader known); `me`: this node leads.
     Leader {
         leader: Option<String>,
@@ -526,6 +527,7 @@ impl Group {
             }
             self.tell(GroupEvent::Committed {
                 index: e.index,
+                term: e.term,
                 data: e.data,
             });
         }

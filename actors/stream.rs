@@ -127,6 +127,11 @@ pub struct Replica {
     /// The log index applied so far (stored with the changes it made).
     pub applied: u64,
     pub leading: bool,
+    /// The last term this node led: entries of that term are its own proposals, and
+    /// it answers their publishers even when leadership has moved on by the time
+    /// they commit (a stepdown commits the old leader's last entries under the new
+    /// one; a reply from nobody would cost each of those publishers a timeout).
+    pub led_term: u64,
     pub leader: Option<String>,
     /// Where the client that created the stream waits: its first leader answers.
     pub create_reply: Option<Bytes>,
@@ -821,9 +826,12 @@ impl StreamActor {
             return;
         };
         match event {
-            GroupEvent::Leader { leader, me, .. } => {
+            GroupEvent::Leader { leader, me, term } => {
                 if me && !r.leading {
                     log::info!("stream {}: this node leads it now", self.stream.name());
+                }
+                if me {
+                    r.led_term = term;
                 }
                 r.leading = me;
                 let elected = leader.is_some();
@@ -836,14 +844,15 @@ impl StreamActor {
                     self.reply(&to, body);
                 }
             }
-            GroupEvent::Committed { index, data } => {
+            GroupEvent::Committed { index, term, data } => {
                 if index <= r.applied {
                     return;
                 }
                 r.applied = index;
                 let leading = r.leading;
+                let mine = term == r.led_term;
                 match StreamEntry::decode(&data) {
-                    Ok(entry) => self.apply(entry, leading),
+                    Ok(entry) => self.apply(entry, leading, mine),
                     // The same bytes everywhere: every replica skips it alike.
                     Err(e) => log::error!("stream {}: log entry {index}: {e}", self.stream.name()),
                 }
@@ -851,8 +860,9 @@ impl StreamActor {
         }
     }
 
-    /// Applies a committed entry; the leader answers whoever waits.
-    fn apply(&mut self, entry: StreamEntry, leading: bool) {
+    /// Applies a committed entry; whoever proposed it (`mine`) answers whoever waits,
+    /// the leader delivers to consumers.
+    fn apply(&mut self, entry: StreamEntry, leading: bool, mine: bool) {
         match entry {
             StreamEntry::Publish {
                 ts,
@@ -862,7 +872,7 @@ impl StreamActor {
                 reply,
             } => {
                 let result = self.stream.publish(ts, &subject, data, hdr_len as usize);
-                let Some(reply) = reply.filter(|_| leading) else {
+                let Some(reply) = reply.filter(|_| mine) else {
                     return;
                 };
                 match result {
@@ -884,7 +894,8 @@ impl StreamActor {
             } => self.apply_ack(
                 &subject,
                 &body,
-                reply.map(Bytes::from).filter(|_| leading),
+                reply.map(Bytes::from).filter(|_| mine),
+                leading,
                 ts,
             ),
             StreamEntry::Api {
@@ -900,7 +911,7 @@ impl StreamActor {
                 let msg = InternalMsg {
                     tag: 0,
                     subject: Bytes::from(subject),
-                    reply: reply.map(Bytes::from).filter(|_| leading),
+                    reply: reply.map(Bytes::from).filter(|_| mine),
                     headers: None,
                     data: body,
                     from: None,
@@ -1000,11 +1011,20 @@ impl StreamActor {
             }
             return;
         }
-        self.apply_ack(subject, msg.payload(), msg.reply.clone(), now);
+        self.apply_ack(subject, msg.payload(), msg.reply.clone(), true, now);
     }
 
-    /// Applies a consumer ack; `reply` (the leader's or a single node's) is answered.
-    fn apply_ack(&mut self, subject: &str, payload: &[u8], reply: Option<Bytes>, now: i64) {
+    /// Applies a consumer ack; `reply` (the proposer's or a single node's) is answered;
+    /// an ack that asks for the next message waits only at the `leading` replica
+    /// (the one that delivers).
+    fn apply_ack(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        reply: Option<Bytes>,
+        leading: bool,
+        now: i64,
+    ) {
         let Some(ack) = request::parse_ack(subject) else {
             return;
         };
@@ -1017,6 +1037,9 @@ impl StreamActor {
             .ack(&consumer, ack.stream_seq, kind, reason, now);
         if let Some(reply) = reply {
             if kind == AckKind::Next {
+                if !leading {
+                    return;
+                }
                 if let Some(c) = self.stream.consumer_mut(&consumer) {
                     let reply = String::from_utf8_lossy(&reply).to_string();
                     let req = NextRequest::parse(payload.get(4..).unwrap_or_default())

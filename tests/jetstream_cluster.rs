@@ -119,7 +119,10 @@ impl Drop for Peer {
     fn drop(&mut self) {
         // The process first (its Child kills it), then its store and log.
         self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // MESHBROKER_TEST_KEEP=1 keeps the stores and logs, to read after a failure.
+        if std::env::var_os("MESHBROKER_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -914,16 +917,79 @@ async fn stream_info_lists_the_replicas_and_a_stepdown_moves_the_leader() {
     assert_eq!(info_of(&js, "SD").await.state.messages, 3);
 }
 
-/// A key/value bucket with three replicas from async-nats clients on every node: a
-/// put through one node is read through the others, and a watcher on another keeps
-/// every update in order across a leader `kill -9`.
-///
-/// Fails today (issue 15, open): the watcher misses the first puts after the kill
-/// (its ordered consumer comes back past them), and with a leader stepdown while
-/// puts run, the replica that stepped down stops taking part in the group. Run it
-/// with `--ignored` while fixing those.
+/// Five leader stepdowns in a row while an async publisher runs: each moves the
+/// group at once, every replica (the one that stepped down included) is current again
+/// soon after, no acked message is lost or stored twice, and the three stores, read
+/// from disk, hold one history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bugs: KV watcher across an R3 leader kill, stepdown under load (issue 15)"]
+async fn stepdowns_under_load_keep_every_replica_in_the_group() {
+    let mut all = peers("stepload");
+    let (js, _) = r3_cluster(&mut all, "SL", &[0, 1, 2]).await;
+    let core = js.client();
+    const TOTAL: u64 = 5000;
+    let load = Load::default();
+    let publisher = tokio::spawn(load.clone().run(js.clone(), "SL", TOTAL));
+    for round in 0..5 {
+        let before = load.acked().len();
+        eventually("publishes under way", Duration::from_secs(20), async || {
+            load.acked().len() >= before + 300
+        })
+        .await;
+        let leader = stream_leader(&js, "SL", Duration::from_secs(10)).await;
+        let done = api(&core, "$JS.API.STREAM.LEADER.STEPDOWN.SL", "").await;
+        assert_eq!(done["success"], true, "round {round}: {done}");
+        eventually(
+            "a new leader after the stepdown",
+            Duration::from_secs(10),
+            async || stream_leader(&js, "SL", Duration::from_secs(5)).await != leader,
+        )
+        .await;
+        eventually(
+            &format!("every replica current after stepdown {round} (from {leader})"),
+            Duration::from_secs(10),
+            async || all_current(&js, "SL").await,
+        )
+        .await;
+    }
+    let retries = publisher.await.unwrap();
+    eprintln!("5 stepdowns under load: {retries} acks retried");
+    assert_eq!(load.acked().len() as u64, TOTAL);
+    let info = info_of(&js, "SL").await;
+    assert_eq!(
+        info.state.last_sequence, TOTAL,
+        "a retry stored twice: {info:?}"
+    );
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    let first = stored(&all[0], "SL");
+    assert_once_each(&first, &load.acked(), all[0].name);
+    for p in &all[1..] {
+        assert_eq!(stored(p, "SL"), first, "{} holds another history", p.name);
+    }
+}
+
+/// Whether every replica of `stream` is current (as its leader, asked through `js`,
+/// sees them): each has answered the leader lately and holds what it committed.
+async fn all_current(js: &jetstream::Context, stream: &str) -> bool {
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return false;
+    };
+    let Ok(info) = s.info().await else {
+        return false;
+    };
+    let cluster = info.cluster.clone().unwrap_or_default();
+    cluster.leader.is_some()
+        && cluster.replicas.len() == 2
+        && cluster.replicas.iter().all(|r| r.current && !r.offline)
+}
+
+/// A key/value bucket with three replicas from async-nats clients on every node: a
+/// put through one node is read through the others, and a watcher on another node
+/// sees every update once, in order, across a leader `kill -9` (the killed node
+/// restarts and catches up) and a leader stepdown while puts run (after which every
+/// replica is current again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leader_changes() {
     let mut all = peers("kv");
     let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
@@ -935,10 +1001,13 @@ async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leade
     for p in &all {
         on.push(js_on(p).await);
     }
+    // History enough for every put of the test: the watcher is to see each one (with
+    // less, a watcher that resets after a leader change may find older values gone,
+    // at the reference too).
     let bucket = on[0]
         .create_key_value(jetstream::kv::Config {
             bucket: "cfg".into(),
-            history: 5,
+            history: 64,
             num_replicas: 3,
             ..Default::default()
         })
@@ -951,9 +1020,24 @@ async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leade
     let (watch_at, writer_at) = (followers.next().unwrap(), followers.next().unwrap());
     let watched = on[watch_at].get_key_value("cfg").await.unwrap();
     let mut watch = watched.watch("k.>").await.unwrap();
+    // The watcher is read as the updates come (an ordered consumer recovers from a
+    // leader change only while its stream is polled).
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.expect("the watcher goes on");
+            if seen_tx
+                .send(String::from_utf8_lossy(&entry.value).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
     let writer = on[writer_at].get_key_value("cfg").await.unwrap();
     drop(bucket);
 
+    let acked = std::sync::atomic::AtomicUsize::new(0);
     let mut expected = Vec::new();
     let put = async |n: usize, expected: &mut Vec<String>| {
         for i in 0..n {
@@ -966,6 +1050,7 @@ async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leade
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             expected.push(value);
+            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     };
     put(20, &mut expected).await;
@@ -983,21 +1068,59 @@ async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leade
         )
         .await;
     }
-    // The leader is killed: the bucket goes on on the other two.
+    // The leader is killed: the bucket goes on on the other two; the node comes back
+    // on its store and catches up.
     let at = all.iter().position(|p| p.name == leader).unwrap();
     all[at].kill9();
     put(20, &mut expected).await;
+    all[at].start(&configs[at]);
+    eventually(
+        "every replica current after the restart",
+        Duration::from_secs(20),
+        async || all_current(&on[writer_at], "KV_cfg").await,
+    )
+    .await;
+
+    // A stepdown while puts run: the group moves, the puts go on, and the replica
+    // that stepped down stays in the group.
+    let core = async_nats::connect(all[writer_at].client.to_string())
+        .await
+        .unwrap();
+    let stepdown = async {
+        let from = acked.load(std::sync::atomic::Ordering::Relaxed);
+        eventually("puts under way", Duration::from_secs(20), async || {
+            acked.load(std::sync::atomic::Ordering::Relaxed) >= from + 10
+        })
+        .await;
+        api(&core, "$JS.API.STREAM.LEADER.STEPDOWN.KV_cfg", "").await
+    };
+    let ((), done) = tokio::join!(put(40, &mut expected), stepdown);
+    assert_eq!(done["success"], true, "{done}");
+    eventually(
+        "every replica current after the stepdown",
+        Duration::from_secs(20),
+        async || all_current(&on[writer_at], "KV_cfg").await,
+    )
+    .await;
+    // The restarted node reads the last value too.
+    let kv = on[at].get_key_value("cfg").await.unwrap();
+    let last = expected.last().unwrap().clone();
+    let last_key = format!("k.{}", (40 - 1) % 3);
+    eventually(
+        "the last put read on every node",
+        Duration::from_secs(5),
+        async || kv.get(&last_key).await.ok().flatten().as_deref() == Some(last.as_bytes()),
+    )
+    .await;
 
     // The watcher saw each put once, in order (a retried put that was stored twice
     // would show twice).
-    let mut seen = Vec::new();
-    while seen.len() < expected.len() {
-        let entry = tokio::time::timeout(Duration::from_secs(10), watch.next())
-            .await
-            .unwrap_or_else(|_| panic!("watcher stalled after {seen:?}"))
-            .unwrap()
-            .unwrap();
-        seen.push(String::from_utf8(entry.value.to_vec()).unwrap());
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        match tokio::time::timeout(Duration::from_secs(15), seen.recv()).await {
+            Ok(Some(value)) => got.push(value),
+            _ => panic!("watcher stalled after {got:?}"),
+        }
     }
-    assert_eq!(seen, expected);
+    assert_eq!(got, expected);
 }
