@@ -452,10 +452,7 @@ impl Wake for RouteShared {
 /// A subject and, for a queue group, its name.
 pub type InterestKey = (Box<[u8]>, Option<Box<[u8]>>);
 
-/// The account name Raft frames travel under on a route (`RMSG $MBR $MBR.RAFT …`). No
-/// client can be in it: a route hands what comes under it to [`Peers::raft_frame`],
-/// never to the router, so only route peers (who proved the cluster secret) reach Raft.
-pub const RAFT_ACCOUNT: &[u8] = b"$MBR";
+pub use crate::proto::route::RAFT_ACCOUNT;
 const RAFT_SUBJECT: &[u8] = b"$MBR.RAFT";
 
 /// The routes to the other nodes by server name, for what goes to one node rather

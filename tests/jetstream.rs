@@ -1,5 +1,8 @@
 //! JetStream as a user of the official Rust client (`async-nats`) sees it: streams,
-//! publish acks, pull consumers, key/value, object store, restarts.
+//! publish acks, pull and push consumers, key/value, object store, restarts. The
+//! stream, consumer, key/value and object-store scenarios run twice: on one node,
+//! and on three meshbroker processes with every stream R3, each step's client on
+//! another node than the last.
 
 mod common;
 
@@ -9,35 +12,88 @@ use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
+use common::jscluster::{self, Peer};
 use common::{jetstream_config, start, TempDir};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn connect(node: &meshbroker::Node) -> (async_nats::Client, jetstream::Context) {
-    let client = async_nats::connect(node.client_url()).await.unwrap();
+    connect_url(&node.client_url()).await
+}
+
+async fn connect_url(url: &str) -> (async_nats::Client, jetstream::Context) {
+    let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client.clone());
     (client, js)
 }
 
-fn orders() -> stream::Config {
+/// Where a scenario runs.
+enum Target {
+    /// One in-process node.
+    One {
+        node: meshbroker::Node,
+        _dir: TempDir,
+    },
+    /// Three meshbroker processes, one JetStream: every stream R3.
+    Three(Vec<Peer>),
+}
+
+impl Target {
+    fn one(tag: &str) -> Target {
+        let dir = TempDir::new(tag);
+        let node = start(jetstream_config(&dir));
+        Target::One { node, _dir: dir }
+    }
+
+    fn three(tag: &str) -> Target {
+        Target::Three(jscluster::started(tag))
+    }
+
+    fn replicas(&self) -> usize {
+        match self {
+            Target::One { .. } => 1,
+            Target::Three(peers) => peers.len(),
+        }
+    }
+
+    /// A client on node `i` (modulo the node count).
+    async fn connect(&self, i: usize) -> (async_nats::Client, jetstream::Context) {
+        match self {
+            Target::One { node, .. } => connect(node).await,
+            Target::Three(peers) => {
+                connect_url(&format!("nats://{}", peers[i % peers.len()].client)).await
+            }
+        }
+    }
+}
+
+fn orders(replicas: usize) -> stream::Config {
     stream::Config {
         name: "ORDERS".into(),
         subjects: vec!["orders.>".into()],
+        num_replicas: replicas,
         ..Default::default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_publish_acks_and_info() {
-    let dir = TempDir::new("js-basic");
-    let node = start(jetstream_config(&dir));
-    let (_client, js) = connect(&node).await;
+    streams_publish_acks_and_info_on(&Target::one("js-basic")).await;
+}
 
-    let mut s = js.create_stream(orders()).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_publish_acks_and_info_r3() {
+    streams_publish_acks_and_info_on(&Target::three("js-basic")).await;
+}
+
+async fn streams_publish_acks_and_info_on(t: &Target) {
+    let (_client, js) = t.connect(0).await;
+
+    let mut s = js.create_stream(orders(t.replicas())).await.unwrap();
     assert_eq!(s.info().await.unwrap().config.max_messages, -1);
     // Creating it again with the same config is fine; a different one is not.
-    js.create_stream(orders()).await.unwrap();
-    let mut other = orders();
+    js.create_stream(orders(t.replicas())).await.unwrap();
+    let mut other = orders(t.replicas());
     other.max_messages = 5;
     assert!(js.create_stream(other).await.is_err());
     // Overlapping subjects are refused.
@@ -49,6 +105,8 @@ async fn streams_publish_acks_and_info() {
     let err = js.create_stream(overlap).await.unwrap_err();
     assert!(err.to_string().contains("overlap"), "{err}");
 
+    // Published through another node than the one the stream was created on.
+    let (_, js) = t.connect(1).await;
     for i in 1..=5u64 {
         let ack = js
             .publish(format!("orders.{i}"), "payload".into())
@@ -89,6 +147,9 @@ async fn streams_publish_acks_and_info() {
         .await;
     assert!(wrong.is_err());
 
+    // Read through a third.
+    let (_, js) = t.connect(2).await;
+    let mut s = js.get_stream("ORDERS").await.unwrap();
     let info = s.info().await.unwrap();
     assert_eq!(info.state.messages, 6);
     assert_eq!(info.state.last_sequence, 6);
@@ -116,10 +177,18 @@ async fn streams_publish_acks_and_info() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_consumer_fetch_ack_and_redelivery() {
-    let dir = TempDir::new("js-pull");
-    let node = start(jetstream_config(&dir));
-    let (_client, js) = connect(&node).await;
-    let s = js.create_stream(orders()).await.unwrap();
+    pull_consumer_fetch_ack_and_redelivery_on(&Target::one("js-pull")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_consumer_fetch_ack_and_redelivery_r3() {
+    pull_consumer_fetch_ack_and_redelivery_on(&Target::three("js-pull")).await;
+}
+
+async fn pull_consumer_fetch_ack_and_redelivery_on(t: &Target) {
+    let (_client, js) = t.connect(0).await;
+    js.create_stream(orders(t.replicas())).await.unwrap();
+    let (_, js) = t.connect(1).await;
     for i in 0..10 {
         js.publish(format!("orders.{i}"), format!("m{i}").into())
             .await
@@ -127,6 +196,8 @@ async fn pull_consumer_fetch_ack_and_redelivery() {
             .await
             .unwrap();
     }
+    let (_, consuming) = t.connect(2).await;
+    let s = consuming.get_stream("ORDERS").await.unwrap();
     let mut c: consumer::PullConsumer = s
         .create_consumer(consumer::pull::Config {
             durable_name: Some("C".into()),
@@ -201,13 +272,21 @@ async fn pull_consumer_fetch_ack_and_redelivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_value_bucket() {
-    let dir = TempDir::new("js-kv");
-    let node = start(jetstream_config(&dir));
-    let (_client, js) = connect(&node).await;
+    key_value_bucket_on(&Target::one("js-kv")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_bucket_r3() {
+    key_value_bucket_on(&Target::three("js-kv")).await;
+}
+
+async fn key_value_bucket_on(t: &Target) {
+    let (_client, js) = t.connect(0).await;
     let kv = js
         .create_key_value(kv::Config {
             bucket: "cfg".into(),
             history: 3,
+            num_replicas: t.replicas(),
             ..Default::default()
         })
         .await
@@ -225,6 +304,9 @@ async fn key_value_bucket() {
     let entry = kv.entry("a").await.unwrap().unwrap();
     assert_eq!(entry.revision, r3);
 
+    // Another node's client reads and watches the same bucket.
+    let (_, js) = t.connect(1).await;
+    let kv = js.get_key_value("cfg").await.unwrap();
     let mut keys: Vec<String> = kv.keys().await.unwrap().map(|k| k.unwrap()).collect().await;
     keys.sort();
     assert_eq!(keys, vec!["a", "b"]);
@@ -257,18 +339,28 @@ async fn key_value_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_store_round_trip() {
-    let dir = TempDir::new("js-obj");
-    let node = start(jetstream_config(&dir));
-    let (_client, js) = connect(&node).await;
+    object_store_round_trip_on(&Target::one("js-obj")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_round_trip_r3() {
+    object_store_round_trip_on(&Target::three("js-obj")).await;
+}
+
+async fn object_store_round_trip_on(t: &Target) {
+    let (_client, js) = t.connect(0).await;
     let store = js
         .create_object_store(object_store::Config {
             bucket: "files".into(),
+            num_replicas: t.replicas(),
             ..Default::default()
         })
         .await
         .unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     store.put("blob.bin", &mut data.as_slice()).await.unwrap();
+    let (_, js) = t.connect(1).await;
+    let store = js.get_object_store("files").await.unwrap();
     let mut obj = store.get("blob.bin").await.unwrap();
     let mut back = Vec::new();
     obj.read_to_end(&mut back).await.unwrap();
@@ -286,7 +378,7 @@ async fn restart_keeps_messages_sequences_and_consumer_position() {
     {
         let node = start(jetstream_config(&dir));
         let (_client, js) = connect(&node).await;
-        let s = js.create_stream(orders()).await.unwrap();
+        let s = js.create_stream(orders(1)).await.unwrap();
         for i in 0..20 {
             js.publish(format!("orders.{i}"), format!("m{i}").into())
                 .await
@@ -402,10 +494,17 @@ async fn node_storage_limits_refuse_streams_and_publishes() {
 /// policies, `max_deliver` and ack policy all, with consumer info checked at each step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_consumers_flow_control_ordered_and_policies() {
-    let dir = TempDir::new("js-push");
-    let node = start(jetstream_config(&dir));
-    let (client, js) = connect(&node).await;
-    let s = js.create_stream(orders()).await.unwrap();
+    push_consumers_flow_control_ordered_and_policies_on(&Target::one("js-push")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumers_flow_control_ordered_and_policies_r3() {
+    push_consumers_flow_control_ordered_and_policies_on(&Target::three("js-push")).await;
+}
+
+async fn push_consumers_flow_control_ordered_and_policies_on(t: &Target) {
+    let (_, js) = t.connect(0).await;
+    js.create_stream(orders(t.replicas())).await.unwrap();
     // 3,000 messages of 1 KiB: past the 2 MiB flow-control window.
     let payload = bytes::Bytes::from(vec![b'p'; 1024]);
     let mut acks = Vec::new();
@@ -420,6 +519,9 @@ async fn push_consumers_flow_control_ordered_and_policies() {
         a.await.unwrap();
     }
 
+    // Consumed by a client on another node.
+    let (client, js) = t.connect(1).await;
+    let s = js.get_stream("ORDERS").await.unwrap();
     let fc: consumer::PushConsumer = s
         .create_consumer(consumer::push::Config {
             durable_name: Some("FC".into()),

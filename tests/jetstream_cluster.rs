@@ -9,180 +9,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 
-use common::{http_get_json, meshbroker_binary, wait_for_port, Child};
-
-const NAMES: [&str; 3] = ["n1", "n2", "n3"];
-
-struct Peer {
-    name: &'static str,
-    client: SocketAddr,
-    cluster: SocketAddr,
-    monitor: SocketAddr,
-    dir: std::path::PathBuf,
-    process: Option<Child>,
-    log: std::path::PathBuf,
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A port for a listener that must keep its number across restarts: below the
-/// kernel's ephemeral range, so no outgoing connection (a route being dialed) takes it
-/// between runs of the node.
-fn fixed_port() -> u16 {
-    loop {
-        let port = 20_000 + (fastrand::u16(..12_000));
-        if std::net::TcpListener::bind(loopback(port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-impl Peer {
-    fn config(&self, all: &[Peer]) -> String {
-        let routes: Vec<String> = all
-            .iter()
-            .filter(|p| p.name != self.name)
-            .map(|p| format!("\"nats-route://{}\"", p.cluster))
-            .collect();
-        let peers: Vec<String> = NAMES.iter().map(|n| format!("\"{n}\"")).collect();
-        format!(
-            "listen = \"{}\"\nserver_name = \"{}\"\nlog_level = \"debug\"\n\
-             [monitor]\nlisten = \"{}\"\n\
-             [cluster]\nname = \"js\"\nlisten = \"{}\"\nroutes = [{}]\nsecret = \"a-cluster-secret-for-tests\"\n\
-             [jetstream]\nstore_dir = \"{}\"\npeers = [{}]\n",
-            self.client,
-            self.name,
-            self.monitor,
-            self.cluster,
-            routes.join(", "),
-            self.dir.join("js").display(),
-            peers.join(", ")
-        )
-    }
-
-    fn start(&mut self, config: &str) {
-        let path = self.dir.join("node.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(meshbroker_binary())
-            .args(["--conf", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.process = Some(Child(child));
-        for addr in [self.client, self.monitor] {
-            assert!(
-                wait_for_port(addr, Duration::from_secs(10)),
-                "{} listens on {addr}",
-                self.name
-            );
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-        }
-    }
-
-    fn jsz(&self) -> serde_json::Value {
-        http_get_json(self.monitor, "/jsz")
-    }
-
-    fn meta_leader(&self) -> Option<String> {
-        self.jsz()["meta_cluster"]["leader"]
-            .as_str()
-            .map(str::to_string)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // The process first (its Child kills it), then its store and log.
-        self.kill9();
-        // MESHBROKER_TEST_KEEP=1 keeps the stores and logs, to read after a failure.
-        if std::env::var_os("MESHBROKER_TEST_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn peers(tag: &str) -> Vec<Peer> {
-    NAMES
-        .iter()
-        .map(|name| {
-            let dir = std::env::temp_dir().join(format!(
-                "meshbroker-test-jscluster-{tag}-{name}-{}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Peer {
-                name,
-                client: loopback(fixed_port()),
-                cluster: loopback(fixed_port()),
-                monitor: loopback(fixed_port()),
-                log: dir.join("node.log"),
-                dir,
-                process: None,
-            }
-        })
-        .collect()
-}
-
-/// Waits until every running peer names the same meta leader; returns it.
-fn wait_leader(all: &[Peer], limit: Duration) -> String {
-    let started = Instant::now();
-    loop {
-        let seen: Vec<Option<String>> = all
-            .iter()
-            .filter(|p| p.process.is_some())
-            .map(Peer::meta_leader)
-            .collect();
-        if let Some(Some(first)) = seen.first() {
-            let alive = all
-                .iter()
-                .any(|p| p.process.is_some() && p.name == first.as_str());
-            if alive && seen.iter().all(|s| s.as_deref() == Some(first.as_str())) {
-                return first.clone();
-            }
-        }
-        assert!(
-            started.elapsed() < limit,
-            "no agreed meta leader after {limit:?}: {seen:?}\n{}",
-            all.iter()
-                .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
-                .collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-async fn js_on(peer: &Peer) -> jetstream::Context {
-    let client = async_nats::connect(peer.client.to_string()).await.unwrap();
-    let mut js = jetstream::new(client);
-    js.set_timeout(Duration::from_secs(5));
-    js
-}
+use common::jscluster::{eventually, js_on, peers, stream_leader, wait_leader, Peer, NAMES};
 
 /// What STREAM.INFO says of `stream` now.
 async fn info_of(js: &jetstream::Context, stream: &str) -> stream::Info {
@@ -356,7 +188,6 @@ async fn three_nodes_are_one_jetstream_and_survive_losing_the_meta_leader() {
     }
 }
 
-/// Waits until `f` holds, or fails naming `what`.
 /// An async publisher: 64 acks outstanding, message `i` on `<prefix>.<i % 7>` with
 /// `Nats-Msg-Id: m-<i>`; an ack that fails or takes over two seconds is retried with
 /// the same id until it comes. What was acked is noted as it is.
@@ -461,14 +292,6 @@ fn assert_once_each(
     }
     let missing: Vec<&u64> = acked.difference(&seen).collect();
     assert!(missing.is_empty(), "{who}: acked but lost: {missing:?}");
-}
-
-async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,25 +413,6 @@ async fn an_r3_stream_keeps_every_acked_message_when_its_leader_is_killed() {
     }
 }
 
-impl Peer {
-    /// SIGSTOP or SIGCONT.
-    fn signal(&self, signal: i32) {
-        let pid = self.process.as_ref().unwrap().0.id() as i32;
-        // SAFETY: kill(2) on a process this test started and still holds.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Stops the node as an operator would (SIGTERM) and waits for it to exit.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let pid = child.0.id() as i32;
-            // SAFETY: as in `signal`.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let _ = child.0.wait();
-        }
-    }
-}
-
 /// Starts the three nodes, creates the R3 stream `name` on `<name>.>` through any of
 /// them and returns (a JetStream context on `urls`, the stream's leader).
 async fn r3_cluster(all: &mut [Peer], name: &str, urls: &[usize]) -> (jetstream::Context, String) {
@@ -638,30 +442,6 @@ async fn r3_cluster(all: &mut [Peer], name: &str, urls: &[usize]) -> (jetstream:
     .unwrap();
     let leader = stream_leader(&js, name, Duration::from_secs(15)).await;
     (js, leader)
-}
-
-/// The leader STREAM.INFO names, once there is one.
-async fn stream_leader(js: &jetstream::Context, name: &str, limit: Duration) -> String {
-    let mut leader = String::new();
-    eventually("an R3 stream leader", limit, async || {
-        match js.get_stream(name).await {
-            Ok(mut s) => match s.info().await {
-                Ok(info) => {
-                    leader = info
-                        .cluster
-                        .clone()
-                        .unwrap_or_default()
-                        .leader
-                        .unwrap_or_default();
-                    !leader.is_empty()
-                }
-                Err(_) => false,
-            },
-            Err(_) => false,
-        }
-    })
-    .await;
-    leader
 }
 
 /// The stream's leader frozen (SIGSTOP) for 12 s while an async publisher on the two

@@ -152,6 +152,18 @@ pub fn queue_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|&b| is_ws(b)).filter(|q| !q.is_empty())
 }
 
+/// The account name Raft frames travel under on a route (`RMSG $MBR $MBR.RAFT …`). No
+/// client can be in it: a route hands what comes under it to the Raft host, never to
+/// the router, so only route peers (who proved the cluster secret) reach Raft.
+pub const RAFT_ACCOUNT: &[u8] = b"$MBR";
+
+/// The largest Raft frame a route accepts. A frame carries up to raft-rs'
+/// `max_size_per_msg` of entries, or one entry alone when it is bigger, and an entry
+/// holds a whole message: so a frame outgrows the clients' `max_payload` whenever a
+/// burst of publishes is replicated. Bounded by the largest `max_payload` a node may be
+/// configured with (64 MiB, as the reference) and room for the entries' framing.
+pub const MAX_RAFT_FRAME: usize = (64 << 20) + (1 << 20);
+
 /// Route protocol parser; like the client parser it is resumable (returns
 /// `Incomplete` until an operation and its payload have arrived) and zero-copy.
 #[derive(Debug, Clone, Copy)]
@@ -200,7 +212,12 @@ impl RouteParser {
                 let Some(head) = MsgHead::parse(args, with_headers) else {
                     return Err(ProtoError::BadArgs("RMSG"));
                 };
-                if head.total > self.max_payload {
+                let limit = if head.account == RAFT_ACCOUNT {
+                    MAX_RAFT_FRAME
+                } else {
+                    self.max_payload
+                };
+                if head.total > limit {
                     return Err(ProtoError::MaxPayload);
                 }
                 let Some((data, consumed)) = payload(buf, line_end, head.total)? else {
@@ -545,6 +562,28 @@ mod tests {
         assert!(parser().parse(b"RS+ $G\r\n").is_err());
         assert!(parser().parse(b"RS+ $G foo q x\r\n").is_err());
         assert!(parser().parse(b"RS- $G foo q extra\r\n").is_err());
+    }
+
+    #[test]
+    fn raft_frames_may_outgrow_max_payload_but_messages_may_not() {
+        let frame = |account: &str, len: usize| {
+            let mut bytes = format!("RMSG {account} $MBR.RAFT {len}\r\n").into_bytes();
+            bytes.resize(bytes.len() + len, b'r');
+            bytes.extend_from_slice(b"\r\n");
+            bytes
+        };
+        let big = frame("$MBR", (1 << 20) + 4096);
+        match parser().parse(&big) {
+            Ok(Parsed::Op(RouteOp::Msg(m), n)) => {
+                assert_eq!(n, big.len());
+                assert_eq!(m.data.len(), (1 << 20) + 4096);
+            }
+            other => panic!("{other:?}"),
+        }
+        let client_sized = frame("$G", (1 << 20) + 4096);
+        assert_eq!(parser().parse(&client_sized), Err(ProtoError::MaxPayload));
+        let head = format!("RMSG $MBR $MBR.RAFT {}\r\n", MAX_RAFT_FRAME + 1);
+        assert_eq!(parser().parse(head.as_bytes()), Err(ProtoError::MaxPayload));
     }
 
     #[test]
