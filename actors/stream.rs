@@ -810,8 +810,8 @@ impl StreamActor {
             cluster.name = Some(r.cluster.clone());
             cluster.raft_group = Some(r.raft_group.clone());
             let status = r.group.status();
-            cluster.leader_since =
-                (status.leader_since > 0).then(|| api::format_time(status.leader_since));
+            cluster.leader_since = (status.leader_since > 0 && !cluster.leader.is_empty())
+                .then(|| api::format_time(status.leader_since));
             cluster.replicas = replicas(&status, &self.leader);
         }
         if let Some(sourcing) = &self.sourcing {
@@ -1165,6 +1165,9 @@ impl StreamActor {
         }
         if let Some(r) = &self.replica {
             if !r.leading {
+                if r.leader.is_none() && r.group.status().leader_changes > 0 {
+                    self.answer_leaderless(req, msg, now);
+                }
                 return;
             }
         }
@@ -1185,6 +1188,20 @@ impl StreamActor {
             }
         }
         self.answer(req, msg, now, None);
+    }
+
+    /// A request while the group has lost its leader, answered by every replica as the
+    /// reference's: STREAM.INFO with this replica's view (no `leader`), the rest 503
+    /// 10008 "JetStream system temporarily unavailable". Pull requests and direct gets
+    /// go unanswered there too (they wait for a leader, or time out). Before the group's
+    /// first leader nobody answers: its followers may not have heard the leader yet
+    /// when the create's answer reaches the client.
+    fn answer_leaderless(&mut self, req: ApiRequest, msg: InternalMsg, now: i64) {
+        match &req {
+            ApiRequest::StreamInfo(_) => self.answer(req, msg, now, None),
+            ApiRequest::MsgNext(..) | ApiRequest::DirectGet(..) => {}
+            _ => self.respond(&req, &msg, Err(ApiError::cluster_unavailable()), now),
+        }
     }
 
     /// A stream or consumer leader stepdown: the leader answers, then hands the group

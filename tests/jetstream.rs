@@ -31,7 +31,7 @@ async fn connect_url(url: &str) -> (async_nats::Client, jetstream::Context) {
 enum Target {
     /// One in-process node.
     One {
-        node: meshbroker::Node,
+        node: Box<meshbroker::Node>,
         _dir: TempDir,
     },
     /// Three meshbroker processes, one JetStream: every stream R3.
@@ -42,7 +42,10 @@ impl Target {
     fn one(tag: &str) -> Target {
         let dir = TempDir::new(tag);
         let node = start(jetstream_config(&dir));
-        Target::One { node, _dir: dir }
+        Target::One {
+            node: Box::new(node),
+            _dir: dir,
+        }
     }
 
     fn three(tag: &str) -> Target {

@@ -904,3 +904,81 @@ async fn an_r3_key_value_bucket_serves_every_node_and_its_watcher_survives_leade
     }
     assert_eq!(got, expected);
 }
+
+/// Two of three nodes killed: the survivor's R3 stream has no leader, and it answers
+/// as the reference's replica does then (checked against nats-server 2.15.1): STREAM.INFO
+/// with its own state and no `leader`, CONSUMER.CREATE, CONSUMER.INFO and
+/// STREAM.PURGE with 503 10008 "JetStream system temporarily unavailable"; a publish
+/// gets no ack (no quorum can promise it). Once a second node is back, a leader is
+/// elected and nothing acked before the loss is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderless_r3_stream_answers_as_the_reference_does() {
+    let mut all = peers("leaderless");
+    let (js, _) = r3_cluster(&mut all, "LL", &[0, 1, 2]).await;
+    for i in 0..5 {
+        js.publish("LL.a", format!("m{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    eventually(
+        "both followers current",
+        Duration::from_secs(10),
+        async || all_current(&js, "LL").await,
+    )
+    .await;
+    all[1].kill9();
+    all[2].kill9();
+    let client = async_nats::connect(all[0].client.to_string())
+        .await
+        .unwrap();
+    let mut info = serde_json::Value::Null;
+    eventually(
+        "the survivor knows its stream has no leader",
+        Duration::from_secs(15),
+        async || {
+            // Unanswered while the survivor still follows a dead leader.
+            let Ok(Ok(reply)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.request("$JS.API.STREAM.INFO.LL", "".into()),
+            )
+            .await
+            else {
+                return false;
+            };
+            info = serde_json::from_slice(&reply.payload).unwrap();
+            info.get("error").is_none() && info["cluster"].get("leader").is_none()
+        },
+    )
+    .await;
+    assert_eq!(info["state"]["messages"], 5, "{info}");
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    assert!(info["cluster"].get("leader_since").is_none(), "{info}");
+    let unavailable = |v: &serde_json::Value, kind: &str| {
+        assert_eq!(v["type"], format!("io.nats.jetstream.api.v1.{kind}"), "{v}");
+        assert_eq!(v["error"]["code"], 503, "{v}");
+        assert_eq!(v["error"]["err_code"], 10008, "{v}");
+        assert_eq!(
+            v["error"]["description"], "JetStream system temporarily unavailable",
+            "{v}"
+        );
+    };
+    let create = r#"{"stream_name":"LL","config":{"ack_policy":"explicit"}}"#;
+    let created = api(&client, "$JS.API.CONSUMER.CREATE.LL", create).await;
+    unavailable(&created, "consumer_create_response");
+    let consumer = api(&client, "$JS.API.CONSUMER.INFO.LL.X", "").await;
+    unavailable(&consumer, "consumer_info_response");
+    let purged = api(&client, "$JS.API.STREAM.PURGE.LL", "").await;
+    unavailable(&purged, "stream_purge_response");
+    let mut js0 = jetstream::new(client.clone());
+    js0.set_timeout(Duration::from_millis(800));
+    let unacked = js0.publish("LL.a", "lost?".into()).await.unwrap().await;
+    assert!(unacked.is_err(), "no quorum, yet acked: {unacked:?}");
+
+    let config = all[1].config(&all);
+    all[1].start(&config);
+    let leader = stream_leader(&js0, "LL", Duration::from_secs(20)).await;
+    assert!(leader == "n1" || leader == "n2", "{leader}");
+    assert!(info_of(&js0, "LL").await.state.messages >= 5);
+}

@@ -244,6 +244,8 @@ pub struct ClusterInfo {
     /// The replicated stream's Raft group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_group: Option<String>,
+    /// Absent while a replicated stream has no leader, as the reference's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub leader: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_since: Option<String>,
