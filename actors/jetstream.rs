@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use super::context::ServerContext;
 use super::publish::Publisher;
-use super::raft::{GroupEvent, GroupHandle, RaftHost};
+use super::raft::{GroupEvent, GroupHandle, GroupLabel, RaftHost};
 use super::router::{Account, SubChange};
 use super::runtime::Spawner;
 use super::storage::{Closed, Storage, StorageError, WriteBatch, WriteOp};
@@ -50,6 +50,8 @@ pub struct Started {
     pub usage: Arc<Usage>,
     /// The meta group, when the JetStream is clustered.
     pub meta: Option<GroupHandle>,
+    /// The node's Raft groups, when the JetStream is clustered.
+    pub raft: Option<RaftHost>,
 }
 
 /// Why JetStream could not start.
@@ -146,6 +148,10 @@ pub async fn start(
         let group = host.start_group(
             ctx,
             crate::raft::META_GROUP,
+            GroupLabel {
+                account: "$SYS".to_string(),
+                name: "_meta_".to_string(),
+            },
             &config.peers,
             storage.clone(),
             config.ack,
@@ -168,6 +174,7 @@ pub async fn start(
         })
     };
     let meta = cluster.as_ref().map(|c| c.group.clone());
+    let raft = cluster.as_ref().map(|c| c.host.clone());
     let actor = JetStream {
         account,
         storage,
@@ -189,6 +196,7 @@ pub async fn start(
         closed,
         usage,
         meta,
+        raft,
     })
 }
 
@@ -812,11 +820,21 @@ impl JetStream {
         };
         let applied = self.storage.load_applied(name).map_err(|e| e.to_string())?;
         let commands = handle.commands.clone();
+        // Named as the reference names a stream's group: replicas and storage first.
+        let storage = match handle.config.storage {
+            api::Storage::Memory => 'M',
+            api::Storage::File => 'F',
+        };
+        let raft_group = format!("S-R{}{storage}-{group:x}", peers.len());
         let group_handle = cluster
             .host
             .start_group(
                 &cluster.ctx,
                 group,
+                GroupLabel {
+                    account: self.account.name.clone(),
+                    name: raft_group.clone(),
+                },
                 peers,
                 self.storage.clone(),
                 self.limits.ack,
@@ -825,14 +843,9 @@ impl JetStream {
                 Box::new(move |e| commands.try_send(StreamCmd::Raft(e)).is_ok()),
             )
             .map_err(|e| e.to_string())?;
-        // Named as the reference names a stream's group: replicas and storage first.
-        let storage = match handle.config.storage {
-            api::Storage::Memory => 'M',
-            api::Storage::File => 'F',
-        };
         let replica = stream_actor::Replica {
             group: group_handle,
-            raft_group: format!("S-R{}{storage}-{group:x}", peers.len()),
+            raft_group,
             peers: peers.to_vec(),
             cluster: cluster
                 .ctx

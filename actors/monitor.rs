@@ -20,19 +20,19 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::context::ServerContext;
 use super::listener::Command;
-use super::raft::GroupHandle;
+use super::raft::{GroupHandle, RaftHost, Role};
 use super::runtime::{self, TcpListener};
 use super::stream::Usage;
 use super::subscription::Control;
 use crate::jetstream::api::API_LEVEL;
 use crate::monitor::{
     self, ConnSnapshot, ConnzQuery, JetStreamCounters, MetaCounters, MetaPeer, NodeCounters,
-    NodeFacts, StreamCounters,
+    NodeFacts, RaftzGroup, RaftzPeer, RaftzQuery, StreamCounters,
 };
 use crate::proto::info::COMPAT_VERSION;
 
 /// The endpoints served, in the order `/varz`'s `http_req_stats` lists them.
-const ENDPOINTS: [&str; 10] = [
+const ENDPOINTS: [&str; 11] = [
     "/",
     "/accountz",
     "/connz",
@@ -40,6 +40,7 @@ const ENDPOINTS: [&str; 10] = [
     "/jsz",
     "/meshz",
     "/metrics",
+    "/raftz",
     "/routez",
     "/subsz",
     "/varz",
@@ -59,6 +60,8 @@ struct Monitor {
     js: Option<Arc<Usage>>,
     /// The JetStream meta group, when clustered.
     meta: Option<GroupHandle>,
+    /// Every Raft group, when clustered.
+    raft: Option<RaftHost>,
     /// The listener, which knows the connections.
     listener: async_channel::Sender<Command>,
     /// Requests per endpoint, as `/varz` reports them.
@@ -74,14 +77,21 @@ pub struct Planes {
     pub mesh: std::sync::OnceLock<super::mesh::MeshHandle>,
 }
 
+/// What the monitor sees of JetStream: its usage and, when clustered, the meta
+/// group and every Raft group.
+pub struct JetStreamView {
+    pub usage: Arc<Usage>,
+    pub meta: Option<GroupHandle>,
+    pub raft: Option<RaftHost>,
+}
+
 /// Binds `addr` and serves the endpoint on the node's runtime; returns the bound
 /// address (the real port when `addr` said 0).
 pub fn start(
     ctx: Arc<ServerContext>,
     addr: SocketAddr,
     tls: Option<futures_rustls::TlsAcceptor>,
-    js: Option<Arc<Usage>>,
-    meta: Option<GroupHandle>,
+    js: Option<JetStreamView>,
     listener_commands: async_channel::Sender<Command>,
     planes: Arc<Planes>,
 ) -> std::io::Result<SocketAddr> {
@@ -97,8 +107,9 @@ pub fn start(
     let monitor = Arc::new(Monitor {
         ctx: ctx.clone(),
         addr: bound,
-        js,
-        meta,
+        meta: js.as_ref().and_then(|j| j.meta.clone()),
+        raft: js.as_ref().and_then(|j| j.raft.clone()),
+        js: js.map(|j| j.usage),
         listener: listener_commands,
         requests: Default::default(),
         planes,
@@ -293,8 +304,17 @@ impl Monitor {
                 }
                 None => reply(StatusCode::OK, JSON, br#"{"disabled":true}"#.to_vec()),
             },
+            "/raftz" => {
+                let q = RaftzQuery::parse(req.uri().query().unwrap_or(""));
+                let body = monitor::raftz(&self.raft_groups(), &q);
+                reply(StatusCode::OK, JSON, body)
+            }
             "/metrics" => {
-                let text = monitor::prometheus(&self.counters(), self.jetstream().as_ref());
+                let text = monitor::prometheus(
+                    &self.counters(),
+                    self.jetstream().as_ref(),
+                    &self.raft_groups(),
+                );
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -393,6 +413,52 @@ impl Monitor {
             slow_consumers: s.slow_consumers.load(Ordering::Relaxed),
             stalls: s.stalls.load(Ordering::Relaxed),
         }
+    }
+
+    /// Every Raft group on this node, as `/raftz` shows them.
+    fn raft_groups(&self) -> Vec<RaftzGroup> {
+        let Some(host) = &self.raft else {
+            return Vec::new();
+        };
+        let now = runtime::now();
+        host.statuses()
+            .into_iter()
+            .map(|(label, st)| RaftzGroup {
+                account: label.account.clone(),
+                name: label.name.clone(),
+                id: st.id,
+                leader: st.leader_id,
+                vote: st.vote,
+                state: match st.role {
+                    Role::Leader => "LEADER",
+                    Role::Candidate => "CANDIDATE",
+                    Role::Follower => "FOLLOWER",
+                },
+                size: st.peers.len(),
+                committed: st.commit,
+                applied: st.applied,
+                leader_changes: st.leader_changes,
+                term: st.term,
+                pterm: st.last_term,
+                pindex: st.last_index,
+                log_entries: st.log_entries,
+                log_bytes: st.log_bytes,
+                first_index: st.compacted + 1,
+                peers: st
+                    .peers
+                    .iter()
+                    .map(|p| RaftzPeer {
+                        id: p.id,
+                        name: p.name.clone(),
+                        known: p.routed,
+                        last_seen_us: p
+                            .heard
+                            .map(|t| now.saturating_duration_since(t).as_micros() as u64),
+                        lag: st.is_leader.then(|| st.commit.saturating_sub(p.matched)),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     fn jetstream(&self) -> Option<JetStreamCounters> {

@@ -145,8 +145,7 @@ impl Node {
             peers: Peers::default(),
         });
         let mut store_closed = None;
-        let mut js_usage = None;
-        let mut js_meta = None;
+        let mut js_view = None;
         if ctx.config().jetstream.enabled {
             let started = runtime::block_on(super::jetstream::start(
                 &ctx,
@@ -157,8 +156,11 @@ impl Node {
             ))
             .map_err(NodeError::JetStream)?;
             store_closed = Some(started.closed);
-            js_usage = Some(started.usage);
-            js_meta = started.meta;
+            js_view = Some(super::monitor::JetStreamView {
+                usage: started.usage,
+                meta: started.meta,
+                raft: started.raft,
+            });
         }
         let (commands, command_rx) = async_channel::unbounded();
         let planes = Arc::new(Planes::default());
@@ -172,8 +174,7 @@ impl Node {
                         ctx.clone(),
                         addr,
                         tls,
-                        js_usage,
-                        js_meta,
+                        js_view,
                         commands.clone(),
                         planes.clone(),
                     )

@@ -12,6 +12,12 @@
 //! frames from routes to their groups. Frames travel on the routes to peers by name
 //! (`Peers::send_raft`), in our own encoding (`crate::raft::frame`).
 //!
+//! Compaction: once every voter holds `COMPACT_EVERY` entries past the last marker,
+//! the leader proposes a marker (`crate::raft::compaction_marker`); each node drops
+//! the entries up to a committed marker from memory and from its store as soon as its
+//! owner reports them durable in its own store (`GroupHandle::durable`). An owner that
+//! never reports (the meta group, memory streams) keeps its whole log.
+//!
 //! Who waits on whom: a group actor awaits the storage actor (a durable write); the
 //! host awaits nobody (it `try_send`s); owners await a group only for a proposal's
 //! admission (is this node the leader), never for its commit.
@@ -21,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::raft::eraftpb::{Entry, Message};
-use ::raft::storage::MemStorage;
 use ::raft::{RawNode, StateRole};
 use bytes::Bytes;
 
@@ -30,7 +35,7 @@ use super::outbound::FlushSet;
 use super::runtime;
 use super::storage::{Progress, Storage, WriteBatch, WriteOp};
 use crate::jetstream::schema;
-use crate::raft::{self as consensus, frame, GroupState};
+use crate::raft::{self as consensus, frame, Compacted, GroupLog, GroupState};
 
 /// What a group tells its owner.
 #[derive(Debug, Clone)]
@@ -63,7 +68,14 @@ pub enum ProposeError {
 /// A group as monitoring sees it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroupStatus {
+    /// This node's id in the group.
+    pub id: u64,
     pub leader: Option<String>,
+    /// The leader's id (0: none known).
+    pub leader_id: u64,
+    /// Whom this node voted for in `term` (0: nobody).
+    pub vote: u64,
+    pub role: Role,
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
@@ -74,12 +86,36 @@ pub struct GroupStatus {
     pub leader_changes: u64,
     /// When this node last saw the leader change (Unix ns; 0 before).
     pub leader_since: i64,
-    /// The last index in this node's log.
+    /// The last index in this node's log, and its term.
     pub last_index: u64,
+    pub last_term: u64,
+    /// Where this node's log was compacted (the last index it no longer holds).
+    pub compacted: u64,
+    /// Entries and payload bytes this node's log holds in memory.
+    pub log_entries: u64,
+    pub log_bytes: u64,
+}
+
+/// What a node is in its group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// Which group a Raft group is, for monitoring: its account and its name as
+/// `cluster.raft_group` says it (the meta group is `_meta_` in `$SYS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLabel {
+    pub account: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PeerStatus {
+    pub id: u64,
     pub name: String,
     /// The highest index the peer is known to hold (leader only; 0 otherwise).
     pub matched: u64,
@@ -97,6 +133,8 @@ enum GroupCmd {
     ),
     /// Hand leadership to this peer (by name), when this node leads.
     TransferLeader(String),
+    /// The owner holds everything up to this index durably in its own store.
+    Durable(u64),
 }
 
 /// raft-rs's own log lines, into ours: its warnings and errors as such, the rest
@@ -149,6 +187,12 @@ impl GroupHandle {
         let _ = self.tx.try_send(GroupCmd::TransferLeader(peer.to_string()));
     }
 
+    /// Tells the group that its owner holds every entry up to `index` durably in its
+    /// own store (so the log may drop them once every voter holds them too).
+    pub fn durable(&self, index: u64) {
+        let _ = self.tx.try_send(GroupCmd::Durable(index));
+    }
+
     pub fn status(&self) -> Arc<GroupStatus> {
         self.status.load_full()
     }
@@ -159,7 +203,15 @@ impl GroupHandle {
 pub struct RaftHost {
     /// Each group's mailbox: read per frame and per tick without a lock, changed only
     /// when a group starts or stops.
-    groups: Arc<arc_swap::ArcSwap<HashMap<u64, async_channel::Sender<GroupCmd>>>>,
+    groups: Arc<arc_swap::ArcSwap<HashMap<u64, Slot>>>,
+}
+
+/// A running group as the host knows it.
+#[derive(Clone)]
+struct Slot {
+    tx: async_channel::Sender<GroupCmd>,
+    label: Arc<GroupLabel>,
+    status: Arc<arc_swap::ArcSwap<GroupStatus>>,
 }
 
 /// Why a group could not start.
@@ -182,7 +234,7 @@ impl RaftHost {
             while let Ok(bytes) = inbox.recv().await {
                 match frame::decode(&bytes) {
                     Ok(m) => {
-                        let tx = groups.load().get(&m.group).cloned();
+                        let tx = groups.load().get(&m.group).map(|s| s.tx.clone());
                         if let Some(tx) = tx {
                             let _ = tx.try_send(GroupCmd::Step(Box::new(m.message)));
                         }
@@ -196,7 +248,7 @@ impl RaftHost {
             let mut ticks = runtime::interval(Duration::from_millis(consensus::TICK_MS));
             loop {
                 futures_lite::StreamExt::next(&mut ticks).await;
-                let all: Vec<_> = groups.load().values().cloned().collect();
+                let all: Vec<_> = groups.load().values().map(|s| s.tx.clone()).collect();
                 if all.iter().all(async_channel::Sender::is_closed) && !all.is_empty() {
                     break;
                 }
@@ -208,6 +260,15 @@ impl RaftHost {
         host
     }
 
+    /// Every running group's label and status, for `/raftz`.
+    pub fn statuses(&self) -> Vec<(Arc<GroupLabel>, Arc<GroupStatus>)> {
+        self.groups
+            .load()
+            .values()
+            .map(|s| (s.label.clone(), s.status.load_full()))
+            .collect()
+    }
+
     /// Starts group `group` with `peers` (server names, this node's among them) as its
     /// voters, or as its log in `storage` says when it ran before. Committed entries
     /// after `applied` (what the owner already holds) and leader changes go to
@@ -217,6 +278,7 @@ impl RaftHost {
         &self,
         ctx: &Arc<ServerContext>,
         group: u64,
+        label: GroupLabel,
         peers: &[String],
         storage: Storage,
         ack: crate::config::AckAfter,
@@ -241,7 +303,7 @@ impl RaftHost {
                 ..GroupState::default()
             },
         };
-        let mem = MemStorage::new_with_conf_state(state.conf_state());
+        let compacted = state.compacted;
         let mut entries = Vec::with_capacity(loaded.entries.len());
         for (index, bytes) in &loaded.entries {
             let entry = frame::decode_entry(bytes).map_err(|e| fail(e.to_string()))?;
@@ -253,19 +315,24 @@ impl RaftHost {
             }
             entries.push(entry);
         }
-        {
-            let mut w = mem.wl();
-            w.append(&entries).map_err(|e| fail(e.to_string()))?;
-            let mut hard = state.hard.clone();
-            let last = entries.last().map_or(0, |e| e.index);
-            // What the owner applied was committed (the commit index is stored lazily);
-            // a commit index past the stored log would be a lie of the store.
-            hard.commit = hard.commit.max(applied).min(last);
-            w.set_hardstate(hard);
+        let last = entries.last().map_or(compacted.index, |e| e.index);
+        if applied < compacted.index {
+            // The entries the owner lacks are gone from this log (every voter held
+            // them): only a snapshot from a peer could repair it, not built yet.
+            return Err(fail(format!(
+                "the log is compacted to {} but its owner's store holds only up to {applied}",
+                compacted.index
+            )));
         }
-        let applied = applied.min(last_index(&loaded.entries));
+        let mut hard = state.hard.clone();
+        // What the owner applied was committed (the commit index is stored lazily);
+        // a commit index past the stored log would be a lie of the store.
+        hard.commit = hard.commit.max(applied).max(compacted.index).min(last);
+        let log = GroupLog::new(hard, state.conf_state(), compacted, entries)
+            .map_err(|e| fail(e.to_string()))?;
+        let applied = applied.min(last);
         let logger = slog::Logger::root(RaftLog, slog::o!());
-        let mut node = RawNode::new(&consensus::group_config(id, applied), mem, &logger)
+        let mut node = RawNode::new(&consensus::group_config(id, applied), log, &logger)
             .map_err(|e| fail(e.to_string()))?;
         // A new group need not wait out an election timeout: its first peer stands at
         // once (the others vote as soon as they have the group too).
@@ -292,10 +359,21 @@ impl RaftHost {
             leader_since: 0,
             heard: HashMap::new(),
             owner_gone: false,
+            marker: compacted.index,
+            proposed_marker: 0,
+            durable: applied,
         };
+        let label = Arc::new(label);
         self.groups.rcu(|map| {
             let mut map = HashMap::clone(map);
-            map.insert(group, tx.clone());
+            map.insert(
+                group,
+                Slot {
+                    tx: tx.clone(),
+                    label: label.clone(),
+                    status: status.clone(),
+                },
+            );
             map
         });
         // The first campaign's messages go out with the first Ready.
@@ -313,14 +391,10 @@ impl RaftHost {
     }
 }
 
-fn last_index(entries: &[(u64, Vec<u8>)]) -> u64 {
-    entries.last().map_or(0, |(i, _)| *i)
-}
-
 struct Group {
     group: u64,
     log_name: String,
-    node: RawNode<MemStorage>,
+    node: RawNode<GroupLog>,
     voters: Vec<u64>,
     storage: Storage,
     ack: crate::config::AckAfter,
@@ -334,6 +408,12 @@ struct Group {
     /// When each peer was last heard from.
     heard: HashMap<u64, std::time::Instant>,
     owner_gone: bool,
+    /// The highest compaction marker committed: every voter held the log up to it.
+    marker: u64,
+    /// The highest marker this node proposed as leader.
+    proposed_marker: u64,
+    /// How far the owner holds the log durably in its own store.
+    durable: u64,
 }
 
 impl Group {
@@ -405,6 +485,10 @@ impl Group {
                     _ => log::debug!("raft group {}: no leadership to hand to {to}", self.group),
                 }
             }
+            GroupCmd::Durable(index) => {
+                self.durable = self.durable.max(index);
+                self.compact();
+            }
         }
     }
 
@@ -458,19 +542,16 @@ impl Group {
                     record,
                 });
             }
-            let appended = self.node.raft.raft_log.store.wl().append(rd.entries());
-            if let Err(e) = appended {
+            let entries = rd.entries().clone();
+            if let Err(e) = self.node.mut_store().append(&entries) {
                 log::error!("raft group {}: {e}", self.group);
                 return Err(());
             }
         }
         if let Some(hs) = rd.hs() {
-            self.node.raft.raft_log.store.wl().set_hardstate(hs.clone());
-            let state = GroupState {
-                hard: hs.clone(),
-                voters: self.voters.clone(),
-            };
-            ops.push(WriteOp::PutRaftState(state.encode()));
+            let hs = hs.clone();
+            self.node.mut_store().set_hard_state(hs);
+            ops.push(WriteOp::PutRaftState(self.stored_state()));
         }
         if !ops.is_empty() {
             self.persist(ops).await?;
@@ -479,19 +560,74 @@ impl Group {
         self.apply(rd.take_committed_entries());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.node
-                .raft
-                .raft_log
-                .store
-                .wl()
-                .mut_hard_state()
-                .set_commit(commit);
+            self.node.mut_store().set_commit(commit);
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries());
         self.node.advance_apply();
+        // A marker that just committed may let this node compact what its owner holds.
+        self.compact();
+        self.propose_marker();
         self.observe();
         Ok(())
+    }
+
+    /// The state as stored with the log: hard state, voters, compaction point.
+    fn stored_state(&self) -> Vec<u8> {
+        GroupState {
+            hard: self.node.store().hard_state().clone(),
+            voters: self.voters.clone(),
+            compacted: self.node.store().compacted(),
+        }
+        .encode()
+    }
+
+    /// As leader, proposes a compaction marker once every voter holds enough past the
+    /// last one.
+    fn propose_marker(&mut self) {
+        let last = self.marker.max(self.proposed_marker);
+        let Some(marker) = consensus::marker_due(&self.node.raft, last) else {
+            return;
+        };
+        let data = marker.to_le_bytes().to_vec();
+        match self.node.propose(consensus::COMPACT_MARKER.to_vec(), data) {
+            Ok(()) => self.proposed_marker = marker,
+            Err(e) => log::debug!("raft group {}: compaction marker: {e}", self.group),
+        }
+    }
+
+    /// Drops what every voter holds and the owner holds durably, from memory and (in
+    /// the store's order, after the owner's writes that made it durable) from disk.
+    fn compact(&mut self) {
+        let applied = self.node.raft.raft_log.applied;
+        let Some(to) = consensus::compaction_point(
+            self.marker,
+            self.durable.min(applied),
+            self.node.store().compacted().index,
+        ) else {
+            return;
+        };
+        let Compacted { index, .. } = match self.node.mut_store().compact_to(to) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("raft group {}: {e}", self.group);
+                return;
+            }
+        };
+        log::debug!("raft group {}: log compacted to {index}", self.group);
+        let group = self.group;
+        self.storage.submit(WriteBatch {
+            stream: self.log_name.clone(),
+            ops: vec![
+                WriteOp::RemoveBelow(index + 1),
+                WriteOp::PutRaftState(self.stored_state()),
+            ],
+            done: Box::new(move |r| {
+                if let Err(e) = r {
+                    log::error!("raft group {group}: compacting the stored log: {e}");
+                }
+            }),
+        });
     }
 
     /// Writes `ops` and waits until they are durable as `jetstream.ack` says.
@@ -521,6 +657,13 @@ impl Group {
 
     fn apply(&mut self, entries: Vec<Entry>) {
         for e in entries {
+            if e.context.as_ref() == consensus::COMPACT_MARKER {
+                match consensus::decode_marker(&e.data) {
+                    Some(marker) => self.marker = self.marker.max(marker),
+                    None => log::error!("raft group {}: bad marker at {}", self.group, e.index),
+                }
+                continue;
+            }
             // Empty entries are a new leader's no-op.
             if e.data.is_empty() {
                 continue;
@@ -564,6 +707,7 @@ impl Group {
             .map(|id| {
                 let name = self.names.get(id).cloned().unwrap_or_default();
                 PeerStatus {
+                    id: *id,
                     matched: if is_leader {
                         raft.prs().get(*id).map_or(0, |p| p.matched)
                     } else {
@@ -577,7 +721,15 @@ impl Group {
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         self.status.store(Arc::new(GroupStatus {
+            id: raft.id,
             leader: self.names.get(&raft.leader_id).cloned(),
+            leader_id: raft.leader_id,
+            vote: raft.vote,
+            role: match raft.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+                StateRole::Follower => Role::Follower,
+            },
             term: raft.term,
             commit: raft.raft_log.committed,
             applied: raft.raft_log.applied,
@@ -586,6 +738,10 @@ impl Group {
             leader_changes: self.leader_changes,
             leader_since: self.leader_since,
             last_index: raft.raft_log.last_index(),
+            last_term: raft.raft_log.last_term(),
+            compacted: raft.raft_log.store.compacted().index,
+            log_entries: raft.raft_log.store.len() as u64,
+            log_bytes: raft.raft_log.store.bytes() as u64,
         }));
     }
 }

@@ -201,8 +201,9 @@ pub struct StreamActor {
     /// batch is durable (written or committed, as `jetstream.ack` says).
     submitted: VecDeque<(u64, u64)>,
     /// The same, until the batch is committed to redb (only then may the cache
-    /// drop the messages' bytes).
-    uncommitted: VecDeque<(u64, u64)>,
+    /// drop the messages' bytes, and a replica's Raft log the entries the batch
+    /// applied: the last element is the log index it records, for a replica).
+    uncommitted: VecDeque<(u64, u64, Option<u64>)>,
     /// Bytes this stream counts in the node's usage.
     counted_bytes: u64,
     /// Consumers (not `direct`) this stream counts in the node's usage.
@@ -560,8 +561,11 @@ impl StreamActor {
         });
         self.submitted
             .push_back((id, self.stream.store().last_seq()));
-        self.uncommitted
-            .push_back((id, self.stream.store().last_seq()));
+        self.uncommitted.push_back((
+            id,
+            self.stream.store().last_seq(),
+            self.replica.as_ref().map(|r| r.applied),
+        ));
         let tx = self.commands_tx.clone();
         if let Some(storage) = &self.storage {
             storage.submit(WriteBatch {
@@ -580,12 +584,18 @@ impl StreamActor {
             Err(e) => return self.store_failed(&e),
         };
         if progress == Progress::Committed {
-            while let Some((b, seq)) = self.uncommitted.front().copied() {
+            let mut applied = None;
+            while let Some((b, seq, a)) = self.uncommitted.front().copied() {
                 if b > id {
                     break;
                 }
                 self.uncommitted.pop_front();
                 self.stream.set_committed(seq);
+                applied = a.or(applied);
+            }
+            // Not at `Written`: an OS crash may take the journal's tail with it.
+            if let (Some(applied), Some(r)) = (applied, &self.replica) {
+                r.group.durable(applied);
             }
         }
         // Durable either way (a batch committed without a word before was never

@@ -782,6 +782,193 @@ pub fn jsz(server_id: &str, now: &str, js: &JetStreamCounters) -> Vec<u8> {
     serde_json::to_vec_pretty(&v).unwrap_or_default()
 }
 
+/// One Raft group as `/raftz` shows it (this node's view).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RaftzGroup {
+    pub account: String,
+    pub name: String,
+    /// This node's id, the leader's and the one voted for (0: none).
+    pub id: u64,
+    pub leader: u64,
+    pub vote: u64,
+    /// `LEADER`, `FOLLOWER` or `CANDIDATE`.
+    pub state: &'static str,
+    pub size: usize,
+    pub committed: u64,
+    pub applied: u64,
+    /// Leader changes seen since start.
+    pub leader_changes: u64,
+    pub term: u64,
+    /// The last entry's term and index.
+    pub pterm: u64,
+    pub pindex: u64,
+    /// Entries and payload bytes held, and the first index held.
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub first_index: u64,
+    pub peers: Vec<RaftzPeer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RaftzPeer {
+    pub id: u64,
+    pub name: String,
+    /// Routed to now.
+    pub known: bool,
+    /// Microseconds since last heard from (`None`: never).
+    pub last_seen_us: Option<u64>,
+    /// Committed entries the peer lacks, seen from the leader (`None` elsewhere).
+    pub lag: Option<u64>,
+}
+
+/// `/raftz`'s filters: an account (the system account when absent, as at the
+/// reference) and, optionally, one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftzQuery {
+    pub account: String,
+    pub group: Option<String>,
+}
+
+impl RaftzQuery {
+    /// Parses `acc=…&group=…` (percent-encoded: `acc=%24G`).
+    pub fn parse(query: &str) -> RaftzQuery {
+        let mut q = RaftzQuery {
+            account: "$SYS".to_string(),
+            group: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned();
+            match key {
+                "acc" if !value.is_empty() => q.account = value,
+                "group" if !value.is_empty() => q.group = Some(value),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// A node id as `/raftz` names it.
+fn raft_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// `/raftz`: account → group → this node's view of it, as the reference shapes it
+/// (its queue lengths, which we do not have, left out; `wal` is the in-memory log).
+pub fn raftz(groups: &[RaftzGroup], q: &RaftzQuery) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Group<'a> {
+        id: String,
+        state: &'a str,
+        size: usize,
+        quorum_needed: usize,
+        committed: u64,
+        applied: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        leader: Option<String>,
+        ever_had_leader: bool,
+        term: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        voted_for: Option<String>,
+        pterm: u64,
+        pindex: u64,
+        wal: Wal,
+        peers: BTreeMap<String, Peer<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Wal {
+        messages: u64,
+        bytes: u64,
+        first_seq: u64,
+        last_seq: u64,
+    }
+    #[derive(Serialize)]
+    struct Peer<'a> {
+        name: &'a str,
+        known: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_seen: Option<String>,
+    }
+    let nonzero = |id: u64| (id != 0).then(|| raft_id(id));
+    let mut accounts: BTreeMap<&str, BTreeMap<&str, Group>> = BTreeMap::new();
+    for g in groups {
+        if g.account != q.account || q.group.as_ref().is_some_and(|n| *n != g.name) {
+            continue;
+        }
+        let group = Group {
+            id: raft_id(g.id),
+            state: g.state,
+            size: g.size,
+            quorum_needed: g.size / 2 + 1,
+            committed: g.committed,
+            applied: g.applied,
+            leader: nonzero(g.leader),
+            ever_had_leader: g.leader_changes > 0,
+            term: g.term,
+            voted_for: nonzero(g.vote),
+            pterm: g.pterm,
+            pindex: g.pindex,
+            wal: Wal {
+                messages: g.log_entries,
+                bytes: g.log_bytes,
+                first_seq: g.first_index,
+                last_seq: g.pindex,
+            },
+            peers: g
+                .peers
+                .iter()
+                .filter(|p| p.id != g.id)
+                .map(|p| {
+                    (
+                        raft_id(p.id),
+                        Peer {
+                            name: &p.name,
+                            known: p.known,
+                            last_seen: p.last_seen_us.map(go_duration_us),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        accounts
+            .entry(&g.account)
+            .or_default()
+            .insert(&g.name, group);
+    }
+    serde_json::to_vec_pretty(&accounts).unwrap_or_default()
+}
+
+/// Go's `time.Duration` string for a span in microseconds (`850µs`, `469.688ms`,
+/// `2.5s`, `1m3.2s`), as the reference prints `last_seen`.
+pub fn go_duration_us(us: u64) -> String {
+    // Trailing zeros of a fraction go, and the point with them.
+    fn frac(whole: u64, part: u64, digits: usize) -> String {
+        let f = format!("{part:0digits$}");
+        let f = f.trim_end_matches('0');
+        if f.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{f}")
+        }
+    }
+    if us < 1_000 {
+        return format!("{us}µs");
+    }
+    if us < 1_000_000 {
+        return format!("{}ms", frac(us / 1_000, us % 1_000, 3));
+    }
+    let secs = us / 1_000_000;
+    let s = frac(secs % 60, us % 1_000_000, 6);
+    match (secs / 3600, secs / 60 % 60) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
 /// What `/healthz` answers: (HTTP status, body).
 ///
 /// The node is healthy when it serves clients and, where JetStream is configured,
@@ -810,7 +997,11 @@ pub fn healthz(js_configured: bool, js_running: bool, meta: Option<bool>) -> (u1
 }
 
 /// `/metrics`: Prometheus text exposition (format 0.0.4) of the node's counters.
-pub fn prometheus(now: &NodeCounters, js: Option<&JetStreamCounters>) -> String {
+pub fn prometheus(
+    now: &NodeCounters,
+    js: Option<&JetStreamCounters>,
+    raft: &[RaftzGroup],
+) -> String {
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
         let _ = writeln!(out, "# HELP meshbroker_{name} {help}");
@@ -980,7 +1171,94 @@ pub fn prometheus(now: &NodeCounters, js: Option<&JetStreamCounters>) -> String 
             }
         }
     }
+    raft_metrics(&mut out, raft);
     out
+}
+
+/// Each Raft group's numbers, labelled by account and group name.
+fn raft_metrics(out: &mut String, groups: &[RaftzGroup]) {
+    if groups.is_empty() {
+        return;
+    }
+    type Gauge = fn(&RaftzGroup) -> u64;
+    let per_group: [(&str, &str, &str, Gauge); 8] = [
+        ("raft_group_term", "gauge", "The group's Raft term.", |g| {
+            g.term
+        }),
+        (
+            "raft_group_commit_index",
+            "gauge",
+            "The group's commit index.",
+            |g| g.committed,
+        ),
+        (
+            "raft_group_applied_index",
+            "gauge",
+            "The group's applied index.",
+            |g| g.applied,
+        ),
+        (
+            "raft_group_leader_changes_total",
+            "counter",
+            "Leader changes this node has seen in the group.",
+            |g| g.leader_changes,
+        ),
+        (
+            "raft_group_is_leader",
+            "gauge",
+            "1 while this node leads the group.",
+            |g| u64::from(g.state == "LEADER"),
+        ),
+        (
+            "raft_group_log_entries",
+            "gauge",
+            "Entries the group's log holds (it compacts what every voter holds).",
+            |g| g.log_entries,
+        ),
+        (
+            "raft_group_log_bytes",
+            "gauge",
+            "Payload bytes the group's log holds.",
+            |g| g.log_bytes,
+        ),
+        (
+            "raft_group_first_index",
+            "gauge",
+            "The first index the group's log holds.",
+            |g| g.first_index,
+        ),
+    ];
+    for (name, kind, help, value) in per_group {
+        let _ = writeln!(out, "# HELP meshbroker_{name} {help}");
+        let _ = writeln!(out, "# TYPE meshbroker_{name} {kind}");
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "meshbroker_{name}{{account=\"{}\",group=\"{}\"}} {}",
+                label_value(&g.account),
+                label_value(&g.name),
+                value(g)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshbroker_raft_group_peer_lag Committed entries a peer lacks, seen from the group's leader."
+    );
+    let _ = writeln!(out, "# TYPE meshbroker_raft_group_peer_lag gauge");
+    for g in groups {
+        for p in &g.peers {
+            if let Some(lag) = p.lag.filter(|_| p.id != g.id) {
+                let _ = writeln!(
+                    out,
+                    "meshbroker_raft_group_peer_lag{{account=\"{}\",group=\"{}\",peer=\"{}\"}} {lag}",
+                    label_value(&g.account),
+                    label_value(&g.name),
+                    label_value(&p.name)
+                );
+            }
+        }
+    }
 }
 
 /// A Prometheus label value with `\`, `"` and newlines escaped.
@@ -993,6 +1271,78 @@ fn label_value(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn raft_group(account: &str, name: &str) -> RaftzGroup {
+        RaftzGroup {
+            account: account.into(),
+            name: name.into(),
+            id: 1,
+            leader: 2,
+            vote: 2,
+            state: "FOLLOWER",
+            size: 3,
+            committed: 9000,
+            applied: 8999,
+            leader_changes: 1,
+            term: 4,
+            pterm: 4,
+            pindex: 9001,
+            log_entries: 905,
+            log_bytes: 70_000,
+            first_index: 8097,
+            peers: vec![
+                RaftzPeer {
+                    id: 1,
+                    name: "me".into(),
+                    known: true,
+                    last_seen_us: None,
+                    lag: None,
+                },
+                RaftzPeer {
+                    id: 2,
+                    name: "b".into(),
+                    known: true,
+                    last_seen_us: Some(469_688),
+                    lag: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn raftz_filters_by_account_and_group_and_shapes_as_the_reference() {
+        let groups = [
+            raft_group("$SYS", "_meta_"),
+            raft_group("$G", "S-R3F-1"),
+            raft_group("$G", "S-R3F-2"),
+        ];
+        let parse = |b: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&b).unwrap();
+        let sys = parse(raftz(&groups, &RaftzQuery::parse("")));
+        assert_eq!(sys.as_object().map(|o| o.len()), Some(1));
+        let meta = &sys["$SYS"]["_meta_"];
+        assert_eq!(meta["quorum_needed"], 2);
+        assert_eq!(meta["leader"], "0000000000000002");
+        assert_eq!(meta["wal"]["first_seq"], 8097);
+        assert_eq!(meta["wal"]["last_seq"], 9001);
+        // This node is not among its own peers.
+        let peers = meta["peers"].as_object().unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers["0000000000000002"]["last_seen"], "469.688ms");
+        let one = parse(raftz(&groups, &RaftzQuery::parse("acc=%24G&group=S-R3F-2")));
+        let names: Vec<_> = one["$G"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(names, ["S-R3F-2"]);
+        assert_eq!(raftz(&groups, &RaftzQuery::parse("acc=nobody")), b"{}");
+    }
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        assert_eq!(go_duration_us(850), "850µs");
+        assert_eq!(go_duration_us(1_000), "1ms");
+        assert_eq!(go_duration_us(469_688), "469.688ms");
+        assert_eq!(go_duration_us(2_500_000), "2.5s");
+        assert_eq!(go_duration_us(63_200_000), "1m3.2s");
+        assert_eq!(go_duration_us(3_600_000_000), "1h0m0s");
+    }
 
     fn conn(cid: u64, in_msgs: u64, subs: usize) -> ConnSnapshot {
         ConnSnapshot {
@@ -1116,8 +1466,19 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = prometheus(&NodeCounters::default(), Some(&js));
+        let mut leading = raft_group("$G", "S-R3F-1");
+        leading.state = "LEADER";
+        leading.peers[1].lag = Some(7);
+        let text = prometheus(&NodeCounters::default(), Some(&js), &[leading]);
         assert!(text.contains("meshbroker_jetstream_stream_messages{stream=\"a\\\"b\"} 5\n"));
+        assert!(text
+            .contains("meshbroker_raft_group_log_entries{account=\"$G\",group=\"S-R3F-1\"} 905\n"));
+        assert!(text.contains(
+            "meshbroker_raft_group_peer_lag{account=\"$G\",group=\"S-R3F-1\",peer=\"b\"} 7\n"
+        ));
+        assert!(
+            text.contains("meshbroker_raft_group_is_leader{account=\"$G\",group=\"S-R3F-1\"} 1\n")
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("meshbroker_"), "{line}");

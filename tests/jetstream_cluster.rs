@@ -982,3 +982,121 @@ async fn a_leaderless_r3_stream_answers_as_the_reference_does() {
     assert!(leader == "n1" || leader == "n2", "{leader}");
     assert!(info_of(&js0, "LL").await.state.messages >= 5);
 }
+
+/// The stream's group on `peer` as its `/raftz` shows it (`None` before it runs).
+fn raftz_group(peer: &Peer) -> Option<serde_json::Value> {
+    let all = common::http_get_json(peer.monitor, "/raftz?acc=%24G");
+    let groups = all["$G"].as_object()?;
+    groups.values().next().cloned()
+}
+
+/// A Raft log compacts only what every voter holds: with a follower killed (-9) under
+/// an async load its peers keep the log it lacks, it catches up from them when it
+/// returns, and then every log compacts; a node killed after compacting restarts from
+/// its stored compaction point and its store. Every acked message is on every
+/// replica once, in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_logs_compact_what_every_replica_holds_and_restart_from_it() {
+    // Past three compaction intervals (4096 entries each).
+    const TOTAL: u64 = 14_000;
+    let mut all = peers("compact");
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    let (js, leader) = r3_cluster(&mut all, "cmp", &[0, 1, 2]).await;
+    let away = all.iter().position(|p| p.name != leader).unwrap();
+    let load = Load::default();
+    let publisher = tokio::spawn(load.clone().run(js.clone(), "cmp", TOTAL));
+    eventually("publishes under way", Duration::from_secs(60), async || {
+        all[away].jsz()["messages"].as_u64().unwrap_or(0) >= 2_000
+    })
+    .await;
+    all[away].kill9();
+    let held = all.iter().position(|p| p.name == leader).unwrap();
+    eventually(
+        "publishes go on without the follower",
+        Duration::from_secs(60),
+        async || all[held].jsz()["messages"].as_u64().unwrap_or(0) >= 9_000,
+    )
+    .await;
+    // The follower lacks entries from ~2,000 on: no log compacts them meanwhile.
+    for p in all.iter().filter(|p| p.process.is_some()) {
+        let g = raftz_group(p).unwrap();
+        let first = g["wal"]["first_seq"].as_u64().unwrap();
+        assert!(
+            first <= 2_000,
+            "{} compacted to {first} with a voter away",
+            p.name
+        );
+    }
+    all[away].start(&configs[away]);
+    let retries = publisher.await.unwrap();
+    assert_eq!(load.acked().len() as u64, TOTAL, "{retries} retries");
+    eventually(
+        "the returning follower holds every message",
+        Duration::from_secs(30),
+        async || all[away].jsz()["messages"].as_u64() == Some(TOTAL),
+    )
+    .await;
+    eventually(
+        "every log compacted past the follower's absence",
+        Duration::from_secs(30),
+        async || {
+            all.iter().all(|p| {
+                raftz_group(p).is_some_and(|g| {
+                    g["wal"]["first_seq"].as_u64().unwrap_or(0) > 8_192
+                        && g["wal"]["messages"].as_u64().unwrap_or(u64::MAX) < TOTAL - 8_192
+                })
+            })
+        },
+    )
+    .await;
+    let (_, _, body) = common::http_get(all[held].monitor, "/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.contains("meshbroker_raft_group_first_index{account=\"$G\",group=\"S-R3F-"),
+        "{metrics}"
+    );
+
+    // A compacted node killed and restarted starts after its compaction point.
+    let restarted = (away + 1) % 3;
+    let before = raftz_group(&all[restarted]).unwrap()["wal"]["first_seq"]
+        .as_u64()
+        .unwrap();
+    all[restarted].kill9();
+    all[restarted].start(&configs[restarted]);
+    eventually(
+        "the restarted node runs the group from its compacted log",
+        Duration::from_secs(30),
+        async || {
+            raftz_group(&all[restarted]).is_some_and(|g| {
+                g["wal"]["first_seq"].as_u64() == Some(before) && g["leader"].is_string()
+            })
+        },
+    )
+    .await;
+    eventually(
+        "the restarted node holds every message",
+        Duration::from_secs(30),
+        async || all[restarted].jsz()["messages"].as_u64() == Some(TOTAL),
+    )
+    .await;
+    // Still one JetStream that takes publishes and acks them.
+    js.publish("cmp.after", "after".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    let history = stored(&all[0], "cmp");
+    let (after, acked) = history.split_last().unwrap();
+    assert_eq!(after.2, b"after");
+    assert_once_each(acked, &load.acked(), all[0].name);
+    for p in &all[1..] {
+        assert!(
+            stored(p, "cmp") == history,
+            "{} holds another history",
+            p.name
+        );
+    }
+}

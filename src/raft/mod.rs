@@ -7,10 +7,12 @@
 //! messages, proposes to, and drains of its `Ready` state.
 
 pub mod frame;
+pub mod log;
 
 use raft::eraftpb::{ConfState, HardState};
 
 pub use frame::{FrameError, GroupMessage};
+pub use log::{Compacted, GroupLog, LogError};
 
 /// How often the node-wide ticker ticks every group.
 pub const TICK_MS: u64 = 100;
@@ -53,13 +55,58 @@ pub fn group_config(id: u64, applied: u64) -> raft::Config {
     }
 }
 
-/// What a group keeps besides its log: the vote, term and commit (raft's hard state)
-/// and its voters. Stored as `term | vote | commit | n | voter*n` (u64 LE), a CRC-32
-/// after it.
+/// The leader proposes a compaction marker once every voter holds this many entries
+/// past the last marker.
+pub const COMPACT_EVERY: u64 = 4096;
+
+/// The context that marks a compaction marker among a group's entries (its data: the
+/// index every voter held, u64 LE). Owners never see these entries.
+pub const COMPACT_MARKER: &[u8] = b"mb:compact";
+
+/// A compaction marker the leader should propose, given what each voter holds
+/// (`matched`, the leader's own log among them) and the last marker proposed or
+/// committed: the index every voter holds, once it is `COMPACT_EVERY` past the last.
+///
+/// The marker is what makes compaction safe without snapshots: once it commits, every
+/// node knows that every voter held everything up to it, so no leader will ever need
+/// to send those entries again, and each node drops them once its own owner has them
+/// durable. A voter that is away holds the marker back, and the log grows until it
+/// returns (or, later, until it is sent a snapshot).
+pub fn compaction_marker(matched: impl IntoIterator<Item = u64>, last: u64) -> Option<u64> {
+    let held_by_all = matched.into_iter().min()?;
+    (held_by_all >= last.saturating_add(COMPACT_EVERY)).then_some(held_by_all)
+}
+
+/// The marker a leader should propose now (see [`compaction_marker`]); `None` when
+/// this node does not lead the group or the marker is not due.
+pub fn marker_due(raft: &raft::Raft<GroupLog>, last: u64) -> Option<u64> {
+    if raft.state != raft::StateRole::Leader {
+        return None;
+    }
+    compaction_marker(raft.prs().iter().map(|(_, p)| p.matched), last)
+}
+
+/// The index marker entry `data` names (`None`: not a marker's data).
+pub fn decode_marker(data: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(data.try_into().ok()?))
+}
+
+/// Where a group compacts its log: no further than every voter held (`marker`) and
+/// than its owner holds durably (`durable`); `None` if that is not past `compacted`.
+pub fn compaction_point(marker: u64, durable: u64, compacted: u64) -> Option<u64> {
+    let to = marker.min(durable);
+    (to > compacted).then_some(to)
+}
+
+/// What a group keeps besides its log: the vote, term and commit (raft's hard state),
+/// its voters and where its log was compacted. Stored as
+/// `term | vote | commit | n | voter*n [| compacted index | compacted term]` (u64 LE),
+/// a CRC-32 after it (a state written before compaction existed has no point).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GroupState {
     pub hard: HardState,
     pub voters: Vec<u64>,
+    pub compacted: Compacted,
 }
 
 /// Why a stored group state could not be read.
@@ -88,6 +135,9 @@ impl GroupState {
         for v in &self.voters {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        for v in [self.compacted.index, self.compacted.term] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -111,10 +161,15 @@ impl GroupState {
                 u64::from_le_bytes(a)
             })
             .collect();
-        let n = words[3] as usize;
-        if words.len() != 4 + n {
-            return Err(bad());
-        }
+        let n = usize::try_from(words[3]).map_err(|_| bad())?;
+        let compacted = match words.len().checked_sub(4).map(|w| w.checked_sub(n)) {
+            Some(Some(0)) => Compacted::default(),
+            Some(Some(2)) => Compacted {
+                index: words[4 + n],
+                term: words[5 + n],
+            },
+            _ => return Err(bad()),
+        };
         Ok(GroupState {
             hard: HardState {
                 term: words[0],
@@ -122,7 +177,8 @@ impl GroupState {
                 commit: words[2],
                 ..HardState::default()
             },
-            voters: words[4..].to_vec(),
+            voters: words[4..4 + n].to_vec(),
+            compacted,
         })
     }
 }
@@ -148,6 +204,10 @@ mod tests {
                 ..HardState::default()
             },
             voters: vec![1, 2, 3],
+            compacted: Compacted {
+                index: 4096,
+                term: 6,
+            },
         };
         let bytes = s.encode();
         assert_eq!(GroupState::decode(&bytes), Ok(s));
@@ -159,16 +219,48 @@ mod tests {
         assert!(GroupState::decode(&bytes[..bytes.len() - 9]).is_err());
     }
 
-    use ::raft::storage::MemStorage;
+    #[test]
+    fn a_state_stored_before_compaction_reads_as_never_compacted() {
+        let mut old = Vec::new();
+        for w in [7u64, 3, 99, 2, 1, 2] {
+            old.extend_from_slice(&w.to_le_bytes());
+        }
+        old.extend_from_slice(&crc32fast::hash(&old).to_le_bytes());
+        let s = GroupState::decode(&old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.voters, [1, 2]);
+        assert_eq!(s.compacted, Compacted::default());
+        assert_eq!(s.hard.commit, 99);
+    }
+
+    #[test]
+    fn markers_wait_for_every_voter_and_compaction_for_the_owner() {
+        assert_eq!(compaction_marker([9000, 9000, 9000], 0), Some(9000));
+        // One voter behind holds the marker back, however far the others are.
+        assert_eq!(compaction_marker([90_000, 4000, 90_000], 0), None);
+        assert_eq!(compaction_marker([9000, 9000], 5000), None);
+        assert_eq!(compaction_marker([9096, 9100], 5000), Some(9096));
+        assert_eq!(compaction_marker([], 0), None);
+        assert_eq!(decode_marker(&9096u64.to_le_bytes()), Some(9096));
+        assert_eq!(decode_marker(b"short"), None);
+        assert_eq!(compaction_point(9096, 500, 0), Some(500));
+        assert_eq!(compaction_point(9096, 20_000, 500), Some(9096));
+        assert_eq!(compaction_point(9096, 20_000, 9096), None);
+        assert_eq!(compaction_point(0, 20_000, 0), None);
+    }
+
     use ::raft::RawNode;
     use std::collections::VecDeque;
 
-    /// Three raft-rs nodes with our timings, every message through our frame codec, and
-    /// the Ready cycle the group actor runs (persist, then send persisted messages).
+    /// Three raft-rs nodes with our timings and our log, every message through our
+    /// frame codec, the Ready cycle the group actor runs (persist, then send persisted
+    /// messages), and compaction as the group actor does it (the state machine here
+    /// holds what it applied durably at once).
     struct Sim {
-        nodes: Vec<RawNode<MemStorage>>,
+        nodes: Vec<RawNode<GroupLog>>,
         wire: VecDeque<Vec<u8>>,
         committed: Vec<Vec<Vec<u8>>>,
+        markers: Vec<u64>,
+        proposed_marker: Vec<u64>,
         down: Option<usize>,
     }
 
@@ -183,8 +275,9 @@ mod tests {
                         voters: ids.clone(),
                         ..ConfState::default()
                     };
-                    let storage = MemStorage::new_with_conf_state(cs);
-                    RawNode::new(&group_config(*id, 0), storage, &logger)
+                    let log = GroupLog::new(HardState::default(), cs, Compacted::default(), vec![])
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    RawNode::new(&group_config(*id, 0), log, &logger)
                         .unwrap_or_else(|e| panic!("{e}"))
                 })
                 .collect();
@@ -192,6 +285,8 @@ mod tests {
                 nodes,
                 wire: VecDeque::new(),
                 committed: vec![Vec::new(); 3],
+                markers: vec![0; 3],
+                proposed_marker: vec![0; 3],
                 down: None,
             }
         }
@@ -214,15 +309,16 @@ mod tests {
             let mut rd = self.nodes[i].ready();
             let msgs = rd.take_messages();
             self.send(msgs);
-            let store = self.nodes[i].raft.raft_log.store.clone();
             if !rd.entries().is_empty() {
-                store
-                    .wl()
-                    .append(rd.entries())
+                let entries = rd.entries().clone();
+                self.nodes[i]
+                    .mut_store()
+                    .append(&entries)
                     .unwrap_or_else(|e| panic!("{e}"));
             }
             if let Some(hs) = rd.hs() {
-                store.wl().set_hardstate(hs.clone());
+                let hs = hs.clone();
+                self.nodes[i].mut_store().set_hard_state(hs);
             }
             let persisted = rd.take_persisted_messages();
             self.send(persisted);
@@ -230,18 +326,32 @@ mod tests {
             self.apply(i, committed);
             let mut light = self.nodes[i].advance(rd);
             if let Some(commit) = light.commit_index() {
-                store.wl().mut_hard_state().set_commit(commit);
+                self.nodes[i].mut_store().set_commit(commit);
             }
             let msgs = light.take_messages();
             self.send(msgs);
             let committed = light.take_committed_entries();
             self.apply(i, committed);
             self.nodes[i].advance_apply();
+            let last = self.markers[i].max(self.proposed_marker[i]);
+            if let Some(m) = marker_due(&self.nodes[i].raft, last) {
+                let data = m.to_le_bytes().to_vec();
+                if self.nodes[i].propose(COMPACT_MARKER.to_vec(), data).is_ok() {
+                    self.proposed_marker[i] = m;
+                }
+            }
         }
 
         fn apply(&mut self, i: usize, entries: Vec<::raft::eraftpb::Entry>) {
             for e in entries {
-                if !e.data.is_empty() {
+                if e.context.as_ref() == COMPACT_MARKER {
+                    let m = decode_marker(&e.data).unwrap_or_else(|| panic!("marker data"));
+                    self.markers[i] = self.markers[i].max(m);
+                    let store = self.nodes[i].mut_store();
+                    if let Some(to) = compaction_point(m, e.index, store.compacted().index) {
+                        store.compact_to(to).unwrap_or_else(|e| panic!("{e}"));
+                    }
+                } else if !e.data.is_empty() {
                     self.committed[i].push(e.data.to_vec());
                 }
             }
@@ -322,5 +432,60 @@ mod tests {
         sim.run(HEARTBEAT_TICKS * 3);
         assert_eq!(sim.committed[leader], sim.committed[next]);
         assert_eq!(sim.leader(), Some(next), "the old leader must not disrupt");
+    }
+
+    #[test]
+    fn logs_compact_only_what_every_voter_holds_and_a_new_leader_goes_on() {
+        let mut sim = Sim::new();
+        sim.run(ELECTION_TICKS.1 * 2);
+        let leader = sim.leader().unwrap_or_else(|| panic!("no leader"));
+        let away = (leader + 1) % 3;
+        let n = (COMPACT_EVERY * 2 + 100) as usize;
+        let payload = |k: usize| (k as u32).to_le_bytes().to_vec();
+        // A follower is away while the others commit two markers' worth: nobody may
+        // compact, since the one away will need every entry.
+        sim.down = Some(away);
+        for k in 0..n {
+            assert!(sim.nodes[leader].propose(vec![], payload(k)).is_ok());
+            if k % 200 == 0 {
+                sim.settle();
+            }
+        }
+        sim.run(2);
+        assert_eq!(sim.committed[leader].len(), n);
+        for i in 0..3 {
+            assert_eq!(sim.nodes[i].store().compacted().index, 0, "node {i}");
+        }
+        // It returns, catches up, and then every log compacts.
+        sim.down = None;
+        sim.run(HEARTBEAT_TICKS * 4);
+        assert_eq!(sim.committed[away], sim.committed[leader]);
+        for k in n..n + 10 {
+            assert!(sim.nodes[leader].propose(vec![], payload(k)).is_ok());
+        }
+        sim.run(4);
+        for i in 0..3 {
+            let log = sim.nodes[i].store();
+            assert!(
+                log.compacted().index >= n as u64,
+                "node {i}: {:?}",
+                log.compacted()
+            );
+            assert!(log.len() < 20, "node {i} holds {}", log.len());
+        }
+        // The leader goes: a new one is elected from compacted logs, and what it
+        // commits reaches the other.
+        sim.down = Some(leader);
+        sim.run(ELECTION_TICKS.1 * 2 + 2);
+        let next = sim.leader().unwrap_or_else(|| panic!("no new leader"));
+        assert!(sim.nodes[next].propose(vec![], b"after".to_vec()).is_ok());
+        sim.run(2);
+        let third = (0..3)
+            .find(|i| *i != leader && *i != next)
+            .unwrap_or_else(|| panic!("three nodes"));
+        assert_eq!(sim.committed[next].last(), Some(&b"after".to_vec()));
+        assert_eq!(sim.committed[third], sim.committed[next]);
+        let expected: Vec<Vec<u8>> = (0..n + 10).map(payload).collect();
+        assert_eq!(&sim.committed[third][..n + 10], &expected[..]);
     }
 }
