@@ -421,9 +421,11 @@ impl Config {
         if peers.is_empty() || !self.jetstream.enabled {
             return Ok(());
         }
-        if !self.cluster.enabled() {
+        // The mesh makes the routes itself (the cluster listens on its interface).
+        if !self.cluster.enabled() && !self.mesh.enabled() {
             return Err(
-                "a clustered JetStream needs [cluster] (its peers talk over routes)".into(),
+                "a clustered JetStream needs [cluster] or [mesh] (its peers talk over routes)"
+                    .into(),
             );
         }
         let Some(name) = &self.server_name else {

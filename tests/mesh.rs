@@ -132,6 +132,8 @@ struct Lab {
     hub: String,
     dir: TempDir,
     nodes: Vec<LabNode>,
+    /// When set, every node runs JetStream clustered with these peers.
+    jetstream_peers: Option<Vec<String>>,
 }
 
 impl Lab {
@@ -147,6 +149,7 @@ impl Lab {
             tag,
             hub,
             nodes: Vec::new(),
+            jetstream_peers: None,
         }
     }
 
@@ -209,6 +212,17 @@ impl Lab {
             })
             .collect();
         let config = self.dir.0.join(format!("{name}.toml"));
+        let jetstream = match &self.jetstream_peers {
+            None => "enabled = false".to_string(),
+            Some(peers) => {
+                let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+                format!(
+                    "store_dir = \"{}\"\npeers = [{}]",
+                    self.dir.0.join(format!("{name}-js")).display(),
+                    peers.join(", ")
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
@@ -216,7 +230,7 @@ impl Lab {
 listen = "127.0.0.1:4222"
 log_level = "info"
 [jetstream]
-enabled = false
+{jetstream}
 [monitor]
 listen = "127.0.0.1:8222"
 [cluster]
@@ -662,4 +676,177 @@ fn nodes_without_the_secret_from_another_cluster_or_with_another_ca_never_join()
     lab.start(5);
     lab.wait_routes(5, &["n1"], Duration::from_secs(20));
     lab.wait_routes(1, &["n5"], Duration::from_secs(20));
+}
+
+/// Publishes until acked (same `Nats-Msg-Id` each time, so a retry is stored once);
+/// panics past `limit`.
+async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    id: &str,
+    limit: Duration,
+) -> async_nats::jetstream::publish::PublishAck {
+    let started = Instant::now();
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        let sent = js
+            .publish_with_headers(subject.to_string(), headers, id.to_string().into())
+            .await;
+        if let Ok(pending) = sent {
+            if let Ok(ack) = pending.await {
+                return ack;
+            }
+        }
+        assert!(started.elapsed() < limit, "{id} never acked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The R3 stream `MESH` as node `ns`'s client sees it: (leader, messages).
+fn mesh_stream(ns: &str) -> Option<(String, u64)> {
+    with_client(ns, |c| async move {
+        let js = async_nats::jetstream::new(c);
+        let mut stream = js.get_stream("MESH").await.ok()?;
+        let info = stream.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.clone()?;
+        Some((leader, info.state.messages))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// One JetStream across three nodes whose routes cross the mesh only: an R3 stream
+/// created through node 1 is seen from node 3, takes publishes on node 2 and serves
+/// a consumer on node 3; with its leader cut off the underlay the majority elects a
+/// new one and acks again, and once the link is back the old leader holds every
+/// message.
+#[test]
+fn an_r3_stream_over_the_mesh_survives_its_leader_cut_off() {
+    if skip_unless_ready() {
+        return;
+    }
+    let mut lab = Lab::new('c');
+    lab.jetstream_peers = Some(vec!["n1".into(), "n2".into(), "n3".into()]);
+    let limit = Duration::from_secs(30);
+    lab.add(&[], "c1", SECRET);
+    lab.add(&[1], "c1", SECRET);
+    lab.add(&[1], "c1", SECRET);
+    for i in 1..=3 {
+        lab.start(i);
+    }
+    lab.wait_routes(1, &["n2", "n3"], limit);
+    lab.wait_routes(2, &["n1", "n3"], limit);
+    lab.wait_routes(3, &["n1", "n2"], limit);
+
+    // Created through node 1 (once the meta group has its leader).
+    with_client(&lab.node(1).ns.clone(), move |c| async move {
+        let js = async_nats::jetstream::new(c);
+        let started = Instant::now();
+        loop {
+            let created = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "MESH".into(),
+                    subjects: vec!["mesh.>".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => break,
+                Err(e) => assert!(started.elapsed() < limit, "create: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .join()
+    .expect("create through n1");
+    // Seen from node 3, with its leader.
+    let deadline = Instant::now() + limit;
+    let leader = loop {
+        if let Some((leader, _)) = mesh_stream(&lab.node(3).ns) {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "n3 never saw MESH with a leader");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Publishes on node 2, a pull consumer on node 3.
+    with_client(&lab.node(2).ns.clone(), move |c| async move {
+        let js = async_nats::jetstream::new(c);
+        for i in 0..300 {
+            publish_acked(&js, "mesh.a", &format!("m{i}"), limit).await;
+        }
+    })
+    .join()
+    .expect("publish on n2");
+    let consumed = with_client(&lab.node(3).ns.clone(), move |c| async move {
+        use async_nats::jetstream::consumer;
+        let js = async_nats::jetstream::new(c);
+        let stream = js.get_stream("MESH").await.unwrap();
+        let pull = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("reader".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut seen = HashSet::new();
+        while seen.len() < 300 {
+            let mut batch = pull.fetch().max_messages(100).messages().await.unwrap();
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.unwrap();
+                seen.insert(String::from_utf8_lossy(&m.payload).into_owned());
+                m.double_ack().await.unwrap();
+                got += 1;
+            }
+            assert!(got > 0, "the consumer on n3 stalled at {}", seen.len());
+        }
+        seen.len()
+    })
+    .join()
+    .expect("consume on n3");
+    assert_eq!(consumed, 300);
+
+    // The leader cut off: a survivor's publisher gets acks again from a new leader.
+    let cut: usize = leader.trim_start_matches('n').parse().expect("leader name");
+    let survivor = if cut == 1 { 2 } else { 1 };
+    lab.link(cut, false);
+    let resumed = with_client(&lab.node(survivor).ns.clone(), move |c| async move {
+        let mut js = async_nats::jetstream::new(c);
+        // Short, so the figure is the cluster's, not the client's ack timeout.
+        js.set_timeout(Duration::from_millis(500));
+        let cut_at = Instant::now();
+        publish_acked(&js, "mesh.b", "m300", limit).await;
+        let resumed = cut_at.elapsed();
+        for i in 301..400 {
+            publish_acked(&js, "mesh.b", &format!("m{i}"), limit).await;
+        }
+        resumed
+    })
+    .join()
+    .expect("publish on a survivor");
+    let (new_leader, messages) = mesh_stream(&lab.node(survivor).ns).expect("MESH on a survivor");
+    assert_ne!(new_leader, leader, "the cut-off node still leads");
+    assert_eq!(messages, 400);
+    eprintln!("R3 over the mesh: leader {leader} cut off, acks resumed after {resumed:?} ({new_leader} leads)");
+
+    // Healed: the old leader follows and holds every message.
+    lab.link(cut, true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = monitor_get(&lab.node(cut).ns, "/jsz").and_then(|v| v["messages"].as_u64());
+        if held == Some(400) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leader} holds {held:?} messages after the heal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (after, _) = mesh_stream(&lab.node(cut).ns).expect("MESH on the healed node");
+    assert_ne!(after, leader, "the healed node took the lead back");
 }
