@@ -22,11 +22,13 @@ fn nats_py_available() -> bool {
     found
 }
 
-/// Runs `tests/python/<script>` against `url`; it must end with "all checks passed".
-fn run_script(script: &str, url: &str) {
+/// Runs `tests/python/<script>` with `args` (the first: the URL or URLs); it must end
+/// with "all checks passed".
+fn run_script(script: &str, args: &[&str]) {
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .args([&path, url])
+        .arg(&path)
+        .args(args)
         .output()
         .expect("run python3");
     assert!(
@@ -44,7 +46,7 @@ fn nats_py_pub_sub_queue_request_headers_no_responders() {
         return;
     }
     let node = start(test_config());
-    run_script("nats_py_smoke.py", &node.client_url());
+    run_script("nats_py_smoke.py", &[&node.client_url()]);
 }
 
 /// Streams, acks, dedupe, message get, purge, pull and push consumers, NAK
@@ -56,5 +58,20 @@ fn nats_py_jetstream_kv_and_object_store() {
     }
     let dir = TempDir::new("py-js");
     let node = start(jetstream_config(&dir));
-    run_script("nats_py_jetstream.py", &node.client_url());
+    run_script("nats_py_jetstream.py", &[&node.client_url()]);
+}
+
+/// The same through three meshbroker processes, one JetStream, everything R3: the
+/// client writes through node 1 and reads back from node 3.
+#[test]
+fn nats_py_jetstream_kv_and_object_store_r3() {
+    if !nats_py_available() {
+        return;
+    }
+    let peers = common::jscluster::started("py-r3");
+    let urls: Vec<String> = peers
+        .iter()
+        .map(|p| format!("nats://{}", p.client))
+        .collect();
+    run_script("nats_py_jetstream.py", &[&urls.join(","), "3"]);
 }

@@ -1,6 +1,9 @@
 """JetStream through the official Python client (nats-py), as its users call it.
 
-Usage: python3 nats_py_jetstream.py nats://127.0.0.1:PORT
+Usage: python3 nats_py_jetstream.py nats://127.0.0.1:PORT[,nats://…] [REPLICAS]
+With several URLs (one per node of a cluster) the client writes through the first
+and checks what it wrote from a client of the last; REPLICAS (default 1) is every
+stream's, bucket's and object store's replica count.
 Prints "all checks passed" and exits 0, or fails with the first broken check.
 """
 
@@ -18,6 +21,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 
 TIMEOUT = 5
+REPLICAS = 1
 
 
 def check(cond, what):
@@ -26,7 +30,7 @@ def check(cond, what):
 
 
 async def streams_and_acks(js):
-    info = await js.add_stream(name="PY", subjects=["py.>"])
+    info = await js.add_stream(name="PY", subjects=["py.>"], num_replicas=REPLICAS)
     check(info.config.name == "PY", "stream created")
     check(info.config.storage == StorageType.FILE, "file storage by default")
     for i in range(10):
@@ -45,7 +49,7 @@ async def streams_and_acks(js):
     last = await js.get_last_msg("PY", "py.1")
     check(last.seq == 10 and last.data == b"m9", f"last by subject: {last}")
     try:
-        await js.add_stream(name="PY2", subjects=["py.1"])
+        await js.add_stream(name="PY2", subjects=["py.1"], num_replicas=REPLICAS)
         check(False, "overlapping subjects accepted")
     except BadRequestError as e:
         check(e.err_code == 10065, f"overlap error code: {e}")
@@ -57,10 +61,14 @@ async def streams_and_acks(js):
     await js.purge_stream("PY", subject="py.1")
     info = await js.stream_info("PY")
     check(info.state.messages == 6, f"purged by subject: {info.state}")
+    if REPLICAS > 1:
+        cluster = info.cluster
+        check(cluster is not None and cluster.leader, f"a leader: {cluster}")
+        check(len(cluster.replicas) == REPLICAS - 1, f"replicas: {cluster.replicas}")
 
 
 async def pull_consumer(js):
-    await js.add_stream(name="WORK", subjects=["work.>"])
+    await js.add_stream(name="WORK", subjects=["work.>"], num_replicas=REPLICAS)
     for i in range(20):
         await js.publish("work.job", f"job{i}".encode())
     sub = await js.pull_subscribe("work.job", durable="workers", stream="WORK")
@@ -96,7 +104,7 @@ async def pull_consumer(js):
 
 
 async def push_consumer(js):
-    await js.add_stream(name="EVENTS", subjects=["events.*"])
+    await js.add_stream(name="EVENTS", subjects=["events.*"], num_replicas=REPLICAS)
     for i in range(5):
         await js.publish("events.a", f"e{i}".encode())
     received = []
@@ -122,7 +130,7 @@ async def push_consumer(js):
 
 
 async def key_value(js):
-    kv = await js.create_key_value(bucket="config", history=3)
+    kv = await js.create_key_value(bucket="config", history=3, replicas=REPLICAS)
     rev1 = await kv.put("color", b"red")
     rev2 = await kv.put("color", b"blue")
     check(rev2 == rev1 + 1, "revisions increase")
@@ -153,7 +161,7 @@ async def key_value(js):
 
 
 async def object_store(js):
-    obs = await js.create_object_store(bucket="files")
+    obs = await js.create_object_store(bucket="files", replicas=REPLICAS)
     data = bytes(range(256)) * 1000  # 256,000 bytes: several chunks
     info = await obs.put("blob.bin", data)
     check(info.size == len(data), f"object size: {info}")
@@ -169,12 +177,18 @@ async def object_store(js):
         pass
 
 
-async def main(url):
-    nc = await nats.connect(url, connect_timeout=TIMEOUT)
+async def main(urls):
+    nc = await nats.connect(urls[0], connect_timeout=TIMEOUT)
     js = nc.jetstream(timeout=TIMEOUT)
     account = await js.account_info()
     check(account.streams == 0, "empty account")
     await streams_and_acks(js)
+    if len(urls) > 1:
+        # Another node's client sees the same stream.
+        other = await nats.connect(urls[-1], connect_timeout=TIMEOUT)
+        info = await other.jetstream(timeout=TIMEOUT).stream_info("PY")
+        check(info.state.messages == 6, f"PY from {urls[-1]}: {info.state}")
+        await other.close()
     await pull_consumer(js)
     await push_consumer(js)
     await key_value(js)
@@ -186,4 +200,6 @@ async def main(url):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    if len(sys.argv) > 2:
+        REPLICAS = int(sys.argv[2])
+    asyncio.run(main(sys.argv[1].split(",")))
