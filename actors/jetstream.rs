@@ -334,7 +334,7 @@ impl JetStream {
                     return;
                 }
                 let result = result.map(|info| {
-                    let info = info.map(|i| i.for_change(true));
+                    let info = info.map(|i| i.for_clustered_create(true));
                     api::response(CREATE, &info)
                 });
                 (reply, result, CREATE)
@@ -524,10 +524,12 @@ impl JetStream {
                             return Handled::Done;
                         }
                         return match self.parse_config(name, &body) {
+                            // Clustered, an identical re-create is no create.
                             Ok(c) if c == handle.config => match self.stream_info(name).await {
-                                Ok(info) => {
-                                    Handled::Reply(api::response(kind, &info.for_change(true)))
-                                }
+                                Ok(info) => Handled::Reply(api::response(
+                                    kind,
+                                    &info.for_clustered_create(false),
+                                )),
                                 Err(e) => Handled::Error(e),
                             },
                             Ok(_) => Handled::Error(ApiError::stream_name_exists()),

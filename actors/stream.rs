@@ -809,6 +809,23 @@ impl StreamActor {
         }
     }
 
+    /// A replicated stream's `cluster` block, as this node sees its group.
+    fn cluster_info(&self) -> Option<api::ClusterInfo> {
+        let r = self.replica.as_ref()?;
+        let status = r.group.status();
+        let leader = r.leader.clone().unwrap_or_default();
+        Some(api::ClusterInfo {
+            name: Some(r.cluster.clone()),
+            raft_group: Some(r.raft_group.clone()),
+            leader_since: (status.leader_since > 0 && !leader.is_empty())
+                .then(|| api::format_time(status.leader_since)),
+            leader,
+            replicas: replicas(&status, &self.leader),
+            system_account: true,
+            traffic_account: Some("$SYS".to_string()),
+        })
+    }
+
     /// STREAM.INFO, with the mirror's or sources' state.
     fn info(&self, now: i64, req: &StreamInfoRequest) -> StreamInfo {
         let leader = match &self.replica {
@@ -816,13 +833,8 @@ impl StreamActor {
             None => self.leader.clone(),
         };
         let mut info = self.stream.info(now, &leader, req);
-        if let (Some(r), Some(cluster)) = (&self.replica, info.cluster.as_mut()) {
-            cluster.name = Some(r.cluster.clone());
-            cluster.raft_group = Some(r.raft_group.clone());
-            let status = r.group.status();
-            cluster.leader_since = (status.leader_since > 0 && !cluster.leader.is_empty())
-                .then(|| api::format_time(status.leader_since));
-            cluster.replicas = replicas(&status, &self.leader);
+        if let Some(cluster) = self.cluster_info() {
+            info.cluster = Some(cluster);
         }
         if let Some(sourcing) = &self.sourcing {
             (info.mirror, info.sources) = sourcing.info(now);
@@ -850,7 +862,8 @@ impl StreamActor {
                 let pending = if elected { r.create_reply.take() } else { None };
                 if let Some(to) = pending.filter(|_| me) {
                     let info = self.info(runtime::now_unix_ns(), &StreamInfoRequest::default());
-                    let body = api::response("stream_create_response", &info.for_change(true));
+                    let body =
+                        api::response("stream_create_response", &info.for_clustered_create(true));
                     self.reply(&to, body);
                 }
             }
@@ -1260,11 +1273,19 @@ impl StreamActor {
             return self.respond(&req, &msg, result, now);
         }
         let reply = msg.reply_text();
+        let cluster = match &req {
+            ApiRequest::ConsumerCreate { .. }
+            | ApiRequest::DurableCreate(..)
+            | ApiRequest::ConsumerInfo(..)
+            | ApiRequest::ConsumerList(..) => self.cluster_info(),
+            _ => None,
+        };
         let request = stream::Request {
             api: &req,
             body: msg.payload(),
             reply: reply.as_deref(),
             subject: &msg.subject,
+            cluster: cluster.as_ref(),
         };
         let mut out = Vec::new();
         let mut name = name;

@@ -252,6 +252,12 @@ pub struct ClusterInfo {
     /// The other replicas, as the leader sees them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<PeerInfo>,
+    /// A replicated asset's Raft traffic runs in the system account (the reference
+    /// says so; ours is in `$MBR`, an account no client is in).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub system_account: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_account: Option<String>,
 }
 
 /// A replica in a `cluster` block, as the reference describes it.
@@ -298,6 +304,15 @@ pub struct StreamInfo {
 }
 
 impl StreamInfo {
+    /// A clustered JetStream's CREATE form, as the reference's meta leader answers:
+    /// no paging, the `cluster` block kept, `did_create` only for a new stream.
+    pub fn for_clustered_create(mut self, created: bool) -> StreamInfo {
+        let cluster = self.cluster.take();
+        self = self.for_change(created);
+        self.cluster = cluster;
+        self
+    }
+
     /// The CREATE / UPDATE form: no paging, no cluster.
     pub fn for_change(mut self, created: bool) -> StreamInfo {
         self.total = None;

@@ -243,3 +243,74 @@ pub async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A node of a three-node nats-server JetStream cluster (the reference), named
+/// `r1`..`r3`, cluster `js` as ours.
+pub struct ReferenceNode {
+    pub client: SocketAddr,
+    pub monitor: SocketAddr,
+    _process: Child,
+}
+
+/// Starts the reference as a three-node JetStream cluster on loopback with its store
+/// under `dir`, and waits until every node knows the meta leader. `None` (after
+/// saying why) without the reference binary, unless `MESHBROKER_CI=1`.
+pub fn reference_cluster(dir: &std::path::Path) -> Option<Vec<ReferenceNode>> {
+    let Some(bin) = super::reference_binary() else {
+        if std::env::var("MESHBROKER_CI").as_deref() == Ok("1") {
+            panic!("the reference nats-server is required: run scripts/install-reference.sh");
+        }
+        eprintln!("SKIPPED: no reference nats-server (run scripts/install-reference.sh)");
+        return None;
+    };
+    let ports: Vec<(u16, u16, u16)> = (0..3)
+        .map(|_| (fixed_port(), fixed_port(), fixed_port()))
+        .collect();
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|(_, route, _)| format!("nats://127.0.0.1:{route}"))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (client, route, monitor)) in ports.iter().enumerate() {
+        let name = format!("r{}", i + 1);
+        let config = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: js, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                dir.join(&name).display(),
+                routes.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&bin)
+            .args(["-c", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        nodes.push(ReferenceNode {
+            client: loopback(*client),
+            monitor: loopback(*monitor),
+            _process: Child(child),
+        });
+    }
+    for node in &nodes {
+        assert!(wait_for_port(node.client, Duration::from_secs(10)));
+        assert!(wait_for_port(node.monitor, Duration::from_secs(10)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes
+        .iter()
+        .all(|n| http_get_json(n.monitor, "/jsz")["meta_cluster"]["leader"].is_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the reference cluster elects no meta leader"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(nodes)
+}

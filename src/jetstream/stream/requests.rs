@@ -38,6 +38,15 @@ pub enum Answer {
     Nothing,
 }
 
+/// A consumer's info, with its stream's `cluster` block when replicated (a
+/// consumer's state is replicated through its stream's group: the same leader and
+/// replicas).
+fn consumer_info(c: &Consumer, now: i64, cluster: Option<&api::ClusterInfo>) -> api::ConsumerInfo {
+    let mut info = c.info(now);
+    info.cluster = cluster.cloned();
+    info
+}
+
 /// A request about this stream, as the stream actor hands it over.
 pub struct Request<'a> {
     pub api: &'a ApiRequest,
@@ -47,6 +56,8 @@ pub struct Request<'a> {
     pub reply: Option<&'a str>,
     /// The subject the request came on (a no-responders status names it).
     pub subject: &'a [u8],
+    /// A replicated stream's `cluster` block, which its consumers' infos carry too.
+    pub cluster: Option<&'a api::ClusterInfo>,
 }
 
 impl Stream {
@@ -98,18 +109,18 @@ impl Stream {
                 self.direct_get(last_by.as_deref(), body)
             }
             ApiRequest::ConsumerCreate { name, filter, .. } => json(self.create_consumer(
+                req,
                 name.clone(),
                 filter.as_deref(),
                 false,
-                body,
                 now,
                 new_name,
             )),
             ApiRequest::DurableCreate(_, name) => {
-                json(self.create_consumer(Some(name.clone()), None, true, body, now, new_name))
+                json(self.create_consumer(req, Some(name.clone()), None, true, now, new_name))
             }
             ApiRequest::ConsumerInfo(_, name) => json(match self.consumers.get(name) {
-                Some(c) => Ok(api::response(kind, &c.info(now))),
+                Some(c) => Ok(api::response(kind, &consumer_info(c, now, req.cluster))),
                 None => Err(ApiError::consumer_not_found()),
             }),
             ApiRequest::ConsumerDelete(_, name) => {
@@ -124,7 +135,7 @@ impl Stream {
             }
             ApiRequest::ConsumerNames(_) | ApiRequest::ConsumerList(_) => {
                 let list = matches!(req.api, ApiRequest::ConsumerList(_));
-                json(self.consumer_page(body, list, kind, now))
+                json(self.consumer_page(req, list, kind, now))
             }
             ApiRequest::MsgNext(_, name) => {
                 let Some(reply) = req.reply else {
@@ -160,11 +171,12 @@ impl Stream {
     /// CONSUMER.NAMES / CONSUMER.LIST: one page of the public consumers.
     fn consumer_page(
         &self,
-        body: &[u8],
+        req: &Request,
         list: bool,
         kind: &str,
         now: i64,
     ) -> Result<Vec<u8>, ApiError> {
+        let body = req.body;
         #[derive(serde::Deserialize, Default)]
         struct Paging {
             #[serde(default)]
@@ -177,7 +189,7 @@ impl Stream {
         let consumers = if list {
             let infos: Vec<_> = page
                 .map(|c| {
-                    let mut info = c.info(now);
+                    let mut info = consumer_info(c, now, req.cluster);
                     api::strip_dynamic_metadata(&mut info.config.metadata);
                     info
                 })
@@ -196,13 +208,14 @@ impl Stream {
 
     fn create_consumer(
         &mut self,
+        request: &Request,
         name_in_subject: Option<String>,
         filter_in_subject: Option<&str>,
         durable_api: bool,
-        body: &[u8],
         now: i64,
         new_name: &mut dyn FnMut() -> String,
     ) -> Result<Vec<u8>, ApiError> {
+        let body = request.body;
         // An empty body names no stream, which is the reference's first complaint.
         let req: CreateConsumerRequest = if body.trim_ascii().is_empty() {
             return Err(ApiError::stream_name_mismatch());
@@ -276,7 +289,7 @@ impl Stream {
             }
             return Ok(api::response(
                 "consumer_create_response",
-                &existing.info(now),
+                &consumer_info(existing, now, request.cluster),
             ));
         }
         if req.action == "update" {
@@ -290,7 +303,7 @@ impl Stream {
             check_workqueue_consumer(&config, self.consumers.values())?;
         }
         let consumer = Consumer::new(self.name(), &name, config, now, &self.store);
-        let info = consumer.info(now);
+        let info = consumer_info(&consumer, now, request.cluster);
         self.add_consumer(consumer);
         Ok(api::response("consumer_create_response", &info))
     }
@@ -515,6 +528,7 @@ mod tests {
             body: body.as_bytes(),
             reply: Some("_INBOX.r"),
             subject: full.as_bytes(),
+            cluster: None,
         };
         let mut out = Vec::new();
         let mut names = 0;
