@@ -104,6 +104,10 @@ pub struct StreamStore {
     /// Bytes of cached message data (file streams evict the oldest beyond a budget).
     cached: u64,
     cache_budget: u64,
+    /// No message below this sequence holds cached bytes: eviction starts here rather
+    /// than walking every evicted message again (a scan from the first message on
+    /// each publish made a long stream's publishes quadratic).
+    evict_from: u64,
     accounting: Accounting,
 }
 
@@ -210,6 +214,7 @@ impl StreamStore {
         self.bytes += self.accounting.size(&entry);
         if let Some(d) = &entry.data {
             self.cached += d.len() as u64;
+            self.evict_from = self.evict_from.min(seq);
         }
         let list = self.subjects.entry(entry.subject.clone()).or_default();
         match list.back() {
@@ -228,14 +233,17 @@ impl StreamStore {
         if self.cached <= self.cache_budget {
             return;
         }
-        for (&seq, e) in self.msgs.iter_mut() {
+        let mut next = self.evict_from;
+        for (&seq, e) in self.msgs.range_mut(self.evict_from..) {
             if self.cached <= self.cache_budget / 2 || seq > self.committed {
                 break;
             }
             if let Some(d) = e.data.take() {
                 self.cached -= d.len() as u64;
             }
+            next = seq + 1;
         }
+        self.evict_from = next;
     }
 
     /// Puts bytes read back from redb into the cache (when they fit).
@@ -247,6 +255,7 @@ impl StreamStore {
             if e.data.is_none() {
                 self.cached += data.len() as u64;
                 e.data = Some(data.clone());
+                self.evict_from = self.evict_from.min(seq);
             }
         }
     }
@@ -513,5 +522,24 @@ mod tests {
         assert!(s.get(3).is_some_and(|e| e.data.is_some()));
         s.set_committed(4);
         assert!(s.get(4).is_some_and(|e| e.data.is_some()));
+    }
+
+    #[test]
+    fn bytes_read_back_into_the_cache_are_evicted_again() {
+        let mut s = StreamStore::new(9, Accounting::Memory);
+        for i in 1..=4 {
+            s.insert(i, entry("x", 0));
+            s.set_committed(i);
+        }
+        assert!(s.get(1).is_some_and(|e| e.data.is_none()));
+        // Read back (a consumer fetched it), below where eviction got to.
+        s.recache(1, &Bytes::from_static(b"abc"));
+        assert!(s.get(1).is_some_and(|e| e.data.is_some()));
+        for i in 5..=8 {
+            s.insert(i, entry("x", 0));
+            s.set_committed(i);
+        }
+        assert!(s.get(1).is_some_and(|e| e.data.is_none()));
+        assert!(s.get(8).is_some_and(|e| e.data.is_some()));
     }
 }
