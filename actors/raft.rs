@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::raft::eraftpb::{Entry, Message};
+use ::raft::eraftpb::{Entry, Message, MessageType};
 use ::raft::{RawNode, StateRole};
 use bytes::Bytes;
 
@@ -358,6 +358,8 @@ impl RaftHost {
             leader_changes: 0,
             leader_since: 0,
             heard: HashMap::new(),
+            stranded: Default::default(),
+            stopped: false,
             owner_gone: false,
             marker: compacted.index,
             proposed_marker: 0,
@@ -407,6 +409,10 @@ struct Group {
     leader_since: i64,
     /// When each peer was last heard from.
     heard: HashMap<u64, std::time::Instant>,
+    /// Peers told to need a snapshot (warned about once).
+    stranded: std::collections::HashSet<u64>,
+    /// The group cannot go on here (this node lost its log, or raft-rs broke).
+    stopped: bool,
     owner_gone: bool,
     /// The highest compaction marker committed: every voter held the log up to it.
     marker: u64,
@@ -428,9 +434,12 @@ impl Group {
             self.handle(first);
             // Everything queued meanwhile, then one Ready cycle for all of it.
             while let Ok(more) = rx.try_recv() {
+                if self.stopped {
+                    break;
+                }
                 self.handle(more);
             }
-            if self.on_ready().await.is_err() || self.owner_gone {
+            if self.stopped || self.on_ready().await.is_err() || self.owner_gone {
                 break;
             }
         }
@@ -452,8 +461,40 @@ impl Group {
                     return;
                 }
                 self.heard.insert(m.from, runtime::now());
-                if let Err(e) = self.node.step(*m) {
-                    log::debug!("raft group {}: step: {e}", self.group);
+                let name = self.names.get(&m.from).cloned().unwrap_or_default();
+                // A heartbeat commits no further than the leader knows this node holds:
+                // past this log's end, this node lost entries it acknowledged (its
+                // store was lost or replaced by an older one). It must not vote or
+                // acknowledge again with a memory it does not have (raft-rs would
+                // panic here, and a node that forgot its votes can elect two leaders).
+                let last = self.node.raft.raft_log.last_index();
+                if m.msg_type == MessageType::MsgHeartbeat && m.commit > last {
+                    log::error!(
+                        "raft group {}: {name} (leading, term {}) says this node holds entries up to {} \
+                         but its log ends at {last}: its store was lost; the group stops on this node \
+                         (replace the store with a copy of a replica's, see the README)",
+                        self.group,
+                        m.term,
+                        m.commit
+                    );
+                    self.stopped = true;
+                    return;
+                }
+                // raft-rs panics on some messages no correct peer sends; one group
+                // stops rather than the node.
+                let step =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.node.step(*m)));
+                match step {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::debug!("raft group {}: step: {e}", self.group),
+                    Err(_) => {
+                        log::error!(
+                            "raft group {}: a message from {name} broke raft's invariants; \
+                             the group stops on this node",
+                            self.group
+                        );
+                        self.stopped = true;
+                    }
                 }
             }
             GroupCmd::Propose(data, done) => {
@@ -567,6 +608,7 @@ impl Group {
         self.node.advance_apply();
         // A marker that just committed may let this node compact what its owner holds.
         self.compact();
+        self.warn_stranded();
         self.propose_marker();
         self.observe();
         Ok(())
@@ -580,6 +622,24 @@ impl Group {
             compacted: self.node.store().compacted(),
         }
         .encode()
+    }
+
+    /// Says (once per peer) when a peer lacks entries this log compacted away: it
+    /// holds none of the group's history past its own (a node whose store was lost)
+    /// and only a snapshot could bring it up, which is not built (issue 16).
+    fn warn_stranded(&mut self) {
+        let Some(id) = self.node.store().take_snapshot_wanted() else {
+            return;
+        };
+        if self.stranded.insert(id) {
+            let name = self.names.get(&id).map_or("?", String::as_str);
+            log::warn!(
+                "raft group {}: {name} lacks entries compacted away (to {}) and cannot catch up: \
+                 replace its store with a copy of a replica's (snapshots are not built)",
+                self.group,
+                self.node.store().compacted().index
+            );
+        }
     }
 
     /// As leader, proposes a compaction marker once every voter holds enough past the

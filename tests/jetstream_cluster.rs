@@ -1100,3 +1100,97 @@ async fn raft_logs_compact_what_every_replica_holds_and_restart_from_it() {
         );
     }
 }
+
+/// A node whose store is lost, replaced as the README says: started on an empty
+/// store it finds out from the first heartbeat (it had acknowledged entries it no
+/// longer holds), says so and stays out of the groups rather than vote with a memory
+/// it lost; on a copy of a stopped replica's store it rejoins and holds every
+/// message, the same history as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_is_lost_is_replaced_from_a_copy_of_a_replica() {
+    // Past two compaction intervals.
+    const TOTAL: u64 = 9_000;
+    let mut all = peers("replace");
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    let (js, _) = r3_cluster(&mut all, "rep", &[0, 1, 2]).await;
+    let load = Load::default();
+    load.clone().run(js.clone(), "rep", TOTAL).await;
+    eventually("every log compacted", Duration::from_secs(30), async || {
+        all.iter().all(|p| {
+            raftz_group(p).is_some_and(|g| g["wal"]["first_seq"].as_u64().unwrap_or(0) > 4_096)
+        })
+    })
+    .await;
+
+    // n3's disk is lost: it comes back empty and cannot catch up.
+    all[2].kill9();
+    std::fs::remove_dir_all(all[2].dir.join("js")).unwrap();
+    all[2].start(&configs[2]);
+    eventually(
+        "n3 saying its store was lost",
+        Duration::from_secs(20),
+        async || {
+            all[2]
+                .log_text()
+                .contains("its store was lost; the group stops")
+        },
+    )
+    .await;
+    assert!(!all[2].log_text().contains("panicked"));
+    assert_ne!(all[2].jsz()["messages"].as_u64(), Some(TOTAL));
+
+    // Replaced: n2 stopped, its store copied to n3, both started.
+    all[2].kill9();
+    all[1].stop();
+    std::fs::remove_dir_all(all[2].dir.join("js")).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(all[1].dir.join("js"))
+        .arg(all[2].dir.join("js"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    all[1].start(&configs[1]);
+    all[2].start(&configs[2]);
+    // Acked once the restarted nodes have a leader (retried with one id each).
+    for i in 0..100 {
+        let id = format!("after-{i}");
+        eventually(
+            "an ack after the replacement",
+            Duration::from_secs(30),
+            async || {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.as_str());
+                match js
+                    .publish_with_headers(format!("rep.after.{i}"), headers, "after".into())
+                    .await
+                {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
+    }
+    eventually(
+        "the replaced node holds every message",
+        Duration::from_secs(30),
+        async || all[2].jsz()["messages"].as_u64() == Some(TOTAL + 100),
+    )
+    .await;
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    let history = stored(&all[0], "rep");
+    assert_eq!(history.len() as u64, TOTAL + 100);
+    let (before, after) = history.split_at(TOTAL as usize);
+    assert!(after.iter().all(|(_, _, p)| p == b"after"));
+    assert_once_each(before, &load.acked(), all[0].name);
+    for p in &all[1..] {
+        assert!(
+            stored(p, "rep") == history,
+            "{} holds another history",
+            p.name
+        );
+    }
+}

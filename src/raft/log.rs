@@ -39,6 +39,9 @@ pub struct GroupLog {
     entries: VecDeque<Entry>,
     /// The entries' payload bytes (data and context), for the group's status.
     bytes: usize,
+    /// The last peer raft-rs wanted a snapshot for (it lacks entries compacted away),
+    /// until the driver takes it to say so.
+    snapshot_wanted_by: std::cell::Cell<u64>,
 }
 
 impl GroupLog {
@@ -58,6 +61,12 @@ impl GroupLog {
         };
         log.append(&entries)?;
         Ok(log)
+    }
+
+    /// The peer (id) that needed a snapshot since the last call, if one did: it lacks
+    /// entries this log no longer holds and cannot catch up from it.
+    pub fn take_snapshot_wanted(&self) -> Option<u64> {
+        Some(self.snapshot_wanted_by.take()).filter(|&id| id != 0)
     }
 
     /// Appends `ents`, replacing whatever the log held from `ents[0].index` on (a new
@@ -220,7 +229,8 @@ impl Storage for GroupLog {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.snapshot_wanted_by.set(to);
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
@@ -350,11 +360,15 @@ mod tests {
     #[test]
     fn it_never_offers_a_snapshot() {
         let log = GroupLog::default();
+        assert_eq!(log.take_snapshot_wanted(), None);
         assert_eq!(
-            log.snapshot(5, 1).map(|_| ()),
+            log.snapshot(5, 7).map(|_| ()),
             Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable
             ))
         );
+        // Who wanted one is told once.
+        assert_eq!(log.take_snapshot_wanted(), Some(7));
+        assert_eq!(log.take_snapshot_wanted(), None);
     }
 }
