@@ -151,6 +151,7 @@ pub async fn start(
             GroupLabel {
                 account: "$SYS".to_string(),
                 name: "_meta_".to_string(),
+                stream: String::new(),
             },
             &config.peers,
             storage.clone(),
@@ -836,6 +837,7 @@ impl JetStream {
                 GroupLabel {
                     account: self.account.name.clone(),
                     name: raft_group.clone(),
+                    stream: name.to_string(),
                 },
                 peers,
                 self.storage.clone(),

@@ -26,8 +26,8 @@ use super::stream::Usage;
 use super::subscription::Control;
 use crate::jetstream::api::API_LEVEL;
 use crate::monitor::{
-    self, ConnSnapshot, ConnzQuery, JetStreamCounters, MetaCounters, MetaPeer, NodeCounters,
-    NodeFacts, RaftzGroup, RaftzPeer, RaftzQuery, StreamCounters,
+    self, ConnSnapshot, ConnzQuery, GroupHealth, HealthzQuery, JetStreamCounters, MetaCounters,
+    MetaPeer, NodeCounters, NodeFacts, RaftzGroup, RaftzPeer, RaftzQuery, StreamCounters,
 };
 use crate::proto::info::COMPAT_VERSION;
 
@@ -291,8 +291,10 @@ impl Monitor {
             }
             "/healthz" => {
                 let configured = self.ctx.config().jetstream.enabled;
-                let meta = self.meta.as_ref().map(|g| g.status().leader.is_some());
-                let (code, body) = monitor::healthz(configured, self.js.is_some(), meta);
+                let q = HealthzQuery::parse(req.uri().query().unwrap_or(""));
+                let groups = self.group_health();
+                let (code, body) =
+                    monitor::healthz(configured, self.js.is_some(), groups.as_deref(), q);
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
                 reply(status, JSON, body)
             }
@@ -413,6 +415,23 @@ impl Monitor {
             slow_consumers: s.slow_consumers.load(Ordering::Relaxed),
             stalls: s.stalls.load(Ordering::Relaxed),
         }
+    }
+
+    /// Every Raft group on this node, for the health check (`None`: not clustered).
+    fn group_health(&self) -> Option<Vec<GroupHealth>> {
+        let host = self.raft.as_ref()?;
+        let now = runtime::now();
+        let groups = host
+            .statuses()
+            .into_iter()
+            .map(|(label, st)| GroupHealth {
+                account: label.account.clone(),
+                stream: label.stream.clone(),
+                has_leader: st.leader.is_some(),
+                current: st.is_current(now),
+            })
+            .collect();
+        Some(groups)
     }
 
     /// Every Raft group on this node, as `/raftz` shows them.

@@ -94,6 +94,27 @@ pub struct GroupStatus {
     /// Entries and payload bytes this node's log holds in memory.
     pub log_entries: u64,
     pub log_bytes: u64,
+    /// This node applied everything the leader had committed when it last sent
+    /// entries (a node catching up is behind it; the leader always is current).
+    pub caught_up: bool,
+}
+
+impl GroupStatus {
+    /// Current as the reference means it for `/healthz`: the leader, or a follower
+    /// that heard from its leader within two of the reference's heartbeats (2 s) and
+    /// is not catching up.
+    pub fn is_current(&self, now: std::time::Instant) -> bool {
+        if self.is_leader {
+            return true;
+        }
+        let heard = self
+            .peers
+            .iter()
+            .find(|p| p.id == self.leader_id && self.leader_id != 0)
+            .and_then(|p| p.heard);
+        self.caught_up
+            && heard.is_some_and(|t| now.saturating_duration_since(t) <= Duration::from_secs(2))
+    }
 }
 
 /// What a node is in its group.
@@ -111,6 +132,8 @@ pub enum Role {
 pub struct GroupLabel {
     pub account: String,
     pub name: String,
+    /// The stream the group replicates (empty for the meta group).
+    pub stream: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -360,6 +383,7 @@ impl RaftHost {
             heard: HashMap::new(),
             stranded: Default::default(),
             stopped: false,
+            leader_commit: (0, 0),
             owner_gone: false,
             marker: compacted.index,
             proposed_marker: 0,
@@ -413,6 +437,8 @@ struct Group {
     stranded: std::collections::HashSet<u64>,
     /// The group cannot go on here (this node lost its log, or raft-rs broke).
     stopped: bool,
+    /// The leader's commit index as its last entries said: (leader id, index).
+    leader_commit: (u64, u64),
     owner_gone: bool,
     /// The highest compaction marker committed: every voter held the log up to it.
     marker: u64,
@@ -482,10 +508,22 @@ impl Group {
                 }
                 // raft-rs panics on some messages no correct peer sends; one group
                 // stops rather than the node.
+                let (from, kind, commit) = (m.from, m.msg_type, m.commit);
                 let step =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.node.step(*m)));
                 match step {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        // Entries from the leader carry its whole commit index.
+                        if kind == MessageType::MsgAppend && from == self.node.raft.leader_id {
+                            let (by, known) = self.leader_commit;
+                            let known = if by == from {
+                                known.max(commit)
+                            } else {
+                                commit
+                            };
+                            self.leader_commit = (from, known);
+                        }
+                    }
                     Ok(Err(e)) => log::debug!("raft group {}: step: {e}", self.group),
                     Err(_) => {
                         log::error!(
@@ -802,6 +840,9 @@ impl Group {
             compacted: raft.raft_log.store.compacted().index,
             log_entries: raft.raft_log.store.len() as u64,
             log_bytes: raft.raft_log.store.bytes() as u64,
+            caught_up: is_leader
+                || self.leader_commit.0 != raft.leader_id
+                || raft.raft_log.applied >= self.leader_commit.1,
         }));
     }
 }

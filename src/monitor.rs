@@ -969,29 +969,100 @@ pub fn go_duration_us(us: u64) -> String {
     }
 }
 
+/// `/healthz`'s options, as the reference names them: `js-enabled-only` checks only
+/// that JetStream runs, `js-server-only` (and `js-meta-only`) stop after the meta
+/// group, without looking at the streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthzQuery {
+    pub enabled_only: bool,
+    pub server_only: bool,
+}
+
+impl HealthzQuery {
+    pub fn parse(query: &str) -> HealthzQuery {
+        let mut q = HealthzQuery::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+            match key {
+                "js-enabled-only" | "js-enabled" => q.enabled_only = is_true(value),
+                "js-server-only" | "js-meta-only" => q.server_only = is_true(value),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// One Raft group on this node, as the health check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupHealth {
+    pub account: String,
+    /// The stream it replicates; empty for the meta group.
+    pub stream: String,
+    pub has_leader: bool,
+    /// The leader, or a follower that heard from it lately and is not catching up.
+    pub current: bool,
+}
+
 /// What `/healthz` answers: (HTTP status, body).
 ///
 /// The node is healthy when it serves clients and, where JetStream is configured,
-/// JetStream runs. `js-enabled-only` and `js-server-only` narrow the JetStream check
-/// as at the reference; with JetStream off by config they are healthy there too.
-///
-/// A clustered JetStream is healthy once this node knows its meta leader (`meta`:
-/// `Some(known)` when clustered), as the reference's check of "contact with a meta
-/// leader".
-pub fn healthz(js_configured: bool, js_running: bool, meta: Option<bool>) -> (u16, Vec<u8>) {
-    if js_configured && !js_running {
-        return (
-            503,
-            br#"{"status":"unavailable","status_code":503,"error":"JetStream is not running"}"#
-                .to_vec(),
-        );
+/// JetStream runs. Clustered (`groups` is `Some`), as the reference checks it, in its
+/// order and with its words: the meta group runs here, a meta leader is known, this
+/// node is current with it, and each stream group here is current (not catching up).
+pub fn healthz(
+    js_configured: bool,
+    js_running: bool,
+    groups: Option<&[GroupHealth]>,
+    q: HealthzQuery,
+) -> (u16, Vec<u8>) {
+    #[derive(Serialize)]
+    struct Unavailable {
+        status: &'static str,
+        status_code: u16,
+        error: String,
     }
-    if meta == Some(false) {
-        return (
-            503,
-            br#"{"status":"unavailable","status_code":503,"error":"JetStream has not established contact with a meta leader"}"#
-                .to_vec(),
-        );
+    let unavailable = |error: String| {
+        let body = Unavailable {
+            status: "unavailable",
+            status_code: 503,
+            error,
+        };
+        (503, serde_json::to_vec(&body).unwrap_or_default())
+    };
+    if js_configured && !js_running {
+        return unavailable("JetStream is not running".into());
+    }
+    if q.enabled_only {
+        return (200, br#"{"status":"ok"}"#.to_vec());
+    }
+    let Some(groups) = groups else {
+        return (200, br#"{"status":"ok"}"#.to_vec());
+    };
+    match groups.iter().find(|g| g.stream.is_empty()) {
+        // Stopped on this node (its store was lost).
+        None => return unavailable("JetStream meta layer is not running".into()),
+        Some(meta) if !meta.has_leader => {
+            return unavailable("JetStream has not established contact with a meta leader".into())
+        }
+        Some(meta) if !meta.current => {
+            return unavailable("JetStream is not current with the meta leader".into())
+        }
+        Some(_) => {}
+    }
+    if !q.server_only {
+        let mut behind: Vec<&GroupHealth> = groups
+            .iter()
+            .filter(|g| !g.stream.is_empty() && !g.current)
+            .collect();
+        // The same answer whichever order the groups came in.
+        behind.sort_by(|a, b| (&a.account, &a.stream).cmp(&(&b.account, &b.stream)));
+        if let Some(g) = behind.first() {
+            return unavailable(format!(
+                "JetStream stream '{} > {}' is not current",
+                g.account, g.stream
+            ));
+        }
     }
     (200, br#"{"status":"ok"}"#.to_vec())
 }
@@ -1438,20 +1509,65 @@ mod tests {
 
     #[test]
     fn healthz_fails_only_when_configured_jetstream_is_down() {
-        assert_eq!(healthz(false, false, None).0, 200);
-        assert_eq!(healthz(true, true, None).0, 200);
-        let (code, body) = healthz(true, false, None);
+        let all = HealthzQuery::default();
+        assert_eq!(healthz(false, false, None, all).0, 200);
+        assert_eq!(healthz(true, true, None, all).0, 200);
+        let (code, body) = healthz(true, false, None, all);
         assert_eq!(code, 503);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["status"], "unavailable");
-        // Clustered: healthy once the meta leader is known.
-        assert_eq!(healthz(true, true, Some(true)).0, 200);
-        let (code, body) = healthz(true, true, Some(false));
-        assert_eq!(code, 503);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
-            v["error"],
-            "JetStream has not established contact with a meta leader"
+            body,
+            br#"{"status":"unavailable","status_code":503,"error":"JetStream is not running"}"#
+        );
+    }
+
+    #[test]
+    fn clustered_healthz_checks_the_meta_group_then_each_stream_as_the_reference() {
+        let group = |stream: &str, has_leader: bool, current: bool| GroupHealth {
+            account: "$G".into(),
+            stream: stream.into(),
+            has_leader,
+            current,
+        };
+        let error = |groups: &[GroupHealth], q: &str| {
+            let (code, body) = healthz(true, true, Some(groups), HealthzQuery::parse(q));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (code, v["error"].as_str().unwrap_or("").to_string())
+        };
+        let meta = group("", true, true);
+        assert_eq!(
+            error(&[meta.clone(), group("S", true, true)], ""),
+            (200, "".into())
+        );
+        assert_eq!(
+            error(&[group("", false, false)], ""),
+            (
+                503,
+                "JetStream has not established contact with a meta leader".into()
+            )
+        );
+        assert_eq!(
+            error(&[group("", true, false)], ""),
+            (503, "JetStream is not current with the meta leader".into())
+        );
+        let catching_up = [
+            meta.clone(),
+            group("Z", true, false),
+            group("B", true, false),
+        ];
+        assert_eq!(
+            error(&catching_up, ""),
+            (503, "JetStream stream '$G > B' is not current".into())
+        );
+        // Narrower checks, as the reference's options.
+        assert_eq!(error(&catching_up, "js-server-only=true").0, 200);
+        assert_eq!(
+            error(&[group("", false, false)], "js-enabled-only=1").0,
+            200
+        );
+        // A node whose meta group stopped (its store lost) is not healthy.
+        assert_eq!(
+            error(&[group("S", true, true)], ""),
+            (503, "JetStream meta layer is not running".into())
         );
     }
 

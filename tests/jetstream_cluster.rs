@@ -1017,6 +1017,18 @@ async fn raft_logs_compact_what_every_replica_holds_and_restart_from_it() {
         async || all[held].jsz()["messages"].as_u64().unwrap_or(0) >= 9_000,
     )
     .await;
+    // The survivors are current (the leader, and a follower hearing it and applying
+    // what it commits) while the load goes on.
+    eventually(
+        "the survivors healthy",
+        Duration::from_secs(10),
+        async || {
+            all.iter()
+                .filter(|p| p.process.is_some())
+                .all(|p| common::http_get(p.monitor, "/healthz").0 == 200)
+        },
+    )
+    .await;
     // The follower lacks entries from ~2,000 on: no log compacts them meanwhile.
     for p in all.iter().filter(|p| p.process.is_some()) {
         let g = raftz_group(p).unwrap();
@@ -1048,6 +1060,11 @@ async fn raft_logs_compact_what_every_replica_holds_and_restart_from_it() {
             })
         },
     )
+    .await;
+    eventually("every node healthy", Duration::from_secs(10), async || {
+        all.iter()
+            .all(|p| common::http_get(p.monitor, "/healthz").0 == 200)
+    })
     .await;
     let (_, _, body) = common::http_get(all[held].monitor, "/metrics");
     let metrics = String::from_utf8_lossy(&body);
@@ -1137,6 +1154,13 @@ async fn a_node_whose_store_is_lost_is_replaced_from_a_copy_of_a_replica() {
     )
     .await;
     assert!(!all[2].log_text().contains("panicked"));
+    let (code, _, body) = common::http_get(all[2].monitor, "/healthz");
+    assert_eq!(code, 503);
+    assert!(
+        String::from_utf8_lossy(&body).contains("JetStream meta layer is not running"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     assert_ne!(all[2].jsz()["messages"].as_u64(), Some(TOTAL));
 
     // Replaced: n2 stopped, its store copied to n3, both started.
@@ -1176,6 +1200,12 @@ async fn a_node_whose_store_is_lost_is_replaced_from_a_copy_of_a_replica() {
         "the replaced node holds every message",
         Duration::from_secs(30),
         async || all[2].jsz()["messages"].as_u64() == Some(TOTAL + 100),
+    )
+    .await;
+    eventually(
+        "the replaced node healthy",
+        Duration::from_secs(10),
+        async || common::http_get(all[2].monitor, "/healthz").0 == 200,
     )
     .await;
     for p in all.iter_mut() {

@@ -833,6 +833,23 @@ fn an_r3_stream_over_the_mesh_survives_its_leader_cut_off() {
     assert_eq!(messages, 400);
     eprintln!("R3 over the mesh: leader {leader} cut off, acks resumed after {resumed:?} ({new_leader} leads)");
 
+    // Cut off, the old leader hears no leader: its health check says so (it steps
+    // down within an election timeout of the cut).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = monitor_get(&lab.node(cut).ns, "/healthz");
+        if health
+            .as_ref()
+            .is_some_and(|h| h["status"] == "unavailable")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leader} cut off says {health:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Healed: the old leader follows and holds every message.
     lab.link(cut, true);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -849,4 +866,12 @@ fn an_r3_stream_over_the_mesh_survives_its_leader_cut_off() {
     }
     let (after, _) = mesh_stream(&lab.node(cut).ns).expect("MESH on the healed node");
     assert_ne!(after, leader, "the healed node took the lead back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while monitor_get(&lab.node(cut).ns, "/healthz").is_none_or(|h| h["status"] != "ok") {
+        assert!(
+            Instant::now() < deadline,
+            "{leader} never healthy after the heal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
