@@ -158,6 +158,8 @@ enum GroupCmd {
     TransferLeader(String),
     /// The owner holds everything up to this index durably in its own store.
     Durable(u64),
+    /// The owner is deleted: the group stops here and its log goes from the store.
+    Remove,
 }
 
 /// raft-rs's own log lines, into ours: its warnings and errors as such, the rest
@@ -214,6 +216,12 @@ impl GroupHandle {
     /// own store (so the log may drop them once every voter holds them too).
     pub fn durable(&self, index: u64) {
         let _ = self.tx.try_send(GroupCmd::Durable(index));
+    }
+
+    /// The group's owner (its stream) is deleted on this node: the group stops and
+    /// its log and state are removed from the store.
+    pub fn remove(&self) {
+        let _ = self.tx.try_send(GroupCmd::Remove);
     }
 
     pub fn status(&self) -> Arc<GroupStatus> {
@@ -383,6 +391,7 @@ impl RaftHost {
             heard: HashMap::new(),
             stranded: Default::default(),
             stopped: false,
+            removed: false,
             leader_commit: (0, 0),
             owner_gone: false,
             marker: compacted.index,
@@ -437,6 +446,8 @@ struct Group {
     stranded: std::collections::HashSet<u64>,
     /// The group cannot go on here (this node lost its log, or raft-rs broke).
     stopped: bool,
+    /// Its owner was deleted: the log goes too.
+    removed: bool,
     /// The leader's commit index as its last entries said: (leader id, index).
     leader_commit: (u64, u64),
     owner_gone: bool,
@@ -469,10 +480,25 @@ impl Group {
                 break;
             }
         }
+        if self.removed {
+            // After every write of this log (persist is awaited; compactions were
+            // submitted before and a table's writes apply in order).
+            let group = self.group;
+            self.storage.submit(WriteBatch {
+                stream: self.log_name.clone(),
+                ops: vec![WriteOp::DeleteStream],
+                done: Box::new(move |r| {
+                    if let Err(e) = r {
+                        log::error!("raft group {group}: removing its log: {e}");
+                    }
+                }),
+            });
+        }
         log::debug!(
-            "raft group {} stopped (its owner gone: {})",
+            "raft group {} stopped (its owner gone: {}, removed: {})",
             self.group,
-            self.owner_gone
+            self.owner_gone,
+            self.removed
         );
     }
 
@@ -567,6 +593,10 @@ impl Group {
             GroupCmd::Durable(index) => {
                 self.durable = self.durable.max(index);
                 self.compact();
+            }
+            GroupCmd::Remove => {
+                self.stopped = true;
+                self.removed = true;
             }
         }
     }

@@ -348,6 +348,24 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// The Raft logs the store holds a state for (node start, and tests).
+    pub fn raft_logs(&self) -> Result<Vec<String>, StorageError> {
+        let tx = self.db.begin_read().map_err(|e| self.damaged(e))?;
+        let t = match tx.open_table(RAFT_STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.damaged(e)),
+        };
+        let mut logs = Vec::new();
+        for row in t.iter().map_err(|e| self.damaged(e))? {
+            let (k, _) = row.map_err(|e| self.damaged(e))?;
+            logs.push(k.value().to_string());
+        }
+        Ok(logs)
+    }
+}
+
 /// A Raft group's log as storage holds it.
 pub struct LoadedLog {
     pub state: Option<Vec<u8>>,
@@ -827,6 +845,9 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                     .map_err(|x| e(&x))?;
                 let mut applied = tx.open_table(APPLIED).map_err(|x| e(&x))?;
                 applied.remove(b.stream.as_str()).map_err(|x| e(&x))?;
+                // A Raft group's log goes the same way, with its state.
+                let mut state = tx.open_table(RAFT_STATE).map_err(|x| e(&x))?;
+                state.remove(b.stream.as_str()).map_err(|x| e(&x))?;
             }
             WriteOp::Remove(seq) => {
                 open(&mut msgs, tx, &msgs_name)?

@@ -1121,6 +1121,9 @@ impl StreamActor {
 
     async fn delete(&mut self) -> Result<(), ApiError> {
         self.unsubscribe().await;
+        if let Some(r) = &self.replica {
+            r.group.remove();
+        }
         self.usage.unregister(&self.own_usage);
         let mut out = Vec::new();
         let names: Vec<String> = self.stream.consumers().map(|c| c.name.clone()).collect();

@@ -1224,3 +1224,37 @@ async fn a_node_whose_store_is_lost_is_replaced_from_a_copy_of_a_replica() {
         );
     }
 }
+
+/// A deleted R3 stream takes its Raft log and state with it on every replica: the
+/// store holds the meta group's log only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_r3_stream_leaves_no_raft_log_behind() {
+    let mut all = peers("dellog");
+    let (js, _) = r3_cluster(&mut all, "gone", &[0]).await;
+    for i in 0..10 {
+        js.publish(format!("gone.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    js.delete_stream("gone").await.unwrap();
+    eventually(
+        "no stream group left",
+        Duration::from_secs(10),
+        async || all.iter().all(|p| raftz_group(p).is_none()),
+    )
+    .await;
+    for p in all.iter_mut() {
+        p.stop();
+    }
+    for p in &all {
+        use meshbroker::actors::storage::Storage;
+        let (store, closed) =
+            Storage::open(&p.dir.join("js"), meshbroker::config::AckAfter::Fsync).unwrap();
+        let logs = store.raft_logs().unwrap();
+        drop(store);
+        closed.wait(Duration::from_secs(10));
+        assert_eq!(logs, ["raft/0"], "{}", p.name);
+    }
+}
