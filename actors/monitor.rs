@@ -429,6 +429,7 @@ impl Monitor {
                 stream: label.stream.clone(),
                 has_leader: st.leader.is_some(),
                 current: st.is_current(now),
+                running: !st.broken,
             })
             .collect();
         Some(groups)

@@ -97,6 +97,8 @@ pub struct GroupStatus {
     /// This node applied everything the leader had committed when it last sent
     /// entries (a node catching up is behind it; the leader always is current).
     pub caught_up: bool,
+    /// The group stopped on this node (its store was lost, or raft-rs broke).
+    pub broken: bool,
 }
 
 impl GroupStatus {
@@ -104,6 +106,9 @@ impl GroupStatus {
     /// that heard from its leader within two of the reference's heartbeats (2 s) and
     /// is not catching up.
     pub fn is_current(&self, now: std::time::Instant) -> bool {
+        if self.broken {
+            return false;
+        }
         if self.is_leader {
             return true;
         }
@@ -415,7 +420,10 @@ impl RaftHost {
         let _ = tx.try_send(GroupCmd::Tick);
         let groups = self.groups.clone();
         ctx.spawner.spawn_detached(async move {
-            actor.run(rx).await;
+            // A group that broke stays listed (its status says so) for `/healthz`.
+            if actor.run(rx).await {
+                return;
+            }
             groups.rcu(|map| {
                 let mut map = HashMap::clone(map);
                 map.remove(&group);
@@ -466,7 +474,9 @@ impl Group {
         }
     }
 
-    async fn run(mut self, rx: async_channel::Receiver<GroupCmd>) {
+    /// Runs the group until it stops; `true` when it broke (rather than its owner
+    /// going or being deleted).
+    async fn run(mut self, rx: async_channel::Receiver<GroupCmd>) -> bool {
         while let Ok(first) = rx.recv().await {
             self.handle(first);
             // Everything queued meanwhile, then one Ready cycle for all of it.
@@ -500,6 +510,14 @@ impl Group {
             self.owner_gone,
             self.removed
         );
+        let broke = self.stopped && !self.removed;
+        if broke {
+            let mut status = GroupStatus::clone(&self.status.load());
+            status.broken = true;
+            status.is_leader = false;
+            self.status.store(Arc::new(status));
+        }
+        broke
     }
 
     fn handle(&mut self, cmd: GroupCmd) {
@@ -873,6 +891,7 @@ impl Group {
             caught_up: is_leader
                 || self.leader_commit.0 != raft.leader_id
                 || raft.raft_log.applied >= self.leader_commit.1,
+            broken: false,
         }));
     }
 }

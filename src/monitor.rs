@@ -1002,6 +1002,8 @@ pub struct GroupHealth {
     pub has_leader: bool,
     /// The leader, or a follower that heard from it lately and is not catching up.
     pub current: bool,
+    /// Not stopped on this node (its store was lost, or it broke).
+    pub running: bool,
 }
 
 /// What `/healthz` answers: (HTTP status, body).
@@ -1042,6 +1044,9 @@ pub fn healthz(
     match groups.iter().find(|g| g.stream.is_empty()) {
         // Stopped on this node (its store was lost).
         None => return unavailable("JetStream meta layer is not running".into()),
+        Some(meta) if !meta.running => {
+            return unavailable("JetStream meta layer is not running".into())
+        }
         Some(meta) if !meta.has_leader => {
             return unavailable("JetStream has not established contact with a meta leader".into())
         }
@@ -1527,6 +1532,7 @@ mod tests {
             stream: stream.into(),
             has_leader,
             current,
+            running: true,
         };
         let error = |groups: &[GroupHealth], q: &str| {
             let (code, body) = healthz(true, true, Some(groups), HealthzQuery::parse(q));
@@ -1567,6 +1573,12 @@ mod tests {
         // A node whose meta group stopped (its store lost) is not healthy.
         assert_eq!(
             error(&[group("S", true, true)], ""),
+            (503, "JetStream meta layer is not running".into())
+        );
+        let mut stopped = group("", true, false);
+        stopped.running = false;
+        assert_eq!(
+            error(&[stopped], ""),
             (503, "JetStream meta layer is not running".into())
         );
     }
