@@ -527,11 +527,10 @@ impl Group {
             }
             GroupCmd::Step(m) => {
                 // Only the group's voters speak in it.
-                if !self.names.contains_key(&m.from) {
+                let Some(name) = self.names.get(&m.from) else {
                     return;
-                }
+                };
                 self.heard.insert(m.from, runtime::now());
-                let name = self.names.get(&m.from).cloned().unwrap_or_default();
                 // A heartbeat commits no further than the leader knows this node holds:
                 // past this log's end, this node lost entries it acknowledged (its
                 // store was lost or replaced by an older one). It must not vote or
@@ -570,6 +569,7 @@ impl Group {
                     }
                     Ok(Err(e)) => log::debug!("raft group {}: step: {e}", self.group),
                     Err(_) => {
+                        let name = self.names.get(&from).map_or("?", String::as_str);
                         log::error!(
                             "raft group {}: a message from {name} broke raft's invariants; \
                              the group stops on this node",

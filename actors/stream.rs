@@ -817,7 +817,8 @@ impl StreamActor {
         Some(api::ClusterInfo {
             name: Some(r.cluster.clone()),
             raft_group: Some(r.raft_group.clone()),
-            leader_since: (status.leader_since > 0 && !leader.is_empty())
+            // As the reference: only the group's leader says since when it leads.
+            leader_since: (r.leading && status.leader_since > 0 && !leader.is_empty())
                 .then(|| api::format_time(status.leader_since)),
             leader,
             replicas: replicas(&status, &self.leader),

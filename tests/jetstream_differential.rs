@@ -506,10 +506,12 @@ fn mask_cluster(reply: &mut Reply) {
         match v {
             Value::Object(map) => {
                 if let Some(Value::Object(cluster)) = map.get_mut("cluster") {
-                    for key in ["raft_group", "leader_since"] {
-                        if let Some(x) = cluster.get_mut(key) {
-                            *x = Value::String(format!("<{key}>"));
-                        }
+                    // Present when the node answering leads the stream's group: an
+                    // identical re-create is answered by the meta leader there, which
+                    // may or may not be the stream's leader.
+                    cluster.remove("leader_since");
+                    if let Some(x) = cluster.get_mut("raft_group") {
+                        *x = Value::String("<raft_group>".into());
                     }
                     if let Some(Value::Array(replicas)) = cluster.get_mut("replicas") {
                         // Whether a replica has caught up right after a write is a
