@@ -157,6 +157,7 @@ fn drive_api(s: &mut stream::Stream, arg: u8, now: i64) {
         body: body.as_bytes(),
         reply: Some("_INBOX.f"),
         subject: full.as_bytes(),
+        cluster: None,
     };
     let mut out = Vec::new();
     let mut n = 0u32;

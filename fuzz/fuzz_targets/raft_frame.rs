@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, data);
     }
     if let Ok(s) = GroupState::decode(data) {
-        assert_eq!(s.encode(), data);
+        // A state stored before compaction existed reads as never compacted and is
+        // written in today's form: the value survives the trip, not the bytes.
+        assert_eq!(GroupState::decode(&s.encode()).as_ref(), Ok(&s));
     }
 });
