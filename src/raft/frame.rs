@@ -53,6 +53,8 @@ pub enum FrameError {
     MessageType(u8),
     #[error("raft entry has unknown type {0}")]
     EntryType(u8),
+    #[error("raft frame has {0} where a flag (0 or 1) belongs")]
+    Flag(u8),
     #[error("raft frame declares {0} items, more than a frame may hold")]
     TooMany(usize),
     #[error("raft frame has {0} bytes after its end")]
@@ -222,7 +224,7 @@ pub fn decode(frame: &[u8]) -> Result<GroupMessage, FrameError> {
         commit: r.u64()?,
         commit_term: r.u64()?,
         request_snapshot: r.u64()?,
-        reject: r.u8()? != 0,
+        reject: r.flag()?,
         reject_hint: r.u64()?,
         deprecated_priority: r.u64()?,
         priority: r.u64()? as i64,
@@ -235,7 +237,7 @@ pub fn decode(frame: &[u8]) -> Result<GroupMessage, FrameError> {
         entries.push(r.entry()?);
     }
     m.entries = entries.into();
-    if r.u8()? != 0 {
+    if r.flag()? {
         let index = r.u64()?;
         let term = r.u64()?;
         let conf_state = ConfState {
@@ -243,7 +245,7 @@ pub fn decode(frame: &[u8]) -> Result<GroupMessage, FrameError> {
             learners: r.ids()?,
             voters_outgoing: r.ids()?,
             learners_next: r.ids()?,
-            auto_leave: r.u8()? != 0,
+            auto_leave: r.flag()?,
             ..ConfState::default()
         };
         let data = r.bytes()?;
@@ -290,6 +292,16 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Result<u8, FrameError> {
         Ok(self.take(1)?[0])
+    }
+
+    /// A flag is 0 or 1: any other byte would decode to a value that re-encodes
+    /// differently, so a frame's bytes would not be what it says.
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(FrameError::Flag(other)),
+        }
     }
 
     fn u32(&mut self) -> Result<u32, FrameError> {
@@ -341,7 +353,7 @@ impl<'a> Reader<'a> {
             entry_type,
             term,
             index,
-            sync_log: b.u8()? != 0,
+            sync_log: b.flag()?,
             data: b.bytes()?,
             context: b.bytes()?,
             ..Entry::default()
@@ -361,6 +373,17 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `raft_frame` fuzz target: an entry whose `sync_log` byte was 143
+    /// (with a checksum to match) decoded as `true` and re-encoded as 1.
+    #[test]
+    fn a_flag_byte_other_than_0_or_1_is_refused() {
+        let data: &[u8] = &[
+            26, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 16, 38, 0, 0, 0, 0, 52, 90, 83, 143, 0, 0, 0, 0,
+            0, 0, 0, 0, 133, 171, 196, 91,
+        ];
+        assert_eq!(decode_entry(data).err(), Some(FrameError::Flag(143)));
+    }
 
     fn entry(index: u64, data: &'static [u8]) -> Entry {
         Entry {
