@@ -416,9 +416,9 @@ fn run_all(addr: SocketAddr, steps: &[Step]) -> Vec<Reply> {
         .collect()
 }
 
-/// The steps whose replies differ, side by side.
-fn differences(steps: &[Step], theirs: &[Reply], ours: &[Reply]) -> Vec<String> {
-    steps
+/// Fails naming every step whose replies differ, side by side.
+fn assert_same(steps: &[Step], theirs: &[Reply], ours: &[Reply]) {
+    let failures: Vec<String> = steps
         .iter()
         .zip(theirs.iter().zip(ours))
         .enumerate()
@@ -429,7 +429,14 @@ fn differences(steps: &[Step], theirs: &[Reply], ours: &[Reply]) -> Vec<String> 
                 s.subject, s.headers, s.body
             )
         })
-        .collect()
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} steps differ:\n{}",
+        failures.len(),
+        steps.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -443,14 +450,7 @@ fn api_replies_match_the_reference() {
     let steps = steps();
     let theirs = run_all(reference_addr, &steps);
     let ours = run_all(node.client_addr(), &steps);
-    let failures = differences(&steps, &theirs, &ours);
-    assert!(
-        failures.is_empty(),
-        "{} of {} steps differ:\n{}",
-        failures.len(),
-        steps.len(),
-        failures.join("\n")
-    );
+    assert_same(&steps, &theirs, &ours);
 }
 
 /// Requests on a replicated stream, for a three-node cluster of each.
@@ -554,12 +554,5 @@ fn r3_api_replies_match_a_reference_cluster() {
         .iter_mut()
         .chain(ours.iter_mut())
         .for_each(mask_cluster);
-    let failures = differences(&steps, &theirs, &ours);
-    assert!(
-        failures.is_empty(),
-        "{} of {} steps differ:\n{}",
-        failures.len(),
-        steps.len(),
-        failures.join("\n")
-    );
+    assert_same(&steps, &theirs, &ours);
 }
