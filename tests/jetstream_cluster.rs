@@ -257,13 +257,7 @@ impl Load {
 /// subject, payload). Read from the redb file itself, so each replica is seen as it
 /// is on disk, not through a leader.
 fn stored(peer: &Peer, stream: &str) -> Vec<(u64, String, Vec<u8>)> {
-    use meshbroker::actors::storage::Storage;
-    let (store, closed) =
-        Storage::open(&peer.dir.join("js"), meshbroker::config::AckAfter::Fsync).unwrap();
-    let all = store.load_all().unwrap();
-    // The file is free again for the node once the store's threads are gone.
-    drop(store);
-    closed.wait(Duration::from_secs(10));
+    let all = with_store(peer, |store| store.load_all().unwrap());
     let Some(s) = all.into_iter().find(|s| s.record.config.name == stream) else {
         return Vec::new();
     };
@@ -274,6 +268,20 @@ fn stored(peer: &Peer, stream: &str) -> Vec<(u64, String, Vec<u8>)> {
             (seq, m.subject, payload)
         })
         .collect()
+}
+
+/// Reads a stopped node's store with `read`, then closes it (the file is free again
+/// for the node once the store's threads are gone).
+fn with_store<T>(peer: &Peer, read: impl FnOnce(&meshbroker::actors::storage::Storage) -> T) -> T {
+    let (store, closed) = meshbroker::actors::storage::Storage::open(
+        &peer.dir.join("js"),
+        meshbroker::config::AckAfter::Fsync,
+    )
+    .unwrap();
+    let value = read(&store);
+    drop(store);
+    closed.wait(Duration::from_secs(10));
+    value
 }
 
 /// Every message `0..total` once in `messages`, by payload.
@@ -1011,25 +1019,12 @@ async fn raft_logs_compact_what_every_replica_holds_and_restart_from_it() {
     .await;
     all[away].kill9();
     // What the follower's log holds now that it is down: no log may compact past it.
-    let away_holds = {
-        use meshbroker::actors::storage::Storage;
-        let (store, closed) = Storage::open(
-            &all[away].dir.join("js"),
-            meshbroker::config::AckAfter::Fsync,
-        )
-        .unwrap();
+    let away_holds = with_store(&all[away], |store| {
         let logs = store.raft_logs().unwrap();
         let log = logs.iter().find(|l| *l != "raft/0").unwrap();
-        let last = store
-            .load_raft_log(log)
-            .unwrap()
-            .entries
-            .last()
-            .map_or(0, |e| e.0);
-        drop(store);
-        closed.wait(Duration::from_secs(10));
-        last
-    };
+        let entries = store.load_raft_log(log).unwrap().entries;
+        entries.last().map_or(0, |e| e.0)
+    });
     let held = all.iter().position(|p| p.name == leader).unwrap();
     eventually(
         "publishes go on without the follower",
@@ -1272,12 +1267,7 @@ async fn a_deleted_r3_stream_leaves_no_raft_log_behind() {
         p.stop();
     }
     for p in &all {
-        use meshbroker::actors::storage::Storage;
-        let (store, closed) =
-            Storage::open(&p.dir.join("js"), meshbroker::config::AckAfter::Fsync).unwrap();
-        let logs = store.raft_logs().unwrap();
-        drop(store);
-        closed.wait(Duration::from_secs(10));
+        let logs = with_store(p, |store| store.raft_logs().unwrap());
         assert_eq!(logs, ["raft/0"], "{}", p.name);
     }
 }
