@@ -379,7 +379,20 @@ impl Client {
             opts.lang.as_deref().unwrap_or(""),
             opts.version.as_deref().unwrap_or("")
         );
-        let result = self.check_credentials(opts, "").await;
+        let mut result = self.check_credentials(opts, "").await;
+        if let Ok(grant) = &result {
+            match self.ctx.account(&grant.account) {
+                Some(account) => self.account = account.clone(),
+                None => {
+                    log::error!(
+                        "{} - authentication error - account {:?} does not exist",
+                        self.who,
+                        grant.account
+                    );
+                    result = Err(AuthError::NoCredentials);
+                }
+            }
+        }
         for r in self.conn.authenticated(result)?.iter() {
             self.reply(r);
         }
@@ -431,7 +444,16 @@ impl Client {
         let Some(opts) = self.conn.reauthorize(self.ctx.auth()) else {
             return Ok(());
         };
-        let result = self.check_credentials(opts, " after reload").await;
+        let mut result = self.check_credentials(opts, " after reload").await;
+        if result
+            .as_ref()
+            .is_ok_and(|g| *g.account != *self.account.name)
+        {
+            // Its subscriptions live in the old account's index: a user moved to
+            // another account connects again.
+            log::info!("{} - user moved to another account by the reload", self.who);
+            result = Err(AuthError::NoCredentials);
+        }
         let done = self.conn.reauthorized(result)?;
         for (sid, text) in done.removed {
             log::info!("{} - removed subscription: {text}", self.who);

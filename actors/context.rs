@@ -110,8 +110,14 @@ pub struct ServerContext {
     pub server_id: String,
     pub server_name: String,
     pub client_addr: SocketAddr,
-    /// The global account `$G`, where every connection lives until auth exists.
+    /// The global account `$G`: every connection's when no accounts are configured,
+    /// and that of users in `[authorization]`.
     pub global: Arc<Account>,
+    /// Every account by name (`$G` and the system account included); fixed while the
+    /// node runs.
+    pub accounts: std::collections::HashMap<String, Arc<Account>>,
+    /// The system account's name.
+    pub system_account: String,
     pub next_client_id: AtomicU64,
     pub stats: Stats,
     pub spawner: Spawner,
@@ -227,6 +233,16 @@ impl ServerContext {
     /// The WebSocket listener's setup as configured now.
     pub fn websocket(&self) -> Option<Arc<WsSetup>> {
         self.websocket.load_full()
+    }
+
+    /// The account named `name`, if this node has it.
+    pub fn account(&self, name: &str) -> Option<&Arc<Account>> {
+        self.accounts.get(name)
+    }
+
+    /// Entries in every account's subject index.
+    pub fn subscriptions(&self) -> u64 {
+        self.accounts.values().map(|a| a.index().len() as u64).sum()
     }
 
     /// The INFO a client sees.

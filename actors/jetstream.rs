@@ -1097,3 +1097,33 @@ enum Handled {
     Error(ApiError),
     NoResponders,
 }
+
+/// Answers `$JS.API.>` in an account without JetStream as the reference does: each
+/// request gets its response type with `503 10039 "JetStream not enabled for account"`.
+pub fn serve_disabled(account: Arc<Account>, spawner: &Spawner) {
+    let (tx, rx) = async_channel::unbounded::<InternalMsg>();
+    let sub = Subscription::internal(
+        "$JS.API.>",
+        None,
+        InternalSink {
+            tag: 0,
+            mailbox: tx,
+        },
+    );
+    account.send(vec![SubChange::Add(Arc::new(sub))]);
+    spawner.spawn_detached(async move {
+        let mut publisher = Publisher::default();
+        while let Ok(msg) = rx.recv().await {
+            let (Ok(subject), Some(reply)) = (std::str::from_utf8(&msg.subject), &msg.reply) else {
+                continue;
+            };
+            let Some(req) = request::parse(subject) else {
+                continue;
+            };
+            let body =
+                api::error_response(req.response_type(), &ApiError::not_enabled_for_account());
+            publisher.send(&account, reply, None, None, &body);
+            publisher.flush();
+        }
+    });
+}

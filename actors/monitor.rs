@@ -259,11 +259,12 @@ impl Monitor {
             }
             "/accountz" => {
                 let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
-                reply(
-                    StatusCode::OK,
-                    JSON,
-                    monitor::accountz(&self.ctx.server_id, &now),
-                )
+                reply(StatusCode::OK, JSON, {
+                    let mut names: Vec<&str> =
+                        self.ctx.accounts.keys().map(String::as_str).collect();
+                    names.sort_by_key(|n| (*n != "$G", *n));
+                    monitor::accountz(&self.ctx.server_id, &now, &self.ctx.system_account, &names)
+                })
             }
             "/subsz" => {
                 // The same paging and `subs` parameters as /connz.
@@ -282,7 +283,7 @@ impl Monitor {
                 let body = monitor::subsz(
                     &self.ctx.server_id,
                     &now,
-                    self.ctx.global.index().len() as u64,
+                    self.ctx.subscriptions(),
                     subs,
                     q.offset,
                     q.limit,
@@ -407,7 +408,7 @@ impl Monitor {
             },
             connections: s.connections.load(Ordering::Relaxed),
             total_connections: s.total_connections.load(Ordering::Relaxed),
-            subscriptions: self.ctx.global.index().len() as u64,
+            subscriptions: self.ctx.subscriptions(),
             in_msgs: s.in_msgs.load(Ordering::Relaxed),
             in_bytes: s.in_bytes.load(Ordering::Relaxed),
             out_msgs: s.out_msgs.load(Ordering::Relaxed),

@@ -5,6 +5,7 @@
 //! gives the client URL and stops the node at once ([`Node::shutdown`]) or gracefully
 //! ([`Node::lame_duck`]). The `meshbroker` binary is a thin shell around this.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use std::sync::Arc;
 use super::context::{listener_tls, ServerContext, Stats, TlsSetup, WsSetup};
 use super::listener::{self, Command};
 use super::monitor::Planes;
-use super::router::Account;
+use super::router::{install_imports, Account};
 use super::runtime::{self, Runtime, Task};
 use super::subscription::Peers;
+use crate::auth::accounts::GLOBAL_ACCOUNT;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::COMPAT_VERSION;
@@ -53,7 +55,8 @@ pub enum NodeError {
 /// Builds the authenticator (the config was validated: this only fails on a bug) and
 /// warns where the setup is weak.
 fn compile_auth(config: &Config) -> Result<Authenticator, NodeError> {
-    let auth = Authenticator::new(&config.authorization, config.auth_timeout())
+    let auth = config
+        .authenticator()
         .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
     if auth.has_plain_passwords() {
         log::warn!(
@@ -118,7 +121,26 @@ impl Node {
         let rt = Runtime::start(runtime::threads_for(config.threads), "meshbroker")
             .map_err(NodeError::Runtime)?;
         let spawner = rt.spawner();
-        let global = Account::start("$G", &spawner);
+        let plan = config
+            .account_plan()
+            .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
+        let accounts: HashMap<String, Arc<Account>> = plan
+            .accounts
+            .iter()
+            .map(|a| (a.name.clone(), Account::start(&a.name, &spawner)))
+            .collect();
+        let global = accounts
+            .get(GLOBAL_ACCOUNT)
+            .cloned()
+            .unwrap_or_else(|| Account::start(GLOBAL_ACCOUNT, &spawner));
+        let mut secret = [0u8; 32];
+        if getrandom::fill(&mut secret).is_err() {
+            fastrand::fill(&mut secret);
+        }
+        let node_tag: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(6)
+            .collect();
+        install_imports(&plan, &accounts, &node_tag, &secret);
         let auth = compile_auth(&config)?;
         let tls = TlsSetup::load(&config).map_err(NodeError::Config)?;
         let ws = WsSetup::load(&config).map_err(NodeError::Config)?;
@@ -138,6 +160,8 @@ impl Node {
             server_name,
             client_addr,
             global,
+            accounts,
+            system_account: plan.system_account.clone(),
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
             spawner: spawner.clone(),
@@ -146,11 +170,29 @@ impl Node {
         });
         let mut store_closed = None;
         let mut js_view = None;
+        let js_account = plan
+            .jetstream_account()
+            .and_then(|name| ctx.account(name))
+            .cloned();
         if ctx.config().jetstream.enabled {
+            // Every other account answers its JetStream requests as not enabled.
+            for spec in &plan.accounts {
+                let enabled = js_account.as_ref().is_some_and(|a| a.name == spec.name);
+                if !enabled && spec.name != plan.system_account {
+                    if let Some(account) = ctx.account(&spec.name) {
+                        super::jetstream::serve_disabled(account.clone(), &spawner);
+                    }
+                }
+            }
+            if js_account.is_none() {
+                log::warn!("[jetstream] is enabled but no account has `jetstream = true`: no account can use it");
+            }
+        }
+        if let (true, Some(js_account)) = (ctx.config().jetstream.enabled, js_account) {
             let started = runtime::block_on(super::jetstream::start(
                 &ctx,
                 &ctx.config().jetstream,
-                ctx.global.clone(),
+                js_account,
                 spawner.clone(),
                 ctx.server_name.clone(),
             ))
@@ -305,6 +347,10 @@ impl Node {
             ),
             ("cluster", old.cluster == new.cluster),
             ("mesh", old.mesh == new.mesh),
+            // Users may come and go; the accounts, their imports, exports and JetStream
+            // are wired into the routers at start.
+            ("accounts", old.account_shape() == new.account_shape()),
+            ("system_account", old.system_account == new.system_account),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(NodeError::Config(format!(

@@ -19,8 +19,10 @@ use super::context::Stats;
 use super::outbound::{FlushSet, PushError};
 use super::router::{Account, Index};
 use super::runtime;
+use super::subscription::{AccountIndex, ImportKind, ImportLink};
 use super::subscription::{Control, InternalMsg, Message, RouteShared, Subscription, Target};
 use crate::jetstream::advisory::Advisory;
+use crate::jetstream::headers;
 use crate::proto::{encode, WireError};
 use crate::subject;
 use crate::subject_index::MatchResult;
@@ -42,8 +44,9 @@ pub fn deliver(sub: &Arc<Subscription>, msg: &Message<'_>, flush: &mut FlushSet)
     }
     let client = match &sub.target {
         Target::Client(client) => client,
-        // Routes are collected by the publisher and sent one RMSG each.
-        Target::Route(_) => return false,
+        // Routes are collected by the publisher and sent one RMSG each; imports are
+        // published in their account once this account's delivery is done.
+        Target::Route(_) | Target::Import(_) => return false,
         Target::Internal(sink) => {
             return sink
                 .mailbox
@@ -148,6 +151,8 @@ pub struct Publisher {
     routes: Vec<Arc<RouteShared>>,
     /// Queue groups picked on a route: (index in `routes`, index of the group).
     route_queues: Vec<(usize, usize)>,
+    /// How many imports deep the current delivery is.
+    import_depth: u8,
 }
 
 /// Where a message being delivered came from.
@@ -159,7 +164,14 @@ pub enum Origin<'a> {
     /// Another node, over a route: it goes to local subscribers only (never to a
     /// route again), and to one local member of each queue group the sender named.
     Route { queues: &'a [u8] },
+    /// A stream import: to local subscribers only (every node imports for its own), one
+    /// local member of each queue group.
+    Imported,
 }
+
+/// How many imports deep a message may travel (accounts importing from each other in
+/// a circle would otherwise pass it round forever).
+const MAX_IMPORT_DEPTH: u8 = 4;
 
 impl Publisher {
     /// Delivers `msg` to every matching subscription of `account` (one member per
@@ -202,22 +214,34 @@ impl Publisher {
 
     fn deliver_all(
         &mut self,
-        account: &Account,
+        account: &AccountIndex,
         to: &[u8],
         msg: &Message<'_>,
         origin: Origin<'_>,
     ) -> Reach {
+        // An import's account has its own index: the cache holds one account's.
         let index = account.index();
-        let result = self.cache.get(&index, to);
+        let result = if self.import_depth == 0 {
+            self.cache.get(&index, to)
+        } else {
+            Arc::new(index.matches(to))
+        };
         let (skip, from_route) = match origin {
             Origin::Local { id, echo } => ((!echo).then_some(id), false),
-            Origin::Route { .. } => (None, true),
+            Origin::Route { .. } | Origin::Imported => (None, true),
         };
         let mut delivered = 0u64;
+        let mut imports: Vec<Arc<ImportLink>> = Vec::new();
         for sub in &result.plain {
             if let Target::Route(route) = &sub.target {
                 if !from_route && !sub.is_closed() {
                     self.route_index(route);
+                }
+                continue;
+            }
+            if let Target::Import(link) = &sub.target {
+                if !sub.is_closed() {
+                    imports.push(link.clone());
                 }
                 continue;
             }
@@ -275,9 +299,93 @@ impl Publisher {
                 delivered += self.send_to_routes(account, &routed, &result);
             }
         }
+        let mut no_interest = result.is_empty();
+        if !imports.is_empty() && self.import_depth < MAX_IMPORT_DEPTH {
+            let only_imports = result.queues.is_empty()
+                && result
+                    .plain
+                    .iter()
+                    .all(|s| matches!(s.target, Target::Import(_)));
+            let mut reached = false;
+            self.import_depth += 1;
+            for link in imports {
+                if let Some(r) = self.import(&link, to, msg) {
+                    delivered += r.delivered;
+                    reached |= !r.no_interest;
+                }
+            }
+            self.import_depth -= 1;
+            no_interest |= only_imports && !reached;
+        }
         Reach {
             delivered,
-            no_interest: result.is_empty(),
+            no_interest,
+        }
+    }
+
+    /// Carries a message matched on `to` through an import into its other account.
+    fn import(&mut self, link: &ImportLink, to: &[u8], msg: &Message<'_>) -> Option<Reach> {
+        let mapped = |t: &Option<crate::subject_transform::SubjectTransform>| -> Option<Vec<u8>> {
+            match t {
+                None => Some(to.to_vec()),
+                Some(t) => t
+                    .apply(std::str::from_utf8(to).ok()?)
+                    .map(String::into_bytes),
+            }
+        };
+        match &link.kind {
+            ImportKind::Stream { to: transform } => {
+                let subject = mapped(transform)?;
+                let m = Message {
+                    subject: &subject,
+                    ..*msg
+                };
+                Some(self.deliver_all(&link.into, &subject, &m, Origin::Imported))
+            }
+            ImportKind::Service {
+                transform,
+                replies,
+                importer,
+            } => {
+                let subject = mapped(transform)?;
+                let reply = msg.reply.map(|r| replies.map(r));
+                // The exporter learns which account asked, as from the reference.
+                let info = format!(
+                    "{{\"acc\":{},\"rtt\":0}}",
+                    serde_json::Value::from(importer.as_str())
+                );
+                let block = msg
+                    .headers
+                    .and_then(|h| msg.data.get(..h))
+                    .unwrap_or_default();
+                let payload = msg.data.get(msg.headers.unwrap_or(0)..).unwrap_or_default();
+                let mut data = headers::HeaderBuilder::extend(block)
+                    .add("Nats-Request-Info", &info)
+                    .finish();
+                let headers = data.len();
+                data.extend_from_slice(payload);
+                let m = Message {
+                    subject: &subject,
+                    reply: reply.as_deref(),
+                    headers: Some(headers),
+                    data: &data,
+                    from: msg.from,
+                };
+                Some(self.deliver_all(
+                    &link.into,
+                    &subject,
+                    &m,
+                    Origin::Local { id: 0, echo: true },
+                ))
+            }
+            ImportKind::Response { replies } => {
+                let reply = replies.accept(to)?;
+                let m = Message {
+                    subject: reply,
+                    ..*msg
+                };
+                Some(self.deliver_all(&link.into, reply, &m, Origin::Local { id: 0, echo: true }))
+            }
         }
     }
 
@@ -295,7 +403,7 @@ impl Publisher {
     /// One RMSG per route reached, naming the queue groups picked there.
     fn send_to_routes(
         &mut self,
-        account: &Account,
+        account: &AccountIndex,
         msg: &Message<'_>,
         result: &MatchResult<Arc<Subscription>>,
     ) -> u64 {

@@ -24,7 +24,7 @@ use super::context::{short_id, ServerContext};
 use super::outbound::{drain, Wake};
 use super::publish::Publisher;
 use super::readbuf::ReadBuf;
-use super::router::SubChange;
+use super::router::{Account, SubChange};
 use super::runtime::{self, TcpStream};
 use super::subscription::{
     InterestKey, Message, RouteControl, RouteShared, Subscription, RAFT_ACCOUNT,
@@ -275,8 +275,9 @@ pub async fn serve(
             }
         })
     };
-    ctx.global
-        .send(vec![SubChange::AttachRoute(shared.clone())]);
+    for account in ctx.accounts.values() {
+        account.send(vec![SubChange::AttachRoute(shared.clone())]);
+    }
     let mut route = Route {
         ctx: ctx.clone(),
         shared: shared.clone(),
@@ -287,7 +288,7 @@ pub async fn serve(
         publisher: Publisher::default(),
         pings_out: 0,
         pongs_due: 0,
-        unsynced: false,
+        unsynced: Vec::new(),
         last_in: runtime::now(),
     };
     let reason = route.run(reader, rbuf, parser, control_rx).await;
@@ -305,23 +306,28 @@ pub async fn serve(
     );
     RouteEnd::Closed { server_id, reason }
 }
+/// What the other node announced in one account: the account, and the entry in its
+/// index.
+type AnnouncedSub = (Arc<Account>, Arc<Subscription>);
+
 /// An established route.
 struct Route {
     ctx: Arc<ServerContext>,
     shared: Arc<RouteShared>,
     remote: Box<RouteInfo>,
     cluster: RouteLink,
-    /// What the other node announced: (subject, queue) → its entry in the index.
-    interest: HashMap<InterestKey, Arc<Subscription>>,
-    /// Index changes gathered during one read batch.
-    changes: Vec<SubChange>,
+    /// What the other node announced: (account, subject, queue) → the account and its
+    /// entry in the account's index.
+    interest: HashMap<(Box<[u8]>, InterestKey), AnnouncedSub>,
+    /// Index changes gathered during one read batch, by account.
+    changes: Vec<(Arc<Account>, Vec<SubChange>)>,
     publisher: Publisher,
     pings_out: u32,
     /// PINGs read in this batch: answered once the batch's interest is in the index
     /// (so a PONG means what came before it is in effect, as with the reference).
     pongs_due: u32,
-    /// Interest changes were sent to the router without waiting for them.
-    unsynced: bool,
+    /// Accounts whose routers were sent interest changes without waiting for them.
+    unsynced: Vec<Arc<Account>>,
     last_in: std::time::Instant,
 }
 
@@ -411,19 +417,45 @@ impl Route {
         parser: &RouteParser,
     ) -> Result<(), String> {
         while self.process(rbuf, parser)? == Processed::NeedSync {
-            let changes = std::mem::take(&mut self.changes);
-            self.ctx.global.apply(changes).await;
-            self.unsynced = false;
+            self.sync().await;
         }
         Ok(())
+    }
+
+    /// A change to `account`'s index, sent at the end of the batch.
+    fn change(&mut self, account: &Arc<Account>, change: SubChange) {
+        match self
+            .changes
+            .iter_mut()
+            .find(|(a, _)| Arc::ptr_eq(a, account))
+        {
+            Some((_, changes)) => changes.push(change),
+            None => self.changes.push((account.clone(), vec![change])),
+        }
+    }
+
+    /// Has interest been read that publishers may not see yet?
+    fn unsynced(&self) -> bool {
+        !self.changes.is_empty() || !self.unsynced.is_empty()
+    }
+
+    /// Makes every interest change read so far visible to publishers.
+    async fn sync(&mut self) {
+        // The router never waits on a route: awaiting it here cannot deadlock.
+        for (account, changes) in std::mem::take(&mut self.changes) {
+            account.apply(changes).await;
+            self.unsynced.retain(|a| !Arc::ptr_eq(a, &account));
+        }
+        for account in std::mem::take(&mut self.unsynced) {
+            account.apply(Vec::new()).await;
+        }
     }
 
     fn process(&mut self, rbuf: &mut ReadBuf, parser: &RouteParser) -> Result<Processed, String> {
         loop {
             match parser.parse(rbuf.data()) {
                 Ok(Parsed::Op(op, n)) => {
-                    if matches!(op, RouteOp::Msg(_)) && (self.unsynced || !self.changes.is_empty())
-                    {
+                    if matches!(op, RouteOp::Msg(_)) && self.unsynced() {
                         return Ok(Processed::NeedSync);
                     }
                     let result = self.handle(op);
@@ -446,7 +478,6 @@ impl Route {
     }
 
     fn handle(&mut self, op: RouteOp<'_>) -> Result<(), String> {
-        let account = &self.ctx.global;
         match op {
             RouteOp::Msg(m) => {
                 self.shared.stats.in_msgs.fetch_add(1, Ordering::Relaxed);
@@ -454,12 +485,12 @@ impl Route {
                     .stats
                     .in_bytes
                     .fetch_add(m.data.len() as u64, Ordering::Relaxed);
-                if m.account != account.name.as_bytes() {
+                let Some(account) = account_named(&self.ctx, m.account) else {
                     if m.account == RAFT_ACCOUNT {
                         self.ctx.peers.raft_frame(m.data);
                     }
                     return Ok(());
-                }
+                };
                 if let Some(d) = crate::proto::route::unwrap_delivery(m.headers, m.data) {
                     // A consumer's delivery made on the other node (see `wrap_delivery`).
                     let msg = Message {
@@ -487,22 +518,28 @@ impl Route {
                 subject,
                 queue,
             } => {
-                if acc != account.name.as_bytes() || !crate::subject::is_valid_subject(subject) {
+                let account = account_named(&self.ctx, acc).cloned();
+                let (Some(account), true) = (account, crate::subject::is_valid_subject(subject))
+                else {
                     log::debug!(
                         "route {}: interest in {:?} ignored (unknown account or invalid subject)",
                         self.shared.id,
                         String::from_utf8_lossy(subject)
                     );
                     return Ok(());
-                }
-                let key = (Box::<[u8]>::from(subject), queue.map(|(q, _)| q.into()));
+                };
+                let key = (
+                    Box::<[u8]>::from(acc),
+                    (Box::<[u8]>::from(subject), queue.map(|(q, _)| q.into())),
+                );
                 let weight = queue.map_or(1, |(_, w)| w.clamp(1, MAX_QUEUE_WEIGHT));
-                if let Some(old) = self.interest.get(&key) {
+                if let Some((_, old)) = self.interest.get(&key) {
                     if old.queue.is_none() || old.weight == weight {
                         return Ok(());
                     }
                     // A queue group's weight changed: swap the entry in one batch.
-                    self.changes.push(SubChange::Remove(old.clone()));
+                    let old = old.clone();
+                    self.change(&account, SubChange::Remove(old));
                 } else {
                     self.shared
                         .stats
@@ -515,25 +552,25 @@ impl Route {
                     queue.map(|(q, _)| q),
                     weight,
                 ));
-                self.changes.push(SubChange::Add(sub.clone()));
-                self.interest.insert(key, sub);
+                self.change(&account, SubChange::Add(sub.clone()));
+                self.interest.insert(key, (account, sub));
             }
             RouteOp::Unsub {
                 account: acc,
                 subject,
                 queue,
             } => {
-                if acc != account.name.as_bytes() {
-                    return Ok(());
-                }
-                let key = (Box::<[u8]>::from(subject), queue.map(Into::into));
-                if let Some(sub) = self.interest.remove(&key) {
+                let key = (
+                    Box::<[u8]>::from(acc),
+                    (Box::<[u8]>::from(subject), queue.map(Into::into)),
+                );
+                if let Some((account, sub)) = self.interest.remove(&key) {
                     self.shared
                         .stats
                         .subscriptions
                         .fetch_sub(1, Ordering::Relaxed);
                     sub.close();
-                    self.changes.push(SubChange::Remove(sub));
+                    self.change(&account, SubChange::Remove(sub));
                 }
             }
             RouteOp::Ping => self.pongs_due += 1,
@@ -558,31 +595,41 @@ impl Route {
     }
 
     async fn end_batch(&mut self) {
-        let changes = std::mem::take(&mut self.changes);
         if self.pongs_due > 0 {
-            // The router never waits on a route: awaiting it here cannot deadlock.
-            self.ctx.global.apply(changes).await;
-            self.unsynced = false;
+            self.sync().await;
             for _ in 0..std::mem::take(&mut self.pongs_due) {
                 self.push(b"PONG\r\n");
             }
-        } else if !changes.is_empty() {
-            self.ctx.global.send(changes);
-            self.unsynced = true;
+        } else {
+            for (account, changes) in std::mem::take(&mut self.changes) {
+                account.send(changes);
+                if !self.unsynced.iter().any(|a| Arc::ptr_eq(a, &account)) {
+                    self.unsynced.push(account);
+                }
+            }
         }
         self.publisher.flush();
     }
 
     /// Withdraws everything the other node announced.
     fn finish(&mut self) {
-        let mut changes = vec![SubChange::DetachRoute(self.shared.id)];
-        for (_, sub) in self.interest.drain() {
-            sub.close();
-            changes.push(SubChange::Remove(sub));
+        for account in self.ctx.accounts.values() {
+            account.send(vec![SubChange::DetachRoute(self.shared.id)]);
         }
-        self.ctx.global.send(changes);
+        for (_, (account, sub)) in std::mem::take(&mut self.interest) {
+            sub.close();
+            account.send(vec![SubChange::Remove(sub)]);
+        }
         self.publisher.flush();
     }
+}
+
+/// The account a route operation names, if this node has it (`$G` without a lookup).
+fn account_named<'a>(ctx: &'a ServerContext, name: &[u8]) -> Option<&'a Arc<Account>> {
+    if name == ctx.global.name.as_bytes() {
+        return Some(&ctx.global);
+    }
+    std::str::from_utf8(name).ok().and_then(|n| ctx.account(n))
 }
 
 /// How far [`Route::process`] got.

@@ -15,19 +15,14 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use std::collections::HashMap;
 
 use super::outbound::Wake;
 use super::runtime::Spawner;
-use super::subscription::{InterestKey, RouteShared, Subscription, Target};
+pub use super::subscription::Index;
+use super::subscription::{AccountIndex, InterestKey, RouteShared, Subscription, Target};
 use crate::auth::permissions::ReplyLog;
 use crate::proto::route::{write_sub, write_unsub};
-use crate::subject_index::SubjectIndex;
-
-/// The index type every account publishes.
-pub type Index = SubjectIndex<Arc<Subscription>>;
 
 pub enum SubChange {
     Add(Arc<Subscription>),
@@ -117,9 +112,15 @@ pub struct Batch {
 
 /// An account: its name, its published index and its router's mailbox.
 pub struct Account {
-    pub name: String,
-    snapshot: ArcSwap<Index>,
+    view: Arc<AccountIndex>,
     router: async_channel::Sender<Batch>,
+}
+
+impl std::ops::Deref for Account {
+    type Target = AccountIndex;
+    fn deref(&self) -> &AccountIndex {
+        &self.view
+    }
 }
 
 impl Account {
@@ -127,18 +128,16 @@ impl Account {
     pub fn start(name: &str, spawner: &Spawner) -> Arc<Account> {
         let (tx, rx) = async_channel::unbounded();
         let account = Arc::new(Account {
-            name: name.to_string(),
-            snapshot: ArcSwap::from_pointee(Index::new()),
+            view: Arc::new(AccountIndex::new(name)),
             router: tx,
         });
         spawner.spawn_detached(run_router(Arc::downgrade(&account), rx));
         account
     }
 
-    /// The current read-only index.
-    #[inline]
-    pub fn index(&self) -> arc_swap::Guard<Arc<Index>> {
-        self.snapshot.load()
+    /// What publishers (and imports from other accounts) read.
+    pub fn view(&self) -> &Arc<AccountIndex> {
+        &self.view
     }
 
     /// Sends changes without waiting for them to be applied.
@@ -312,11 +311,77 @@ async fn run_router(account: std::sync::Weak<Account>, mailbox: async_channel::R
         let Some(account) = account.upgrade() else {
             return;
         };
-        account.snapshot.store(Arc::new(index.clone()));
+        account.store(index.clone());
         drop(account);
         interest.wake_routes();
         for ack in acks.drain(..) {
             let _ = ack.try_send(());
+        }
+    }
+}
+
+/// Subscribes every import of `plan` in `accounts`: a stream import in its exporter
+/// (heard by the cluster, so the exporter's messages reach every node that imports
+/// them), a service import in its importer (this node's clients only), and the
+/// service's way back in its exporter on `_R_.<tag>.>` (heard by the cluster: a
+/// responder on another node answers there). `node_tag` is unique to this node's run
+/// and `secret` its key for mapped replies.
+pub fn install_imports(
+    plan: &crate::auth::accounts::AccountPlan,
+    accounts: &HashMap<String, Arc<Account>>,
+    node_tag: &str,
+    secret: &[u8],
+) {
+    use super::subscription::{ImportKind, ImportLink};
+    use crate::auth::accounts::ResponseRoute;
+    let mut n = 0;
+    for spec in &plan.accounts {
+        let Some(importer) = accounts.get(&spec.name) else {
+            continue;
+        };
+        for import in &spec.streams {
+            let Some(exporter) = accounts.get(&import.exporter) else {
+                continue;
+            };
+            let link = ImportLink {
+                into: importer.view().clone(),
+                kind: ImportKind::Stream {
+                    to: import.to.clone(),
+                },
+            };
+            let sub = Subscription::import(&import.subject, link).cluster_wide(true);
+            exporter.send(vec![SubChange::Add(Arc::new(sub))]);
+        }
+        for import in &spec.services {
+            let Some(exporter) = accounts.get(&import.exporter) else {
+                continue;
+            };
+            n += 1;
+            let replies = Arc::new(ResponseRoute::new(
+                &format!("{node_tag}{n}"),
+                secret,
+                import.response,
+            ));
+            let back = ImportLink {
+                into: importer.view().clone(),
+                kind: ImportKind::Response {
+                    replies: replies.clone(),
+                },
+            };
+            let back = Subscription::import(&replies.subject(), back).cluster_wide(true);
+            exporter.send(vec![SubChange::Add(Arc::new(back))]);
+            let link = ImportLink {
+                into: exporter.view().clone(),
+                kind: ImportKind::Service {
+                    transform: import.transform.clone(),
+                    replies,
+                    importer: spec.name.clone(),
+                },
+            };
+            importer.send(vec![SubChange::Add(Arc::new(Subscription::import(
+                &import.local,
+                link,
+            )))]);
         }
     }
 }

@@ -8,16 +8,75 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use super::mailbox::Mailbox;
 use super::outbound::{FlushSet, OutboundQueue, PushError, Wake};
 use super::runtime;
+use crate::auth::accounts::ResponseRoute;
 use crate::auth::permissions::ReplyLog;
 use crate::events::ClientInfo;
 use crate::monitor::ConnSnapshot;
 use crate::proto::route::write_msg;
 use crate::proto::WireError;
+use crate::subject_index::SubjectIndex;
+use crate::subject_transform::SubjectTransform;
+
+/// The index type every account publishes.
+pub type Index = SubjectIndex<Arc<Subscription>>;
+
+/// An account as publishers see it: its name and the read-only index its router
+/// publishes (the router's mailbox is in the router's `Account`, a floor above).
+pub struct AccountIndex {
+    pub name: String,
+    snapshot: ArcSwap<Index>,
+}
+
+impl AccountIndex {
+    pub fn new(name: &str) -> AccountIndex {
+        AccountIndex {
+            name: name.to_string(),
+            snapshot: ArcSwap::from_pointee(Index::new()),
+        }
+    }
+
+    /// The current read-only index.
+    #[inline]
+    pub fn index(&self) -> arc_swap::Guard<Arc<Index>> {
+        self.snapshot.load()
+    }
+
+    /// Publishes a new index (the account's router only).
+    pub(super) fn store(&self, index: Index) {
+        self.snapshot.store(Arc::new(index));
+    }
+}
+
+/// An import: what a subscription in one account carries into another.
+pub struct ImportLink {
+    /// The account the message goes on in.
+    pub into: Arc<AccountIndex>,
+    pub kind: ImportKind,
+}
+
+pub enum ImportKind {
+    /// A stream import, subscribed in the exporter: the message goes to the importer's
+    /// local subscribers (every node has its own import, so none is routed), under
+    /// `to` when set.
+    Stream { to: Option<SubjectTransform> },
+    /// A service import, subscribed in the importer: the request is published in the
+    /// exporter (on `transform` of its subject), its reply subject mapped so the
+    /// response finds its way back, with `Nats-Request-Info` naming `importer`.
+    Service {
+        transform: Option<SubjectTransform>,
+        replies: Arc<ResponseRoute>,
+        importer: String,
+    },
+    /// The way back, subscribed in the exporter on the mapped replies: a response is
+    /// published in the importer on the requester's reply subject.
+    Response { replies: Arc<ResponseRoute> },
+}
 
 /// Who receives what a subscription matches.
 pub enum Target {
@@ -29,6 +88,8 @@ pub enum Target {
     /// once (however many of its subscriptions match) as an RMSG naming the queue
     /// groups it was picked for there.
     Route(Arc<RouteShared>),
+    /// Another account, through an import.
+    Import(Arc<ImportLink>),
 }
 
 /// The mailbox of an internal subscriber, and the tag it gave this subscription so it
@@ -165,6 +226,16 @@ impl Subscription {
         }
     }
 
+    /// An import's subscription on `subject` (see [`ImportKind`]).
+    pub fn import(subject: &str, link: ImportLink) -> Self {
+        Subscription::new(
+            Target::Import(Arc::new(link)),
+            Box::default(),
+            subject.as_bytes(),
+            None,
+        )
+    }
+
     pub fn internal(subject: &str, queue: Option<&str>, sink: InternalSink) -> Self {
         let sid = sink.tag.to_string().into_bytes().into();
         Subscription::new(
@@ -181,7 +252,7 @@ impl Subscription {
         match &self.target {
             Target::Client(c) => c.id,
             Target::Route(r) => r.id,
-            Target::Internal(_) => 0,
+            Target::Internal(_) | Target::Import(_) => 0,
         }
     }
 

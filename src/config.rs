@@ -33,7 +33,7 @@ pub enum ConfigError {
     #[error("{path}: key `{key}`: {reason}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         reason: String,
     },
 }
@@ -259,6 +259,11 @@ pub struct Config {
     pub jetstream: JetStreamConfig,
     pub monitor: MonitorConfig,
     pub authorization: AuthorizationConfig,
+    /// Accounts of their own, by name (`[accounts.NAME]`); without any, every
+    /// connection is in the global account `$G`.
+    pub accounts: std::collections::BTreeMap<String, crate::auth::config::AccountConfig>,
+    /// The system account (`$SYS` when not named).
+    pub system_account: Option<String>,
     pub tls: TlsConfig,
     pub websocket: WebSocketConfig,
     pub cluster: crate::cluster::ClusterConfig,
@@ -285,6 +290,8 @@ impl Default for Config {
             jetstream: JetStreamConfig::default(),
             monitor: MonitorConfig::default(),
             authorization: AuthorizationConfig::default(),
+            accounts: Default::default(),
+            system_account: None,
             tls: TlsConfig::default(),
             websocket: WebSocketConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
@@ -333,9 +340,9 @@ impl Config {
 
     /// Checks what the types alone cannot.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
             path: path.to_owned(),
-            key,
+            key: key.to_string(),
             reason,
         };
         self.listen_addr()
@@ -398,8 +405,17 @@ impl Config {
         }
         self.validate_jetstream_peers()
             .map_err(|reason| invalid("jetstream.peers", reason))?;
-        crate::auth::Authenticator::new(&self.authorization, self.auth_timeout())
-            .map_err(|e| invalid(e.key, e.reason))?;
+        self.authenticator()
+            .map_err(|e| invalid(&e.key, e.reason))?;
+        let plan = self.account_plan().map_err(|e| invalid(&e.key, e.reason))?;
+        if let Some(account) = plan.accounts.iter().find(|a| a.jetstream) {
+            if !self.jetstream.enabled {
+                return Err(invalid(
+                    &format!("accounts.{}.jetstream", account.name),
+                    "the node's [jetstream] is not enabled".into(),
+                ));
+            }
+        }
         self.validate_tls()
             .map_err(|(key, reason)| invalid(key, reason))?;
         self.websocket
@@ -412,6 +428,39 @@ impl Config {
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
+    }
+
+    /// The client authentication this config describes.
+    pub fn authenticator(
+        &self,
+    ) -> Result<crate::auth::Authenticator, crate::auth::AuthConfigError> {
+        crate::auth::Authenticator::with_accounts(
+            &self.authorization,
+            &self.accounts,
+            self.auth_timeout(),
+        )
+    }
+
+    /// The accounts without their users: what a reload may not change.
+    pub fn account_shape(
+        &self,
+    ) -> Vec<(
+        &str,
+        bool,
+        &[crate::auth::config::ExportConfig],
+        &[crate::auth::config::ImportConfig],
+    )> {
+        self.accounts
+            .iter()
+            .map(|(name, a)| (name.as_str(), a.jetstream, &a.exports[..], &a.imports[..]))
+            .collect()
+    }
+
+    /// The accounts this config describes, their imports checked.
+    pub fn account_plan(
+        &self,
+    ) -> Result<crate::auth::accounts::AccountPlan, crate::auth::AuthConfigError> {
+        crate::auth::accounts::AccountPlan::new(&self.accounts, self.system_account.as_deref())
     }
 
     /// A clustered JetStream needs routes, a name for this node among the peers, and

@@ -413,12 +413,13 @@ pub fn meshz(server_id: &str, now: &str, view: Option<&crate::mesh::MeshView>) -
     serde_json::to_vec_pretty(&body).unwrap_or_default()
 }
 
-/// `/accountz`: the accounts (one, `$G`, until auth brings more; no system account).
-pub fn accountz(server_id: &str, now: &str) -> Vec<u8> {
+/// `/accountz`: the system account and every account's name.
+pub fn accountz(server_id: &str, now: &str, system_account: &str, accounts: &[&str]) -> Vec<u8> {
     serde_json::to_vec_pretty(&serde_json::json!({
         "server_id": server_id,
         "now": now,
-        "accounts": ["$G"],
+        "system_account": system_account,
+        "accounts": accounts,
     }))
     .unwrap_or_default()
 }

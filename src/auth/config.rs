@@ -77,3 +77,58 @@ pub struct AuthorizationConfig {
 
 /// The reference's authentication timeout.
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `[accounts.NAME]`: an account of its own — its users, whether it has JetStream,
+/// what it exports to other accounts and what it imports from them (nats-server's
+/// `accounts { NAME: { … } }`). Accounts see nothing of each other but what they export
+/// and import.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountConfig {
+    pub users: Vec<UserConfig>,
+    /// JetStream for this account (the node's `[jetstream]` must be enabled).
+    pub jetstream: bool,
+    pub exports: Vec<ExportConfig>,
+    pub imports: Vec<ImportConfig>,
+}
+
+/// One export: a stream (messages published on the subject) or a service (requests
+/// to it), public or for the listed accounts only.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    pub stream: Option<String>,
+    pub service: Option<String>,
+    /// How many responses a service request may get: `singleton` (the default),
+    /// `stream` or `chunked`.
+    pub response_type: Option<ResponseTypeConfig>,
+    /// Only these accounts may import it (public when absent).
+    pub accounts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseTypeConfig {
+    Singleton,
+    Stream,
+    Chunked,
+}
+
+/// Where an import comes from: the exporting account and the subject.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSourceConfig {
+    pub account: String,
+    pub subject: String,
+}
+
+/// One import: a stream or a service of another account, optionally under another
+/// subject here (`to`; `prefix` puts a prefix before a stream's subjects).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportConfig {
+    pub stream: Option<ImportSourceConfig>,
+    pub service: Option<ImportSourceConfig>,
+    pub to: Option<String>,
+    pub prefix: Option<String>,
+}

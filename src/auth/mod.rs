@@ -5,11 +5,12 @@
 //! INFO, which user is this and what may it do ([`Grant`])? It holds secrets, so
 //! neither it nor its errors ever print a password, token or signature.
 
+pub mod accounts;
 pub mod config;
 pub mod jwt;
 pub mod permissions;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +19,13 @@ use subtle::ConstantTimeEq;
 
 use crate::proto::info::ConnectOptions;
 use crate::values::Secret;
-use config::{AuthorizationConfig, PermissionsConfig};
+use config::{AccountConfig, AuthorizationConfig, PermissionsConfig, UserConfig};
 pub use permissions::Permissions;
 
 /// A configuration mistake, with the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfigError {
-    pub key: &'static str,
+    pub key: String,
     pub reason: String,
 }
 
@@ -88,21 +89,30 @@ fn is_bcrypt(text: &str) -> bool {
         && b[6] == b'$'
 }
 
-/// A user who may connect, with what it may do.
+/// A user who may connect, with what it may do and in which account.
 #[derive(Clone)]
-struct Account {
+struct User {
     name: String,
     password: Option<Password>,
     permissions: Arc<Permissions>,
+    account: Arc<str>,
 }
 
-impl Account {
+impl User {
     fn grant(&self) -> Grant {
         Grant {
             user: Some(self.name.clone()),
             permissions: self.permissions.clone(),
+            account: self.account.clone(),
         }
     }
+}
+
+/// The global account's name, shared.
+pub fn global_account() -> Arc<str> {
+    static G: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    G.get_or_init(|| Arc::from(accounts::GLOBAL_ACCOUNT))
+        .clone()
 }
 
 /// Who a connection is, once accepted.
@@ -111,6 +121,8 @@ pub struct Grant {
     /// The user name or nkey (for logs and monitoring); `None` on an open node.
     pub user: Option<String>,
     pub permissions: Arc<Permissions>,
+    /// The account the connection belongs to (`$G` unless its user is in one).
+    pub account: Arc<str>,
 }
 
 /// Permissions that allow everything, shared (one per node would do; one per process
@@ -125,8 +137,8 @@ pub fn unrestricted() -> Arc<Permissions> {
 pub struct Authenticator {
     /// No authentication configured: every client is accepted with all permissions.
     open: bool,
-    users: HashMap<String, Account>,
-    nkeys: HashMap<String, Account>,
+    users: HashMap<String, User>,
+    nkeys: HashMap<String, User>,
     token: Option<(Password, Arc<Permissions>)>,
     no_auth_user: Option<String>,
     timeout: Duration,
@@ -150,14 +162,21 @@ impl Authenticator {
         config: &AuthorizationConfig,
         timeout: Duration,
     ) -> Result<Authenticator, AuthConfigError> {
-        let err = |key: &'static str, reason: String| AuthConfigError { key, reason };
-        let compile = |key: &'static str, p: Option<&PermissionsConfig>| {
-            p.map(Permissions::from_config)
-                .transpose()
-                .map(|p| Arc::new(p.unwrap_or_else(Permissions::all)))
-                .map_err(|reason| err(key, reason))
+        Authenticator::with_accounts(config, &BTreeMap::new(), timeout)
+    }
+
+    /// Compiles `[authorization]` (its users are in `$G`) and the users of each of
+    /// `accounts` (in theirs).
+    pub fn with_accounts(
+        config: &AuthorizationConfig,
+        accounts: &BTreeMap<String, AccountConfig>,
+        timeout: Duration,
+    ) -> Result<Authenticator, AuthConfigError> {
+        let err = |key: &str, reason: String| AuthConfigError {
+            key: key.to_string(),
+            reason,
         };
-        let defaults = compile(
+        let defaults = compile_permissions(
             "authorization.default_permissions",
             config.default_permissions.as_ref(),
         )?;
@@ -179,10 +198,11 @@ impl Authenticator {
                 }
                 auth.users.insert(
                     user.clone(),
-                    Account {
+                    User {
                         name: user.clone(),
                         password: Some(Password::new(password)),
                         permissions: defaults.clone(),
+                        account: global_account(),
                     },
                 );
             }
@@ -210,67 +230,13 @@ impl Authenticator {
             auth.token = Some((Password::new(token), defaults.clone()));
         }
         for (i, user) in config.users.iter().enumerate() {
-            let permissions = match &user.permissions {
-                Some(_) => compile("authorization.users.permissions", user.permissions.as_ref())?,
-                None => defaults.clone(),
-            };
-            match (&user.user, &user.nkey) {
-                (Some(name), None) => {
-                    if name.is_empty() {
-                        return Err(err(
-                            "authorization.users.user",
-                            format!("entry {i}: empty user name"),
-                        ));
-                    }
-                    let account = Account {
-                        name: name.clone(),
-                        password: user.password.as_ref().map(Password::new),
-                        permissions,
-                    };
-                    if auth.users.insert(name.clone(), account).is_some() {
-                        return Err(err(
-                            "authorization.users.user",
-                            format!("user {name:?} is listed twice"),
-                        ));
-                    }
-                }
-                (None, Some(nkey)) => {
-                    if user.password.is_some() {
-                        return Err(err(
-                            "authorization.users.password",
-                            format!("entry {i}: an nkey user has no password"),
-                        ));
-                    }
-                    if !(nkey.starts_with('U') && nkeys::KeyPair::from_public_key(nkey).is_ok()) {
-                        return Err(err(
-                            "authorization.users.nkey",
-                            format!("entry {i}: {nkey:?} is not a user public nkey (U…)"),
-                        ));
-                    }
-                    let account = Account {
-                        name: nkey.clone(),
-                        password: None,
-                        permissions,
-                    };
-                    if auth.nkeys.insert(nkey.clone(), account).is_some() {
-                        return Err(err(
-                            "authorization.users.nkey",
-                            format!("nkey {nkey} is listed twice"),
-                        ));
-                    }
-                }
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "authorization.users",
-                        format!("entry {i}: give either a user or an nkey, not both"),
-                    ))
-                }
-                (None, None) => {
-                    return Err(err(
-                        "authorization.users",
-                        format!("entry {i}: needs a user or an nkey"),
-                    ))
-                }
+            auth.add_user(i, user, "authorization.users", global_account(), &defaults)?;
+        }
+        for (name, account) in accounts {
+            let key = format!("accounts.{name}.users");
+            let account_name: Arc<str> = Arc::from(name.as_str());
+            for (i, user) in account.users.iter().enumerate() {
+                auth.add_user(i, user, &key, account_name.clone(), &defaults)?;
             }
         }
         if let Some(name) = &config.no_auth_user {
@@ -285,6 +251,72 @@ impl Authenticator {
         }
         auth.open = auth.users.is_empty() && auth.nkeys.is_empty() && auth.token.is_none();
         Ok(auth)
+    }
+
+    /// Adds entry `i` of the users list at `key` (in `account`).
+    fn add_user(
+        &mut self,
+        i: usize,
+        user: &UserConfig,
+        key: &str,
+        account: Arc<str>,
+        defaults: &Arc<Permissions>,
+    ) -> Result<(), AuthConfigError> {
+        let err = |field: &str, reason: String| AuthConfigError {
+            key: format!("{key}{field}"),
+            reason,
+        };
+        let permissions = match &user.permissions {
+            Some(p) => compile_permissions(&format!("{key}.permissions"), Some(p))?,
+            None => defaults.clone(),
+        };
+        match (&user.user, &user.nkey) {
+            (Some(name), None) => {
+                if name.is_empty() {
+                    return Err(err(".user", format!("entry {i}: empty user name")));
+                }
+                let entry = User {
+                    name: name.clone(),
+                    password: user.password.as_ref().map(Password::new),
+                    permissions,
+                    account,
+                };
+                if self.users.insert(name.clone(), entry).is_some() {
+                    return Err(err(".user", format!("user {name:?} is listed twice")));
+                }
+            }
+            (None, Some(nkey)) => {
+                if user.password.is_some() {
+                    return Err(err(
+                        ".password",
+                        format!("entry {i}: an nkey user has no password"),
+                    ));
+                }
+                if !(nkey.starts_with('U') && nkeys::KeyPair::from_public_key(nkey).is_ok()) {
+                    return Err(err(
+                        ".nkey",
+                        format!("entry {i}: {nkey:?} is not a user public nkey (U…)"),
+                    ));
+                }
+                let entry = User {
+                    name: nkey.clone(),
+                    password: None,
+                    permissions,
+                    account,
+                };
+                if self.nkeys.insert(nkey.clone(), entry).is_some() {
+                    return Err(err(".nkey", format!("nkey {nkey} is listed twice")));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "",
+                    format!("entry {i}: give either a user or an nkey, not both"),
+                ))
+            }
+            (None, None) => return Err(err("", format!("entry {i}: needs a user or an nkey"))),
+        }
+        Ok(())
     }
 
     /// Must clients authenticate (`auth_required` in INFO)?
@@ -304,13 +336,14 @@ impl Authenticator {
             return Some(Grant {
                 user: None,
                 permissions: unrestricted(),
+                account: global_account(),
             });
         }
         let name = self.no_auth_user.as_ref()?;
         self.users
             .get(name)
             .or_else(|| self.nkeys.get(name))
-            .map(Account::grant)
+            .map(User::grant)
     }
 
     /// Are some passwords or tokens stored as plain text (worth a warning)?
@@ -350,7 +383,7 @@ impl Authenticator {
         if self.open {
             return self.anonymous().ok_or(AuthError::NoCredentials);
         }
-        let grant = Account::grant;
+        let grant = User::grant;
         if let Some(nkey) = &opts.nkey {
             let Some(account) = self.nkeys.get(nkey) else {
                 return Err(AuthError::UnknownNkey(nkey.clone()));
@@ -379,6 +412,7 @@ impl Authenticator {
                 Some((token, permissions)) if token.check(Some(given)) => Ok(Grant {
                     user: None,
                     permissions: permissions.clone(),
+                    account: global_account(),
                 }),
                 _ => Err(AuthError::WrongToken),
             };
@@ -389,6 +423,22 @@ impl Authenticator {
         }
         self.anonymous().ok_or(AuthError::NoCredentials)
     }
+}
+
+/// A permissions block compiled (everything allowed when absent); `key` names it in
+/// errors.
+fn compile_permissions(
+    key: &str,
+    config: Option<&PermissionsConfig>,
+) -> Result<Arc<Permissions>, AuthConfigError> {
+    config
+        .map(Permissions::from_config)
+        .transpose()
+        .map(|p| Arc::new(p.unwrap_or_else(Permissions::all)))
+        .map_err(|reason| AuthConfigError {
+            key: key.to_string(),
+            reason,
+        })
 }
 
 /// Is `sig` (base64, URL-safe or standard) an ed25519 signature of `nonce` by `nkey`?

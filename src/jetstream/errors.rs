@@ -40,6 +40,10 @@ impl ApiError {
     pub fn not_enabled() -> Self {
         e(503, 10076, "JetStream not enabled")
     }
+    /// A request in an account whose JetStream is not enabled.
+    pub fn not_enabled_for_account() -> Self {
+        e(503, 10039, "JetStream not enabled for account")
+    }
     /// A publish while the node is past `max_memory` / `max_file`.
     /// A clustered JetStream without a meta leader (nats-server's JSClusterNotAvailErr).
     /// A cluster-only request (a leader stepdown) to a JetStream that is not clustered.
