@@ -382,7 +382,20 @@ impl Client {
         let mut result = self.check_credentials(opts, "").await;
         if let Ok(grant) = &result {
             match self.ctx.account(&grant.account) {
-                Some(account) => self.account = account.clone(),
+                _ if !grant.allows_transport(self.who.transport) => {
+                    log::error!(
+                        "{} - authentication error - client connection type {:?} not allowed",
+                        self.who,
+                        self.who.transport
+                    );
+                    result = Err(AuthError::NoCredentials);
+                }
+                Some(account) => {
+                    self.account = account.clone();
+                    if let Some(exp) = grant.expires {
+                        self.expire_at(exp);
+                    }
+                }
                 None => {
                     log::error!(
                         "{} - authentication error - account {:?} does not exist",
@@ -399,6 +412,22 @@ impl Client {
         Ok(())
     }
 
+    /// Closes the connection with `User Authentication Expired` at `exp` (Unix
+    /// seconds), as the reference does when a user JWT expires.
+    fn expire_at(&self, exp: i64) {
+        let now_ns = runtime::now_unix_ns();
+        let left =
+            u64::try_from(exp.saturating_mul(1_000_000_000).saturating_sub(now_ns)).unwrap_or(0);
+        let shared = self.shared.clone();
+        let who = self.who.to_string();
+        self.ctx.spawner.spawn_detached(async move {
+            runtime::sleep(std::time::Duration::from_nanos(left)).await;
+            if shared.tell(Control::Close(WireError::AuthenticationExpired)) {
+                log::info!("{who} - user authentication expired");
+            }
+        });
+    }
+
     /// Checks credentials, on the blocking pool when bcrypt is involved (it is slow on
     /// purpose and would stall every connection sharing this executor thread).
     async fn check_credentials(
@@ -407,10 +436,11 @@ impl Client {
         when: &str,
     ) -> Result<Grant, AuthError> {
         let (auth, nonce) = (self.ctx.auth(), self.conn.nonce().to_string());
+        let now_secs = runtime::now_unix_ns() / 1_000_000_000;
         let result = if auth.is_slow(&opts) {
-            runtime::unblock(move || auth.authenticate(&opts, &nonce)).await
+            runtime::unblock(move || auth.authenticate(&opts, &nonce, now_secs)).await
         } else {
-            auth.authenticate(&opts, &nonce)
+            auth.authenticate(&opts, &nonce, now_secs)
         };
         if let Err(e) = &result {
             log::error!("{} - authentication error{when} - {e}", self.who);

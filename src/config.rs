@@ -262,8 +262,16 @@ pub struct Config {
     /// Accounts of their own, by name (`[accounts.NAME]`); without any, every
     /// connection is in the global account `$G`.
     pub accounts: std::collections::BTreeMap<String, crate::auth::config::AccountConfig>,
-    /// The system account (`$SYS` when not named).
+    /// The system account (`$SYS` when not named; in operator mode a public key, or
+    /// the operator JWT's).
     pub system_account: Option<String>,
+    /// Operator mode: the trusted operator JWTs (paths, relative to this file's
+    /// directory, or the JWTs themselves).
+    pub operator: crate::auth::operator::OperatorList,
+    /// Operator mode: where account JWTs come from (`"MEMORY"`: `resolver_preload`).
+    pub resolver: Option<crate::auth::operator::ResolverConfig>,
+    /// Operator mode: account JWTs by public key.
+    pub resolver_preload: std::collections::BTreeMap<String, String>,
     pub tls: TlsConfig,
     pub websocket: WebSocketConfig,
     pub cluster: crate::cluster::ClusterConfig,
@@ -292,6 +300,9 @@ impl Default for Config {
             authorization: AuthorizationConfig::default(),
             accounts: Default::default(),
             system_account: None,
+            operator: Default::default(),
+            resolver: None,
+            resolver_preload: Default::default(),
             tls: TlsConfig::default(),
             websocket: WebSocketConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
@@ -314,11 +325,34 @@ impl Config {
             path: path.to_owned(),
             message: "the file is not UTF-8 text".into(),
         })?;
-        Config::from_toml(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        // Operator JWTs named by path are read now (relative to the config's directory).
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for entry in config.operator.entries_mut() {
+            if crate::auth::operator::is_inline_jwt(entry) {
+                continue;
+            }
+            let file = dir.join(&*entry);
+            let bytes = files(&file).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "operator".into(),
+                reason: format!("cannot read {}: {e}", file.display()),
+            })?;
+            *entry = String::from_utf8_lossy(&bytes).trim().to_string();
+        }
+        config.validate(path)?;
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` is only used in error messages.
+    /// Operator JWTs must be given inline here (only [`Config::load`] reads files).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse(text, path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let parse_err = |message: String| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -334,7 +368,6 @@ impl Config {
                 parse_err(format!("key `{key}`: {inner}"))
             }
         })?;
-        config.validate(path)?;
         Ok(config)
     }
 
@@ -434,11 +467,64 @@ impl Config {
     pub fn authenticator(
         &self,
     ) -> Result<crate::auth::Authenticator, crate::auth::AuthConfigError> {
+        if let Some(trust) = self.trust()? {
+            return crate::auth::Authenticator::operator(trust, self.auth_timeout());
+        }
         crate::auth::Authenticator::with_accounts(
             &self.authorization,
             &self.accounts,
             self.auth_timeout(),
         )
+    }
+
+    /// Operator mode's trust (`None` without `operator`).
+    pub fn trust(
+        &self,
+    ) -> Result<Option<crate::auth::operator::Trust>, crate::auth::AuthConfigError> {
+        let err = |key: &str, reason: &str| crate::auth::AuthConfigError {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.operator.is_empty() {
+            if self.resolver.is_some() || !self.resolver_preload.is_empty() {
+                return Err(err(
+                    "resolver",
+                    "a resolver is for operator mode: set `operator`",
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(entry) = self
+            .operator
+            .entries()
+            .iter()
+            .find(|e| !crate::auth::operator::is_inline_jwt(e))
+        {
+            return Err(err(
+                "operator",
+                &format!("{entry:?} was not read (give the JWT itself, or load the config from its file)"),
+            ));
+        }
+        if !self.accounts.is_empty() {
+            return Err(err(
+                "accounts",
+                "operator mode takes its accounts from JWTs, not [accounts]",
+            ));
+        }
+        let a = &self.authorization;
+        if a.user.is_some() || a.token.is_some() || !a.users.is_empty() {
+            return Err(err(
+                "authorization",
+                "operator mode takes its users from JWTs, not [authorization]",
+            ));
+        }
+        crate::auth::operator::Trust::new(
+            self.operator.entries(),
+            self.resolver.as_ref(),
+            &self.resolver_preload,
+            self.system_account.as_deref(),
+        )
+        .map(Some)
     }
 
     /// The accounts without their users: what a reload may not change.
@@ -460,7 +546,16 @@ impl Config {
     pub fn account_plan(
         &self,
     ) -> Result<crate::auth::accounts::AccountPlan, crate::auth::AuthConfigError> {
-        crate::auth::accounts::AccountPlan::new(&self.accounts, self.system_account.as_deref())
+        match self.trust()? {
+            Some(trust) => crate::auth::accounts::AccountPlan::new(
+                &trust.account_configs(),
+                trust.system_account(),
+            ),
+            None => crate::auth::accounts::AccountPlan::new(
+                &self.accounts,
+                self.system_account.as_deref(),
+            ),
+        }
     }
 
     /// A clustered JetStream needs routes, a name for this node among the peers, and

@@ -653,7 +653,7 @@ mod tests {
                     match &step.action {
                         Some(Action::Authenticate(opts)) => {
                             out.push("authenticate".into());
-                            let grant = conn.auth.authenticate(opts, conn.nonce());
+                            let grant = conn.auth.authenticate(opts, conn.nonce(), 0);
                             match conn.authenticated(grant) {
                                 Ok(replies) => out.extend(replies.iter().map(reply)),
                                 Err(e) => out.push(format!("close {e:?}")),
@@ -937,7 +937,7 @@ mod tests {
             .reauthorize(after.clone())
             .expect("authenticated: check again");
         let done = c
-            .reauthorized(after.authenticate(&opts, ""))
+            .reauthorized(after.authenticate(&opts, "", 0))
             .expect("still allowed");
         assert_eq!(
             done.removed,
@@ -950,7 +950,7 @@ mod tests {
         let gone = authenticator("[[users]]\nuser = \"v\"\npassword = \"p\"\n");
         let opts = c.reauthorize(gone.clone()).expect("check again");
         assert_eq!(
-            c.reauthorized(gone.authenticate(&opts, "")),
+            c.reauthorized(gone.authenticate(&opts, "", 0)),
             Err(WireError::AuthorizationViolation)
         );
     }

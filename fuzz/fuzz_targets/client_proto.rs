@@ -72,7 +72,7 @@ fn drive(input: &[u8]) {
             return;
         }
         if let Some(Action::Authenticate(opts)) = &step.action {
-            let grant = auth.authenticate(opts, conn.nonce());
+            let grant = auth.authenticate(opts, conn.nonce(), 0);
             match conn.authenticated(grant) {
                 Ok(replies) => check_replies(replies.iter()),
                 Err(e) => {

@@ -10,8 +10,7 @@
 //! account's signing keys, with `issuer_account` naming the account); an account JWT
 //! by a trusted operator.
 //!
-//! This is the first piece of JWT auth: the node does not accept JWTs from clients
-//! yet (that needs accounts beyond `$G` and a resolver).
+//! Operator mode ([`super::operator`]) checks client JWTs with these functions.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -83,6 +82,103 @@ pub struct NatsClaims {
     /// Account: keys that may issue its users (strings, or objects with a `key`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub signing_keys: Vec<serde_json::Value>,
+    /// Operator: the system account's public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_account: Option<String>,
+    /// Account: its limits (JetStream is on when either storage limit is not 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<AccountLimits>,
+    /// Account: what it exports and imports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<JwtExport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<JwtImport>,
+    /// Account: users revoked, by public key (or `*`), with the time before which
+    /// their JWTs no longer count (Unix seconds).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revocations: std::collections::BTreeMap<String, i64>,
+    /// User: its limits as `nsc` writes them (-1: unlimited; not enforced here yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subs: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<i64>,
+    /// User: the kinds of connection it may make (`STANDARD`, `WEBSOCKET`, …; any when
+    /// empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_connection_types: Vec<String>,
+}
+
+/// An account's limits as `nsc` writes them (-1: unlimited). Only the JetStream
+/// storage limits are read here so far (they say whether JetStream is on); the
+/// others are kept so a JWT written from these claims says what `nsc` would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccountLimits {
+    pub subs: i64,
+    pub data: i64,
+    pub payload: i64,
+    pub imports: i64,
+    pub exports: i64,
+    pub wildcards: bool,
+    pub conn: i64,
+    pub leaf: i64,
+    pub mem_storage: i64,
+    pub disk_storage: i64,
+}
+
+impl Default for AccountLimits {
+    fn default() -> Self {
+        AccountLimits {
+            subs: -1,
+            data: -1,
+            payload: -1,
+            imports: -1,
+            exports: -1,
+            wildcards: true,
+            conn: -1,
+            leaf: -1,
+            mem_storage: 0,
+            disk_storage: 0,
+        }
+    }
+}
+
+/// One export of an account JWT.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtExport {
+    pub name: String,
+    pub subject: String,
+    /// `stream` or `service`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `Singleton`, `Stream` or `Chunked` (services).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub response_type: String,
+    /// Importers need an activation token.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub token_req: bool,
+}
+
+/// One import of an account JWT.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtImport {
+    pub name: String,
+    pub subject: String,
+    pub account: String,
+    /// `stream` or `service`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The subject here (a prefix for old stream imports).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub to: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub local_subject: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 /// The claims of a NATS JWT.
@@ -208,6 +304,11 @@ pub struct VerifiedUser {
     pub bearer: bool,
     /// The user's permissions in the config's shape.
     pub permissions: PermissionsConfig,
+    /// When the user JWT expires (Unix seconds).
+    pub expires: Option<i64>,
+    /// When it was issued (revocations name a time before which JWTs no longer count).
+    pub issued_at: i64,
+    pub connection_types: Vec<String>,
 }
 
 /// Checks a user JWT against its account JWT and the trusted operators' keys at
@@ -249,6 +350,9 @@ pub fn verify_user(
             subscribe: rules(&user.nats.subscribe),
             allow_responses: None,
         },
+        expires: user.exp.filter(|&e| e > 0),
+        issued_at: user.iat,
+        connection_types: user.nats.allowed_connection_types.clone(),
     })
 }
 

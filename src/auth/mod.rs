@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod config;
 pub mod jwt;
+pub mod operator;
 pub mod permissions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +45,8 @@ pub enum AuthError {
     UnknownNkey(String),
     #[error("nkey {0}: signature missing or not valid for the nonce")]
     BadSignature(String),
+    #[error("user JWT: {0}")]
+    UserJwt(String),
 }
 
 /// A stored password or token: plain text (compared in constant time) or a bcrypt
@@ -104,6 +107,8 @@ impl User {
             user: Some(self.name.clone()),
             permissions: self.permissions.clone(),
             account: self.account.clone(),
+            expires: None,
+            connection_types: Vec::new(),
         }
     }
 }
@@ -123,6 +128,27 @@ pub struct Grant {
     pub permissions: Arc<Permissions>,
     /// The account the connection belongs to (`$G` unless its user is in one).
     pub account: Arc<str>,
+    /// When the credentials expire (a user JWT's `exp`, Unix seconds).
+    pub expires: Option<i64>,
+    /// The kinds of connection the user may make (`STANDARD`, `WEBSOCKET`, …; any
+    /// when empty).
+    pub connection_types: Vec<String>,
+}
+
+impl Grant {
+    /// May this user connect over `transport` (`"nats"` or `"websocket"`)?
+    pub fn allows_transport(&self, transport: &str) -> bool {
+        let kind = if transport == "websocket" {
+            "WEBSOCKET"
+        } else {
+            "STANDARD"
+        };
+        self.connection_types.is_empty()
+            || self
+                .connection_types
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(kind))
+    }
 }
 
 /// Permissions that allow everything, shared (one per node would do; one per process
@@ -140,6 +166,8 @@ pub struct Authenticator {
     users: HashMap<String, User>,
     nkeys: HashMap<String, User>,
     token: Option<(Password, Arc<Permissions>)>,
+    /// Operator mode: users log in with JWTs this trusts.
+    operator: Option<Arc<operator::Trust>>,
     no_auth_user: Option<String>,
     timeout: Duration,
 }
@@ -163,6 +191,25 @@ impl Authenticator {
         timeout: Duration,
     ) -> Result<Authenticator, AuthConfigError> {
         Authenticator::with_accounts(config, &BTreeMap::new(), timeout)
+    }
+
+    /// Operator mode: every user logs in with a JWT `trust` accepts.
+    pub fn operator(
+        trust: operator::Trust,
+        timeout: Duration,
+    ) -> Result<Authenticator, AuthConfigError> {
+        if timeout.is_zero() {
+            return Err(AuthConfigError {
+                key: "authorization.timeout".into(),
+                reason: "must be more than 0".into(),
+            });
+        }
+        Ok(Authenticator {
+            open: false,
+            timeout,
+            operator: Some(Arc::new(trust)),
+            ..Authenticator::default()
+        })
     }
 
     /// Compiles `[authorization]` (its users are in `$G`) and the users of each of
@@ -337,6 +384,8 @@ impl Authenticator {
                 user: None,
                 permissions: unrestricted(),
                 account: global_account(),
+                expires: None,
+                connection_types: Vec::new(),
             });
         }
         let name = self.no_auth_user.as_ref()?;
@@ -358,7 +407,7 @@ impl Authenticator {
 
     /// Do clients need a nonce to sign (nkey users configured)?
     pub fn wants_nonce(&self) -> bool {
-        !self.nkeys.is_empty()
+        !self.nkeys.is_empty() || self.operator.is_some()
     }
 
     /// How long a new connection has to send a valid CONNECT.
@@ -378,8 +427,17 @@ impl Authenticator {
         user_slow || token_slow
     }
 
-    /// Who the client is, given its CONNECT options and the nonce sent in INFO.
-    pub fn authenticate(&self, opts: &ConnectOptions, nonce: &str) -> Result<Grant, AuthError> {
+    /// Who the client is, given its CONNECT options, the nonce sent in INFO and the
+    /// time (Unix seconds: user JWTs have a validity period).
+    pub fn authenticate(
+        &self,
+        opts: &ConnectOptions,
+        nonce: &str,
+        now_secs: i64,
+    ) -> Result<Grant, AuthError> {
+        if let Some(trust) = &self.operator {
+            return jwt_login(trust, opts, nonce, now_secs);
+        }
         if self.open {
             return self.anonymous().ok_or(AuthError::NoCredentials);
         }
@@ -413,6 +471,8 @@ impl Authenticator {
                     user: None,
                     permissions: permissions.clone(),
                     account: global_account(),
+                    expires: None,
+                    connection_types: Vec::new(),
                 }),
                 _ => Err(AuthError::WrongToken),
             };
@@ -423,6 +483,34 @@ impl Authenticator {
         }
         self.anonymous().ok_or(AuthError::NoCredentials)
     }
+}
+
+/// A login in operator mode: the user JWT passes `trust`, and the nonce is signed by
+/// the user's key (unless the JWT is a bearer token).
+fn jwt_login(
+    trust: &operator::Trust,
+    opts: &ConnectOptions,
+    nonce: &str,
+    now_secs: i64,
+) -> Result<Grant, AuthError> {
+    let Some(token) = &opts.jwt else {
+        return Err(AuthError::NoCredentials);
+    };
+    let user = trust
+        .verify_user(token, now_secs)
+        .map_err(|e| AuthError::UserJwt(e.to_string()))?;
+    if !user.bearer && !verify_signature(&user.user, nonce, opts.sig.as_deref()) {
+        return Err(AuthError::BadSignature(user.user));
+    }
+    let permissions = Permissions::from_config(&user.permissions)
+        .map_err(|e| AuthError::UserJwt(format!("user {}: permissions: {e}", user.user)))?;
+    Ok(Grant {
+        user: Some(user.user),
+        permissions: Arc::new(permissions),
+        account: Arc::from(user.account.as_str()),
+        expires: user.expires,
+        connection_types: user.connection_types,
+    })
 }
 
 /// A permissions block compiled (everything allowed when absent); `key` names it in
@@ -474,7 +562,7 @@ mod tests {
     fn open_without_configuration() {
         let a = auth("").unwrap();
         assert!(!a.required());
-        let grant = a.authenticate(&connect("{}"), "").unwrap();
+        let grant = a.authenticate(&connect("{}"), "", 0).unwrap();
         assert!(grant.permissions.is_unrestricted());
     }
 
@@ -487,27 +575,27 @@ mod tests {
         .unwrap();
         assert!(a.required());
         assert!(a
-            .authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), "")
+            .authenticate(&connect(r#"{"user":"alice","pass":"pw"}"#), "", 0)
             .is_ok());
         assert_eq!(
-            a.authenticate(&connect(r#"{"user":"alice","pass":"pW"}"#), "")
+            a.authenticate(&connect(r#"{"user":"alice","pass":"pW"}"#), "", 0)
                 .unwrap_err(),
             AuthError::WrongPassword("alice".into())
         );
         assert!(a.is_slow(&connect(r#"{"user":"bob"}"#)));
         assert!(a
-            .authenticate(&connect(r#"{"user":"bob","pass":"s3cret"}"#), "")
+            .authenticate(&connect(r#"{"user":"bob","pass":"s3cret"}"#), "", 0)
             .is_ok());
         assert!(a
-            .authenticate(&connect(r#"{"user":"bob","pass":"nope"}"#), "")
+            .authenticate(&connect(r#"{"user":"bob","pass":"nope"}"#), "", 0)
             .is_err());
         assert_eq!(
-            a.authenticate(&connect(r#"{"user":"eve","pass":"pw"}"#), "")
+            a.authenticate(&connect(r#"{"user":"eve","pass":"pw"}"#), "", 0)
                 .unwrap_err(),
             AuthError::UnknownUser("eve".into())
         );
         assert_eq!(
-            a.authenticate(&connect("{}"), "").unwrap_err(),
+            a.authenticate(&connect("{}"), "", 0).unwrap_err(),
             AuthError::NoCredentials
         );
     }
@@ -516,10 +604,10 @@ mod tests {
     fn token_and_no_auth_user() {
         let a = auth("token = \"t0ken\"").unwrap();
         assert!(a
-            .authenticate(&connect(r#"{"auth_token":"t0ken"}"#), "")
+            .authenticate(&connect(r#"{"auth_token":"t0ken"}"#), "", 0)
             .is_ok());
         assert_eq!(
-            a.authenticate(&connect(r#"{"auth_token":"x"}"#), "")
+            a.authenticate(&connect(r#"{"auth_token":"x"}"#), "", 0)
                 .unwrap_err(),
             AuthError::WrongToken
         );
@@ -527,11 +615,11 @@ mod tests {
             "no_auth_user = \"guest\"\n[[users]]\nuser = \"guest\"\npassword = \"g\"\n[users.permissions]\npublish = [\"public.>\"]\n",
         )
         .unwrap();
-        let guest = a.authenticate(&connect("{}"), "").unwrap();
+        let guest = a.authenticate(&connect("{}"), "", 0).unwrap();
         assert_eq!(guest.user.as_deref(), Some("guest"));
         assert!(!guest.permissions.can_publish(b"private"));
         assert!(a
-            .authenticate(&connect(r#"{"user":"guest","pass":"bad"}"#), "")
+            .authenticate(&connect(r#"{"user":"guest","pass":"bad"}"#), "", 0)
             .is_err());
     }
 
@@ -546,17 +634,17 @@ mod tests {
             .encode(key.sign(nonce.as_bytes()).unwrap());
         let ok = connect(&format!(r#"{{"nkey":"{public}","sig":"{sig}"}}"#));
         assert_eq!(
-            a.authenticate(&ok, nonce).unwrap().user,
+            a.authenticate(&ok, nonce, 0).unwrap().user,
             Some(public.clone())
         );
         assert_eq!(
-            a.authenticate(&ok, "another-nonce").unwrap_err(),
+            a.authenticate(&ok, "another-nonce", 0).unwrap_err(),
             AuthError::BadSignature(public.clone())
         );
         let other = nkeys::KeyPair::new_user().public_key();
         let unknown = connect(&format!(r#"{{"nkey":"{other}","sig":"{sig}"}}"#));
         assert_eq!(
-            a.authenticate(&unknown, nonce).unwrap_err(),
+            a.authenticate(&unknown, nonce, 0).unwrap_err(),
             AuthError::UnknownNkey(other)
         );
     }

@@ -47,6 +47,8 @@ pub enum WireError {
     MaxConnectionsExceeded,
     AuthenticationTimeout,
     AuthorizationViolation,
+    /// The user JWT expired while connected.
+    AuthenticationExpired,
     NoRespondersRequiresHeaders,
     InvalidClientProtocol,
     MaxSubscriptionsExceeded,
@@ -69,6 +71,7 @@ impl WireError {
             MaxConnectionsExceeded => "maximum connections exceeded",
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
+            AuthenticationExpired => "User Authentication Expired",
             NoRespondersRequiresHeaders => "no responders requires headers support",
             InvalidClientProtocol => "invalid client protocol",
             MaxSubscriptionsExceeded => "maximum subscriptions exceeded",
@@ -111,6 +114,7 @@ impl WireError {
             MaxConnectionsExceeded => "Maximum Connections Exceeded",
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
+            AuthenticationExpired => "Authentication Expired",
             MaxSubscriptionsExceeded => "Maximum Subscriptions Exceeded",
             ServerShutdown => "Server Shutdown",
         }

@@ -1,0 +1,448 @@
+//! Operator mode as a client with a creds file meets it: the `meshbroker` binary with
+//! a trusted operator JWT (read from a file beside its config), the MEMORY resolver
+//! and preloaded account JWTs; users log in with a user JWT and the nonce signed by
+//! their key. Each login runs, byte for byte, against nats-server 2.15.1 configured
+//! with the same JWTs, and both must answer alike.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use meshbroker::auth::jwt::{encode, AccountLimits, Claims, NatsClaims, PermissionSpec};
+
+use common::process::{run_node, temp_dir};
+use common::{start_reference, TempDir};
+
+/// The keys and JWTs of one operator with an application account (JetStream on, a
+/// signing key, one revoked user) and a system account.
+struct Keys {
+    operator: nkeys::KeyPair,
+    app: nkeys::KeyPair,
+    app_signer: nkeys::KeyPair,
+    sys: nkeys::KeyPair,
+    revoked: nkeys::KeyPair,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            operator: nkeys::KeyPair::new_operator(),
+            app: nkeys::KeyPair::new_account(),
+            app_signer: nkeys::KeyPair::new_account(),
+            sys: nkeys::KeyPair::new_account(),
+            revoked: nkeys::KeyPair::new_user(),
+        }
+    }
+
+    fn operator_jwt(&self) -> String {
+        let claims = Claims {
+            iss: self.operator.public_key(),
+            sub: self.operator.public_key(),
+            name: "OP".into(),
+            iat: now(),
+            nats: NatsClaims {
+                kind: "operator".into(),
+                version: 2,
+                system_account: Some(self.sys.public_key()),
+                ..NatsClaims::default()
+            },
+            ..Claims::default()
+        };
+        encode(&claims, &self.operator).expect("operator JWT")
+    }
+
+    fn account_jwt(&self, account: &nkeys::KeyPair, name: &str, nats: NatsClaims) -> String {
+        let claims = Claims {
+            iss: self.operator.public_key(),
+            sub: account.public_key(),
+            name: name.into(),
+            iat: now(),
+            nats: NatsClaims {
+                kind: "account".into(),
+                version: 2,
+                ..nats
+            },
+            ..Claims::default()
+        };
+        encode(&claims, &self.operator).expect("account JWT")
+    }
+
+    fn app_jwt(&self) -> String {
+        self.account_jwt(
+            &self.app,
+            "APP",
+            NatsClaims {
+                limits: Some(AccountLimits {
+                    mem_storage: -1,
+                    disk_storage: -1,
+                    ..AccountLimits::default()
+                }),
+                signing_keys: vec![serde_json::Value::String(self.app_signer.public_key())],
+                revocations: [(self.revoked.public_key(), now() + 60)].into(),
+                ..NatsClaims::default()
+            },
+        )
+    }
+
+    fn sys_jwt(&self) -> String {
+        self.account_jwt(
+            &self.sys,
+            "SYS",
+            NatsClaims {
+                limits: Some(AccountLimits::default()),
+                ..NatsClaims::default()
+            },
+        )
+    }
+}
+
+/// A user JWT for `user`, issued by `issuer`; `edit` changes its claims.
+fn user_jwt(
+    issuer: &nkeys::KeyPair,
+    user: &nkeys::KeyPair,
+    edit: impl FnOnce(&mut Claims),
+) -> String {
+    let mut claims = Claims {
+        iss: issuer.public_key(),
+        sub: user.public_key(),
+        name: "u".into(),
+        iat: now(),
+        nats: NatsClaims {
+            kind: "user".into(),
+            version: 2,
+            // As `nsc` writes a user without limits.
+            subs: Some(-1),
+            data: Some(-1),
+            payload: Some(-1),
+            ..NatsClaims::default()
+        },
+        ..Claims::default()
+    };
+    edit(&mut claims);
+    encode(&claims, issuer).expect("user JWT")
+}
+
+/// Logs in with `jwt` (the nonce signed by `signer`, if any), sends `then` and a
+/// PING; returns what came back until `until` or the close.
+fn login(
+    addr: SocketAddr,
+    jwt: &str,
+    signer: Option<&nkeys::KeyPair>,
+    then: &str,
+    until: &str,
+) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read_until = |stream: &mut TcpStream,
+                      received: &mut Vec<u8>,
+                      buf: &mut [u8],
+                      stop: &dyn Fn(&[u8]) -> bool| {
+        while !stop(received) && Instant::now() < deadline {
+            stream
+                .set_read_timeout(Some(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ))
+                .ok();
+            match stream.read(buf) {
+                Ok(0) => {
+                    received.extend_from_slice(b"<closed>");
+                    return;
+                }
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(_) => return,
+            }
+        }
+    };
+    read_until(&mut stream, &mut received, &mut buf, &|r| {
+        r.windows(2).any(|w| w == b"\r\n")
+    });
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let info: serde_json::Value = serde_json::from_str(
+        text.strip_prefix("INFO ")
+            .and_then(|t| t.split("\r\n").next())
+            .expect("INFO line"),
+    )
+    .expect("INFO JSON");
+    assert_eq!(info["auth_required"], true, "{text}");
+    let nonce = info["nonce"].as_str().expect("a nonce in operator mode");
+    let sig = signer.map(|k| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(k.sign(nonce.as_bytes()).expect("sign"))
+    });
+    let connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "protocol": 1, "headers": true,
+        "jwt": jwt, "sig": sig,
+    });
+    received.clear();
+    stream
+        .write_all(format!("CONNECT {connect}\r\n{then}PING\r\n").as_bytes())
+        .expect("send");
+    let done = |r: &[u8]| {
+        let t = String::from_utf8_lossy(r);
+        t.contains(until) || t.contains("<closed>")
+    };
+    read_until(&mut stream, &mut received, &mut buf, &done);
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+const PUBSUB: &str = "SUB x 1\r\nPUB x 2\r\nhi\r\n";
+const OK: &str = "MSG x 1 2\r\nhi\r\nPONG\r\n";
+const JS_NAMES: &str = "SUB _INBOX.r 1\r\nPUB $JS.API.STREAM.NAMES _INBOX.r 0\r\n\r\n";
+const REFUSED: &str = "-ERR 'Authorization Violation'\r\n<closed>";
+
+/// Every login, with what it must get.
+fn logins(
+    k: &Keys,
+) -> Vec<(
+    &'static str,
+    String,
+    Option<nkeys::KeyPair>,
+    &'static str,
+    String,
+)> {
+    let user = nkeys::KeyPair::new_user();
+    let seed =
+        |kp: &nkeys::KeyPair| nkeys::KeyPair::from_seed(&kp.seed().expect("seed")).expect("kp");
+    let stranger = nkeys::KeyPair::new_account();
+    let mut out = Vec::new();
+    let mut add = |name, jwt: String, signer: Option<&nkeys::KeyPair>, then, expect: &str| {
+        out.push((name, jwt, signer.map(seed), then, expect.to_string()));
+    };
+    add(
+        "signed",
+        user_jwt(&k.app, &user, |_| {}),
+        Some(&user),
+        PUBSUB,
+        OK,
+    );
+    add(
+        "by the account's signing key",
+        user_jwt(&k.app_signer, &user, |c| {
+            c.nats.issuer_account = Some(k.app.public_key())
+        }),
+        Some(&user),
+        PUBSUB,
+        OK,
+    );
+    add(
+        "publish denied by the JWT",
+        user_jwt(&k.app, &user, |c| {
+            c.nats.publish = Some(PermissionSpec {
+                allow: vec![],
+                deny: vec!["x".into()],
+            })
+        }),
+        Some(&user),
+        PUBSUB,
+        "-ERR 'Permissions Violation for Publish to \"x\"'\r\nPONG\r\n",
+    );
+    add(
+        "bearer without a signature",
+        user_jwt(&k.app, &user, |c| c.nats.bearer_token = true),
+        None,
+        PUBSUB,
+        OK,
+    );
+    add(
+        "no signature",
+        user_jwt(&k.app, &user, |_| {}),
+        None,
+        PUBSUB,
+        REFUSED,
+    );
+    let other = nkeys::KeyPair::new_user();
+    add(
+        "signed by another key",
+        user_jwt(&k.app, &user, |_| {}),
+        Some(&other),
+        PUBSUB,
+        REFUSED,
+    );
+    add(
+        "expired",
+        user_jwt(&k.app, &user, |c| c.exp = Some(now() - 5)),
+        Some(&user),
+        PUBSUB,
+        REFUSED,
+    );
+    add(
+        "revoked",
+        user_jwt(&k.app, &k.revoked, |_| {}),
+        Some(&k.revoked),
+        PUBSUB,
+        REFUSED,
+    );
+    add(
+        "unknown account",
+        user_jwt(&stranger, &user, |_| {}),
+        Some(&user),
+        PUBSUB,
+        REFUSED,
+    );
+    add(
+        "WebSocket only, over TCP",
+        user_jwt(&k.app, &user, |c| {
+            c.nats.allowed_connection_types = vec!["WEBSOCKET".into()]
+        }),
+        Some(&user),
+        PUBSUB,
+        REFUSED,
+    );
+    add(
+        "a signing key without issuer_account",
+        user_jwt(&k.app_signer, &user, |_| {}),
+        Some(&user),
+        PUBSUB,
+        REFUSED,
+    );
+    add(
+        "JetStream in the account",
+        user_jwt(&k.app, &user, |_| {}),
+        Some(&user),
+        JS_NAMES,
+        "stream_names_response",
+    );
+    out
+}
+
+fn start_both(
+    k: &Keys,
+    tag: &str,
+) -> Option<(
+    common::process::RunningNode,
+    SocketAddr,
+    common::Child,
+    SocketAddr,
+    TempDir,
+)> {
+    let dir = temp_dir(tag);
+    std::fs::write(dir.join("op.jwt"), k.operator_jwt()).expect("write operator JWT");
+    let preload = format!(
+        "[resolver_preload]\n{} = \"{}\"\n{} = \"{}\"\n",
+        k.app.public_key(),
+        k.app_jwt(),
+        k.sys.public_key(),
+        k.sys_jwt()
+    );
+    let (node, addr, _) = run_node(
+        tag,
+        &format!("operator = \"op.jwt\"\nresolver = \"MEMORY\"\n{preload}"),
+    );
+    let ref_dir = TempDir::new(&format!("{tag}-ref"));
+    let op_path = ref_dir.0.join("op.jwt");
+    std::fs::write(&op_path, k.operator_jwt()).expect("write operator JWT");
+    let conf = format!(
+        "operator: \"{}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\njetstream {{ store_dir: \"{}\" }}\n",
+        op_path.display(),
+        k.app.public_key(),
+        k.app_jwt(),
+        k.sys.public_key(),
+        k.sys_jwt(),
+        ref_dir.0.join("js").display(),
+    );
+    let path = ref_dir.0.join("nats-server.conf");
+    std::fs::write(&path, conf).expect("write reference config");
+    let (reference, raddr) = start_reference(&["-c", path.to_str().expect("utf-8")])?;
+    Some((node, addr, reference, raddr, ref_dir))
+}
+
+#[test]
+fn users_log_in_with_jwts_as_at_the_reference() {
+    let k = Keys::new();
+    let Some((_node, addr, _reference, raddr, _dir)) = start_both(&k, "operator") else {
+        return;
+    };
+    for (name, jwt, signer, then, expect) in logins(&k) {
+        // JetStream answers after the PONG; everything else before it.
+        let (until, matches): (&str, fn(&str, &str) -> bool) = if then == JS_NAMES {
+            (&expect, |got, want| {
+                got.contains(want) && !got.contains("\"error\"")
+            })
+        } else {
+            ("PONG\r\n", |got, want| got.starts_with(want))
+        };
+        let ours = login(addr, &jwt, signer.as_ref(), then, until);
+        let theirs = login(raddr, &jwt, signer.as_ref(), then, until);
+        assert!(
+            matches(&ours, &expect),
+            "{name}: meshbroker answered {ours:?}"
+        );
+        assert!(
+            matches(&theirs, &expect),
+            "{name}: nats-server answered {theirs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_is_closed_when_its_user_jwt_expires() {
+    let k = Keys::new();
+    let Some((node, addr, _reference, raddr, _dir)) = start_both(&k, "operator-exp") else {
+        return;
+    };
+    let user = nkeys::KeyPair::new_user();
+    let jwt = user_jwt(&k.app, &user, |c| c.exp = Some(now() + 3));
+    for (server, at) in [("meshbroker", addr), ("nats-server", raddr)] {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(at).expect("connect");
+        let mut info = [0u8; 4096];
+        let n = stream.read(&mut info).expect("INFO");
+        let text = String::from_utf8_lossy(&info[..n]).into_owned();
+        let v: serde_json::Value = serde_json::from_str(
+            text.strip_prefix("INFO ")
+                .and_then(|t| t.split("\r\n").next())
+                .expect("INFO"),
+        )
+        .expect("JSON");
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            user.sign(v["nonce"].as_str().expect("nonce").as_bytes())
+                .expect("sign"),
+        );
+        let connect = serde_json::json!({"verbose": false, "protocol": 1, "jwt": jwt, "sig": sig});
+        stream
+            .write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+            .expect("send");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        let all = String::from_utf8_lossy(&all).into_owned();
+        assert!(
+            all.contains("-ERR 'User Authentication Expired'\r\n"),
+            "{server}: {all:?}"
+        );
+        // The reference's timer fires anywhere from the CONNECT to the second the
+        // JWT names (seen in both places); ours waits for that second and closes.
+        if server == "meshbroker" {
+            assert!(all.starts_with("PONG\r\n"), "{server}: {all:?}");
+            assert!(
+                started.elapsed() >= Duration::from_secs(1),
+                "{server}: closed early"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(6),
+                "{server}: closed late"
+            );
+        }
+    }
+    assert!(node.wait_for_log("user authentication expired", Duration::from_secs(5)));
+}
