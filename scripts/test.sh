@@ -30,8 +30,8 @@ if [ ${#need[@]} -gt 0 ] || [ ${#mesh[@]} -gt 0 ]; then
   fi
 fi
 ./scripts/install-reference.sh >/dev/null
-python3 -m pip install --quiet --disable-pip-version-check 'nats-py==2.16.0' 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'nats-py==2.16.0'
+python3 -m pip install --quiet --disable-pip-version-check 'nats-py[nkeys]==2.16.0' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'nats-py[nkeys]==2.16.0'
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 export MESHBROKER_CI=1
 cargo test --all-targets "$@"

@@ -28,6 +28,71 @@ struct Cli {
 enum Subcommand {
     Bench(Box<actors::bench::BenchArgs>),
     Mesh(MeshArgs),
+    Auth(AuthArgs),
+}
+
+/// operator mode's keys, JWTs and creds, as nsc writes them
+#[derive(FromArgs)]
+#[argh(subcommand, name = "auth")]
+struct AuthArgs {
+    #[argh(subcommand)]
+    command: AuthCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum AuthCommand {
+    Init(AuthInitArgs),
+    User(AuthUserArgs),
+}
+
+/// create an operator, its system account and application accounts (with
+/// JetStream) in a directory, and write the node's config block (auth.toml)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "init")]
+struct AuthInitArgs {
+    /// the directory (created; an existing operator there is never overwritten)
+    #[argh(option)]
+    dir: PathBuf,
+    /// the operator's name
+    #[argh(option, default = "String::from(\"OP\")")]
+    operator: String,
+    /// an application account (JetStream on); may be repeated
+    #[argh(option)]
+    account: Vec<String>,
+}
+
+/// mint a user of an account and write its .creds file (mode 0600)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "user")]
+struct AuthUserArgs {
+    /// the directory `auth init` wrote
+    #[argh(option)]
+    dir: PathBuf,
+    /// the account
+    #[argh(option)]
+    account: String,
+    /// the user's name
+    #[argh(option)]
+    name: String,
+    /// a subject it may publish to (may be repeated; none: any)
+    #[argh(option, long = "pub")]
+    publish: Vec<String>,
+    /// a subject it may subscribe to (may be repeated; none: any)
+    #[argh(option, long = "sub")]
+    subscribe: Vec<String>,
+    /// seconds until the JWT expires (none: never)
+    #[argh(option)]
+    expires: Option<i64>,
+    /// a bearer JWT: no signature of the nonce needed
+    #[argh(switch)]
+    bearer: bool,
+    /// only over WebSocket
+    #[argh(switch)]
+    websocket_only: bool,
+    /// the .creds file to write (default DIR/users/NAME.creds)
+    #[argh(option)]
+    out: Option<PathBuf>,
 }
 
 /// manage the WireGuard mesh's keys
@@ -80,6 +145,22 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Subcommand::Auth(args)) = &cli.command {
+        let result = match &args.command {
+            AuthCommand::Init(a) => auth_cmd::init(a),
+            AuthCommand::User(a) => auth_cmd::user(a),
+        };
+        return match result {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("meshbroker auth: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Subcommand::Bench(args)) = cli.command {
         return match actors::bench::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -123,5 +204,146 @@ fn main() -> ExitCode {
             log::error!("cannot wait for signals: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `meshbroker auth`: the files behind operator mode. Keys (seeds) are written with
+/// mode 0600 and never printed; JWTs are public.
+mod auth_cmd {
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use meshbroker::auth::mint;
+
+    use super::{AuthInitArgs, AuthUserArgs};
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+
+    /// Writes `text` to a new file (`secret`: mode 0600); never overwrites.
+    fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        if secret {
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn read(path: &Path) -> Result<String, String> {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn valid_name(name: &str) -> Result<(), String> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!("{name:?}: names are letters, digits, `_` and `-`"));
+        }
+        Ok(())
+    }
+
+    pub fn init(args: &AuthInitArgs) -> Result<String, String> {
+        for name in args.account.iter().chain([&args.operator]) {
+            valid_name(name)?;
+        }
+        if args.account.iter().any(|a| a == "SYS") {
+            return Err("SYS is the system account's name; pick another".into());
+        }
+        let dir = &args.dir;
+        for sub in ["", "accounts", "users"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let now = now();
+        let operator = nkeys::KeyPair::new_operator();
+        let sys = nkeys::KeyPair::new_account();
+        let seed = |k: &nkeys::KeyPair| k.seed().map_err(|e| e.to_string());
+        let jwt_err = |e: meshbroker::auth::jwt::JwtError| e.to_string();
+        write_new(&dir.join("operator.nk"), &seed(&operator)?, true)?;
+        let op_jwt = mint::operator_jwt(&operator, &args.operator, &sys.public_key(), now)
+            .map_err(jwt_err)?;
+        write_new(&dir.join("operator.jwt"), &op_jwt, false)?;
+        let mut preload = Vec::new();
+        let accounts = std::iter::once(("SYS", &sys, false));
+        let apps: Vec<(String, nkeys::KeyPair)> = args
+            .account
+            .iter()
+            .map(|a| (a.clone(), nkeys::KeyPair::new_account()))
+            .collect();
+        for (name, key, jetstream) in
+            accounts.chain(apps.iter().map(|(n, k)| (n.as_str(), k, true)))
+        {
+            let jwt = mint::account_jwt(&operator, key, name, jetstream, now).map_err(jwt_err)?;
+            write_new(
+                &dir.join("accounts").join(format!("{name}.nk")),
+                &seed(key)?,
+                true,
+            )?;
+            write_new(
+                &dir.join("accounts").join(format!("{name}.jwt")),
+                &jwt,
+                false,
+            )?;
+            preload.push((key.public_key(), jwt));
+        }
+        let op_path = std::fs::canonicalize(dir.join("operator.jwt"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let block = mint::config_block(&op_path.display().to_string(), &sys.public_key(), &preload);
+        write_new(&dir.join("auth.toml"), &block, false)?;
+        Ok(format!(
+            "operator {} with accounts SYS{}; add {} to the node's config",
+            operator.public_key(),
+            apps.iter()
+                .map(|(n, _)| format!(", {n}"))
+                .collect::<String>(),
+            dir.join("auth.toml").display()
+        ))
+    }
+
+    pub fn user(args: &AuthUserArgs) -> Result<String, String> {
+        valid_name(&args.account)?;
+        valid_name(&args.name)?;
+        let account_seed = read(
+            &args
+                .dir
+                .join("accounts")
+                .join(format!("{}.nk", args.account)),
+        )?;
+        let account = nkeys::KeyPair::from_seed(&account_seed)
+            .map_err(|e| format!("account {}: {e}", args.account))?;
+        let user = nkeys::KeyPair::new_user();
+        let spec = mint::UserSpec {
+            name: args.name.clone(),
+            publish: args.publish.clone(),
+            subscribe: args.subscribe.clone(),
+            expires_in: args.expires,
+            bearer: args.bearer,
+            connection_types: if args.websocket_only {
+                vec!["WEBSOCKET".into()]
+            } else {
+                Vec::new()
+            },
+        };
+        let jwt = mint::user_jwt(&account, &user, &spec, now()).map_err(|e| e.to_string())?;
+        let seed = user.seed().map_err(|e| e.to_string())?;
+        let out: PathBuf = args
+            .out
+            .clone()
+            .unwrap_or_else(|| args.dir.join("users").join(format!("{}.creds", args.name)));
+        write_new(&out, &mint::creds(&jwt, &seed), true)?;
+        Ok(format!("{}", out.display()))
     }
 }

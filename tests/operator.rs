@@ -446,3 +446,149 @@ fn a_connection_is_closed_when_its_user_jwt_expires() {
     }
     assert!(node.wait_for_log("user authentication expired", Duration::from_secs(5)));
 }
+
+/// Runs `meshbroker auth …` and returns what it printed.
+fn auth(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::meshbroker_binary())
+        .arg("auth")
+        .args(args)
+        .output()
+        .expect("run meshbroker auth");
+    assert!(
+        out.status.success(),
+        "meshbroker auth {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The recipe with `meshbroker auth` alone: an operator with SYS and APP, a node that
+/// trusts it, users minted from the CLI logging in from creds files with async-nats
+/// and nats-py, inside their permissions and refused outside them.
+#[tokio::test]
+async fn meshbroker_auth_bootstraps_what_the_clients_log_in_with() {
+    let dir = TempDir::new("auth-recipe");
+    let keys = dir.0.join("auth");
+    let d = keys.to_str().expect("utf-8");
+    auth(&["init", "--dir", d, "--account", "APP"]);
+    // Keys are secrets: 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(keys.join("operator.nk"))
+        .expect("seed")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The seed is never printed; a second init does not overwrite the operator.
+    let again = std::process::Command::new(common::meshbroker_binary())
+        .args(["auth", "init", "--dir", d, "--account", "APP"])
+        .output()
+        .expect("run");
+    assert!(!again.status.success());
+    let alice = auth(&[
+        "user",
+        "--dir",
+        d,
+        "--account",
+        "APP",
+        "--name",
+        "alice",
+        "--pub",
+        "chat.>",
+        "--pub",
+        "$JS.API.>",
+        "--pub",
+        "_INBOX.>",
+        "--sub",
+        "chat.>",
+        "--sub",
+        "_INBOX.>",
+    ]);
+    let block = std::fs::read_to_string(keys.join("auth.toml")).expect("auth.toml");
+    let (node, addr, _) = run_node("auth-recipe", &block);
+    let url = format!("nats://{addr}");
+
+    let client = async_nats::ConnectOptions::with_credentials_file(&alice)
+        .await
+        .expect("creds parse")
+        .connect(&url)
+        .await
+        .expect("alice logs in");
+    let mut sub = client.subscribe("chat.>").await.expect("sub");
+    client
+        .publish("chat.room", "hi".into())
+        .await
+        .expect("publish");
+    let m = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut sub))
+        .await
+        .expect("delivered")
+        .expect("message");
+    assert_eq!(&m.payload[..], b"hi");
+    // Subscribing outside the JWT's permissions is refused by the server.
+    let _hidden = client.subscribe("secret.>").await.expect("sent");
+    client.flush().await.expect("flush");
+    assert!(node.wait_for_log(
+        "Permissions Violation for Subscription to \"secret.>\"",
+        Duration::from_secs(5)
+    ));
+
+    // A user of another account cannot be minted from keys that are not there.
+    let missing = std::process::Command::new(common::meshbroker_binary())
+        .args([
+            "auth",
+            "user",
+            "--dir",
+            d,
+            "--account",
+            "NOPE",
+            "--name",
+            "x",
+        ])
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import nats"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python {
+        assert!(
+            std::env::var("MESHBROKER_CI").as_deref() != Ok("1"),
+            "nats-py is required"
+        );
+        return;
+    }
+    let bob = auth(&[
+        "user",
+        "--dir",
+        d,
+        "--account",
+        "APP",
+        "--name",
+        "bob",
+        "--pub",
+        "chat.>",
+        "--pub",
+        "$JS.API.>",
+        "--pub",
+        "_INBOX.>",
+        "--sub",
+        "chat.>",
+        "--sub",
+        "_INBOX.>",
+    ]);
+    let script = format!(
+        "{}/tests/python/nats_py_creds.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new("python3")
+        .args([&script, &url, &bob])
+        .output()
+        .expect("python3");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("all checks passed"),
+        "nats-py: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

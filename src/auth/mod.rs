@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod config;
 pub mod jwt;
+pub mod mint;
 pub mod operator;
 pub mod permissions;
 

@@ -146,12 +146,14 @@ impl Trust {
             }
             Some(ResolverConfig::Named(n)) if n.eq_ignore_ascii_case("memory") => {}
             Some(ResolverConfig::Table { kind, .. }) if kind.eq_ignore_ascii_case("memory") => {}
-            Some(other) => return Err(err(
-                "resolver",
-                format!(
+            Some(other) => {
+                return Err(err(
+                    "resolver",
+                    format!(
                     "{other:?}: only the MEMORY resolver (with resolver_preload) is built so far"
                 ),
-            )),
+                ))
+            }
         }
         for (key, token) in preload {
             let claims =
