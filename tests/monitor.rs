@@ -157,10 +157,10 @@ async fn varz_and_metrics_count_what_clients_did() {
     subjects.sort();
     assert_eq!(subjects, ["orders.new", "other.>"]);
     assert_eq!(get_json(addr, "/routez")["num_routes"], 0);
-    assert_eq!(
-        get_json(addr, "/accountz")["accounts"],
-        serde_json::json!(["$G"])
-    );
+    // As the reference without accounts configured: the global and the system account.
+    let accountz = get_json(addr, "/accountz");
+    assert_eq!(accountz["accounts"], serde_json::json!(["$G", "$SYS"]));
+    assert_eq!(accountz["system_account"], "$SYS");
     let (status, _, body) = get(addr, "/connz?sort=bogus");
     assert_eq!(
         (status, &body[..]),
