@@ -381,7 +381,16 @@ impl Client {
         );
         let mut result = self.check_credentials(opts, "").await;
         if let Ok(grant) = &result {
-            match self.ctx.account(&grant.account) {
+            // In operator mode an account the trust accepts may be new to this node
+            // (pushed since start, or read from the resolver's directory).
+            let account = self.ctx.account(&grant.account).or_else(|| {
+                self.ctx
+                    .auth()
+                    .trust()
+                    .is_some()
+                    .then(|| super::system::activate_account(&self.ctx, &grant.account))
+            });
+            match account {
                 _ if !grant.allows_transport(self.who.transport) => {
                     log::error!(
                         "{} - authentication error - client connection type {:?} not allowed",
@@ -391,7 +400,7 @@ impl Client {
                     result = Err(AuthError::NoCredentials);
                 }
                 Some(account) => {
-                    self.account = account.clone();
+                    self.account = account;
                     if let Some(exp) = grant.expires {
                         self.expire_at(exp);
                     }

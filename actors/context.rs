@@ -113,9 +113,10 @@ pub struct ServerContext {
     /// The global account `$G`: every connection's when no accounts are configured,
     /// and that of users in `[authorization]`.
     pub global: Arc<Account>,
-    /// Every account by name (`$G` and the system account included); fixed while the
-    /// node runs.
-    pub accounts: std::collections::HashMap<String, Arc<Account>>,
+    /// Every account by name (`$G` and the system account included). In operator
+    /// mode an account pushed while the node runs is added ([`ServerContext::add_account`]);
+    /// none is ever removed.
+    pub(super) accounts: arc_swap::ArcSwap<std::collections::HashMap<String, Arc<Account>>>,
     /// The system account's name.
     pub system_account: String,
     pub next_client_id: AtomicU64,
@@ -236,13 +237,46 @@ impl ServerContext {
     }
 
     /// The account named `name`, if this node has it.
-    pub fn account(&self, name: &str) -> Option<&Arc<Account>> {
-        self.accounts.get(name)
+    pub fn account(&self, name: &str) -> Option<Arc<Account>> {
+        self.accounts.load().get(name).cloned()
+    }
+
+    /// Every account, at this moment.
+    pub fn accounts(&self) -> Arc<std::collections::HashMap<String, Arc<Account>>> {
+        self.accounts.load_full()
+    }
+
+    /// The account named `name`, started now if this node did not have it (an account
+    /// JWT pushed while the node runs): every route up hears its interest. Returns
+    /// whether it is new.
+    pub fn add_account(&self, name: &str) -> (Arc<Account>, bool) {
+        if let Some(account) = self.account(name) {
+            return (account, false);
+        }
+        let account = Account::start(name, &self.spawner);
+        let mut added = false;
+        self.accounts.rcu(|map| {
+            let mut map = std::collections::HashMap::clone(map);
+            added = !map.contains_key(name);
+            map.entry(name.to_string()).or_insert_with(|| account.clone());
+            map
+        });
+        let account = self.account(name).unwrap_or(account);
+        // A route that came up before the insertion is attached here; one that comes
+        // up after attaches itself (attaching twice is harmless).
+        for route in self.peers.routes() {
+            account.send(vec![super::router::SubChange::AttachRoute(route)]);
+        }
+        (account, added)
     }
 
     /// Entries in every account's subject index.
     pub fn subscriptions(&self) -> u64 {
-        self.accounts.values().map(|a| a.index().len() as u64).sum()
+        self.accounts
+            .load()
+            .values()
+            .map(|a| a.index().len() as u64)
+            .sum()
     }
 
     /// The INFO a client sees.

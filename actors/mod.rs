@@ -11,13 +11,13 @@
 //! 3. `context` (config, identity, counters, TLS setup of a node)
 //! 4. `publish` (delivering)
 //! 5. `storage`, then `raft` (a Raft group's actor and the node's Raft host), then
-//!    `stream`, then `jetstream`
+//!    `stream`, then `jetstream`, then `system` (the system account's services)
 //! 6. `websocket`, then `transport` (a client connection's TLS and WebSocket setup),
 //!    then `client` and `route`
 //! 7. `listener`, `cluster`
 //! 8. `mesh`
 //! 9. `monitor`
-//! 10. `node`, then `signals` and `bench`
+//! 10. `node`, then `signals`, `bench` and `push` (command-line clients)
 
 pub mod runtime;
 
@@ -41,6 +41,8 @@ pub mod stream;
 
 pub mod jetstream;
 
+pub mod system;
+
 pub mod websocket;
 
 pub mod transport;
@@ -58,4 +60,5 @@ pub mod monitor;
 pub mod node;
 
 pub mod bench;
+pub mod push;
 pub mod signals;

@@ -260,8 +260,8 @@ impl Monitor {
             "/accountz" => {
                 let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
                 reply(StatusCode::OK, JSON, {
-                    let mut names: Vec<&str> =
-                        self.ctx.accounts.keys().map(String::as_str).collect();
+                    let accounts = self.ctx.accounts();
+                    let mut names: Vec<&str> = accounts.keys().map(String::as_str).collect();
                     names.sort_by_key(|n| (*n != "$G", *n));
                     monitor::accountz(&self.ctx.server_id, &now, &self.ctx.system_account, &names)
                 })

@@ -17,6 +17,8 @@ use super::router::{install_imports, Account};
 use super::runtime::{self, Runtime, Task};
 use super::subscription::Peers;
 use crate::auth::accounts::GLOBAL_ACCOUNT;
+use crate::auth::accounts::AccountPlan;
+use crate::auth::operator::{ResolverKind, Trust};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::proto::info::COMPAT_VERSION;
@@ -54,10 +56,31 @@ pub enum NodeError {
 
 /// Builds the authenticator (the config was validated: this only fails on a bug) and
 /// warns where the setup is weak.
-fn compile_auth(config: &Config) -> Result<Authenticator, NodeError> {
-    let auth = config
+fn compile_auth(config: &Config, live: Option<&Authenticator>) -> Result<Authenticator, NodeError> {
+    let mut auth = config
         .authenticator()
         .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
+    if let Some(trust) = auth.trust() {
+        let mut trust = Trust::clone(trust);
+        if let ResolverKind::Full { dir } = trust.resolver().clone() {
+            let stored = runtime::read_jwt_dir(std::path::Path::new(&dir))
+                .map_err(|e| NodeError::Config(format!("key `resolver`: directory {dir}: {e}")))?;
+            let now_secs = runtime::now_unix_ns() / 1_000_000_000;
+            for refused in trust.add_stored(&stored, now_secs) {
+                log::warn!("resolver directory {dir}: {refused}; left in place, not loaded");
+            }
+            log::info!(
+                "account JWTs in {dir}: {} accounts known",
+                trust.account_keys().len()
+            );
+        }
+        // Accounts pushed while the node ran survive a reload (a MEMORY resolver's
+        // only copy is the live one).
+        if let Some(live) = live.and_then(Authenticator::trust) {
+            trust.carry_over(live);
+        }
+        auth = auth.with_trust(trust);
+    }
     if auth.has_plain_passwords() {
         log::warn!(
             "plain-text passwords or tokens in [authorization]: prefer bcrypt hashes or nkeys"
@@ -71,6 +94,43 @@ fn compile_auth(config: &Config) -> Result<Authenticator, NodeError> {
         );
     }
     Ok(auth)
+}
+
+/// The accounts to start: the config's, or in operator mode those `auth` trusts (the
+/// preload and the full resolver's directory). A stored account never stops the node
+/// from starting: JetStream stays with the config's account when a stored JWT asks for
+/// it too, and a stored set that does not fit together falls back to the config's.
+fn account_plan(config: &Config, auth: &Authenticator) -> Result<AccountPlan, NodeError> {
+    let from_config = config
+        .account_plan()
+        .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
+    let Some(trust) = auth.trust() else {
+        return Ok(from_config);
+    };
+    let mut accounts = trust.account_configs();
+    let jetstream = from_config.jetstream_account().map(str::to_string);
+    if accounts.values().filter(|a| a.jetstream).count() > 1 {
+        for (name, account) in accounts.iter_mut() {
+            if account.jetstream && jetstream.as_deref() != Some(name.as_str()) {
+                log::warn!(
+                    "account {name}: its JWT enables JetStream, which serves one account per node ({}): off here",
+                    jetstream.as_deref().unwrap_or("none")
+                );
+                account.jetstream = false;
+            }
+        }
+    }
+    match AccountPlan::new(&accounts, trust.system_account()) {
+        Ok(plan) => Ok(plan),
+        Err(e) => {
+            log::warn!(
+                "the stored account JWTs do not fit together ({}: {}): starting with the preloaded accounts",
+                e.key,
+                e.reason
+            );
+            Ok(from_config)
+        }
+    }
 }
 
 /// Sets the process's log level from the config, unless `RUST_LOG` chose the filter
@@ -121,9 +181,8 @@ impl Node {
         let rt = Runtime::start(runtime::threads_for(config.threads), "meshbroker")
             .map_err(NodeError::Runtime)?;
         let spawner = rt.spawner();
-        let plan = config
-            .account_plan()
-            .map_err(|e| NodeError::Config(format!("key `{}`: {}", e.key, e.reason)))?;
+        let auth = compile_auth(&config, None)?;
+        let plan = account_plan(&config, &auth)?;
         let accounts: HashMap<String, Arc<Account>> = plan
             .accounts
             .iter()
@@ -141,7 +200,6 @@ impl Node {
             .take(6)
             .collect();
         install_imports(&plan, &accounts, &node_tag, &secret);
-        let auth = compile_auth(&config)?;
         let tls = TlsSetup::load(&config).map_err(NodeError::Config)?;
         let ws = WsSetup::load(&config).map_err(NodeError::Config)?;
         let ws_listener = match config.websocket.addr().map_err(NodeError::Config)? {
@@ -160,7 +218,7 @@ impl Node {
             server_name,
             client_addr,
             global,
-            accounts,
+            accounts: arc_swap::ArcSwap::from_pointee(accounts),
             system_account: plan.system_account.clone(),
             next_client_id: AtomicU64::new(1),
             stats: Stats::default(),
@@ -172,15 +230,14 @@ impl Node {
         let mut js_view = None;
         let js_account = plan
             .jetstream_account()
-            .and_then(|name| ctx.account(name))
-            .cloned();
+            .and_then(|name| ctx.account(name));
         if ctx.config().jetstream.enabled {
             // Every other account answers its JetStream requests as not enabled.
             for spec in &plan.accounts {
                 let enabled = js_account.as_ref().is_some_and(|a| a.name == spec.name);
                 if !enabled && spec.name != plan.system_account {
                     if let Some(account) = ctx.account(&spec.name) {
-                        super::jetstream::serve_disabled(account.clone(), &spawner);
+                        super::jetstream::serve_disabled(account, &spawner);
                     }
                 }
             }
@@ -205,6 +262,12 @@ impl Node {
             });
         }
         let (commands, command_rx) = async_channel::unbounded();
+        {
+            let commands = commands.clone();
+            super::system::start_resolver(&ctx, move || {
+                let _ = commands.try_send(Command::Reauthorize);
+            });
+        }
         let planes = Arc::new(Planes::default());
         let monitor_addr = match ctx.config().monitor.addr().map_err(NodeError::Config)? {
             Some(addr) => {
@@ -357,7 +420,7 @@ impl Node {
                 "key `{key}` cannot change while the node runs; restart it to apply"
             )));
         }
-        let auth = compile_auth(&new)?;
+        let auth = compile_auth(&new, Some(&self.ctx.auth()))?;
         // Certificates are read again: a renewed certificate applies to new
         // connections; live ones keep the session they negotiated.
         let tls = TlsSetup::load(&new).map_err(NodeError::Config)?;

@@ -275,7 +275,7 @@ pub async fn serve(
             }
         })
     };
-    for account in ctx.accounts.values() {
+    for account in ctx.accounts().values() {
         account.send(vec![SubChange::AttachRoute(shared.clone())]);
     }
     let mut route = Route {
@@ -485,7 +485,14 @@ impl Route {
                     .stats
                     .in_bytes
                     .fetch_add(m.data.len() as u64, Ordering::Relaxed);
-                let Some(account) = account_named(&self.ctx, m.account) else {
+                // `$G` without a lookup (or a reference count) per message.
+                let named;
+                let account: &Account = if m.account == self.ctx.global.name.as_bytes() {
+                    &self.ctx.global
+                } else if let Some(a) = account_named(&self.ctx, m.account) {
+                    named = a;
+                    &named
+                } else {
                     if m.account == RAFT_ACCOUNT {
                         self.ctx.peers.raft_frame(m.data);
                     }
@@ -518,7 +525,7 @@ impl Route {
                 subject,
                 queue,
             } => {
-                let account = account_named(&self.ctx, acc).cloned();
+                let account = account_named(&self.ctx, acc).or_else(|| self.pushed_account(acc));
                 let (Some(account), true) = (account, crate::subject::is_valid_subject(subject))
                 else {
                     log::debug!(
@@ -611,9 +618,27 @@ impl Route {
         self.publisher.flush();
     }
 
+    /// In operator mode, interest in an account this node has not heard of yet: one
+    /// pushed to the cluster and not yet applied here (or pushed while this node was
+    /// down). Its router starts now so the interest is not lost; its users still log in
+    /// only once this node trusts the account's JWT.
+    fn pushed_account(&self, name: &[u8]) -> Option<Arc<Account>> {
+        let name = std::str::from_utf8(name).ok()?;
+        let is_account_key = name.starts_with('A')
+            && nkeys::KeyPair::from_public_key(name).is_ok();
+        if !is_account_key || self.ctx.auth().trust().is_none() {
+            return None;
+        }
+        log::debug!(
+            "route {}: interest in account {name}, not known here yet",
+            self.shared.id
+        );
+        Some(super::system::activate_account(&self.ctx, name))
+    }
+
     /// Withdraws everything the other node announced.
     fn finish(&mut self) {
-        for account in self.ctx.accounts.values() {
+        for account in self.ctx.accounts().values() {
             account.send(vec![SubChange::DetachRoute(self.shared.id)]);
         }
         for (_, (account, sub)) in std::mem::take(&mut self.interest) {
@@ -625,9 +650,9 @@ impl Route {
 }
 
 /// The account a route operation names, if this node has it (`$G` without a lookup).
-fn account_named<'a>(ctx: &'a ServerContext, name: &[u8]) -> Option<&'a Arc<Account>> {
+fn account_named(ctx: &ServerContext, name: &[u8]) -> Option<Arc<Account>> {
     if name == ctx.global.name.as_bytes() {
-        return Some(&ctx.global);
+        return Some(ctx.global.clone());
     }
     std::str::from_utf8(name).ok().and_then(|n| ctx.account(n))
 }

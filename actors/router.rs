@@ -236,6 +236,9 @@ impl Interest {
     }
 
     fn attach(&mut self, route: Arc<RouteShared>) {
+        if self.routes.iter().any(|r| r.id == route.id) {
+            return;
+        }
         let account = &self.account;
         let _ = route.out.push_control(|buf| {
             for ((subject, queue), count) in &self.counts {

@@ -151,6 +151,52 @@ pub fn read_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// The `*.jwt` files of a directory, as (file name, trimmed text), sorted by name;
+/// the directory is created (mode 0700) when missing. Unreadable files are skipped
+/// with a warning: the full resolver's directory is read at start and on reload.
+pub fn read_jwt_dir(dir: &std::path::Path) -> io::Result<Vec<(String, String)>> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.ends_with(".jwt") {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => out.push((name.to_string(), text.trim().to_string())),
+            Err(e) => log::warn!("{}: {e}", path.display()),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Replaces `dir/name` with `text` durably: written to a temporary file (mode 0600),
+/// fsynced, renamed over the old one, the directory fsynced; a crash leaves the old
+/// file or the new one, never a mix.
+pub fn write_file_durably(dir: &std::path::Path, name: &str, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// The wall clock (for times shown to people and written into records).
 pub fn wall_clock() -> std::time::SystemTime {
     std::time::SystemTime::now()

@@ -554,6 +554,11 @@ impl Peers {
         });
     }
 
+    /// Every route up now.
+    pub fn routes(&self) -> Vec<Arc<RouteShared>> {
+        self.routes.load().values().cloned().collect()
+    }
+
     pub fn is_routed(&self, name: &str) -> bool {
         self.routes.load().contains_key(name)
     }

@@ -494,7 +494,10 @@ impl Connection {
         &mut self,
         result: Result<Grant, AuthError>,
     ) -> Result<Reauthorized, WireError> {
-        let grant = result.map_err(|_| WireError::AuthorizationViolation)?;
+        let grant = result.map_err(|e| match e {
+            crate::auth::AuthError::Revoked(_) => WireError::AuthenticationRevoked,
+            _ => WireError::AuthorizationViolation,
+        })?;
         self.accept(grant);
         let mut removed = Vec::new();
         let refused: Vec<Box<[u8]>> = self

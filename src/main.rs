@@ -43,7 +43,49 @@ struct AuthArgs {
 #[argh(subcommand)]
 enum AuthCommand {
     Init(AuthInitArgs),
+    Account(AuthAccountArgs),
     User(AuthUserArgs),
+    Push(AuthPushArgs),
+}
+
+/// add an application account (JetStream on unless --no-jetstream) to the
+/// directory `auth init` wrote; `auth push` sends it to running nodes
+#[derive(FromArgs)]
+#[argh(subcommand, name = "account")]
+struct AuthAccountArgs {
+    /// the directory `auth init` wrote
+    #[argh(option)]
+    dir: PathBuf,
+    /// the account's name
+    #[argh(option)]
+    name: String,
+    /// without JetStream
+    #[argh(switch)]
+    no_jetstream: bool,
+    /// revoke this user (public key `U…`, or `*` for every user) issued until now;
+    /// re-issues the account's JWT (may be repeated)
+    #[argh(option)]
+    revoke: Vec<String>,
+}
+
+/// send account JWTs to running nodes, as `nsc push` does: as a temporary user of
+/// the system account, on $SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE; prints every node's
+/// answer
+#[derive(FromArgs)]
+#[argh(subcommand, name = "push")]
+struct AuthPushArgs {
+    /// the directory `auth init` wrote
+    #[argh(option)]
+    dir: PathBuf,
+    /// a node's client URL (default nats://127.0.0.1:4222)
+    #[argh(option, default = "String::from(\"nats://127.0.0.1:4222\")")]
+    server: String,
+    /// only this account (default: every account in the directory)
+    #[argh(option)]
+    account: Option<String>,
+    /// how long to collect answers, in milliseconds (default 1000)
+    #[argh(option, default = "1000")]
+    wait_ms: u64,
 }
 
 /// create an operator, its system account and application accounts (with
@@ -60,6 +102,10 @@ struct AuthInitArgs {
     /// an application account (JetStream on); may be repeated
     #[argh(option)]
     account: Vec<String>,
+    /// the node's resolver: `full` (account JWTs stored in DIR/jwt, updated by
+    /// `auth push`; the default) or `memory` (the preload only)
+    #[argh(option, default = "String::from(\"full\")")]
+    resolver: String,
 }
 
 /// mint a user of an account and write its .creds file (mode 0600)
@@ -148,7 +194,9 @@ fn main() -> ExitCode {
     if let Some(Subcommand::Auth(args)) = &cli.command {
         let result = match &args.command {
             AuthCommand::Init(a) => auth_cmd::init(a),
+            AuthCommand::Account(a) => auth_cmd::account(a),
             AuthCommand::User(a) => auth_cmd::user(a),
+            AuthCommand::Push(a) => auth_cmd::push(a),
         };
         return match result {
             Ok(said) => {
@@ -215,7 +263,7 @@ mod auth_cmd {
 
     use meshbroker::auth::mint;
 
-    use super::{AuthInitArgs, AuthUserArgs};
+    use super::{AuthAccountArgs, AuthInitArgs, AuthPushArgs, AuthUserArgs};
 
     fn now() -> i64 {
         std::time::SystemTime::now()
@@ -301,7 +349,24 @@ mod auth_cmd {
         }
         let op_path = std::fs::canonicalize(dir.join("operator.jwt"))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let block = mint::config_block(&op_path.display().to_string(), &sys.public_key(), &preload);
+        let resolver = match args.resolver.as_str() {
+            "memory" => mint::Resolver::Memory,
+            "full" => mint::Resolver::Full {
+                dir: op_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("jwt")
+                    .display()
+                    .to_string(),
+            },
+            other => return Err(format!("--resolver {other:?}: `full` or `memory`")),
+        };
+        let block = mint::config_block(
+            &op_path.display().to_string(),
+            &sys.public_key(),
+            &resolver,
+            &preload,
+        );
         write_new(&dir.join("auth.toml"), &block, false)?;
         Ok(format!(
             "operator {} with accounts SYS{}; add {} to the node's config",
@@ -311,6 +376,121 @@ mod auth_cmd {
                 .collect::<String>(),
             dir.join("auth.toml").display()
         ))
+    }
+
+    /// The operator's key pair, from the directory `auth init` wrote.
+    fn operator_key(dir: &Path) -> Result<nkeys::KeyPair, String> {
+        nkeys::KeyPair::from_seed(&read(&dir.join("operator.nk"))?)
+            .map_err(|e| format!("operator key: {e}"))
+    }
+
+    pub fn account(args: &AuthAccountArgs) -> Result<String, String> {
+        valid_name(&args.name)?;
+        let operator = operator_key(&args.dir)?;
+        let accounts = args.dir.join("accounts");
+        let seed_path = accounts.join(format!("{}.nk", args.name));
+        let jwt_path = accounts.join(format!("{}.jwt", args.name));
+        let existing = seed_path.exists();
+        let account = if existing {
+            nkeys::KeyPair::from_seed(&read(&seed_path)?)
+                .map_err(|e| format!("account {}: {e}", args.name))?
+        } else {
+            let key = nkeys::KeyPair::new_account();
+            write_new(&seed_path, &key.seed().map_err(|e| e.to_string())?, true)?;
+            key
+        };
+        // Revocations accumulate: the held JWT's stay.
+        let mut revocations = std::collections::BTreeMap::new();
+        if existing {
+            let held = meshbroker::auth::jwt::decode(&read(&jwt_path)?)
+                .map_err(|e| format!("{}: {e}", jwt_path.display()))?;
+            revocations = held.nats.revocations;
+        }
+        let now = now();
+        for user in &args.revoke {
+            if user != "*" && !(user.starts_with('U') && nkeys::KeyPair::from_public_key(user).is_ok()) {
+                return Err(format!("--revoke {user:?}: a user's public key (U…) or `*`"));
+            }
+            revocations.insert(user.clone(), now);
+        }
+        let jwt = mint::account_jwt_with(
+            &operator,
+            &account,
+            &args.name,
+            !args.no_jetstream,
+            revocations,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        let tmp = accounts.join(format!(".{}.jwt.tmp", args.name));
+        std::fs::write(&tmp, &jwt).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &jwt_path).map_err(|e| format!("{}: {e}", jwt_path.display()))?;
+        Ok(format!(
+            "account {} {} ({}); `meshbroker auth push --dir {} --account {}` sends it to the nodes",
+            args.name,
+            if existing { "re-issued" } else { "created" },
+            account.public_key(),
+            args.dir.display(),
+            args.name
+        ))
+    }
+
+    pub fn push(args: &AuthPushArgs) -> Result<String, String> {
+        let accounts = args.dir.join("accounts");
+        let mut jwts = Vec::new();
+        let names: Vec<String> = match &args.account {
+            Some(name) => vec![name.clone()],
+            None => {
+                let mut names: Vec<String> = std::fs::read_dir(&accounts)
+                    .map_err(|e| format!("{}: {e}", accounts.display()))?
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter_map(|n| n.strip_suffix(".jwt").map(str::to_string))
+                    .filter(|n| !n.starts_with('.'))
+                    .collect();
+                names.sort();
+                names
+            }
+        };
+        for name in &names {
+            valid_name(name)?;
+            let jwt = read(&accounts.join(format!("{name}.jwt")))?;
+            let claims = meshbroker::auth::jwt::decode(&jwt).map_err(|e| format!("{name}: {e}"))?;
+            jwts.push((name.clone(), claims.sub, jwt));
+        }
+        // As nsc: a user of the system account that lives two minutes.
+        let sys = nkeys::KeyPair::from_seed(&read(&accounts.join("SYS.nk"))?)
+            .map_err(|e| format!("system account key: {e}"))?;
+        let user = nkeys::KeyPair::new_user();
+        let spec = mint::UserSpec {
+            name: "meshbroker-auth-push".into(),
+            expires_in: Some(120),
+            ..mint::UserSpec::default()
+        };
+        let user_jwt = mint::user_jwt(&sys, &user, &spec, now()).map_err(|e| e.to_string())?;
+        let answers = meshbroker::actors::push::push(
+            &args.server,
+            &user_jwt,
+            &user,
+            &jwts,
+            std::time::Duration::from_millis(args.wait_ms),
+        )?;
+        let mut out = String::new();
+        let mut failed = false;
+        for (name, answer) in &answers {
+            failed |= answer.failed;
+            out.push_str(&format!("{name}: {}\n", answer.text));
+        }
+        for (name, key, _) in &jwts {
+            if !answers.iter().any(|(n, _)| n == name) {
+                failed = true;
+                out.push_str(&format!("{name} ({key}): no node answered\n"));
+            }
+        }
+        if failed {
+            return Err(format!("not every push was taken:\n{}", out.trim_end()));
+        }
+        Ok(out.trim_end().to_string())
     }
 
     pub fn user(args: &AuthUserArgs) -> Result<String, String> {

@@ -54,6 +54,19 @@ pub fn account_jwt(
     jetstream: bool,
     now: i64,
 ) -> Result<String, JwtError> {
+    account_jwt_with(operator, account, name, jetstream, Default::default(), now)
+}
+
+/// An account JWT as [`account_jwt`], with `revocations` (user key or `*` → the time
+/// before which their JWTs no longer count).
+pub fn account_jwt_with(
+    operator: &nkeys::KeyPair,
+    account: &nkeys::KeyPair,
+    name: &str,
+    jetstream: bool,
+    revocations: std::collections::BTreeMap<String, i64>,
+    now: i64,
+) -> Result<String, JwtError> {
     let storage = if jetstream { -1 } else { 0 };
     let claims = Claims {
         jti: jti(now, &account.public_key()),
@@ -69,6 +82,7 @@ pub fn account_jwt(
                 disk_storage: storage,
                 ..AccountLimits::default()
             }),
+            revocations,
             ..NatsClaims::default()
         },
         ..Claims::default()
@@ -125,15 +139,28 @@ NKEYs are sensitive and should be treated as secrets.\n\n\
     )
 }
 
+/// The resolver a config block names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    Memory,
+    /// Account JWTs stored in `dir`, updated by pushes.
+    Full { dir: String },
+}
+
 /// The part of a node's config that trusts this operator: `operator_path` is where
 /// the operator JWT lies (relative to the node's config file, or absolute).
 pub fn config_block(
     operator_path: &str,
     system_account: &str,
+    resolver: &Resolver,
     accounts: &[(String, String)],
 ) -> String {
+    let resolver = match resolver {
+        Resolver::Memory => "\"MEMORY\"".to_string(),
+        Resolver::Full { dir } => format!("{{ type = \"full\", dir = {} }}", toml_string(dir)),
+    };
     let mut out = format!(
-        "operator = {}\nsystem_account = \"{system_account}\"\nresolver = \"MEMORY\"\n\n[resolver_preload]\n",
+        "operator = {}\nsystem_account = \"{system_account}\"\nresolver = {resolver}\n\n[resolver_preload]\n",
         toml_string(operator_path)
     );
     for (key, jwt) in accounts {
@@ -170,7 +197,12 @@ mod tests {
                 account_jwt(&op, &app, "APP", true, now).expect("app"),
             ),
         ];
-        let block = config_block("op.jwt", &sys.public_key(), &preload);
+        let block = config_block(
+            "op.jwt",
+            &sys.public_key(),
+            &Resolver::Full { dir: "jwt".into() },
+            &preload,
+        );
         let mut text = format!("listen = \"127.0.0.1:0\"\n{block}");
         text = text.replace("operator = \"op.jwt\"", &format!("operator = \"{op_jwt}\""));
         let config = crate::Config::from_toml(&text, std::path::Path::new("t.toml"))

@@ -6,6 +6,7 @@
 //! neither it nor its errors ever print a password, token or signature.
 
 pub mod accounts;
+pub mod claims;
 pub mod config;
 pub mod jwt;
 pub mod mint;
@@ -48,6 +49,10 @@ pub enum AuthError {
     BadSignature(String),
     #[error("user JWT: {0}")]
     UserJwt(String),
+    /// The user's account revoked it (a connected user is closed with `User
+    /// Authentication Revoked`).
+    #[error("user {0} is revoked")]
+    Revoked(String),
 }
 
 /// A stored password or token: plain text (compared in constant time) or a bcrypt
@@ -211,6 +216,19 @@ impl Authenticator {
             operator: Some(Arc::new(trust)),
             ..Authenticator::default()
         })
+    }
+
+    /// Operator mode's trust, when the node runs in it.
+    pub fn trust(&self) -> Option<&Arc<operator::Trust>> {
+        self.operator.as_ref()
+    }
+
+    /// The same authenticator trusting `trust` (an account JWT was pushed).
+    pub fn with_trust(&self, trust: operator::Trust) -> Authenticator {
+        Authenticator {
+            operator: Some(Arc::new(trust)),
+            ..self.clone()
+        }
     }
 
     /// Compiles `[authorization]` (its users are in `$G`) and the users of each of
@@ -497,9 +515,10 @@ fn jwt_login(
     let Some(token) = &opts.jwt else {
         return Err(AuthError::NoCredentials);
     };
-    let user = trust
-        .verify_user(token, now_secs)
-        .map_err(|e| AuthError::UserJwt(e.to_string()))?;
+    let user = trust.verify_user(token, now_secs).map_err(|e| match e {
+        operator::UserJwtError::Revoked(user) => AuthError::Revoked(user),
+        e => AuthError::UserJwt(e.to_string()),
+    })?;
     if !user.bearer && !verify_signature(&user.user, nonce, opts.sig.as_deref()) {
         return Err(AuthError::BadSignature(user.user));
     }

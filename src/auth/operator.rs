@@ -4,8 +4,11 @@
 //! JetStream come from their JWTs ([`Trust::account_configs`] gives them the shape of
 //! `[accounts]`, so the same plan wires them).
 //!
-//! The resolver built here is `MEMORY`: the account JWTs are in the config
-//! (`resolver_preload`) and fixed while the node runs.
+//! Two resolvers, as the reference names them: `MEMORY` (the account JWTs are in the
+//! config, `resolver_preload`; an update on `$SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE`
+//! replaces one it holds, in memory) and `full` (every account JWT is a file in a
+//! directory, read at start; updates store new accounts too). [`Trust::update`]
+//! decides an update; the node's system actor stores it and swaps the trust.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -65,6 +68,36 @@ pub enum ResolverConfig {
     },
 }
 
+/// The resolver a config names, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResolverKind {
+    /// `MEMORY`: the preloaded accounts, updated in memory only.
+    #[default]
+    Memory,
+    /// `full`: account JWTs stored in `dir` (relative to the working directory, as
+    /// the reference reads it), each as `<account public key>.jwt`.
+    Full { dir: String },
+}
+
+impl ResolverConfig {
+    /// Which resolver this is, or why it is not one this node builds.
+    pub fn kind(&self) -> Result<ResolverKind, String> {
+        match self {
+            ResolverConfig::Named(n) if n.eq_ignore_ascii_case("memory") => Ok(ResolverKind::Memory),
+            ResolverConfig::Table { kind, .. } if kind.eq_ignore_ascii_case("memory") => {
+                Ok(ResolverKind::Memory)
+            }
+            ResolverConfig::Table { kind, dir } if kind.eq_ignore_ascii_case("full") => match dir {
+                Some(dir) if !dir.trim().is_empty() => Ok(ResolverKind::Full { dir: dir.clone() }),
+                _ => Err("the full resolver needs `dir`, the directory for account JWTs".into()),
+            },
+            other => Err(format!(
+                "{other:?}: the resolvers built are MEMORY (with resolver_preload) and {{ type = \"full\", dir = \"…\" }}"
+            )),
+        }
+    }
+}
+
 /// Is `text` a JWT rather than a path to one?
 pub fn is_inline_jwt(text: &str) -> bool {
     text.trim_start().starts_with("eyJ")
@@ -84,6 +117,42 @@ pub struct Trust {
     issuers: Vec<String>,
     accounts: HashMap<String, AccountJwt>,
     system_account: Option<String>,
+    resolver: ResolverKind,
+}
+
+/// Why an account JWT pushed to the node was refused: the reply's `error` block
+/// (`account` is `n/a` when the JWT does not say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("jwt update resulted in error - {description}")]
+pub struct ClaimsError {
+    pub account: String,
+    pub description: String,
+}
+
+/// What an accepted update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimsUpdate {
+    /// The account's public key.
+    pub account: String,
+    /// The JWT as it is to be stored.
+    pub token: String,
+    /// The node did not know the account before.
+    pub new_account: bool,
+    /// The same JWT was held already (nothing to store or apply).
+    pub unchanged: bool,
+    /// Its exports or imports differ from the held JWT's (they are wired at start).
+    pub shape_changed: bool,
+    /// Its JetStream limits turn JetStream on or off (wired at start).
+    pub jetstream_changed: bool,
+}
+
+/// Is a JWT's JetStream on (either storage limit not 0)?
+fn jetstream_on(claims: &Claims) -> bool {
+    claims
+        .nats
+        .limits
+        .as_ref()
+        .is_some_and(|l| l.mem_storage != 0 || l.disk_storage != 0)
 }
 
 /// Why a user JWT was refused.
@@ -137,24 +206,15 @@ impl Trust {
                 trust.system_account = claims.nats.system_account.clone();
             }
         }
-        match resolver {
+        trust.resolver = match resolver {
             None => {
                 return Err(err(
                     "resolver",
-                    "operator mode needs a resolver (\"MEMORY\")".into(),
+                    "operator mode needs a resolver (\"MEMORY\", or { type = \"full\", dir = \"…\" })".into(),
                 ))
             }
-            Some(ResolverConfig::Named(n)) if n.eq_ignore_ascii_case("memory") => {}
-            Some(ResolverConfig::Table { kind, .. }) if kind.eq_ignore_ascii_case("memory") => {}
-            Some(other) => {
-                return Err(err(
-                    "resolver",
-                    format!(
-                    "{other:?}: only the MEMORY resolver (with resolver_preload) is built so far"
-                ),
-                ))
-            }
-        }
+            Some(r) => r.kind().map_err(|reason| err("resolver", reason))?,
+        };
         for (key, token) in preload {
             let claims =
                 jwt::decode(token).map_err(|e| err("resolver_preload", format!("{key}: {e}")))?;
@@ -195,6 +255,161 @@ impl Trust {
         self.system_account.as_deref()
     }
 
+    /// The resolver the accounts come from.
+    pub fn resolver(&self) -> &ResolverKind {
+        &self.resolver
+    }
+
+    /// The account JWT held for `account`, as it was pushed or loaded.
+    pub fn lookup(&self, account: &str) -> Option<&str> {
+        self.accounts.get(account).map(|a| a.token.as_str())
+    }
+
+    /// The accounts held, by public key, sorted.
+    pub fn account_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.accounts.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Checks an account JWT against the trusted operators at `now_secs`.
+    fn check_account(&self, token: &str, now_secs: i64) -> Result<AccountJwt, ClaimsError> {
+        let failed = |account: &str, description: String| ClaimsError {
+            account: account.to_string(),
+            description,
+        };
+        let claims = match jwt::decode(token) {
+            Ok(c) => c,
+            // The reference's words for what most pushes get wrong.
+            Err(JwtError::Shape) => return Err(failed("n/a", "expected 3 chunks".into())),
+            Err(e) => return Err(failed("n/a", e.to_string())),
+        };
+        if claims.nats.kind != "account" {
+            return Err(failed("n/a", "not account claim".into()));
+        }
+        // Where the reference answers "jwt updated" and stores what it cannot use,
+        // nothing untrusted or expired is taken here.
+        if !self.issuers.contains(&claims.iss) {
+            return Err(failed(
+                &claims.sub,
+                format!("not issued by a trusted operator (issuer {})", claims.iss),
+            ));
+        }
+        if claims.exp.is_some_and(|exp| exp > 0 && now_secs >= exp) {
+            return Err(failed(&claims.sub, "the account JWT has expired".into()));
+        }
+        Ok(AccountJwt {
+            token: token.trim().to_string(),
+            claims,
+        })
+    }
+
+    /// Decides an account JWT pushed on `$SYS.REQ.CLAIMS.UPDATE` (`subject_account`:
+    /// the key in `$SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE`) at `now_secs`: the trust
+    /// with it applied, and what changed. It must be issued by a trusted operator, not
+    /// expired, and not older than the JWT held for the account (an older JWT never
+    /// replaces a newer one); the MEMORY resolver takes only accounts it holds.
+    pub fn update(
+        &self,
+        token: &str,
+        subject_account: Option<&str>,
+        now_secs: i64,
+    ) -> Result<(Trust, ClaimsUpdate), ClaimsError> {
+        let checked = match self.check_account(token, now_secs) {
+            // The subject's account is the one the error is about when the JWT
+            // names no other.
+            Err(e) if e.account == "n/a" && subject_account.is_some() => {
+                return Err(ClaimsError {
+                    account: subject_account.unwrap_or_default().to_string(),
+                    ..e
+                })
+            }
+            other => other?,
+        };
+        let account = checked.claims.sub.clone();
+        if subject_account.is_some_and(|s| s != account) {
+            return Err(ClaimsError {
+                account: subject_account.unwrap_or_default().to_string(),
+                description: "subject does not match jwt content".into(),
+            });
+        }
+        let held = self.accounts.get(&account);
+        if held.is_none() && self.resolver == ResolverKind::Memory {
+            return Err(ClaimsError {
+                account,
+                description: "the MEMORY resolver takes updates of preloaded accounts only"
+                    .into(),
+            });
+        }
+        if let Some(held) = held {
+            if checked.claims.iat < held.claims.iat {
+                return Err(ClaimsError {
+                    account,
+                    description: format!(
+                        "issued at {}, before the account JWT held (issued at {}): an older JWT never replaces a newer one",
+                        checked.claims.iat, held.claims.iat
+                    ),
+                });
+            }
+        }
+        let update = ClaimsUpdate {
+            account: account.clone(),
+            token: checked.token.clone(),
+            new_account: held.is_none(),
+            unchanged: held.is_some_and(|h| h.token == checked.token),
+            shape_changed: held.is_some_and(|h| {
+                h.claims.nats.exports != checked.claims.nats.exports
+                    || h.claims.nats.imports != checked.claims.nats.imports
+            }),
+            jetstream_changed: held
+                .is_some_and(|h| jetstream_on(&h.claims) != jetstream_on(&checked.claims)),
+        };
+        let mut trust = self.clone();
+        trust.accounts.insert(account, checked);
+        Ok((trust, update))
+    }
+
+    /// Adds the account JWTs a full resolver's directory holds (`(file, JWT)`),
+    /// keeping the newer of a stored and a preloaded JWT. A file that does not check
+    /// (not an account JWT, untrusted, filed under another key) is left where it is
+    /// and reported, never deleted.
+    pub fn add_stored(&mut self, stored: &[(String, String)], now_secs: i64) -> Vec<String> {
+        let mut refused = Vec::new();
+        for (file, token) in stored {
+            match self.check_account(token, now_secs) {
+                Ok(jwt) if file.trim_end_matches(".jwt") != jwt.claims.sub => refused.push(
+                    format!("{file}: holds the JWT of account {}", jwt.claims.sub),
+                ),
+                Ok(jwt) => {
+                    let newer = self
+                        .accounts
+                        .get(&jwt.claims.sub)
+                        .is_none_or(|held| jwt.claims.iat >= held.claims.iat);
+                    if newer {
+                        self.accounts.insert(jwt.claims.sub.clone(), jwt);
+                    }
+                }
+                Err(e) => refused.push(format!("{file}: {}", e.description)),
+            }
+        }
+        refused
+    }
+
+    /// Takes from `live` (the trust the node runs with) the accounts pushed since
+    /// start that are newer than, or missing from, this one (a reload builds a trust
+    /// from the config alone).
+    pub fn carry_over(&mut self, live: &Trust) {
+        for (key, jwt) in &live.accounts {
+            let newer = self
+                .accounts
+                .get(key)
+                .is_none_or(|held| jwt.claims.iat > held.claims.iat);
+            if newer && self.issuers.contains(&jwt.claims.iss) {
+                self.accounts.insert(key.clone(), jwt.clone());
+            }
+        }
+    }
+
     /// The accounts as `[accounts]` would write them: JetStream when the JWT's limits
     /// give it storage, exports and imports from the JWT (an export that needs an
     /// activation token is left out: tokens are not checked yet, and without the
@@ -203,10 +418,7 @@ impl Trust {
         let mut out = BTreeMap::new();
         for (key, account) in &self.accounts {
             let n = &account.claims.nats;
-            let jetstream = n
-                .limits
-                .as_ref()
-                .is_some_and(|l| l.mem_storage != 0 || l.disk_storage != 0);
+            let jetstream = jetstream_on(&account.claims);
             let exports = n
                 .exports
                 .iter()
@@ -463,6 +675,7 @@ mod tests {
             kind: "full".into(),
             dir: None,
         };
+        assert!(full.kind().is_err(), "a full resolver without a directory");
         assert_eq!(
             Trust::new(&ops, Some(&full), &preload, None)
                 .expect_err("full")
@@ -475,5 +688,117 @@ mod tests {
                 .key,
             "operator"
         );
+    }
+
+    fn account_jwt_at(op: &nkeys::KeyPair, acc: &nkeys::KeyPair, iat: i64, nats: NatsClaims) -> String {
+        let claims = Claims {
+            iss: op.public_key(),
+            sub: acc.public_key(),
+            iat,
+            nats: NatsClaims {
+                kind: "account".into(),
+                version: 2,
+                ..nats
+            },
+            ..Claims::default()
+        };
+        encode(&claims, op).expect("encode")
+    }
+
+    #[test]
+    fn pushed_account_jwts_are_checked_before_they_are_taken() {
+        let (op, app, new, user) = (
+            nkeys::KeyPair::new_operator(),
+            nkeys::KeyPair::new_account(),
+            nkeys::KeyPair::new_account(),
+            nkeys::KeyPair::new_user(),
+        );
+        let ops = [operator_jwt(&op, None)];
+        let held = account_jwt_at(&op, &app, 100, NatsClaims::default());
+        let preload: BTreeMap<String, String> = [(app.public_key(), held.clone())].into();
+        let full = ResolverConfig::Table {
+            kind: "full".into(),
+            dir: Some("jwt".into()),
+        };
+        let trust = Trust::new(&ops, Some(&full), &preload, None).expect("valid");
+        let now = 1000;
+
+        // A newer JWT revoking a user: taken, and the user is refused from then on.
+        let revoking = account_jwt_at(
+            &op,
+            &app,
+            200,
+            NatsClaims {
+                revocations: [(user.public_key(), 150)].into(),
+                ..NatsClaims::default()
+            },
+        );
+        assert!(trust.verify_user(&user_jwt(&app, &user, 120), now).is_ok());
+        let (after, update) = trust.update(&revoking, None, now).expect("newer");
+        assert!(!update.new_account && !update.unchanged && !update.shape_changed);
+        assert!(matches!(
+            after.verify_user(&user_jwt(&app, &user, 120), now),
+            Err(UserJwtError::Revoked(_))
+        ));
+        assert_eq!(after.lookup(&app.public_key()), Some(revoking.as_str()));
+        // The same again: unchanged. An older one: refused, the newer one stays.
+        assert!(after.update(&revoking, None, now).expect("same").1.unchanged);
+        let e = after.update(&held, None, now).expect_err("older");
+        assert_eq!(e.account, app.public_key());
+        assert!(e.description.contains("older JWT never replaces"), "{e}");
+        // An account issued by an operator not trusted, an expired one, garbage, a
+        // user JWT, a subject naming another account: refused with the reason.
+        let forged = account_jwt_at(&nkeys::KeyPair::new_operator(), &app, 300, NatsClaims::default());
+        let e = after.update(&forged, None, now).expect_err("forged");
+        assert!(e.description.contains("not issued by a trusted operator"), "{e}");
+        let mut expired: Claims = jwt::decode(&revoking).expect("decode");
+        expired.iat = 400;
+        expired.exp = Some(500);
+        let expired = encode(&expired, &op).expect("encode");
+        assert!(after.update(&expired, None, now).is_err());
+        let e = after.update("garbage", None, now).expect_err("garbage");
+        assert_eq!((e.account.as_str(), e.description.as_str()), ("n/a", "expected 3 chunks"));
+        let e = after
+            .update(&user_jwt(&app, &user, 1), None, now)
+            .expect_err("user");
+        assert_eq!(e.description, "not account claim");
+        let e = after
+            .update(&revoking, Some(&new.public_key()), now)
+            .expect_err("mismatch");
+        assert_eq!(
+            (e.account, e.description.as_str()),
+            (new.public_key(), "subject does not match jwt content")
+        );
+        // A new account: the full resolver takes it, the MEMORY resolver does not.
+        let fresh = account_jwt_at(&op, &new, 10, NatsClaims::default());
+        let (with_new, update) = after
+            .update(&fresh, Some(&new.public_key()), now)
+            .expect("new account");
+        assert!(update.new_account);
+        assert_eq!(with_new.account_keys().len(), 2);
+        let memory = memory();
+        let in_memory = Trust::new(&ops, Some(&memory), &preload, None).expect("valid");
+        assert!(in_memory.update(&fresh, None, now).is_err());
+
+        // A reload's trust (the preload alone) keeps what was pushed since.
+        let mut reloaded = Trust::new(&ops, Some(&full), &preload, None).expect("valid");
+        reloaded.carry_over(&with_new);
+        assert_eq!(reloaded.lookup(&app.public_key()), Some(revoking.as_str()));
+        assert!(reloaded.lookup(&new.public_key()).is_some());
+
+        // The directory at start: the newer of stored and preloaded wins; a file
+        // under another key or a forged one is reported, not loaded.
+        let mut started = Trust::new(&ops, Some(&full), &preload, None).expect("valid");
+        let refused = started.add_stored(
+            &[
+                (format!("{}.jwt", app.public_key()), revoking.clone()),
+                (format!("{}.jwt", new.public_key()), held.clone()),
+                ("x.jwt".into(), forged),
+            ],
+            now,
+        );
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(started.lookup(&app.public_key()), Some(revoking.as_str()));
+        assert!(started.lookup(&new.public_key()).is_none());
     }
 }

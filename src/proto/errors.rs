@@ -49,6 +49,8 @@ pub enum WireError {
     AuthorizationViolation,
     /// The user JWT expired while connected.
     AuthenticationExpired,
+    /// The user's account revoked it while connected.
+    AuthenticationRevoked,
     NoRespondersRequiresHeaders,
     InvalidClientProtocol,
     MaxSubscriptionsExceeded,
@@ -72,6 +74,7 @@ impl WireError {
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
             AuthenticationExpired => "User Authentication Expired",
+            AuthenticationRevoked => "User Authentication Revoked",
             NoRespondersRequiresHeaders => "no responders requires headers support",
             InvalidClientProtocol => "invalid client protocol",
             MaxSubscriptionsExceeded => "maximum subscriptions exceeded",
@@ -115,6 +118,7 @@ impl WireError {
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
             AuthenticationExpired => "Authentication Expired",
+            AuthenticationRevoked => "Authentication Revoked",
             MaxSubscriptionsExceeded => "Maximum Subscriptions Exceeded",
             ServerShutdown => "Server Shutdown",
         }

@@ -28,7 +28,6 @@ pub struct RunningNode {
 /// Starts the binary on a config listening on a port it picks itself (port 0; the
 /// address is read from its log, so parallel tests never race for a port).
 pub fn run_node(tag: &str, extra: &str) -> (RunningNode, SocketAddr, std::path::PathBuf) {
-    use std::io::BufRead;
     let dir = temp_dir(tag);
     // `extra` may set its own log level; debug otherwise.
     let level = if extra.contains("log_level") {
@@ -41,6 +40,15 @@ pub fn run_node(tag: &str, extra: &str) -> (RunningNode, SocketAddr, std::path::
         dir.join("js").display()
     );
     let path = write_config(&dir, "node.toml", &text);
+    let (node, addr) = run_config(&path);
+    (node, addr, dir)
+}
+
+/// Starts the meshbroker binary on the config file at `path` (again, after a stop:
+/// the same store and files).
+#[allow(dead_code)]
+pub fn run_config(path: &std::path::Path) -> (RunningNode, SocketAddr) {
+    use std::io::BufRead;
     let mut child = Command::new(meshbroker_binary())
         .args(["--conf", path.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -75,7 +83,7 @@ pub fn run_node(tag: &str, extra: &str) -> (RunningNode, SocketAddr, std::path::
         log,
         reader: Some(reader),
     };
-    (node, addr, dir)
+    (node, addr)
 }
 
 pub fn signal(node: &RunningNode, sig: &str) {

@@ -1,0 +1,221 @@
+//! The account-claims requests of the system account, as the reference's resolvers
+//! answer them: `$SYS.REQ.CLAIMS.UPDATE` and `$SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE`
+//! (what `nsc push` sends), `…CLAIMS.LOOKUP` and `$SYS.REQ.CLAIMS.LIST`. Which
+//! subjects a resolver serves, what a request asks, and the replies' JSON; the
+//! decision on an update is [`super::operator::Trust::update`].
+
+use serde::Serialize;
+
+use super::operator::{ClaimsError, ResolverKind};
+
+/// A request on one of the claims subjects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimsRequest<'a> {
+    /// Store and apply the account JWT in the payload; the subject may name the
+    /// account it must be for.
+    Update { account: Option<&'a str> },
+    /// The JWT held for the account (an empty reply when none is).
+    Lookup { account: &'a str },
+    /// The keys of every account held.
+    List,
+}
+
+/// The subjects a resolver subscribes to in the system account. The MEMORY resolver
+/// takes only updates naming their account, as the reference's.
+pub fn subjects(resolver: &ResolverKind) -> &'static [&'static str] {
+    match resolver {
+        ResolverKind::Memory => &[
+            "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
+            "$SYS.ACCOUNT.*.CLAIMS.UPDATE",
+        ],
+        ResolverKind::Full { .. } => &[
+            "$SYS.REQ.CLAIMS.UPDATE",
+            "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
+            "$SYS.ACCOUNT.*.CLAIMS.UPDATE",
+            "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
+            "$SYS.REQ.CLAIMS.LIST",
+        ],
+    }
+}
+
+impl<'a> ClaimsRequest<'a> {
+    /// The request a subject carries (`None`: not a claims subject).
+    pub fn parse(subject: &'a str) -> Option<ClaimsRequest<'a>> {
+        match subject {
+            "$SYS.REQ.CLAIMS.UPDATE" => return Some(ClaimsRequest::Update { account: None }),
+            "$SYS.REQ.CLAIMS.LIST" => return Some(ClaimsRequest::List),
+            _ => {}
+        }
+        let rest = subject
+            .strip_prefix("$SYS.REQ.ACCOUNT.")
+            .or_else(|| subject.strip_prefix("$SYS.ACCOUNT."))?;
+        let (account, op) = rest.split_once('.')?;
+        if account.is_empty() || account.contains('.') {
+            return None;
+        }
+        match op {
+            "CLAIMS.UPDATE" => Some(ClaimsRequest::Update {
+                account: Some(account),
+            }),
+            "CLAIMS.LOOKUP" if subject.starts_with("$SYS.REQ.") => {
+                Some(ClaimsRequest::Lookup { account })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Who answers, as the reference's server block in system replies.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerBlock<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub id: &'a str,
+    pub ver: &'a str,
+    pub jetstream: bool,
+    pub flags: u64,
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub time: &'a str,
+}
+
+#[derive(Serialize)]
+struct Outcome<'a> {
+    account: &'a str,
+    code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct UpdateReply<'a> {
+    server: &'a ServerBlock<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Outcome<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Outcome<'a>>,
+}
+
+/// `{"server":…,"data":{"account":…,"code":200,"message":"jwt updated"}}`, or the
+/// `error` block with code 500 and the reason.
+pub fn update_reply(server: &ServerBlock<'_>, result: Result<&str, &ClaimsError>) -> Vec<u8> {
+    let description;
+    let reply = match result {
+        Ok(account) => UpdateReply {
+            server,
+            data: Some(Outcome {
+                account,
+                code: 200,
+                message: Some("jwt updated"),
+                description: None,
+            }),
+            error: None,
+        },
+        Err(e) => {
+            description = e.to_string();
+            UpdateReply {
+                server,
+                data: None,
+                error: Some(Outcome {
+                    account: &e.account,
+                    code: 500,
+                    message: None,
+                    description: Some(&description),
+                }),
+            }
+        }
+    };
+    serde_json::to_vec(&reply).unwrap_or_default()
+}
+
+/// `{"data":[keys…],"server":…}`.
+pub fn list_reply(server: &ServerBlock<'_>, keys: &[&str]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct List<'a> {
+        data: &'a [&'a str],
+        server: &'a ServerBlock<'a>,
+    }
+    serde_json::to_vec(&List { data: keys, server }).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_parse_as_the_reference_names_them() {
+        use ClaimsRequest::*;
+        assert_eq!(
+            ClaimsRequest::parse("$SYS.REQ.CLAIMS.UPDATE"),
+            Some(Update { account: None })
+        );
+        assert_eq!(
+            ClaimsRequest::parse("$SYS.REQ.ACCOUNT.AB.CLAIMS.UPDATE"),
+            Some(Update { account: Some("AB") })
+        );
+        assert_eq!(
+            ClaimsRequest::parse("$SYS.ACCOUNT.AB.CLAIMS.UPDATE"),
+            Some(Update { account: Some("AB") })
+        );
+        assert_eq!(
+            ClaimsRequest::parse("$SYS.REQ.ACCOUNT.AB.CLAIMS.LOOKUP"),
+            Some(Lookup { account: "AB" })
+        );
+        assert_eq!(ClaimsRequest::parse("$SYS.REQ.CLAIMS.LIST"), Some(List));
+        for not in [
+            "$SYS.ACCOUNT.AB.CLAIMS.LOOKUP",
+            "$SYS.REQ.ACCOUNT..CLAIMS.UPDATE",
+            "$SYS.REQ.ACCOUNT.AB.CONNZ",
+            "$SYS.REQ.CLAIMS.DELETE",
+            "x",
+        ] {
+            assert_eq!(ClaimsRequest::parse(not), None, "{not}");
+        }
+        // What a resolver subscribes to parses (wildcards aside).
+        for resolver in [
+            ResolverKind::Memory,
+            ResolverKind::Full { dir: "d".into() },
+        ] {
+            for s in subjects(&resolver) {
+                assert!(ClaimsRequest::parse(&s.replace('*', "AB")).is_some(), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn replies_in_the_reference_shape() {
+        let server = ServerBlock {
+            name: "n",
+            host: "0.0.0.0",
+            id: "I",
+            ver: "2.15.1",
+            jetstream: false,
+            flags: 0,
+            seq: 3,
+            time: "2026-12-05T13:05:43Z",
+        };
+        let ok: serde_json::Value =
+            serde_json::from_slice(&update_reply(&server, Ok("AB"))).expect("json");
+        assert_eq!(
+            ok["data"],
+            serde_json::json!({"account":"AB","code":200,"message":"jwt updated"})
+        );
+        assert_eq!(ok["server"]["seq"], 3);
+        let e = ClaimsError {
+            account: "n/a".into(),
+            description: "expected 3 chunks".into(),
+        };
+        let err: serde_json::Value =
+            serde_json::from_slice(&update_reply(&server, Err(&e))).expect("json");
+        assert_eq!(
+            err["error"],
+            serde_json::json!({"account":"n/a","code":500,"description":"jwt update resulted in error - expected 3 chunks"})
+        );
+        assert!(err.get("data").is_none());
+        let list: serde_json::Value =
+            serde_json::from_slice(&list_reply(&server, &["A1", "A2"])).expect("json");
+        assert_eq!(list["data"], serde_json::json!(["A1", "A2"]));
+    }
+}
