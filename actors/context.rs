@@ -258,7 +258,8 @@ impl ServerContext {
         self.accounts.rcu(|map| {
             let mut map = std::collections::HashMap::clone(map);
             added = !map.contains_key(name);
-            map.entry(name.to_string()).or_insert_with(|| account.clone());
+            map.entry(name.to_string())
+                .or_insert_with(|| account.clone());
             map
         });
         let account = self.account(name).unwrap_or(account);

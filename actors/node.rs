@@ -16,8 +16,8 @@ use super::monitor::Planes;
 use super::router::{install_imports, Account};
 use super::runtime::{self, Runtime, Task};
 use super::subscription::Peers;
-use crate::auth::accounts::GLOBAL_ACCOUNT;
 use crate::auth::accounts::AccountPlan;
+use crate::auth::accounts::GLOBAL_ACCOUNT;
 use crate::auth::operator::{ResolverKind, Trust};
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -228,9 +228,7 @@ impl Node {
         });
         let mut store_closed = None;
         let mut js_view = None;
-        let js_account = plan
-            .jetstream_account()
-            .and_then(|name| ctx.account(name));
+        let js_account = plan.jetstream_account().and_then(|name| ctx.account(name));
         if ctx.config().jetstream.enabled {
             // Every other account answers its JetStream requests as not enabled.
             for spec in &plan.accounts {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+use super::runtime;
+
 /// One node's answer to one account's push.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -37,7 +39,7 @@ pub fn push(
         stream,
         buf: Vec::new(),
     };
-    let info = wire.line(Instant::now() + Duration::from_secs(5))?;
+    let info = wire.line(runtime::now() + Duration::from_secs(5))?;
     let info: serde_json::Value = info
         .strip_prefix("INFO ")
         .and_then(|j| serde_json::from_str(j).ok())
@@ -57,7 +59,7 @@ pub fn push(
     let inbox = format!("_INBOX.push{:x}", fastrand::u64(..));
     let mut out = format!("CONNECT {connect}\r\nSUB {inbox}.> 1\r\nPING\r\n");
     wire.send(out.as_bytes())?;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = runtime::now() + Duration::from_secs(5);
     loop {
         let line = wire.line(deadline)?;
         if line == "PONG" {
@@ -76,7 +78,7 @@ pub fn push(
     }
     wire.send(out.as_bytes())?;
     let mut answers = Vec::new();
-    let until = Instant::now() + wait;
+    let until = runtime::now() + wait;
     while let Some((subject, payload)) = wire.message(until)? {
         let Some(n) = subject
             .rsplit('.')
@@ -131,7 +133,7 @@ impl Wire {
 
     /// Reads more bytes, or `false` once `deadline` passed.
     fn fill(&mut self, deadline: Instant) -> Result<bool, String> {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(runtime::now());
         if left.is_zero() {
             return Ok(false);
         }
@@ -178,7 +180,7 @@ impl Wire {
         loop {
             let line = match self.line(deadline) {
                 Ok(line) => line,
-                Err(_) if Instant::now() >= deadline => return Ok(None),
+                Err(_) if runtime::now() >= deadline => return Ok(None),
                 Err(e) => return Err(e),
             };
             if let Some(e) = line.strip_prefix("-ERR ") {

@@ -624,8 +624,7 @@ impl Route {
     /// only once this node trusts the account's JWT.
     fn pushed_account(&self, name: &[u8]) -> Option<Arc<Account>> {
         let name = std::str::from_utf8(name).ok()?;
-        let is_account_key = name.starts_with('A')
-            && nkeys::KeyPair::from_public_key(name).is_ok();
+        let is_account_key = name.starts_with('A') && nkeys::KeyPair::from_public_key(name).is_ok();
         if !is_account_key || self.ctx.auth().trust().is_none() {
             return None;
         }

@@ -105,7 +105,7 @@ impl Resolver {
                 }
                 let time = crate::jetstream::api::format_time(runtime::now_unix_ns());
                 let server = self.server_block(&time);
-                claims::update_reply(&server, result.as_deref().map_err(|e| e))
+                claims::update_reply(&server, result.as_deref())
             }
             ClaimsRequest::Lookup { account } => self
                 .ctx
@@ -142,7 +142,11 @@ impl Resolver {
     }
 
     /// Decides, stores and applies one pushed account JWT; the account's key.
-    async fn update(&self, token: &str, subject_account: Option<&str>) -> Result<String, ClaimsError> {
+    async fn update(
+        &self,
+        token: &str,
+        subject_account: Option<&str>,
+    ) -> Result<String, ClaimsError> {
         let now_secs = runtime::now_unix_ns() / 1_000_000_000;
         loop {
             let current = self.ctx.auth.load_full();
@@ -181,7 +185,11 @@ impl Resolver {
             log::info!(
                 "account {} {}",
                 update.account,
-                if update.new_account { "added" } else { "updated" }
+                if update.new_account {
+                    "added"
+                } else {
+                    "updated"
+                }
             );
             if update.shape_changed || update.jetstream_changed {
                 log::warn!(

@@ -408,8 +408,12 @@ mod auth_cmd {
         }
         let now = now();
         for user in &args.revoke {
-            if user != "*" && !(user.starts_with('U') && nkeys::KeyPair::from_public_key(user).is_ok()) {
-                return Err(format!("--revoke {user:?}: a user's public key (U…) or `*`"));
+            if user != "*"
+                && !(user.starts_with('U') && nkeys::KeyPair::from_public_key(user).is_ok())
+            {
+                return Err(format!(
+                    "--revoke {user:?}: a user's public key (U…) or `*`"
+                ));
             }
             revocations.insert(user.clone(), now);
         }

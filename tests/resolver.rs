@@ -101,10 +101,7 @@ impl Keys {
 
     fn sys_creds(&self) -> String {
         let user = nkeys::KeyPair::new_user();
-        mint::creds(
-            &self.user(&self.sys, &user, 1),
-            &user.seed().expect("seed"),
-        )
+        mint::creds(&self.user(&self.sys, &user, 1), &user.seed().expect("seed"))
     }
 
     fn preload(&self) -> [(String, String); 2] {
@@ -167,9 +164,7 @@ struct Login {
 impl Login {
     fn new(addr: SocketAddr, jwt: &str, user: &nkeys::KeyPair) -> Login {
         let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
         let mut login = Login {
             stream: stream.try_clone().expect("clone"),
             greeting: String::new(),
@@ -201,8 +196,7 @@ impl Login {
     fn read_until(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&self.seen).contains(needle) && Instant::now() < deadline
-        {
+        while !String::from_utf8_lossy(&self.seen).contains(needle) && Instant::now() < deadline {
             match self.stream.read(&mut buf) {
                 Ok(0) => {
                     self.seen.extend_from_slice(b"<closed>");
@@ -264,7 +258,11 @@ async fn ask(asker: &mut Asker, subject: &str, payload: &str, wait: Duration) ->
     let reply = format!("{}.{}", asker.inbox, asker.n);
     asker
         .client
-        .publish_with_reply(subject.to_string(), reply.clone(), payload.to_string().into())
+        .publish_with_reply(
+            subject.to_string(),
+            reply.clone(),
+            payload.to_string().into(),
+        )
         .await
         .expect("publish");
     asker.client.flush().await.expect("flush");
@@ -290,7 +288,10 @@ fn outcome(reply: &[u8]) -> serde_json::Value {
         .and_then(|o| o.remove("server"))
         .expect("a server block");
     for key in ["name", "id", "ver", "time", "seq"] {
-        assert!(server.get(key).is_some(), "server block without {key}: {server}");
+        assert!(
+            server.get(key).is_some(),
+            "server block without {key}: {server}"
+        );
     }
     v
 }
@@ -371,7 +372,10 @@ async fn pushed_account_jwts_are_answered_and_applied_as_at_the_reference() {
         assert_eq!(a, b, "{what}");
     }
     // The revoked user was closed at both, with the same words.
-    for (server, login) in [("meshbroker", &mut u1_ours), ("nats-server", &mut u1_theirs)] {
+    for (server, login) in [
+        ("meshbroker", &mut u1_ours),
+        ("nats-server", &mut u1_theirs),
+    ] {
         assert!(login.revoked(), "{server}: {}", login.text());
     }
     // The new account's users log in at both; the revoked user does not.
@@ -398,14 +402,20 @@ async fn pushed_account_jwts_are_answered_and_applied_as_at_the_reference() {
     assert!(one(ask(&mut ours, &unknown, "", wait).await, "unknown").is_empty());
     assert!(one(ask(&mut theirs, &unknown, "", wait).await, "unknown").is_empty());
     let list = |reply: Vec<u8>| {
-        let mut keys: Vec<String> = serde_json::from_value(outcome(&reply)["data"].clone())
-            .expect("a list of keys");
+        let mut keys: Vec<String> =
+            serde_json::from_value(outcome(&reply)["data"].clone()).expect("a list of keys");
         keys.sort();
         keys
     };
     assert_eq!(
-        list(one(ask(&mut ours, "$SYS.REQ.CLAIMS.LIST", "", wait).await, "list")),
-        list(one(ask(&mut theirs, "$SYS.REQ.CLAIMS.LIST", "", wait).await, "list")),
+        list(one(
+            ask(&mut ours, "$SYS.REQ.CLAIMS.LIST", "", wait).await,
+            "list"
+        )),
+        list(one(
+            ask(&mut theirs, "$SYS.REQ.CLAIMS.LIST", "", wait).await,
+            "list"
+        )),
     );
 
     // Where meshbroker differs on purpose: a JWT from an operator it does not trust,
@@ -424,17 +434,24 @@ async fn pushed_account_jwts_are_answered_and_applied_as_at_the_reference() {
         assert_eq!(a["error"]["account"], app.as_str(), "{what}: {a}");
         let description = a["error"]["description"].as_str().unwrap_or_default();
         assert!(
-            description.starts_with("jwt update resulted in error - ") && description.contains(words),
+            description.starts_with("jwt update resulted in error - ")
+                && description.contains(words),
             "{what}: {a}"
         );
         let b = outcome(&one(
             ask(&mut theirs, "$SYS.REQ.CLAIMS.UPDATE", jwt, wait).await,
             what,
         ));
-        assert_eq!(b["data"]["message"], "jwt updated", "{what} at the reference: {b}");
+        assert_eq!(
+            b["data"]["message"], "jwt updated",
+            "{what} at the reference: {b}"
+        );
     }
     assert_eq!(
-        one(ask(&mut ours, &lookup, "", wait).await, "lookup after the refusals"),
+        one(
+            ask(&mut ours, &lookup, "", wait).await,
+            "lookup after the refusals"
+        ),
         revoking.as_bytes(),
         "meshbroker still holds the newest trusted JWT"
     );
@@ -494,11 +511,20 @@ async fn a_push_reaches_every_node_of_a_cluster() {
     // Both nodes' resolvers must be heard through node 1 before pushing.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answers = ask(&mut sys, "$SYS.REQ.CLAIMS.LIST", "", Duration::from_millis(300)).await;
+        let answers = ask(
+            &mut sys,
+            "$SYS.REQ.CLAIMS.LIST",
+            "",
+            Duration::from_millis(300),
+        )
+        .await;
         if answers.len() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "both nodes answer LIST through node 1");
+        assert!(
+            Instant::now() < deadline,
+            "both nodes answer LIST through node 1"
+        );
     }
     let on_two = nkeys::KeyPair::new_user();
     let app_user_jwt = k.user(&k.app, &on_two, 10);
@@ -543,11 +569,15 @@ async fn a_push_reaches_every_node_of_a_cluster() {
     // Interest crosses the route: publish until the first message arrives.
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            c1.publish("hello", "from node 1".into()).await.expect("publish");
+            c1.publish("hello", "from node 1".into())
+                .await
+                .expect("publish");
             c1.flush().await.expect("flush");
-            if let Ok(Some(m)) =
-                tokio::time::timeout(Duration::from_millis(200), futures::StreamExt::next(&mut sub))
-                    .await
+            if let Ok(Some(m)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                futures::StreamExt::next(&mut sub),
+            )
+            .await
             {
                 return m;
             }
@@ -561,7 +591,13 @@ async fn a_push_reaches_every_node_of_a_cluster() {
     let revoking = k.account(&k.operator, &k.app, 50, |n| {
         n.revocations = [(on_two.public_key(), k.t0 + 20)].into()
     });
-    let answers = ask(&mut sys, "$SYS.REQ.CLAIMS.UPDATE", &revoking, Duration::from_secs(1)).await;
+    let answers = ask(
+        &mut sys,
+        "$SYS.REQ.CLAIMS.UPDATE",
+        &revoking,
+        Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(answers.len(), 2);
     assert!(connected.revoked(), "{}", connected.text());
     drop((n1, n2));
@@ -638,9 +674,21 @@ async fn meshbroker_auth_pushes_accounts_as_nsc_push_does() {
     );
     let mut connected = Login::new(addr, &jwt, &nkeys::KeyPair::from_seed(&seed).expect("seed"));
     assert!(connected.passed());
-    ok(&["account", "--dir", d, "--name", "SHOP", "--no-jetstream", "--revoke", "*"]);
+    ok(&[
+        "account",
+        "--dir",
+        d,
+        "--name",
+        "SHOP",
+        "--no-jetstream",
+        "--revoke",
+        "*",
+    ]);
     let said = ok(&["push", "--dir", d, "--server", &url, "--account", "SHOP"]);
-    assert!(said.starts_with("SHOP: server") && said.contains("jwt updated"), "{said}");
+    assert!(
+        said.starts_with("SHOP: server") && said.contains("jwt updated"),
+        "{said}"
+    );
     assert!(connected.revoked(), "{}", connected.text());
     drop(clerk);
     // Another operator's directory: its system user is not trusted, so the push

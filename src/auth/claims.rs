@@ -153,11 +153,15 @@ mod tests {
         );
         assert_eq!(
             ClaimsRequest::parse("$SYS.REQ.ACCOUNT.AB.CLAIMS.UPDATE"),
-            Some(Update { account: Some("AB") })
+            Some(Update {
+                account: Some("AB")
+            })
         );
         assert_eq!(
             ClaimsRequest::parse("$SYS.ACCOUNT.AB.CLAIMS.UPDATE"),
-            Some(Update { account: Some("AB") })
+            Some(Update {
+                account: Some("AB")
+            })
         );
         assert_eq!(
             ClaimsRequest::parse("$SYS.REQ.ACCOUNT.AB.CLAIMS.LOOKUP"),
@@ -174,10 +178,7 @@ mod tests {
             assert_eq!(ClaimsRequest::parse(not), None, "{not}");
         }
         // What a resolver subscribes to parses (wildcards aside).
-        for resolver in [
-            ResolverKind::Memory,
-            ResolverKind::Full { dir: "d".into() },
-        ] {
+        for resolver in [ResolverKind::Memory, ResolverKind::Full { dir: "d".into() }] {
             for s in subjects(&resolver) {
                 assert!(ClaimsRequest::parse(&s.replace('*', "AB")).is_some(), "{s}");
             }

@@ -144,7 +144,9 @@ NKEYs are sensitive and should be treated as secrets.\n\n\
 pub enum Resolver {
     Memory,
     /// Account JWTs stored in `dir`, updated by pushes.
-    Full { dir: String },
+    Full {
+        dir: String,
+    },
 }
 
 /// The part of a node's config that trusts this operator: `operator_path` is where

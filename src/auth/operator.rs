@@ -207,12 +207,11 @@ impl Trust {
             }
         }
         trust.resolver = match resolver {
-            None => {
-                return Err(err(
-                    "resolver",
-                    "operator mode needs a resolver (\"MEMORY\", or { type = \"full\", dir = \"…\" })".into(),
-                ))
-            }
+            None => return Err(err(
+                "resolver",
+                "operator mode needs a resolver (\"MEMORY\", or { type = \"full\", dir = \"…\" })"
+                    .into(),
+            )),
             Some(r) => r.kind().map_err(|reason| err("resolver", reason))?,
         };
         for (key, token) in preload {
@@ -337,8 +336,7 @@ impl Trust {
         if held.is_none() && self.resolver == ResolverKind::Memory {
             return Err(ClaimsError {
                 account,
-                description: "the MEMORY resolver takes updates of preloaded accounts only"
-                    .into(),
+                description: "the MEMORY resolver takes updates of preloaded accounts only".into(),
             });
         }
         if let Some(held) = held {
@@ -690,7 +688,12 @@ mod tests {
         );
     }
 
-    fn account_jwt_at(op: &nkeys::KeyPair, acc: &nkeys::KeyPair, iat: i64, nats: NatsClaims) -> String {
+    fn account_jwt_at(
+        op: &nkeys::KeyPair,
+        acc: &nkeys::KeyPair,
+        iat: i64,
+        nats: NatsClaims,
+    ) -> String {
         let claims = Claims {
             iss: op.public_key(),
             sub: acc.public_key(),
@@ -742,22 +745,39 @@ mod tests {
         ));
         assert_eq!(after.lookup(&app.public_key()), Some(revoking.as_str()));
         // The same again: unchanged. An older one: refused, the newer one stays.
-        assert!(after.update(&revoking, None, now).expect("same").1.unchanged);
+        assert!(
+            after
+                .update(&revoking, None, now)
+                .expect("same")
+                .1
+                .unchanged
+        );
         let e = after.update(&held, None, now).expect_err("older");
         assert_eq!(e.account, app.public_key());
         assert!(e.description.contains("older JWT never replaces"), "{e}");
         // An account issued by an operator not trusted, an expired one, garbage, a
         // user JWT, a subject naming another account: refused with the reason.
-        let forged = account_jwt_at(&nkeys::KeyPair::new_operator(), &app, 300, NatsClaims::default());
+        let forged = account_jwt_at(
+            &nkeys::KeyPair::new_operator(),
+            &app,
+            300,
+            NatsClaims::default(),
+        );
         let e = after.update(&forged, None, now).expect_err("forged");
-        assert!(e.description.contains("not issued by a trusted operator"), "{e}");
+        assert!(
+            e.description.contains("not issued by a trusted operator"),
+            "{e}"
+        );
         let mut expired: Claims = jwt::decode(&revoking).expect("decode");
         expired.iat = 400;
         expired.exp = Some(500);
         let expired = encode(&expired, &op).expect("encode");
         assert!(after.update(&expired, None, now).is_err());
         let e = after.update("garbage", None, now).expect_err("garbage");
-        assert_eq!((e.account.as_str(), e.description.as_str()), ("n/a", "expected 3 chunks"));
+        assert_eq!(
+            (e.account.as_str(), e.description.as_str()),
+            ("n/a", "expected 3 chunks")
+        );
         let e = after
             .update(&user_jwt(&app, &user, 1), None, now)
             .expect_err("user");
