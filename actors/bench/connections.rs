@@ -18,10 +18,13 @@ use super::{connect, rss, BenchResult};
 pub const IN_FLIGHT: usize = 256;
 
 /// Which listener a storm hits, and what completes a connection there.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Listener {
     /// The client port: INFO, CONNECT, PING, PONG.
     Client,
+    /// The client port in operator mode: INFO, CONNECT with the user JWT and the
+    /// nonce signed, PING, PONG (each login checks a signature and the JWT chain).
+    Jwt(Arc<Creds>),
     /// The WebSocket port: the HTTP upgrade, then the INFO in a binary frame.
     WebSocket,
     /// The cluster port: the route INFO (the route handshake stops there: a storm of
@@ -29,6 +32,30 @@ pub enum Listener {
     Route,
     /// The monitoring port: `GET /healthz` and an answer.
     Monitor,
+}
+
+/// A user JWT and its key, from a `.creds` file.
+#[derive(Debug)]
+pub struct Creds {
+    jwt: String,
+    key: nkeys::KeyPair,
+}
+
+impl Creds {
+    pub fn read(path: &std::path::Path) -> BenchResult<Creds> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let after = |marker: &str| {
+            text.split(marker)
+                .nth(1)
+                .and_then(|t| t.lines().nth(1))
+                .map(|l| l.trim().to_string())
+                .ok_or_else(|| format!("{}: no {marker}", path.display()))
+        };
+        let jwt = after("BEGIN NATS USER JWT-----")?;
+        let seed = after("BEGIN USER NKEY SEED-----")?;
+        let key = nkeys::KeyPair::from_seed(&seed).map_err(|e| format!("creds seed: {e}"))?;
+        Ok(Creds { jwt, key })
+    }
 }
 
 /// Opens `conns` connections to `addr` with [`IN_FLIGHT`] handshakes at a time; the
@@ -49,10 +76,11 @@ fn open_all(addr: &str, conns: usize, kind: Listener) -> BenchResult<Vec<TcpStre
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..IN_FLIGHT.min(conns))
         .map(|_| {
-            let (held, next, addr) = (held.clone(), next.clone(), addr.to_string());
+            let (held, next, addr, kind) =
+                (held.clone(), next.clone(), addr.to_string(), kind.clone());
             std::thread::spawn(move || -> BenchResult<()> {
                 while next.fetch_add(1, Ordering::Relaxed) < conns {
-                    let s = handshake(&addr, kind)?;
+                    let s = handshake(&addr, &kind)?;
                     held.lock().map_err(|_| "poisoned")?.push(s);
                 }
                 Ok(())
@@ -69,10 +97,40 @@ fn open_all(addr: &str, conns: usize, kind: Listener) -> BenchResult<Vec<TcpStre
     Ok(held)
 }
 
-fn handshake(addr: &str, kind: Listener) -> BenchResult<TcpStream> {
+fn handshake(addr: &str, kind: &Listener) -> BenchResult<TcpStream> {
     let timeout = Some(Duration::from_secs(30));
     match kind {
         Listener::Client => connect(addr),
+        Listener::Jwt(creds) => {
+            use base64::Engine;
+            let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+            let info = read_until(&mut s, b"\r\n", "INFO")?;
+            let info: serde_json::Value = std::str::from_utf8(&info)
+                .ok()
+                .and_then(|t| t.strip_prefix("INFO "))
+                .and_then(|t| serde_json::from_str(t.trim_end()).ok())
+                .ok_or("an unreadable INFO")?;
+            let nonce = info["nonce"]
+                .as_str()
+                .ok_or("no nonce: not in operator mode")?;
+            let sig = creds
+                .key
+                .sign(nonce.as_bytes())
+                .map_err(|e| format!("sign: {e}"))?;
+            let connect = serde_json::json!({
+                "verbose": false, "pedantic": false, "protocol": 1, "headers": true,
+                "jwt": creds.jwt,
+                "sig": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
+            });
+            s.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            let got = read_until(&mut s, b"PONG\r\n", "the PONG")?;
+            if got.starts_with(b"-ERR") {
+                return Err(format!("login refused: {}", String::from_utf8_lossy(&got)));
+            }
+            Ok(s)
+        }
         Listener::Route => {
             let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
             s.set_read_timeout(timeout).map_err(|e| e.to_string())?;

@@ -48,12 +48,17 @@ pub struct BenchArgs {
     /// comma-separated scenarios: pub16,pub128,pubsub1,pubsub4,queue4,reqrep,oldreq,idle,
     /// storm, jspub,jspubasync,jsfetch, with --tls-ca tlspub,tlspubsub, and with --sub-url
     /// routepubsub (publisher on --url, subscriber on --sub-url) or stormws, stormroute,
-    /// stormhttp (--sub-url is the WebSocket, cluster or monitoring listener)
+    /// stormhttp (--sub-url is the WebSocket, cluster or monitoring listener), and with
+    /// --creds stormjwt (a storm of JWT logins)
     #[argh(
         option,
         default = "String::from(\"pub16,pub128,pubsub1,pubsub4,queue4,reqrep\")"
     )]
     pub scenarios: String,
+    /// a .creds file (user JWT and seed) for the stormjwt scenario: every connection
+    /// logs in with it, the nonce signed (operator mode on both servers)
+    #[argh(option)]
+    pub creds: Option<std::path::PathBuf>,
     /// messages per throughput scenario
     #[argh(option, default = "2_000_000")]
     pub msgs: u64,
@@ -380,10 +385,16 @@ fn run_scenario(
                 lower(connections::idle_memory(addr, args.conns, pid)?),
             )]
         }
-        "storm" | "stormws" | "stormroute" | "stormhttp" => {
+        "storm" | "stormws" | "stormroute" | "stormhttp" | "stormjwt" => {
             use connections::Listener;
+            let creds = match (scenario, &args.creds) {
+                ("stormjwt", Some(path)) => Some(Arc::new(connections::Creds::read(path)?)),
+                ("stormjwt", None) => return Err("stormjwt needs --creds FILE".into()),
+                _ => None,
+            };
             let (kind, at) = match scenario {
                 "storm" => (Listener::Client, Some(addr)),
+                "stormjwt" => (Listener::Jwt(creds.clone().ok_or("creds")?), Some(addr)),
                 "stormws" => (Listener::WebSocket, sub_addr),
                 "stormroute" => (Listener::Route, sub_addr),
                 _ => (Listener::Monitor, sub_addr),
