@@ -660,18 +660,7 @@ async fn meshbroker_auth_pushes_accounts_as_nsc_push_does() {
     // Revoke every user of SHOP issued until now and push only SHOP: the clerk's
     // connection is closed.
     let text = std::fs::read_to_string(&creds).expect("creds file");
-    let after = |marker: &str| {
-        text.split(marker)
-            .nth(1)
-            .and_then(|t| t.lines().nth(1))
-            .expect("creds marker")
-            .trim()
-            .to_string()
-    };
-    let (jwt, seed) = (
-        after("BEGIN NATS USER JWT-----"),
-        after("BEGIN USER NKEY SEED-----"),
-    );
+    let (jwt, seed) = mint::parse_creds(&text).expect("creds");
     let mut connected = Login::new(addr, &jwt, &nkeys::KeyPair::from_seed(&seed).expect("seed"));
     assert!(connected.passed());
     ok(&[

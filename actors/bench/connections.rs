@@ -44,15 +44,8 @@ pub struct Creds {
 impl Creds {
     pub fn read(path: &std::path::Path) -> BenchResult<Creds> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let after = |marker: &str| {
-            text.split(marker)
-                .nth(1)
-                .and_then(|t| t.lines().nth(1))
-                .map(|l| l.trim().to_string())
-                .ok_or_else(|| format!("{}: no {marker}", path.display()))
-        };
-        let jwt = after("BEGIN NATS USER JWT-----")?;
-        let seed = after("BEGIN USER NKEY SEED-----")?;
+        let (jwt, seed) = crate::auth::mint::parse_creds(&text)
+            .ok_or_else(|| format!("{}: not a .creds file", path.display()))?;
         let key = nkeys::KeyPair::from_seed(&seed).map_err(|e| format!("creds seed: {e}"))?;
         Ok(Creds { jwt, key })
     }

@@ -139,6 +139,22 @@ NKEYs are sensitive and should be treated as secrets.\n\n\
     )
 }
 
+/// The user JWT and seed of a `.creds` file (`None` when a marker is missing): the
+/// line after each `BEGIN` marker, as the clients read it.
+pub fn parse_creds(text: &str) -> Option<(String, String)> {
+    let after = |marker: &str| {
+        text.split(marker)
+            .nth(1)
+            .and_then(|t| t.lines().nth(1))
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+    };
+    Some((
+        after("BEGIN NATS USER JWT-----")?,
+        after("BEGIN USER NKEY SEED-----")?,
+    ))
+}
+
 /// The resolver a config block names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolver {
@@ -226,12 +242,8 @@ mod tests {
 
         let seed = user.seed().expect("seed");
         let file = creds(&jwt, &seed);
-        // What the clients look for: the JWT and the seed between their markers.
-        let between = |begin: &str| {
-            let start = file.find(begin).expect("marker") + begin.len();
-            file[start..].lines().nth(1).expect("line").to_string()
-        };
-        assert_eq!(between("-----BEGIN NATS USER JWT-----"), jwt);
-        assert_eq!(between("-----BEGIN USER NKEY SEED-----"), seed);
+        // What the clients look for: the JWT and the seed after their markers.
+        assert_eq!(parse_creds(&file), Some((jwt.clone(), seed.clone())));
+        assert_eq!(parse_creds("no markers"), None);
     }
 }

@@ -531,10 +531,20 @@ mod tests {
     }
 
     fn account_jwt(op: &nkeys::KeyPair, acc: &nkeys::KeyPair, nats: NatsClaims) -> String {
+        account_jwt_at(op, acc, 0, nats)
+    }
+
+    fn account_jwt_at(
+        op: &nkeys::KeyPair,
+        acc: &nkeys::KeyPair,
+        iat: i64,
+        nats: NatsClaims,
+    ) -> String {
         let claims = Claims {
             iss: op.public_key(),
             sub: acc.public_key(),
             name: "ACC".into(),
+            iat,
             nats: NatsClaims {
                 kind: "account".into(),
                 version: 2,
@@ -686,26 +696,6 @@ mod tests {
                 .key,
             "operator"
         );
-    }
-
-    fn account_jwt_at(
-        op: &nkeys::KeyPair,
-        acc: &nkeys::KeyPair,
-        iat: i64,
-        nats: NatsClaims,
-    ) -> String {
-        let claims = Claims {
-            iss: op.public_key(),
-            sub: acc.public_key(),
-            iat,
-            nats: NatsClaims {
-                kind: "account".into(),
-                version: 2,
-                ..nats
-            },
-            ..Claims::default()
-        };
-        encode(&claims, op).expect("encode")
     }
 
     #[test]
