@@ -23,7 +23,7 @@ use futures_lite::{AsyncReadExt, StreamExt};
 use super::context::{new_nonce, ServerContext, Traffic};
 use super::publish::Publisher;
 use super::readbuf::ReadBuf;
-use super::router::{Account, SubscriptionTable};
+use super::router::{Account, AccountSeat, SubscriptionTable};
 use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control, Message, Subscription};
 use super::transport::{self, write_loop, Serve, Setup, Via};
@@ -115,6 +115,8 @@ struct Client {
     ctx: Arc<ServerContext>,
     shared: Arc<ClientShared>,
     account: Arc<Account>,
+    /// Its place among the account's connections, once logged in.
+    seat: Option<AccountSeat>,
     /// What monitoring and events show of the connection.
     who: Identity,
     parser: Parser,
@@ -148,6 +150,7 @@ impl Client {
         );
         let limits = Limits {
             max_subscriptions: config.max_subscriptions,
+            max_payload: config.max_payload.as_usize(),
             ping_interval: config.ping_interval.0,
             max_pings_out: config.max_pings_out,
         };
@@ -168,6 +171,7 @@ impl Client {
         };
         Client {
             account: ctx.global.clone(),
+            seat: None,
             ctx,
             shared,
             who,
@@ -400,6 +404,15 @@ impl Client {
                     result = Err(AuthError::NoCredentials);
                 }
                 Some(account) => {
+                    let Some(seat) = account.take_seat(grant.limits.account_connections) else {
+                        log::error!(
+                            "{} - account {:?}: maximum active connections exceeded",
+                            self.who,
+                            grant.account
+                        );
+                        return Err(WireError::MaxAccountConnectionsExceeded);
+                    };
+                    self.seat = Some(seat);
                     self.account = account;
                     if let Some(exp) = grant.expires {
                         self.expire_at(exp);
@@ -418,6 +431,7 @@ impl Client {
         for r in self.conn.authenticated(result)?.iter() {
             self.reply(r);
         }
+        self.parser.max_payload = self.conn.max_payload();
         Ok(())
     }
 
@@ -494,6 +508,7 @@ impl Client {
             result = Err(AuthError::NoCredentials);
         }
         let done = self.conn.reauthorized(result)?;
+        self.parser.max_payload = self.conn.max_payload();
         for (sid, text) in done.removed {
             log::info!("{} - removed subscription: {text}", self.who);
             self.send(|buf| encode::write_err(buf, &text));
@@ -623,6 +638,8 @@ impl Client {
         if after_connect {
             info.connect_info = true;
             info.remote_account = self.account.name.clone();
+            // The login's own payload limit, as the reference announces it.
+            info.max_payload = self.conn.max_payload() as u64;
         }
         info
     }

@@ -13,6 +13,7 @@
 //! SUB was acknowledged (PING answered) has its interest queued on every route ahead
 //! of anything it publishes next. A route attaching gets the whole interest at once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -114,6 +115,18 @@ pub struct Batch {
 pub struct Account {
     view: Arc<AccountIndex>,
     router: async_channel::Sender<Batch>,
+    /// Client connections of the account open on this node (see [`AccountSeat`]).
+    clients: AtomicUsize,
+}
+
+/// A client's place among its account's connections on this node, given back when
+/// the client ends (the count a JWT's `conn` limit is checked against).
+pub struct AccountSeat(Arc<Account>);
+
+impl Drop for AccountSeat {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::ops::Deref for Account {
@@ -130,9 +143,22 @@ impl Account {
         let account = Arc::new(Account {
             view: Arc::new(AccountIndex::new(name)),
             router: tx,
+            clients: AtomicUsize::new(0),
         });
         spawner.spawn_detached(run_router(Arc::downgrade(&account), rx));
         account
+    }
+
+    /// A seat for one more client, unless `limit` clients of the account are
+    /// connected to this node already.
+    pub fn take_seat(self: &Arc<Self>, limit: Option<usize>) -> Option<AccountSeat> {
+        let limit = limit.unwrap_or(usize::MAX);
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| AccountSeat(self.clone()))
     }
 
     /// What publishers (and imports from other accounts) read.

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::permissions::ReplyLog;
-use crate::auth::{AuthError, Authenticator, Grant, Permissions};
+use crate::auth::{AuthError, Authenticator, Grant, LoginLimits, Permissions};
 use crate::events::ClientInfo;
 use crate::monitor::ConnSnapshot;
 use crate::proto::errors::{self, WireError};
@@ -48,6 +48,8 @@ const PUBLISH_CACHE_MAX: usize = 1024;
 pub struct Limits {
     /// 0: unlimited.
     pub max_subscriptions: usize,
+    /// The largest message (headers and payload) a client may publish.
+    pub max_payload: usize,
     pub ping_interval: Duration,
     pub max_pings_out: u32,
 }
@@ -200,6 +202,8 @@ pub struct Connection {
     connect_info_due: bool,
     user: Option<String>,
     permissions: Arc<Permissions>,
+    /// The login's own limits (a user JWT's), on top of [`Limits`].
+    login_limits: LoginLimits,
     /// Publish permission answers by subject (checked once per subject).
     publish_allowed: HashMap<Box<[u8]>, bool>,
     /// Requests received that this client may answer (`allow_responses`).
@@ -226,6 +230,7 @@ impl Connection {
             connect_info_due: false,
             user: None,
             permissions: crate::auth::unrestricted(),
+            login_limits: LoginLimits::default(),
             publish_allowed: HashMap::new(),
             replies: None,
             subs: HashMap::new(),
@@ -247,6 +252,22 @@ impl Connection {
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// The largest message this client may publish now: the node's limit, or its
+    /// login's when that is lower (the driver's parser enforces it).
+    pub fn max_payload(&self) -> usize {
+        let login = self.login_limits.max_payload.unwrap_or(usize::MAX);
+        self.limits.max_payload.min(login)
+    }
+
+    /// How many subscriptions this client may hold (`None`: no limit).
+    fn max_subscriptions(&self) -> Option<usize> {
+        let node = (self.limits.max_subscriptions > 0).then_some(self.limits.max_subscriptions);
+        match (node, self.login_limits.max_subscriptions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn last_activity(&self) -> Instant {
@@ -532,6 +553,7 @@ impl Connection {
             (None, _) => None,
         };
         self.permissions = grant.permissions;
+        self.login_limits = grant.limits;
         self.publish_allowed.clear();
     }
 
@@ -579,8 +601,10 @@ impl Connection {
             step.before.push(Reply::Err(WireError::InvalidSubject));
             return;
         }
-        let limit = self.limits.max_subscriptions;
-        if limit > 0 && self.subs.len() >= limit {
+        if self
+            .max_subscriptions()
+            .is_some_and(|limit| self.subs.len() >= limit)
+        {
             step.before
                 .push(Reply::Err(WireError::MaxSubscriptionsExceeded));
             return;
@@ -621,6 +645,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_subscriptions: 2,
+        max_payload: 1 << 20,
         ping_interval: Duration::from_secs(10),
         max_pings_out: 2,
     };
@@ -777,6 +802,50 @@ mod tests {
         assert_eq!(c.subscriptions(), 2, "kept until its count is reached");
         c.unsubscribed(b"3");
         assert_eq!(c.subscriptions(), 1);
+    }
+
+    #[test]
+    fn a_logins_limits_tighten_the_nodes() {
+        let clock = Clock(Instant::now());
+        let login = |limits: LoginLimits| {
+            let mut c = open(clock.at(0.0));
+            let parser = Parser::new(4096, 64);
+            let Ok(Parsed::Op(op, _)) = parser.parse(b"CONNECT {\"verbose\":false}\r\n") else {
+                panic!("CONNECT parses");
+            };
+            assert!(matches!(c.handle(op).action, Some(Action::Authenticate(_))));
+            let grant = Grant {
+                limits,
+                ..c.auth
+                    .authenticate(&ConnectOptions::default(), "", 0)
+                    .unwrap()
+            };
+            c.authenticated(Ok(grant)).unwrap();
+            c
+        };
+        // The node's two subscriptions, or the login's one.
+        let mut c = login(LoginLimits::default());
+        assert_eq!(c.max_payload(), LIMITS.max_payload);
+        let (acts, _) = run(&mut c, b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\n");
+        assert_eq!(
+            acts,
+            ["sub a 1", "sub b 2", "-ERR maximum subscriptions exceeded"]
+        );
+        let mut c = login(LoginLimits {
+            max_subscriptions: Some(1),
+            max_payload: Some(10),
+            account_connections: None,
+        });
+        assert_eq!(c.max_payload(), 10);
+        let (acts, _) = run(&mut c, b"SUB a 1\r\nSUB b 2\r\n");
+        assert_eq!(acts, ["sub a 1", "-ERR maximum subscriptions exceeded"]);
+        // None at all (a user JWT without `subs`).
+        let mut c = login(LoginLimits {
+            max_subscriptions: Some(0),
+            ..LoginLimits::default()
+        });
+        let (acts, _) = run(&mut c, b"SUB a 1\r\n");
+        assert_eq!(acts, ["-ERR maximum subscriptions exceeded"]);
     }
 
     #[test]

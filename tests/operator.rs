@@ -24,6 +24,9 @@ struct Keys {
     app_signer: nkeys::KeyPair,
     sys: nkeys::KeyPair,
     revoked: nkeys::KeyPair,
+    /// An account with limits: one connection, two subscriptions per connection,
+    /// payloads of 4 bytes, one stream of at most 1,000 bytes on disk.
+    limited: nkeys::KeyPair,
 }
 
 fn now() -> i64 {
@@ -41,6 +44,7 @@ impl Keys {
             app_signer: nkeys::KeyPair::new_account(),
             sys: nkeys::KeyPair::new_account(),
             revoked: nkeys::KeyPair::new_user(),
+            limited: nkeys::KeyPair::new_account(),
         }
     }
 
@@ -94,6 +98,22 @@ impl Keys {
         )
     }
 
+    fn limited_jwt(&self) -> String {
+        self.account_jwt(
+            &self.limited,
+            "LIMITED",
+            NatsClaims {
+                limits: Some(AccountLimits {
+                    conn: 1,
+                    subs: 2,
+                    payload: 4,
+                    ..AccountLimits::default()
+                }),
+                ..NatsClaims::default()
+            },
+        )
+    }
+
     fn sys_jwt(&self) -> String {
         self.account_jwt(
             &self.sys,
@@ -141,6 +161,17 @@ fn login(
     then: &str,
     until: &str,
 ) -> String {
+    login_held(addr, jwt, signer, then, until).1
+}
+
+/// [`login`], and the connection kept open.
+fn login_held(
+    addr: SocketAddr,
+    jwt: &str,
+    signer: Option<&nkeys::KeyPair>,
+    then: &str,
+    until: &str,
+) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     let mut received = Vec::new();
     let mut buf = [0u8; 65536];
@@ -196,7 +227,8 @@ fn login(
         t.contains(until) || t.contains("<closed>")
     };
     read_until(&mut stream, &mut received, &mut buf, &done);
-    String::from_utf8_lossy(&received).into_owned()
+    let text = String::from_utf8_lossy(&received).into_owned();
+    (stream, text)
 }
 
 const PUBSUB: &str = "SUB x 1\r\nPUB x 2\r\nhi\r\n";
@@ -309,6 +341,57 @@ fn logins(
         PUBSUB,
         REFUSED,
     );
+    // Limits from the claims: the account's (two subscriptions, 4-byte payloads)
+    // and the user's, the tighter one counting.
+    add(
+        "the account's subscription limit",
+        user_jwt(&k.limited, &user, |_| {}),
+        Some(&user),
+        "SUB x 1\r\nSUB y 2\r\nSUB z 3\r\nPUB x 2\r\nhi\r\n",
+        "-ERR 'maximum subscriptions exceeded'\r\nMSG x 1 2\r\nhi\r\nPONG\r\n",
+    );
+    add(
+        "the user's subscription limit under the account's",
+        user_jwt(&k.limited, &user, |c| c.nats.subs = Some(1)),
+        Some(&user),
+        "SUB x 1\r\nSUB y 2\r\nSUB z 3\r\n",
+        "-ERR 'maximum subscriptions exceeded'\r\n-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n",
+    );
+    add(
+        "the user's subscription limit over the account's",
+        user_jwt(&k.limited, &user, |c| c.nats.subs = Some(5)),
+        Some(&user),
+        "SUB x 1\r\nSUB y 2\r\nSUB z 3\r\n",
+        "-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n",
+    );
+    add(
+        "a user JWT without a subscription limit allows none",
+        user_jwt(&k.app, &user, |c| c.nats.subs = None),
+        Some(&user),
+        PUBSUB,
+        "-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n",
+    );
+    add(
+        "the account's payload limit",
+        user_jwt(&k.limited, &user, |_| {}),
+        Some(&user),
+        "SUB x 1\r\nPUB x 4\r\nhihi\r\nPUB x 5\r\nhihih\r\n",
+        "MSG x 1 4\r\nhihi\r\n-ERR 'Maximum Payload Violation'\r\n<closed>",
+    );
+    add(
+        "the user's payload limit counts headers",
+        user_jwt(&k.app, &user, |c| c.nats.payload = Some(14)),
+        Some(&user),
+        "SUB x 1\r\nHPUB x 12 14\r\nNATS/1.0\r\n\r\nhi\r\nHPUB x 12 15\r\nNATS/1.0\r\n\r\nhi!\r\n",
+        "HMSG x 1 12 14\r\nNATS/1.0\r\n\r\nhi\r\n-ERR 'Maximum Payload Violation'\r\n<closed>",
+    );
+    add(
+        "a user JWT without a payload limit may publish no data",
+        user_jwt(&k.app, &user, |c| c.nats.payload = None),
+        Some(&user),
+        "SUB x 1\r\nPUB x 0\r\n\r\nPUB x 2\r\nhi\r\n",
+        "MSG x 1 0\r\n\r\n-ERR 'Maximum Payload Violation'\r\n<closed>",
+    );
     add(
         "JetStream in the account",
         user_jwt(&k.app, &user, |_| {}),
@@ -332,11 +415,13 @@ fn start_both(
     let dir = temp_dir(tag);
     std::fs::write(dir.join("op.jwt"), k.operator_jwt()).expect("write operator JWT");
     let preload = format!(
-        "[resolver_preload]\n{} = \"{}\"\n{} = \"{}\"\n",
+        "[resolver_preload]\n{} = \"{}\"\n{} = \"{}\"\n{} = \"{}\"\n",
         k.app.public_key(),
         k.app_jwt(),
         k.sys.public_key(),
-        k.sys_jwt()
+        k.sys_jwt(),
+        k.limited.public_key(),
+        k.limited_jwt(),
     );
     let (node, addr, _) = run_node(
         tag,
@@ -346,12 +431,14 @@ fn start_both(
     let op_path = ref_dir.0.join("op.jwt");
     std::fs::write(&op_path, k.operator_jwt()).expect("write operator JWT");
     let conf = format!(
-        "operator: \"{}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\njetstream {{ store_dir: \"{}\" }}\n",
+        "operator: \"{}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n  {}: \"{}\"\n}}\njetstream {{ store_dir: \"{}\" }}\n",
         op_path.display(),
         k.app.public_key(),
         k.app_jwt(),
         k.sys.public_key(),
         k.sys_jwt(),
+        k.limited.public_key(),
+        k.limited_jwt(),
         ref_dir.0.join("js").display(),
     );
     let path = ref_dir.0.join("nats-server.conf");
@@ -591,4 +678,45 @@ async fn meshbroker_auth_bootstraps_what_the_clients_log_in_with() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The account's `conn` limit (one) holds per node: a second connection is refused
+/// while the first is open, and its seat is free again once it closes. The INFO
+/// after CONNECT announces the login's payload limit.
+#[test]
+fn an_accounts_connection_limit_as_at_the_reference() {
+    let k = Keys::new();
+    let Some((_node, addr, _reference, raddr, _dir)) = start_both(&k, "conn-limit") else {
+        return;
+    };
+    let user = nkeys::KeyPair::new_user();
+    let jwt = user_jwt(&k.limited, &user, |_| {});
+    for (server, addr) in [("meshbroker", addr), ("nats-server", raddr)] {
+        // The INFO with `connect_info` follows the PONG; it ends with "} \r\n".
+        let (first, answer) = login_held(addr, &jwt, Some(&user), "", "} \r\n");
+        let info: serde_json::Value = answer
+            .strip_prefix("PONG\r\nINFO ")
+            .and_then(|t| t.split("\r\n").next())
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_else(|| panic!("{server}: no INFO after the PONG: {answer:?}"));
+        assert_eq!(info["max_payload"], 4, "{server}: {answer:?}");
+        let second = login(addr, &jwt, Some(&user), "", "PONG\r\n");
+        assert_eq!(
+            second, "-ERR 'maximum account active connections exceeded'\r\n<closed>",
+            "{server}: a second connection"
+        );
+        drop(first);
+        // The server sees the close in its own time: try until a login passes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let again = login(addr, &jwt, Some(&user), "", "PONG\r\n");
+            if again.starts_with("PONG\r\n") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server}: the first connection's seat was never given back: {again:?}"
+            );
+        }
+    }
 }

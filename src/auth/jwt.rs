@@ -16,6 +16,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::config::{PermissionsConfig, SubjectPermissionConfig};
+use super::LoginLimits;
 
 /// Why a JWT was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +98,8 @@ pub struct NatsClaims {
     /// their JWTs no longer count (Unix seconds).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub revocations: std::collections::BTreeMap<String, i64>,
-    /// User: its limits as `nsc` writes them (-1: unlimited; not enforced here yet).
+    /// User: its limits as `nsc` writes them (-1: unlimited; missing: 0, none
+    /// allowed, as at the reference). `data` is not enforced (nor by the reference).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subs: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,22 +112,70 @@ pub struct NatsClaims {
     pub allowed_connection_types: Vec<String>,
 }
 
-/// An account's limits as `nsc` writes them (-1: unlimited). Only the JetStream
-/// storage limits are read here so far (they say whether JetStream is on); the
-/// others are kept so a JWT written from these claims says what `nsc` would.
+/// An account's limits (-1: unlimited). `Default` is what `nsc` writes for a new
+/// account (everything unlimited, JetStream off); a field missing from the JSON, or
+/// the whole object, reads as the reference's Go zero value (0: none allowed), so a
+/// hand-written JWT means here what it means there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct AccountLimits {
+    /// Subscriptions per connection of the account.
+    #[serde(default)]
     pub subs: i64,
+    #[serde(default)]
     pub data: i64,
+    /// Largest message (headers and payload) a connection of the account may publish.
+    #[serde(default)]
     pub payload: i64,
+    #[serde(default)]
     pub imports: i64,
+    #[serde(default)]
     pub exports: i64,
+    #[serde(default)]
     pub wildcards: bool,
+    /// Connections of the account on this node.
+    #[serde(default)]
     pub conn: i64,
+    #[serde(default)]
     pub leaf: i64,
+    /// JetStream is on when either storage limit is not 0.
+    #[serde(default)]
     pub mem_storage: i64,
+    #[serde(default)]
     pub disk_storage: i64,
+    /// JetStream streams and consumers of the account (0 or -1: no limit, as at the
+    /// reference).
+    #[serde(default)]
+    pub streams: i64,
+    #[serde(default)]
+    pub consumer: i64,
+}
+
+impl AccountLimits {
+    /// The limits of an account JWT without a `limits` object (Go's zero value).
+    pub const ABSENT: AccountLimits = AccountLimits {
+        subs: 0,
+        data: 0,
+        payload: 0,
+        imports: 0,
+        exports: 0,
+        wildcards: false,
+        conn: 0,
+        leaf: 0,
+        mem_storage: 0,
+        disk_storage: 0,
+        streams: 0,
+        consumer: 0,
+    };
+}
+
+/// The tighter of two limits where a negative one is no limit; `None`: neither
+/// limits.
+pub fn tighter(a: i64, b: i64) -> Option<usize> {
+    let limit = |v: i64| usize::try_from(v).ok();
+    match (limit(a), limit(b)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Default for AccountLimits {
@@ -141,6 +191,8 @@ impl Default for AccountLimits {
             leaf: -1,
             mem_storage: 0,
             disk_storage: 0,
+            streams: -1,
+            consumer: -1,
         }
     }
 }
@@ -309,6 +361,20 @@ pub struct VerifiedUser {
     /// When it was issued (revocations name a time before which JWTs no longer count).
     pub issued_at: i64,
     pub connection_types: Vec<String>,
+    /// The user's limits and its account's, combined.
+    pub limits: LoginLimits,
+}
+
+/// What a user may do per connection, and its account per node: the tighter of the
+/// user's and the account's limit. A user limit missing from the JWT is 0 (none
+/// allowed), as the reference reads it; `nsc` writes -1 for "unlimited".
+fn login_limits(user: &NatsClaims, account: Option<&AccountLimits>) -> LoginLimits {
+    let account = account.unwrap_or(&AccountLimits::ABSENT);
+    LoginLimits {
+        max_subscriptions: tighter(user.subs.unwrap_or(0), account.subs),
+        max_payload: tighter(user.payload.unwrap_or(0), account.payload),
+        account_connections: usize::try_from(account.conn).ok(),
+    }
 }
 
 /// Checks a user JWT against its account JWT and the trusted operators' keys at
@@ -353,6 +419,7 @@ pub fn verify_user(
         expires: user.exp.filter(|&e| e > 0),
         issued_at: user.iat,
         connection_types: user.nats.allowed_connection_types.clone(),
+        limits: login_limits(&user.nats, account.nats.limits.as_ref()),
     })
 }
 
@@ -500,5 +567,52 @@ mod tests {
             verify_user(&account, &account, &ops, 0),
             Err(JwtError::Kind { .. })
         ));
+    }
+
+    #[test]
+    fn limits_combine_the_tighter_and_missing_ones_allow_nothing() {
+        let user = |subs, payload| NatsClaims {
+            subs,
+            payload,
+            ..NatsClaims::default()
+        };
+        let unlimited = AccountLimits::default();
+        // As `nsc` writes them: no limit anywhere.
+        assert_eq!(
+            login_limits(&user(Some(-1), Some(-1)), Some(&unlimited)),
+            LoginLimits::default()
+        );
+        // The tighter of the user's and the account's.
+        let account = AccountLimits {
+            subs: 2,
+            payload: 100,
+            conn: 3,
+            ..AccountLimits::default()
+        };
+        assert_eq!(
+            login_limits(&user(Some(5), Some(10)), Some(&account)),
+            LoginLimits {
+                max_subscriptions: Some(2),
+                max_payload: Some(10),
+                account_connections: Some(3),
+            }
+        );
+        // Missing claims read as Go's zero: none allowed, as at the reference.
+        assert_eq!(
+            login_limits(&user(None, None), None),
+            LoginLimits {
+                max_subscriptions: Some(0),
+                max_payload: Some(0),
+                account_connections: Some(0),
+            }
+        );
+        let parsed: AccountLimits = serde_json::from_str(r#"{"subs":-1}"#).unwrap();
+        assert_eq!(
+            parsed,
+            AccountLimits {
+                subs: -1,
+                ..AccountLimits::ABSENT
+            }
+        );
     }
 }

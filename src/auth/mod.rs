@@ -115,6 +115,7 @@ impl User {
             account: self.account.clone(),
             expires: None,
             connection_types: Vec::new(),
+            limits: LoginLimits::default(),
         }
     }
 }
@@ -139,6 +140,20 @@ pub struct Grant {
     /// The kinds of connection the user may make (`STANDARD`, `WEBSOCKET`, …; any
     /// when empty).
     pub connection_types: Vec<String>,
+    /// Limits of the login's own (a user JWT's and its account's claims).
+    pub limits: LoginLimits,
+}
+
+/// Limits a login brings with it, on top of the node's config; `None`: no limit of
+/// its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Subscriptions the connection may hold (0: none).
+    pub max_subscriptions: Option<usize>,
+    /// The largest message (headers and payload) it may publish.
+    pub max_payload: Option<usize>,
+    /// Connections its account may have open on this node, this one included.
+    pub account_connections: Option<usize>,
 }
 
 impl Grant {
@@ -405,6 +420,7 @@ impl Authenticator {
                 account: global_account(),
                 expires: None,
                 connection_types: Vec::new(),
+                limits: LoginLimits::default(),
             });
         }
         let name = self.no_auth_user.as_ref()?;
@@ -492,6 +508,7 @@ impl Authenticator {
                     account: global_account(),
                     expires: None,
                     connection_types: Vec::new(),
+                    limits: LoginLimits::default(),
                 }),
                 _ => Err(AuthError::WrongToken),
             };
@@ -530,6 +547,7 @@ fn jwt_login(
         account: Arc::from(user.account.as_str()),
         expires: user.expires,
         connection_types: user.connection_types,
+        limits: user.limits,
     })
 }
 

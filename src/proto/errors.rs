@@ -45,6 +45,8 @@ pub enum WireError {
     /// A write took longer than `write_deadline`: closed without a word.
     SlowConsumerWriteDeadline,
     MaxConnectionsExceeded,
+    /// The account's JWT allows no more connections on this node.
+    MaxAccountConnectionsExceeded,
     AuthenticationTimeout,
     AuthorizationViolation,
     /// The user JWT expired while connected.
@@ -71,6 +73,7 @@ impl WireError {
             StaleConnection => "Stale Connection",
             SlowConsumerPendingBytes | SlowConsumerWriteDeadline => return None,
             MaxConnectionsExceeded => "maximum connections exceeded",
+            MaxAccountConnectionsExceeded => "maximum account active connections exceeded",
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
             AuthenticationExpired => "User Authentication Expired",
@@ -115,6 +118,7 @@ impl WireError {
             SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
             SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
             MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
             AuthenticationTimeout => "Authentication Timeout",
             AuthorizationViolation => "Authorization Violation",
             AuthenticationExpired => "Authentication Expired",
