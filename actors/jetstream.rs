@@ -105,6 +105,7 @@ pub async fn start(
         max_file: config.max_file.0,
         ..Usage::default()
     });
+    apply_account_limits(ctx, &account.name, &usage);
     let now = now_ns();
     let mut streams = BTreeMap::new();
     for loaded in storage.load_all()? {
@@ -199,6 +200,16 @@ pub async fn start(
         meta,
         raft,
     })
+}
+
+/// Takes `account`'s JetStream limits from its JWT (in operator mode; none
+/// otherwise); the node calls it again whenever a pushed JWT changes the trust.
+pub fn apply_account_limits(ctx: &ServerContext, account: &str, usage: &Usage) {
+    let auth = ctx.auth();
+    let limits = auth.trust().and_then(|t| t.jetstream_limits(account));
+    usage
+        .account
+        .set(&limits.unwrap_or_else(api::AccountLimits::unlimited));
 }
 
 struct JetStream {
@@ -576,7 +587,14 @@ impl JetStream {
                     Ok(c) => c,
                     Err(e) => return Handled::Error(e),
                 };
-                if let Err(e) = cluster.meta.check_overlap(&config) {
+                let checked = cluster.meta.check_overlap(&config).and_then(|()| {
+                    stream::check_account_limits(
+                        &self.account_limits(),
+                        &config,
+                        cluster.meta.streams().map(|(_, a)| &a.config),
+                    )
+                });
+                if let Err(e) = checked {
                     return Handled::Error(e);
                 }
                 let replicas = config.num_replicas.max(1) as usize;
@@ -762,7 +780,30 @@ impl JetStream {
         out
     }
 
+    /// The account's own limits (its JWT's).
+    fn account_limits(&self) -> api::AccountLimits {
+        let mut limits = api::AccountLimits::unlimited();
+        self.usage.account.report(&mut limits);
+        limits
+    }
+
     fn account_info(&self) -> AccountInfo {
+        let mut limits = api::AccountLimits {
+            max_memory: api::limit_or_none(self.limits.max_memory.0),
+            max_storage: api::limit_or_none(self.limits.max_file.0),
+            ..api::AccountLimits::unlimited()
+        };
+        // The account's own limits (its JWT's) replace the node's where set.
+        let node = limits.clone();
+        self.usage.account.report(&mut limits);
+        for (own, node) in [
+            (&mut limits.max_memory, node.max_memory),
+            (&mut limits.max_storage, node.max_storage),
+        ] {
+            if *own < 0 {
+                *own = node;
+            }
+        }
         AccountInfo {
             memory: self.usage.memory.load(Ordering::Relaxed),
             storage: self.usage.storage.load(Ordering::Relaxed),
@@ -770,16 +811,7 @@ impl JetStream {
             reserved_storage: 0,
             streams: self.streams.len() as u64,
             consumers: self.usage.consumers.load(Ordering::Relaxed),
-            limits: api::AccountLimits {
-                max_memory: api::limit_or_none(self.limits.max_memory.0),
-                max_storage: api::limit_or_none(self.limits.max_file.0),
-                max_streams: -1,
-                max_consumers: -1,
-                max_ack_pending: -1,
-                memory_max_stream_bytes: -1,
-                storage_max_stream_bytes: -1,
-                max_bytes_required: false,
-            },
+            limits,
             api: api::ApiStats {
                 level: api::API_LEVEL,
                 total: self.usage.api_total.load(Ordering::Relaxed),
@@ -918,6 +950,11 @@ impl JetStream {
         }
         self.check_overlap(&config)?;
         self.check_limits(&config)?;
+        stream::check_account_limits(
+            &self.account_limits(),
+            &config,
+            self.streams.values().map(|h| &h.config),
+        )?;
         self.start_stream(config, now_ns()).await
     }
 

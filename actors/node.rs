@@ -262,7 +262,16 @@ impl Node {
         let (commands, command_rx) = async_channel::unbounded();
         {
             let commands = commands.clone();
+            // A pushed JWT may change the JetStream account's limits too.
+            let jetstream = js_view
+                .as_ref()
+                .map(|v| v.usage.clone())
+                .zip(plan.jetstream_account().map(str::to_string));
+            let resolver_ctx = Arc::downgrade(&ctx);
             super::system::start_resolver(&ctx, move || {
+                if let (Some((usage, account)), Some(ctx)) = (&jetstream, resolver_ctx.upgrade()) {
+                    super::jetstream::apply_account_limits(&ctx, account, usage);
+                }
                 let _ = commands.try_send(Command::Reauthorize);
             });
         }

@@ -10,7 +10,7 @@
 //! JetStream actor. Storage completions come back as mailbox messages.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,7 +29,7 @@ use crate::jetstream::headers::{self, HeaderBuilder};
 use crate::jetstream::replicated::{self, StreamEntry};
 use crate::jetstream::request::{self, ApiRequest};
 use crate::jetstream::sourcing::{self, Inbound, Sourcing};
-use crate::jetstream::store::Loaded;
+use crate::jetstream::store::{Accounting, Loaded};
 use crate::jetstream::stream::{self, Answer, Stream};
 
 /// Node-wide JetStream usage, kept by the stream actors (atomics: many writers), and
@@ -41,12 +41,78 @@ pub struct Usage {
     pub consumers: AtomicU64,
     pub max_memory: u64,
     pub max_file: u64,
+    /// The JetStream account's own limits.
+    pub account: AccountQuota,
     /// API requests answered, and those answered with an error (the JetStream actor).
     pub api_total: AtomicU64,
     pub api_errors: AtomicU64,
     /// Every stream's own numbers, for monitoring; a stream actor adds itself when it
     /// starts and removes itself when deleted.
     pub streams: arc_swap::ArcSwap<Vec<Arc<StreamUsage>>>,
+}
+
+/// The JetStream account's own limits (its JWT's; -1: none), atomics because a
+/// pushed JWT changes them while streams publish.
+#[derive(Debug)]
+pub struct AccountQuota {
+    max_memory: AtomicI64,
+    max_storage: AtomicI64,
+    max_streams: AtomicI64,
+    max_consumers: AtomicI64,
+}
+
+impl Default for AccountQuota {
+    fn default() -> Self {
+        AccountQuota {
+            max_memory: AtomicI64::new(-1),
+            max_storage: AtomicI64::new(-1),
+            max_streams: AtomicI64::new(-1),
+            max_consumers: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl AccountQuota {
+    pub fn set(&self, limits: &api::AccountLimits) {
+        self.max_memory.store(limits.max_memory, Ordering::Relaxed);
+        self.max_storage
+            .store(limits.max_storage, Ordering::Relaxed);
+        self.max_streams
+            .store(limits.max_streams, Ordering::Relaxed);
+        self.max_consumers
+            .store(limits.max_consumers, Ordering::Relaxed);
+    }
+
+    /// The bytes of `storage` the account may hold (`None`: no limit).
+    pub fn max_bytes(&self, storage: api::Storage) -> Option<u64> {
+        let max = match storage {
+            api::Storage::Memory => &self.max_memory,
+            api::Storage::File => &self.max_storage,
+        };
+        u64::try_from(max.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Streams the account may have (0 or -1: no limit, as at the reference).
+    pub fn max_streams(&self) -> Option<usize> {
+        usize::try_from(self.max_streams.load(Ordering::Relaxed))
+            .ok()
+            .filter(|&m| m > 0)
+    }
+
+    /// Consumers each stream of the account may have (0 or -1: no limit).
+    pub fn max_consumers(&self) -> Option<usize> {
+        usize::try_from(self.max_consumers.load(Ordering::Relaxed))
+            .ok()
+            .filter(|&m| m > 0)
+    }
+
+    /// The limits as `$JS.API.INFO` reports them.
+    pub fn report(&self, limits: &mut api::AccountLimits) {
+        limits.max_memory = self.max_memory.load(Ordering::Relaxed);
+        limits.max_storage = self.max_storage.load(Ordering::Relaxed);
+        limits.max_streams = self.max_streams.load(Ordering::Relaxed);
+        limits.max_consumers = self.max_consumers.load(Ordering::Relaxed);
+    }
 }
 
 /// One stream's numbers as monitoring reads them (the stream actor writes them).
@@ -85,11 +151,26 @@ impl Usage {
         max > 0 && used.load(Ordering::Relaxed) > max
     }
 
+    /// Whether storing `size` more bytes of `storage` would take the account past
+    /// its own limit: as at the reference, the account's limit is never crossed (the
+    /// node's is, by one message).
+    pub fn would_exceed_account(&self, storage: api::Storage, size: u64) -> bool {
+        let used = match storage {
+            api::Storage::Memory => &self.memory,
+            api::Storage::File => &self.storage,
+        };
+        self.account
+            .max_bytes(storage)
+            .is_some_and(|max| used.load(Ordering::Relaxed).saturating_add(size) > max)
+    }
+
+    /// Must every publish update the counters (a limit applies to `storage`)?
     pub fn limited(&self, storage: api::Storage) -> bool {
-        match storage {
+        let node = match storage {
             api::Storage::Memory => self.max_memory > 0,
             api::Storage::File => self.max_file > 0,
-        }
+        };
+        node || self.account.max_bytes(storage).is_some()
     }
 }
 
@@ -952,6 +1033,24 @@ impl StreamActor {
         }
     }
 
+    /// May `msg` be stored: the node not past its limit, the account not taken past
+    /// its own by it?
+    fn room_for(&self, msg: &InternalMsg, subject: &str) -> Result<(), ApiError> {
+        let storage = self.stream.config().storage;
+        if self.usage.exceeded(storage) {
+            return Err(ApiError::insufficient_resources());
+        }
+        let size = Accounting::of(storage).message_size(
+            subject.len(),
+            msg.data.len(),
+            msg.headers.unwrap_or(0),
+        );
+        if self.usage.would_exceed_account(storage, size) {
+            return Err(ApiError::account_resources_exceeded());
+        }
+        Ok(())
+    }
+
     fn captured(&mut self, msg: InternalMsg, now: i64) {
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
@@ -963,9 +1062,8 @@ impl StreamActor {
             if !r.leading {
                 return;
             }
-            if self.usage.exceeded(self.stream.config().storage) {
+            if let Err(err) = self.room_for(&msg, subject) {
                 if let Some(reply) = &msg.reply {
-                    let err = ApiError::insufficient_resources();
                     let body = api::pub_ack_error(self.stream.name(), &err);
                     self.reply(reply, body);
                 }
@@ -991,12 +1089,10 @@ impl StreamActor {
             return;
         }
         let storage = self.stream.config().storage;
-        let result = if self.usage.exceeded(storage) {
-            Err(ApiError::insufficient_resources())
-        } else {
+        let result = self.room_for(&msg, subject).and_then(|()| {
             self.stream
                 .publish(now, subject, msg.data.clone(), msg.headers.unwrap_or(0))
-        };
+        });
         if self.usage.limited(storage) {
             // Counted per message, not per batch, so a node overshoots by one message.
             self.update_usage();
@@ -1290,6 +1386,7 @@ impl StreamActor {
             reply: reply.as_deref(),
             subject: &msg.subject,
             cluster: cluster.as_ref(),
+            account_max_consumers: self.usage.account.max_consumers(),
         };
         let mut out = Vec::new();
         let mut name = name;

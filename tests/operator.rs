@@ -86,9 +86,13 @@ impl Keys {
             &self.app,
             "APP",
             NatsClaims {
+                // JetStream, limited (see
+                // `jetstream_limits_of_an_account_jwt_as_at_the_reference`).
                 limits: Some(AccountLimits {
-                    mem_storage: -1,
-                    disk_storage: -1,
+                    mem_storage: 1000,
+                    disk_storage: 100_000,
+                    streams: 2,
+                    consumer: 2,
                     ..AccountLimits::default()
                 }),
                 signing_keys: vec![serde_json::Value::String(self.app_signer.public_key())],
@@ -161,16 +165,17 @@ fn login(
     then: &str,
     until: &str,
 ) -> String {
-    login_held(addr, jwt, signer, then, until).1
+    login_held(addr, jwt, signer, then, &|t| t.contains(until)).1
 }
 
-/// [`login`], and the connection kept open.
+/// [`login`], reading until `until` says the answer is whole, and the connection
+/// kept open.
 fn login_held(
     addr: SocketAddr,
     jwt: &str,
     signer: Option<&nkeys::KeyPair>,
     then: &str,
-    until: &str,
+    until: &dyn Fn(&str) -> bool,
 ) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     let mut received = Vec::new();
@@ -224,7 +229,7 @@ fn login_held(
         .expect("send");
     let done = |r: &[u8]| {
         let t = String::from_utf8_lossy(r);
-        t.contains(until) || t.contains("<closed>")
+        until(&t) || t.contains("<closed>")
     };
     read_until(&mut stream, &mut received, &mut buf, &done);
     let text = String::from_utf8_lossy(&received).into_owned();
@@ -693,7 +698,7 @@ fn an_accounts_connection_limit_as_at_the_reference() {
     let jwt = user_jwt(&k.limited, &user, |_| {});
     for (server, addr) in [("meshbroker", addr), ("nats-server", raddr)] {
         // The INFO with `connect_info` follows the PONG; it ends with "} \r\n".
-        let (first, answer) = login_held(addr, &jwt, Some(&user), "", "} \r\n");
+        let (first, answer) = login_held(addr, &jwt, Some(&user), "", &|t| t.contains("} \r\n"));
         let info: serde_json::Value = answer
             .strip_prefix("PONG\r\nINFO ")
             .and_then(|t| t.split("\r\n").next())
@@ -718,5 +723,116 @@ fn an_accounts_connection_limit_as_at_the_reference() {
                 "{server}: the first connection's seat was never given back: {again:?}"
             );
         }
+    }
+}
+
+/// The JSON of the first message on `_INBOX.r` in `text`, once it is whole.
+fn inbox_reply(text: &str) -> Option<serde_json::Value> {
+    let rest = &text[text.find("MSG _INBOX.r 1 ")? + "MSG _INBOX.r 1 ".len()..];
+    let (len, rest) = rest.split_once("\r\n")?;
+    let body = rest.get(..len.parse::<usize>().ok()?)?;
+    serde_json::from_str(body).ok()
+}
+
+/// A request on `subject` from a fresh login to the APP account; its answer.
+fn js_request(
+    addr: SocketAddr,
+    jwt: &str,
+    user: &nkeys::KeyPair,
+    subject: &str,
+    body: &str,
+) -> serde_json::Value {
+    let then = format!(
+        "SUB _INBOX.r 1\r\nPUB {subject} _INBOX.r {}\r\n{body}\r\n",
+        body.len()
+    );
+    let (_, text) = login_held(addr, jwt, Some(user), &then, &|t| inbox_reply(t).is_some());
+    inbox_reply(&text).unwrap_or_else(|| panic!("no answer to {subject}: {text:?}"))
+}
+
+/// The APP account's JWT limits JetStream: two streams, two consumers per stream,
+/// 1,000 bytes of memory, 100,000 of file. Both servers must refuse and report alike.
+#[test]
+fn jetstream_limits_of_an_account_jwt_as_at_the_reference() {
+    let k = Keys::new();
+    let Some((_node, addr, _reference, raddr, _dir)) = start_both(&k, "js-limits") else {
+        return;
+    };
+    let user = nkeys::KeyPair::new_user();
+    let jwt = user_jwt(&k.app, &user, |_| {});
+    let steps: &[(&str, &str, Option<u64>)] = &[
+        (
+            "$JS.API.STREAM.CREATE.A",
+            r#"{"name":"A","subjects":["a"]}"#,
+            None,
+        ),
+        (
+            "$JS.API.STREAM.CREATE.B",
+            r#"{"name":"B","subjects":["b"],"storage":"memory","max_bytes":2000}"#,
+            Some(10028),
+        ),
+        (
+            "$JS.API.STREAM.CREATE.B",
+            r#"{"name":"B","subjects":["b"],"storage":"memory"}"#,
+            None,
+        ),
+        (
+            "$JS.API.STREAM.CREATE.C",
+            r#"{"name":"C","subjects":["c"]}"#,
+            Some(10027),
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.A.c1",
+            r#"{"stream_name":"A","config":{"durable_name":"c1"}}"#,
+            None,
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.A.c2",
+            r#"{"stream_name":"A","config":{"durable_name":"c2"}}"#,
+            None,
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.A.c3",
+            r#"{"stream_name":"A","config":{"durable_name":"c3"}}"#,
+            Some(10026),
+        ),
+        // The limit is per stream.
+        (
+            "$JS.API.CONSUMER.CREATE.B.c4",
+            r#"{"stream_name":"B","config":{"durable_name":"c4"}}"#,
+            None,
+        ),
+        // 917 bytes of memory (subject, payload and 16): within the 1,000.
+        ("b", &"x".repeat(900), None),
+        // Another would cross it: refused, not stored.
+        ("b", &"x".repeat(900), Some(10002)),
+    ];
+    for (server, addr) in [("meshbroker", addr), ("nats-server", raddr)] {
+        let info = js_request(addr, &jwt, &user, "$JS.API.INFO", "");
+        let limits = &info["limits"];
+        assert_eq!(
+            (
+                &limits["max_memory"],
+                &limits["max_storage"],
+                &limits["max_streams"],
+                &limits["max_consumers"]
+            ),
+            (&1000.into(), &100_000.into(), &2.into(), &2.into()),
+            "{server}: {info}"
+        );
+        for (subject, body, error) in steps {
+            let answer = js_request(addr, &jwt, &user, subject, body);
+            assert_eq!(
+                answer["error"]["err_code"].as_u64(),
+                *error,
+                "{server}: {subject} {body:.80}: {answer}"
+            );
+        }
+        let info = js_request(addr, &jwt, &user, "$JS.API.INFO", "");
+        assert_eq!(
+            (&info["streams"], &info["consumers"], &info["memory"]),
+            (&2.into(), &3.into(), &917.into()),
+            "{server}: {info}"
+        );
     }
 }

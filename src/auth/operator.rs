@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::config::{
     AccountConfig, ExportConfig, ImportConfig, ImportSourceConfig, ResponseTypeConfig,
 };
-use super::jwt::{self, Claims, JwtError, VerifiedUser};
+use super::jwt::{self, AccountLimits, Claims, JwtError, VerifiedUser};
 use super::AuthConfigError;
 
 /// `operator`: one path or JWT, or a list of them.
@@ -483,6 +483,27 @@ impl Trust {
             out.entry(sys.clone()).or_default();
         }
         out
+    }
+
+    /// The JetStream limits `account`'s JWT sets (`None`: no such account), as
+    /// `$JS.API.INFO` reports them (-1: none).
+    pub fn jetstream_limits(&self, account: &str) -> Option<crate::jetstream::api::AccountLimits> {
+        let claims = &self.accounts.get(account)?.claims;
+        let l = claims
+            .nats
+            .limits
+            .as_ref()
+            .unwrap_or(&AccountLimits::ABSENT);
+        Some(crate::jetstream::api::AccountLimits {
+            max_memory: l.mem_storage,
+            max_storage: l.disk_storage,
+            max_streams: l.streams,
+            max_consumers: l.consumer,
+            max_ack_pending: -1,
+            memory_max_stream_bytes: -1,
+            storage_max_stream_bytes: -1,
+            max_bytes_required: false,
+        })
     }
 
     /// Checks a user JWT at `now_secs`: issued by a known account (or one of its

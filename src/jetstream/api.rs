@@ -708,6 +708,22 @@ pub struct AccountLimits {
     pub max_bytes_required: bool,
 }
 
+impl AccountLimits {
+    /// No limit anywhere (-1).
+    pub fn unlimited() -> Self {
+        AccountLimits {
+            max_memory: -1,
+            max_storage: -1,
+            max_streams: -1,
+            max_consumers: -1,
+            max_ack_pending: -1,
+            memory_max_stream_bytes: -1,
+            storage_max_stream_bytes: -1,
+            max_bytes_required: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AccountInfo {
     pub memory: u64,

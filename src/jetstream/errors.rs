@@ -44,12 +44,11 @@ impl ApiError {
     pub fn not_enabled_for_account() -> Self {
         e(503, 10039, "JetStream not enabled for account")
     }
-    /// A publish while the node is past `max_memory` / `max_file`.
-    /// A clustered JetStream without a meta leader (nats-server's JSClusterNotAvailErr).
     /// A cluster-only request (a leader stepdown) to a JetStream that is not clustered.
     pub fn clustering_required() -> Self {
         e(503, 10010, "JetStream clustering support required")
     }
+    /// A clustered JetStream without a meta leader (nats-server's JSClusterNotAvailErr).
     pub fn cluster_unavailable() -> Self {
         e(503, 10008, "JetStream system temporarily unavailable")
     }
@@ -57,8 +56,13 @@ impl ApiError {
     pub fn no_suitable_peers() -> Self {
         e(400, 10005, "no suitable peers for placement")
     }
+    /// A publish while the node is past `max_memory` / `max_file`.
     pub fn insufficient_resources() -> Self {
         e(503, 10023, "insufficient resources")
+    }
+    /// A publish that would take the account past its JWT's storage limit.
+    pub fn account_resources_exceeded() -> Self {
+        e(400, 10002, "resource limits exceeded for account")
     }
     pub fn insufficient_storage() -> Self {
         e(500, 10047, "insufficient storage resources available")

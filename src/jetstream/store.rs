@@ -42,11 +42,29 @@ pub enum Accounting {
 }
 
 impl Accounting {
+    /// How a stream kept in `storage` counts.
+    pub fn of(storage: crate::jetstream::api::Storage) -> Accounting {
+        match storage {
+            crate::jetstream::api::Storage::Memory => Accounting::Memory,
+            crate::jetstream::api::Storage::File => Accounting::File,
+        }
+    }
+
     pub fn size(self, entry: &Entry) -> u64 {
-        let body = entry.subject.len() as u64 + entry.len as u64;
+        self.message_size(
+            entry.subject.len(),
+            entry.len as usize,
+            entry.hdr_len as usize,
+        )
+    }
+
+    /// The bytes a message of `len` bytes (`hdr_len` of them headers) on a subject of
+    /// `subject_len` bytes counts for.
+    pub fn message_size(self, subject_len: usize, len: usize, hdr_len: usize) -> u64 {
+        let body = (subject_len + len) as u64;
         match self {
             Accounting::Memory => body + 16,
-            Accounting::File => body + 30 + if entry.hdr_len > 0 { 4 } else { 0 },
+            Accounting::File => body + 30 + if hdr_len > 0 { 4 } else { 0 },
         }
     }
 }

@@ -190,6 +190,36 @@ pub fn normalize_config(mut c: StreamConfig) -> Result<StreamConfig, ApiError> {
     Ok(c)
 }
 
+/// May an account with `limits` (its JWT's) add stream `config` to `existing`: fewer
+/// streams than `max_streams` (0 or -1: no limit), and the bytes the streams of its
+/// storage reserve (their `max_bytes`) within the account's storage limit?
+pub fn check_account_limits<'a>(
+    limits: &api::AccountLimits,
+    config: &StreamConfig,
+    existing: impl Iterator<Item = &'a StreamConfig>,
+) -> Result<(), ApiError> {
+    let mut count = 0;
+    let mut reserved: u64 = 0;
+    for other in existing {
+        count += 1;
+        if other.storage == config.storage {
+            reserved = reserved.saturating_add(other.max_bytes.max(0) as u64);
+        }
+    }
+    if limits.max_streams > 0 && count >= limits.max_streams {
+        return Err(ApiError::max_streams());
+    }
+    let (max, err) = match config.storage {
+        api::Storage::Memory => (limits.max_memory, ApiError::insufficient_memory()),
+        api::Storage::File => (limits.max_storage, ApiError::insufficient_storage()),
+    };
+    let wanted = reserved.saturating_add(config.max_bytes.max(0) as u64);
+    match u64::try_from(max) {
+        Ok(max) if wanted > max => Err(err),
+        _ => Ok(()),
+    }
+}
+
 /// Checks an update against the current config (what may not change).
 pub fn check_update(old: &StreamConfig, new: &StreamConfig) -> Result<(), ApiError> {
     super::sourcing::check_update(old, new)?;
@@ -255,9 +285,10 @@ pub struct Stream {
 /// An empty store for a stream kept in `storage`: memory streams cache everything
 /// (there is nowhere else), file streams up to `cache_budget` bytes.
 fn new_store(storage: api::Storage, cache_budget: u64) -> StreamStore {
+    let accounting = store::Accounting::of(storage);
     match storage {
-        api::Storage::Memory => StreamStore::new(u64::MAX, store::Accounting::Memory),
-        api::Storage::File => StreamStore::new(cache_budget, store::Accounting::File),
+        api::Storage::Memory => StreamStore::new(u64::MAX, accounting),
+        api::Storage::File => StreamStore::new(cache_budget, accounting),
     }
 }
 
@@ -1089,6 +1120,58 @@ mod tests {
             hdrs(lines, "x")
         };
         s.publish(10, subject, data, n)
+    }
+
+    #[test]
+    fn an_accounts_limits_count_streams_and_the_bytes_they_reserve() {
+        let config = |json: &str| stream(json).config().clone();
+        let limits = api::AccountLimits {
+            max_memory: 1000,
+            max_storage: 10_000,
+            max_streams: 3,
+            ..api::AccountLimits::unlimited()
+        };
+        let held = [
+            config(r#"{"name":"M1","subjects":["m1"],"storage":"memory","max_bytes":600}"#),
+            config(r#"{"name":"F1","subjects":["f1"],"max_bytes":5000}"#),
+        ];
+        let code = |json: &str, held: &[StreamConfig]| {
+            check_account_limits(&limits, &config(json), held.iter())
+                .err()
+                .map(|e| e.err_code)
+        };
+        // 600 reserved of 1,000: 400 more fit, 401 do not; no max_bytes reserves none.
+        let memory = r#"{"name":"M2","subjects":["m2"],"storage":"memory","max_bytes":400}"#;
+        assert_eq!(code(memory, &held), None);
+        let memory = r#"{"name":"M2","subjects":["m2"],"storage":"memory","max_bytes":401}"#;
+        assert_eq!(code(memory, &held), Some(10028));
+        assert_eq!(
+            code(
+                r#"{"name":"M2","subjects":["m2"],"storage":"memory"}"#,
+                &held
+            ),
+            None
+        );
+        // Each storage counts its own streams.
+        assert_eq!(
+            code(r#"{"name":"F2","subjects":["f2"],"max_bytes":5000}"#, &held),
+            None
+        );
+        assert_eq!(
+            code(r#"{"name":"F2","subjects":["f2"],"max_bytes":5001}"#, &held),
+            Some(10047)
+        );
+        // A third stream fits, a fourth does not.
+        let three = [
+            held[0].clone(),
+            held[1].clone(),
+            config(r#"{"name":"X","subjects":["x"]}"#),
+        ];
+        assert_eq!(code(r#"{"name":"Y","subjects":["y"]}"#, &held), None);
+        assert_eq!(
+            code(r#"{"name":"Y","subjects":["y"]}"#, &three),
+            Some(10027)
+        );
     }
 
     /// Found by the fuzzer (jetstream_api, crash-c766137869c1e481): a purge of a stream

@@ -58,6 +58,9 @@ pub struct Request<'a> {
     pub subject: &'a [u8],
     /// A replicated stream's `cluster` block, which its consumers' infos carry too.
     pub cluster: Option<&'a api::ClusterInfo>,
+    /// The account's limit on consumers per stream (its JWT's `consumer`; the
+    /// tighter of it and the stream's `max_consumers` counts).
+    pub account_max_consumers: Option<usize>,
 }
 
 impl Stream {
@@ -295,8 +298,13 @@ impl Stream {
         if req.action == "update" {
             return Err(ApiError::consumer_does_not_exist());
         }
-        let max = self.config.max_consumers;
-        if max > 0 && self.public_consumers().count() as i64 >= max && !config.direct {
+        let max = usize::try_from(self.config.max_consumers)
+            .ok()
+            .filter(|&m| m > 0)
+            .into_iter()
+            .chain(request.account_max_consumers)
+            .min();
+        if max.is_some_and(|max| self.public_consumers().count() >= max) && !config.direct {
             return Err(ApiError::consumer_max_consumers());
         }
         if self.config.retention == api::Retention::Workqueue && !config.direct {
@@ -529,6 +537,7 @@ mod tests {
             reply: Some("_INBOX.r"),
             subject: full.as_bytes(),
             cluster: None,
+            account_max_consumers: None,
         };
         let mut out = Vec::new();
         let mut names = 0;
