@@ -27,9 +27,9 @@ use super::router::{Account, AccountSeat, SubscriptionTable};
 use super::runtime::{self, TcpStream};
 use super::subscription::{ClientShared, Control, Message, Subscription};
 use super::transport::{self, write_loop, Serve, Setup, Via};
-use crate::auth::{AuthError, Grant};
+use crate::auth::{AuthError, Grant, JwtIdentity};
 use crate::connection::{Action, Connection, Identity, Limits, Publish, Reply, Step};
-use crate::events::ClientInfo;
+use crate::events::{self, ClientInfo};
 use crate::monitor::ConnSnapshot;
 use crate::proto::{encode, ConnectOptions, Parsed, Parser, WireError};
 
@@ -117,6 +117,10 @@ struct Client {
     account: Arc<Account>,
     /// Its place among the account's connections, once logged in.
     seat: Option<AccountSeat>,
+    /// Who its user JWT says it is (operator mode), and when its credentials
+    /// expire (Unix seconds).
+    identity: Option<Arc<JwtIdentity>>,
+    expires: Option<i64>,
     /// What monitoring and events show of the connection.
     who: Identity,
     parser: Parser,
@@ -172,6 +176,8 @@ impl Client {
         Client {
             account: ctx.global.clone(),
             seat: None,
+            identity: None,
+            expires: None,
             ctx,
             shared,
             who,
@@ -384,6 +390,9 @@ impl Client {
             opts.version.as_deref().unwrap_or("")
         );
         let mut result = self.check_credentials(opts, "").await;
+        let (identity, expires) = result
+            .as_ref()
+            .map_or((None, None), |g| (g.jwt.clone(), g.expires));
         if let Ok(grant) = &result {
             // In operator mode an account the trust accepts may be new to this node
             // (pushed since start, or read from the resolver's directory).
@@ -432,6 +441,10 @@ impl Client {
             self.reply(r);
         }
         self.parser.max_payload = self.conn.max_payload();
+        if self.seat.is_some() {
+            (self.identity, self.expires) = (identity, expires);
+            self.account_event("CONNECT", None);
+        }
         Ok(())
     }
 
@@ -544,6 +557,11 @@ impl Client {
     }
 
     fn publish(&mut self, p: Publish<'_>) {
+        if p.subject == events::USER_INFO {
+            if let Some(reply) = p.reply {
+                return self.answer_user_info(reply);
+            }
+        }
         // Taken out and put back: no reference count touched per message.
         let from = match self.event_info.take() {
             Some(info) => info,
@@ -601,6 +619,86 @@ impl Client {
         // Wakes the queues touched; the stalled ones stay noted for `wait_stalled`.
         self.publisher.flush.flush();
         self.traffic.fold_into(&self.ctx.stats);
+    }
+
+    /// Tells the system account that this client logged in (`CONNECT`) or closed
+    /// (`DISCONNECT`, with the reason), when anyone there listens.
+    fn account_event(&mut self, what: &str, closed: Option<&str>) {
+        let Some(system) = self.ctx.account(&self.ctx.system_account) else {
+            return;
+        };
+        let subject = events::account_event_subject(&self.account.name, what);
+        if !self.publisher.has_interest(&system, subject.as_bytes()) {
+            return;
+        }
+        let mut client = self.describe();
+        // The event's own `server` block names the server.
+        client.server.clear();
+        if let Some(id) = &self.identity {
+            client.jwt = id.jwt.clone();
+            client.issuer_key = id.issuer_key.clone();
+            client.name_tag = id.account_name.clone();
+        }
+        let now = crate::jetstream::api::format_time(runtime::now_unix_ns());
+        let id = events::event_id(&mut fastrand::Rng::new());
+        let server = self.ctx.server_block();
+        let body = match closed {
+            None => serde_json::to_vec(&events::ConnectEvent {
+                kind: events::CONNECT_EVENT,
+                id,
+                timestamp: now,
+                server,
+                client: &client,
+            }),
+            Some(reason) => {
+                client.stop = now.clone();
+                let (out_msgs, out_bytes) = self.shared.out.delivered();
+                serde_json::to_vec(&events::DisconnectEvent {
+                    kind: events::DISCONNECT_EVENT,
+                    id,
+                    timestamp: now,
+                    server,
+                    client: &client,
+                    sent: events::DataStats {
+                        msgs: self.traffic.in_msgs(),
+                        bytes: self.traffic.in_bytes(),
+                    },
+                    received: events::DataStats {
+                        msgs: out_msgs,
+                        bytes: out_bytes,
+                    },
+                    reason,
+                })
+            }
+        };
+        match body {
+            Ok(body) => self
+                .publisher
+                .send(&system, subject.as_bytes(), None, None, &body),
+            Err(e) => log::warn!("{}: {what} event not encoded: {e}", self.who),
+        }
+    }
+
+    /// Answers `$SYS.REQ.USER.INFO`: who this connection is.
+    fn answer_user_info(&mut self, reply: &[u8]) {
+        let identity = self.identity.clone().unwrap_or_default();
+        let now_ns = runtime::now_unix_ns();
+        let answer = events::UserInfoReply {
+            server: self.ctx.server_block(),
+            data: events::UserInfo {
+                user: self.conn.user().unwrap_or_default().to_string(),
+                account: self.account.name.to_string(),
+                account_name: identity.account_name.clone(),
+                user_name: identity.user_name.clone(),
+                expires: self
+                    .expires
+                    .map(|exp| exp.saturating_mul(1_000_000_000).saturating_sub(now_ns)),
+            },
+        };
+        match serde_json::to_vec(&answer) {
+            Ok(body) => self.publisher.send(&self.account, reply, None, None, &body),
+            Err(e) => log::warn!("{}: USER.INFO answer not encoded: {e}", self.who),
+        }
     }
 
     /// This connection as server events name it.
@@ -670,6 +768,9 @@ impl Client {
         }
         for sid in self.subs.sids() {
             self.remove_sub(&sid);
+        }
+        if self.seat.is_some() {
+            self.account_event("DISCONNECT", Some(reason));
         }
         self.end_batch();
         self.shared.out.close();

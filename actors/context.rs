@@ -33,6 +33,8 @@ pub struct Stats {
     pub total_connections: AtomicU64,
     /// Client connections open now (the listener counts them).
     pub connections: AtomicU64,
+    /// `$SYS` events and replies sent (their `server.seq`).
+    pub events: AtomicU64,
 }
 
 impl Stats {
@@ -237,6 +239,21 @@ impl ServerContext {
     }
 
     /// The account named `name`, if this node has it.
+    /// The `server` block of a `$SYS` event or reply sent now.
+    pub fn server_block(&self) -> crate::events::ServerBlock {
+        let jetstream = self.config().jetstream.enabled;
+        crate::events::ServerBlock {
+            name: self.server_name.clone(),
+            host: self.client_addr.ip().to_string(),
+            id: self.server_id.clone(),
+            ver: crate::proto::info::COMPAT_VERSION.to_string(),
+            jetstream,
+            flags: u64::from(jetstream),
+            seq: self.stats.events.fetch_add(1, Ordering::Relaxed) + 1,
+            time: crate::jetstream::api::format_time(super::runtime::now_unix_ns()),
+        }
+    }
+
     pub fn account(&self, name: &str) -> Option<Arc<Account>> {
         self.accounts.load().get(name).cloned()
     }

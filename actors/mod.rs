@@ -43,6 +43,8 @@ pub mod jetstream;
 
 pub mod system;
 
+pub mod server_events;
+
 pub mod websocket;
 
 pub mod transport;

@@ -394,7 +394,7 @@ impl Monitor {
     fn counters(&self) -> NodeCounters {
         let s = &self.ctx.stats;
         let uptime = self.ctx.started.elapsed().unwrap_or_default();
-        let (mem, cpu_secs) = process_usage();
+        let (mem, cpu_secs) = runtime::process_usage();
         NodeCounters {
             now: crate::jetstream::api::format_time(runtime::now_unix_ns()),
             uptime_secs: uptime.as_secs(),
@@ -538,30 +538,4 @@ impl Monitor {
             }),
         })
     }
-}
-
-/// Resident memory (bytes) and CPU time used (seconds) of this process, from
-/// `/proc/self` (zeros where it cannot be read).
-fn process_usage() -> (u64, f64) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024);
-    // Fields 14 and 15 of /proc/self/stat (after the parenthesised command name):
-    // user and system time in clock ticks (100 per second on Linux).
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0);
-    (rss, cpu)
 }

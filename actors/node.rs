@@ -275,6 +275,12 @@ impl Node {
                 let _ = commands.try_send(Command::Reauthorize);
             });
         }
+        // Someone can ask only where the system account is chosen (by the config or the
+        // operator): a default `$SYS` has no users, and its subscriptions would only
+        // add to the counts.
+        if ctx.auth().trust().is_some() || ctx.config().system_account.is_some() {
+            super::server_events::start(&ctx);
+        }
         let planes = Arc::new(Planes::default());
         let monitor_addr = match ctx.config().monitor.addr().map_err(NodeError::Config)? {
             Some(addr) => {

@@ -161,6 +161,11 @@ impl Account {
             .map(|_| AccountSeat(self.clone()))
     }
 
+    /// Client connections of the account open on this node.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
     /// What publishers (and imports from other accounts) read.
     pub fn view(&self) -> &Arc<AccountIndex> {
         &self.view

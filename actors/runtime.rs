@@ -284,3 +284,29 @@ pub async fn timeout<T>(limit: Duration, future: impl Future<Output = T>) -> Opt
     })
     .await
 }
+
+/// This process's resident memory (bytes) and CPU time used so far (seconds), from
+/// `/proc` (zeros where it cannot be read).
+pub fn process_usage() -> (u64, f64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    // Fields 14 and 15 of /proc/self/stat (after the parenthesised command name):
+    // user and system time in clock ticks (100 per second on Linux).
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}

@@ -19,9 +19,8 @@ use super::publish::Publisher;
 use super::router::{Account, SubChange};
 use super::runtime;
 use super::subscription::{InternalMsg, InternalSink, Subscription};
-use crate::auth::claims::{self, ClaimsRequest, ServerBlock};
+use crate::auth::claims::{self, ClaimsRequest};
 use crate::auth::operator::{ClaimsError, ResolverKind};
-use crate::proto::info::COMPAT_VERSION;
 
 /// The account `name`, started now if this node did not have it (a pushed account,
 /// or one a route names): with JetStream on, its `$JS.API` requests are answered as
@@ -65,7 +64,6 @@ pub fn start_resolver(ctx: &Arc<ServerContext>, reauthorize: impl Fn() + Send + 
         ctx: ctx.clone(),
         system,
         publisher: Publisher::default(),
-        seq: 0,
         reauthorize: Box::new(reauthorize),
     };
     ctx.spawner.spawn_detached(async move {
@@ -79,8 +77,6 @@ struct Resolver {
     ctx: Arc<ServerContext>,
     system: Arc<Account>,
     publisher: Publisher,
-    /// Counts the replies sent (the server block's `seq`).
-    seq: u64,
     reauthorize: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -103,9 +99,7 @@ impl Resolver {
                         e.description
                     );
                 }
-                let time = crate::jetstream::api::format_time(runtime::now_unix_ns());
-                let server = self.server_block(&time);
-                claims::update_reply(&server, result.as_deref())
+                claims::update_reply(&self.ctx.server_block(), result.as_deref())
             }
             ClaimsRequest::Lookup { account } => self
                 .ctx
@@ -117,27 +111,12 @@ impl Resolver {
             ClaimsRequest::List => {
                 let auth = self.ctx.auth();
                 let keys = auth.trust().map(|t| t.account_keys()).unwrap_or_default();
-                let time = crate::jetstream::api::format_time(runtime::now_unix_ns());
-                claims::list_reply(&self.server_block(&time), &keys)
+                claims::list_reply(&self.ctx.server_block(), &keys)
             }
         };
         if let Some(reply) = &msg.reply {
             self.publisher.send(&self.system, reply, None, None, &body);
             self.publisher.flush();
-        }
-    }
-
-    fn server_block<'a>(&'a mut self, time: &'a str) -> ServerBlock<'a> {
-        self.seq += 1;
-        ServerBlock {
-            name: &self.ctx.server_name,
-            host: "0.0.0.0",
-            id: &self.ctx.server_id,
-            ver: COMPAT_VERSION,
-            jetstream: self.ctx.config().jetstream.enabled,
-            flags: 0,
-            seq: self.seq,
-            time,
         }
     }
 

@@ -289,6 +289,7 @@ impl Connection {
             server: server.to_string(),
             kind: "Client",
             client_type: who.transport,
+            ..ClientInfo::default()
         }
     }
 

@@ -836,3 +836,106 @@ fn jetstream_limits_of_an_account_jwt_as_at_the_reference() {
         );
     }
 }
+
+/// Reads from `stream` onto `text` until `done` says so (or 10 s pass).
+fn read_on(stream: &mut TcpStream, text: &mut String, done: &dyn Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 1 << 16];
+    while !done(text) && Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .ok();
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The JSON bodies of the messages on subjects starting with `prefix` in `text`.
+fn bodies(text: &str, prefix: &str) -> Vec<serde_json::Value> {
+    text.split("MSG ")
+        .skip(1)
+        .filter(|m| m.starts_with(prefix))
+        .filter_map(|m| {
+            let (head, rest) = m.split_once("\r\n")?;
+            let len: usize = head.rsplit(' ').next()?.parse().ok()?;
+            serde_json::from_str(rest.get(..len)?).ok()
+        })
+        .collect()
+}
+
+/// A system-account user sees a client's CONNECT and DISCONNECT events and gets
+/// the server's numbers from `$SYS.REQ.SERVER.PING`; any user learns who it is from
+/// `$SYS.REQ.USER.INFO`. What the two servers say must agree.
+#[test]
+fn system_events_and_requests_as_at_the_reference() {
+    let k = Keys::new();
+    let Some((_node, addr, _reference, raddr, _dir)) = start_both(&k, "sys-events") else {
+        return;
+    };
+    let sys_user = nkeys::KeyPair::new_user();
+    let sys_jwt = user_jwt(&k.sys, &sys_user, |_| {});
+    let user = nkeys::KeyPair::new_user();
+    let jwt = user_jwt(&k.app, &user, |c| c.name = "alice".into());
+    let app = k.app.public_key();
+    let mut seen = Vec::new();
+    for (server, addr) in [("meshbroker", addr), ("nats-server", raddr)] {
+        let watch = "SUB $SYS.ACCOUNT.*.CONNECT 1\r\nSUB $SYS.ACCOUNT.*.DISCONNECT 2\r\nSUB _INBOX.s 3\r\nPUB $SYS.REQ.SERVER.PING _INBOX.s 0\r\n\r\n";
+        let (mut sys, mut text) = login_held(addr, &sys_jwt, Some(&sys_user), watch, &|t| {
+            !bodies(t, "_INBOX.s").is_empty()
+        });
+        let statsz = bodies(&text, "_INBOX.s").remove(0);
+        assert!(
+            statsz["statsz"]["connections"].as_u64() >= Some(1)
+                && statsz["statsz"]["start"].is_string()
+                && statsz["server"]["id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with('N')),
+            "{server}: {statsz}"
+        );
+        let info = js_request(addr, &jwt, &user, "$SYS.REQ.USER.INFO", "");
+        // The login above closed after its answer: its events follow.
+        read_on(&mut sys, &mut text, &|t| {
+            bodies(t, &format!("$SYS.ACCOUNT.{app}.DISCONNECT")).len() == 1
+        });
+        let connect = bodies(&text, &format!("$SYS.ACCOUNT.{app}.CONNECT"));
+        let disconnect = bodies(&text, &format!("$SYS.ACCOUNT.{app}.DISCONNECT"));
+        assert_eq!(
+            (connect.len(), disconnect.len()),
+            (1, 1),
+            "{server}: {text}"
+        );
+        let (connect, disconnect) = (&connect[0], &disconnect[0]);
+        let client = |event: &serde_json::Value| {
+            let c = &event["client"];
+            serde_json::json!([
+                event["type"],
+                c["acc"],
+                c["user"],
+                c["jwt"],
+                c["issuer_key"],
+                c["name_tag"],
+                c["kind"],
+                c["client_type"],
+                c["server"]
+            ])
+        };
+        seen.push(serde_json::json!({
+            "user_info": info["data"],
+            "connect": client(connect),
+            "disconnect": client(disconnect),
+            "reason": disconnect["reason"],
+            "stopped": disconnect["client"]["stop"].is_string(),
+            "sent": disconnect["sent"],
+            "received": disconnect["received"]["msgs"],
+        }));
+    }
+    assert_eq!(seen[0], seen[1], "meshbroker, then nats-server");
+    assert_eq!(seen[0]["user_info"]["user_name"], "alice");
+    assert_eq!(
+        seen[0]["connect"][0],
+        "io.nats.server.advisory.v1.client_connect"
+    );
+}

@@ -65,19 +65,7 @@ impl<'a> ClaimsRequest<'a> {
     }
 }
 
-/// Who answers, as the reference's server block in system replies.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerBlock<'a> {
-    pub name: &'a str,
-    pub host: &'a str,
-    pub id: &'a str,
-    pub ver: &'a str,
-    pub jetstream: bool,
-    pub flags: u64,
-    pub seq: u64,
-    /// RFC 3339, UTC.
-    pub time: &'a str,
-}
+pub use crate::events::ServerBlock;
 
 #[derive(Serialize)]
 struct Outcome<'a> {
@@ -91,7 +79,7 @@ struct Outcome<'a> {
 
 #[derive(Serialize)]
 struct UpdateReply<'a> {
-    server: &'a ServerBlock<'a>,
+    server: &'a ServerBlock,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<Outcome<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,7 +88,7 @@ struct UpdateReply<'a> {
 
 /// `{"server":…,"data":{"account":…,"code":200,"message":"jwt updated"}}`, or the
 /// `error` block with code 500 and the reason.
-pub fn update_reply(server: &ServerBlock<'_>, result: Result<&str, &ClaimsError>) -> Vec<u8> {
+pub fn update_reply(server: &ServerBlock, result: Result<&str, &ClaimsError>) -> Vec<u8> {
     let description;
     let reply = match result {
         Ok(account) => UpdateReply {
@@ -131,11 +119,11 @@ pub fn update_reply(server: &ServerBlock<'_>, result: Result<&str, &ClaimsError>
 }
 
 /// `{"data":[keys…],"server":…}`.
-pub fn list_reply(server: &ServerBlock<'_>, keys: &[&str]) -> Vec<u8> {
+pub fn list_reply(server: &ServerBlock, keys: &[&str]) -> Vec<u8> {
     #[derive(Serialize)]
     struct List<'a> {
         data: &'a [&'a str],
-        server: &'a ServerBlock<'a>,
+        server: &'a ServerBlock,
     }
     serde_json::to_vec(&List { data: keys, server }).unwrap_or_default()
 }
@@ -188,14 +176,14 @@ mod tests {
     #[test]
     fn replies_in_the_reference_shape() {
         let server = ServerBlock {
-            name: "n",
-            host: "0.0.0.0",
-            id: "I",
-            ver: "2.15.1",
+            name: "n".into(),
+            host: "0.0.0.0".into(),
+            id: "I".into(),
+            ver: "2.15.1".into(),
             jetstream: false,
             flags: 0,
             seq: 3,
-            time: "2026-12-05T13:05:43Z",
+            time: "2026-12-05T13:05:43Z".into(),
         };
         let ok: serde_json::Value =
             serde_json::from_slice(&update_reply(&server, Ok("AB"))).expect("json");

@@ -363,6 +363,9 @@ pub struct VerifiedUser {
     pub connection_types: Vec<String>,
     /// The user's limits and its account's, combined.
     pub limits: LoginLimits,
+    /// The key that signed the user JWT, and the account JWT's name.
+    pub issuer: String,
+    pub account_name: String,
 }
 
 /// What a user may do per connection, and its account per node: the tighter of the
@@ -420,6 +423,8 @@ pub fn verify_user(
         issued_at: user.iat,
         connection_types: user.nats.allowed_connection_types.clone(),
         limits: login_limits(&user.nats, account.nats.limits.as_ref()),
+        issuer: user.iss.clone(),
+        account_name: account.name.clone(),
     })
 }
 

@@ -116,6 +116,7 @@ impl User {
             expires: None,
             connection_types: Vec::new(),
             limits: LoginLimits::default(),
+            jwt: None,
         }
     }
 }
@@ -142,6 +143,18 @@ pub struct Grant {
     pub connection_types: Vec<String>,
     /// Limits of the login's own (a user JWT's and its account's claims).
     pub limits: LoginLimits,
+    /// The user JWT's identity, in operator mode.
+    pub jwt: Option<Arc<JwtIdentity>>,
+}
+
+/// Who a JWT login is, as `$SYS` events and `$SYS.REQ.USER.INFO` name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtIdentity {
+    pub jwt: String,
+    /// The key that signed the user JWT (the account's or one of its signing keys).
+    pub issuer_key: String,
+    pub account_name: String,
+    pub user_name: String,
 }
 
 /// Limits a login brings with it, on top of the node's config; `None`: no limit of
@@ -421,6 +434,7 @@ impl Authenticator {
                 expires: None,
                 connection_types: Vec::new(),
                 limits: LoginLimits::default(),
+                jwt: None,
             });
         }
         let name = self.no_auth_user.as_ref()?;
@@ -509,6 +523,7 @@ impl Authenticator {
                     expires: None,
                     connection_types: Vec::new(),
                     limits: LoginLimits::default(),
+                    jwt: None,
                 }),
                 _ => Err(AuthError::WrongToken),
             };
@@ -548,6 +563,12 @@ fn jwt_login(
         expires: user.expires,
         connection_types: user.connection_types,
         limits: user.limits,
+        jwt: Some(Arc::new(JwtIdentity {
+            jwt: token.clone(),
+            issuer_key: user.issuer,
+            account_name: user.account_name,
+            user_name: user.name,
+        })),
     })
 }
 
