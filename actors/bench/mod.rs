@@ -59,6 +59,13 @@ pub struct BenchArgs {
     /// logs in with it, the nonce signed (operator mode on both servers)
     #[argh(option)]
     pub creds: Option<std::path::PathBuf>,
+    /// user and password every scenario connection logs in with (accounts and
+    /// permissions on both servers; not the connection storms)
+    #[argh(option)]
+    pub user: Option<String>,
+    /// the password of --user
+    #[argh(option)]
+    pub password: Option<String>,
     /// messages per throughput scenario
     #[argh(option, default = "2_000_000")]
     pub msgs: u64,
@@ -176,6 +183,10 @@ pub(crate) struct Measure {
 }
 
 pub fn run(args: BenchArgs) -> BenchResult<()> {
+    if let Some(user) = &args.user {
+        let login = (user.clone(), args.password.clone().unwrap_or_default());
+        let _ = LOGIN.set(login);
+    }
     type Target = (String, String, Option<u32>, Option<String>);
     let targets: Vec<Target> = std::iter::once((
         args.name.clone(),
@@ -419,6 +430,9 @@ pub(crate) fn connect(addr: &str) -> BenchResult<TcpStream> {
     }
 }
 
+/// The user and password of `--user` / `--password`, set once at the start of a run.
+static LOGIN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
 /// Connects to `endpoint`: INFO, the TLS handshake if it wants one, CONNECT, PING.
 pub(crate) fn connect_to(endpoint: &Endpoint) -> BenchResult<Conn> {
     let addr = &endpoint.addr;
@@ -451,10 +465,16 @@ pub(crate) fn connect_to(endpoint: &Endpoint) -> BenchResult<Conn> {
         }
     };
     let mut line = String::new();
-    s.write_all(
-        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,\"name\":\"bench\"}\r\nPING\r\n",
-    )
-    .map_err(|e| e.to_string())?;
+    let mut connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "headers": true, "no_responders": true,
+        "protocol": 1, "name": "bench",
+    });
+    if let Some((user, pass)) = LOGIN.get() {
+        connect["user"] = user.as_str().into();
+        connect["pass"] = pass.as_str().into();
+    }
+    s.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(&mut s);
     loop {
         line.clear();
