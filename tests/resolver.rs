@@ -526,6 +526,33 @@ async fn a_push_reaches_every_node_of_a_cluster() {
             "both nodes answer LIST through node 1"
         );
     }
+    // Every node answers a server ping, each for itself, knowing the other is up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answers = ask(
+            &mut sys,
+            "$SYS.REQ.SERVER.PING",
+            "",
+            Duration::from_millis(300),
+        )
+        .await;
+        let mut seen: Vec<(String, u64)> = answers
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r).ok())
+            .map(|v| {
+                let name = v["server"]["name"].as_str().unwrap_or_default().to_string();
+                (name, v["statsz"]["active_servers"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        seen.sort();
+        if seen == [("n1".to_string(), 2), ("n2".to_string(), 2)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes answer PING through node 1: {seen:?}"
+        );
+    }
     let on_two = nkeys::KeyPair::new_user();
     let app_user_jwt = k.user(&k.app, &on_two, 10);
     let mut connected = Login::new(a2, &app_user_jwt, &on_two);
