@@ -231,9 +231,14 @@ impl Publisher {
             Origin::Route { .. } | Origin::Imported => (None, true),
         };
         let mut delivered = 0u64;
+        // Whether the publisher's own subscriptions (skipped with `echo: false`) are
+        // all that matched: then nobody is interested, and a request gets the 503, as
+        // at the reference.
+        let mut only_own = skip.is_some();
         let mut imports: Vec<Arc<ImportLink>> = Vec::new();
         for sub in &result.plain {
             if let Target::Route(route) = &sub.target {
+                only_own = false;
                 if !from_route && !sub.is_closed() {
                     self.route_index(route);
                 }
@@ -248,6 +253,7 @@ impl Publisher {
             if skip.is_some_and(|id| sub.client_id() == id) {
                 continue;
             }
+            only_own = false;
             if deliver(sub, msg, &mut self.flush) {
                 delivered += 1;
             }
@@ -260,6 +266,7 @@ impl Publisher {
                 }
             }
             let members = &group.members;
+            only_own &= skip.is_some_and(|id| members.iter().all(|m| m.client_id() == id));
             let start = self.rng.usize(..members.len());
             for i in 0..members.len() {
                 let sub = &members[(start + i) % members.len()];
@@ -299,7 +306,7 @@ impl Publisher {
                 delivered += self.send_to_routes(account, &routed, &result);
             }
         }
-        let mut no_interest = result.is_empty();
+        let mut no_interest = result.is_empty() || (only_own && imports.is_empty());
         if !imports.is_empty() && self.import_depth < MAX_IMPORT_DEPTH {
             let only_imports = result.queues.is_empty()
                 && result

@@ -54,6 +54,7 @@ fn drive(input: &[u8]) {
     let start = Instant::now();
     let limits = Limits {
         max_subscriptions: MAX_SUBS,
+        max_payload: 4096,
         ping_interval: Duration::from_secs(1),
         max_pings_out: 2,
     };

@@ -158,6 +158,8 @@ fn drive_api(s: &mut stream::Stream, arg: u8, now: i64) {
         reply: Some("_INBOX.f"),
         subject: full.as_bytes(),
         cluster: None,
+        // An account limit on consumers per stream, for some inputs.
+        account_max_consumers: (body.len() % 3 == 0).then_some(2),
     };
     let mut out = Vec::new();
     let mut n = 0u32;
