@@ -453,10 +453,12 @@ fn api_replies_match_the_reference() {
     assert_same(&steps, &theirs, &ours);
 }
 
-/// Requests on a replicated stream, for a three-node cluster of each.
+/// Requests on a replicated stream, for a three-node cluster of each. Every step
+/// here is answered by both servers, so each waits long: a reply ends the wait, and a
+/// loaded machine (CI) can take seconds to elect a new stream group's leader.
 fn steps_r3() -> Vec<Step> {
     use Expect::*;
-    vec![
+    let steps = vec![
         step(
             "$JS.API.STREAM.CREATE.R",
             r#"{"name":"R","subjects":["r.>"],"num_replicas":3}"#,
@@ -496,7 +498,14 @@ fn steps_r3() -> Vec<Step> {
         step("$JS.API.CONSUMER.DELETE.R.D", "", Json),
         step("$JS.API.STREAM.DELETE.R", "", Json),
         step("$JS.API.STREAM.INFO.R", "", Json),
-    ]
+    ];
+    steps
+        .into_iter()
+        .map(|s| Step {
+            wait: Duration::from_secs(15),
+            ..s
+        })
+        .collect()
 }
 
 /// Masks what a cluster block holds by nature of the run: group names, server
