@@ -148,10 +148,14 @@ impl Client {
         socket: TcpStream,
     ) -> Self {
         let config = ctx.config();
-        let parser = Parser::new(
-            config.max_control_line.as_usize(),
-            config.max_payload.as_usize(),
-        );
+        let parser = Parser {
+            // Until a CONNECT says otherwise.
+            headers: false,
+            ..Parser::new(
+                config.max_control_line.as_usize(),
+                config.max_payload.as_usize(),
+            )
+        };
         let limits = Limits {
             max_subscriptions: config.max_subscriptions,
             max_payload: config.max_payload.as_usize(),
@@ -441,6 +445,7 @@ impl Client {
             self.reply(r);
         }
         self.parser.max_payload = self.conn.max_payload();
+        self.parser.headers = self.conn.headers();
         if self.seat.is_some() {
             (self.identity, self.expires) = (identity, expires);
             self.account_event("CONNECT", None);

@@ -186,6 +186,14 @@ impl std::fmt::Display for Identity {
     }
 }
 
+/// Where a connection is with its first PONG after CONNECT.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FirstPong {
+    BeforeConnect,
+    Due,
+    Sent,
+}
+
 /// One client connection's protocol state.
 pub struct Connection {
     auth: Arc<Authenticator>,
@@ -198,8 +206,9 @@ pub struct Connection {
     auth_deadline: Option<Instant>,
     /// A CONNECT being authenticated.
     connecting: Option<Box<ConnectOptions>>,
-    /// The INFO with `connect_info` follows the first PONG after CONNECT.
-    connect_info_due: bool,
+    /// Whether the first PING after CONNECT has been answered: only that PONG is
+    /// followed by the INFO with `connect_info` (for protocol 1 clients).
+    first_pong: FirstPong,
     user: Option<String>,
     permissions: Arc<Permissions>,
     /// The login's own limits (a user JWT's), on top of [`Limits`].
@@ -231,7 +240,7 @@ impl Connection {
             opts: ConnectOptions::default(),
             auth_deadline,
             connecting: None,
-            connect_info_due: false,
+            first_pong: FirstPong::BeforeConnect,
             user: None,
             permissions: crate::auth::unrestricted(),
             login_limits: LoginLimits::default(),
@@ -261,6 +270,11 @@ impl Connection {
 
     /// The largest message this client may publish now: the node's limit, or its
     /// login's when that is lower (the driver's parser enforces it).
+    /// Whether the client said it speaks headers (HPUB).
+    pub fn headers(&self) -> bool {
+        self.opts.headers
+    }
+
     pub fn max_payload(&self) -> usize {
         let login = self.login_limits.max_payload.unwrap_or(usize::MAX);
         self.limits.max_payload.min(login)
@@ -408,17 +422,15 @@ impl Connection {
                     return Step::close(WireError::ProtocolViolation);
                 }
                 // The reference answers +OK before delivering (a verbose client sees
-                // +OK ahead of its own echoed message), after a pedantic -ERR.
-                let valid = !self.opts.pedantic || subject::is_valid_literal_subject(subject);
-                if !valid {
+                // +OK ahead of its own echoed message), after a pedantic -ERR. That
+                // -ERR is a warning: the message is still delivered, a wildcard in
+                // its subject matched as a plain token.
+                if self.opts.pedantic && !subject::is_valid_literal_subject(subject) {
                     step.before
                         .push(Reply::Err(WireError::InvalidPublishSubject));
                 }
                 if self.opts.verbose {
                     step.before.push(Reply::Ok);
-                }
-                if !valid {
-                    return step;
                 }
                 if !self.may_publish(subject) {
                     let shown = String::from_utf8_lossy(subject);
@@ -457,13 +469,18 @@ impl Connection {
                 step.after.push(Reply::Pong);
                 // The reference follows the first PONG after CONNECT with an INFO;
                 // clients (nats-py) wait for that PONG as the first line.
-                if std::mem::take(&mut self.connect_info_due) {
-                    step.after.push(Reply::ConnectInfo);
+                if self.first_pong == FirstPong::Due {
+                    self.first_pong = FirstPong::Sent;
+                    if self.opts.protocol >= 1 {
+                        step.after.push(Reply::ConnectInfo);
+                    }
                 }
             }
             Op::Pong => self.pings_out = 0,
             Op::Connect(json) => {
-                let Some(opts) = ConnectOptions::parse(json) else {
+                // A second CONNECT changes only the options it names.
+                let base = self.connecting.as_deref().unwrap_or(&self.opts);
+                let Some(opts) = base.merged(json) else {
                     return Step::close(WireError::ProtocolViolation);
                 };
                 if !(0..=1).contains(&opts.protocol) {
@@ -476,8 +493,17 @@ impl Connection {
                 self.connecting = Some(opts.clone());
                 step.action = Some(Action::Authenticate(opts));
             }
-            // What a client may send but the server ignores, as the reference does.
-            Op::Info(_) | Op::Ok => {}
+            // What a client may send but the server ignores, as the reference does;
+            // an INFO that is not a JSON object closes the connection there.
+            Op::Info(json) => {
+                if !matches!(
+                    serde_json::from_slice::<serde_json::Value>(json),
+                    Ok(serde_json::Value::Object(_) | serde_json::Value::Null)
+                ) {
+                    return Step::close(WireError::ProtocolViolation);
+                }
+            }
+            Op::Ok => {}
             Op::Err(_) => return Step::close(WireError::ProtocolViolation),
             Op::Msg { .. } => return Step::close(WireError::UnknownProtocolOperation),
         }
@@ -496,8 +522,9 @@ impl Connection {
         };
         let grant = result.map_err(|_| WireError::AuthorizationViolation)?;
         self.accept(grant);
-        // Only clients that speak protocol 1 (dynamic INFO) get the second INFO.
-        self.connect_info_due = opts.protocol >= 1;
+        if self.first_pong == FirstPong::BeforeConnect {
+            self.first_pong = FirstPong::Due;
+        }
         self.opts = *opts;
         self.ok(&mut out);
         Ok(out)
@@ -609,10 +636,14 @@ impl Connection {
         sid: &'a [u8],
         step: &mut Step<'a>,
     ) {
-        if !subject::is_valid_subject(subject)
-            || queue.is_some_and(|q| q.iter().any(|&b| b == b' ' || b == b'\t'))
-        {
-            step.before.push(Reply::Err(WireError::InvalidSubject));
+        // The reference's order: permissions, the limit, then (for a new sid only)
+        // the subject's validity.
+        if !self.permissions.can_subscribe(subject, queue) {
+            let text = errors::subscribe_violation(subject, queue);
+            step.action = Some(Action::Violation {
+                log: text.clone(),
+                text,
+            });
             return;
         }
         if self
@@ -623,16 +654,16 @@ impl Connection {
                 .push(Reply::Err(WireError::MaxSubscriptionsExceeded));
             return;
         }
-        if !self.permissions.can_subscribe(subject, queue) {
-            let text = errors::subscribe_violation(subject, queue);
-            step.action = Some(Action::Violation {
-                log: text.clone(),
-                text,
-            });
+        let new_sid = !self.subs.contains_key(sid);
+        if new_sid
+            && (!subject::is_valid_subject(subject)
+                || queue.is_some_and(|q| q.iter().any(|&b| b == b' ' || b == b'\t')))
+        {
+            step.before.push(Reply::Err(WireError::InvalidSubject));
             return;
         }
         // A sid already in use is ignored, as by the reference.
-        if !self.subs.contains_key(sid) {
+        if new_sid {
             self.subs.insert(
                 sid.into(),
                 Sub {
@@ -771,6 +802,8 @@ mod tests {
         );
     }
 
+    /// The pedantic -ERR is a warning: the message still goes out (tested against
+    /// the reference by `tests/wire_fuzz.rs`).
     #[test]
     fn pedantic_subjects_are_checked_and_the_connection_stays() {
         let clock = Clock(Instant::now());
@@ -784,6 +817,7 @@ mod tests {
             [
                 "authenticate",
                 "-ERR Invalid Publish Subject",
+                "publish a.*",
                 "publish a.b",
                 "-ERR Invalid Subject",
                 "sub a.b 2"

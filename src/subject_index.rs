@@ -255,11 +255,17 @@ fn collect<S: Clone>(node: &Node<S>, tokens: &[&[u8]], out: &mut MatchResult<S>)
     if let Some(full) = &node.full {
         collect(full, &[], out);
     }
-    if let Some(star) = &node.star {
-        collect(star, rest, out);
-    }
-    if let Some(child) = node.literal.get(*first) {
-        collect(child, rest, out);
+    // The reference's order, which a connection with several matching subscriptions
+    // sees the message in: `*` before the literal token, except at the last token.
+    let star = node.star.as_deref();
+    let literal = node.literal.get(*first).map(|child| &**child);
+    let (one, two) = if rest.is_empty() {
+        (literal, star)
+    } else {
+        (star, literal)
+    };
+    for next in [one, two].into_iter().flatten() {
+        collect(next, rest, out);
     }
 }
 

@@ -614,7 +614,7 @@ mod tests {
     }
 
     fn connect(json: &str) -> ConnectOptions {
-        serde_json::from_str(json).expect("connect json")
+        ConnectOptions::parse(json.as_bytes()).expect("connect json")
     }
 
     #[test]

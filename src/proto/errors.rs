@@ -16,6 +16,9 @@ pub enum ProtoError {
     /// Known operation, malformed arguments: the reference closes without a word.
     #[error("malformed arguments for {0}")]
     BadArgs(&'static str),
+    /// HPUB from a client that did not CONNECT with headers: closed without a word.
+    #[error("headers not supported by this connection")]
+    HeadersNotSupported,
 }
 
 impl ProtoError {
@@ -24,7 +27,9 @@ impl ProtoError {
             ProtoError::UnknownOp => WireError::UnknownProtocolOperation,
             ProtoError::MaxControlLine => WireError::MaxControlLineExceeded,
             ProtoError::MaxPayload => WireError::MaxPayloadViolation,
-            ProtoError::BadArgs(_) => WireError::ProtocolViolation,
+            ProtoError::BadArgs(_) | ProtoError::HeadersNotSupported => {
+                WireError::ProtocolViolation
+            }
         }
     }
 }

@@ -65,38 +65,45 @@ pub enum Parsed<'a> {
 pub struct Parser {
     pub max_control_line: usize,
     pub max_payload: usize,
+    /// Whether HPUB is accepted: a server sets it from the client's CONNECT (the
+    /// reference refuses an HPUB on its control line, before any payload).
+    pub headers: bool,
 }
 
 const MAX_ARGS: usize = 6;
-
-/// Longest operation name plus its separator, allowed on top of `max_control_line`.
-const OP_ALLOWANCE: usize = 8;
 
 impl Parser {
     pub fn new(max_control_line: usize, max_payload: usize) -> Self {
         Parser {
             max_control_line,
             max_payload,
+            headers: true,
         }
     }
 
     pub fn parse<'a>(&self, buf: &'a [u8]) -> Result<Parsed<'a>, ProtoError> {
-        let limit = self.max_control_line.saturating_add(OP_ALLOWANCE + 2);
-        let window = &buf[..buf.len().min(limit)];
-        let Some(nl) = memchr::memchr(b'\n', window) else {
-            // An operation name that is already wrong needs no more bytes to say so.
-            check_op_prefix(buf)?;
-            if buf.len() >= limit {
+        // The name first: a wrong one is known before the line ends (and so whatever
+        // the chunking), an overlong line only once it is longer than allowed.
+        let Some((op, after, name_len)) = op_name(buf)? else {
+            return Ok(Parsed::Incomplete { need: 0 });
+        };
+        // Like the reference, the limit counts the arguments only: not the name, not
+        // the whitespace after it, not the line end.
+        let args_at = name_len
+            + buf[name_len..]
+                .iter()
+                .take_while(|&&b| after != After::Ignored && is_ws(b))
+                .count();
+        let limit = args_at + self.max_control_line + 2;
+        let window = &buf[name_len..buf.len().min(limit)];
+        let Some(nl) = memchr::memchr(b'\n', window).map(|i| i + name_len) else {
+            if trim_cr(&buf[args_at..]).len() > self.max_control_line {
                 return Err(ProtoError::MaxControlLine);
             }
             return Ok(Parsed::Incomplete { need: 0 });
         };
         let line_end = nl + 1;
-        let line = trim_cr(&buf[..nl]);
-        let (op, rest) = split_op(line);
-        // The name first: a wrong one is known before the line ends (and so whatever
-        // the chunking), an overlong line only at its end.
-        let op = op_code(op).ok_or(ProtoError::UnknownOp)?;
+        let rest = trim_cr(&buf[args_at..nl]);
         if rest.len() > self.max_control_line {
             return Err(ProtoError::MaxControlLine);
         }
@@ -105,8 +112,8 @@ impl Parser {
             OpCode::Pong => Ok(Parsed::Op(Op::Pong, line_end)),
             OpCode::Ok => Ok(Parsed::Op(Op::Ok, line_end)),
             OpCode::Err => Ok(Parsed::Op(Op::Err(trim_ws(rest)), line_end)),
-            OpCode::Connect => Ok(Parsed::Op(Op::Connect(require(rest)?), line_end)),
-            OpCode::Info => Ok(Parsed::Op(Op::Info(require(rest)?), line_end)),
+            OpCode::Connect => Ok(Parsed::Op(Op::Connect(rest), line_end)),
+            OpCode::Info => Ok(Parsed::Op(Op::Info(rest), line_end)),
             OpCode::Sub => {
                 let args = Args::split(require(rest)?)?;
                 let (subject, queue, sid) = match args.as_slice() {
@@ -135,6 +142,7 @@ impl Parser {
                 };
                 Ok(Parsed::Op(Op::Unsub { sid, max }, line_end))
             }
+            OpCode::HPub if !self.headers => Err(ProtoError::HeadersNotSupported),
             OpCode::Pub | OpCode::HPub => {
                 let with_headers = op == OpCode::HPub;
                 let name = if with_headers { "HPUB" } else { "PUB" };
@@ -228,30 +236,56 @@ enum OpCode {
     Err,
 }
 
-const OPS: [(&[u8], OpCode); 12] = [
-    (b"PUB", OpCode::Pub),
-    (b"HPUB", OpCode::HPub),
-    (b"SUB", OpCode::Sub),
-    (b"UNSUB", OpCode::Unsub),
-    (b"PING", OpCode::Ping),
-    (b"PONG", OpCode::Pong),
-    (b"MSG", OpCode::Msg),
-    (b"HMSG", OpCode::HMsg),
-    (b"CONNECT", OpCode::Connect),
-    (b"INFO", OpCode::Info),
-    (b"+OK", OpCode::Ok),
-    (b"-ERR", OpCode::Err),
-];
-
-fn op_code(name: &[u8]) -> Option<OpCode> {
-    OPS.iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, code)| *code)
+/// What may follow an operation's name, as the reference's state machine reads it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum After {
+    /// PING, PONG, +OK: whatever comes up to the line end is ignored (`PINGx` is a
+    /// PING to the reference).
+    Ignored,
+    /// CONNECT, INFO: optional whitespace, then the argument, which may be empty
+    /// (`CONNECT{}` is a CONNECT).
+    Optional,
+    /// The rest: a space or tab, then the arguments.
+    Space,
 }
 
-/// Fails early when the bytes seen so far cannot begin any operation name.
-fn check_op_prefix(buf: &[u8]) -> Result<(), ProtoError> {
-    check_prefix(buf, OPS.iter().map(|(n, _)| *n))
+const OPS: [(&[u8], OpCode, After); 12] = [
+    (b"PUB", OpCode::Pub, After::Space),
+    (b"HPUB", OpCode::HPub, After::Space),
+    (b"SUB", OpCode::Sub, After::Space),
+    (b"UNSUB", OpCode::Unsub, After::Space),
+    (b"PING", OpCode::Ping, After::Ignored),
+    (b"PONG", OpCode::Pong, After::Ignored),
+    (b"MSG", OpCode::Msg, After::Space),
+    (b"HMSG", OpCode::HMsg, After::Space),
+    (b"CONNECT", OpCode::Connect, After::Optional),
+    (b"INFO", OpCode::Info, After::Optional),
+    (b"+OK", OpCode::Ok, After::Ignored),
+    (b"-ERR", OpCode::Err, After::Space),
+];
+
+/// The operation whose name begins `buf` (any case), what may follow it and the
+/// name's length; `None` while `buf` is too short to tell. No name is a prefix of
+/// another, so at most one matches.
+fn op_name(buf: &[u8]) -> Result<Option<(OpCode, After, usize)>, ProtoError> {
+    for &(name, code, after) in &OPS {
+        let n = name.len().min(buf.len());
+        if !buf[..n].eq_ignore_ascii_case(&name[..n]) {
+            continue;
+        }
+        if buf.len() < name.len() {
+            return Ok(None);
+        }
+        if after == After::Space {
+            match buf.get(name.len()) {
+                None => return Ok(None),
+                Some(&b) if is_ws(b) => {}
+                Some(_) => return Err(ProtoError::UnknownOp),
+            }
+        }
+        return Ok(Some((code, after, name.len())));
+    }
+    Err(ProtoError::UnknownOp)
 }
 
 /// Fails early when the bytes seen so far cannot begin any of `names`.
@@ -314,12 +348,12 @@ pub(super) fn split_op(line: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// An operation that needs arguments and got none is an unknown operation to the
-/// reference (it fails before it knows which operation it was parsing).
+/// An operation that needs arguments and got only whitespace (`SUB \r\n`; without
+/// the space it is an unknown operation).
 fn require(rest: &[u8]) -> Result<&[u8], ProtoError> {
     let rest = trim_ws(rest);
     if rest.is_empty() {
-        Err(ProtoError::UnknownOp)
+        Err(ProtoError::BadArgs("no arguments"))
     } else {
         Ok(rest)
     }
@@ -534,6 +568,49 @@ MSG foo 1 2\r\nhi\r\nMSG foo 1 r 2\r\nhi\r\nHMSG foo 1 r 12 14\r\nNATS/1.0\r\n\r
             Parsed::Incomplete { need: 24 }
         );
         assert_eq!(p.parse(b"PU").unwrap(), Parsed::Incomplete { need: 0 });
+        let no_headers = Parser {
+            headers: false,
+            ..parser()
+        };
+        assert_eq!(
+            no_headers.parse(b"HPUB a 12 14\r\n").unwrap_err(),
+            ProtoError::HeadersNotSupported
+        );
+    }
+
+    /// As the reference's state machine reads names: PING/PONG/+OK ignore what
+    /// follows, CONNECT/INFO need no space, the rest need one; the control line limit
+    /// counts the arguments only.
+    #[test]
+    fn names_and_line_limits_as_the_reference_reads_them() {
+        let p = Parser::new(8, 4096);
+        let ops = |b: &[u8]| parse_all(&p, b).unwrap();
+        assert_eq!(
+            ops(b"PINGx\r\nPONG 1\r\n+OKAY\r\nPING\r\r\n"),
+            ["Ping", "Pong", "Ok", "Ping"]
+        );
+        assert_eq!(ops(b"CONNECT{}\r\n"), ["Connect([123, 125])"]);
+        assert_eq!(ops(b"connect \r\n"), ["Connect([])"]);
+        assert_eq!(p.parse(b"SUBx a 1\r\n").unwrap_err(), ProtoError::UnknownOp);
+        assert_eq!(p.parse(b"-ERR\r\n").unwrap_err(), ProtoError::UnknownOp);
+        assert!(matches!(
+            p.parse(b"SUB \r\n").unwrap_err(),
+            ProtoError::BadArgs(_)
+        ));
+        // Eight bytes of arguments pass however much whitespace leads them.
+        assert_eq!(ops(b"SUB      abcd 123\r\n").len(), 1);
+        assert_eq!(
+            p.parse(b"SUB abcd 1234\r\n").unwrap_err(),
+            ProtoError::MaxControlLine
+        );
+        assert_eq!(
+            p.parse(b"SUB abcd 1234").unwrap_err(),
+            ProtoError::MaxControlLine
+        );
+        assert_eq!(
+            p.parse(b"SUB abcd 123").unwrap(),
+            Parsed::Incomplete { need: 0 }
+        );
     }
 
     /// Found by fuzzing (client_proto): a wrong operation name with an overlong line

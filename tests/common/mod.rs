@@ -5,6 +5,7 @@ pub mod certs;
 pub mod jscluster;
 pub mod process;
 pub mod scripts;
+pub mod wirefuzz;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

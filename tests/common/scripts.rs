@@ -100,6 +100,28 @@ pub const SCRIPTS: &[Script] = &[
     script!("UTF-8 subject", [C, b"SUB f\xc3\xa9 1\r\nPUB f\xc3\xa9 1\r\na\r\nPING\r\n"], b"MSG f\xc3\xa9 1 1\r\na\r\nPONG\r\n", false),
     script!("control byte in subject", [C, b"SUB f\x01o 1\r\nPUB f\x01o 1\r\na\r\nPING\r\n"], b"MSG f\x01o 1 1\r\na\r\nPONG\r\n", false),
     script!("payload split across reads", [C, b"SUB foo 1\r\nPUB foo 5\r\nhe", b"llo\r\nPING\r\n"], b"MSG foo 1 5\r\nhello\r\nPONG\r\n", false),
+    // Reproducers found by the differential fuzzer (tests/wire_fuzz.rs), minimised.
+    script!("PING and PONG ignore what follows the name", [C, b"PINGx\r\nPING x\r\nPING\r\r\nPONG 1\r\n"],
+        b"PONG\r\nPONG\r\nPONG\r\n", false),
+    script!("+OK ignores what follows", [C, b"+OKAY\r\nPING\r\n"], b"PONG\r\n", false),
+    script!("-ERR needs a space", [C, b"-ERR\r\n"], b"-ERR 'Unknown Protocol Operation'\r\n", true),
+    script!("CONNECT needs no space", [b"CONNECT{\"verbose\":false}\r\n", b"PING\r\n"], b"PONG\r\n", false),
+    script!("CONNECT without a body", [b"CONNECT \r\n"], b"", true),
+    script!("CONNECT repeated key, last wins", [b"CONNECT {\"verbose\":true,\"verbose\":false}\r\n", b"PING\r\n"], b"PONG\r\n", false),
+    script!("CONNECT repeated key, first of the wrong type", [b"CONNECT {\"verbose\":\"x\",\"verbose\":false}\r\n", b"PING\r\n"], b"", true),
+    script!("CONNECT keys in any case, null keeps the default", [b"CONNECT {\"VERBOSE\":false,\"pedantic\":null}\r\n", b"PUB a.* 0\r\n\r\nPING\r\n"],
+        b"-ERR 'Invalid Publish Subject'\r\nPONG\r\n", false),
+    script!("second CONNECT keeps what it does not name", [b"CONNECT {\"verbose\":false,\"echo\":false}\r\n", b"CONNECT {\"name\":\"x\"}\r\nSUB a 1\r\nPUB a 1\r\nx\r\nPING\r\n"],
+        b"PONG\r\n", false),
+    script!("only the first PONG after CONNECT is followed by INFO", [b"CONNECT {\"verbose\":false,\"protocol\":1}\r\n", b"PING\r\nCONNECT {\"protocol\":1}\r\nPING\r\n"],
+        b"PONG\r\nPONG\r\n", false),
+    script!("HPUB before CONNECT closes at its control line", [b"HPUB a 17 26\r\n"], b"", true),
+    script!("SUB with only whitespace", [C, b"SUB \r\n"], b"", true),
+    script!("INFO from client that is not JSON", [C, b"INFO x\r\n"], b"", true),
+    script!("pedantic error still delivers", [b"CONNECT {\"verbose\":false,\"pedantic\":true}\r\n", b"SUB a.> 1\r\nPUB a.* 1\r\nx\r\nPING\r\n"],
+        b"-ERR 'Invalid Publish Subject'\r\nMSG a.* 1 1\r\nx\r\nPONG\r\n", false),
+    script!("pedantic before CONNECT", [b"PUB a.* 1\r\nx\r\n", b"PING\r\n"], b"-ERR 'Invalid Publish Subject'\r\n+OK\r\nPONG\r\n", false),
+    script!("duplicate sid is not checked again", [C, b"SUB a 1\r\nSUB a..b 1\r\nPING\r\n"], b"PONG\r\n", false),
 ];
 
 /// Removes every `INFO …\r\n` line.
