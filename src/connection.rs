@@ -268,13 +268,14 @@ impl Connection {
         self.user.as_deref()
     }
 
-    /// The largest message this client may publish now: the node's limit, or its
-    /// login's when that is lower (the driver's parser enforces it).
-    /// Whether the client said it speaks headers (HPUB).
+    /// Whether the client said it speaks headers (the driver's parser refuses HPUB
+    /// otherwise).
     pub fn headers(&self) -> bool {
         self.opts.headers
     }
 
+    /// The largest message this client may publish now: the node's limit, or its
+    /// login's when that is lower (the driver's parser enforces it).
     pub fn max_payload(&self) -> usize {
         let login = self.login_limits.max_payload.unwrap_or(usize::MAX);
         self.limits.max_payload.min(login)

@@ -30,6 +30,24 @@ fn every_script_gets_the_reference_answer() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A deliberate difference (README, "Where meshbroker differs on the wire"): the
+/// reference's subscriptions made before a second CONNECT stop receiving; ours keep
+/// receiving, and their sid stays taken.
+#[test]
+fn subscriptions_survive_a_second_connect() {
+    let node = start(test_config());
+    let mut raw = Raw::connect(node.client_addr());
+    raw.send(b"CONNECT {\"verbose\":false}\r\nSUB a 1\r\nCONNECT {\"verbose\":false}\r\n");
+    raw.send(b"SUB a 1\r\nPUB a 1\r\nx\r\nPING\r\n");
+    assert!(raw.read_until(b"PONG\r\n", Duration::from_secs(5)));
+    assert!(
+        raw.text().ends_with("MSG a 1 1\r\nx\r\nPONG\r\n"),
+        "{:?}",
+        raw.text()
+    );
+    assert_eq!(raw.text().matches("MSG a 1").count(), 1);
+}
+
 #[test]
 fn control_line_over_the_limit_closes_in_one_piece_or_split() {
     let node = start(test_config());

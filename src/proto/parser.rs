@@ -94,9 +94,17 @@ impl Parser {
                 .iter()
                 .take_while(|&&b| after != After::Ignored && is_ws(b))
                 .count();
+        // A CONNECT or INFO whose name (and spaces) a bare LF follows: the reference
+        // takes that LF as the argument's first byte, and the line runs on to the
+        // next LF.
+        let search_from = if after == After::Optional && buf.get(args_at) == Some(&b'\n') {
+            args_at + 1
+        } else {
+            name_len
+        };
         let limit = args_at + self.max_control_line + 2;
-        let window = &buf[name_len..buf.len().min(limit)];
-        let Some(nl) = memchr::memchr(b'\n', window).map(|i| i + name_len) else {
+        let window = &buf[search_from..buf.len().min(limit)];
+        let Some(nl) = memchr::memchr(b'\n', window).map(|i| i + search_from) else {
             if trim_cr(&buf[args_at..]).len() > self.max_control_line {
                 return Err(ProtoError::MaxControlLine);
             }
@@ -591,6 +599,14 @@ MSG foo 1 2\r\nhi\r\nMSG foo 1 r 2\r\nhi\r\nHMSG foo 1 r 12 14\r\nNATS/1.0\r\n\r
         );
         assert_eq!(ops(b"CONNECT{}\r\n"), ["Connect([123, 125])"]);
         assert_eq!(ops(b"connect \r\n"), ["Connect([])"]);
+        assert_eq!(
+            ops(b"CONNECT \n{}\r\nPING\n"),
+            ["Connect([10, 123, 125])", "Ping"]
+        );
+        assert_eq!(
+            p.parse(b"CONNECT\n").unwrap(),
+            Parsed::Incomplete { need: 0 }
+        );
         assert_eq!(p.parse(b"SUBx a 1\r\n").unwrap_err(), ProtoError::UnknownOp);
         assert_eq!(p.parse(b"-ERR\r\n").unwrap_err(), ProtoError::UnknownOp);
         assert!(matches!(

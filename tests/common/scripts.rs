@@ -107,6 +107,7 @@ pub const SCRIPTS: &[Script] = &[
     script!("-ERR needs a space", [C, b"-ERR\r\n"], b"-ERR 'Unknown Protocol Operation'\r\n", true),
     script!("CONNECT needs no space", [b"CONNECT{\"verbose\":false}\r\n", b"PING\r\n"], b"PONG\r\n", false),
     script!("CONNECT without a body", [b"CONNECT \r\n"], b"", true),
+    script!("CONNECT then a bare LF runs on to the next line", [b"CONNECT \n{\"verbose\":false}\r\n", b"PING\r\n"], b"PONG\r\n", false),
     script!("CONNECT repeated key, last wins", [b"CONNECT {\"verbose\":true,\"verbose\":false}\r\n", b"PING\r\n"], b"PONG\r\n", false),
     script!("CONNECT repeated key, first of the wrong type", [b"CONNECT {\"verbose\":\"x\",\"verbose\":false}\r\n", b"PING\r\n"], b"", true),
     script!("CONNECT keys in any case, null keeps the default", [b"CONNECT {\"VERBOSE\":false,\"pedantic\":null}\r\n", b"PUB a.* 0\r\n\r\nPING\r\n"],
