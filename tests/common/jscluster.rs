@@ -27,16 +27,11 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A port for a listener that must keep its number across restarts: below the
-/// kernel's ephemeral range, so no outgoing connection (a route being dialed) takes it
-/// between runs of the node.
+/// A port for a listener that must keep its number across restarts (see
+/// [`super::free_port`]: below the kernel's ephemeral range, so no outgoing connection
+/// takes it between runs of the node).
 pub fn fixed_port() -> u16 {
-    loop {
-        let port = 20_000 + (fastrand::u16(..12_000));
-        if std::net::TcpListener::bind(loopback(port)).is_ok() {
-            return port;
-        }
-    }
+    super::free_port()
 }
 
 impl Peer {

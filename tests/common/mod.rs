@@ -212,12 +212,31 @@ pub fn meshbroker_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meshbroker"))
 }
 
-/// A free loopback port (bound and released; good enough for child processes).
+/// A free loopback port for a child process to listen on. Taken below the kernel's
+/// ephemeral range (32768 and up), so neither an in-process node bound to port 0 nor an
+/// outgoing connection can take it before the child binds it; and never handed out
+/// twice by one test process, so tests running in parallel cannot race for it. (A
+/// port from `bind(0)` could be given to the next `bind(0)` as soon as it was
+/// released: a reference server once lost its port that way and exited.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries run one after another; a start that depends on the process keeps
+    // one from reusing the ports of the last one's children while they close.
+    let start = std::process::id().wrapping_mul(613) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n < SPAN,
+            "no free loopback port left below the ephemeral range"
+        );
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
