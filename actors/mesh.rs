@@ -69,8 +69,7 @@ fn read_key(path: &Path) -> Result<Key, MeshError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    Key::from_base64(text.trim())
-        .map_err(|_| err("not a base64 WireGuard private key (write one with `meshbroker mesh keygen --out FILE`)".into()))
+    Key::from_base64(text.trim()).map_err(|_| err(crate::mesh::NOT_A_KEY.into()))
 }
 
 /// The interface once set up, and who owns it.
@@ -295,7 +294,15 @@ fn setup_interface(
 
 impl Interface {
     /// Takes the interface down if we made it.
-    fn close(mut self) {
+    fn close(self) {
+        drop(self);
+    }
+}
+
+/// Also when a start fails after the interface was made (a port taken, a bad file):
+/// the daemon and its control socket never outlive the node.
+impl Drop for Interface {
+    fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // wireguard-go watches its control socket and exits cleanly (taking the
             // tun device with it) when the socket is removed.

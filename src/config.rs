@@ -341,7 +341,60 @@ impl Config {
             *entry = String::from_utf8_lossy(&bytes).trim().to_string();
         }
         config.validate(path)?;
+        config.check_files(path, files)?;
         Ok(config)
+    }
+
+    /// Reads every other file the node reads at start (certificates and keys, the
+    /// cluster secret, the mesh key) and checks it as the start would, so `--check`
+    /// and a reload catch what would fail there — and a start fails before it has
+    /// bound a port or made an interface.
+    pub fn check_files(
+        &self,
+        path: &Path,
+        files: crate::tls::ReadFile<'_>,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let tls_err =
+            |e: crate::tls::TlsError| invalid(e.key, format!("{}: {}", e.path.display(), e.reason));
+        if self.tls.enabled() {
+            crate::tls::server_config(&self.tls, "tls", files).map_err(tls_err)?;
+        }
+        let listeners = [
+            (
+                "websocket",
+                &self.websocket.cert_file,
+                &self.websocket.key_file,
+            ),
+            ("monitor", &self.monitor.cert_file, &self.monitor.key_file),
+        ];
+        for (section, cert, key) in listeners {
+            if let (Some(cert), Some(key)) = (cert, key) {
+                let tls = TlsConfig {
+                    cert_file: Some(cert.clone()),
+                    key_file: Some(key.clone()),
+                    ..TlsConfig::default()
+                };
+                crate::tls::server_config(&tls, section, files).map_err(tls_err)?;
+            }
+        }
+        let cluster = &self.cluster;
+        if let (Some(cert), Some(key), Some(ca)) =
+            (&cluster.cert_file, &cluster.key_file, &cluster.ca_file)
+        {
+            crate::tls::route_configs(cert, key, ca, files).map_err(tls_err)?;
+        }
+        cluster
+            .load_secret(files)
+            .map_err(|(key, reason)| invalid(key.into(), reason))?;
+        self.mesh
+            .check_key(files)
+            .map_err(|(key, reason)| invalid(key.into(), reason))?;
+        Ok(())
     }
 
     /// Parses and validates config text; `path` is only used in error messages.

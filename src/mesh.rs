@@ -146,6 +146,10 @@ impl Network {
 }
 
 /// A WireGuard public key, checked to be 32 bytes of base64.
+/// What a bad private key file is told.
+pub const NOT_A_KEY: &str =
+    "not a base64 WireGuard private key (write one with `meshbroker mesh keygen --out FILE`)";
+
 pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -179,6 +183,23 @@ impl MeshConfig {
                 PathBuf::from(name)
             })
         })
+    }
+
+    /// Reads the private key (with `files`) and checks that it is one.
+    pub fn check_key(&self, files: crate::tls::ReadFile<'_>) -> Result<(), (&'static str, String)> {
+        let (true, Some(path)) = (self.enabled(), &self.private_key_file) else {
+            return Ok(());
+        };
+        let err = |reason: String| {
+            (
+                "mesh.private_key_file",
+                format!("{}: {reason}", path.display()),
+            )
+        };
+        let bytes = files(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| err(NOT_A_KEY.into()))?;
+        decode_key(text).map_err(|_| err(NOT_A_KEY.into()))?;
+        Ok(())
     }
 
     /// Checks the section; `Err` names the key and what is wrong.
@@ -216,8 +237,18 @@ impl MeshConfig {
                 ))
             }
             Some(e) => {
-                e.parse::<SocketAddr>()
+                let endpoint = e
+                    .parse::<SocketAddr>()
                     .map_err(|_| ("mesh.endpoint", format!("{e:?} is not an ip:port")))?;
+                if endpoint.ip().is_unspecified()
+                    || endpoint.ip().is_multicast()
+                    || endpoint.port() == 0
+                {
+                    return Err((
+                        "mesh.endpoint",
+                        format!("{e:?} is not an address other nodes can reach: give this node's own underlay ip:port"),
+                    ));
+                }
             }
         }
         let network = self.network().map_err(|e| ("mesh.network", e))?;

@@ -89,6 +89,159 @@ fn check_names_the_file_the_key_and_the_problem() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Every file a start reads is read by `--check` too, and a start with a bad one fails
+/// before it binds a port or makes an interface (a failed start once left wireguard-go's
+/// control socket behind).
+#[test]
+fn check_reads_every_file_a_start_reads() {
+    let dir = temp_dir("check-files");
+    let d = dir.display();
+    std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.join("short.secret"), "short\n").unwrap();
+    std::fs::write(dir.join("garbage.key"), "not a key\n").unwrap();
+    let out = Command::new(meshbroker_binary())
+        .args(["mesh", "keygen", "--out"])
+        .arg(dir.join("good.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mesh = |key: &str, endpoint: &str| {
+        format!(
+            "[cluster]\nname = \"chk\"\nsecret = \"a-cluster-secret-for-check-tests\"\n[mesh]\ninterface = \"mbchk0\"\nbackend = \"userspace\"\nprivate_key_file = \"{d}/{key}\"\nendpoint = \"{endpoint}\"\n"
+        )
+    };
+    let cases = [
+        (
+            "tls-missing.toml",
+            format!("[tls]\ncert_file = \"{d}/missing.pem\"\nkey_file = \"{d}/garbage.pem\"\n"),
+            "key `tls.cert_file`",
+            "missing.pem",
+        ),
+        (
+            "tls-garbage.toml",
+            format!("[tls]\ncert_file = \"{d}/garbage.pem\"\nkey_file = \"{d}/garbage.pem\"\n"),
+            "key `tls.cert_file`",
+            "garbage.pem",
+        ),
+        (
+            "ws.toml",
+            format!("[websocket]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{d}/missing.pem\"\nkey_file = \"{d}/missing.pem\"\n"),
+            "key `websocket.cert_file`",
+            "missing.pem",
+        ),
+        (
+            "monitor.toml",
+            format!("[monitor]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{d}/garbage.pem\"\nkey_file = \"{d}/garbage.pem\"\n"),
+            "key `monitor.cert_file`",
+            "garbage.pem",
+        ),
+        (
+            "route-tls.toml",
+            format!("[cluster]\nname = \"chk\"\nlisten = \"127.0.0.1:0\"\ncert_file = \"{d}/garbage.pem\"\nkey_file = \"{d}/garbage.pem\"\nca_file = \"{d}/garbage.pem\"\n"),
+            "key `cluster.cert_file`",
+            "garbage.pem",
+        ),
+        (
+            "secret-missing.toml",
+            format!("[cluster]\nname = \"chk\"\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{d}/missing.secret\"\n"),
+            "key `cluster.secret_file`",
+            "missing.secret",
+        ),
+        (
+            "secret-short.toml",
+            format!("[cluster]\nname = \"chk\"\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{d}/short.secret\"\n"),
+            "key `cluster.secret_file`",
+            "too short",
+        ),
+        (
+            "key-missing.toml",
+            mesh("missing.key", "127.0.0.1:51820"),
+            "key `mesh.private_key_file`",
+            "missing.key",
+        ),
+        (
+            "key-garbage.toml",
+            mesh("garbage.key", "127.0.0.1:51820"),
+            "key `mesh.private_key_file`",
+            "not a base64 WireGuard private key",
+        ),
+        (
+            "endpoint.toml",
+            mesh("good.key", "0.0.0.0:51820"),
+            "key `mesh.endpoint`",
+            "not an address other nodes can reach",
+        ),
+    ];
+    for (name, text, key, why) in &cases {
+        let path = write_config(&dir, name, &format!("listen = \"127.0.0.1:0\"\n{text}"));
+        let out = Command::new(meshbroker_binary())
+            .args(["--conf", path.to_str().unwrap(), "--check"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: --check passed: {stderr}"
+        );
+        for expect in [*name, *key, *why] {
+            assert!(
+                stderr.contains(expect),
+                "{name}: {expect:?} not in: {stderr}"
+            );
+        }
+        // The start fails the same way, at once.
+        let mut start = Command::new(meshbroker_binary())
+            .args(["--conf", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = start.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = start.kill();
+                panic!("{name}: the node started with a bad file");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = start.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(*key), "{name}: {key:?} not in: {stderr}");
+        assert!(
+            !std::path::Path::new("/var/run/wireguard/mbchk0.sock").exists(),
+            "{name}: a failed start left wireguard-go's control socket"
+        );
+    }
+    // And a mesh section whose files are good passes.
+    let path = write_config(
+        &dir,
+        "good.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n{}",
+            mesh("good.key", "127.0.0.1:51820")
+        ),
+    );
+    let out = Command::new(meshbroker_binary())
+        .args(["--conf", path.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// A node process; its stderr is read as it comes (a full pipe would stall the node)
 /// and kept for the test.
 #[test]
