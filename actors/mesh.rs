@@ -491,6 +491,8 @@ pub fn start(
         state_file,
         remembered: Vec::new(),
         rejected_logged: HashMap::new(),
+        started: now,
+        unheard_logged: None,
     };
     spawner.spawn_detached(actor.run(rx, initial));
     Ok(MeshHandle { tx, view })
@@ -520,6 +522,9 @@ struct MeshActor {
     remembered: Vec<NodeRecord>,
     /// Sources whose refused announcements were logged, and when (one line a minute).
     rejected_logged: HashMap<IpAddr, Instant>,
+    started: Instant,
+    /// When "no member heard" was last logged (one line a minute).
+    unheard_logged: Option<Instant>,
 }
 
 /// WireGuard's persistent keepalive toward live members (as wg-quick setups use): it
@@ -567,6 +572,7 @@ impl MeshActor {
                     self.announce(false).await;
                     self.read_device().await;
                     self.remember();
+                    self.warn_if_unheard();
                 }
                 Event::Command(Some(MeshCmd::Shutdown(done))) => {
                     self.announce(true).await;
@@ -697,6 +703,21 @@ impl MeshActor {
                     }
                 }
                 MeshEvent::Down(record) => {
+                    let heard = self
+                        .membership
+                        .members()
+                        .any(|m| m.record.key == record.key && m.last_heard.is_some());
+                    if !heard {
+                        // There never were routes: nothing to drop but a dialed route.
+                        log::info!(
+                            "mesh: {} ({}) not heard from within {}s of learning of it",
+                            record.name,
+                            short_id(&record.key),
+                            self.config.stale_after.0.as_secs_f64()
+                        );
+                        self.cluster.mesh_down(record.route_addr());
+                        continue;
+                    }
                     let s = self.stats.get(&record.key).copied().unwrap_or_default();
                     let handshake = s
                         .handshake
@@ -844,6 +865,34 @@ impl MeshActor {
             });
             self.update_device(update, "turning on keepalives").await;
         }
+    }
+
+    /// Tells this node itself when it hears no member at all: with another secret or
+    /// cluster name, only the members log the refused announcements.
+    fn warn_if_unheard(&mut self) {
+        let now = runtime::now();
+        let quiet = now.duration_since(self.started);
+        let recent = self
+            .unheard_logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60));
+        if self.membership.heard_anyone() || quiet <= self.config.stale_after.0 || recent {
+            return;
+        }
+        let members: Vec<String> = self
+            .membership
+            .members()
+            .map(|m| m.record.name.clone())
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        log::warn!(
+            "mesh: no valid announcement from any member in {}s ({}): if they are up, check that cluster.secret and cluster.name are the same as theirs, and that UDP port {} reaches them",
+            quiet.as_secs(),
+            members.join(", "),
+            self.config.discovery_port()
+        );
+        self.unheard_logged = Some(now);
     }
 
     /// Writes the confirmed members to the state file when they changed.

@@ -470,6 +470,8 @@ pub struct Membership {
     /// Keys that left, and their incarnation: not resurrected by old gossip.
     left: HashMap<String, u64>,
     seq: u64,
+    /// A valid announcement arrived from some member since start.
+    heard_anyone: bool,
 }
 
 /// An unconfirmed record that stays silent this long is forgotten.
@@ -493,7 +495,15 @@ impl Membership {
             last_seq: HashMap::new(),
             left: HashMap::new(),
             seq: 0,
+            heard_anyone: false,
         }
+    }
+
+    /// Whether any member has been heard since start: a node that knows members
+    /// (seeds) but hears none of them is most likely misconfigured (another secret or
+    /// cluster name: their announcements and ours are dropped on both sides).
+    pub fn heard_anyone(&self) -> bool {
+        self.heard_anyone
     }
 
     pub fn me(&self) -> &NodeRecord {
@@ -595,6 +605,7 @@ impl Membership {
             }
         }
         self.last_seq.insert(from.key.clone(), stamp);
+        self.heard_anyone = true;
         let mut events = Vec::new();
         if ann.leave {
             self.left.insert(from.key.clone(), from.incarnation);

@@ -670,6 +670,26 @@ fn nodes_without_the_secret_from_another_cluster_or_with_another_ca_never_join()
         log.contains("TLS handshake failed"),
         "and the refused certificate"
     );
+    // The nodes that hear no one are told why it may be, in their own logs.
+    for i in [2, 3] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let told = loop {
+            let log = std::fs::read_to_string(&lab.node(i).log).unwrap_or_default();
+            if log.contains("check that cluster.secret and cluster.name are the same") {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(told, "n{i} is not told that it hears no member");
+    }
+    let log = std::fs::read_to_string(&lab.node(4).log).unwrap_or_default();
+    assert!(
+        !log.contains("no valid announcement from any member"),
+        "n4 hears the seed (only its certificate is refused): {log}"
+    );
     // A node with the secret, the name and a certificate from the cluster CA joins.
     let extra = tls(&lab, &ca, "n5");
     lab.add_with(&[1], "c1", SECRET, &extra);
