@@ -356,6 +356,11 @@ impl Prepared {
     pub fn address(&self) -> Ipv4Addr {
         self.me.mesh_addr
     }
+
+    /// The WireGuard interface's name.
+    pub fn interface(&self) -> &str {
+        &self.iface.label
+    }
 }
 
 /// Sets up the interface and the announcement socket (blocking; at node start).

@@ -513,7 +513,10 @@ fn start_cluster(
             None => return Ok(None),
         },
     };
-    let listener = runtime::listen(addr).map_err(|source| NodeError::Cluster { addr, source })?;
+    // On the mesh, only what arrives over WireGuard reaches the cluster port.
+    let device = mesh.as_ref().map(|m| m.interface().to_string());
+    let listener = runtime::listen_on(addr, device.as_deref())
+        .map_err(|source| NodeError::Cluster { addr, source })?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| NodeError::Cluster { addr, source })?;

@@ -121,11 +121,22 @@ pub fn threads_for(configured: usize) -> usize {
 /// with 128, a reconnect storm of thousands overflows the queue and the SYNs that
 /// did not fit are retried by the clients' kernels only after 1 s and 3 s.
 pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    listen_on(addr, None)
+}
+
+/// [`listen`], taking connections only from packets that arrive on `device` (Linux's
+/// `SO_BINDTODEVICE`): the kernel accepts a packet for a local address on any
+/// interface, so binding to the mesh address alone would let an underlay host that
+/// routes to it connect.
+pub fn listen_on(addr: std::net::SocketAddr, device: Option<&str>) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // As std does on Unix: a restarted node can bind while old connections linger.
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    if let Some(device) = device {
+        socket.bind_device(Some(device.as_bytes()))?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(accept_backlog())?;
     TcpListener::try_from(std::net::TcpListener::from(socket))

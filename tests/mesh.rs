@@ -661,6 +661,34 @@ fn nodes_without_the_secret_from_another_cluster_or_with_another_ca_never_join()
         vec!["n4".to_string()],
         "only the node with the secret reached the seed's interface: {mesh}"
     );
+    // n2 is no member, but it is on the underlay: even with a route to the seed's mesh
+    // address through the seed's underlay address, the cluster port refuses it at
+    // connect (Linux takes a packet for a local address on any interface; the
+    // listener is tied to the WireGuard interface).
+    let seed_mesh = mesh["mesh"]["mesh_addr"]
+        .as_str()
+        .expect("mesh_addr")
+        .to_string();
+    run(&[
+        "ip",
+        "-n",
+        &lab.node(2).ns,
+        "route",
+        "add",
+        &format!("{seed_mesh}/32"),
+        "via",
+        &lab.node(1).ip,
+    ]);
+    let target: std::net::SocketAddr = format!("{seed_mesh}:6222").parse().expect("address");
+    let reached = in_ns(&lab.node(2).ns, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(3)).map(|_| ())
+    })
+    .join()
+    .expect("connect thread");
+    match reached {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("a non-member reached the cluster port over the underlay: {other:?}"),
+    }
     let log = std::fs::read_to_string(&lab.node(1).log).unwrap_or_default();
     assert!(
         log.contains("ignored: bad MAC"),
