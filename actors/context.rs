@@ -144,17 +144,9 @@ pub fn listener_tls(
     key: &Option<std::path::PathBuf>,
     section: &str,
 ) -> Result<Option<futures_rustls::TlsAcceptor>, String> {
-    let (Some(cert), Some(key)) = (cert, key) else {
-        return Ok(None);
-    };
-    let tls = crate::config::TlsConfig {
-        cert_file: Some(cert.clone()),
-        key_file: Some(key.clone()),
-        ..Default::default()
-    };
-    let server =
-        crate::tls::server_config(&tls, section, &runtime::read_file).map_err(|e| e.to_string())?;
-    Ok(Some(futures_rustls::TlsAcceptor::from(server)))
+    let server = crate::tls::listener_config(cert, key, section, &runtime::read_file)
+        .map_err(|e| e.to_string())?;
+    Ok(server.map(futures_rustls::TlsAcceptor::from))
 }
 
 /// What a new WebSocket connection needs: TLS (wss://) and the origin policy.

@@ -373,14 +373,7 @@ impl Config {
             ("monitor", &self.monitor.cert_file, &self.monitor.key_file),
         ];
         for (section, cert, key) in listeners {
-            if let (Some(cert), Some(key)) = (cert, key) {
-                let tls = TlsConfig {
-                    cert_file: Some(cert.clone()),
-                    key_file: Some(key.clone()),
-                    ..TlsConfig::default()
-                };
-                crate::tls::server_config(&tls, section, files).map_err(tls_err)?;
-            }
+            crate::tls::listener_config(cert, key, section, files).map_err(tls_err)?;
         }
         let cluster = &self.cluster;
         if let (Some(cert), Some(key), Some(ca)) =

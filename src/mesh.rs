@@ -145,11 +145,11 @@ impl Network {
     }
 }
 
-/// A WireGuard public key, checked to be 32 bytes of base64.
 /// What a bad private key file is told.
 pub const NOT_A_KEY: &str =
     "not a base64 WireGuard private key (write one with `meshbroker mesh keygen --out FILE`)";
 
+/// A WireGuard public key, checked to be 32 bytes of base64.
 pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -470,8 +470,6 @@ pub struct Membership {
     /// Keys that left, and their incarnation: not resurrected by old gossip.
     left: HashMap<String, u64>,
     seq: u64,
-    /// A valid announcement arrived from some member since start.
-    heard_anyone: bool,
 }
 
 /// An unconfirmed record that stays silent this long is forgotten.
@@ -495,7 +493,6 @@ impl Membership {
             last_seq: HashMap::new(),
             left: HashMap::new(),
             seq: 0,
-            heard_anyone: false,
         }
     }
 
@@ -503,7 +500,8 @@ impl Membership {
     /// (seeds) but hears none of them is most likely misconfigured (another secret or
     /// cluster name: their announcements and ours are dropped on both sides).
     pub fn heard_anyone(&self) -> bool {
-        self.heard_anyone
+        // Every valid announcement leaves its sender's sequence number (never removed).
+        !self.last_seq.is_empty()
     }
 
     pub fn me(&self) -> &NodeRecord {
@@ -605,7 +603,6 @@ impl Membership {
             }
         }
         self.last_seq.insert(from.key.clone(), stamp);
-        self.heard_anyone = true;
         let mut events = Vec::new();
         if ann.leave {
             self.left.insert(from.key.clone(), from.incarnation);

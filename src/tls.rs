@@ -90,6 +90,25 @@ fn certificates(
     Ok(certs)
 }
 
+/// The server side for a listener configured with just a certificate and key (the
+/// WebSocket and monitoring listeners); `None` without both.
+pub fn listener_config(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    section: &str,
+    files: ReadFile<'_>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let tls = TlsConfig {
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+        ..TlsConfig::default()
+    };
+    server_config(&tls, section, files).map(Some)
+}
+
 /// Builds the server side of a TLS section (`[tls]`, or the certificate settings of
 /// another listener: `section` names it in errors).
 pub fn server_config(

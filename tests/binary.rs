@@ -24,6 +24,16 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--conf"));
 }
 
+/// `meshbroker --conf PATH --check`.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(meshbroker_binary())
+        .arg("--conf")
+        .arg(path)
+        .arg("--check")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_default_config_is_valid() {
     let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/node.toml");
@@ -63,10 +73,7 @@ fn check_names_the_file_the_key_and_the_problem() {
     ];
     for (name, text, expect) in cases {
         let path = write_config(&dir, name, text);
-        let out = Command::new(meshbroker_binary())
-            .args(["--conf", path.to_str().unwrap(), "--check"])
-            .output()
-            .unwrap();
+        let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(name), "{name}: file not named: {stderr}");
@@ -178,10 +185,7 @@ fn check_reads_every_file_a_start_reads() {
     ];
     for (name, text, key, why) in &cases {
         let path = write_config(&dir, name, &format!("listen = \"127.0.0.1:0\"\n{text}"));
-        let out = Command::new(meshbroker_binary())
-            .args(["--conf", path.to_str().unwrap(), "--check"])
-            .output()
-            .unwrap();
+        let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
@@ -230,10 +234,7 @@ fn check_reads_every_file_a_start_reads() {
             mesh("good.key", "127.0.0.1:51820")
         ),
     );
-    let out = Command::new(meshbroker_binary())
-        .args(["--conf", path.to_str().unwrap(), "--check"])
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert!(
         out.status.success(),
         "{}",
