@@ -537,6 +537,27 @@ impl Group {
                 // acknowledge again with a memory it does not have (raft-rs would
                 // panic here, and a node that forgot its votes can elect two leaders).
                 let last = self.node.raft.raft_log.last_index();
+                if let Some(compacted) = consensus::lost_store_told(&m, last) {
+                    log::error!(
+                        "raft group {}: {name} (leading, term {}) compacted its log to {compacted}, \
+                         which every voter held, but this node's log ends at {last}: its store was \
+                         lost; the group stops on this node (replace the store with a copy of a \
+                         replica's, see the README)",
+                        self.group,
+                        m.term,
+                    );
+                    self.stopped = true;
+                    return;
+                }
+                if m.msg_type == MessageType::MsgSnapshot {
+                    // A notice this node's log already answers (its store was replaced
+                    // since): nothing for raft-rs, which would try to restore it.
+                    log::debug!(
+                        "raft group {}: {name}'s lost-store notice is stale",
+                        self.group
+                    );
+                    return;
+                }
                 if m.msg_type == MessageType::MsgHeartbeat && m.commit > last {
                     log::error!(
                         "raft group {}: {name} (leading, term {}) says this node holds entries up to {} \
@@ -717,6 +738,18 @@ impl Group {
         let Some(id) = self.node.store().take_snapshot_wanted() else {
             return;
         };
+        // It held those entries once (see `lost_store_notice`): tell it, and probe it
+        // again from this log's end, so that once its store is replaced by a copy of a
+        // replica's its answer moves the leader on (raft-rs would otherwise keep asking
+        // for the snapshot it cannot have).
+        let raft = &mut self.node.raft;
+        let (me, term, last) = (raft.id, raft.term, raft.raft_log.last_index());
+        let compacted = raft.raft_log.store.compacted();
+        if let Some(pr) = raft.mut_prs().get_mut(id) {
+            pr.become_probe();
+            pr.next_idx = last + 1;
+        }
+        self.send(vec![consensus::lost_store_notice(me, id, term, compacted)]);
         if self.stranded.insert(id) {
             let name = self.names.get(&id).map_or("?", String::as_str);
             log::warn!(

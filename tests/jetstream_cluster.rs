@@ -1134,8 +1134,9 @@ async fn raft_logs_compact_what_every_replica_holds_and_restart_from_it() {
 }
 
 /// A node whose store is lost, replaced as the README says: started on an empty
-/// store it finds out from the first heartbeat (it had acknowledged entries it no
-/// longer holds), says so and stays out of the groups rather than vote with a memory
+/// store it finds out from its leader (from the first heartbeat, which says it had
+/// acknowledged entries it no longer holds, or from a new leader, which compacted
+/// entries every voter held), says so and stays out of the groups rather than vote with a memory
 /// it lost; on a copy of a stopped replica's store it rejoins and holds every
 /// message, the same history as the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1154,6 +1155,22 @@ async fn a_node_whose_store_is_lost_is_replaced_from_a_copy_of_a_replica() {
     })
     .await;
 
+    // n3 leads the stream when its disk is lost, so the leader it comes back to has
+    // never heard from it: only the compaction point can tell it what it lost.
+    let to = all[2].name;
+    let body = format!(r#"{{"placement":{{"preferred":"{to}"}}}}"#);
+    if stream_leader(&js, "rep", Duration::from_secs(5)).await != to {
+        let client = async_nats::connect(all[0].client.to_string())
+            .await
+            .unwrap();
+        let done = api(&client, "$JS.API.STREAM.LEADER.STEPDOWN.rep", &body).await;
+        assert_eq!(done["success"], true, "{done}");
+    }
+    eventually("n3 leads the stream", Duration::from_secs(10), async || {
+        stream_leader(&js, "rep", Duration::from_secs(5)).await == to
+    })
+    .await;
+
     // n3's disk is lost: it comes back empty and cannot catch up.
     all[2].kill9();
     std::fs::remove_dir_all(all[2].dir.join("js")).unwrap();
@@ -1168,7 +1185,10 @@ async fn a_node_whose_store_is_lost_is_replaced_from_a_copy_of_a_replica() {
         },
     )
     .await;
-    assert!(!all[2].log_text().contains("panicked"));
+    let log = all[2].log_text();
+    let told = log.lines().filter(|l| l.contains("its store was lost"));
+    eprintln!("n3: {}", told.collect::<Vec<_>>().join("\n"));
+    assert!(!log.contains("panicked"));
     // Unhealthy: its meta group stopped, or (had the meta leader first sent it the
     // meta log from the start) its stream's group.
     let (code, _, body) = common::http_get(all[2].monitor, "/healthz");

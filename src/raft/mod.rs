@@ -91,6 +91,53 @@ pub fn decode_marker(data: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(data.try_into().ok()?))
 }
 
+/// The notice a leader sends a voter that asks for entries this log compacted away:
+/// a `MsgSnapshot` naming the compaction point, with no data. No leader sends any
+/// other snapshot (raft-rs is never given one: [`GroupLog`] refuses to make them), so
+/// the message means exactly this.
+///
+/// Why it is certain that voter lost its store: a log compacts only past a marker that
+/// committed once every voter held the log up to it, so a voter missing entries below
+/// that point held them once and no longer does.
+pub fn lost_store_notice(
+    from: u64,
+    to: u64,
+    term: u64,
+    compacted: Compacted,
+) -> raft::eraftpb::Message {
+    use raft::eraftpb::{Message, MessageType, Snapshot, SnapshotMetadata};
+    Message {
+        msg_type: MessageType::MsgSnapshot,
+        from,
+        to,
+        term,
+        snapshot: Some(Snapshot {
+            metadata: Some(SnapshotMetadata {
+                index: compacted.index,
+                term: compacted.term,
+                conf_state: Some(ConfState::default()).into(),
+                ..SnapshotMetadata::default()
+            })
+            .into(),
+            ..Snapshot::default()
+        })
+        .into(),
+        ..Message::default()
+    }
+}
+
+/// What a voter whose log ends at `last` learns from a leader's [`lost_store_notice`]:
+/// the point the leader compacted to, when this log does not reach it (this node lost
+/// entries it held); `None` when its log reaches it (the notice is stale: the store was
+/// since replaced by a copy of a replica's) or `m` is no such notice.
+pub fn lost_store_told(m: &raft::eraftpb::Message, last: u64) -> Option<u64> {
+    if m.msg_type != raft::eraftpb::MessageType::MsgSnapshot {
+        return None;
+    }
+    let index = m.snapshot.as_ref()?.metadata.as_ref()?.index;
+    (index > last).then_some(index)
+}
+
 /// Where a group compacts its log: no further than every voter held (`marker`) and
 /// than its owner holds durably (`durable`); `None` if that is not past `compacted`.
 pub fn compaction_point(marker: u64, durable: u64, compacted: u64) -> Option<u64> {
@@ -186,6 +233,28 @@ impl GroupState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_store_notice_crosses_the_wire_and_only_a_short_log_takes_it() {
+        let compacted = Compacted {
+            index: 8_192,
+            term: 3,
+        };
+        let notice = lost_store_notice(1, 2, 4, compacted);
+        let bytes = frame::encode(7, &notice).unwrap();
+        let back = frame::decode(&bytes).unwrap();
+        assert_eq!((back.group, &back.message), (7, &notice));
+        assert_eq!(lost_store_told(&back.message, 0), Some(8_192));
+        assert_eq!(lost_store_told(&back.message, 8_191), Some(8_192));
+        // A log that reaches the point (a replaced store) is not told it lost anything.
+        assert_eq!(lost_store_told(&back.message, 8_192), None);
+        let heartbeat = raft::eraftpb::Message {
+            msg_type: raft::eraftpb::MessageType::MsgHeartbeat,
+            commit: 9_000,
+            ..Default::default()
+        };
+        assert_eq!(lost_store_told(&heartbeat, 0), None);
+    }
 
     #[test]
     fn node_ids_are_stable_and_distinct() {
