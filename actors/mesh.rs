@@ -39,6 +39,8 @@ pub enum MeshError {
     Key { path: PathBuf, reason: String },
     #[error("mesh interface {interface}: {reason}")]
     Interface { interface: String, reason: String },
+    #[error("mesh announcements: cannot open a socket for the underlay: {0}")]
+    UnderlaySocket(#[source] std::io::Error),
     #[error("mesh announcements: cannot bind UDP port {port}: {source}")]
     Socket {
         port: u16,
@@ -414,6 +416,7 @@ pub fn start(
     cluster_name: &str,
     secret: &[u8],
     cluster: ClusterHandle,
+    cluster_listener: runtime::DeviceBinding,
     spawner: &runtime::Spawner,
 ) -> Result<MeshHandle, MeshError> {
     let Prepared {
@@ -427,6 +430,7 @@ pub fn start(
     let port = config.discovery_port();
     let socket = runtime::UdpSocket::try_from(socket)
         .map_err(|source| MeshError::Socket { port, source })?;
+    let underlay = runtime::ErrorReportingUdp::bind().map_err(MeshError::UnderlaySocket)?;
     let view = Arc::new(arc_swap::ArcSwap::from_pointee(MeshView {
         interface: iface.label.clone(),
         backend: match iface.backend {
@@ -442,6 +446,7 @@ pub fn start(
         me,
         cluster_name,
         network,
+        config.heartbeat.0,
         config.stale_after.0,
         config.forget_after.0,
     );
@@ -490,7 +495,9 @@ pub fn start(
         membership,
         announce_key: AnnounceKey::derive(secret, cluster_name),
         socket,
+        underlay,
         cluster,
+        cluster_listener,
         view: view.clone(),
         stats: HashMap::new(),
         state_file,
@@ -501,6 +508,15 @@ pub fn start(
     };
     spawner.spawn_detached(actor.run(rx, initial));
     Ok(MeshHandle { tx, view })
+}
+
+/// A member as a WireGuard peer: its endpoint, and its mesh address as the only
+/// address routed to it.
+fn peer_config(raw: [u8; 32], record: &NodeRecord) -> PeerConfigBuilder {
+    PeerConfigBuilder::new(&Key(raw))
+        .set_endpoint(record.endpoint)
+        .replace_allowed_ips()
+        .add_allowed_ip(IpAddr::V4(record.mesh_addr), 32)
 }
 
 /// Handshake and byte counters of one peer, from the last read of the interface.
@@ -519,7 +535,14 @@ struct MeshActor {
     prefix: u8,
     membership: Membership,
     announce_key: AnnounceKey,
+    /// Receives every announcement; sends the copies that cross the mesh.
     socket: runtime::UdpSocket,
+    /// Sends the copies that cross the underlay, and hears which ones the network
+    /// refused (a member whose node died).
+    underlay: runtime::ErrorReportingUdp,
+    /// The cluster listener, tied to the interface: tied again when wireguard-go
+    /// restarts and the interface is a new one.
+    cluster_listener: runtime::DeviceBinding,
     cluster: ClusterHandle,
     view: Arc<arc_swap::ArcSwap<MeshView>>,
     stats: HashMap<String, PeerStats>,
@@ -544,22 +567,34 @@ impl MeshActor {
     async fn run(mut self, commands: async_channel::Receiver<MeshCmd>, initial: Vec<MeshEvent>) {
         self.apply(initial).await;
         let mut heartbeat = runtime::interval(self.config.heartbeat.0);
+        // Membership's clock between heartbeats: a member the network refused goes
+        // down as soon as its silence passes a heartbeat, not at the next one.
+        let mut watch = runtime::interval(self.config.heartbeat.0 / 5);
         let mut buf = vec![0u8; 64 * 1024];
         enum Event {
             Datagram(std::io::Result<(usize, SocketAddr)>),
+            Refused(Vec<SocketAddr>),
             Tick,
+            Watch,
             Command(Option<MeshCmd>),
         }
         self.announce(false).await;
         loop {
             let event = {
                 let recv = async { Event::Datagram(self.socket.recv_from(&mut buf).await) };
+                let refused = async { Event::Refused(self.underlay.refused().await) };
                 let tick = async {
                     futures_lite::StreamExt::next(&mut heartbeat).await;
                     Event::Tick
                 };
+                let watch = async {
+                    futures_lite::StreamExt::next(&mut watch).await;
+                    Event::Watch
+                };
                 let cmd = async { Event::Command(commands.recv().await.ok()) };
-                futures_lite::future::or(cmd, futures_lite::future::or(recv, tick)).await
+                let io = futures_lite::future::or(recv, refused);
+                let timers = futures_lite::future::or(tick, watch);
+                futures_lite::future::or(cmd, futures_lite::future::or(io, timers)).await
             };
             match event {
                 Event::Datagram(Ok((n, from))) => {
@@ -569,6 +604,18 @@ impl MeshActor {
                 Event::Datagram(Err(e)) => {
                     log::debug!("mesh: receive failed: {e}");
                     runtime::sleep(Duration::from_millis(10)).await;
+                }
+                Event::Refused(targets) => {
+                    let now = runtime::now();
+                    let mut events = Vec::new();
+                    for to in targets {
+                        events.extend(self.membership.refused(to, now));
+                    }
+                    self.apply(events).await;
+                }
+                Event::Watch => {
+                    let events = self.membership.tick(runtime::now());
+                    self.apply(events).await;
                 }
                 Event::Tick => {
                     self.supervise().await;
@@ -621,6 +668,12 @@ impl MeshActor {
     /// Sends this node's announcement to every member, over the underlay and the
     /// mesh (`leave`: the last one, before the node goes).
     async fn announce(&mut self, leave: bool) {
+        self.announce_to(None, leave).await;
+    }
+
+    /// Sends this node's announcement to the members `only` names (by key; `None`:
+    /// every member).
+    async fn announce_to(&mut self, only: Option<&[String]>, leave: bool) {
         let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
         let ann = self.membership.announcement(now_ms, leave);
         let grams = encode(&self.announce_key, &ann);
@@ -631,21 +684,25 @@ impl MeshActor {
         // not know us yet, leave wireguard-go waiting out its 5 s retry timer). The
         // underlay copy reaches everyone meanwhile.
         let stats = &self.stats;
-        let targets: Vec<SocketAddr> = self
-            .membership
-            .members()
-            .flat_map(|m| {
-                let session = stats
-                    .get(&m.record.key)
-                    .is_some_and(|s| s.handshake.is_some());
-                let mesh =
-                    (m.alive && session).then(|| SocketAddr::new(m.record.mesh_addr.into(), port));
-                std::iter::once(m.record.underlay_discovery()).chain(mesh)
-            })
-            .collect();
-        for target in targets {
-            for gram in &grams {
-                // Unreachable members are normal (a partition): nothing to report.
+        let mut underlay = Vec::new();
+        let mut mesh = Vec::new();
+        let wanted = |key: &String| only.is_none_or(|keys| keys.contains(key));
+        for m in self.membership.members().filter(|m| wanted(&m.record.key)) {
+            underlay.push(m.record.underlay_discovery());
+            let session = stats
+                .get(&m.record.key)
+                .is_some_and(|s| s.handshake.is_some());
+            if m.alive && session {
+                mesh.push(SocketAddr::new(m.record.mesh_addr.into(), port));
+            }
+        }
+        // Unreachable members are normal (a partition): nothing to report here; what
+        // the network refuses comes back through `underlay.refused()`.
+        for gram in &grams {
+            for &target in &underlay {
+                let _ = self.underlay.send_to(gram, target).await;
+            }
+            for &target in &mesh {
                 let _ = self.socket.send_to(gram, target).await;
             }
         }
@@ -659,6 +716,7 @@ impl MeshActor {
         }
         let mut update = DeviceUpdate::new();
         let mut peers_changed = false;
+        let mut answer = Vec::new();
         for event in events {
             match event {
                 MeshEvent::SetPeer(record) => {
@@ -676,12 +734,25 @@ impl MeshActor {
                     // node that does not know us yet is a handshake it drops (and a
                     // 5 s wait before the next). It is turned on after the first
                     // handshake.
-                    update = update.add_peer(
-                        PeerConfigBuilder::new(&Key(raw))
-                            .set_endpoint(record.endpoint)
-                            .replace_allowed_ips()
-                            .add_allowed_ip(IpAddr::V4(record.mesh_addr), 32),
+                    update = update.add_peer(peer_config(raw, &record));
+                    peers_changed = true;
+                }
+                MeshEvent::Restarted(record) => {
+                    let Ok(raw) = decode_key(&record.key) else {
+                        continue;
+                    };
+                    log::info!(
+                        "mesh: {} ({}) restarted: starting a new WireGuard session with it",
+                        record.name,
+                        short_id(&record.key)
                     );
+                    // Removed and added again: the peer's session and timers go with
+                    // it. (The removal is its own update, applied first: the order of a
+                    // removal and an add of one key inside one update is the backend's.)
+                    let remove = DeviceUpdate::new().remove_peer_by_key(&Key(raw));
+                    self.update_device(remove, "restarting a peer").await;
+                    self.stats.remove(&record.key);
+                    update = update.add_peer(peer_config(raw, &record));
                     peers_changed = true;
                 }
                 MeshEvent::RemovePeer { key, name } => {
@@ -694,6 +765,7 @@ impl MeshActor {
                     peers_changed = true;
                 }
                 MeshEvent::Up(record) => {
+                    answer.push(record.key.clone());
                     log::info!(
                         "mesh: {} ({}) is up at {}: routing to it",
                         record.name,
@@ -742,6 +814,11 @@ impl MeshActor {
         if peers_changed {
             self.update_device(update, "updating the peers").await;
         }
+        // A member just heard (joined, restarted, or back from a partition) hears us
+        // now rather than at our next heartbeat: it routes to us as soon as we do.
+        if !answer.is_empty() {
+            self.announce_to(Some(&answer), false).await;
+        }
     }
 
     /// Restarts wireguard-go if it died (the tun device went with it): a new
@@ -771,6 +848,11 @@ impl MeshActor {
         let (address, prefix) = (self.membership.me().mesh_addr, self.prefix);
         match runtime::unblock(move || setup_interface(&config, &key, address, prefix)).await {
             Ok(iface) => {
+                if let Err(e) = self.cluster_listener.rebind(&iface.label) {
+                    log::error!(
+                        "mesh: the cluster listener cannot take connections over the new {label}: {e}"
+                    );
+                }
                 self.iface = Some(iface);
                 // Handshakes start over; keepalives come back after the first one.
                 self.stats.clear();

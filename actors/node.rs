@@ -560,11 +560,24 @@ fn start_cluster(
         .filter_map(|r| crate::cluster::parse_route_url(r).ok())
         .collect();
     let mesh_secret = local.secret.clone().unwrap_or_default();
+    let binding = match &mesh {
+        Some(_) => Some(
+            runtime::DeviceBinding::of(&listener)
+                .map_err(|source| NodeError::Cluster { addr, source })?,
+        ),
+        None => None,
+    };
     let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes, mesh.is_some());
-    if let Some(prepared) = mesh {
+    if let (Some(prepared), Some(binding)) = (mesh, binding) {
         let name = cluster.name.clone().unwrap_or_default();
-        let started =
-            super::mesh::start(prepared, &name, &mesh_secret, handle.clone(), &ctx.spawner)?;
+        let started = super::mesh::start(
+            prepared,
+            &name,
+            &mesh_secret,
+            handle.clone(),
+            binding,
+            &ctx.spawner,
+        )?;
         let _ = planes.mesh.set(started);
     }
     let _ = planes.cluster.set(handle);

@@ -142,6 +142,92 @@ pub fn listen_on(addr: std::net::SocketAddr, device: Option<&str>) -> io::Result
     TcpListener::try_from(std::net::TcpListener::from(socket))
 }
 
+/// A UDP socket that hears what the network says about the datagrams it sends: the
+/// kernel queues the ICMP errors they draw (`IP_RECVERR`), and [`refused`] yields the
+/// destinations they name. A host whose process died answers a datagram to its closed
+/// port with "port unreachable" at once, which is how the mesh tells a killed node from
+/// a silent one well before the silence says so.
+///
+/// [`refused`]: ErrorReportingUdp::refused
+pub struct ErrorReportingUdp(Async<std::net::UdpSocket>);
+
+impl ErrorReportingUdp {
+    /// Bound to an ephemeral port on every address (it only sends).
+    pub fn bind() -> io::Result<ErrorReportingUdp> {
+        use std::os::fd::AsRawFd;
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt(2) on a socket this function owns, with a pointer to a
+        // c_int and its size, as IP_RECVERR takes.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ErrorReportingUdp(Async::new(socket)?))
+    }
+
+    /// Sends one datagram. An error the kernel holds for an earlier datagram (to
+    /// another destination, perhaps) fails the next send, so a failed send is tried
+    /// once more.
+    pub async fn send_to(&self, datagram: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
+        match self.0.send_to(datagram, to).await {
+            Ok(n) => Ok(n),
+            Err(_) => self.0.send_to(datagram, to).await,
+        }
+    }
+
+    /// Waits until the network refuses datagrams this socket sent, and returns their
+    /// destinations (each as often as it was refused).
+    pub async fn refused(&self) -> Vec<std::net::SocketAddr> {
+        let drained = self
+            .0
+            .read_with(|socket| {
+                let socket = socket2::SockRef::from(socket);
+                // The pending error keeps the socket readable until it is taken.
+                let _ = socket.take_error();
+                let mut refused = Vec::new();
+                let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                while let Ok((_, to)) = socket.recv_from_with_flags(&mut byte, libc::MSG_ERRQUEUE) {
+                    refused.extend(to.as_socket());
+                }
+                if refused.is_empty() {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(refused)
+                }
+            })
+            .await;
+        drained.unwrap_or_default()
+    }
+}
+
+/// A listener's tie to a network device (`SO_BINDTODEVICE`), to be made again: the
+/// kernel keeps the device's index, so once the device is deleted and created again
+/// under the same name (wireguard-go restarted) the listener takes nothing until the
+/// option is set anew. Holds a duplicate of the listener's descriptor.
+pub struct DeviceBinding(socket2::Socket);
+
+impl DeviceBinding {
+    pub fn of(listener: &TcpListener) -> io::Result<DeviceBinding> {
+        use std::os::fd::AsFd;
+        let fd = listener.as_fd().try_clone_to_owned()?;
+        Ok(DeviceBinding(socket2::Socket::from(fd)))
+    }
+
+    /// Ties the listener to the device now called `device`.
+    pub fn rebind(&self, device: &str) -> io::Result<()> {
+        self.0.bind_device(Some(device.as_bytes()))
+    }
+}
+
 /// The longest accept queue the kernel grants (`listen` caps at it anyway).
 fn accept_backlog() -> i32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

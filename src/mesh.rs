@@ -97,7 +97,7 @@ impl Default for MeshConfig {
             seeds: Vec::new(),
             route_port: 6222,
             heartbeat: Dur(Duration::from_millis(500)),
-            stale_after: Dur(Duration::from_secs(3)),
+            stale_after: Dur(Duration::from_millis(1500)),
             forget_after: Dur(Duration::from_secs(600)),
             state_file: None,
             wireguard_go: PathBuf::from("wireguard-go"),
@@ -442,6 +442,9 @@ pub struct Member {
     pub since: Instant,
     /// Its silence was reported ([`MeshEvent::Down`]) and nothing was heard since.
     pub silence_reported: bool,
+    /// The network refused a datagram to its announcement port since it was last
+    /// heard (its process is gone, or a firewall rejects that port).
+    pub refused: bool,
 }
 
 /// What the mesh actor must do after a membership change.
@@ -455,6 +458,10 @@ pub enum MeshEvent {
     Up(NodeRecord),
     /// Stop routing to it.
     Down(NodeRecord),
+    /// It started again (a new incarnation, same key): WireGuard's session is with the
+    /// process that died, whose keys the new one does not have, so the peer must start
+    /// over (else traffic to it is dropped until WireGuard's own timers give up).
+    Restarted(NodeRecord),
 }
 
 /// Membership: the members this node knows, by public key.
@@ -463,6 +470,9 @@ pub struct Membership {
     cluster: String,
     network: Network,
     stale_after: Duration,
+    /// A member the network refused a datagram to goes down once silent this long
+    /// (a little over one heartbeat: a live one would have spoken).
+    refused_silence: Duration,
     forget_after: Duration,
     members: BTreeMap<String, Member>,
     /// The newest (incarnation, seq) seen from each sender.
@@ -480,6 +490,7 @@ impl Membership {
         me: NodeRecord,
         cluster: &str,
         network: Network,
+        heartbeat: Duration,
         stale_after: Duration,
         forget_after: Duration,
     ) -> Membership {
@@ -488,6 +499,7 @@ impl Membership {
             cluster: cluster.to_string(),
             network,
             stale_after,
+            refused_silence: (heartbeat + heartbeat / 5).min(stale_after),
             forget_after,
             members: BTreeMap::new(),
             last_seq: HashMap::new(),
@@ -547,6 +559,7 @@ impl Membership {
                         last_heard: None,
                         since: now,
                         silence_reported: false,
+                        refused: false,
                     },
                 );
                 vec![MeshEvent::SetPeer(record)]
@@ -623,9 +636,19 @@ impl Membership {
                 if from.incarnation < m.record.incarnation {
                     return Err(Rejected::Replay(ann.seq));
                 }
+                // Heard before under an older incarnation: it restarted. Routes to the
+                // old process go, and WireGuard starts a session with the new one.
+                let restarted = m.last_heard.is_some() && from.incarnation > m.record.incarnation;
+                if restarted {
+                    if m.alive {
+                        events.push(MeshEvent::Down(m.record.clone()));
+                        m.alive = false;
+                    }
+                    events.push(MeshEvent::Restarted(from.clone()));
+                }
                 let changed =
                     m.record.endpoint != from.endpoint || m.record.mesh_addr != from.mesh_addr;
-                if changed {
+                if changed && !restarted {
                     // Moved: routes to the old address are gone.
                     if m.alive {
                         events.push(MeshEvent::Down(m.record.clone()));
@@ -637,6 +660,7 @@ impl Membership {
                 m.confirmed = true;
                 m.last_heard = Some(now);
                 m.silence_reported = false;
+                m.refused = false;
                 if !m.alive {
                     m.alive = true;
                     events.push(MeshEvent::Up(from.clone()));
@@ -652,6 +676,7 @@ impl Membership {
                         last_heard: Some(now),
                         since: now,
                         silence_reported: false,
+                        refused: false,
                     },
                 );
                 events.push(MeshEvent::SetPeer(from.clone()));
@@ -672,16 +697,37 @@ impl Membership {
         }
     }
 
-    /// Periodic: members silent past `stale_after` go down, past `forget_after`
-    /// (unconfirmed hints: [`HINT_TTL`]) are removed.
+    /// The network refused a datagram this node sent to `to` (an ICMP error: for a
+    /// member's announcement port, most often "port unreachable" from a host whose
+    /// node died). A member heard before that is also silent past a heartbeat goes
+    /// down now rather than after `stale_after`; the silence guards against a
+    /// firewall that rejects the underlay copy while the mesh copy gets through.
+    pub fn refused(&mut self, to: SocketAddr, now: Instant) -> Vec<MeshEvent> {
+        for m in self.members.values_mut() {
+            if m.last_heard.is_some() && m.record.underlay_discovery() == to {
+                m.refused = true;
+            }
+        }
+        self.tick(now)
+    }
+
+    /// Periodic (more often than a heartbeat: a refused member goes down as soon as
+    /// its silence says so): members silent past `stale_after` (refused ones: past a
+    /// heartbeat) go down, past `forget_after` (unconfirmed hints: [`HINT_TTL`]) are
+    /// removed.
     pub fn tick(&mut self, now: Instant) -> Vec<MeshEvent> {
         let mut events = Vec::new();
         let mut forget = Vec::new();
         for (key, m) in self.members.iter_mut() {
             let silent = now.saturating_duration_since(m.last_heard.unwrap_or(m.since));
+            let limit = if m.refused {
+                self.refused_silence
+            } else {
+                self.stale_after
+            };
             // Reported once per silence, alive or not: a node that routed to us
             // before we ever heard it must not keep that route after it dies.
-            if silent > self.stale_after && !m.silence_reported {
+            if silent > limit && !m.silence_reported {
                 m.alive = false;
                 m.silence_reported = true;
                 events.push(MeshEvent::Down(m.record.clone()));
@@ -788,6 +834,7 @@ mod tests {
             record(n, 1),
             "c1",
             Network::parse("10.99.0.0/16").unwrap(),
+            Duration::from_millis(500),
             Duration::from_secs(3),
             Duration::from_secs(60),
         )
@@ -956,7 +1003,7 @@ mod tests {
             ev,
             vec![
                 MeshEvent::Down(record(2, 1)),
-                MeshEvent::SetPeer(moved.clone()),
+                MeshEvent::Restarted(moved.clone()),
                 MeshEvent::Up(moved.clone())
             ]
         );
@@ -975,6 +1022,73 @@ mod tests {
         );
         // Old gossip does not bring it back.
         assert!(m.hint(moved, t0).is_empty());
+    }
+
+    #[test]
+    fn a_refused_member_goes_down_once_silent_past_a_heartbeat() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        let port = record(2, 1).underlay_discovery();
+        // Heard 100 ms ago: a firewall may reject the underlay copy while the mesh
+        // copy arrives, so a refusal alone takes nothing down.
+        assert!(m.refused(port, t0 + ms(100)).is_empty());
+        assert!(m.tick(t0 + ms(500)).is_empty());
+        assert_eq!(m.tick(t0 + ms(700)), vec![MeshEvent::Down(record(2, 1))]);
+        assert!(m.tick(t0 + ms(800)).is_empty(), "said once");
+        // It speaks again: up, and the refusal is forgotten.
+        let ev = m.receive(ann(record(2, 1), 2, 0), t0 + ms(900), 0).unwrap();
+        assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
+        assert!(m.tick(t0 + ms(1_700)).is_empty());
+        // A refusal for another port, or for a seed never heard, changes nothing.
+        let mut other = port;
+        other.set_port(9);
+        assert!(m.refused(other, t0 + ms(2_000)).is_empty());
+        assert!(m.hint(record(3, 0), t0).len() == 1);
+        let seed = record(3, 0).underlay_discovery();
+        assert!(m.refused(seed, t0 + ms(2_000)).is_empty());
+        // Refused when already silent past a heartbeat: down at once.
+        assert_eq!(
+            m.refused(port, t0 + ms(1_600)),
+            vec![MeshEvent::Down(record(2, 1))]
+        );
+    }
+
+    #[test]
+    fn a_node_restarted_in_place_gets_a_new_wireguard_session_and_its_routes_again() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        // Back before its silence was noticed: the old routes go, the peer starts over.
+        let ev = m.receive(ann(record(2, 2), 1, 0), t0, 0).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::Down(record(2, 1)),
+                MeshEvent::Restarted(record(2, 2)),
+                MeshEvent::Up(record(2, 2))
+            ]
+        );
+        // Back after it was dropped: nothing left to drop.
+        assert_eq!(
+            m.tick(t0 + Duration::from_secs(4)),
+            vec![MeshEvent::Down(record(2, 2))]
+        );
+        let ev = m
+            .receive(ann(record(2, 3), 1, 0), t0 + Duration::from_secs(5), 0)
+            .unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::Restarted(record(2, 3)),
+                MeshEvent::Up(record(2, 3))
+            ]
+        );
+        // A seed's hint (incarnation 0) answered by the node itself is no restart.
+        m.hint(record(3, 0), t0);
+        let ev = m.receive(ann(record(3, 5), 1, 0), t0, 0).unwrap();
+        assert_eq!(ev, vec![MeshEvent::Up(record(3, 5))]);
     }
 
     #[test]
