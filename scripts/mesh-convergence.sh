@@ -3,7 +3,9 @@
 # needed): runs the mesh test RUNS times (default 5) and summarises what it reports:
 # three nodes from one seed to full routes, a fourth node routed by all after its
 # start, a killed node dropped, a vanished node (link cut, sockets open) dropped, and
-# delivery resumed after a partition heals.
+# delivery resumed after a partition heals. Then the rounds test once: 10 rounds each
+# of a node killed (dropped by all), restarted (routed by all) and healed after a cut
+# (delivery), with their median and maximum.
 #
 #   ./scripts/mesh-convergence.sh [RUNS]
 set -euo pipefail
@@ -17,6 +19,8 @@ for i in $(seq "$runs"); do
     | grep -E "full routes after|routed by all|dropped by all|vanished node dropped|delivery resumed" \
     | tee -a "$out"
 done
+cargo test --quiet --test mesh killed_restarted_and_healed -- --nocapture 2>&1 \
+  | grep -E "over [0-9]+ rounds" > "$out.rounds"
 python3 - "$out" <<'PY'
 import re, sys, statistics
 def secs(text):
@@ -38,3 +42,7 @@ print(f"\n{'measure':<45} {'min':>8} {'median':>8} {'max':>8}  (seconds, {len(ne
 for key, values in rows.items():
     print(f"{key:<45} {min(values):>8.3f} {statistics.median(values):>8.3f} {max(values):>8.3f}")
 PY
+echo
+echo "rounds test (killed_restarted_and_healed_nodes_are_seen_within_a_second):"
+cat "$out.rounds"
+rm -f "$out.rounds"
