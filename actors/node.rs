@@ -560,13 +560,12 @@ fn start_cluster(
         .filter_map(|r| crate::cluster::parse_route_url(r).ok())
         .collect();
     let mesh_secret = local.secret.clone().unwrap_or_default();
-    let binding = match &mesh {
-        Some(_) => Some(
-            runtime::DeviceBinding::of(&listener)
-                .map_err(|source| NodeError::Cluster { addr, source })?,
-        ),
-        None => None,
-    };
+    // The mesh actor ties the listener to the interface again if it is re-created.
+    let binding = mesh
+        .as_ref()
+        .map(|_| runtime::DeviceBinding::of(&listener))
+        .transpose()
+        .map_err(|source| NodeError::Cluster { addr, source })?;
     let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes, mesh.is_some());
     if let (Some(prepared), Some(binding)) = (mesh, binding) {
         let name = cluster.name.clone().unwrap_or_default();

@@ -715,7 +715,7 @@ impl Group {
         self.node.advance_apply();
         // A marker that just committed may let this node compact what its owner holds.
         self.compact();
-        self.warn_stranded();
+        self.tell_stranded();
         self.propose_marker();
         self.observe();
         Ok(())
@@ -731,10 +731,10 @@ impl Group {
         .encode()
     }
 
-    /// Says (once per peer) when a peer lacks entries this log compacted away: it
-    /// holds none of the group's history past its own (a node whose store was lost)
-    /// and only a snapshot could bring it up, which is not built (issue 16).
-    fn warn_stranded(&mut self) {
+    /// When a peer lacks entries this log compacted away (a node whose store was
+    /// lost: only a snapshot could bring it up, which is not built, issue 16): tells
+    /// it so every time, and says so in this node's log once per peer.
+    fn tell_stranded(&mut self) {
         let Some(id) = self.node.store().take_snapshot_wanted() else {
             return;
         };
