@@ -185,6 +185,27 @@ fn spawn_wireguard_go(program: &Path, name: &str) -> Result<Child, String> {
     Ok(child)
 }
 
+/// How long a running wireguard-go must stay up to be adopted (see `setup_interface`).
+const ADOPT_SETTLE: Duration = Duration::from_millis(300);
+
+/// How long a dying wireguard-go and its device get to go away.
+const OLD_DEVICE_GONE: Duration = Duration::from_secs(2);
+
+/// Polls `done` every 20 ms for up to `limit`; whether it came true. (Blocking: at
+/// start, or off the executor.)
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = runtime::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if runtime::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The smallest MTU of the host's other interfaces that are up, less 80 (WireGuard's
 /// overhead over an IPv6 underlay), so mesh packets are never fragmented.
 fn default_mtu(ours: &str) -> u32 {
@@ -250,17 +271,31 @@ fn setup_interface(
     let backend = if kernel {
         Backend::Kernel
     } else {
-        if uapi_alive(&label) {
+        // A running wireguard-go is adopted, unless it is dying: the one of a node
+        // killed a moment ago (it dies with its parent) still answers for a few
+        // milliseconds, and would take our configuration with it.
+        let mut adopted = false;
+        if uapi_alive(&label) && !wait_for(ADOPT_SETTLE, || !uapi_alive(&label)) {
             log::info!("mesh: adopting the running userspace interface {label}");
-        } else {
-            child = Some(spawn_wireguard_go(&config.wireguard_go, &label).map_err(err)?);
-        }
-        if let Err(e) = settings().apply(&name, Backend::Userspace) {
-            if let Some(mut c) = child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
+            match settings().apply(&name, Backend::Userspace) {
+                Ok(()) => adopted = true,
+                Err(e) if wait_for(OLD_DEVICE_GONE, || !uapi_alive(&label)) => {
+                    log::info!("mesh: the running {label} went away ({e}); starting our own");
+                }
+                Err(e) => return Err(err(format!("configuring wireguard-go: {e}"))),
             }
-            return Err(err(format!("configuring wireguard-go: {e}")));
+        }
+        if !adopted {
+            // The tun device of a wireguard-go that just died goes a moment after it.
+            let device = Path::new("/sys/class/net").join(&label);
+            wait_for(OLD_DEVICE_GONE, || !device.exists());
+            let mut spawned = spawn_wireguard_go(&config.wireguard_go, &label).map_err(err)?;
+            if let Err(e) = settings().apply(&name, Backend::Userspace) {
+                let _ = spawned.kill();
+                let _ = spawned.wait();
+                return Err(err(format!("configuring wireguard-go: {e}")));
+            }
+            child = Some(spawned);
         }
         Backend::Userspace
     };
@@ -500,6 +535,7 @@ pub fn start(
         cluster_listener,
         view: view.clone(),
         stats: HashMap::new(),
+        stale_sessions: HashMap::new(),
         state_file,
         remembered: Vec::new(),
         rejected_logged: HashMap::new(),
@@ -546,6 +582,9 @@ struct MeshActor {
     cluster: ClusterHandle,
     view: Arc<arc_swap::ArcSwap<MeshView>>,
     stats: HashMap<String, PeerStats>,
+    /// Members that restarted and are to start the new session themselves (they dial
+    /// us): handshakes up to this time were with the process that died.
+    stale_sessions: HashMap<String, SystemTime>,
     state_file: Option<PathBuf>,
     remembered: Vec<NodeRecord>,
     /// Sources whose refused announcements were logged, and when (one line a minute).
@@ -614,8 +653,19 @@ impl MeshActor {
                     self.apply(events).await;
                 }
                 Event::Watch => {
-                    let events = self.membership.tick(runtime::now());
+                    let now = runtime::now();
+                    let events = self.membership.tick(now);
                     self.apply(events).await;
+                    let quiet = self.membership.quiet(now);
+                    if !quiet.is_empty() {
+                        self.announce_to(Some(&quiet), false).await;
+                    }
+                    // An empty datagram to each live member's host: if its node is
+                    // gone, the host refuses it, and the member is dropped now rather
+                    // than at our next heartbeat's refusal.
+                    for to in self.membership.alive_underlay() {
+                        let _ = self.underlay.send_to(&[], to).await;
+                    }
                 }
                 Event::Tick => {
                     self.supervise().await;
@@ -645,6 +695,10 @@ impl MeshActor {
     }
 
     fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> Vec<MeshEvent> {
+        // A member's liveness probe: only its refusal (if we were dead) means anything.
+        if datagram.is_empty() {
+            return Vec::new();
+        }
         let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
         let result = decode(&self.announce_key, datagram)
             .and_then(|ann| self.membership.receive(ann, runtime::now(), now_ms));
@@ -717,6 +771,7 @@ impl MeshActor {
         let mut update = DeviceUpdate::new();
         let mut peers_changed = false;
         let mut answer = Vec::new();
+        let mut dial = Vec::new();
         for event in events {
             match event {
                 MeshEvent::SetPeer(record) => {
@@ -741,20 +796,51 @@ impl MeshActor {
                     let Ok(raw) = decode_key(&record.key) else {
                         continue;
                     };
-                    log::info!(
-                        "mesh: {} ({}) restarted: starting a new WireGuard session with it",
-                        record.name,
-                        short_id(&record.key)
-                    );
-                    // Removed and added again: the peer's session and timers go with
-                    // it. (The removal is its own update, applied first: the order of a
-                    // removal and an add of one key inside one update is the backend's.)
-                    let remove = DeviceUpdate::new().remove_peer_by_key(&Key(raw));
-                    self.update_device(remove, "restarting a peer").await;
                     self.stats.remove(&record.key);
-                    update = update.add_peer(peer_config(raw, &record));
+                    // Exactly one side starts the new session: the one that dials
+                    // (two handshakes crossing leave both waiting out wireguard-go's
+                    // 5 s retry timer).
+                    if self.dials(&record) {
+                        log::info!(
+                            "mesh: {} ({}) restarted: starting a new WireGuard session with it",
+                            record.name,
+                            short_id(&record.key)
+                        );
+                        // Removed and added again: the old session and its timers go
+                        // (else our packets would go out under keys the new process
+                        // does not have). The removal is its own update, applied
+                        // first: the order of a removal and an add of one key inside
+                        // one update is the backend's.
+                        let remove = DeviceUpdate::new().remove_peer_by_key(&Key(raw));
+                        self.update_device(remove, "restarting a peer").await;
+                        update = update.add_peer(peer_config(raw, &record));
+                    } else {
+                        log::info!(
+                            "mesh: {} ({}) restarted: waiting for its new WireGuard session",
+                            record.name,
+                            short_id(&record.key)
+                        );
+                        // It dials us, so its handshake replaces the old session on
+                        // arrival. Removing the peer now could drop that handshake (or
+                        // the session it just made), leaving it 5 s to retry; the old
+                        // session only must not start a handshake of ours meanwhile
+                        // (the keepalive would, on old keys), so the keepalive is off
+                        // until the new session's first handshake.
+                        self.stale_sessions
+                            .insert(record.key.clone(), runtime::wall_clock());
+                        update = update.add_peer(
+                            peer_config(raw, &record).set_persistent_keepalive_interval(0),
+                        );
+                    }
                     peers_changed = true;
                 }
+                MeshEvent::Firewalled(record) => log::warn!(
+                    "mesh: {} ({}) keeps announcing itself, yet {} refuses our datagrams to UDP port {}: a firewall rejects that port? Its node's death will be noticed by its silence only, not at once",
+                    record.name,
+                    short_id(&record.key),
+                    record.endpoint.ip(),
+                    self.config.discovery_port()
+                ),
                 MeshEvent::RemovePeer { key, name } => {
                     let Ok(raw) = decode_key(&key) else {
                         continue;
@@ -772,11 +858,8 @@ impl MeshActor {
                         short_id(&record.key),
                         record.route_addr()
                     );
-                    // One side dials (the smaller key), so only one side starts the
-                    // WireGuard handshake: two handshakes crossing can leave both
-                    // waiting out wireguard-go's 5 s retry timer.
-                    if self.membership.me().key < record.key {
-                        self.cluster.mesh_up(record.route_addr());
+                    if self.dials(&record) {
+                        dial.push(record.route_addr());
                     }
                 }
                 MeshEvent::Down(record) => {
@@ -800,8 +883,13 @@ impl MeshActor {
                         .handshake
                         .and_then(|t| runtime::wall_clock().duration_since(t).ok())
                         .map_or_else(|| "never".to_string(), |d| format!("{}s ago", d.as_secs()));
+                    let why = if self.membership.was_refused(&record.key) {
+                        "its host refuses our announcements (its node is gone)"
+                    } else {
+                        "went silent"
+                    };
                     log::info!(
-                        "mesh: {} ({}) went silent: dropping its routes (last handshake {handshake}, {} B received, {} B sent)",
+                        "mesh: {} ({}) {why}: dropping its routes (last handshake {handshake}, {} B received, {} B sent)",
                         record.name,
                         short_id(&record.key),
                         s.rx,
@@ -814,11 +902,22 @@ impl MeshActor {
         if peers_changed {
             self.update_device(update, "updating the peers").await;
         }
+        // Only once WireGuard has the peer: a connection started before it would lose
+        // its first packet and wait a second for TCP to send it again.
+        for addr in dial {
+            self.cluster.mesh_up(addr);
+        }
         // A member just heard (joined, restarted, or back from a partition) hears us
         // now rather than at our next heartbeat: it routes to us as soon as we do.
         if !answer.is_empty() {
             self.announce_to(Some(&answer), false).await;
         }
+    }
+
+    /// Whether this node dials the member's routes (the smaller key does), and so
+    /// starts the WireGuard handshake with it: only one side must.
+    fn dials(&self, record: &NodeRecord) -> bool {
+        self.membership.me().key < record.key
     }
 
     /// Restarts wireguard-go if it died (the tun device went with it): a new
@@ -856,6 +955,21 @@ impl MeshActor {
                 self.iface = Some(iface);
                 // Handshakes start over; keepalives come back after the first one.
                 self.stats.clear();
+                self.stale_sessions.clear();
+                // The members still hold sessions with the old interface: a new
+                // incarnation makes them start over, as with a restarted node, and
+                // routes over the old interface go until each member is heard again.
+                let incarnation = runtime::wall_clock()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                for record in self.membership.renew(incarnation) {
+                    log::info!(
+                        "mesh: routes to {} ({}) dropped with the old interface",
+                        record.name,
+                        short_id(&record.key)
+                    );
+                    self.cluster.mesh_down(record.route_addr());
+                }
                 let peers = self
                     .membership
                     .members()
@@ -895,8 +1009,17 @@ impl MeshActor {
         let mut keepalives = Vec::new();
         for peer in device.peers {
             let key = peer.config.public_key.to_base64();
+            // A restarted member's old session is no session.
+            let stale_until = self.stale_sessions.get(&key).copied();
+            let handshake = peer
+                .stats
+                .last_handshake_time
+                .filter(|t| stale_until.is_none_or(|until| *t > until));
+            if stale_until.is_some() && handshake.is_some() {
+                self.stale_sessions.remove(&key);
+            }
             let stats = PeerStats {
-                handshake: peer.stats.last_handshake_time,
+                handshake,
                 rx: peer.stats.rx_bytes,
                 tx: peer.stats.tx_bytes,
             };

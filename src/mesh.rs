@@ -445,6 +445,9 @@ pub struct Member {
     /// The network refused a datagram to its announcement port since it was last
     /// heard (its process is gone, or a firewall rejects that port).
     pub refused: bool,
+    /// Our datagrams to it were refused while it was still heard: a firewall rejects
+    /// them, so a refusal says nothing, and only its silence takes it down.
+    pub firewalled: bool,
 }
 
 /// What the mesh actor must do after a membership change.
@@ -458,6 +461,9 @@ pub enum MeshEvent {
     Up(NodeRecord),
     /// Stop routing to it.
     Down(NodeRecord),
+    /// Our datagrams to its underlay were refused while it kept speaking: a firewall
+    /// (refusals no longer take it down; say so once).
+    Firewalled(NodeRecord),
     /// It started again (a new incarnation, same key): WireGuard's session is with the
     /// process that died, whose keys the new one does not have, so the peer must start
     /// over (else traffic to it is dropped until WireGuard's own timers give up).
@@ -484,6 +490,11 @@ pub struct Membership {
 
 /// An unconfirmed record that stays silent this long is forgotten.
 pub const HINT_TTL: Duration = Duration::from_secs(600);
+
+/// How long a member that went silent is sent announcements more often than once a
+/// heartbeat (a partition that heals, a node started again); past it, at the
+/// heartbeat, as every member.
+pub const PROBE_QUIET_FOR: Duration = Duration::from_secs(60);
 
 impl Membership {
     pub fn new(
@@ -560,6 +571,7 @@ impl Membership {
                         since: now,
                         silence_reported: false,
                         refused: false,
+                        firewalled: false,
                     },
                 );
                 vec![MeshEvent::SetPeer(record)]
@@ -645,6 +657,12 @@ impl Membership {
                         m.alive = false;
                     }
                     events.push(MeshEvent::Restarted(from.clone()));
+                    m.firewalled = false;
+                } else if m.refused && !m.firewalled {
+                    // Refused, yet the same process speaks: something between us
+                    // rejects the datagrams, and it was not its death.
+                    m.firewalled = true;
+                    events.push(MeshEvent::Firewalled(from.clone()));
                 }
                 let changed =
                     m.record.endpoint != from.endpoint || m.record.mesh_addr != from.mesh_addr;
@@ -677,6 +695,7 @@ impl Membership {
                         since: now,
                         silence_reported: false,
                         refused: false,
+                        firewalled: false,
                     },
                 );
                 events.push(MeshEvent::SetPeer(from.clone()));
@@ -699,16 +718,40 @@ impl Membership {
 
     /// The network refused a datagram this node sent to `to` (an ICMP error: for a
     /// member's announcement port, most often "port unreachable" from a host whose
-    /// node died). A member heard before that is also silent past a heartbeat goes
-    /// down now rather than after `stale_after`; the silence guards against a
-    /// firewall that rejects the underlay copy while the mesh copy gets through.
+    /// node died): the member goes down now. One behind a firewall that rejects
+    /// the underlay copy while the mesh copy gets through is heard again, by the
+    /// same process: it goes up, is marked [`Member::firewalled`], and from then on
+    /// goes down only once it is also silent past a heartbeat.
     pub fn refused(&mut self, to: SocketAddr, now: Instant) -> Vec<MeshEvent> {
+        let mut events = Vec::new();
         for m in self.members.values_mut() {
-            if m.last_heard.is_some() && m.record.underlay_discovery() == to {
-                m.refused = true;
+            if m.last_heard.is_none() || m.record.underlay_discovery() != to {
+                continue;
+            }
+            m.refused = true;
+            if m.alive && !m.firewalled && !m.silence_reported {
+                m.alive = false;
+                m.silence_reported = true;
+                events.push(MeshEvent::Down(m.record.clone()));
             }
         }
-        self.tick(now)
+        events.extend(self.tick(now));
+        events
+    }
+
+    /// Whether `key`'s member went down on a refusal rather than on silence alone.
+    pub fn was_refused(&self, key: &str) -> bool {
+        self.members.get(key).is_some_and(|m| m.refused)
+    }
+
+    /// Where the alive members' announcement ports are on the underlay: between
+    /// heartbeats each gets an empty datagram, whose refusal says a node died.
+    pub fn alive_underlay(&self) -> Vec<SocketAddr> {
+        self.members
+            .values()
+            .filter(|m| m.alive)
+            .map(|m| m.record.underlay_discovery())
+            .collect()
     }
 
     /// Periodic (more often than a heartbeat: a refused member goes down as soon as
@@ -768,6 +811,40 @@ impl Membership {
                 .collect(),
             leave,
         }
+    }
+
+    /// Members heard before and silent now, for less than [`PROBE_QUIET_FOR`]: they
+    /// hear this node more often than once a heartbeat (see the actor), so a healed
+    /// partition is seen within a fraction of one. Not those whose host refused us:
+    /// their node is gone and announces itself when it starts again, and every
+    /// refusal spends one of the few ICMP errors a host sends each of its peers a
+    /// second (the kernel's rate limit), which the next death needs.
+    pub fn quiet(&self, now: Instant) -> Vec<String> {
+        self.members
+            .values()
+            .filter(|m| !m.alive && !m.refused)
+            .filter(|m| {
+                m.last_heard
+                    .is_some_and(|t| now.saturating_duration_since(t) < PROBE_QUIET_FOR)
+            })
+            .map(|m| m.record.key.clone())
+            .collect()
+    }
+
+    /// This node's WireGuard sessions are gone (its interface was made again, with the
+    /// same key): it takes a new incarnation, so that its members start new sessions
+    /// with it as with a restarted node, and every live member is down until heard
+    /// again (routes over the old interface are dead). Returns those members.
+    pub fn renew(&mut self, incarnation: u64) -> Vec<NodeRecord> {
+        self.me.incarnation = incarnation.max(self.me.incarnation + 1);
+        let mut dropped = Vec::new();
+        for m in self.members.values_mut() {
+            if m.alive {
+                m.alive = false;
+                dropped.push(m.record.clone());
+            }
+        }
+        dropped
     }
 
     /// The records worth remembering for the next start.
@@ -1025,34 +1102,87 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_member_goes_down_once_silent_past_a_heartbeat() {
+    fn a_refused_member_goes_down_at_once_unless_it_keeps_speaking() {
         let mut m = membership(1);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
         let port = record(2, 1).underlay_discovery();
-        // Heard 100 ms ago: a firewall may reject the underlay copy while the mesh
-        // copy arrives, so a refusal alone takes nothing down.
-        assert!(m.refused(port, t0 + ms(100)).is_empty());
-        assert!(m.tick(t0 + ms(500)).is_empty());
-        assert_eq!(m.tick(t0 + ms(700)), vec![MeshEvent::Down(record(2, 1))]);
-        assert!(m.tick(t0 + ms(800)).is_empty(), "said once");
-        // It speaks again: up, and the refusal is forgotten.
-        let ev = m.receive(ann(record(2, 1), 2, 0), t0 + ms(900), 0).unwrap();
-        assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
-        assert!(m.tick(t0 + ms(1_700)).is_empty());
+        // Its host refuses: no process holds the port, its node died.
+        assert_eq!(
+            m.refused(port, t0 + ms(100)),
+            vec![MeshEvent::Down(record(2, 1))]
+        );
+        assert!(m.was_refused(&record(2, 1).key));
+        assert!(m.alive_underlay().is_empty());
+        assert!(m.refused(port, t0 + ms(150)).is_empty(), "said once");
+        assert!(m.tick(t0 + ms(2_000)).is_empty(), "said once");
         // A refusal for another port, or for a seed never heard, changes nothing.
         let mut other = port;
         other.set_port(9);
         assert!(m.refused(other, t0 + ms(2_000)).is_empty());
-        assert!(m.hint(record(3, 0), t0).len() == 1);
+        assert!(m.hint(record(3, 0), t0 + ms(2_000)).len() == 1);
         let seed = record(3, 0).underlay_discovery();
         assert!(m.refused(seed, t0 + ms(2_000)).is_empty());
-        // Refused when already silent past a heartbeat: down at once.
+        // The same process speaks after all: a firewall rejects our datagrams. Up,
+        // said once, and from now on only its silence takes it down.
+        let ev = m
+            .receive(ann(record(2, 1), 2, 0), t0 + ms(2_100), 0)
+            .unwrap();
         assert_eq!(
-            m.refused(port, t0 + ms(1_600)),
-            vec![MeshEvent::Down(record(2, 1))]
+            ev,
+            vec![
+                MeshEvent::Firewalled(record(2, 1)),
+                MeshEvent::Up(record(2, 1))
+            ]
         );
+        assert!(!m.was_refused(&record(2, 1).key));
+        assert_eq!(m.alive_underlay(), vec![port]);
+        assert!(m.refused(port, t0 + ms(2_200)).is_empty());
+        let ev = m
+            .receive(ann(record(2, 1), 3, 0), t0 + ms(2_300), 0)
+            .unwrap();
+        assert!(ev.is_empty(), "firewalled is said once: {ev:?}");
+        assert!(m.refused(port, t0 + ms(2_400)).is_empty());
+        assert!(m.tick(t0 + ms(2_900)).is_empty(), "heard 600 ms ago");
+        assert_eq!(m.tick(t0 + ms(2_901)), vec![MeshEvent::Down(record(2, 1))]);
+        // A new incarnation is another process, perhaps elsewhere: refusals count.
+        let ev = m
+            .receive(ann(record(2, 2), 1, 0), t0 + ms(3_000), 0)
+            .unwrap();
+        assert!(ev.contains(&MeshEvent::Restarted(record(2, 2))));
+        assert_eq!(
+            m.refused(port, t0 + ms(3_100)),
+            vec![MeshEvent::Down(record(2, 2))]
+        );
+    }
+
+    #[test]
+    fn quiet_members_are_the_silent_ones_heard_within_a_minute() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.hint(record(3, 0), t0);
+        assert!(m.quiet(t0).is_empty(), "alive, and a hint never heard");
+        let down = t0 + Duration::from_millis(3_001);
+        assert!(m.tick(down).contains(&MeshEvent::Down(record(2, 1))));
+        assert_eq!(m.quiet(down), vec![record(2, 1).key], "not the hint");
+        assert!(m.quiet(t0 + PROBE_QUIET_FOR).is_empty());
+    }
+
+    #[test]
+    fn a_renewed_node_takes_a_new_incarnation_and_drops_its_live_members() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.hint(record(3, 0), t0);
+        let before = m.me().incarnation;
+        assert_eq!(m.renew(0), vec![record(2, 1)]);
+        assert!(m.me().incarnation > before);
+        assert!(m.renew(0).is_empty(), "nothing left alive");
+        // Heard again: up, routes again.
+        let ev = m.receive(ann(record(2, 1), 2, 0), t0, 0).unwrap();
+        assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
     }
 
     #[test]

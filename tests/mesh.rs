@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -308,6 +308,30 @@ seeds = [{seeds}]
         ]);
     }
 
+    /// Partitions node `i` from the others, or ends the partition: the hub's bridge
+    /// stops forwarding its port (`bridge link set … state disabled`), while both
+    /// links stay up and the neighbours' ARP entries stay as they were. (After a cut
+    /// link, see [`Lab::link`], the kernel flushes them, and its ARP retry, a second
+    /// by default, adds to the heal: that is the network's time, not the mesh's.)
+    /// Not a blackhole route or rule: wireguard-go sends tied to the interface it last
+    /// heard a peer on, and such a send goes out even when routing refuses it.
+    fn partition(&self, i: usize, cut: bool) {
+        let state = if cut { "disabled" } else { "forwarding" };
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.hub,
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &self.node(i).hub_link,
+            "state",
+            state,
+        ]);
+    }
+
     /// The names of the nodes `i` has a route to now.
     fn routes(&self, i: usize) -> Option<HashSet<String>> {
         let v = monitor_get(&self.node(i).ns, "/routez")?;
@@ -356,7 +380,25 @@ seeds = [{seeds}]
     fn dump_logs(&self) {
         for node in &self.nodes {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            // MESH_KEEP_LOGS=DIR: whole logs kept there, for a look after the run.
+            if let Some(dir) = std::env::var_os("MESH_KEEP_LOGS") {
+                let _ = std::fs::write(
+                    Path::new(&dir).join(format!("{}{}.log", self.tag, node.name)),
+                    &text,
+                );
+            }
             let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            // What the node thinks of its peers, and its routing table, when it failed.
+            if let Some(meshz) = monitor_get(&node.ns, "/meshz") {
+                eprintln!("---- {} /meshz ----\n{meshz}", node.name);
+            }
+            if let Ok(out) = Command::new("ip").args(["-n", &node.ns, "rule"]).output() {
+                eprintln!(
+                    "---- {} routing rules ----\n{}",
+                    node.name,
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
             eprintln!("---- {} log (last lines) ----", node.name);
             for line in tail.iter().rev() {
                 eprintln!("{line}");
@@ -575,8 +617,10 @@ const ROUNDS: usize = 10;
 /// The mesh's reaction times, over [`ROUNDS`] rounds each, in three namespaces: a
 /// node killed with SIGKILL is dropped by the others (its host answers the next
 /// announcement with "port unreachable"), started again it is routed by all (its
-/// peers start a new WireGuard session with it), and a node cut off the underlay and
-/// reconnected gets messages again (whoever hears the other first answers at once).
+/// peers start a new WireGuard session with it, and the side that dials starts it),
+/// and a node partitioned off at the IP level gets messages again once the partition
+/// ends (silent members hear us five times a heartbeat, and whoever hears the other
+/// first answers at once).
 #[test]
 fn killed_restarted_and_healed_nodes_are_seen_within_a_second() {
     if skip_unless_ready() {
@@ -627,12 +671,12 @@ fn killed_restarted_and_healed_nodes_are_seen_within_a_second() {
         );
     }
     for round in 0..ROUNDS {
-        lab.link(3, false);
+        lab.partition(3, true);
         lab.wait_routes(1, &["n2"], limit);
         lab.wait_routes(2, &["n1"], limit);
         lab.wait_routes(3, &[], limit);
         resumed.push(deliver_after(&lab, 1, 3, "heal.rounds", || {
-            lab.link(3, true)
+            lab.partition(3, false)
         }));
         eprintln!(
             "round {round}: delivery resumed {:?} after the heal",
@@ -640,14 +684,17 @@ fn killed_restarted_and_healed_nodes_are_seen_within_a_second() {
         );
         full(&lab);
     }
-    // The medians are what the mechanisms give (silence alone takes 1.5 s to drop a
-    // node, and before them 3 s); single rounds run past a second now and then (an
-    // ICMP answer lost or rate-limited, a heartbeat's phase), hence the looser bound.
+    // The medians are what the mechanisms give (a refused probe, a restarted node's
+    // own announcement, probes of silent members: each well under half a second).
+    // Single rounds run longer now and then: a host sends each peer only about one
+    // "port unreachable" a second once a burst of six is spent (the kernel's ICMP
+    // rate limit, which these back-to-back deaths drain), and a death without one
+    // is noticed by silence (1.2 heartbeats when refused before, else stale_after).
     let ms = Duration::from_millis;
     for (what, times, median_bound) in [
-        ("a killed node dropped by all", &dropped, ms(1_000)),
-        ("a restarted node routed by all", &routed, ms(1_000)),
-        ("delivery after a heal", &resumed, ms(1_500)),
+        ("a killed node dropped by all", &dropped, ms(500)),
+        ("a restarted node routed by all", &routed, ms(500)),
+        ("delivery after a heal", &resumed, ms(500)),
     ] {
         let mut sorted = times.clone();
         sorted.sort();
