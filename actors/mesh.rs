@@ -424,9 +424,7 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
     let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
         .map_err(|source| MeshError::Socket { port, source })?;
     let iface = setup_interface(config, &key, address, network.prefix)?;
-    let incarnation = runtime::wall_clock()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let incarnation = incarnation_now();
     let me = NodeRecord {
         key: public.to_base64(),
         name: server_name.to_string(),
@@ -443,6 +441,14 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
         network,
         socket,
     })
+}
+
+/// A new incarnation: the wall clock in milliseconds (a node started again, or its
+/// interface made again, announces a larger one than before).
+fn incarnation_now() -> u64 {
+    runtime::wall_clock()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Starts the mesh actor; it tells `cluster` whom to route to.
@@ -959,10 +965,7 @@ impl MeshActor {
                 // The members still hold sessions with the old interface: a new
                 // incarnation makes them start over, as with a restarted node, and
                 // routes over the old interface go until each member is heard again.
-                let incarnation = runtime::wall_clock()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                for record in self.membership.renew(incarnation) {
+                for record in self.membership.renew(incarnation_now()) {
                     log::info!(
                         "mesh: routes to {} ({}) dropped with the old interface",
                         record.name,

@@ -3,6 +3,8 @@
 //! arbitrary sequences of authentic announcements, hints and clock ticks keep
 //! membership consistent: an encoded announcement decodes to itself, this node never
 //! becomes its own member or the subject of an event, and a removed peer is gone.
+//! Refusals (ICMP errors for a member's port), renewals (a new interface) and the
+//! quiet members' probes are in the mix.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,6 +41,10 @@ enum Step {
     Hint(ArbRecord),
     Handshake(u8),
     Tick(u16),
+    /// The network refused a datagram to the underlay of the member with this key
+    /// (or to an address no member has).
+    Refused(u8, u16),
+    Renew(u8),
 }
 
 fn key_text(n: u8) -> String {
@@ -73,6 +79,7 @@ fuzz_target!(|steps: Vec<Step>| {
         me.clone(),
         "c1",
         network,
+        Duration::from_millis(500),
         Duration::from_secs(3),
         Duration::from_secs(60),
     );
@@ -132,7 +139,40 @@ fuzz_target!(|steps: Vec<Step>| {
                 now += Duration::from_millis(u64::from(ms) * 10);
                 membership.tick(now)
             }
+            Step::Refused(k, port) => {
+                let to = membership
+                    .members()
+                    .find(|m| m.record.key == key_text(k % 8))
+                    .map_or_else(
+                        || SocketAddr::from(([192, 0, 2, 9], port)),
+                        |m| m.record.underlay_discovery(),
+                    );
+                let ev = membership.refused(to, now);
+                // A refusal takes members down; it never brings one up or adds one.
+                assert!(ev
+                    .iter()
+                    .all(|e| matches!(e, MeshEvent::Down(_) | MeshEvent::RemovePeer { .. })));
+                ev
+            }
+            Step::Renew(inc) => {
+                let before = membership.me().incarnation;
+                let dropped = membership.renew(u64::from(inc));
+                assert!(membership.me().incarnation > before, "a renewal is newer");
+                assert!(dropped.iter().all(|r| r.key != me.key));
+                assert!(membership.members().all(|m| !m.alive), "every member down");
+                Vec::new()
+            }
         };
+        // Quiet members are silent ones; live ones get the probes.
+        let quiet = membership.quiet(now);
+        assert!(membership
+            .members()
+            .filter(|m| quiet.contains(&m.record.key))
+            .all(|m| !m.alive && m.last_heard.is_some()));
+        assert_eq!(
+            membership.alive_underlay().len(),
+            membership.members().filter(|m| m.alive).count()
+        );
         for e in &events {
             check(&membership, &me, e);
         }
@@ -142,7 +182,11 @@ fuzz_target!(|steps: Vec<Step>| {
 
 fn check(membership: &Membership, me: &NodeRecord, event: &MeshEvent) {
     match event {
-        MeshEvent::SetPeer(r) | MeshEvent::Up(r) | MeshEvent::Down(r) => {
+        MeshEvent::SetPeer(r)
+        | MeshEvent::Up(r)
+        | MeshEvent::Down(r)
+        | MeshEvent::Restarted(r)
+        | MeshEvent::Firewalled(r) => {
             assert_ne!(r.key, me.key, "never an event about ourselves");
         }
         MeshEvent::RemovePeer { key, .. } => {
