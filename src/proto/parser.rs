@@ -123,7 +123,7 @@ impl Parser {
             OpCode::Connect => Ok(Parsed::Op(Op::Connect(rest), line_end)),
             OpCode::Info => Ok(Parsed::Op(Op::Info(rest), line_end)),
             OpCode::Sub => {
-                let args = Args::split(require(rest)?)?;
+                let args = Args::split_at_cr_too(require(rest)?)?;
                 let (subject, queue, sid) = match args.as_slice() {
                     [subject, sid] => (*subject, None, *sid),
                     [subject, queue, sid] => (*subject, Some(*queue), *sid),
@@ -139,7 +139,7 @@ impl Parser {
                 ))
             }
             OpCode::Unsub => {
-                let args = Args::split(require(rest)?)?;
+                let args = Args::split_at_cr_too(require(rest)?)?;
                 let (sid, max) = match args.as_slice() {
                     [sid] => (*sid, None),
                     [sid, max] => (
@@ -373,12 +373,23 @@ struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
+    /// Arguments between spaces and tabs (a message's: PUB, HPUB, MSG, ...).
     fn split(rest: &'a [u8]) -> Result<Self, ProtoError> {
+        Self::split_by(rest, is_ws)
+    }
+
+    /// Arguments between spaces, tabs and CRs, as the reference splits SUB's and
+    /// UNSUB's (`SUB a\r1` subscribes to `a` with sid 1; `PUB a\r2` it refuses).
+    fn split_at_cr_too(rest: &'a [u8]) -> Result<Self, ProtoError> {
+        Self::split_by(rest, |b| is_ws(b) || b == b'\r')
+    }
+
+    fn split_by(rest: &'a [u8], separator: impl Fn(u8) -> bool) -> Result<Self, ProtoError> {
         let mut args = Args {
             items: [&[][..]; MAX_ARGS],
             len: 0,
         };
-        for item in rest.split(|&b| is_ws(b)).filter(|s| !s.is_empty()) {
+        for item in rest.split(|&b| separator(b)).filter(|s| !s.is_empty()) {
             if args.len == MAX_ARGS {
                 return Err(ProtoError::BadArgs("too many arguments"));
             }
@@ -518,6 +529,44 @@ MSG foo 1 2\r\nhi\r\nMSG foo 1 r 2\r\nhi\r\nHMSG foo 1 r 12 14\r\nNATS/1.0\r\n\r
                 11
             )
         );
+    }
+
+    #[test]
+    fn sub_and_unsub_split_at_a_cr_as_the_reference_does_but_pub_does_not() {
+        let p = parser();
+        assert_eq!(
+            p.parse(b"SUB a\r1\r\n").unwrap(),
+            Parsed::Op(
+                Op::Sub {
+                    subject: b"a",
+                    queue: None,
+                    sid: b"1"
+                },
+                9
+            )
+        );
+        assert_eq!(
+            p.parse(b"SUB \ra\rq 1\r\n").unwrap(),
+            Parsed::Op(
+                Op::Sub {
+                    subject: b"a",
+                    queue: Some(b"q"),
+                    sid: b"1"
+                },
+                12
+            )
+        );
+        assert_eq!(
+            p.parse(b"UNSUB 1\r2\r\n").unwrap(),
+            Parsed::Op(
+                Op::Unsub {
+                    sid: b"1",
+                    max: Some(2)
+                },
+                11
+            )
+        );
+        assert!(p.parse(b"PUB a\r2\r\nhi\r\n").is_err());
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub const SCRIPTS: &[Script] = &[
     script!("UNSUB without args", [C, b"UNSUB\r\n"], b"-ERR 'Unknown Protocol Operation'\r\n", true),
     script!("UNSUB unknown sid", [C, b"UNSUB 99\r\nPING\r\n"], b"PONG\r\n", false),
     script!("UNSUB non-numeric sid", [C, b"UNSUB x\r\nPING\r\n"], b"PONG\r\n", false),
+    // A CR separates SUB's and UNSUB's arguments as a space does; PUB's, it does not.
+    script!("SUB args split at a CR", [C, b"SUB a\r1\r\nSUB \rb\rq 2\r\nPUB a 2\r\nhi\r\nPUB b 1\r\nx\r\nPING\r\n"],
+        b"MSG a 1 2\r\nhi\r\nMSG b 2 1\r\nx\r\nPONG\r\n", false),
+    script!("UNSUB args split at a CR", [C, b"SUB a 1\r\nUNSUB 1\r1\r\nPUB a 1\r\nx\r\nPUB a 1\r\ny\r\nPING\r\n"],
+        b"MSG a 1 1\r\nx\r\nPONG\r\n", false),
+    script!("PUB args not split at a CR", [C, b"PUB a\r2\r\nhi\r\nPING\r\n"], b"", true),
     script!("HPUB header over total", [C, b"HPUB foo 10 5\r\n"], b"", true),
     script!("HPUB without headers", [b"CONNECT {}\r\n", b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n"], b"+OK\r\n", true),
     script!("max payload", [C, b"PUB foo 2000000\r\n"], b"-ERR 'Maximum Payload Violation'\r\n", true),
