@@ -96,6 +96,8 @@ const USER_SCRIPTS: &[Script] = &[
         b"-ERR 'Permissions Violation for Publish to \"orders.secret\"'\r\nMSG orders.new 1 2\r\nok\r\nPONG\r\n", false),
     script!("subscribe outside the allow list", [ALICE, b"SUB other 1\r\nSUB > 2\r\nPING\r\n"],
         b"-ERR 'Permissions Violation for Subscription to \"other\"'\r\n-ERR 'Permissions Violation for Subscription to \">\"'\r\nPONG\r\n", false),
+    script!("an empty token is outside every allow entry", [ALICE, b"SUB orders..x 1\r\nSUB orders. 2\r\nPING\r\n"],
+        b"-ERR 'Permissions Violation for Subscription to \"orders..x\"'\r\n-ERR 'Permissions Violation for Subscription to \"orders.\"'\r\nPONG\r\n", false),
     script!("subscribe deny", [ALICE, b"SUB orders.hidden 1\r\nPING\r\n"],
         b"-ERR 'Permissions Violation for Subscription to \"orders.hidden\"'\r\nPONG\r\n", false),
     script!("queue permissions", [ALICE, b"SUB jobs.a workers 1\r\nSUB jobs.a others 2\r\nSUB jobs.a 3\r\nPING\r\n"],

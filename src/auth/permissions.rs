@@ -295,11 +295,15 @@ impl Permissions {
     /// May the client subscribe to `subject`, in `queue` if given?
     pub fn can_subscribe(&self, subject: &[u8], queue: Option<&[u8]>) -> bool {
         let rule = &self.subscribe;
+        // A subject with an empty token (`a..b`, `.a`) matches no entry, allow or
+        // deny, as in the reference's sublist: an allow list refuses it (a
+        // Permissions Violation), a deny list leaves it to the validity check.
+        let empty_token = subject.split(|&b| b == b'.').any(<[u8]>::is_empty);
         let allowed = rule
             .allow
             .as_ref()
-            .is_none_or(|allow| Rule::covers(allow, subject, queue, allow_covers));
-        allowed && !Rule::covers(&rule.deny, subject, queue, deny_covers)
+            .is_none_or(|allow| !empty_token && Rule::covers(allow, subject, queue, allow_covers));
+        allowed && (empty_token || !Rule::covers(&rule.deny, subject, queue, deny_covers))
     }
 
     /// The deny patterns a (wildcard) subscription to `subject` overlaps: messages
@@ -326,6 +330,19 @@ mod tests {
     fn perms(toml_text: &str) -> Permissions {
         let config: PermissionsConfig = toml::from_str(toml_text).expect("valid permissions");
         Permissions::from_config(&config).expect("compiles")
+    }
+
+    #[test]
+    fn a_subject_with_an_empty_token_matches_no_entry() {
+        let allow = perms(r#"subscribe = { allow = ["a.>"] }"#);
+        for subject in [&b"a..b"[..], b"a..>", b".a", b"a.", b"a.*..b"] {
+            assert!(!allow.can_subscribe(subject, None), "{subject:?}");
+        }
+        assert!(allow.can_subscribe(b"a.b", None));
+        // Not denied either: the subject's validity check refuses it instead.
+        let deny = perms(r#"subscribe = { deny = ["a.>"] }"#);
+        assert!(deny.can_subscribe(b"a..b", None));
+        assert!(!deny.can_subscribe(b"a.b", None));
     }
 
     #[test]
