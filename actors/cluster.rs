@@ -142,6 +142,9 @@ struct Plane {
     tls: Option<RouteTls>,
     /// The mesh decides whom to dial (gossip over routes is not followed).
     mesh: bool,
+    /// The mesh network: connections from outside its brokers' range (a client
+    /// member) are refused.
+    mesh_network: Option<crate::mesh::Network>,
 }
 
 /// Starts the cluster actor, its listener and its dialers.
@@ -151,7 +154,7 @@ pub fn start(
     local: LocalNode,
     tls: Option<RouteTls>,
     routes: Vec<String>,
-    mesh: bool,
+    mesh_network: Option<crate::mesh::Network>,
 ) -> ClusterHandle {
     let (tx, rx) = async_channel::unbounded();
     let (route_events, events) = async_channel::unbounded();
@@ -165,7 +168,8 @@ pub fn start(
         handle: handle.clone(),
         local: local.clone(),
         tls,
-        mesh,
+        mesh: mesh_network.is_some(),
+        mesh_network,
     };
     let mut state = State {
         plane: plane.clone(),
@@ -414,6 +418,17 @@ async fn accept_loop(plane: Plane, listener: TcpListener) {
         };
         if plane.handle.stopping() {
             return;
+        }
+        // WireGuard lets a peer send only from its own address, and a client member's
+        // is outside the brokers' range: it is never a cluster peer.
+        if let Some(network) = &plane.mesh_network {
+            if network.role_of(peer.ip()) != Some(crate::mesh::Role::Broker) {
+                log::warn!(
+                    "route connection from {peer} refused: not a broker's mesh address (client members are never cluster peers)"
+                );
+                drop(stream);
+                continue;
+            }
         }
         let _ = stream.set_nodelay(true);
         let plane = plane.clone();

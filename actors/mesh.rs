@@ -16,7 +16,7 @@
 //! sends to the cluster actor, never awaits it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -28,8 +28,8 @@ use super::cluster::ClusterHandle;
 use super::context::short_id;
 use super::runtime;
 use crate::mesh::{
-    decode, decode_key, encode, AnnounceKey, Membership, MeshBackend, MeshConfig, MeshEvent,
-    MeshView, NodeRecord, PeerView,
+    decode_key, encode, AnnounceKey, AnnounceKeys, Membership, MeshBackend, MeshConfig, MeshEvent,
+    MeshView, Network, NodeRecord, PeerView, Role,
 };
 
 /// Why the mesh could not start.
@@ -39,6 +39,10 @@ pub enum MeshError {
     Key { path: PathBuf, reason: String },
     #[error("mesh interface {interface}: {reason}")]
     Interface { interface: String, reason: String },
+    #[error("key `mesh.client_secret_file`: {0}")]
+    ClientSecret(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("mesh announcements: cannot open a socket for the underlay: {0}")]
     UnderlaySocket(#[source] std::io::Error),
     #[error("mesh announcements: cannot bind UDP port {port}: {source}")]
@@ -233,9 +237,10 @@ fn default_mtu(ours: &str) -> u32 {
 fn setup_interface(
     config: &MeshConfig,
     key: &Key,
-    address: Ipv4Addr,
-    prefix: u8,
+    address: IpAddr,
+    network: Network,
 ) -> Result<Interface, MeshError> {
+    let prefix = network.prefix_len();
     let label = config.interface.clone().unwrap_or_default();
     let err = |reason: String| MeshError::Interface {
         interface: label.clone(),
@@ -309,13 +314,14 @@ fn setup_interface(
     let mtu = config.mtu.unwrap_or_else(|| default_mtu(&label));
     let configure = || -> Result<(), String> {
         ip(&["link", "set", "dev", &label, "mtu", &mtu.to_string(), "up"])?;
-        ip(&[
-            "addr",
-            "replace",
-            &format!("{address}/{prefix}"),
-            "dev",
-            &label,
-        ])
+        let with_prefix = format!("{address}/{prefix}");
+        let mut args = vec!["addr", "replace", &with_prefix, "dev", &label];
+        // No duplicate address detection: the address is derived from our key, and
+        // the kernel would hold it back (tentative) for a second or more meanwhile.
+        if address.is_ipv6() {
+            args.push("nodad");
+        }
+        ip(&args)
     };
     if let Err(e) = configure() {
         iface.close();
@@ -385,13 +391,18 @@ pub struct Prepared {
     iface: Interface,
     key: Key,
     me: NodeRecord,
-    network: crate::mesh::Network,
+    network: Network,
     socket: std::net::UdpSocket,
 }
 
 impl Prepared {
-    pub fn address(&self) -> Ipv4Addr {
+    pub fn address(&self) -> IpAddr {
         self.me.mesh_addr
+    }
+
+    /// The client listener's port on the mesh address, announced to client members.
+    pub fn set_client_port(&mut self, port: Option<u16>) {
+        self.me.client_port = port;
     }
 
     /// The WireGuard interface's name.
@@ -400,18 +411,25 @@ impl Prepared {
     }
 }
 
-/// Sets up the interface and the announcement socket (blocking; at node start).
-pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshError> {
+/// Sets up the interface and the announcement socket (blocking; at node start) for a
+/// member of cluster `cluster_name`'s mesh.
+pub fn prepare(
+    config: &MeshConfig,
+    server_name: &str,
+    cluster_name: &str,
+) -> Result<Prepared, MeshError> {
     let key_path = config.private_key_file.clone().unwrap_or_default();
     let key = read_key(&key_path)?;
     let public = key.get_public();
-    let network = config.network().map_err(|e| MeshError::Interface {
-        interface: config.interface.clone().unwrap_or_default(),
-        reason: e,
-    })?;
+    let network = config
+        .network(cluster_name)
+        .map_err(|e| MeshError::Interface {
+            interface: config.interface.clone().unwrap_or_default(),
+            reason: e,
+        })?;
     let address = config
         .address
-        .unwrap_or_else(|| network.address_for(&public.0));
+        .unwrap_or_else(|| network.address_for(&public.0, config.role));
     let endpoint: SocketAddr = config
         .endpoint
         .as_deref()
@@ -421,9 +439,11 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
             reason: "mesh.endpoint is not an ip:port".into(),
         })?;
     let port = config.discovery_port();
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
-        .map_err(|source| MeshError::Socket { port, source })?;
-    let iface = setup_interface(config, &key, address, network.prefix)?;
+    // Both families: the underlay's copies (IPv4 here) and the mesh's (IPv6 on a
+    // ULA network).
+    let socket =
+        runtime::udp_any_family(port).map_err(|source| MeshError::Socket { port, source })?;
+    let iface = setup_interface(config, &key, address, network)?;
     let incarnation = incarnation_now();
     let me = NodeRecord {
         key: public.to_base64(),
@@ -432,6 +452,8 @@ pub fn prepare(config: &MeshConfig, server_name: &str) -> Result<Prepared, MeshE
         mesh_addr: address,
         route_port: config.route_port,
         incarnation,
+        role: config.role,
+        client_port: None,
     };
     Ok(Prepared {
         config: config.clone(),
@@ -451,13 +473,21 @@ fn incarnation_now() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Starts the mesh actor; it tells `cluster` whom to route to.
+/// What the mesh actor serves: a broker's cluster (told whom to route to), or a
+/// client member (which keeps the brokers' URLs in a file).
+pub enum Plane {
+    Broker(ClusterHandle),
+    Member,
+}
+
+/// Starts the mesh actor. `keys` are the cluster's (a broker) and the client
+/// members'; `listeners` are tied to the interface again whenever it is made again.
 pub fn start(
     prepared: Prepared,
     cluster_name: &str,
-    secret: &[u8],
-    cluster: ClusterHandle,
-    cluster_listener: runtime::DeviceBinding,
+    keys: AnnounceKeys,
+    plane: Plane,
+    listeners: Vec<runtime::DeviceBinding>,
     spawner: &runtime::Spawner,
 ) -> Result<MeshHandle, MeshError> {
     let Prepared {
@@ -474,6 +504,8 @@ pub fn start(
     let underlay = runtime::ErrorReportingUdp::bind().map_err(MeshError::UnderlaySocket)?;
     let view = Arc::new(arc_swap::ArcSwap::from_pointee(MeshView {
         interface: iface.label.clone(),
+        role: me.role,
+        network: network.to_string(),
         backend: match iface.backend {
             Backend::Kernel => "kernel".into(),
             _ => "wireguard-go".into(),
@@ -502,9 +534,11 @@ pub fn start(
                 key: seed.public_key.trim().to_string(),
                 name: format!("seed {}", seed.endpoint),
                 endpoint,
-                mesh_addr: network.address_for(&raw),
+                mesh_addr: network.address_for(&raw, Role::Broker),
                 route_port: config.route_port,
                 incarnation: 0,
+                role: Role::Broker,
+                client_port: None,
             },
             now,
         ));
@@ -528,17 +562,24 @@ pub fn start(
         }
     }
     let (tx, rx) = async_channel::unbounded();
+    let cluster = match plane {
+        Plane::Broker(cluster) => Some(cluster),
+        Plane::Member => None,
+    };
+    let brokers_file = cluster.is_none().then(|| config.brokers_file()).flatten();
     let actor = MeshActor {
         config,
         iface: Some(iface),
         key,
-        prefix: network.prefix,
+        network,
         membership,
-        announce_key: AnnounceKey::derive(secret, cluster_name),
+        keys,
         socket,
         underlay,
         cluster,
-        cluster_listener,
+        listeners,
+        brokers_file,
+        broker_urls: None,
         view: view.clone(),
         stats: HashMap::new(),
         stale_sessions: HashMap::new(),
@@ -555,10 +596,11 @@ pub fn start(
 /// A member as a WireGuard peer: its endpoint, and its mesh address as the only
 /// address routed to it.
 fn peer_config(raw: [u8; 32], record: &NodeRecord) -> PeerConfigBuilder {
+    let host = if record.mesh_addr.is_ipv6() { 128 } else { 32 };
     PeerConfigBuilder::new(&Key(raw))
         .set_endpoint(record.endpoint)
         .replace_allowed_ips()
-        .add_allowed_ip(IpAddr::V4(record.mesh_addr), 32)
+        .add_allowed_ip(record.mesh_addr, host)
 }
 
 /// Handshake and byte counters of one peer, from the last read of the interface.
@@ -574,18 +616,23 @@ struct MeshActor {
     iface: Option<Interface>,
     /// For setting the interface up again if wireguard-go dies.
     key: Key,
-    prefix: u8,
+    network: Network,
     membership: Membership,
-    announce_key: AnnounceKey,
+    keys: AnnounceKeys,
     /// Receives every announcement; sends the copies that cross the mesh.
     socket: runtime::UdpSocket,
     /// Sends the copies that cross the underlay, and hears which ones the network
     /// refused (a member whose node died).
     underlay: runtime::ErrorReportingUdp,
-    /// The cluster listener, tied to the interface: tied again when wireguard-go
-    /// restarts and the interface is a new one.
-    cluster_listener: runtime::DeviceBinding,
-    cluster: ClusterHandle,
+    /// The listeners tied to the interface (the cluster's, and those on `mesh:`):
+    /// tied again when wireguard-go restarts and the interface is a new one.
+    listeners: Vec<runtime::DeviceBinding>,
+    /// A broker's cluster; `None` on a client member.
+    cluster: Option<ClusterHandle>,
+    /// A client member's file of broker URLs.
+    brokers_file: Option<PathBuf>,
+    /// The URLs last written there (and printed).
+    broker_urls: Option<Vec<String>>,
     view: Arc<arc_swap::ArcSwap<MeshView>>,
     stats: HashMap<String, PeerStats>,
     /// Members that restarted and are to start the new session themselves (they dial
@@ -680,6 +727,7 @@ impl MeshActor {
                     self.announce(false).await;
                     self.read_device().await;
                     self.remember();
+                    self.write_brokers();
                     self.warn_if_unheard();
                 }
                 Event::Command(Some(MeshCmd::Shutdown(done))) => {
@@ -701,13 +749,17 @@ impl MeshActor {
     }
 
     fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> Vec<MeshEvent> {
+        // The socket takes both families: an IPv4 sender comes as a mapped address.
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         // A member's liveness probe: only its refusal (if we were dead) means anything.
         if datagram.is_empty() {
             return Vec::new();
         }
         let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
-        let result = decode(&self.announce_key, datagram)
-            .and_then(|ann| self.membership.receive(ann, runtime::now(), now_ms));
+        let result = self
+            .keys
+            .open(datagram)
+            .and_then(|(ann, sealed)| self.membership.receive(ann, sealed, runtime::now(), now_ms));
         match result {
             Ok(events) => events,
             Err(rejected) => {
@@ -734,9 +786,34 @@ impl MeshActor {
     /// Sends this node's announcement to the members `only` names (by key; `None`:
     /// every member).
     async fn announce_to(&mut self, only: Option<&[String]>, leave: bool) {
+        for to in [Role::Broker, Role::Client] {
+            self.announce_to_role(only, leave, to).await;
+        }
+    }
+
+    /// The key announcements to members of role `to` are sealed with: the cluster's
+    /// between brokers, the client members' to and from a client member.
+    fn key_for(&self, to: Role) -> Option<&AnnounceKey> {
+        match (self.membership.me().role, to) {
+            (Role::Broker, Role::Broker) => self.keys.cluster.as_ref(),
+            _ => self.keys.client.as_ref().or(self.keys.cluster.as_ref()),
+        }
+    }
+
+    /// [`MeshActor::announce_to`] the members of role `to`.
+    async fn announce_to_role(&mut self, only: Option<&[String]>, leave: bool, to: Role) {
+        let wanted = |m: &crate::mesh::Member| {
+            m.record.role == to && only.is_none_or(|keys| keys.contains(&m.record.key))
+        };
+        if !self.membership.members().any(wanted) {
+            return;
+        }
         let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
-        let ann = self.membership.announcement(now_ms, leave);
-        let grams = encode(&self.announce_key, &ann);
+        let ann = self.membership.announcement(now_ms, leave, to);
+        let Some(key) = self.key_for(to) else {
+            return;
+        };
+        let grams = encode(key, &ann);
         let port = self.config.discovery_port();
         // Over the mesh only once a WireGuard session with the member exists: a mesh
         // packet starts a handshake, and the first one is left to the side that
@@ -746,14 +823,13 @@ impl MeshActor {
         let stats = &self.stats;
         let mut underlay = Vec::new();
         let mut mesh = Vec::new();
-        let wanted = |key: &String| only.is_none_or(|keys| keys.contains(key));
-        for m in self.membership.members().filter(|m| wanted(&m.record.key)) {
+        for m in self.membership.members().filter(|m| wanted(m)) {
             underlay.push(m.record.underlay_discovery());
             let session = stats
                 .get(&m.record.key)
                 .is_some_and(|s| s.handshake.is_some());
             if m.alive && session {
-                mesh.push(SocketAddr::new(m.record.mesh_addr.into(), port));
+                mesh.push(SocketAddr::new(m.record.mesh_addr, port));
             }
         }
         // Unreachable members are normal (a partition): nothing to report here; what
@@ -858,14 +934,24 @@ impl MeshActor {
                 }
                 MeshEvent::Up(record) => {
                     answer.push(record.key.clone());
-                    log::info!(
-                        "mesh: {} ({}) is up at {}: routing to it",
-                        record.name,
-                        short_id(&record.key),
-                        record.route_addr()
-                    );
-                    if self.dials(&record) {
-                        dial.push(record.route_addr());
+                    if self.routes_to(&record) {
+                        log::info!(
+                            "mesh: {} ({}) is up at {}: routing to it",
+                            record.name,
+                            short_id(&record.key),
+                            record.route_addr()
+                        );
+                        if self.dials(&record) {
+                            dial.push(record.route_addr());
+                        }
+                    } else {
+                        log::info!(
+                            "mesh: {} {} ({}) is up at {}",
+                            record.role.as_str(),
+                            record.name,
+                            short_id(&record.key),
+                            record.mesh_addr
+                        );
                     }
                 }
                 MeshEvent::Down(record) => {
@@ -881,7 +967,7 @@ impl MeshActor {
                             short_id(&record.key),
                             self.config.stale_after.0.as_secs_f64()
                         );
-                        self.cluster.mesh_down(record.route_addr());
+                        self.route_down(&record);
                         continue;
                     }
                     let s = self.stats.get(&record.key).copied().unwrap_or_default();
@@ -894,14 +980,20 @@ impl MeshActor {
                     } else {
                         "went silent"
                     };
+                    let what = if self.routes_to(&record) {
+                        "dropping its routes"
+                    } else {
+                        "down"
+                    };
                     log::info!(
-                        "mesh: {} ({}) {why}: dropping its routes (last handshake {handshake}, {} B received, {} B sent)",
+                        "mesh: {} {} ({}) {why}: {what} (last handshake {handshake}, {} B received, {} B sent)",
+                        record.role.as_str(),
                         record.name,
                         short_id(&record.key),
                         s.rx,
                         s.tx
                     );
-                    self.cluster.mesh_down(record.route_addr());
+                    self.route_down(&record);
                 }
             }
         }
@@ -910,8 +1002,10 @@ impl MeshActor {
         }
         // Only once WireGuard has the peer: a connection started before it would lose
         // its first packet and wait a second for TCP to send it again.
-        for addr in dial {
-            self.cluster.mesh_up(addr);
+        if let Some(cluster) = &self.cluster {
+            for addr in dial {
+                cluster.mesh_up(addr);
+            }
         }
         // A member just heard (joined, restarted, or back from a partition) hears us
         // now rather than at our next heartbeat: it routes to us as soon as we do.
@@ -920,10 +1014,27 @@ impl MeshActor {
         }
     }
 
-    /// Whether this node dials the member's routes (the smaller key does), and so
-    /// starts the WireGuard handshake with it: only one side must.
+    /// Whether this node starts the WireGuard handshake with the member (only one
+    /// side must): between brokers the one with the smaller key (it dials the route),
+    /// between a broker and a client member the client member (its clients connect).
     fn dials(&self, record: &NodeRecord) -> bool {
-        self.membership.me().key < record.key
+        match (self.membership.me().role, record.role) {
+            (Role::Client, _) => true,
+            (_, Role::Client) => false,
+            _ => self.membership.me().key < record.key,
+        }
+    }
+
+    /// Whether the cluster routes to this member: a broker, seen by a broker.
+    fn routes_to(&self, record: &NodeRecord) -> bool {
+        self.cluster.is_some() && record.role == Role::Broker
+    }
+
+    /// Drops the cluster's routes to the member, if it had any.
+    fn route_down(&self, record: &NodeRecord) {
+        if let (Some(cluster), true) = (&self.cluster, self.routes_to(record)) {
+            cluster.mesh_down(record.route_addr());
+        }
     }
 
     /// Restarts wireguard-go if it died (the tun device went with it): a new
@@ -950,13 +1061,15 @@ impl MeshActor {
         }
         let config = self.config.clone();
         let key = Key(self.key.0);
-        let (address, prefix) = (self.membership.me().mesh_addr, self.prefix);
-        match runtime::unblock(move || setup_interface(&config, &key, address, prefix)).await {
+        let (address, network) = (self.membership.me().mesh_addr, self.network);
+        match runtime::unblock(move || setup_interface(&config, &key, address, network)).await {
             Ok(iface) => {
-                if let Err(e) = self.cluster_listener.rebind(&iface.label) {
-                    log::error!(
-                        "mesh: the cluster listener cannot take connections over the new {label}: {e}"
-                    );
+                for listener in &self.listeners {
+                    if let Err(e) = listener.rebind(&iface.label) {
+                        log::error!(
+                            "mesh: a listener cannot take connections over the new {label}: {e}"
+                        );
+                    }
                 }
                 self.iface = Some(iface);
                 // Handshakes start over; keepalives come back after the first one.
@@ -967,11 +1080,11 @@ impl MeshActor {
                 // routes over the old interface go until each member is heard again.
                 for record in self.membership.renew(incarnation_now()) {
                     log::info!(
-                        "mesh: routes to {} ({}) dropped with the old interface",
+                        "mesh: {} ({}) is down with the old interface",
                         record.name,
                         short_id(&record.key)
                     );
-                    self.cluster.mesh_down(record.route_addr());
+                    self.route_down(&record);
                 }
                 let peers = self
                     .membership
@@ -1051,6 +1164,7 @@ impl MeshActor {
                 let s = self.stats.get(&m.record.key).copied().unwrap_or_default();
                 PeerView {
                     name: m.record.name.clone(),
+                    role: m.record.role,
                     public_key: m.record.key.clone(),
                     endpoint: m.record.endpoint.to_string(),
                     mesh_addr: m.record.mesh_addr.to_string(),
@@ -1108,6 +1222,38 @@ impl MeshActor {
         self.unheard_logged = Some(now);
     }
 
+    /// On a client member: prints the live brokers' `nats://` URLs and writes them to
+    /// the brokers file (one line, comma-separated, as `nats --server` and the client
+    /// libraries' server lists take them) when they change.
+    fn write_brokers(&mut self) {
+        let Some(path) = &self.brokers_file else {
+            return;
+        };
+        let mut urls: Vec<String> = self
+            .membership
+            .members()
+            .filter(|m| m.alive)
+            .filter_map(|m| m.record.client_url())
+            .collect();
+        urls.sort();
+        if self.broker_urls.as_ref() == Some(&urls) {
+            return;
+        }
+        let line = urls.join(",");
+        println!("brokers: {line}");
+        log::info!(
+            "mesh: brokers on the mesh: {}",
+            if line.is_empty() { "none" } else { &line }
+        );
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, format!("{line}\n")).and_then(|()| std::fs::rename(&tmp, path));
+        match written {
+            Ok(()) => self.broker_urls = Some(urls),
+            Err(e) => log::warn!("mesh: cannot write {}: {e}", path.display()),
+        }
+    }
+
     /// Writes the confirmed members to the state file when they changed.
     fn remember(&mut self) {
         let Some(path) = &self.state_file else {
@@ -1125,6 +1271,66 @@ impl MeshActor {
         match written {
             Ok(()) => self.remembered = now,
             Err(e) => log::warn!("mesh: cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
+/// A client member (`meshbroker mesh member`): the mesh alone, on a runtime of its
+/// own, peering with the brokers and keeping their URLs in its brokers file.
+pub struct Member {
+    runtime: Option<runtime::Runtime>,
+    handle: MeshHandle,
+}
+
+impl Member {
+    /// Brings up the interface and starts the mesh actor for a client member config
+    /// (validated: `config.is_mesh_member()`).
+    pub fn start(config: &crate::config::Config) -> Result<Member, MeshError> {
+        let cluster_name = config.cluster.name.clone().unwrap_or_default();
+        let name = config
+            .server_name
+            .clone()
+            .or_else(|| config.mesh.interface.clone())
+            .unwrap_or_default();
+        let secret = config
+            .mesh
+            .load_client_secret(&runtime::read_file)
+            .map_err(|(_, reason)| MeshError::ClientSecret(reason))?
+            .ok_or_else(|| MeshError::ClientSecret("not set".into()))?;
+        let prepared = prepare(&config.mesh, &name, &cluster_name)?;
+        log::info!(
+            "mesh: client member {name} at {} on the mesh of cluster {cluster_name:?}; brokers' URLs in {}",
+            prepared.address(),
+            config
+                .mesh
+                .brokers_file()
+                .map_or_else(|| "no file".to_string(), |p| p.display().to_string())
+        );
+        let rt = runtime::Runtime::start(1, "meshbroker-member").map_err(MeshError::Runtime)?;
+        let keys = AnnounceKeys {
+            cluster: None,
+            client: Some(AnnounceKey::derive_client(&secret, &cluster_name)),
+        };
+        let handle = start(
+            prepared,
+            &cluster_name,
+            keys,
+            Plane::Member,
+            Vec::new(),
+            &rt.spawner(),
+        )?;
+        Ok(Member {
+            runtime: Some(rt),
+            handle,
+        })
+    }
+
+    /// Leaves the mesh (the brokers drop this member at once) and removes the
+    /// interface.
+    pub fn shutdown(mut self) {
+        self.handle.shutdown(Duration::from_secs(3));
+        if let Some(rt) = self.runtime.take() {
+            rt.stop();
         }
     }
 }

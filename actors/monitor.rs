@@ -89,13 +89,12 @@ pub struct JetStreamView {
 /// address (the real port when `addr` said 0).
 pub fn start(
     ctx: Arc<ServerContext>,
-    addr: SocketAddr,
+    listener: runtime::TcpListener,
     tls: Option<futures_rustls::TlsAcceptor>,
     js: Option<JetStreamView>,
     listener_commands: async_channel::Sender<Command>,
     planes: Arc<Planes>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = runtime::listen(addr)?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         log::warn!(

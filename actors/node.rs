@@ -20,7 +20,7 @@ use crate::auth::accounts::AccountPlan;
 use crate::auth::accounts::GLOBAL_ACCOUNT;
 use crate::auth::operator::{ResolverKind, Trust};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, ListenOn};
 use crate::proto::info::COMPAT_VERSION;
 
 /// Why a node could not start.
@@ -86,7 +86,7 @@ fn compile_auth(config: &Config, live: Option<&Authenticator>) -> Result<Authent
             "plain-text passwords or tokens in [authorization]: prefer bcrypt hashes or nkeys"
         );
     }
-    let loopback = config.listen_addr().is_ok_and(|a| a.ip().is_loopback());
+    let loopback = config.listen_addr().is_ok_and(|a| a.is_loopback());
     if !auth.required() && !loopback {
         log::warn!(
             "the client listener {} is not on loopback and [authorization] is empty: anyone who reaches it can connect",
@@ -166,18 +166,36 @@ impl Node {
         config
             .validate(std::path::Path::new("<embedded config>"))
             .map_err(|e| NodeError::Config(e.to_string()))?;
-        let addr = config.listen_addr().map_err(NodeError::Config)?;
-        let listener =
-            runtime::listen(addr).map_err(|source| NodeError::Listen { addr, source })?;
-        let client_addr = listener
-            .local_addr()
-            .map_err(|source| NodeError::Listen { addr, source })?;
-
         let server_id = new_server_id();
         let server_name = config
             .server_name
             .clone()
             .unwrap_or_else(|| server_id.clone());
+        // The mesh comes first: the cluster, and every listener on `mesh:`, listen on
+        // its address.
+        let mut mesh = if config.mesh.enabled() {
+            let cluster_name = config.cluster.name.as_deref().unwrap_or_default();
+            Some(super::mesh::prepare(
+                &config.mesh,
+                &server_name,
+                cluster_name,
+            )?)
+        } else {
+            None
+        };
+        let mut mesh_listeners = Vec::new();
+        let on = config.listen_addr().map_err(NodeError::Config)?;
+        let (listener, addr) = bind(on, mesh.as_ref(), &mut mesh_listeners, |addr, source| {
+            NodeError::Listen { addr, source }
+        })?;
+        let client_addr = listener
+            .local_addr()
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        if let Some(mesh) = &mut mesh {
+            // Client members are told the client port when clients can use it there.
+            let on_mesh = on.on_mesh() || client_addr.ip().is_unspecified();
+            mesh.set_client_port(on_mesh.then_some(client_addr.port()));
+        }
         let rt = Runtime::start(runtime::threads_for(config.threads), "meshbroker")
             .map_err(NodeError::Runtime)?;
         let spawner = rt.spawner();
@@ -202,10 +220,14 @@ impl Node {
         install_imports(&plan, &accounts, &node_tag, &secret);
         let tls = TlsSetup::load(&config).map_err(NodeError::Config)?;
         let ws = WsSetup::load(&config).map_err(NodeError::Config)?;
-        let ws_listener = match config.websocket.addr().map_err(NodeError::Config)? {
-            Some(addr) => {
-                Some(runtime::listen(addr).map_err(|source| NodeError::Listen { addr, source })?)
-            }
+        let ws_on = config.websocket.addr().map_err(NodeError::Config)?;
+        let ws_listener = match ws_on {
+            Some(on) => Some(
+                bind(on, mesh.as_ref(), &mut mesh_listeners, |addr, source| {
+                    NodeError::Listen { addr, source }
+                })?
+                .0,
+            ),
             None => None,
         };
         let websocket_addr = ws_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -282,15 +304,20 @@ impl Node {
             super::server_events::start(&ctx);
         }
         let planes = Arc::new(Planes::default());
-        let monitor_addr = match ctx.config().monitor.addr().map_err(NodeError::Config)? {
-            Some(addr) => {
+        let monitor_on = ctx.config().monitor.addr().map_err(NodeError::Config)?;
+        let monitor_addr = match monitor_on {
+            Some(on) => {
                 let monitor = &ctx.config().monitor;
                 let tls = listener_tls(&monitor.cert_file, &monitor.key_file, "monitor")
                     .map_err(NodeError::Config)?;
+                let (listener, addr) =
+                    bind(on, mesh.as_ref(), &mut mesh_listeners, |addr, source| {
+                        NodeError::Monitor { addr, source }
+                    })?;
                 Some(
                     super::monitor::start(
                         ctx.clone(),
-                        addr,
+                        listener,
                         tls,
                         js_view,
                         commands.clone(),
@@ -301,7 +328,22 @@ impl Node {
             }
             None => None,
         };
-        let cluster_addr = start_cluster(&ctx, &planes)?;
+        if let Some(mesh) = &mesh {
+            let faces = [Some(on), ws_on, monitor_on];
+            if faces
+                .iter()
+                .flatten()
+                .all(|f| f.on_mesh() || f.is_loopback())
+            {
+                log::info!(
+                    "every listener is on the mesh ({}) or loopback: this node's only faces on the underlay are UDP ports {} (WireGuard) and {} (mesh announcements)",
+                    mesh.address(),
+                    ctx.config().mesh.listen_port,
+                    ctx.config().mesh.discovery_port()
+                );
+            }
+        }
+        let cluster_addr = start_cluster(&ctx, &planes, mesh, mesh_listeners)?;
         let listener_task = spawner.spawn(listener::run(
             ctx.clone(),
             listener,
@@ -493,21 +535,48 @@ impl Drop for Node {
     }
 }
 
-/// Binds the cluster listener and starts the cluster actor, when `[cluster]` is set.
+/// Binds a listener `on` an address or the mesh; one on the mesh is tied to its
+/// interface, and its tie kept in `mesh_listeners` (made again with the interface).
+fn bind(
+    on: ListenOn,
+    mesh: Option<&super::mesh::Prepared>,
+    mesh_listeners: &mut Vec<runtime::DeviceBinding>,
+    error: impl Fn(SocketAddr, std::io::Error) -> NodeError,
+) -> Result<(runtime::TcpListener, SocketAddr), NodeError> {
+    let addr = on.resolve(mesh.map(|m| m.address())).ok_or_else(|| {
+        NodeError::Config(format!("\"{on}\" needs [mesh] (the node's mesh address)"))
+    })?;
+    let device = mesh.filter(|_| on.on_mesh()).map(|m| m.interface());
+    let listener = runtime::listen_on(addr, device).map_err(|e| error(addr, e))?;
+    if device.is_some() {
+        mesh_listeners.push(runtime::DeviceBinding::of(&listener).map_err(|e| error(addr, e))?);
+    }
+    Ok((listener, addr))
+}
+
+/// Binds the cluster listener and starts the cluster actor, when `[cluster]` is set
+/// (and the mesh actor with it, given the `mesh` prepared and the listeners tied to
+/// its interface).
 fn start_cluster(
     ctx: &Arc<ServerContext>,
     planes: &Planes,
+    mesh: Option<super::mesh::Prepared>,
+    mut mesh_listeners: Vec<runtime::DeviceBinding>,
 ) -> Result<Option<SocketAddr>, NodeError> {
     let config = ctx.config();
     let cluster = &config.cluster;
-    // With the mesh, the interface comes first: the cluster listens on its address.
-    let mesh = if config.mesh.enabled() {
-        Some(super::mesh::prepare(&config.mesh, &ctx.server_name)?)
-    } else {
-        None
+    let cluster_name = cluster.name.clone().unwrap_or_default();
+    let network = match &mesh {
+        Some(_) => Some(
+            config
+                .mesh
+                .network(&cluster_name)
+                .map_err(|e| NodeError::Config(format!("key `mesh.network`: {e}")))?,
+        ),
+        None => None,
     };
     let addr = match &mesh {
-        Some(m) => SocketAddr::new(m.address().into(), config.mesh.route_port),
+        Some(m) => SocketAddr::new(m.address(), config.mesh.route_port),
         None => match cluster.listen_addr().map_err(NodeError::Config)? {
             Some(addr) => addr,
             None => return Ok(None),
@@ -560,21 +629,33 @@ fn start_cluster(
         .filter_map(|r| crate::cluster::parse_route_url(r).ok())
         .collect();
     let mesh_secret = local.secret.clone().unwrap_or_default();
-    // The mesh actor ties the listener to the interface again if it is re-created.
-    let binding = mesh
-        .as_ref()
-        .map(|_| runtime::DeviceBinding::of(&listener))
-        .transpose()
-        .map_err(|source| NodeError::Cluster { addr, source })?;
-    let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes, mesh.is_some());
-    if let (Some(prepared), Some(binding)) = (mesh, binding) {
-        let name = cluster.name.clone().unwrap_or_default();
+    if mesh.is_some() {
+        // The mesh actor ties the listener to the interface again if it is re-created.
+        mesh_listeners.push(
+            runtime::DeviceBinding::of(&listener)
+                .map_err(|source| NodeError::Cluster { addr, source })?,
+        );
+    }
+    let handle = super::cluster::start(ctx.clone(), listener, local, tls, routes, network);
+    if let Some(prepared) = mesh {
+        let client_secret = config
+            .mesh
+            .load_client_secret(&runtime::read_file)
+            .map_err(|(key, reason)| NodeError::Config(format!("key `{key}`: {reason}")))?;
+        let keys = crate::mesh::AnnounceKeys {
+            cluster: Some(crate::mesh::AnnounceKey::derive(
+                &mesh_secret,
+                &cluster_name,
+            )),
+            client: client_secret
+                .map(|s| crate::mesh::AnnounceKey::derive_client(&s, &cluster_name)),
+        };
         let started = super::mesh::start(
             prepared,
-            &name,
-            &mesh_secret,
-            handle.clone(),
-            binding,
+            &cluster_name,
+            keys,
+            super::mesh::Plane::Broker(handle.clone()),
+            mesh_listeners,
             &ctx.spawner,
         )?;
         let _ = planes.mesh.set(started);

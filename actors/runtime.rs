@@ -142,6 +142,22 @@ pub fn listen_on(addr: std::net::SocketAddr, device: Option<&str>) -> io::Result
     TcpListener::try_from(std::net::TcpListener::from(socket))
 }
 
+/// A UDP socket on `port` of every address of both families (`[::]`, IPv4 as mapped
+/// addresses), or of every IPv4 address where the host has no IPv6.
+pub fn udp_any_family(port: u16) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6 = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).and_then(|socket| {
+        socket.set_only_v6(false)?;
+        let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+        socket.bind(&any.into())?;
+        Ok(socket)
+    });
+    match v6 {
+        Ok(socket) => Ok(socket.into()),
+        Err(_) => std::net::UdpSocket::bind(("0.0.0.0", port)),
+    }
+}
+
 /// A UDP socket that hears what the network says about the datagrams it sends: the
 /// kernel queues the ICMP errors they draw (`IP_RECVERR`), and [`refused`] yields the
 /// destinations they name. A host whose process died answers a datagram to its closed

@@ -29,6 +29,24 @@ pub fn run_until_signalled(node: Node, conf: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A client member: runs until SIGINT or SIGTERM, then leaves the mesh (SIGHUP
+/// changes nothing: the mesh's settings need a restart).
+pub fn run_member_until_signalled(member: super::mesh::Member) -> std::io::Result<()> {
+    let mut signals = ProcessSignals::new()?;
+    loop {
+        match signals.wait() {
+            Some(ProcessSignal::Hangup) => {
+                log::info!("SIGHUP: a client member's mesh settings apply at its next start")
+            }
+            _ => {
+                log::info!("leaving the mesh");
+                member.shutdown();
+                return Ok(());
+            }
+        }
+    }
+}
+
 fn reload(node: &Node, conf: &Path) {
     let result = Config::load(conf, &super::runtime::read_file)
         .map_err(|e| e.to_string())

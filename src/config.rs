@@ -120,20 +120,66 @@ pub struct MonitorConfig {
     pub key_file: Option<PathBuf>,
 }
 
+/// Where a listener listens: an address, or the mesh (`mesh:PORT`: this node's mesh
+/// address, taking only what arrives over its WireGuard interface).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenOn {
+    Addr(SocketAddr),
+    Mesh(u16),
+}
+
+impl ListenOn {
+    /// `host:port` or `mesh:port`; `example` shows the form in the error.
+    pub fn parse(text: &str, example: &str) -> Result<ListenOn, String> {
+        if let Some(port) = text.strip_prefix("mesh:") {
+            return port.parse::<u16>().map(ListenOn::Mesh).map_err(|_| {
+                format!("{text:?}: the port after \"mesh:\" is a number, like \"mesh:4222\"")
+            });
+        }
+        text.parse::<SocketAddr>().map(ListenOn::Addr).map_err(|_| {
+            format!("{text:?} is not an address with a port, like \"{example}\", or \"mesh:PORT\" for the mesh address")
+        })
+    }
+
+    /// The address to bind, given the node's mesh address.
+    pub fn resolve(self, mesh: Option<std::net::IpAddr>) -> Option<SocketAddr> {
+        match self {
+            ListenOn::Addr(addr) => Some(addr),
+            ListenOn::Mesh(port) => mesh.map(|ip| SocketAddr::new(ip, port)),
+        }
+    }
+
+    pub fn on_mesh(self) -> bool {
+        matches!(self, ListenOn::Mesh(_))
+    }
+
+    /// Reachable only from this host.
+    pub fn is_loopback(self) -> bool {
+        matches!(self, ListenOn::Addr(a) if a.ip().is_loopback())
+    }
+}
+
+impl std::fmt::Display for ListenOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenOn::Addr(addr) => write!(f, "{addr}"),
+            ListenOn::Mesh(port) => write!(f, "mesh:{port}"),
+        }
+    }
+}
+
 /// Where the monitoring endpoint listens when enabled without an address.
 pub const DEFAULT_MONITOR_LISTEN: &str = "127.0.0.1:8222";
 
 impl MonitorConfig {
     /// The address to serve on, or `None` when monitoring is off.
-    pub fn addr(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn addr(&self) -> Result<Option<ListenOn>, String> {
         let text = match (&self.listen, self.enabled) {
             (Some(listen), _) => listen.as_str(),
             (None, true) => DEFAULT_MONITOR_LISTEN,
             (None, false) => return Ok(None),
         };
-        text.parse::<SocketAddr>()
-            .map(Some)
-            .map_err(|_| format!("{text:?} is not an address with a port, like \"127.0.0.1:8222\""))
+        ListenOn::parse(text, "127.0.0.1:8222").map(Some)
     }
 }
 
@@ -158,13 +204,11 @@ pub struct WebSocketConfig {
 }
 
 impl WebSocketConfig {
-    pub fn addr(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn addr(&self) -> Result<Option<ListenOn>, String> {
         let Some(text) = &self.listen else {
             return Ok(None);
         };
-        text.parse::<SocketAddr>()
-            .map(Some)
-            .map_err(|_| format!("{text:?} is not an address with a port, like \"127.0.0.1:8080\""))
+        ListenOn::parse(text, "127.0.0.1:8080").map(Some)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -198,7 +242,8 @@ impl WebSocketConfig {
                     .into(),
             ));
         }
-        if self.no_tls && !addr.ip().is_loopback() && !self.behind_tls_proxy {
+        // On the mesh, WireGuard encrypts every byte between the hosts.
+        if self.no_tls && !addr.is_loopback() && !addr.on_mesh() && !self.behind_tls_proxy {
             return Err((
                 "websocket.no_tls",
                 format!("ws:// without TLS on {addr}, which is not loopback: browsers' credentials would cross the network in clear; serve wss://, or set behind_tls_proxy = true if a proxy terminates TLS"),
@@ -387,6 +432,9 @@ impl Config {
         self.mesh
             .check_key(files)
             .map_err(|(key, reason)| invalid(key.into(), reason))?;
+        self.mesh
+            .load_client_secret(files)
+            .map_err(|(key, reason)| invalid(key.into(), reason))?;
         Ok(())
     }
 
@@ -500,12 +548,33 @@ impl Config {
         self.websocket
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        let cluster_name = self.cluster.name.as_deref().unwrap_or_default();
+        self.mesh
+            .validate(cluster_name)
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        if self.is_mesh_member() {
+            return self
+                .validate_mesh_member()
+                .map_err(|(key, reason)| invalid(key, reason));
+        }
         self.cluster
             .validate(self.mesh.enabled())
             .map_err(|(key, reason)| invalid(key, reason))?;
-        self.mesh
-            .validate()
-            .map_err(|(key, reason)| invalid(key, reason))?;
+        let listeners = [
+            ("listen", Some(self.listen_addr())),
+            ("websocket.listen", self.websocket.addr().transpose()),
+            ("monitor.listen", self.monitor.addr().transpose()),
+        ];
+        for (key, on) in listeners {
+            if let (Some(Ok(on)), false) = (on, self.mesh.enabled()) {
+                if on.on_mesh() {
+                    return Err(invalid(
+                        key,
+                        format!("\"{on}\" listens on the mesh address, and there is no [mesh]: set up [mesh], or give an address"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -606,6 +675,24 @@ impl Config {
 
     /// A clustered JetStream needs routes, a name for this node among the peers, and
     /// peers that are told apart.
+    /// A client member's config: the mesh, the cluster's name, and never its secret.
+    fn validate_mesh_member(&self) -> Result<(), (&'static str, String)> {
+        if self.cluster.secret.is_some() || self.cluster.secret_file.is_some() {
+            return Err((
+                if self.cluster.secret.is_some() { "cluster.secret" } else { "cluster.secret_file" },
+                "a client member must not hold the cluster secret (the key to the cluster plane): it announces itself with mesh.client_secret_file only".into(),
+            ));
+        }
+        if self.cluster.name.is_none() {
+            return Err((
+                "cluster.name",
+                "a client member joins the mesh of one cluster: set the brokers' cluster.name"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_jetstream_peers(&self) -> Result<(), String> {
         let peers = &self.jetstream.peers;
         if peers.is_empty() || !self.jetstream.enabled {
@@ -680,14 +767,15 @@ impl Config {
         }
     }
 
-    /// The client listen address as a socket address.
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        self.listen.parse::<SocketAddr>().map_err(|_| {
-            format!(
-                "{:?} is not an address with a port, like \"127.0.0.1:4222\" or \"[::1]:4222\"",
-                self.listen
-            )
-        })
+    /// Where the client listener listens.
+    pub fn listen_addr(&self) -> Result<ListenOn, String> {
+        ListenOn::parse(&self.listen, "127.0.0.1:4222")
+    }
+
+    /// Whether this config is a client member of a mesh (`meshbroker mesh member`):
+    /// it runs the mesh only.
+    pub fn is_mesh_member(&self) -> bool {
+        self.mesh.enabled() && self.mesh.role == crate::mesh::Role::Client
     }
 }
 
@@ -700,17 +788,58 @@ mod tests {
     }
 
     #[test]
+    fn listeners_on_the_mesh_need_one_and_client_members_never_hold_the_cluster_secret() {
+        const MESH: &str =
+            "[mesh]\ninterface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:51820\"";
+        const CLUSTER: &str = "[cluster]\nname = \"c1\"\nsecret = \"a-long-enough-cluster-secret\"";
+        let on = parse(&format!("listen = \"mesh:4222\"\n[websocket]\nlisten = \"mesh:8080\"\nno_tls = true\n{CLUSTER}\n{MESH}")).unwrap();
+        assert_eq!(on.listen_addr(), Ok(ListenOn::Mesh(4222)));
+        assert_eq!(
+            on.websocket.addr(),
+            Ok(Some(ListenOn::Mesh(8080))),
+            "ws:// over WireGuard"
+        );
+        for (text, key) in [
+            ("listen = \"mesh:4222\"", "`listen`"),
+            ("[monitor]\nlisten = \"mesh:8222\"", "monitor.listen"),
+            ("listen = \"mesh:port\"", "`listen`"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let member = format!(
+            "[cluster]\nname = \"c1\"\n{MESH}\nrole = \"client\"\nclient_secret_file = \"s\""
+        );
+        assert!(parse(&member).unwrap().is_mesh_member());
+        let e = parse(&format!(
+            "{CLUSTER}\n{MESH}\nrole = \"client\"\nclient_secret_file = \"s\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cluster.secret") && e.contains("must not hold"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{MESH}\nrole = \"client\"\nclient_secret_file = \"s\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cluster.name"), "{e}");
+    }
+
+    #[test]
     fn monitoring_is_off_by_default_and_on_loopback_unless_given() {
         assert_eq!(parse("").unwrap().monitor.addr(), Ok(None));
         let on = parse("[monitor]\nenabled = true").unwrap();
         assert_eq!(
             on.monitor.addr(),
-            Ok(Some("127.0.0.1:8222".parse().unwrap()))
+            Ok(Some(ListenOn::Addr("127.0.0.1:8222".parse().unwrap())))
         );
         let given = parse("[monitor]\nlisten = \"0.0.0.0:9000\"").unwrap();
         assert_eq!(
             given.monitor.addr(),
-            Ok(Some("0.0.0.0:9000".parse().unwrap()))
+            Ok(Some(ListenOn::Addr("0.0.0.0:9000".parse().unwrap())))
         );
         let bad = parse("[monitor]\nlisten = \"nowhere\"")
             .unwrap_err()

@@ -153,6 +153,21 @@ struct MeshArgs {
 #[argh(subcommand)]
 enum MeshCommand {
     Keygen(KeygenArgs),
+    Member(MemberArgs),
+}
+
+/// join the mesh as a client member (an application host): bring up the WireGuard
+/// interface, peer with the brokers, keep their nats:// URLs in mesh.brokers_file;
+/// the config has [mesh] role = "client" and client_secret_file, and cluster.name
+#[derive(FromArgs)]
+#[argh(subcommand, name = "member")]
+struct MemberArgs {
+    /// the client member's config file (TOML)
+    #[argh(option)]
+    conf: PathBuf,
+    /// validate the config file and exit (0 when valid, 1 otherwise)
+    #[argh(switch)]
+    check: bool,
 }
 
 /// write a new WireGuard private key (mode 0600) and print its public key
@@ -190,6 +205,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Subcommand::Mesh(MeshArgs {
+        command: MeshCommand::Member(args),
+    })) = &cli.command
+    {
+        let config = match Config::load(&args.conf, &meshbroker::actors::runtime::read_file) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("meshbroker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if !config.is_mesh_member() {
+            eprintln!(
+                "meshbroker mesh member: {}: key `mesh.role`: a client member's config has [mesh] with role = \"client\" (a broker runs with `meshbroker --conf`)",
+                args.conf.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        if args.check {
+            println!("{}: configuration is valid", args.conf.display());
+            return ExitCode::SUCCESS;
+        }
+        return run_member(&config, &args.conf);
     }
     if let Some(Subcommand::Auth(args)) = &cli.command {
         let result = match &args.command {
@@ -233,12 +272,10 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    // Everything passes the logger's own filter (unless RUST_LOG sets one); the level
-    // is the global maximum, which a reload can change.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
-        .format_timestamp_millis()
-        .init();
-    actors::node::apply_log_level(config.log_level);
+    if config.is_mesh_member() {
+        return run_member(&config, &path);
+    }
+    init_logs(&config);
     let node = match Node::start(config) {
         Ok(node) => node,
         Err(e) => {
@@ -253,6 +290,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client member of the mesh until a signal.
+fn run_member(config: &Config, path: &std::path::Path) -> ExitCode {
+    init_logs(config);
+    let member = match actors::mesh::Member::start(config) {
+        Ok(member) => member,
+        Err(e) => {
+            log::error!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match actors::signals::run_member_until_signalled(member) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("cannot wait for signals: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(config: &Config) {
+    // Everything passes the logger's own filter (unless RUST_LOG sets one); the level
+    // is the global maximum, which a reload can change.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
+        .format_timestamp_millis()
+        .init();
+    actors::node::apply_log_level(config.log_level);
 }
 
 /// `meshbroker auth`: the files behind operator mode. Keys (seeds) are written with

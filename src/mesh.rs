@@ -16,7 +16,7 @@
 //! WireGuard handshake, and an unconfirmed hint that stays silent is forgotten.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,9 @@ pub struct MeshConfig {
     /// The WireGuard interface (at most 15 characters); created, or adopted if it
     /// exists.
     pub interface: Option<String>,
+    /// `broker` (a node of the cluster), or `client`: an application host on the mesh
+    /// (`meshbroker mesh member`), which peers with the brokers and runs no broker.
+    pub role: Role,
     pub backend: MeshBackend,
     /// The private key, base64 in a file (`meshbroker mesh keygen --out FILE`).
     pub private_key_file: Option<PathBuf>,
@@ -61,10 +64,12 @@ pub struct MeshConfig {
     /// This node's WireGuard endpoint as other nodes reach it on the underlay
     /// (`ip:port`).
     pub endpoint: Option<String>,
-    /// The mesh network; every node's address is derived from its public key in it.
+    /// The mesh network: `"ula"` (an IPv6 /48 derived from the cluster name, the
+    /// default), an IPv6 ULA `/48`, or an IPv4 network; every member's address is
+    /// derived from its public key in it (see [`Network`]).
     pub network: String,
-    /// This node's mesh address, instead of the derived one.
-    pub address: Option<Ipv4Addr>,
+    /// This node's mesh address, instead of the derived one (in its role's range).
+    pub address: Option<IpAddr>,
     /// The interface MTU (default: the smallest underlay MTU less 80).
     pub mtu: Option<u32>,
     pub seeds: Vec<SeedConfig>,
@@ -81,17 +86,26 @@ pub struct MeshConfig {
     pub state_file: Option<PathBuf>,
     /// The wireguard-go program for the userspace backend.
     pub wireguard_go: PathBuf,
+    /// The secret client members announce themselves with (at least 16 bytes in a
+    /// file). On a broker: client members are admitted with it (without it, none
+    /// are); on a client member: required. Not the cluster secret: an application
+    /// host must not hold the key to the cluster plane.
+    pub client_secret_file: Option<PathBuf>,
+    /// On a client member: where the brokers' `nats://` URLs are kept current, one
+    /// line, comma-separated (default: beside the private key, `<key file>.brokers`).
+    pub brokers_file: Option<PathBuf>,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
         MeshConfig {
             interface: None,
+            role: Role::Broker,
             backend: MeshBackend::Auto,
             private_key_file: None,
             listen_port: 51820,
             endpoint: None,
-            network: "10.99.0.0/16".into(),
+            network: "ula".into(),
             address: None,
             mtu: None,
             seeds: Vec::new(),
@@ -101,47 +115,193 @@ impl Default for MeshConfig {
             forget_after: Dur(Duration::from_secs(600)),
             state_file: None,
             wireguard_go: PathBuf::from("wireguard-go"),
+            client_secret_file: None,
+            brokers_file: None,
         }
     }
 }
 
-/// An IPv4 network, `a.b.c.d/len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
+/// What a member is: a broker (a node of the cluster, routed to) or a client member
+/// (an application host on the mesh: a WireGuard peer of the brokers only, never
+/// routed to, never a cluster peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Broker,
+    Client,
 }
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Broker => "broker",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// The mesh network, and the address plan in it. Every member's address is derived
+/// from its public key, in the range of its role, so the role can be read from an
+/// address (the cluster listener refuses every address outside the brokers'; WireGuard
+/// lets a peer send only from its own address):
+///
+/// - IPv6 (the default): a unique local /48 (RFC 4193, `fd…`), derived from the
+///   cluster name unless given; subnet `0` holds the brokers, subnet `1` the client
+///   members; the interface id is 64 bits of SHA-256 of the key, so two keys share an
+///   address with odds of about n²/2⁶⁵ (none in practice).
+/// - IPv4 (an option for hosts without IPv6): `a.b.c.d/len`; the lower half holds the
+///   brokers, the upper half the client members; a hash of the key picks the host, so
+///   collisions happen (about 2 % at 50 brokers in a /16) and are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    V4 { base: Ipv4Addr, prefix: u8 },
+    V6 { base: Ipv6Addr },
+}
+
+/// The prefix length of an IPv6 mesh network.
+pub const ULA_PREFIX: u8 = 48;
 
 impl Network {
-    pub fn parse(text: &str) -> Result<Network, String> {
-        let bad = || format!("{text:?} is not an IPv4 network like \"10.99.0.0/16\"");
-        let (ip, len) = text.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let prefix: u8 = len.parse().map_err(|_| bad())?;
-        if !(8..=30).contains(&prefix) {
-            return Err(format!("{text:?}: the prefix must be between /8 and /30"));
+    /// `"ula"` (a /48 derived from the cluster name), an IPv6 ULA `/48`, or an IPv4
+    /// network.
+    pub fn parse(text: &str, cluster: &str) -> Result<Network, String> {
+        if text == "ula" {
+            return Ok(Network::ula_for(cluster));
         }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Network {
-            base: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix,
-        })
+        let bad = || {
+            format!(
+                "{text:?} is not a mesh network: \"ula\", an IPv6 unique local /48 like \"fd12:3456:789a::/48\", or an IPv4 network like \"10.99.0.0/16\""
+            )
+        };
+        let (ip, len) = text.split_once('/').ok_or_else(bad)?;
+        let prefix: u8 = len.parse().map_err(|_| bad())?;
+        match ip.parse::<IpAddr>().map_err(|_| bad())? {
+            IpAddr::V4(ip) => {
+                if !(8..=30).contains(&prefix) {
+                    return Err(format!("{text:?}: the prefix must be between /8 and /30"));
+                }
+                let mask = u32::MAX << (32 - prefix);
+                Ok(Network::V4 {
+                    base: Ipv4Addr::from(u32::from(ip) & mask),
+                    prefix,
+                })
+            }
+            IpAddr::V6(ip) => {
+                if prefix != ULA_PREFIX || ip.octets()[0] != 0xfd {
+                    return Err(format!(
+                        "{text:?}: an IPv6 mesh network is a unique local /48 (fdxx:xxxx:xxxx::/48)"
+                    ));
+                }
+                let mut octets = [0u8; 16];
+                octets[..6].copy_from_slice(&ip.octets()[..6]);
+                Ok(Network::V6 {
+                    base: Ipv6Addr::from(octets),
+                })
+            }
+        }
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.prefix);
-        u32::from(ip) & mask == u32::from(self.base)
+    /// The cluster's unique local /48: `fd` and 40 bits of SHA-256 of its name (RFC
+    /// 4193 asks for random bits; a hash gives every node of a cluster the same ones
+    /// without configuration, and different clusters different ones).
+    pub fn ula_for(cluster: &str) -> Network {
+        let mut input = b"meshbroker mesh ula ".to_vec();
+        input.extend_from_slice(cluster.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        let mut octets = [0u8; 16];
+        octets[0] = 0xfd;
+        octets[1..6].copy_from_slice(&digest.as_ref()[..5]);
+        Network::V6 {
+            base: Ipv6Addr::from(octets),
+        }
     }
 
-    /// The address of the node with `public_key` (its raw 32 bytes): a hash of the
-    /// key picks a host in the network (never the network or broadcast address).
-    pub fn address_for(&self, public_key: &[u8]) -> Ipv4Addr {
+    /// The prefix length the interface's address carries (the whole network is routed
+    /// to the interface).
+    pub fn prefix_len(&self) -> u8 {
+        match self {
+            Network::V4 { prefix, .. } => *prefix,
+            Network::V6 { .. } => ULA_PREFIX,
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Network::V4 { base, prefix }, IpAddr::V4(ip)) => {
+                let mask = u32::MAX << (32 - prefix);
+                u32::from(ip) & mask == u32::from(*base)
+            }
+            (Network::V6 { base }, IpAddr::V6(ip)) => ip.octets()[..6] == base.octets()[..6],
+            _ => false,
+        }
+    }
+
+    /// The role whose range `ip` is in (`None`: outside the network, or an address no
+    /// member may hold).
+    pub fn role_of(&self, ip: IpAddr) -> Option<Role> {
+        if !self.contains(ip) {
+            return None;
+        }
+        match (self, ip) {
+            (Network::V4 { base, prefix }, IpAddr::V4(ip)) => {
+                let hosts = 1u64 << (32 - prefix);
+                let offset = u64::from(u32::from(ip) - u32::from(*base));
+                if offset == 0 || offset >= hosts - 1 {
+                    None
+                } else if offset < hosts / 2 {
+                    Some(Role::Broker)
+                } else {
+                    Some(Role::Client)
+                }
+            }
+            (Network::V6 { .. }, IpAddr::V6(ip)) => match &ip.octets()[6..8] {
+                [0, 0] => Some(Role::Broker),
+                [0, 1] => Some(Role::Client),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The address of the member with `public_key` (its raw 32 bytes) and `role`.
+    pub fn address_for(&self, public_key: &[u8], role: Role) -> IpAddr {
         let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
-        let mut first = [0u8; 4];
-        first.copy_from_slice(&digest.as_ref()[..4]);
-        let hosts = (1u64 << (32 - self.prefix)) - 2;
-        let host = (u64::from(u32::from_be_bytes(first)) % hosts) + 1;
-        Ipv4Addr::from(u32::from(self.base) + host as u32)
+        let digest = digest.as_ref();
+        match self {
+            Network::V4 { base, prefix } => {
+                let mut first = [0u8; 4];
+                first.copy_from_slice(&digest[..4]);
+                let hosts = 1u64 << (32 - prefix);
+                // Brokers 1 ..= half-1, client members half ..= hosts-2 (never the
+                // network or broadcast address).
+                let (start, count) = match role {
+                    Role::Broker => (1, hosts / 2 - 1),
+                    Role::Client => (hosts / 2, hosts / 2 - 1),
+                };
+                let host = start + u64::from(u32::from_be_bytes(first)) % count;
+                IpAddr::V4(Ipv4Addr::from(u32::from(*base) + host as u32))
+            }
+            Network::V6 { base } => {
+                let mut octets = base.octets();
+                octets[6] = 0;
+                octets[7] = match role {
+                    Role::Broker => 0,
+                    Role::Client => 1,
+                };
+                octets[8..].copy_from_slice(&digest[..8]);
+                IpAddr::V6(Ipv6Addr::from(octets))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::V4 { base, prefix } => write!(f, "{base}/{prefix}"),
+            Network::V6 { base } => write!(f, "{base}/{ULA_PREFIX}"),
+        }
     }
 }
 
@@ -170,19 +330,58 @@ impl MeshConfig {
         self.listen_port.wrapping_add(1)
     }
 
-    pub fn network(&self) -> Result<Network, String> {
-        Network::parse(&self.network)
+    /// The mesh network of cluster `cluster`.
+    pub fn network(&self, cluster: &str) -> Result<Network, String> {
+        Network::parse(&self.network, cluster)
+    }
+
+    /// A file beside the private key: `<key file><suffix>`.
+    fn beside_key(&self, suffix: &str) -> Option<PathBuf> {
+        self.private_key_file.as_ref().map(|k| {
+            let mut name = k.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
     }
 
     /// The file the last known members are kept in.
     pub fn state_file(&self) -> Option<PathBuf> {
-        self.state_file.clone().or_else(|| {
-            self.private_key_file.as_ref().map(|k| {
-                let mut name = k.as_os_str().to_owned();
-                name.push(".peers.json");
-                PathBuf::from(name)
-            })
-        })
+        self.state_file
+            .clone()
+            .or_else(|| self.beside_key(".peers.json"))
+    }
+
+    /// The file a client member keeps the brokers' URLs in.
+    pub fn brokers_file(&self) -> Option<PathBuf> {
+        self.brokers_file
+            .clone()
+            .or_else(|| self.beside_key(".brokers"))
+    }
+
+    /// The client members' secret, read with `files` (`None`: not configured).
+    pub fn load_client_secret(
+        &self,
+        files: crate::tls::ReadFile<'_>,
+    ) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+        let Some(path) = &self.client_secret_file else {
+            return Ok(None);
+        };
+        let err = |reason: String| {
+            (
+                "mesh.client_secret_file",
+                format!("{}: {reason}", path.display()),
+            )
+        };
+        let text = files(path).map_err(|e| err(e.to_string()))?;
+        let secret = text.trim_ascii().to_vec();
+        if secret.len() < crate::cluster::MIN_SECRET_LEN {
+            return Err(err(format!(
+                "too short ({} bytes; at least {})",
+                secret.len(),
+                crate::cluster::MIN_SECRET_LEN
+            )));
+        }
+        Ok(Some(secret))
     }
 
     /// Reads the private key (with `files`) and checks that it is one.
@@ -202,8 +401,9 @@ impl MeshConfig {
         Ok(())
     }
 
-    /// Checks the section; `Err` names the key and what is wrong.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Checks the section (of cluster `cluster`); `Err` names the key and what is
+    /// wrong.
+    pub fn validate(&self, cluster: &str) -> Result<(), (&'static str, String)> {
         let Some(name) = &self.interface else {
             return Ok(());
         };
@@ -251,14 +451,29 @@ impl MeshConfig {
                 }
             }
         }
-        let network = self.network().map_err(|e| ("mesh.network", e))?;
+        let network = self.network(cluster).map_err(|e| ("mesh.network", e))?;
         if let Some(a) = self.address {
             if !network.contains(a) {
                 return Err((
                     "mesh.address",
-                    format!("{a} is not in mesh.network {}", self.network),
+                    format!("{a} is not in mesh.network {network}"),
                 ));
             }
+            if network.role_of(a) != Some(self.role) {
+                return Err((
+                    "mesh.address",
+                    format!(
+                        "{a} is not in the {} range of {network} (see the address plan in the README)",
+                        self.role.as_str()
+                    ),
+                ));
+            }
+        }
+        if self.role == Role::Client && self.client_secret_file.is_none() {
+            return Err((
+                "mesh.client_secret_file",
+                "a client member announces itself with the client members' secret: set client_secret_file (the brokers' mesh.client_secret_file)".into(),
+            ));
         }
         if let Some(mtu) = self.mtu {
             if !(1280..=9000).contains(&mtu) {
@@ -309,9 +524,15 @@ pub struct NodeRecord {
     pub name: String,
     /// Its WireGuard endpoint on the underlay.
     pub endpoint: SocketAddr,
-    pub mesh_addr: Ipv4Addr,
+    pub mesh_addr: IpAddr,
     /// Its cluster listener's port on the mesh address.
     pub route_port: u16,
+    #[serde(default)]
+    pub role: Role,
+    /// A broker's client listener on its mesh address, when clients can reach it
+    /// there (`listen = "mesh:PORT"`, or a wildcard address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_port: Option<u16>,
     /// Bumped at every start: a record with a higher incarnation replaces the old.
     pub incarnation: u64,
 }
@@ -324,7 +545,13 @@ impl NodeRecord {
 
     /// Its cluster listener, on the mesh.
     pub fn route_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.mesh_addr.into(), self.route_port)
+        SocketAddr::new(self.mesh_addr, self.route_port)
+    }
+
+    /// A broker's `nats://` URL on the mesh, when it has one.
+    pub fn client_url(&self) -> Option<String> {
+        let port = self.client_port.filter(|_| self.role == Role::Broker)?;
+        Some(format!("nats://{}", SocketAddr::new(self.mesh_addr, port)))
     }
 }
 
@@ -335,6 +562,9 @@ pub struct Announcement {
     pub from: NodeRecord,
     /// Strictly increasing per incarnation (replayed datagrams are ignored).
     pub seq: u64,
+    /// Which datagram of the announcement this is, when its members took several.
+    #[serde(default)]
+    pub part: u32,
     /// The sender's clock (ms since the Unix epoch), to refuse old datagrams.
     pub ts_ms: u64,
     /// Records the sender knows (gossip).
@@ -357,10 +587,21 @@ pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 pub struct AnnounceKey(ring::hmac::Key);
 
 impl AnnounceKey {
+    /// The brokers' key, from the cluster secret.
     pub fn derive(secret: &[u8], cluster: &str) -> AnnounceKey {
+        AnnounceKey::expand(secret, cluster, b"meshbroker mesh announce v1")
+    }
+
+    /// The client members' key, from their secret (another purpose, so the same
+    /// bytes as the cluster secret would still give another key).
+    pub fn derive_client(secret: &[u8], cluster: &str) -> AnnounceKey {
+        AnnounceKey::expand(secret, cluster, b"meshbroker mesh client announce v1")
+    }
+
+    fn expand(secret: &[u8], cluster: &str, purpose: &[u8]) -> AnnounceKey {
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, cluster.as_bytes());
         let prk = salt.extract(secret);
-        let info = [b"meshbroker mesh announce v1".as_slice()];
+        let info = [purpose];
         let okm = prk
             .expand(&info, ring::hmac::HMAC_SHA256)
             .expect("HKDF output of one hash length");
@@ -388,7 +629,46 @@ pub enum Rejected {
     #[error("a record that is not in the mesh network or with a bad key")]
     BadRecord,
     #[error("mesh address {0} is already another node's (two keys hash to it: set mesh.address on one of them)")]
-    AddressTaken(Ipv4Addr),
+    AddressTaken(IpAddr),
+    #[error("sealed with the client members' secret, yet it says it is a broker")]
+    NotAClient,
+    #[error("a client member takes announcements from brokers only")]
+    NotABroker,
+}
+
+/// Which key sealed an announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealed {
+    /// The cluster's: a broker (or anyone holding the cluster secret).
+    Cluster,
+    /// The client members': a client member, or a broker speaking to one.
+    Client,
+}
+
+/// The keys a member checks announcements with.
+pub struct AnnounceKeys {
+    /// The brokers' (a client member has none).
+    pub cluster: Option<AnnounceKey>,
+    /// The client members' (a broker without `client_secret_file` has none).
+    pub client: Option<AnnounceKey>,
+}
+
+impl AnnounceKeys {
+    /// Checks a datagram's MAC against each key held and reads it.
+    pub fn open(&self, datagram: &[u8]) -> Result<(Announcement, Sealed), Rejected> {
+        let keys = [
+            (self.cluster.as_ref(), Sealed::Cluster),
+            (self.client.as_ref(), Sealed::Client),
+        ];
+        for (key, sealed) in keys {
+            let Some(key) = key else { continue };
+            match decode(key, datagram) {
+                Err(Rejected::BadMac) => continue,
+                other => return other.map(|a| (a, sealed)),
+            }
+        }
+        Err(Rejected::BadMac)
+    }
 }
 
 /// Encodes `ann` into datagrams of at most [`MAX_DATAGRAM`] bytes (the member list
@@ -414,6 +694,7 @@ pub fn encode(key: &AnnounceKey, ann: &Announcement) -> Vec<Vec<u8>> {
             let last = chunk.members.pop();
             out.push(seal(&chunk));
             chunk.members = last.into_iter().collect();
+            chunk.part += 1;
         }
     }
     out.push(seal(&chunk));
@@ -481,8 +762,8 @@ pub struct Membership {
     refused_silence: Duration,
     forget_after: Duration,
     members: BTreeMap<String, Member>,
-    /// The newest (incarnation, seq) seen from each sender.
-    last_seq: HashMap<String, (u64, u64)>,
+    /// The newest (incarnation, seq, part) seen from each sender.
+    last_seq: HashMap<String, (u64, u64, u32)>,
     /// Keys that left, and their incarnation: not resurrected by old gossip.
     left: HashMap<String, u64>,
     seq: u64,
@@ -541,6 +822,10 @@ impl Membership {
         if record.key == self.me.key || !self.valid(&record) || self.address_taken(&record) {
             return Vec::new();
         }
+        // Client members peer with brokers only.
+        if self.me.role == Role::Client && record.role == Role::Client {
+            return Vec::new();
+        }
         if self
             .left
             .get(&record.key)
@@ -579,8 +864,10 @@ impl Membership {
         }
     }
 
+    /// A record with a key, at an address in its role's range.
     fn valid(&self, record: &NodeRecord) -> bool {
-        decode_key(&record.key).is_ok() && self.network.contains(record.mesh_addr)
+        decode_key(&record.key).is_ok()
+            && self.network.role_of(record.mesh_addr) == Some(record.role)
     }
 
     /// Is `record`'s address ours or another member's? (The first to hold it keeps it:
@@ -593,10 +880,14 @@ impl Membership {
                 .any(|m| m.record.key != record.key && m.record.mesh_addr == record.mesh_addr)
     }
 
-    /// An authenticated announcement arrived (its MAC checked); `now_ms` is our clock.
+    /// An authenticated announcement arrived (its MAC checked with the key `sealed`
+    /// says); `now_ms` is our clock. What the client members' key seals speaks for a
+    /// client member only, and its gossip is not taken (a broker learns brokers from
+    /// brokers); a client member takes brokers only.
     pub fn receive(
         &mut self,
         ann: Announcement,
+        sealed: Sealed,
         now: Instant,
         now_ms: u64,
     ) -> Result<Vec<MeshEvent>, Rejected> {
@@ -615,13 +906,18 @@ impl Membership {
                 Err(Rejected::ClonedKey)
             };
         }
+        match (self.me.role, sealed, from.role) {
+            (Role::Broker, Sealed::Client, Role::Broker) => return Err(Rejected::NotAClient),
+            (Role::Client, _, Role::Client) => return Err(Rejected::NotABroker),
+            _ => {}
+        }
         if !self.valid(&from) {
             return Err(Rejected::BadRecord);
         }
         if self.address_taken(&from) {
             return Err(Rejected::AddressTaken(from.mesh_addr));
         }
-        let stamp = (from.incarnation, ann.seq);
+        let stamp = (from.incarnation, ann.seq, ann.part);
         if let Some(last) = self.last_seq.get(&from.key) {
             if stamp <= *last {
                 return Err(Rejected::Replay(ann.seq));
@@ -702,7 +998,8 @@ impl Membership {
                 events.push(MeshEvent::Up(from.clone()));
             }
         }
-        for record in ann.members {
+        let gossip_taken = sealed == Sealed::Cluster || self.me.role == Role::Client;
+        for record in ann.members.into_iter().filter(|_| gossip_taken) {
             events.extend(self.hint(record, now));
         }
         Ok(events)
@@ -795,18 +1092,23 @@ impl Membership {
         events
     }
 
-    /// This node's next announcement (members: the confirmed ones it knows).
-    pub fn announcement(&mut self, now_ms: u64, leave: bool) -> Announcement {
+    /// This node's next announcement to members of role `to` (members: the
+    /// confirmed ones it knows; to a client member, the brokers only; from a client
+    /// member, none).
+    pub fn announcement(&mut self, now_ms: u64, leave: bool, to: Role) -> Announcement {
         self.seq += 1;
+        let gossip = self.me.role == Role::Broker;
         Announcement {
             cluster: self.cluster.clone(),
             from: self.me.clone(),
             seq: self.seq,
+            part: 0,
             ts_ms: now_ms,
             members: self
                 .members
                 .values()
-                .filter(|m| m.confirmed)
+                .filter(|m| gossip && m.confirmed)
+                .filter(|m| to == Role::Broker || m.record.role == Role::Broker)
                 .map(|m| m.record.clone())
                 .collect(),
             leave,
@@ -861,6 +1163,7 @@ impl Membership {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerView {
     pub name: String,
+    pub role: Role,
     pub public_key: String,
     pub endpoint: String,
     pub mesh_addr: String,
@@ -878,6 +1181,8 @@ pub struct PeerView {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MeshView {
     pub interface: String,
+    pub role: Role,
+    pub network: String,
     pub backend: String,
     pub public_key: String,
     pub mesh_addr: String,
@@ -895,14 +1200,16 @@ mod tests {
     }
 
     fn record(n: u8, inc: u64) -> NodeRecord {
-        let net = Network::parse("10.99.0.0/16").unwrap();
+        let net = Network::parse("10.99.0.0/16", "c1").unwrap();
         NodeRecord {
             key: key(n),
             name: format!("n{n}"),
             endpoint: format!("192.0.2.{n}:51820").parse().unwrap(),
-            mesh_addr: net.address_for(&[n; 32]),
+            mesh_addr: net.address_for(&[n; 32], Role::Broker),
             route_port: 6222,
             incarnation: inc,
+            role: Role::Broker,
+            client_port: None,
         }
     }
 
@@ -910,7 +1217,7 @@ mod tests {
         Membership::new(
             record(n, 1),
             "c1",
-            Network::parse("10.99.0.0/16").unwrap(),
+            Network::parse("10.99.0.0/16", "c1").unwrap(),
             Duration::from_millis(500),
             Duration::from_secs(3),
             Duration::from_secs(60),
@@ -922,6 +1229,7 @@ mod tests {
             cluster: "c1".into(),
             from,
             seq,
+            part: 0,
             ts_ms: ts,
             members: Vec::new(),
             leave: false,
@@ -929,20 +1237,68 @@ mod tests {
     }
 
     #[test]
-    fn addresses_come_from_keys_inside_the_network() {
-        let net = Network::parse("10.99.7.9/16").unwrap();
-        assert_eq!(net.base, Ipv4Addr::new(10, 99, 0, 0));
-        let a = net.address_for(&[1; 32]);
-        assert!(net.contains(a) && a != net.base);
-        assert_eq!(a, net.address_for(&[1; 32]), "stable");
-        assert_ne!(a, net.address_for(&[2; 32]));
-        let small = Network::parse("10.1.2.0/30").unwrap();
+    fn addresses_come_from_keys_inside_the_network_in_their_roles_range() {
+        let net = Network::parse("10.99.7.9/16", "c1").unwrap();
+        assert_eq!(net.to_string(), "10.99.0.0/16");
+        let a = net.address_for(&[1; 32], Role::Broker);
+        assert_eq!(net.role_of(a), Some(Role::Broker));
+        assert_eq!(a, net.address_for(&[1; 32], Role::Broker), "stable");
+        assert_ne!(a, net.address_for(&[2; 32], Role::Broker));
+        let c = net.address_for(&[1; 32], Role::Client);
+        assert_eq!(net.role_of(c), Some(Role::Client));
+        let small = Network::parse("10.1.2.0/30", "c1").unwrap();
         for n in 0..50u8 {
-            let a = small.address_for(&[n; 32]);
-            assert!(a == Ipv4Addr::new(10, 1, 2, 1) || a == Ipv4Addr::new(10, 1, 2, 2));
+            let b = small.address_for(&[n; 32], Role::Broker);
+            let c = small.address_for(&[n; 32], Role::Client);
+            assert_eq!(b, "10.1.2.1".parse::<IpAddr>().unwrap());
+            assert_eq!(c, "10.1.2.2".parse::<IpAddr>().unwrap());
         }
-        assert!(Network::parse("10.0.0.0/31").is_err());
-        assert!(Network::parse("nope").is_err());
+        assert_eq!(small.role_of("10.1.2.0".parse().unwrap()), None, "network");
+        assert_eq!(
+            small.role_of("10.1.2.3".parse().unwrap()),
+            None,
+            "broadcast"
+        );
+        assert_eq!(small.role_of("10.1.3.1".parse().unwrap()), None, "outside");
+        assert!(Network::parse("10.0.0.0/31", "c1").is_err());
+        assert!(Network::parse("nope", "c1").is_err());
+
+        // IPv6: the cluster's /48, subnet 0 for brokers and 1 for client members, the
+        // interface id from the key.
+        let ula = Network::parse("ula", "c1").unwrap();
+        assert_eq!(ula, Network::ula_for("c1"));
+        assert_ne!(ula, Network::ula_for("c2"), "each cluster its own /48");
+        let b = ula.address_for(&[1; 32], Role::Broker);
+        let c = ula.address_for(&[1; 32], Role::Client);
+        let (IpAddr::V6(b6), IpAddr::V6(c6)) = (b, c) else {
+            panic!("IPv6 addresses: {b} {c}");
+        };
+        assert_eq!(b6.octets()[0], 0xfd);
+        assert_eq!(b6.octets()[..6], c6.octets()[..6]);
+        assert_eq!(b6.octets()[6..8], [0, 0]);
+        assert_eq!(c6.octets()[6..8], [0, 1]);
+        assert_eq!(b6.octets()[8..], c6.octets()[8..]);
+        assert_eq!(ula.role_of(b), Some(Role::Broker));
+        assert_eq!(ula.role_of(c), Some(Role::Client));
+        assert_eq!(ula.role_of(a), None, "an IPv4 address is not in it");
+        let other = Network::ula_for("c2").address_for(&[1; 32], Role::Broker);
+        assert_eq!(ula.role_of(other), None, "another cluster's");
+        // 10,000 keys: 10,000 addresses.
+        let distinct: std::collections::HashSet<IpAddr> = (0..10_000u32)
+            .map(|n| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&n.to_be_bytes());
+                ula.address_for(&k, Role::Broker)
+            })
+            .collect();
+        assert_eq!(distinct.len(), 10_000);
+        let given = Network::parse("fd12:3456:789a:ffff::1/48", "c1").unwrap();
+        assert_eq!(given.to_string(), "fd12:3456:789a::/48");
+        assert!(
+            Network::parse("fd12:3456:789a::/64", "c1").is_err(),
+            "a /48"
+        );
+        assert!(Network::parse("2001:db8::/48", "c1").is_err(), "a ULA");
     }
 
     #[test]
@@ -975,7 +1331,9 @@ mod tests {
     fn a_node_that_speaks_for_itself_is_routed_and_replays_are_ignored() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        let ev = m.receive(ann(record(2, 5), 1, 10_000), t0, 10_000).unwrap();
+        let ev = m
+            .receive(ann(record(2, 5), 1, 10_000), Sealed::Cluster, t0, 10_000)
+            .unwrap();
         assert_eq!(
             ev,
             vec![
@@ -984,19 +1342,22 @@ mod tests {
             ]
         );
         assert_eq!(
-            m.receive(ann(record(2, 5), 1, 10_000), t0, 10_000),
+            m.receive(ann(record(2, 5), 1, 10_000), Sealed::Cluster, t0, 10_000),
             Err(Rejected::Replay(1))
         );
         assert!(m
-            .receive(ann(record(2, 5), 2, 10_000), t0, 10_000)
+            .receive(ann(record(2, 5), 2, 10_000), Sealed::Cluster, t0, 10_000)
             .unwrap()
             .is_empty());
         // An old incarnation is refused.
-        assert!(m.receive(ann(record(2, 4), 9, 10_000), t0, 10_000).is_err());
+        assert!(m
+            .receive(ann(record(2, 4), 9, 10_000), Sealed::Cluster, t0, 10_000)
+            .is_err());
         // Far-off clocks are refused.
         assert!(matches!(
             m.receive(
                 ann(record(2, 5), 3, 10_000),
+                Sealed::Cluster,
                 t0,
                 10_000 + MAX_CLOCK_SKEW_MS + 1
             ),
@@ -1004,7 +1365,7 @@ mod tests {
         ));
         // Our own key from another incarnation: a clone.
         assert_eq!(
-            m.receive(ann(record(1, 9), 1, 10_000), t0, 10_000),
+            m.receive(ann(record(1, 9), 1, 10_000), Sealed::Cluster, t0, 10_000),
             Err(Rejected::ClonedKey)
         );
     }
@@ -1015,7 +1376,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = ann(record(2, 1), 1, 0);
         a.members = vec![record(3, 1), record(1, 1)];
-        let ev = m.receive(a, t0, 0).unwrap();
+        let ev = m.receive(a, Sealed::Cluster, t0, 0).unwrap();
         assert!(ev.contains(&MeshEvent::SetPeer(record(3, 1))));
         assert!(
             !ev.contains(&MeshEvent::Up(record(3, 1))),
@@ -1026,7 +1387,9 @@ mod tests {
             .any(|e| matches!(e, MeshEvent::SetPeer(r) if r.key == key(1))));
         let three = m.members().find(|x| x.record.key == key(3)).unwrap();
         assert!(!three.confirmed && !three.alive);
-        let ev = m.receive(ann(record(3, 1), 1, 0), t0, 0).unwrap();
+        let ev = m
+            .receive(ann(record(3, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(3, 1))]);
         // A silent hint is forgotten after the hint TTL.
         m.hint(record(4, 1), t0);
@@ -1045,14 +1408,20 @@ mod tests {
     fn silence_drops_routes_then_the_peer_and_a_word_brings_it_back() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         assert!(m.tick(t0 + Duration::from_secs(2)).is_empty());
         assert_eq!(
             m.tick(t0 + Duration::from_secs(4)),
             vec![MeshEvent::Down(record(2, 1))]
         );
         let ev = m
-            .receive(ann(record(2, 1), 2, 0), t0 + Duration::from_secs(5), 0)
+            .receive(
+                ann(record(2, 1), 2, 0),
+                Sealed::Cluster,
+                t0 + Duration::from_secs(5),
+                0,
+            )
             .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
         let ev = m.tick(t0 + Duration::from_secs(70));
@@ -1072,10 +1441,13 @@ mod tests {
     fn a_restarted_node_on_a_new_endpoint_is_moved_and_a_leave_is_final() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         let mut moved = record(2, 2);
         moved.endpoint = "192.0.2.99:51820".parse().unwrap();
-        let ev = m.receive(ann(moved.clone(), 1, 0), t0, 0).unwrap();
+        let ev = m
+            .receive(ann(moved.clone(), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         assert_eq!(
             ev,
             vec![
@@ -1086,7 +1458,7 @@ mod tests {
         );
         let mut leave = ann(moved.clone(), 2, 0);
         leave.leave = true;
-        let ev = m.receive(leave, t0, 0).unwrap();
+        let ev = m.receive(leave, Sealed::Cluster, t0, 0).unwrap();
         assert_eq!(
             ev,
             vec![
@@ -1106,7 +1478,8 @@ mod tests {
         let mut m = membership(1);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         let port = record(2, 1).underlay_discovery();
         // Its host refuses: no process holds the port, its node died.
         assert_eq!(
@@ -1127,7 +1500,7 @@ mod tests {
         // The same process speaks after all: a firewall rejects our datagrams. Up,
         // said once, and from now on only its silence takes it down.
         let ev = m
-            .receive(ann(record(2, 1), 2, 0), t0 + ms(2_100), 0)
+            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, t0 + ms(2_100), 0)
             .unwrap();
         assert_eq!(
             ev,
@@ -1140,7 +1513,7 @@ mod tests {
         assert_eq!(m.alive_underlay(), vec![port]);
         assert!(m.refused(port, t0 + ms(2_200)).is_empty());
         let ev = m
-            .receive(ann(record(2, 1), 3, 0), t0 + ms(2_300), 0)
+            .receive(ann(record(2, 1), 3, 0), Sealed::Cluster, t0 + ms(2_300), 0)
             .unwrap();
         assert!(ev.is_empty(), "firewalled is said once: {ev:?}");
         assert!(m.refused(port, t0 + ms(2_400)).is_empty());
@@ -1148,7 +1521,7 @@ mod tests {
         assert_eq!(m.tick(t0 + ms(2_901)), vec![MeshEvent::Down(record(2, 1))]);
         // A new incarnation is another process, perhaps elsewhere: refusals count.
         let ev = m
-            .receive(ann(record(2, 2), 1, 0), t0 + ms(3_000), 0)
+            .receive(ann(record(2, 2), 1, 0), Sealed::Cluster, t0 + ms(3_000), 0)
             .unwrap();
         assert!(ev.contains(&MeshEvent::Restarted(record(2, 2))));
         assert_eq!(
@@ -1161,7 +1534,8 @@ mod tests {
     fn quiet_members_are_the_silent_ones_heard_within_a_minute() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         m.hint(record(3, 0), t0);
         assert!(m.quiet(t0).is_empty(), "alive, and a hint never heard");
         let down = t0 + Duration::from_millis(3_001);
@@ -1174,14 +1548,17 @@ mod tests {
     fn a_renewed_node_takes_a_new_incarnation_and_drops_its_live_members() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         m.hint(record(3, 0), t0);
         let before = m.me().incarnation;
         assert_eq!(m.renew(0), vec![record(2, 1)]);
         assert!(m.me().incarnation > before);
         assert!(m.renew(0).is_empty(), "nothing left alive");
         // Heard again: up, routes again.
-        let ev = m.receive(ann(record(2, 1), 2, 0), t0, 0).unwrap();
+        let ev = m
+            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
     }
 
@@ -1189,9 +1566,12 @@ mod tests {
     fn a_node_restarted_in_place_gets_a_new_wireguard_session_and_its_routes_again() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         // Back before its silence was noticed: the old routes go, the peer starts over.
-        let ev = m.receive(ann(record(2, 2), 1, 0), t0, 0).unwrap();
+        let ev = m
+            .receive(ann(record(2, 2), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         assert_eq!(
             ev,
             vec![
@@ -1206,7 +1586,12 @@ mod tests {
             vec![MeshEvent::Down(record(2, 2))]
         );
         let ev = m
-            .receive(ann(record(2, 3), 1, 0), t0 + Duration::from_secs(5), 0)
+            .receive(
+                ann(record(2, 3), 1, 0),
+                Sealed::Cluster,
+                t0 + Duration::from_secs(5),
+                0,
+            )
             .unwrap();
         assert_eq!(
             ev,
@@ -1217,7 +1602,9 @@ mod tests {
         );
         // A seed's hint (incarnation 0) answered by the node itself is no restart.
         m.hint(record(3, 0), t0);
-        let ev = m.receive(ann(record(3, 5), 1, 0), t0, 0).unwrap();
+        let ev = m
+            .receive(ann(record(3, 5), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(3, 5))]);
     }
 
@@ -1225,18 +1612,144 @@ mod tests {
     fn an_address_held_by_another_key_is_refused() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), t0, 0).unwrap();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
         let mut clash = record(3, 1);
         clash.mesh_addr = record(2, 1).mesh_addr;
         assert_eq!(
-            m.receive(ann(clash.clone(), 1, 0), t0, 0),
+            m.receive(ann(clash.clone(), 1, 0), Sealed::Cluster, t0, 0),
             Err(Rejected::AddressTaken(clash.mesh_addr))
         );
         assert!(m.hint(clash.clone(), t0).is_empty());
         clash.mesh_addr = m.me().mesh_addr;
-        assert!(m.receive(ann(clash, 2, 0), t0, 0).is_err(), "ours too");
+        assert!(
+            m.receive(ann(clash, 2, 0), Sealed::Cluster, t0, 0).is_err(),
+            "ours too"
+        );
         // The holder itself keeps announcing.
-        assert!(m.receive(ann(record(2, 1), 2, 0), t0, 0).is_ok());
+        assert!(m
+            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, t0, 0)
+            .is_ok());
+    }
+
+    fn client_record(n: u8, inc: u64) -> NodeRecord {
+        let net = Network::parse("10.99.0.0/16", "c1").unwrap();
+        NodeRecord {
+            mesh_addr: net.address_for(&[n; 32], Role::Client),
+            role: Role::Client,
+            name: format!("app{n}"),
+            ..record(n, inc)
+        }
+    }
+
+    #[test]
+    fn each_key_opens_its_own_announcements() {
+        let cluster = AnnounceKey::derive(b"a-long-cluster-secret", "c1");
+        let client = AnnounceKey::derive_client(b"a-long-client-secret", "c1");
+        let same_bytes = AnnounceKey::derive_client(b"a-long-cluster-secret", "c1");
+        let a = ann(record(2, 1), 1, 1000);
+        let broker = AnnounceKeys {
+            cluster: Some(AnnounceKey::derive(b"a-long-cluster-secret", "c1")),
+            client: Some(AnnounceKey::derive_client(b"a-long-client-secret", "c1")),
+        };
+        let member = AnnounceKeys {
+            cluster: None,
+            client: Some(AnnounceKey::derive_client(b"a-long-client-secret", "c1")),
+        };
+        let by_cluster = &encode(&cluster, &a)[0];
+        let by_client = &encode(&client, &a)[0];
+        assert_eq!(broker.open(by_cluster).unwrap().1, Sealed::Cluster);
+        assert_eq!(broker.open(by_client).unwrap().1, Sealed::Client);
+        assert_eq!(member.open(by_client).unwrap().1, Sealed::Client);
+        assert_eq!(
+            member.open(by_cluster),
+            Err(Rejected::BadMac),
+            "no cluster key"
+        );
+        assert_eq!(
+            broker.open(&encode(&same_bytes, &a)[0]),
+            Err(Rejected::BadMac),
+            "the cluster secret as a client secret is another key"
+        );
+        assert_eq!(broker.open(b"hello"), Err(Rejected::NotAnnouncement));
+    }
+
+    #[test]
+    fn client_members_peer_with_brokers_only_and_are_never_routed_between_brokers() {
+        let t0 = Instant::now();
+        // A broker hears a client member: a member of role client; its gossip (a
+        // broker it invents) is not taken.
+        let mut broker = membership(1);
+        let mut from_app = ann(client_record(7, 1), 1, 0);
+        from_app.members = vec![record(9, 1)];
+        let ev = broker.receive(from_app, Sealed::Client, t0, 0).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::SetPeer(client_record(7, 1)),
+                MeshEvent::Up(client_record(7, 1))
+            ]
+        );
+        // Sealed with the client secret, a broker's record is a lie.
+        assert_eq!(
+            broker.receive(ann(record(8, 1), 1, 0), Sealed::Client, t0, 0),
+            Err(Rejected::NotAClient)
+        );
+        // A client record at a broker's address, or a broker at a client's, is bad.
+        let mut posing = client_record(6, 1);
+        posing.mesh_addr = record(6, 1).mesh_addr;
+        assert_eq!(
+            broker.receive(ann(posing, 1, 0), Sealed::Cluster, t0, 0),
+            Err(Rejected::BadRecord)
+        );
+        broker
+            .receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .unwrap();
+        // To brokers, every member; to client members, the brokers only.
+        let to_brokers = broker.announcement(0, false, Role::Broker);
+        assert_eq!(to_brokers.members.len(), 2);
+        let to_clients = broker.announcement(0, false, Role::Client);
+        assert_eq!(to_clients.members, vec![record(2, 1)]);
+
+        // A client member takes brokers, and brokers' gossip of brokers only; it says
+        // nothing of its members.
+        let mut app = Membership::new(
+            client_record(7, 1),
+            "c1",
+            Network::parse("10.99.0.0/16", "c1").unwrap(),
+            Duration::from_millis(500),
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        );
+        let mut from_broker = ann(record(1, 1), 1, 0);
+        from_broker.members = vec![record(2, 1), client_record(5, 1)];
+        let ev = app.receive(from_broker, Sealed::Client, t0, 0).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                MeshEvent::SetPeer(record(1, 1)),
+                MeshEvent::Up(record(1, 1)),
+                MeshEvent::SetPeer(record(2, 1)),
+            ]
+        );
+        assert_eq!(
+            app.receive(ann(client_record(5, 1), 1, 0), Sealed::Client, t0, 0),
+            Err(Rejected::NotABroker)
+        );
+        assert!(app.announcement(0, false, Role::Broker).members.is_empty());
+        let mut with_port = record(1, 1);
+        assert_eq!(with_port.client_url(), None);
+        with_port.client_port = Some(4222);
+        let url = with_port.client_url().unwrap();
+        assert!(
+            url.starts_with("nats://10.99.") && url.ends_with(":4222"),
+            "{url}"
+        );
+        let v6 = NodeRecord {
+            mesh_addr: "fd00:1:2:0::5".parse().unwrap(),
+            ..with_port
+        };
+        assert_eq!(v6.client_url().unwrap(), "nats://[fd00:1:2::5]:4222");
     }
 
     #[test]
@@ -1245,8 +1758,9 @@ mod tests {
             "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:51820\"",
         )
         .unwrap();
-        assert!(ok.validate().is_ok());
+        assert!(ok.validate("c1").is_ok());
         assert_eq!(ok.state_file(), Some(PathBuf::from("k.peers.json")));
+        assert_eq!(ok.brokers_file(), Some(PathBuf::from("k.brokers")));
         for (text, key) in [
             ("interface = \"a-very-long-interface\"", "mesh.interface"),
             ("interface = \"mb0\"", "mesh.private_key_file"),
@@ -1260,6 +1774,14 @@ mod tests {
                 "mesh.address",
             ),
             (
+                "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\nnetwork = \"10.1.0.0/16\"\naddress = \"10.1.200.1\"",
+                "mesh.address",
+            ),
+            (
+                "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\nrole = \"client\"",
+                "mesh.client_secret_file",
+            ),
+            (
                 "interface = \"mb0\"\nprivate_key_file = \"k\"\nendpoint = \"192.0.2.1:1\"\nseeds = [{endpoint = \"192.0.2.2:1\", public_key = \"short\"}]",
                 "mesh.seeds",
             ),
@@ -1269,7 +1791,7 @@ mod tests {
             ),
         ] {
             let c: MeshConfig = toml::from_str(text).unwrap();
-            assert_eq!(c.validate().unwrap_err().0, key, "{text}");
+            assert_eq!(c.validate("c1").unwrap_err().0, key, "{text}");
         }
     }
 }

@@ -124,6 +124,8 @@ struct LabNode {
     config: PathBuf,
     log: PathBuf,
     child: Option<std::process::Child>,
+    /// A client member (`meshbroker mesh member`), not a broker.
+    member: bool,
 }
 
 /// A hub namespace with a bridge, and one namespace per node.
@@ -134,6 +136,12 @@ struct Lab {
     nodes: Vec<LabNode>,
     /// When set, every node runs JetStream clustered with these peers.
     jetstream_peers: Option<Vec<String>>,
+    /// The brokers' client listener (`listen`).
+    listen: String,
+    /// TOML lines added to every broker's `[mesh]`.
+    mesh_extra: String,
+    /// Namespaces on the underlay that are no member (see [`Lab::add_bystander`]).
+    bystanders: Vec<String>,
 }
 
 impl Lab {
@@ -150,6 +158,169 @@ impl Lab {
             hub,
             nodes: Vec::new(),
             jetstream_peers: None,
+            listen: "127.0.0.1:4222".into(),
+            mesh_extra: String::new(),
+            bystanders: Vec::new(),
+        }
+    }
+
+    /// A namespace `ns` on the underlay at 10.77.0.`host` (and fd77::`host`), its veth
+    /// `hub_link` on the hub's bridge.
+    fn add_host(&self, ns: &str, hub_link: &str, host: usize) {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        run(&["ip", "netns", "add", ns]);
+        run(&[
+            "ip", "-n", &self.hub, "link", "add", hub_link, "type", "veth", "peer", "name", "u0",
+            "netns", ns,
+        ]);
+        run(&[
+            "ip", "-n", &self.hub, "link", "set", hub_link, "master", "br0", "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("10.77.0.{host}/24"),
+            "dev",
+            "u0",
+        ]);
+        // The underlay also speaks IPv6 (without duplicate address detection, so the
+        // address is usable at once): a non-member can route to an IPv6 mesh address.
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("fd77::{host}/64"),
+            "dev",
+            "u0",
+            "nodad",
+        ]);
+        run(&["ip", "-n", ns, "link", "set", "u0", "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    /// A host on the underlay that is no member of the mesh; returns its namespace.
+    fn add_bystander(&mut self) -> String {
+        let k = self.bystanders.len() + 1;
+        let ns = format!("mbt{}b{k}", self.tag);
+        self.add_host(&ns, &format!("h{}b{k}", self.tag), 200 + k);
+        self.bystanders.push(ns.clone());
+        ns
+    }
+
+    /// A new key for node `name`: (its file, its public key).
+    fn keygen(&self, name: &str) -> (PathBuf, String) {
+        let key = self.dir.0.join(format!("{name}.key"));
+        let out = Command::new(common::meshbroker_binary())
+            .args(["mesh", "keygen", "--out"])
+            .arg(&key)
+            .output()
+            .expect("keygen");
+        assert!(out.status.success(), "keygen");
+        (key, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The `seeds = [...]` entries for nodes `seeds`.
+    fn seed_list(&self, seeds: &[usize]) -> String {
+        let seeds: Vec<String> = seeds
+            .iter()
+            .map(|&s| {
+                let seed = &self.nodes[s - 1];
+                format!(
+                    "{{ endpoint = \"{}:51820\", public_key = \"{}\" }}",
+                    seed.ip, seed.public
+                )
+            })
+            .collect();
+        seeds.join(", ")
+    }
+
+    /// Adds client member `app{i}` (not started): an application host that joins the
+    /// mesh of cluster `c1` with `seeds`, announcing itself with the secret in
+    /// `client_secret_file`.
+    fn add_member(&mut self, seeds: &[usize], client_secret_file: &Path) -> usize {
+        let i = self.nodes.len() + 1;
+        let name = format!("app{i}");
+        let ns = format!("mbt{}n{i}", self.tag);
+        let hub_link = format!("h{}{i}", self.tag);
+        self.add_host(&ns, &hub_link, i);
+        let (key, public) = self.keygen(&name);
+        let config = self.dir.0.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"server_name = "{name}"
+log_level = "info"
+[cluster]
+name = "c1"
+[mesh]
+role = "client"
+interface = "mb{tag}{i}"
+backend = "userspace"
+private_key_file = "{key}"
+client_secret_file = "{secret}"
+endpoint = "10.77.0.{i}:51820"
+seeds = [{seeds}]
+"#,
+                tag = self.tag,
+                key = key.display(),
+                secret = client_secret_file.display(),
+                seeds = self.seed_list(seeds)
+            ),
+        )
+        .expect("write config");
+        self.nodes.push(LabNode {
+            log: self.dir.0.join(format!("{name}.log")),
+            name,
+            ns,
+            hub_link,
+            ip: format!("10.77.0.{i}"),
+            public,
+            config,
+            child: None,
+            member: true,
+        });
+        i
+    }
+
+    /// The brokers' URLs client member `i` keeps in its brokers file (empty until
+    /// it wrote one).
+    fn broker_urls(&self, i: usize) -> Vec<String> {
+        let mut file = self
+            .dir
+            .0
+            .join(format!("{}.key", self.node(i).name))
+            .into_os_string();
+        file.push(".brokers");
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .trim()
+            .split(',')
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until client member `i` lists `count` brokers; returns their URLs.
+    fn wait_broker_urls(&self, i: usize, count: usize, limit: Duration) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let urls = self.broker_urls(i);
+            if urls.len() == count {
+                return urls;
+            }
+            if started.elapsed() > limit {
+                self.dump_logs();
+                panic!(
+                    "{} lists {urls:?}, expected {count} brokers within {limit:?}",
+                    self.node(i).name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -172,45 +343,8 @@ impl Lab {
         let ns = format!("mbt{}n{i}", self.tag);
         let hub_link = format!("h{}{i}", self.tag);
         let ip = format!("10.77.0.{i}");
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        run(&["ip", "netns", "add", &ns]);
-        run(&[
-            "ip", "-n", &self.hub, "link", "add", &hub_link, "type", "veth", "peer", "name", "u0",
-            "netns", &ns,
-        ]);
-        run(&[
-            "ip", "-n", &self.hub, "link", "set", &hub_link, "master", "br0", "up",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "u0",
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", "u0", "up"]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        let key = self.dir.0.join(format!("{name}.key"));
-        let out = Command::new(common::meshbroker_binary())
-            .args(["mesh", "keygen", "--out"])
-            .arg(&key)
-            .output()
-            .expect("keygen");
-        assert!(out.status.success(), "keygen");
-        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let seeds: Vec<String> = seeds
-            .iter()
-            .map(|&s| {
-                let seed = &self.nodes[s - 1];
-                format!(
-                    "{{ endpoint = \"{}:51820\", public_key = \"{}\" }}",
-                    seed.ip, seed.public
-                )
-            })
-            .collect();
+        self.add_host(&ns, &hub_link, i);
+        let (key, public) = self.keygen(&name);
         let config = self.dir.0.join(format!("{name}.toml"));
         let jetstream = match &self.jetstream_peers {
             None => "enabled = false".to_string(),
@@ -227,7 +361,7 @@ impl Lab {
             &config,
             format!(
                 r#"server_name = "{name}"
-listen = "127.0.0.1:4222"
+listen = "{listen}"
 log_level = "info"
 [jetstream]
 {jetstream}
@@ -243,10 +377,13 @@ backend = "userspace"
 private_key_file = "{key}"
 endpoint = "{ip}:51820"
 seeds = [{seeds}]
+{mesh_extra}
 "#,
                 tag = self.tag,
                 key = key.display(),
-                seeds = seeds.join(", ")
+                seeds = self.seed_list(seeds),
+                listen = self.listen,
+                mesh_extra = self.mesh_extra,
             ),
         )
         .expect("write config");
@@ -259,6 +396,7 @@ seeds = [{seeds}]
             public,
             config,
             child: None,
+            member: false,
         });
         i
     }
@@ -274,9 +412,14 @@ seeds = [{seeds}]
             .append(true)
             .open(&node.log)
             .expect("log file");
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &node.ns])
-            .arg(common::meshbroker_binary())
+            .arg(common::meshbroker_binary());
+        if node.member {
+            command.args(["mesh", "member"]);
+        }
+        let child = command
             .arg("--conf")
             .arg(&node.config)
             .stdout(Stdio::null())
@@ -329,6 +472,27 @@ seeds = [{seeds}]
             &self.node(i).hub_link,
             "state",
             state,
+        ]);
+    }
+
+    /// Gives node `from` a route to `to` (a mesh address) through node `via`'s
+    /// underlay address: what a host that is no member can do to reach a node's mesh
+    /// address.
+    fn route_via_underlay(&self, from: usize, to: std::net::IpAddr, via: usize) {
+        let (host, gateway) = if to.is_ipv6() {
+            (format!("{to}/128"), format!("fd77::{via}"))
+        } else {
+            (format!("{to}/32"), self.node(via).ip.clone())
+        };
+        run(&[
+            "ip",
+            "-n",
+            &self.node(from).ns,
+            "route",
+            "add",
+            &host,
+            "via",
+            &gateway,
         ]);
     }
 
@@ -415,8 +579,8 @@ impl Drop for Lab {
         for i in 1..=self.nodes.len() {
             self.kill(i);
         }
-        for node in &self.nodes {
-            let _ = Command::new("ip").args(["netns", "del", &node.ns]).output();
+        for ns in self.nodes.iter().map(|n| &n.ns).chain(&self.bystanders) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.hub])
@@ -801,21 +965,13 @@ fn nodes_without_the_secret_from_another_cluster_or_with_another_ca_never_join()
     // address through the seed's underlay address, the cluster port refuses it at
     // connect (Linux takes a packet for a local address on any interface; the
     // listener is tied to the WireGuard interface).
-    let seed_mesh = mesh["mesh"]["mesh_addr"]
+    let seed_mesh: std::net::IpAddr = mesh["mesh"]["mesh_addr"]
         .as_str()
         .expect("mesh_addr")
-        .to_string();
-    run(&[
-        "ip",
-        "-n",
-        &lab.node(2).ns,
-        "route",
-        "add",
-        &format!("{seed_mesh}/32"),
-        "via",
-        &lab.node(1).ip,
-    ]);
-    let target: std::net::SocketAddr = format!("{seed_mesh}:6222").parse().expect("address");
+        .parse()
+        .expect("an address");
+    lab.route_via_underlay(2, seed_mesh, 1);
+    let target = std::net::SocketAddr::new(seed_mesh, 6222);
     let reached = in_ns(&lab.node(2).ns, move || {
         TcpStream::connect_timeout(&target, Duration::from_secs(3)).map(|_| ())
     })
@@ -1058,4 +1214,294 @@ fn an_r3_stream_over_the_mesh_survives_its_leader_cut_off() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A client of the brokers at `urls`, inside namespace `ns` (a client member's host):
+/// runs `f` with it.
+fn with_client_at<T: Send + 'static, F>(
+    ns: &str,
+    urls: Vec<String>,
+    f: impl FnOnce(async_nats::Client) -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    in_ns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            // A dead broker's mesh address takes a connect timeout to give up on, and
+            // a connection to a broker killed with its WireGuard is lost without a
+            // word (no RST crosses a dead tunnel): the client's pings find out.
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(1))
+                .ping_interval(Duration::from_secs(1))
+                .ignore_discovered_servers()
+                .reconnect_delay_callback(|_| Duration::from_millis(100))
+                .connect(urls.as_slice())
+                .await
+                .expect("connect to a broker over the mesh");
+            f(client).await
+        })
+    })
+}
+
+/// Waits until `log` (a node's log file) has `text`.
+fn wait_for_log(lab: &Lab, i: usize, text: &str, limit: Duration) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(&lab.node(i).log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        if started.elapsed() > limit {
+            lab.dump_logs();
+            panic!("{} never logged {text:?}", lab.node(i).name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_app_host_reaches_brokers_whose_only_face_is_the_mesh() {
+    if skip_unless_ready() {
+        return;
+    }
+    let limit = Duration::from_secs(20);
+    let mut lab = Lab::new('d');
+    let client_secret = lab.dir.0.join("client.secret");
+    std::fs::write(&client_secret, "the-secret-of-the-client-members\n").expect("secret");
+    let wrong_secret = lab.dir.0.join("wrong.secret");
+    std::fs::write(&wrong_secret, "not-the-secret-of-the-client-members\n").expect("secret");
+    // Three brokers whose clients listen on the mesh only, with JetStream clustered.
+    lab.listen = "mesh:4222".into();
+    lab.mesh_extra = format!("client_secret_file = \"{}\"", client_secret.display());
+    lab.jetstream_peers = Some(vec!["n1".into(), "n2".into(), "n3".into()]);
+    lab.add(&[], "c1", SECRET);
+    lab.add(&[1], "c1", SECRET);
+    lab.add(&[1], "c1", SECRET);
+    for i in 1..=3 {
+        lab.start(i);
+    }
+    lab.wait_routes(1, &["n2", "n3"], limit);
+    lab.wait_routes(2, &["n1", "n3"], limit);
+    lab.wait_routes(3, &["n1", "n2"], limit);
+    wait_for_log(&lab, 1, "every listener is on the mesh", limit);
+
+    // The app host joins with the client members' secret and learns every broker.
+    let app = lab.add_member(&[1], &client_secret);
+    lab.start(app);
+    let urls = lab.wait_broker_urls(app, 3, limit);
+    assert!(
+        urls.iter()
+            .all(|u| u.starts_with("nats://[fd") && u.ends_with(":4222")),
+        "IPv6 mesh addresses: {urls:?}"
+    );
+    // JetStream over the mesh: an R3 stream, 50 acked messages, all consumed.
+    let got = with_client_at(&lab.node(app).ns.clone(), urls.clone(), |c| async move {
+        let js = async_nats::jetstream::new(c);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            let made = js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "APP".into(),
+                    subjects: vec!["app.>".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match made {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("stream not made yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no stream: {e}"),
+            }
+        };
+        for i in 0..50 {
+            publish_acked(
+                &js,
+                "app.orders",
+                &format!("order-{i}"),
+                Duration::from_secs(20),
+            )
+            .await;
+        }
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("app".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut got = Vec::new();
+        let mut messages = consumer.messages().await.expect("messages");
+        while got.len() < 50 {
+            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("a message")
+                .expect("not an error");
+            got.push(String::from_utf8_lossy(&m.payload).into_owned());
+            m.ack().await.expect("ack");
+        }
+        got
+    })
+    .join()
+    .expect("app client");
+    let want: Vec<String> = (0..50).map(|i| format!("order-{i}")).collect();
+    assert_eq!(got, want, "every acked message, in order, over the mesh");
+
+    // The brokers see a client member, and never route to it.
+    let meshz = monitor_get(&lab.node(1).ns, "/meshz").expect("/meshz");
+    let roles: Vec<(String, String)> = meshz["mesh"]["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["role"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&("app4".into(), "client".into()))
+            && roles.contains(&("n2".into(), "broker".into())),
+        "members by role: {meshz}"
+    );
+    for i in 1..=3 {
+        let mut want = vec!["n1", "n2", "n3"];
+        want.retain(|n| *n != format!("n{i}"));
+        lab.wait_routes(i, &want, limit);
+    }
+    // From the app host, the cluster port is refused: a client member's address is
+    // outside the brokers' range (it may only send from its own, WireGuard sees to it).
+    let n1_mesh: std::net::IpAddr = meshz["mesh"]["mesh_addr"]
+        .as_str()
+        .expect("mesh_addr")
+        .parse()
+        .expect("an address");
+    let cluster_port = std::net::SocketAddr::new(n1_mesh, 6222);
+    let answer = in_ns(&lab.node(app).ns.clone(), move || {
+        let mut s = TcpStream::connect_timeout(&cluster_port, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        Ok::<Vec<u8>, std::io::Error>(got)
+    })
+    .join()
+    .expect("connect thread");
+    assert!(
+        answer.as_ref().is_ok_and(|got| got.is_empty()),
+        "the cluster port said something to a client member: {answer:?}"
+    );
+    wait_for_log(&lab, 1, "client members are never cluster peers", limit);
+
+    // A host on the underlay that is no member cannot reach the client port, even
+    // with a route to the broker's mesh address.
+    let bystander = lab.add_bystander();
+    let k = lab.bystanders.len();
+    let via = std::net::SocketAddr::new(n1_mesh, 4222);
+    run(&[
+        "ip",
+        "-n",
+        &bystander,
+        "route",
+        "add",
+        &format!("{n1_mesh}/128"),
+        "via",
+        "fd77::1",
+    ]);
+    let reached = in_ns(&bystander, move || {
+        TcpStream::connect_timeout(&via, Duration::from_secs(3)).map(|_| ())
+    })
+    .join()
+    .expect("connect thread");
+    match reached {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("bystander {k} reached the client port over the underlay: {other:?}"),
+    }
+
+    // A client member with the wrong secret gets no peer.
+    let impostor = lab.add_member(&[1], &wrong_secret);
+    lab.start(impostor);
+    let from_impostor = format!("announcement from 10.77.0.{impostor}:");
+    wait_for_log(&lab, 1, &from_impostor, limit);
+    let log = std::fs::read_to_string(&lab.node(1).log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&from_impostor) && l.contains("ignored: bad MAC")),
+        "n1 refuses the impostor's announcements"
+    );
+    let meshz = monitor_get(&lab.node(1).ns, "/meshz").expect("/meshz");
+    let names: Vec<&str> = meshz["mesh"]["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&format!("app{impostor}").as_str()),
+        "the impostor is a peer: {meshz}"
+    );
+    assert!(lab.broker_urls(impostor).is_empty(), "and knows no broker");
+
+    // A broker added live (JetStream off) appears in the app host's list; with the
+    // others stopped, the app's connection moves to it.
+    lab.jetstream_peers = None;
+    let late = lab.add(&[1], "c1", SECRET);
+    let late_name = lab.node(late).name.clone();
+    lab.start(late);
+    let urls = lab.wait_broker_urls(app, 4, limit);
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (stopped_tx, stopped_rx) = mpsc::channel::<()>();
+    let want_server = late_name.clone();
+    let moved = with_client_at(&lab.node(app).ns.clone(), urls, move |c| async move {
+        let mut echo = c.subscribe("echo").await.expect("subscribe");
+        let responder = c.clone();
+        tokio::spawn(async move {
+            while let Some(m) = echo.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder.publish(reply, m.payload).await;
+                }
+            }
+        });
+        c.flush().await.expect("flush");
+        ready_tx.send(()).expect("ready");
+        tokio::task::spawn_blocking(move || stopped_rx.recv())
+            .await
+            .expect("join")
+            .expect("stopped");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let asked =
+                tokio::time::timeout(Duration::from_secs(1), c.request("echo", "ping".into()))
+                    .await;
+            if let Ok(Ok(answer)) = asked {
+                if c.server_info().server_name == want_server {
+                    break answer.payload;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never answered through {want_server}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    ready_rx.recv_timeout(limit).expect("client ready");
+    for i in 1..=3 {
+        lab.kill(i);
+    }
+    stopped_tx.send(()).expect("tell the client");
+    let answer = moved.join().expect("moved client");
+    assert_eq!(&answer[..], b"ping");
+    let urls = lab.wait_broker_urls(app, 1, limit);
+    assert!(
+        urls[0].ends_with(":4222"),
+        "only {late_name} is left: {urls:?}"
+    );
 }

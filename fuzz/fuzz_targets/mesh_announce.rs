@@ -4,7 +4,10 @@
 //! membership consistent: an encoded announcement decodes to itself, this node never
 //! becomes its own member or the subject of an event, and a removed peer is gone.
 //! Refusals (ICMP errors for a member's port), renewals (a new interface) and the
-//! quiet members' probes are in the mix.
+//! quiet members' probes are in the mix, and so are roles: this node is a broker or a
+//! client member, announcements are sealed with the cluster's or the client members'
+//! key, and every member holds an address in its role's range (a client member knows
+//! brokers only).
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,7 +16,8 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use meshbroker::mesh::{
-    decode, encode, AnnounceKey, Announcement, Membership, MeshEvent, Network, NodeRecord,
+    decode, encode, AnnounceKey, Announcement, Membership, MeshEvent, Network, NodeRecord, Role,
+    Sealed,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -25,6 +29,13 @@ struct ArbRecord {
     addr: u16,
     route_port: u16,
     incarnation: u8,
+    client: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    me_client: bool,
+    steps: Vec<Step>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -37,6 +48,7 @@ enum Step {
         members: Vec<ArbRecord>,
         leave: bool,
         other_cluster: bool,
+        sealed_client: bool,
     },
     Hint(ArbRecord),
     Handshake(u8),
@@ -58,22 +70,28 @@ fn record(r: &ArbRecord) -> NodeRecord {
         key: key_text(r.key % 8),
         name: r.name.chars().take(32).collect(),
         endpoint: SocketAddr::from((r.ip, r.port)),
-        mesh_addr: Ipv4Addr::new(10, 99, (r.addr >> 8) as u8, r.addr as u8),
+        mesh_addr: Ipv4Addr::new(10, 99, (r.addr >> 8) as u8, r.addr as u8).into(),
         route_port: r.route_port,
         incarnation: u64::from(r.incarnation % 4),
+        role: if r.client { Role::Client } else { Role::Broker },
+        client_port: None,
     }
 }
 
-fuzz_target!(|steps: Vec<Step>| {
+fuzz_target!(|input: Input| {
+    let Input { me_client, steps } = input;
     let key = AnnounceKey::derive(b"a-cluster-secret-for-fuzzing", "c1");
-    let network = Network::parse("10.99.0.0/16").expect("network");
+    let network = Network::parse("10.99.0.0/16", "c1").expect("network");
+    let my_role = if me_client { Role::Client } else { Role::Broker };
     let me = NodeRecord {
         key: key_text(0),
         name: "me".into(),
         endpoint: "192.0.2.1:51820".parse().expect("addr"),
-        mesh_addr: network.address_for(&[0; 32]),
+        mesh_addr: network.address_for(&[0; 32], my_role),
         route_port: 6222,
         incarnation: 1,
+        role: my_role,
+        client_port: None,
     };
     let mut membership = Membership::new(
         me.clone(),
@@ -100,6 +118,7 @@ fuzz_target!(|steps: Vec<Step>| {
                 members,
                 leave,
                 other_cluster,
+                sealed_client,
             } => {
                 let ann = Announcement {
                     cluster: if other_cluster {
@@ -109,6 +128,7 @@ fuzz_target!(|steps: Vec<Step>| {
                     },
                     from: record(&from),
                     seq: u64::from(seq),
+                    part: 0,
                     ts_ms: now_ms.wrapping_add_signed(i64::from(skew_ms) * 1000),
                     members: members.iter().take(16).map(record).collect(),
                     leave,
@@ -121,7 +141,12 @@ fuzz_target!(|steps: Vec<Step>| {
                         (&ann.from, ann.seq, ann.leave)
                     );
                     heard.extend(back.members.clone());
-                    if let Ok(ev) = membership.receive(back, now, now_ms) {
+                    let sealed = if sealed_client {
+                        Sealed::Client
+                    } else {
+                        Sealed::Cluster
+                    };
+                    if let Ok(ev) = membership.receive(back, sealed, now, now_ms) {
                         for e in &ev {
                             check(&membership, &me, e);
                         }
@@ -177,6 +202,17 @@ fuzz_target!(|steps: Vec<Step>| {
             check(&membership, &me, e);
         }
         assert!(membership.members().all(|m| m.record.key != me.key));
+        for m in membership.members() {
+            assert_eq!(
+                network.role_of(m.record.mesh_addr),
+                Some(m.record.role),
+                "every member in its role's range"
+            );
+            assert!(
+                !(me_client && m.record.role == Role::Client),
+                "a client member knows brokers only"
+            );
+        }
     }
 });
 
