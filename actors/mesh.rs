@@ -393,6 +393,9 @@ pub struct Prepared {
     me: NodeRecord,
     network: Network,
     socket: std::net::UdpSocket,
+    /// Announcements that crossed the mesh: bound to the mesh address, tied to the
+    /// interface.
+    mesh_socket: std::net::UdpSocket,
 }
 
 impl Prepared {
@@ -444,6 +447,8 @@ pub fn prepare(
     let socket =
         runtime::udp_any_family(port).map_err(|source| MeshError::Socket { port, source })?;
     let iface = setup_interface(config, &key, address, network)?;
+    let mesh_socket = runtime::udp_on_device(SocketAddr::new(address, port), &iface.label)
+        .map_err(|source| MeshError::Socket { port, source })?;
     let incarnation = incarnation_now();
     let me = NodeRecord {
         key: public.to_base64(),
@@ -462,6 +467,7 @@ pub fn prepare(
         me,
         network,
         socket,
+        mesh_socket,
     })
 }
 
@@ -497,9 +503,17 @@ pub fn start(
         me,
         network,
         socket,
+        mesh_socket,
     } = prepared;
     let port = config.discovery_port();
+    let mut listeners = listeners;
+    listeners.push(
+        runtime::DeviceBinding::of(&mesh_socket)
+            .map_err(|source| MeshError::Socket { port, source })?,
+    );
     let socket = runtime::UdpSocket::try_from(socket)
+        .map_err(|source| MeshError::Socket { port, source })?;
+    let mesh_socket = runtime::UdpSocket::try_from(mesh_socket)
         .map_err(|source| MeshError::Socket { port, source })?;
     let underlay = runtime::ErrorReportingUdp::bind().map_err(MeshError::UnderlaySocket)?;
     let view = Arc::new(arc_swap::ArcSwap::from_pointee(MeshView {
@@ -575,6 +589,7 @@ pub fn start(
         membership,
         keys,
         socket,
+        mesh_socket,
         underlay,
         cluster,
         listeners,
@@ -619,8 +634,11 @@ struct MeshActor {
     network: Network,
     membership: Membership,
     keys: AnnounceKeys,
-    /// Receives every announcement; sends the copies that cross the mesh.
+    /// Receives the announcements that cross the underlay.
     socket: runtime::UdpSocket,
+    /// Receives the announcements that cross the mesh (what WireGuard vouches for);
+    /// sends the copies that cross it.
+    mesh_socket: runtime::UdpSocket,
     /// Sends the copies that cross the underlay, and hears which ones the network
     /// refused (a member whose node died).
     underlay: runtime::ErrorReportingUdp,
@@ -663,8 +681,10 @@ impl MeshActor {
         // down as soon as its silence passes a heartbeat, not at the next one.
         let mut watch = runtime::interval(self.config.heartbeat.0 / 5);
         let mut buf = vec![0u8; 64 * 1024];
+        let mut mesh_buf = vec![0u8; 64 * 1024];
         enum Event {
             Datagram(std::io::Result<(usize, SocketAddr)>),
+            MeshDatagram(std::io::Result<(usize, SocketAddr)>),
             Refused(Vec<SocketAddr>),
             Tick,
             Watch,
@@ -674,6 +694,9 @@ impl MeshActor {
         loop {
             let event = {
                 let recv = async { Event::Datagram(self.socket.recv_from(&mut buf).await) };
+                let recv_mesh =
+                    async { Event::MeshDatagram(self.mesh_socket.recv_from(&mut mesh_buf).await) };
+                let recv = futures_lite::future::or(recv, recv_mesh);
                 let refused = async { Event::Refused(self.underlay.refused().await) };
                 let tick = async {
                     futures_lite::StreamExt::next(&mut heartbeat).await;
@@ -690,10 +713,14 @@ impl MeshActor {
             };
             match event {
                 Event::Datagram(Ok((n, from))) => {
-                    let events = self.receive(&buf[..n], from);
+                    let events = self.receive(&buf[..n], from, false);
                     self.apply(events).await;
                 }
-                Event::Datagram(Err(e)) => {
+                Event::MeshDatagram(Ok((n, from))) => {
+                    let events = self.receive(&mesh_buf[..n], from, true);
+                    self.apply(events).await;
+                }
+                Event::Datagram(Err(e)) | Event::MeshDatagram(Err(e)) => {
                     log::debug!("mesh: receive failed: {e}");
                     runtime::sleep(Duration::from_millis(10)).await;
                 }
@@ -748,7 +775,8 @@ impl MeshActor {
         }
     }
 
-    fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> Vec<MeshEvent> {
+    /// A datagram from `from`, `on_mesh` if it arrived over the interface.
+    fn receive(&mut self, datagram: &[u8], from: SocketAddr, on_mesh: bool) -> Vec<MeshEvent> {
         // The socket takes both families: an IPv4 sender comes as a mapped address.
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         // A member's liveness probe: only its refusal (if we were dead) means anything.
@@ -756,10 +784,13 @@ impl MeshActor {
             return Vec::new();
         }
         let now_ms = runtime::now_unix_ns().max(0) as u64 / 1_000_000;
-        let result = self
-            .keys
-            .open(datagram)
-            .and_then(|(ann, sealed)| self.membership.receive(ann, sealed, runtime::now(), now_ms));
+        let result = self.keys.open(datagram).and_then(|(ann, sealed)| {
+            // WireGuard lets a peer send only from its own address: one that comes
+            // from the address of the key it names is that key's word.
+            let over_mesh = on_mesh && from.ip() == ann.from.mesh_addr;
+            self.membership
+                .receive(ann, sealed, over_mesh, runtime::now(), now_ms)
+        });
         match result {
             Ok(events) => events,
             Err(rejected) => {
@@ -768,7 +799,13 @@ impl MeshActor {
                     .rejected_logged
                     .get(&from.ip())
                     .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
-                if !recent && !matches!(rejected, crate::mesh::Rejected::Replay(_)) {
+                // A broker that heard of us before we heard of it is named to us by
+                // its peers a moment later: nothing to warn about.
+                let routine = matches!(
+                    rejected,
+                    crate::mesh::Rejected::Replay(_) | crate::mesh::Rejected::UnknownBroker
+                );
+                if !recent && !routine {
                     log::warn!("mesh: announcement from {from} ignored: {rejected}");
                     self.rejected_logged.insert(from.ip(), now);
                 }
@@ -828,7 +865,11 @@ impl MeshActor {
             let session = stats
                 .get(&m.record.key)
                 .is_some_and(|s| s.handshake.is_some());
-            if m.alive && session {
+            // A client member starts the session with a broker itself (it is the side
+            // that dials): its announcements cross the mesh at once, so the broker's
+            // answers (and their word about other brokers) come back over it.
+            let starts = self.membership.me().role == Role::Client;
+            if m.alive && (session || starts) {
                 mesh.push(SocketAddr::new(m.record.mesh_addr, port));
             }
         }
@@ -839,7 +880,7 @@ impl MeshActor {
                 let _ = self.underlay.send_to(gram, target).await;
             }
             for &target in &mesh {
-                let _ = self.socket.send_to(gram, target).await;
+                let _ = self.mesh_socket.send_to(gram, target).await;
             }
         }
     }

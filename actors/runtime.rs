@@ -143,19 +143,41 @@ pub fn listen_on(addr: std::net::SocketAddr, device: Option<&str>) -> io::Result
 }
 
 /// A UDP socket on `port` of every address of both families (`[::]`, IPv4 as mapped
-/// addresses), or of every IPv4 address where the host has no IPv6.
+/// addresses), or of every IPv4 address where the host has no IPv6. Its port can be
+/// shared with a socket bound to one address ([`udp_on_device`]), which then takes
+/// that address's datagrams.
 pub fn udp_any_family(port: u16) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let v6 = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).and_then(|socket| {
         socket.set_only_v6(false)?;
+        socket.set_reuse_address(true)?;
         let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         socket.bind(&any.into())?;
         Ok(socket)
     });
     match v6 {
         Ok(socket) => Ok(socket.into()),
-        Err(_) => std::net::UdpSocket::bind(("0.0.0.0", port)),
+        Err(_) => {
+            let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_reuse_address(true)?;
+            let any = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+            socket.bind(&any.into())?;
+            Ok(socket.into())
+        }
     }
+}
+
+/// A UDP socket on `addr` that takes only datagrams arriving on `device`
+/// (`SO_BINDTODEVICE`; the kernel gives a datagram to the most specific socket on
+/// its port): on a WireGuard interface, every datagram it takes was sent by the key
+/// holder of the peer whose address is its source.
+pub fn udp_on_device(addr: std::net::SocketAddr, device: &str) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(device.as_bytes()))?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// A UDP socket that hears what the network says about the datagrams it sends: the
@@ -232,9 +254,9 @@ impl ErrorReportingUdp {
 pub struct DeviceBinding(socket2::Socket);
 
 impl DeviceBinding {
-    pub fn of(listener: &TcpListener) -> io::Result<DeviceBinding> {
-        use std::os::fd::AsFd;
-        let fd = listener.as_fd().try_clone_to_owned()?;
+    /// The tie of `socket` (a listener, or a [`udp_on_device`] socket).
+    pub fn of(socket: &impl std::os::fd::AsFd) -> io::Result<DeviceBinding> {
+        let fd = socket.as_fd().try_clone_to_owned()?;
         Ok(DeviceBinding(socket2::Socket::from(fd)))
     }
 

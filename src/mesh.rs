@@ -634,6 +634,8 @@ pub enum Rejected {
     NotAClient,
     #[error("a client member takes announcements from brokers only")]
     NotABroker,
+    #[error("a broker no one named: a client member takes brokers from its seeds, the members it remembers, and known brokers' word over the mesh")]
+    UnknownBroker,
 }
 
 /// Which key sealed an announcement.
@@ -881,13 +883,18 @@ impl Membership {
     }
 
     /// An authenticated announcement arrived (its MAC checked with the key `sealed`
-    /// says); `now_ms` is our clock. What the client members' key seals speaks for a
-    /// client member only, and its gossip is not taken (a broker learns brokers from
-    /// brokers); a client member takes brokers only.
+    /// says; `over_mesh`: through WireGuard, from the address of the key it names);
+    /// `now_ms` is our clock. What the client members' key seals speaks for a client
+    /// member only, and its gossip is not taken (a broker learns brokers from
+    /// brokers). A client member takes brokers only, and only those it was told of
+    /// (its seeds, the members it remembers, gossip), and gossip only over the mesh:
+    /// every client member holds the key its announcements are sealed with, and only
+    /// WireGuard tells one that a broker's word is the broker's.
     pub fn receive(
         &mut self,
         ann: Announcement,
         sealed: Sealed,
+        over_mesh: bool,
         now: Instant,
         now_ms: u64,
     ) -> Result<Vec<MeshEvent>, Rejected> {
@@ -914,11 +921,24 @@ impl Membership {
         if !self.valid(&from) {
             return Err(Rejected::BadRecord);
         }
+        if self.me.role == Role::Client && !self.members.contains_key(&from.key) {
+            return Err(Rejected::UnknownBroker);
+        }
         if self.address_taken(&from) {
             return Err(Rejected::AddressTaken(from.mesh_addr));
         }
         let stamp = (from.incarnation, ann.seq, ann.part);
         if let Some(last) = self.last_seq.get(&from.key) {
+            // Every announcement goes over the underlay and the mesh: to a client
+            // member, the mesh's copy of one already heard is the one whose word
+            // about other brokers counts.
+            if stamp == *last && over_mesh && self.me.role == Role::Client {
+                let mut events = Vec::new();
+                for record in ann.members {
+                    events.extend(self.hint(record, now));
+                }
+                return Ok(events);
+            }
             if stamp <= *last {
                 return Err(Rejected::Replay(ann.seq));
             }
@@ -998,7 +1018,10 @@ impl Membership {
                 events.push(MeshEvent::Up(from.clone()));
             }
         }
-        let gossip_taken = sealed == Sealed::Cluster || self.me.role == Role::Client;
+        let gossip_taken = match self.me.role {
+            Role::Broker => sealed == Sealed::Cluster,
+            Role::Client => over_mesh,
+        };
         for record in ann.members.into_iter().filter(|_| gossip_taken) {
             events.extend(self.hint(record, now));
         }
@@ -1332,7 +1355,13 @@ mod tests {
         let mut m = membership(1);
         let t0 = Instant::now();
         let ev = m
-            .receive(ann(record(2, 5), 1, 10_000), Sealed::Cluster, t0, 10_000)
+            .receive(
+                ann(record(2, 5), 1, 10_000),
+                Sealed::Cluster,
+                false,
+                t0,
+                10_000,
+            )
             .unwrap();
         assert_eq!(
             ev,
@@ -1342,22 +1371,41 @@ mod tests {
             ]
         );
         assert_eq!(
-            m.receive(ann(record(2, 5), 1, 10_000), Sealed::Cluster, t0, 10_000),
+            m.receive(
+                ann(record(2, 5), 1, 10_000),
+                Sealed::Cluster,
+                false,
+                t0,
+                10_000
+            ),
             Err(Rejected::Replay(1))
         );
         assert!(m
-            .receive(ann(record(2, 5), 2, 10_000), Sealed::Cluster, t0, 10_000)
+            .receive(
+                ann(record(2, 5), 2, 10_000),
+                Sealed::Cluster,
+                false,
+                t0,
+                10_000
+            )
             .unwrap()
             .is_empty());
         // An old incarnation is refused.
         assert!(m
-            .receive(ann(record(2, 4), 9, 10_000), Sealed::Cluster, t0, 10_000)
+            .receive(
+                ann(record(2, 4), 9, 10_000),
+                Sealed::Cluster,
+                false,
+                t0,
+                10_000
+            )
             .is_err());
         // Far-off clocks are refused.
         assert!(matches!(
             m.receive(
                 ann(record(2, 5), 3, 10_000),
                 Sealed::Cluster,
+                false,
                 t0,
                 10_000 + MAX_CLOCK_SKEW_MS + 1
             ),
@@ -1365,7 +1413,13 @@ mod tests {
         ));
         // Our own key from another incarnation: a clone.
         assert_eq!(
-            m.receive(ann(record(1, 9), 1, 10_000), Sealed::Cluster, t0, 10_000),
+            m.receive(
+                ann(record(1, 9), 1, 10_000),
+                Sealed::Cluster,
+                false,
+                t0,
+                10_000
+            ),
             Err(Rejected::ClonedKey)
         );
     }
@@ -1376,7 +1430,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = ann(record(2, 1), 1, 0);
         a.members = vec![record(3, 1), record(1, 1)];
-        let ev = m.receive(a, Sealed::Cluster, t0, 0).unwrap();
+        let ev = m.receive(a, Sealed::Cluster, false, t0, 0).unwrap();
         assert!(ev.contains(&MeshEvent::SetPeer(record(3, 1))));
         assert!(
             !ev.contains(&MeshEvent::Up(record(3, 1))),
@@ -1388,7 +1442,7 @@ mod tests {
         let three = m.members().find(|x| x.record.key == key(3)).unwrap();
         assert!(!three.confirmed && !three.alive);
         let ev = m
-            .receive(ann(record(3, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(record(3, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(3, 1))]);
         // A silent hint is forgotten after the hint TTL.
@@ -1408,7 +1462,7 @@ mod tests {
     fn silence_drops_routes_then_the_peer_and_a_word_brings_it_back() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         assert!(m.tick(t0 + Duration::from_secs(2)).is_empty());
         assert_eq!(
@@ -1419,6 +1473,7 @@ mod tests {
             .receive(
                 ann(record(2, 1), 2, 0),
                 Sealed::Cluster,
+                false,
                 t0 + Duration::from_secs(5),
                 0,
             )
@@ -1441,12 +1496,12 @@ mod tests {
     fn a_restarted_node_on_a_new_endpoint_is_moved_and_a_leave_is_final() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         let mut moved = record(2, 2);
         moved.endpoint = "192.0.2.99:51820".parse().unwrap();
         let ev = m
-            .receive(ann(moved.clone(), 1, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(moved.clone(), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         assert_eq!(
             ev,
@@ -1458,7 +1513,7 @@ mod tests {
         );
         let mut leave = ann(moved.clone(), 2, 0);
         leave.leave = true;
-        let ev = m.receive(leave, Sealed::Cluster, t0, 0).unwrap();
+        let ev = m.receive(leave, Sealed::Cluster, false, t0, 0).unwrap();
         assert_eq!(
             ev,
             vec![
@@ -1478,7 +1533,7 @@ mod tests {
         let mut m = membership(1);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         let port = record(2, 1).underlay_discovery();
         // Its host refuses: no process holds the port, its node died.
@@ -1500,7 +1555,13 @@ mod tests {
         // The same process speaks after all: a firewall rejects our datagrams. Up,
         // said once, and from now on only its silence takes it down.
         let ev = m
-            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, t0 + ms(2_100), 0)
+            .receive(
+                ann(record(2, 1), 2, 0),
+                Sealed::Cluster,
+                false,
+                t0 + ms(2_100),
+                0,
+            )
             .unwrap();
         assert_eq!(
             ev,
@@ -1513,7 +1574,13 @@ mod tests {
         assert_eq!(m.alive_underlay(), vec![port]);
         assert!(m.refused(port, t0 + ms(2_200)).is_empty());
         let ev = m
-            .receive(ann(record(2, 1), 3, 0), Sealed::Cluster, t0 + ms(2_300), 0)
+            .receive(
+                ann(record(2, 1), 3, 0),
+                Sealed::Cluster,
+                false,
+                t0 + ms(2_300),
+                0,
+            )
             .unwrap();
         assert!(ev.is_empty(), "firewalled is said once: {ev:?}");
         assert!(m.refused(port, t0 + ms(2_400)).is_empty());
@@ -1521,7 +1588,13 @@ mod tests {
         assert_eq!(m.tick(t0 + ms(2_901)), vec![MeshEvent::Down(record(2, 1))]);
         // A new incarnation is another process, perhaps elsewhere: refusals count.
         let ev = m
-            .receive(ann(record(2, 2), 1, 0), Sealed::Cluster, t0 + ms(3_000), 0)
+            .receive(
+                ann(record(2, 2), 1, 0),
+                Sealed::Cluster,
+                false,
+                t0 + ms(3_000),
+                0,
+            )
             .unwrap();
         assert!(ev.contains(&MeshEvent::Restarted(record(2, 2))));
         assert_eq!(
@@ -1534,7 +1607,7 @@ mod tests {
     fn quiet_members_are_the_silent_ones_heard_within_a_minute() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         m.hint(record(3, 0), t0);
         assert!(m.quiet(t0).is_empty(), "alive, and a hint never heard");
@@ -1548,7 +1621,7 @@ mod tests {
     fn a_renewed_node_takes_a_new_incarnation_and_drops_its_live_members() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         m.hint(record(3, 0), t0);
         let before = m.me().incarnation;
@@ -1557,7 +1630,7 @@ mod tests {
         assert!(m.renew(0).is_empty(), "nothing left alive");
         // Heard again: up, routes again.
         let ev = m
-            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(2, 1))]);
     }
@@ -1566,11 +1639,11 @@ mod tests {
     fn a_node_restarted_in_place_gets_a_new_wireguard_session_and_its_routes_again() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         // Back before its silence was noticed: the old routes go, the peer starts over.
         let ev = m
-            .receive(ann(record(2, 2), 1, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(record(2, 2), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         assert_eq!(
             ev,
@@ -1589,6 +1662,7 @@ mod tests {
             .receive(
                 ann(record(2, 3), 1, 0),
                 Sealed::Cluster,
+                false,
                 t0 + Duration::from_secs(5),
                 0,
             )
@@ -1603,7 +1677,7 @@ mod tests {
         // A seed's hint (incarnation 0) answered by the node itself is no restart.
         m.hint(record(3, 0), t0);
         let ev = m
-            .receive(ann(record(3, 5), 1, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(record(3, 5), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         assert_eq!(ev, vec![MeshEvent::Up(record(3, 5))]);
     }
@@ -1612,23 +1686,24 @@ mod tests {
     fn an_address_held_by_another_key_is_refused() {
         let mut m = membership(1);
         let t0 = Instant::now();
-        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         let mut clash = record(3, 1);
         clash.mesh_addr = record(2, 1).mesh_addr;
         assert_eq!(
-            m.receive(ann(clash.clone(), 1, 0), Sealed::Cluster, t0, 0),
+            m.receive(ann(clash.clone(), 1, 0), Sealed::Cluster, false, t0, 0),
             Err(Rejected::AddressTaken(clash.mesh_addr))
         );
         assert!(m.hint(clash.clone(), t0).is_empty());
         clash.mesh_addr = m.me().mesh_addr;
         assert!(
-            m.receive(ann(clash, 2, 0), Sealed::Cluster, t0, 0).is_err(),
+            m.receive(ann(clash, 2, 0), Sealed::Cluster, false, t0, 0)
+                .is_err(),
             "ours too"
         );
         // The holder itself keeps announcing.
         assert!(m
-            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(record(2, 1), 2, 0), Sealed::Cluster, false, t0, 0)
             .is_ok());
     }
 
@@ -1682,7 +1757,9 @@ mod tests {
         let mut broker = membership(1);
         let mut from_app = ann(client_record(7, 1), 1, 0);
         from_app.members = vec![record(9, 1)];
-        let ev = broker.receive(from_app, Sealed::Client, t0, 0).unwrap();
+        let ev = broker
+            .receive(from_app, Sealed::Client, false, t0, 0)
+            .unwrap();
         assert_eq!(
             ev,
             vec![
@@ -1692,18 +1769,18 @@ mod tests {
         );
         // Sealed with the client secret, a broker's record is a lie.
         assert_eq!(
-            broker.receive(ann(record(8, 1), 1, 0), Sealed::Client, t0, 0),
+            broker.receive(ann(record(8, 1), 1, 0), Sealed::Client, false, t0, 0),
             Err(Rejected::NotAClient)
         );
         // A client record at a broker's address, or a broker at a client's, is bad.
         let mut posing = client_record(6, 1);
         posing.mesh_addr = record(6, 1).mesh_addr;
         assert_eq!(
-            broker.receive(ann(posing, 1, 0), Sealed::Cluster, t0, 0),
+            broker.receive(ann(posing, 1, 0), Sealed::Cluster, false, t0, 0),
             Err(Rejected::BadRecord)
         );
         broker
-            .receive(ann(record(2, 1), 1, 0), Sealed::Cluster, t0, 0)
+            .receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
             .unwrap();
         // To brokers, every member; to client members, the brokers only.
         let to_brokers = broker.announcement(0, false, Role::Broker);
@@ -1721,19 +1798,41 @@ mod tests {
             Duration::from_secs(3),
             Duration::from_secs(60),
         );
+        // A broker no one named is not taken (another client member could pose as
+        // one: they all hold the key).
+        assert_eq!(
+            app.receive(ann(record(3, 1), 1, 0), Sealed::Client, false, t0, 0),
+            Err(Rejected::UnknownBroker)
+        );
+        let seed = NodeRecord {
+            incarnation: 0,
+            ..record(1, 1)
+        };
+        assert_eq!(app.hint(seed.clone(), t0), vec![MeshEvent::SetPeer(seed)]);
         let mut from_broker = ann(record(1, 1), 1, 0);
         from_broker.members = vec![record(2, 1), client_record(5, 1)];
-        let ev = app.receive(from_broker, Sealed::Client, t0, 0).unwrap();
+        // Over the underlay, its word about others is not taken.
+        let ev = app
+            .receive(from_broker.clone(), Sealed::Client, false, t0, 0)
+            .unwrap();
+        assert_eq!(ev, vec![MeshEvent::Up(record(1, 1))]);
+        // Over the mesh (WireGuard vouches for it), the brokers it names are, also
+        // in the mesh's copy of the announcement heard over the underlay (but only
+        // their names: a replay changes nothing else).
+        let ev = app
+            .receive(from_broker.clone(), Sealed::Client, true, t0, 0)
+            .unwrap();
+        assert_eq!(ev, vec![MeshEvent::SetPeer(record(2, 1))]);
+        assert!(app
+            .receive(from_broker.clone(), Sealed::Client, true, t0, 0)
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            ev,
-            vec![
-                MeshEvent::SetPeer(record(1, 1)),
-                MeshEvent::Up(record(1, 1)),
-                MeshEvent::SetPeer(record(2, 1)),
-            ]
+            app.receive(from_broker, Sealed::Client, false, t0, 0),
+            Err(Rejected::Replay(1))
         );
         assert_eq!(
-            app.receive(ann(client_record(5, 1), 1, 0), Sealed::Client, t0, 0),
+            app.receive(ann(client_record(5, 1), 1, 0), Sealed::Client, false, t0, 0),
             Err(Rejected::NotABroker)
         );
         assert!(app.announcement(0, false, Role::Broker).members.is_empty());

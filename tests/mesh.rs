@@ -620,6 +620,9 @@ fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
     }
     let mut lab = Lab::new('a');
     let limit = Duration::from_secs(20);
+    // IPv4 mesh addresses here (the option for hosts without IPv6); the other tests
+    // run on the default, the cluster's IPv6 ULA /48.
+    lab.mesh_extra = "network = \"10.99.0.0/16\"".into();
     lab.add(&[], "c1", SECRET);
     lab.add(&[1], "c1", SECRET);
     lab.add(&[1], "c1", SECRET);
@@ -632,6 +635,12 @@ fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
         lab.wait_routes(3, &["n1", "n2"], limit),
     ];
     eprintln!("three nodes from one seed: full routes after {formed:?}");
+    let meshz = monitor_get(&lab.node(2).ns, "/meshz").expect("/meshz");
+    let addr = meshz["mesh"]["mesh_addr"].as_str().unwrap_or_default();
+    assert!(
+        addr.starts_with("10.99.") && addr.parse::<std::net::Ipv4Addr>().is_ok(),
+        "an IPv4 mesh address: {meshz}"
+    );
 
     // A subject reaches subscribers on the other two nodes; a queue group with a
     // member on every node gets each job exactly once.
@@ -1239,6 +1248,7 @@ where
                 .connection_timeout(Duration::from_secs(1))
                 .ping_interval(Duration::from_secs(1))
                 .ignore_discovered_servers()
+                .retain_servers_order()
                 .reconnect_delay_callback(|_| Duration::from_millis(100))
                 .connect(urls.as_slice())
                 .await
@@ -1291,8 +1301,13 @@ fn an_app_host_reaches_brokers_whose_only_face_is_the_mesh() {
 
     // The app host joins with the client members' secret and learns every broker.
     let app = lab.add_member(&[1], &client_secret);
+    let started = Instant::now();
     lab.start(app);
     let urls = lab.wait_broker_urls(app, 3, limit);
+    eprintln!(
+        "the app host lists 3 brokers {:?} after its start",
+        started.elapsed()
+    );
     assert!(
         urls.iter()
             .all(|u| u.starts_with("nats://[fd") && u.ends_with(":4222")),
@@ -1454,12 +1469,27 @@ fn an_app_host_reaches_brokers_whose_only_face_is_the_mesh() {
     lab.jetstream_peers = None;
     let late = lab.add(&[1], "c1", SECRET);
     let late_name = lab.node(late).name.clone();
+    let started = Instant::now();
     lab.start(late);
-    let urls = lab.wait_broker_urls(app, 4, limit);
+    let mut urls = lab.wait_broker_urls(app, 4, limit);
+    eprintln!(
+        "a broker added live is listed {:?} after its start",
+        started.elapsed()
+    );
+    // Its URL last, and the client keeps the order: it connects to one of the
+    // others first, and moves.
+    let late_meshz = monitor_get(&lab.node(late).ns, "/meshz").expect("/meshz");
+    let late_addr = late_meshz["mesh"]["mesh_addr"].as_str().expect("mesh_addr");
+    let late_url = format!("nats://[{late_addr}]:4222");
+    assert!(urls.contains(&late_url), "{late_url} in {urls:?}");
+    urls.retain(|u| *u != late_url);
+    urls.push(late_url);
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (stopped_tx, stopped_rx) = mpsc::channel::<()>();
     let want_server = late_name.clone();
     let moved = with_client_at(&lab.node(app).ns.clone(), urls, move |c| async move {
+        let first = c.server_info().server_name;
+        assert_ne!(first, want_server, "connected to one of the first brokers");
         let mut echo = c.subscribe("echo").await.expect("subscribe");
         let responder = c.clone();
         tokio::spawn(async move {
@@ -1496,8 +1526,13 @@ fn an_app_host_reaches_brokers_whose_only_face_is_the_mesh() {
     for i in 1..=3 {
         lab.kill(i);
     }
+    let killed = Instant::now();
     stopped_tx.send(()).expect("tell the client");
     let answer = moved.join().expect("moved client");
+    eprintln!(
+        "with the others killed, the app's connection answered through {late_name} {:?} later",
+        killed.elapsed()
+    );
     assert_eq!(&answer[..], b"ping");
     let urls = lab.wait_broker_urls(app, 1, limit);
     assert!(

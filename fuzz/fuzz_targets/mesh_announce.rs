@@ -49,6 +49,7 @@ enum Step {
         leave: bool,
         other_cluster: bool,
         sealed_client: bool,
+        over_mesh: bool,
     },
     Hint(ArbRecord),
     Handshake(u8),
@@ -119,6 +120,7 @@ fuzz_target!(|input: Input| {
                 leave,
                 other_cluster,
                 sealed_client,
+                over_mesh,
             } => {
                 let ann = Announcement {
                     cluster: if other_cluster {
@@ -146,7 +148,7 @@ fuzz_target!(|input: Input| {
                     } else {
                         Sealed::Cluster
                     };
-                    if let Ok(ev) = membership.receive(back, sealed, now, now_ms) {
+                    if let Ok(ev) = membership.receive(back, sealed, over_mesh, now, now_ms) {
                         for e in &ev {
                             check(&membership, &me, e);
                         }
