@@ -287,16 +287,21 @@ seeds = [{seeds}]
         i
     }
 
-    /// The brokers' URLs client member `i` keeps in its brokers file (empty until
-    /// it wrote one).
-    fn broker_urls(&self, i: usize) -> Vec<String> {
+    /// Client member `i`'s brokers file (the default: beside its key).
+    fn brokers_file(&self, i: usize) -> PathBuf {
         let mut file = self
             .dir
             .0
             .join(format!("{}.key", self.node(i).name))
             .into_os_string();
         file.push(".brokers");
-        std::fs::read_to_string(file)
+        file.into()
+    }
+
+    /// The brokers' URLs client member `i` keeps in its brokers file (empty until
+    /// it wrote one).
+    fn broker_urls(&self, i: usize) -> Vec<String> {
+        std::fs::read_to_string(self.brokers_file(i))
             .unwrap_or_default()
             .trim()
             .split(',')
@@ -1258,6 +1263,38 @@ where
     })
 }
 
+/// Runs `tests/python/nats_py_mesh_member.py` in namespace `ns` with `brokers_file`
+/// (skipped with a message without python3 and nats-py, a failure in CI).
+fn nats_py_on(ns: &str, brokers_file: &Path) {
+    let found = Command::new("python3")
+        .args(["-c", "import nats"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("MESHBROKER_CI").as_deref() == Ok("1") {
+            panic!("nats-py is required: pip install nats-py");
+        }
+        eprintln!("SKIPPED: the nats-py step: python3 with nats-py not found");
+        return;
+    }
+    let script = format!(
+        "{}/tests/python/nats_py_mesh_member.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", &script])
+        .arg(brokers_file)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "nats-py over the mesh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits until `log` (a node's log file) has `text`.
 fn wait_for_log(lab: &Lab, i: usize, text: &str, limit: Duration) {
     let started = Instant::now();
@@ -1368,6 +1405,8 @@ fn an_app_host_reaches_brokers_whose_only_face_is_the_mesh() {
     .expect("app client");
     let want: Vec<String> = (0..50).map(|i| format!("order-{i}")).collect();
     assert_eq!(got, want, "every acked message, in order, over the mesh");
+    // And through nats-py, with the brokers file as its server list.
+    nats_py_on(&lab.node(app).ns, &lab.brokers_file(app));
 
     // The brokers see a client member, and never route to it.
     let meshz = monitor_get(&lab.node(1).ns, "/meshz").expect("/meshz");
