@@ -1,13 +1,16 @@
-//! The mesh actor: one per node with `[mesh]`.
+//! The mesh actor: one per node with `[mesh]`, and the whole of a client member
+//! (`meshbroker mesh member`, [`Member`]).
 //!
 //! It owns the WireGuard interface (created or adopted at start, through
 //! `wireguard-control`; with the userspace backend it runs wireguard-go as its own
-//! child, so the daemon never outlives the node), the UDP socket announcements travel
-//! on, and the membership state (`crate::mesh::Membership`). Every heartbeat it
-//! announces itself to every member (over the mesh and over the underlay), applies
-//! membership changes to the interface in place (one update per round, never a
-//! remove-and-add), reads the peers' handshake ages and byte counters, and tells the
-//! cluster actor which nodes to route to and which to drop.
+//! child, so the daemon never outlives the node), the UDP sockets announcements travel
+//! on (one for the underlay, one tied to the interface for what crosses the mesh), and
+//! the membership state (`crate::mesh::Membership`). Every heartbeat it announces
+//! itself to every member (over the mesh and over the underlay; to client members with
+//! their key), applies membership changes to the interface in place (one update per
+//! round, never a remove-and-add), reads the peers' handshake ages and byte counters,
+//! and tells the cluster actor which brokers to route to and which to drop; on a client
+//! member, it keeps the live brokers' URLs in the brokers file instead.
 //!
 //! Keys never reach a log line: `wireguard_control::Key` prints itself in full, so it
 //! is never formatted; peers are named by their node name and a key prefix.
@@ -1254,8 +1257,12 @@ impl MeshActor {
         if members.is_empty() {
             return;
         }
+        let secret = match self.membership.me().role {
+            Role::Broker => "cluster.secret",
+            Role::Client => "mesh.client_secret_file (the brokers' client secret)",
+        };
         log::warn!(
-            "mesh: no valid announcement from any member in {}s ({}): if they are up, check that cluster.secret and cluster.name are the same as theirs, and that UDP port {} reaches them",
+            "mesh: no valid announcement from any member in {}s ({}): if they are up, check that {secret} and cluster.name are the same as theirs, and that UDP port {} reaches them",
             quiet.as_secs(),
             members.join(", "),
             self.config.discovery_port()

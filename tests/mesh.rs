@@ -1502,6 +1502,12 @@ fn an_app_host_reaches_brokers_whose_only_face_is_the_mesh() {
         "the impostor is a peer: {meshz}"
     );
     assert!(lab.broker_urls(impostor).is_empty(), "and knows no broker");
+    wait_for_log(
+        &lab,
+        impostor,
+        "check that mesh.client_secret_file (the brokers' client secret) and cluster.name",
+        limit,
+    );
 
     // A broker added live (JetStream off) appears in the app host's list; with the
     // others stopped, the app's connection moves to it.

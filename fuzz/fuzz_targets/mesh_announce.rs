@@ -83,7 +83,11 @@ fuzz_target!(|input: Input| {
     let Input { me_client, steps } = input;
     let key = AnnounceKey::derive(b"a-cluster-secret-for-fuzzing", "c1");
     let network = Network::parse("10.99.0.0/16", "c1").expect("network");
-    let my_role = if me_client { Role::Client } else { Role::Broker };
+    let my_role = if me_client {
+        Role::Client
+    } else {
+        Role::Broker
+    };
     let me = NodeRecord {
         key: key_text(0),
         name: "me".into(),
