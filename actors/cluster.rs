@@ -280,7 +280,7 @@ impl State {
                     if same_node {
                         entry
                             .route
-                            .tell(RouteControl::Close("the mesh lost this node"));
+                            .tell(RouteControl::Reset("the mesh lost this node"));
                     }
                 }
             }

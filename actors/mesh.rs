@@ -598,6 +598,7 @@ pub fn start(
         listeners,
         brokers_file,
         broker_urls: None,
+        gone_peers: std::collections::HashSet::new(),
         view: view.clone(),
         stats: HashMap::new(),
         stale_sessions: HashMap::new(),
@@ -654,6 +655,9 @@ struct MeshActor {
     brokers_file: Option<PathBuf>,
     /// The URLs last written there (and printed).
     broker_urls: Option<Vec<String>>,
+    /// Members taken off the interface because their host refused us (their node is
+    /// gone): put back when heard again.
+    gone_peers: std::collections::HashSet<String>,
     view: Arc<arc_swap::ArcSwap<MeshView>>,
     stats: HashMap<String, PeerStats>,
     /// Members that restarted and are to start the new session themselves (they dial
@@ -754,7 +758,8 @@ impl MeshActor {
                     self.supervise().await;
                     let events = self.membership.tick(runtime::now());
                     self.apply(events).await;
-                    self.announce(false).await;
+                    let targets = self.membership.heartbeat_targets();
+                    self.announce_to(Some(&targets), false).await;
                     self.read_device().await;
                     self.remember();
                     self.write_brokers();
@@ -898,6 +903,8 @@ impl MeshActor {
         let mut peers_changed = false;
         let mut answer = Vec::new();
         let mut dial = Vec::new();
+        let mut confirmed = false;
+        let mut gone_routes = Vec::new();
         for event in events {
             match event {
                 MeshEvent::SetPeer(record) => {
@@ -917,6 +924,14 @@ impl MeshActor {
                     // handshake.
                     update = update.add_peer(peer_config(raw, &record));
                     peers_changed = true;
+                    self.gone_peers.remove(&record.key);
+                    // Told of it (by gossip, say): it hears us now, not at our next
+                    // heartbeat, so that it can answer (a node restarted with an old
+                    // state file learns its members this way, and each one's
+                    // silence would add up to a heartbeat to its return).
+                    if !answer.contains(&record.key) {
+                        answer.push(record.key.clone());
+                    }
                 }
                 MeshEvent::Restarted(record) => {
                     let Ok(raw) = decode_key(&record.key) else {
@@ -926,7 +941,16 @@ impl MeshActor {
                     // Exactly one side starts the new session: the one that dials
                     // (two handshakes crossing leave both waiting out wireguard-go's
                     // 5 s retry timer).
-                    if self.dials(&record) {
+                    if self.gone_peers.remove(&record.key) {
+                        // Off the interface since its host refused us: no old
+                        // session to replace, it comes back new.
+                        log::info!(
+                            "mesh: {} ({}) restarted: back on the interface",
+                            record.name,
+                            short_id(&record.key)
+                        );
+                        update = update.add_peer(peer_config(raw, &record));
+                    } else if self.dials(&record) {
                         log::info!(
                             "mesh: {} ({}) restarted: starting a new WireGuard session with it",
                             record.name,
@@ -972,12 +996,24 @@ impl MeshActor {
                         continue;
                     };
                     log::info!("mesh: peer {name} ({}) removed", short_id(&key));
+                    self.gone_peers.remove(&key);
                     update = update.remove_peer_by_key(&Key(raw));
                     self.stats.remove(&key);
                     peers_changed = true;
                 }
                 MeshEvent::Up(record) => {
-                    answer.push(record.key.clone());
+                    if !answer.contains(&record.key) {
+                        answer.push(record.key.clone());
+                    }
+                    confirmed = true;
+                    // Heard again by the same process (a firewall, not its death):
+                    // back on the interface.
+                    if self.gone_peers.remove(&record.key) {
+                        if let Ok(raw) = decode_key(&record.key) {
+                            update = update.add_peer(peer_config(raw, &record));
+                            peers_changed = true;
+                        }
+                    }
                     if self.routes_to(&record) {
                         log::info!(
                             "mesh: {} ({}) is up at {}: routing to it",
@@ -1019,7 +1055,8 @@ impl MeshActor {
                         .handshake
                         .and_then(|t| runtime::wall_clock().duration_since(t).ok())
                         .map_or_else(|| "never".to_string(), |d| format!("{}s ago", d.as_secs()));
-                    let why = if self.membership.was_refused(&record.key) {
+                    let gone = self.membership.gone(&record.key);
+                    let why = if gone {
                         "its host refuses our announcements (its node is gone)"
                     } else {
                         "went silent"
@@ -1037,12 +1074,28 @@ impl MeshActor {
                         s.rx,
                         s.tx
                     );
-                    self.route_down(&record);
+                    if gone && !self.gone_peers.contains(&record.key) {
+                        // Off the interface before the routes go: what our side would
+                        // still send it (the routes' last segments, WireGuard's
+                        // retries) would each draw an ICMP error from its host, which
+                        // sends us only about one a second, and telling us of the
+                        // next death there needs one. It is put back when heard.
+                        if let Ok(raw) = decode_key(&record.key) {
+                            update = update.remove_peer_by_key(&Key(raw));
+                            peers_changed = true;
+                            self.stats.remove(&record.key);
+                            self.gone_peers.insert(record.key.clone());
+                        }
+                    }
+                    gone_routes.push(record);
                 }
             }
         }
         if peers_changed {
             self.update_device(update, "updating the peers").await;
+        }
+        for record in &gone_routes {
+            self.route_down(record);
         }
         // Only once WireGuard has the peer: a connection started before it would lose
         // its first packet and wait a second for TCP to send it again.
@@ -1055,6 +1108,12 @@ impl MeshActor {
         // now rather than at our next heartbeat: it routes to us as soon as we do.
         if !answer.is_empty() {
             self.announce_to(Some(&answer), false).await;
+        }
+        // A member heard: remembered now, not at the next heartbeat (a node that
+        // dies within one would forget it, and its next start would learn it again
+        // only by gossip).
+        if confirmed {
+            self.remember();
         }
     }
 

@@ -290,6 +290,7 @@ pub async fn serve(
         pongs_due: 0,
         unsynced: Vec::new(),
         last_in: runtime::now(),
+        reset: false,
     };
     let reason = route.run(reader, rbuf, parser, control_rx).await;
     route.finish();
@@ -297,7 +298,12 @@ pub async fn serve(
     if let Some(task) = writer_task {
         let _ = runtime::timeout(deadline, task).await;
     }
-    let _ = socket.shutdown(std::net::Shutdown::Both);
+    if route.reset {
+        // Dropped without a FIN: the last handle's close sends one RST.
+        let _ = runtime::reset_on_close(&socket);
+    } else {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
     cluster.gone(shared.id);
     log::info!(
         "route to {} ({}) at {peer} closed: {reason}",
@@ -329,6 +335,8 @@ struct Route {
     /// Accounts whose routers were sent interest changes without waiting for them.
     unsynced: Vec<Arc<Account>>,
     last_in: std::time::Instant,
+    /// Reset rather than closed at the end ([`RouteControl::Reset`]).
+    reset: bool,
 }
 
 /// The most members one queue-group announcement may count: a peer that claims more
@@ -382,6 +390,10 @@ impl Route {
                 }
                 Event::Control(None) => return "node stopping".into(),
                 Event::Control(Some(RouteControl::Close(reason))) => return reason.into(),
+                Event::Control(Some(RouteControl::Reset(reason))) => {
+                    self.reset = true;
+                    return reason.into();
+                }
                 Event::Control(Some(RouteControl::WriteFailed)) => return "write failed".into(),
                 Event::Tick => {
                     if runtime::now().duration_since(self.last_in) < interval.mul_f64(0.9) {

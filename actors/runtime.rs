@@ -266,6 +266,12 @@ impl DeviceBinding {
     }
 }
 
+/// Makes the last close of `stream` reset the connection (`SO_LINGER` 0: one RST,
+/// unsent data dropped) instead of closing it.
+pub fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
+}
+
 /// The longest accept queue the kernel grants (`listen` caps at it anyway).
 fn accept_backlog() -> i32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

@@ -411,6 +411,10 @@ impl Wake for ClientShared {
 pub enum RouteControl {
     /// Close the route (a duplicate replaced it, the node stops, the peer left).
     Close(&'static str),
+    /// The peer is gone (the mesh lost it): reset the connection rather than close
+    /// it, since a FIN to a dead peer is sent again and again, and over the mesh each
+    /// copy draws an ICMP error from its host that telling of its next death needs.
+    Reset(&'static str),
     WriteFailed,
 }
 

@@ -1064,6 +1064,30 @@ impl Membership {
         self.members.get(key).is_some_and(|m| m.refused)
     }
 
+    /// The members that hear this node's heartbeat: every one but those down
+    /// because their host refused us ([`Membership::gone`]). Their node is gone
+    /// and announces itself when it starts again; and each datagram their host
+    /// refuses spends one of the ICMP errors it sends us (about one a second once a
+    /// burst of six is spent: the kernel's rate limit), which telling us of the next
+    /// death there needs.
+    pub fn heartbeat_targets(&self) -> Vec<String> {
+        self.members
+            .values()
+            .filter(|m| !Membership::is_gone(m))
+            .map(|m| m.record.key.clone())
+            .collect()
+    }
+
+    /// Whether `key`'s member is down because its host refused us: its node is gone
+    /// (until it is heard again).
+    pub fn gone(&self, key: &str) -> bool {
+        self.members.get(key).is_some_and(Membership::is_gone)
+    }
+
+    fn is_gone(m: &Member) -> bool {
+        m.refused && !m.alive
+    }
+
     /// Where the alive members' announcement ports are on the underlay: between
     /// heartbeats each gets an empty datagram, whose refusal says a node died.
     pub fn alive_underlay(&self) -> Vec<SocketAddr> {
@@ -1601,6 +1625,25 @@ mod tests {
             m.refused(port, t0 + ms(3_100)),
             vec![MeshEvent::Down(record(2, 2))]
         );
+    }
+
+    #[test]
+    fn a_member_whose_host_refused_us_is_gone_and_not_announced_to_until_heard() {
+        let mut m = membership(1);
+        let t0 = Instant::now();
+        m.receive(ann(record(2, 1), 1, 0), Sealed::Cluster, false, t0, 0)
+            .unwrap();
+        m.receive(ann(record(3, 1), 1, 0), Sealed::Cluster, false, t0, 0)
+            .unwrap();
+        assert_eq!(m.heartbeat_targets(), vec![key(2), key(3)]);
+        m.refused(record(2, 1).underlay_discovery(), t0);
+        assert!(m.gone(&key(2)) && !m.gone(&key(3)));
+        assert_eq!(m.heartbeat_targets(), vec![key(3)]);
+        // Heard again (started again): every heartbeat.
+        m.receive(ann(record(2, 2), 1, 0), Sealed::Cluster, false, t0, 0)
+            .unwrap();
+        assert!(!m.gone(&key(2)));
+        assert_eq!(m.heartbeat_targets(), vec![key(2), key(3)]);
     }
 
     #[test]

@@ -241,7 +241,12 @@ struct Requester {
 
 impl Requester {
     fn connect(addr: SocketAddr) -> Requester {
-        let stream = TcpStream::connect(addr).unwrap();
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| {
+            panic!(
+                "connect to {addr}: {e} (if the reference: {})",
+                common::explain_reference(addr.port())
+            )
+        });
         stream.set_nodelay(true).unwrap();
         let mut r = Requester {
             stream,

@@ -792,6 +792,9 @@ fn nodes_from_seeds_form_a_mesh_route_live_and_heal() {
 /// Rounds of each fault the mesh must see quickly, each timed from the fault.
 const ROUNDS: usize = 10;
 
+/// How long a killed node stays down before it is started again in the rounds test.
+const RESTART_DELAY: Duration = Duration::from_secs(2);
+
 /// The mesh's reaction times, over [`ROUNDS`] rounds each, in three namespaces: a
 /// node killed with SIGKILL is dropped by the others (its host answers the next
 /// announcement with "port unreachable"), started again it is routed by all (its
@@ -839,6 +842,14 @@ fn killed_restarted_and_healed_nodes_are_seen_within_a_second() {
             lab.wait_routes(i, &want, limit);
         }
         dropped.push(killed.elapsed());
+        // Started again after the delay conf/meshbroker.service gives systemd
+        // (RestartSec=2): a host sends each peer about one "port unreachable" a second
+        // once a burst of six is spent (the kernel's ICMP rate limit), and each death
+        // costs about three (the probe that finds it, and the route's segments that
+        // were on their way into the dead tunnel), so deaths of one host less than
+        // about three seconds apart, round after round, would run out of them and be
+        // noticed by silence instead (see the README).
+        std::thread::sleep(RESTART_DELAY.saturating_sub(killed.elapsed()));
         lab.start(victim);
         let started = Instant::now();
         full(&lab);
@@ -862,24 +873,20 @@ fn killed_restarted_and_healed_nodes_are_seen_within_a_second() {
         );
         full(&lab);
     }
-    // The medians are what the mechanisms give (a refused probe, a restarted node's
-    // own announcement, probes of silent members: each well under half a second).
-    // Single rounds run longer now and then: a host sends each peer only about one
-    // "port unreachable" a second once a burst of six is spent (the kernel's ICMP
-    // rate limit, which these back-to-back deaths drain), and a death without one
-    // is noticed by silence (1.2 heartbeats when refused before, else stale_after).
+    // What the mechanisms give: a refused probe (five a heartbeat), a restarted
+    // node's own announcement, probes of silent members; each well under a second
+    // in every round.
     let ms = Duration::from_millis;
-    for (what, times, median_bound) in [
-        ("a killed node dropped by all", &dropped, ms(1_000)),
-        ("a restarted node routed by all", &routed, ms(500)),
-        ("delivery after a heal", &resumed, ms(500)),
+    for (what, times) in [
+        ("a killed node dropped by all", &dropped),
+        ("a restarted node routed by all", &routed),
+        ("delivery after a heal", &resumed),
     ] {
         let mut sorted = times.clone();
         sorted.sort();
         let (median, max) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
         eprintln!("{what}: median {median:?}, max {max:?} over {ROUNDS} rounds");
-        assert!(median < median_bound, "{what}: {times:?}");
-        assert!(max < ms(3_000), "{what}: {times:?}");
+        assert!(max < ms(1_000), "{what}: {times:?}");
     }
 }
 

@@ -191,20 +191,36 @@ pub fn start_reference(args: &[&str]) -> Option<(Child, SocketAddr)> {
         return None;
     };
     let port = free_port();
+    // Its log, for when it is not there when a test expects it (see
+    // [`explain_reference`]).
+    let log = std::fs::File::create(reference_log_path(port)).expect("reference log");
     let child = std::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start nats-server");
     let child = Child(child);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     assert!(
         wait_for_port(addr, Duration::from_secs(10)),
-        "nats-server listens"
+        "nats-server listens: {}",
+        explain_reference(addr.port())
     );
     Some((child, addr))
+}
+
+fn reference_log_path(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("meshbroker-reference-{port}.log"))
+}
+
+/// The last lines of the log of the reference started on `port`.
+pub fn explain_reference(port: u16) -> String {
+    let text = std::fs::read_to_string(reference_log_path(port)).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!("the reference on port {port} logged:\n{}", tail.join("\n"))
 }
 
 /// The meshbroker binary cargo built for these tests.
