@@ -599,6 +599,8 @@ pub fn start(
         brokers_file,
         broker_urls: None,
         gone_peers: std::collections::HashSet::new(),
+        mesh_sessions: std::collections::HashSet::new(),
+        newly_meshed: Vec::new(),
         view: view.clone(),
         stats: HashMap::new(),
         stale_sessions: HashMap::new(),
@@ -658,6 +660,12 @@ struct MeshActor {
     /// Members taken off the interface because their host refused us (their node is
     /// gone): put back when heard again.
     gone_peers: std::collections::HashSet<String>,
+    /// Members heard over the mesh since their session last started: a WireGuard
+    /// session with them exists.
+    mesh_sessions: std::collections::HashSet<String>,
+    /// Members first heard over the mesh in the datagram being handled: they hear
+    /// us at once.
+    newly_meshed: Vec<String>,
     view: Arc<arc_swap::ArcSwap<MeshView>>,
     stats: HashMap<String, PeerStats>,
     /// Members that restarted and are to start the new session themselves (they dial
@@ -726,6 +734,10 @@ impl MeshActor {
                 Event::MeshDatagram(Ok((n, from))) => {
                     let events = self.receive(&mesh_buf[..n], from, true);
                     self.apply(events).await;
+                    let meshed = std::mem::take(&mut self.newly_meshed);
+                    if !meshed.is_empty() {
+                        self.announce_to(Some(&meshed), false).await;
+                    }
                 }
                 Event::Datagram(Err(e)) | Event::MeshDatagram(Err(e)) => {
                     log::debug!("mesh: receive failed: {e}");
@@ -796,8 +808,24 @@ impl MeshActor {
             // WireGuard lets a peer send only from its own address: one that comes
             // from the address of the key it names is that key's word.
             let over_mesh = on_mesh && from.ip() == ann.from.mesh_addr;
-            self.membership
-                .receive(ann, sealed, over_mesh, runtime::now(), now_ms)
+            let (key, incarnation) = (ann.from.key.clone(), ann.from.incarnation);
+            let result = self
+                .membership
+                .receive(ann, sealed, over_mesh, runtime::now(), now_ms);
+            // Its current process spoke through WireGuard (even in the mesh's copy of
+            // an announcement the underlay brought first): a session exists, and ours
+            // can go over the mesh too without waiting for the next read of the
+            // interface to show its handshake.
+            let current = self
+                .membership
+                .members()
+                .any(|m| m.record.key == key && m.record.incarnation == incarnation);
+            if over_mesh && current && self.mesh_sessions.insert(key.clone()) {
+                // It hears us over the mesh now: for a client member, that is where
+                // our word about the other brokers counts.
+                self.newly_meshed.push(key);
+            }
+            result
         });
         match result {
             Ok(events) => events,
@@ -872,7 +900,8 @@ impl MeshActor {
             underlay.push(m.record.underlay_discovery());
             let session = stats
                 .get(&m.record.key)
-                .is_some_and(|s| s.handshake.is_some());
+                .is_some_and(|s| s.handshake.is_some())
+                || self.mesh_sessions.contains(&m.record.key);
             // A client member starts the session with a broker itself (it is the side
             // that dials): its announcements cross the mesh at once, so the broker's
             // answers (and their word about other brokers) come back over it.
@@ -938,6 +967,7 @@ impl MeshActor {
                         continue;
                     };
                     self.stats.remove(&record.key);
+                    self.mesh_sessions.remove(&record.key);
                     // Exactly one side starts the new session: the one that dials
                     // (two handshakes crossing leave both waiting out wireguard-go's
                     // 5 s retry timer).
@@ -997,6 +1027,7 @@ impl MeshActor {
                     };
                     log::info!("mesh: peer {name} ({}) removed", short_id(&key));
                     self.gone_peers.remove(&key);
+                    self.mesh_sessions.remove(&key);
                     update = update.remove_peer_by_key(&Key(raw));
                     self.stats.remove(&key);
                     peers_changed = true;
@@ -1084,6 +1115,7 @@ impl MeshActor {
                             update = update.remove_peer_by_key(&Key(raw));
                             peers_changed = true;
                             self.stats.remove(&record.key);
+                            self.mesh_sessions.remove(&record.key);
                             self.gone_peers.insert(record.key.clone());
                         }
                     }
@@ -1178,6 +1210,7 @@ impl MeshActor {
                 // Handshakes start over; keepalives come back after the first one.
                 self.stats.clear();
                 self.stale_sessions.clear();
+                self.mesh_sessions.clear();
                 // The members still hold sessions with the old interface: a new
                 // incarnation makes them start over, as with a restarted node, and
                 // routes over the old interface go until each member is heard again.

@@ -192,8 +192,11 @@ impl Node {
             .local_addr()
             .map_err(|source| NodeError::Listen { addr, source })?;
         if let Some(mesh) = &mut mesh {
-            // Client members are told the client port when clients can use it there.
-            let on_mesh = on.on_mesh() || client_addr.ip().is_unspecified();
+            // Client members are told the client port when clients can use it there:
+            // on the mesh address, or a wildcard of its family (`[::]` takes both).
+            let ip = client_addr.ip();
+            let wildcard = ip.is_unspecified() && (ip.is_ipv6() || mesh.address().is_ipv4());
+            let on_mesh = on.on_mesh() || wildcard;
             mesh.set_client_port(on_mesh.then_some(client_addr.port()));
         }
         let rt = Runtime::start(runtime::threads_for(config.threads), "meshbroker")

@@ -222,19 +222,23 @@ impl ErrorReportingUdp {
         }
     }
 
-    /// Waits until the network refuses datagrams this socket sent, and returns their
-    /// destinations (each as often as it was refused).
+    /// Waits until the network refuses datagrams this socket sent ("port
+    /// unreachable" from the destination's host), and returns their destinations
+    /// (each as often as it was refused). Other errors are dropped: a "host
+    /// unreachable" our own kernel makes up when the neighbour does not answer ARP (a
+    /// cut link, a partition) says nothing of the node's process.
     pub async fn refused(&self) -> Vec<std::net::SocketAddr> {
+        use std::os::fd::AsRawFd;
         let drained = self
             .0
             .read_with(|socket| {
-                let socket = socket2::SockRef::from(socket);
                 // The pending error keeps the socket readable until it is taken.
-                let _ = socket.take_error();
+                let _ = socket2::SockRef::from(socket).take_error();
                 let mut refused = Vec::new();
-                let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-                while let Ok((_, to)) = socket.recv_from_with_flags(&mut byte, libc::MSG_ERRQUEUE) {
-                    refused.extend(to.as_socket());
+                while let Some(error) = next_queued_error(socket.as_raw_fd()) {
+                    if let (Some(to), Some(libc::ECONNREFUSED)) = error {
+                        refused.push(to);
+                    }
                 }
                 if refused.is_empty() {
                     Err(io::ErrorKind::WouldBlock.into())
@@ -245,6 +249,53 @@ impl ErrorReportingUdp {
             .await;
         drained.unwrap_or_default()
     }
+}
+
+/// Takes one error off an `IP_RECVERR` socket's queue: the destination of the
+/// datagram it is about (IPv4) and its errno; `None` when the queue is empty.
+fn next_queued_error(fd: i32) -> Option<(Option<std::net::SocketAddr>, Option<i32>)> {
+    // SAFETY: every pointer in `msg` points at a local buffer of the length given with
+    // it, which outlives the call; recvmsg(2) writes at most those lengths.
+    let mut name: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 64];
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; zero is a valid value for every field.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: see above; MSG_ERRQUEUE never blocks.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    let to = (i32::from(name.sin_family) == libc::AF_INET).then(|| {
+        std::net::SocketAddr::from((
+            std::net::Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+            u16::from_be(name.sin_port),
+        ))
+    });
+    let mut errno = None;
+    // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled, within the
+    // length it set; an IP_RECVERR message carries a sock_extended_err first.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
+                let ee = libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>();
+                errno = Some(std::ptr::read_unaligned(ee).ee_errno as i32);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Some((to, errno))
 }
 
 /// A listener's tie to a network device (`SO_BINDTODEVICE`), to be made again: the

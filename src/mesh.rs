@@ -14,6 +14,13 @@
 //! record heard second-hand is a hint: WireGuard gets the peer so the node can be
 //! reached, but the node is not routed to until it speaks for itself or completes a
 //! WireGuard handshake, and an unconfirmed hint that stays silent is forgotten.
+//!
+//! Members have a role: brokers (the cluster's nodes, routed to) and client members
+//! (application hosts, `meshbroker mesh member`), each in its own address range (see
+//! [`Network`]). Client members announce themselves under a key derived from a secret
+//! of their own, not the cluster's; they peer with brokers only, and take a broker's
+//! word about other brokers only when it came through WireGuard (see
+//! [`Membership::receive`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
