@@ -596,10 +596,11 @@ impl Drop for Lab {
     }
 }
 
-/// A NATS client inside a namespace: runs `f` with a client of the node there.
-fn with_client<T: Send + 'static, F>(
+/// Runs the future `f` makes on a runtime of its own, on a thread inside namespace
+/// `ns`.
+fn block_on_in<T: Send + 'static, F>(
     ns: &str,
-    f: impl FnOnce(async_nats::Client) -> F + Send + 'static,
+    f: impl FnOnce() -> F + Send + 'static,
 ) -> std::thread::JoinHandle<T>
 where
     F: std::future::Future<Output = T>,
@@ -609,12 +610,23 @@ where
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(async move {
-            let client = async_nats::connect("nats://127.0.0.1:4222")
-                .await
-                .expect("connect to the node");
-            f(client).await
-        })
+        rt.block_on(f())
+    })
+}
+
+/// A NATS client inside a namespace: runs `f` with a client of the node there.
+fn with_client<T: Send + 'static, F>(
+    ns: &str,
+    f: impl FnOnce(async_nats::Client) -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    block_on_in(ns, move || async move {
+        let client = async_nats::connect("nats://127.0.0.1:4222")
+            .await
+            .expect("connect to the node");
+        f(client).await
     })
 }
 
@@ -1247,26 +1259,20 @@ fn with_client_at<T: Send + 'static, F>(
 where
     F: std::future::Future<Output = T>,
 {
-    in_ns(ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            // A dead broker's mesh address takes a connect timeout to give up on, and
-            // a connection to a broker killed with its WireGuard is lost without a
-            // word (no RST crosses a dead tunnel): the client's pings find out.
-            let client = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(1))
-                .ping_interval(Duration::from_secs(1))
-                .ignore_discovered_servers()
-                .retain_servers_order()
-                .reconnect_delay_callback(|_| Duration::from_millis(100))
-                .connect(urls.as_slice())
-                .await
-                .expect("connect to a broker over the mesh");
-            f(client).await
-        })
+    block_on_in(ns, move || async move {
+        // A dead broker's mesh address takes a connect timeout to give up on, and
+        // a connection to a broker killed with its WireGuard is lost without a
+        // word (no RST crosses a dead tunnel): the client's pings find out.
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(1))
+            .ping_interval(Duration::from_secs(1))
+            .ignore_discovered_servers()
+            .retain_servers_order()
+            .reconnect_delay_callback(|_| Duration::from_millis(100))
+            .connect(urls.as_slice())
+            .await
+            .expect("connect to a broker over the mesh");
+        f(client).await
     })
 }
 
