@@ -483,17 +483,15 @@ impl Node {
         // connections; live ones keep the session they negotiated.
         let tls = TlsSetup::load(&new).map_err(NodeError::Config)?;
         let ws = WsSetup::load(&new).map_err(NodeError::Config)?;
-        // Said before the level changes, so it is seen at the old level.
-        log::info!(
-            "config reloaded (log level {:?} -> {:?})",
-            old.log_level,
-            new.log_level
-        );
-        apply_log_level(new.log_level);
+        let (old_level, new_level) = (old.log_level, new.log_level);
         self.ctx.websocket.store(ws);
         self.ctx.auth.store(Arc::new(auth));
         self.ctx.tls.store(tls);
         self.ctx.config.store(Arc::new(new));
+        // Said once the new config is in place (a connection accepted after this
+        // line gets it), and before the level changes, so it is seen at the old one.
+        log::info!("config reloaded (log level {old_level:?} -> {new_level:?})");
+        apply_log_level(new_level);
         // Every connection checks its credentials and permissions against the new
         // configuration: refused ones are closed, shrunk ones enforced.
         let _ = self.commands.try_send(Command::Reauthorize);

@@ -10,20 +10,21 @@ use crate::config::Config;
 /// Runs until SIGINT or SIGTERM, then stops `node` accordingly; on SIGHUP reads
 /// `conf` again and applies it (an invalid file is logged and the running config
 /// stays).
-pub fn run_until_signalled(node: Node, conf: &Path) -> std::io::Result<()> {
-    let mut signals = ProcessSignals::new()?;
+/// `signals` is made before the node starts, so that no signal sent once it
+/// listens meets the default action.
+pub fn run_until_signalled(mut signals: ProcessSignals, node: Node, conf: &Path) {
     loop {
         match signals.wait() {
             Some(ProcessSignal::Hangup) => reload(&node, conf),
             Some(ProcessSignal::Terminate) => {
                 log::info!("SIGTERM: entering lame duck mode");
                 node.lame_duck();
-                return Ok(());
+                return;
             }
             _ => {
                 log::info!("SIGINT: shutting down");
                 node.shutdown();
-                return Ok(());
+                return;
             }
         }
     }
@@ -31,8 +32,7 @@ pub fn run_until_signalled(node: Node, conf: &Path) -> std::io::Result<()> {
 
 /// A client member: runs until SIGINT or SIGTERM, then leaves the mesh (SIGHUP
 /// changes nothing: the mesh's settings need a restart).
-pub fn run_member_until_signalled(member: super::mesh::Member) -> std::io::Result<()> {
-    let mut signals = ProcessSignals::new()?;
+pub fn run_member_until_signalled(mut signals: ProcessSignals, member: super::mesh::Member) {
     loop {
         match signals.wait() {
             Some(ProcessSignal::Hangup) => {
@@ -41,7 +41,7 @@ pub fn run_member_until_signalled(member: super::mesh::Member) -> std::io::Resul
             _ => {
                 log::info!("leaving the mesh");
                 member.shutdown();
-                return Ok(());
+                return;
             }
         }
     }

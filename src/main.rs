@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
+use meshbroker::actors::runtime::ProcessSignals;
 use meshbroker::{actors, Config, Node};
 
 /// meshbroker: a broker node that speaks the NATS protocol.
@@ -276,6 +277,15 @@ fn main() -> ExitCode {
         return run_member(&config, &path);
     }
     init_logs(&config);
+    // Signals are taken before anything listens: a SIGHUP sent as soon as the
+    // client port answers must reload, not kill with the default action.
+    let signals = match ProcessSignals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::error!("cannot wait for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = match Node::start(config) {
         Ok(node) => node,
         Err(e) => {
@@ -283,18 +293,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match actors::signals::run_until_signalled(node, &path) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("cannot wait for signals: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    actors::signals::run_until_signalled(signals, node, &path);
+    ExitCode::SUCCESS
 }
 
 /// Runs a client member of the mesh until a signal.
 fn run_member(config: &Config, path: &std::path::Path) -> ExitCode {
     init_logs(config);
+    let signals = match ProcessSignals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::error!("cannot wait for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let member = match actors::mesh::Member::start(config) {
         Ok(member) => member,
         Err(e) => {
@@ -302,13 +314,8 @@ fn run_member(config: &Config, path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match actors::signals::run_member_until_signalled(member) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("cannot wait for signals: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    actors::signals::run_member_until_signalled(signals, member);
+    ExitCode::SUCCESS
 }
 
 fn init_logs(config: &Config) {

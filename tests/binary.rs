@@ -327,11 +327,23 @@ fn sighup_reloads_the_config_or_keeps_the_old_one() {
     old.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
     assert!(old.read_until(b"PONG\r\n", Duration::from_secs(5)));
 
+    // Every SIGHUP ends in one of two log lines: wait for the next one.
+    let outcomes = |log: String| {
+        log.matches("config reloaded").count() + log.matches("reload refused").count()
+    };
     let reload = |text: &str| {
+        let before = outcomes(child.log_so_far());
         std::fs::write(&path, text).unwrap();
         signal(&child, "-HUP");
-        // The reload is logged; give the node a moment to read the file.
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while outcomes(child.log_so_far()) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIGHUP not answered: {}",
+                child.log_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     };
     // Smaller payloads and a quieter log.
     reload(
