@@ -29,7 +29,7 @@ use super::publish::Publisher;
 use super::raft::{GroupEvent, GroupHandle, GroupLabel, RaftHost};
 use super::router::{Account, SubChange};
 use super::runtime::Spawner;
-use super::storage::{Closed, Storage, StorageError, WriteBatch, WriteOp};
+use super::storage::{Closed, Progress, Storage, StorageError, WriteBatch, WriteOp};
 use super::stream::{self as stream_actor, now_ns, StreamCmd, StreamHandle, Usage};
 use super::subscription::{InternalMsg, InternalSink, Subscription};
 use crate::config::JetStreamConfig;
@@ -37,9 +37,9 @@ use crate::jetstream::advisory::{Action, Advisory};
 use crate::jetstream::api::{self, AccountInfo, ListRequest, StreamConfig, StreamInfo};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::headers;
-use crate::jetstream::meta::{Meta, MetaChange, MetaEntry};
+use crate::jetstream::meta::{Assignment, Meta, MetaChange, MetaEntry};
 use crate::jetstream::request::{self, ApiRequest};
-use crate::jetstream::schema::StreamRecord;
+use crate::jetstream::schema::{self, StreamRecord};
 use crate::jetstream::stream::{self, Stream, STREAM_CACHE_BUDGET};
 use crate::subject;
 
@@ -61,6 +61,11 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("JetStream meta group: {0}")]
     Raft(#[from] super::raft::StartError),
+    #[error("JetStream store in {dir}: {source}")]
+    MetaSnapshot {
+        dir: String,
+        source: crate::jetstream::meta::SnapshotError,
+    },
 }
 
 /// The clustered part of a JetStream peer.
@@ -68,6 +73,8 @@ struct Clustered {
     ctx: Arc<ServerContext>,
     host: RaftHost,
     meta: Meta,
+    /// The last meta log index applied to `meta`.
+    applied: u64,
     group: GroupHandle,
     /// The meta leader's name, as the group last said.
     leader: Option<String>,
@@ -145,6 +152,15 @@ pub async fn start(
     let cluster = if config.peers.is_empty() {
         None
     } else {
+        // The assignments as of the meta log's last snapshot; the log holds the rest.
+        let snapshot = storage.load_snapshot(&schema::raft_log(crate::raft::META_GROUP))?;
+        let (applied, meta) = match snapshot {
+            Some(bytes) => Meta::restore(&bytes).map_err(|source| StartError::MetaSnapshot {
+                dir: config.store_dir.display().to_string(),
+                source,
+            })?,
+            None => (0, Meta::default()),
+        };
         let host = RaftHost::start(ctx);
         let group = host.start_group(
             ctx,
@@ -157,7 +173,7 @@ pub async fn start(
             &config.peers,
             storage.clone(),
             config.ack,
-            0,
+            applied,
             false,
             Box::new(move |e| meta_tx.try_send(e).is_ok()),
         )?;
@@ -169,7 +185,8 @@ pub async fn start(
         Some(Clustered {
             ctx: ctx.clone(),
             host,
-            meta: Meta::default(),
+            meta,
+            applied,
             group,
             leader: None,
             peers: config.peers.clone(),
@@ -247,6 +264,7 @@ impl JetStream {
             Request(Option<InternalMsg>),
             Meta(GroupEvent),
         }
+        self.adopt_meta_snapshot().await;
         loop {
             let event = futures_lite::future::or(
                 async { Event::Request(requests.recv().await.ok()) },
@@ -267,6 +285,62 @@ impl JetStream {
             self.publisher.flush();
         }
         sub.close();
+    }
+
+    /// After a start from a meta snapshot: what replaying the entries it stands for
+    /// would have done on this node, for every stream placed here (a stream missing
+    /// from the store is created empty, as a replay creates it; a replicated one gets
+    /// its group, which brings it up to date).
+    async fn adopt_meta_snapshot(&mut self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let me = cluster.ctx.server_name.clone();
+        let mine: Vec<Assignment> = cluster
+            .meta
+            .streams()
+            .filter(|(_, a)| a.peers.contains(&me))
+            .map(|(_, a)| a.clone())
+            .collect();
+        for a in mine {
+            let name = a.config.name.clone();
+            if !self.streams.contains_key(&name) {
+                if let Err(e) = self.start_stream(a.config.clone(), a.created).await {
+                    log::error!("JetStream: stream {name}: cannot start it: {e:?}");
+                    continue;
+                }
+            }
+            if a.peers.len() > 1 {
+                if let Err(e) = self.replicate(&name, a.group, &a.peers, None) {
+                    log::error!("JetStream: stream {name}: cannot start its Raft group: {e}");
+                }
+            }
+        }
+        // Nothing was created by a request: nothing to advise.
+        self.advisories.clear();
+    }
+
+    /// Stores the assignments as of the last applied meta entry, so the meta log can
+    /// drop what every peer holds (the group asked: `GroupEvent::Compacting`).
+    async fn snapshot_meta(&mut self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let index = cluster.applied;
+        let bytes = cluster.meta.snapshot(index);
+        let log_name = schema::raft_log(crate::raft::META_GROUP);
+        // Committed to the database, not only in the journal: the log entries it
+        // stands for are about to go.
+        match self
+            .write_committed(&log_name, vec![WriteOp::PutSnapshot(bytes)])
+            .await
+        {
+            Ok(()) => {
+                log::debug!("JetStream: meta snapshot at {index}");
+                cluster.group.durable(index);
+            }
+            Err(e) => log::error!("JetStream: cannot store the meta snapshot: {e}"),
+        }
     }
 
     /// Who answers a request about the set of streams: the meta leader.
@@ -291,7 +365,11 @@ impl JetStream {
                 cluster.leader = leader;
                 return;
             }
-            GroupEvent::Committed { data, .. } => data,
+            GroupEvent::Compacting { .. } => return self.snapshot_meta().await,
+            GroupEvent::Committed { index, data, .. } => {
+                cluster.applied = index;
+                data
+            }
         };
         let entry = match MetaEntry::decode(&data) {
             Ok(e) => e,
@@ -1010,6 +1088,26 @@ impl JetStream {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("storage stopped".into()),
+        }
+    }
+
+    /// Writes `ops` and waits until redb committed them (past any journal).
+    async fn write_committed(&self, stream: &str, ops: Vec<WriteOp>) -> Result<(), String> {
+        let (tx, rx) = async_channel::bounded(2);
+        self.storage.submit(WriteBatch {
+            stream: stream.to_string(),
+            ops,
+            done: Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        });
+        loop {
+            match rx.recv().await {
+                Ok(Ok(Progress::Committed)) => return Ok(()),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("storage stopped".into()),
+            }
         }
     }
 

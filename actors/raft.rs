@@ -49,6 +49,11 @@ pub enum GroupEvent {
         term: u64,
         me: bool,
     },
+    /// Every voter holds the log up to `through`, and it could be dropped once the
+    /// owner holds what it was given durably: an owner that keeps its state in memory
+    /// writes it now and says [`GroupHandle::durable`] (an owner that writes as it
+    /// applies says so anyway).
+    Compacting { through: u64 },
 }
 
 /// Where a group's events go; `false` once the owner is gone (the group then stops).
@@ -352,14 +357,17 @@ impl RaftHost {
             entries.push(entry);
         }
         let last = entries.last().map_or(compacted.index, |e| e.index);
-        if applied < compacted.index {
-            // The entries the owner lacks are gone from this log (every voter held
-            // them): only a snapshot from a peer could repair it, not built yet.
+        if applied < state.owner_floor {
+            // Entries the owner lacks are gone from this log (every voter held them):
+            // only a snapshot from a peer could repair it, not built yet.
             return Err(fail(format!(
                 "the log is compacted to {} but its owner's store holds only up to {applied}",
                 compacted.index
             )));
         }
+        // What lies between the owner's point and the compaction point was nothing the
+        // owner is given (a leader's empty entries, markers): it holds all of it.
+        let applied = applied.max(compacted.index);
         let mut hard = state.hard.clone();
         // What the owner applied was committed (the commit index is stored lazily);
         // a commit index past the stored log would be a lie of the store.
@@ -401,7 +409,10 @@ impl RaftHost {
             owner_gone: false,
             marker: compacted.index,
             proposed_marker: 0,
+            asked_through: compacted.index,
             durable: applied,
+            told: applied,
+            owner_floor: state.owner_floor,
         };
         let label = Arc::new(label);
         self.groups.rcu(|map| {
@@ -463,8 +474,14 @@ struct Group {
     marker: u64,
     /// The highest marker this node proposed as leader.
     proposed_marker: u64,
+    /// The highest marker the owner was asked to hold the log durably for.
+    asked_through: u64,
     /// How far the owner holds the log durably in its own store.
     durable: u64,
+    /// The last entry given to the owner.
+    told: u64,
+    /// What the owner must hold to start (see `consensus::owner_floor`).
+    owner_floor: u64,
 }
 
 impl Group {
@@ -727,6 +744,7 @@ impl Group {
             hard: self.node.store().hard_state().clone(),
             voters: self.voters.clone(),
             compacted: self.node.store().compacted(),
+            owner_floor: self.owner_floor,
         }
         .encode()
     }
@@ -765,7 +783,8 @@ impl Group {
     /// last one.
     fn propose_marker(&mut self) {
         let last = self.marker.max(self.proposed_marker);
-        let Some(marker) = consensus::marker_due(&self.node.raft, last) else {
+        let every = consensus::compact_every(self.group);
+        let Some(marker) = consensus::marker_due(&self.node.raft, last, every) else {
             return;
         };
         let data = marker.to_le_bytes().to_vec();
@@ -779,11 +798,15 @@ impl Group {
     /// the store's order, after the owner's writes that made it durable) from disk.
     fn compact(&mut self) {
         let applied = self.node.raft.raft_log.applied;
-        let Some(to) = consensus::compaction_point(
-            self.marker,
-            self.durable.min(applied),
-            self.node.store().compacted().index,
-        ) else {
+        let held = consensus::owner_holds(self.durable, self.told, applied);
+        if held < self.marker && self.asked_through < self.marker {
+            // The owner holds the log back: ask it once per marker.
+            self.asked_through = self.marker;
+            let through = self.marker;
+            self.tell(GroupEvent::Compacting { through });
+        }
+        let compacted = self.node.store().compacted().index;
+        let Some(to) = consensus::compaction_point(self.marker, held, compacted) else {
             return;
         };
         let Compacted { index, .. } = match self.node.mut_store().compact_to(to) {
@@ -793,6 +816,9 @@ impl Group {
                 return;
             }
         };
+        self.owner_floor = self
+            .owner_floor
+            .max(consensus::owner_floor(index, self.told));
         log::debug!("raft group {}: log compacted to {index}", self.group);
         let group = self.group;
         self.storage.submit(WriteBatch {
@@ -847,6 +873,7 @@ impl Group {
             if e.data.is_empty() {
                 continue;
             }
+            self.told = e.index;
             self.tell(GroupEvent::Committed {
                 index: e.index,
                 term: e.term,

@@ -109,6 +109,7 @@ const MARKER: TableDefinition<&str, &str> = TableDefinition::new(MARKER_TABLE);
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
 const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new(schema::RAFT_STATE_TABLE);
 const APPLIED: TableDefinition<&str, u64> = TableDefinition::new(schema::APPLIED_TABLE);
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new(schema::SNAPSHOT_TABLE);
 /// The journal is emptied (once redb has all of it) when it grows past this.
 const JOURNAL_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 /// The journal thread waits when the writer is this many bytes behind it (the
@@ -316,6 +317,19 @@ impl Storage {
                 .map_err(|e| self.damaged(e))?
                 .map_or(0, |v| v.value())),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(self.damaged(e)),
+        }
+    }
+
+    /// Raft log `log`'s owner's last snapshot, still encoded (the owner checks it).
+    pub fn load_snapshot(&self, log: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let tx = self.db.begin_read().map_err(|e| self.damaged(e))?;
+        match tx.open_table(SNAPSHOT) {
+            Ok(t) => Ok(t
+                .get(log)
+                .map_err(|e| self.damaged(e))?
+                .map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(self.damaged(e)),
         }
     }
@@ -848,6 +862,8 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
                 // A Raft group's log goes the same way, with its state.
                 let mut state = tx.open_table(RAFT_STATE).map_err(|x| e(&x))?;
                 state.remove(b.stream.as_str()).map_err(|x| e(&x))?;
+                let mut snapshot = tx.open_table(SNAPSHOT).map_err(|x| e(&x))?;
+                snapshot.remove(b.stream.as_str()).map_err(|x| e(&x))?;
             }
             WriteOp::Remove(seq) => {
                 open(&mut msgs, tx, &msgs_name)?
@@ -882,6 +898,11 @@ fn apply(tx: &redb::WriteTransaction, b: &WriteBatch) -> Result<(), String> {
             WriteOp::PutApplied(index) => {
                 let mut t = tx.open_table(APPLIED).map_err(|x| e(&x))?;
                 t.insert(b.stream.as_str(), *index).map_err(|x| e(&x))?;
+            }
+            WriteOp::PutSnapshot(record) => {
+                let mut t = tx.open_table(SNAPSHOT).map_err(|x| e(&x))?;
+                t.insert(b.stream.as_str(), record.as_slice())
+                    .map_err(|x| e(&x))?;
             }
         }
     }

@@ -949,6 +949,8 @@ impl StreamActor {
                     self.reply(&to, body);
                 }
             }
+            // The stream writes what it applies and says `durable` as it goes.
+            GroupEvent::Compacting { .. } => {}
             GroupEvent::Committed { index, term, data } => {
                 if index <= r.applied {
                     return;

@@ -1291,3 +1291,117 @@ async fn a_deleted_r3_stream_leaves_no_raft_log_behind() {
         assert_eq!(logs, ["raft/0"], "{}", p.name);
     }
 }
+
+/// The meta group's log on `peer`, as its `/raftz` shows it.
+fn meta_wal(peer: &Peer) -> serde_json::Value {
+    common::http_get_json(peer.monitor, "/raftz")["$SYS"]["_meta_"]["wal"].clone()
+}
+
+/// The meta log compacts to a snapshot of the assignments once every peer holds its
+/// entries: a node `kill -9`ed after that starts from the snapshot and its log, knows
+/// every stream and runs its replicated stream's group again; a meta leader whose
+/// store is lost is told so by the leader elected without it (which compacted
+/// entries every voter held) and stays out instead of rejoining with its votes
+/// forgotten (before the meta log compacted, nothing could tell it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_log_compacts_to_a_snapshot_and_a_node_restarts_from_it() {
+    let mut all = peers("metasnap");
+    let configs: Vec<String> = all.iter().map(|p| p.config(&all)).collect();
+    let (js, _) = r3_cluster(&mut all, "keep", &[0]).await;
+    for i in 0..10 {
+        js.publish(format!("keep.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Past the meta group's interval (64 entries): 45 creates and 25 deletes.
+    for i in 0..45 {
+        js.create_stream(stream::Config {
+            name: format!("m{i}"),
+            subjects: vec![format!("m{i}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    for i in 0..25 {
+        js.delete_stream(format!("m{i}")).await.unwrap();
+    }
+    let mut expected: Vec<String> = (25..45).map(|i| format!("m{i}")).collect();
+    expected.push("keep".into());
+    expected.sort();
+    eventually(
+        "every meta log compacted",
+        Duration::from_secs(20),
+        async || {
+            all.iter()
+                .all(|p| meta_wal(p)["first_seq"].as_u64().unwrap_or(0) > 60)
+        },
+    )
+    .await;
+
+    // A follower of the meta group killed and restarted: from its snapshot.
+    let leader = wait_leader(&all, Duration::from_secs(10));
+    let y = all.iter().position(|p| p.name != leader).unwrap();
+    let first = meta_wal(&all[y])["first_seq"].as_u64().unwrap();
+    all[y].kill9();
+    all[y].start(&configs[y]);
+    wait_leader(&all, Duration::from_secs(20));
+    assert!(meta_wal(&all[y])["first_seq"].as_u64().unwrap() >= first);
+    let on_y = js_on(&all[y]).await;
+    eventually(
+        "the restarted node knows every stream",
+        Duration::from_secs(20),
+        async || names(&on_y).await == expected,
+    )
+    .await;
+    on_y.publish("keep.after", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(
+        "the restarted node's replica takes new messages",
+        Duration::from_secs(20),
+        async || all[y].jsz()["messages"].as_u64() == Some(11),
+    )
+    .await;
+    eventually(
+        "the restarted node healthy",
+        Duration::from_secs(20),
+        async || common::http_get(all[y].monitor, "/healthz").0 == 200,
+    )
+    .await;
+    let log = all[y].log_text();
+    assert!(!log.contains("cannot start"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The meta leader's store is lost while it is down; the others elect a leader.
+    let lost = all.iter().position(|p| p.name == leader).unwrap();
+    all[lost].kill9();
+    std::fs::remove_dir_all(all[lost].dir.join("js")).unwrap();
+    let new_leader = wait_leader(&all, Duration::from_secs(20));
+    assert_ne!(new_leader, leader);
+    all[lost].start(&configs[lost]);
+    eventually(
+        "the node without its store told by the new meta leader",
+        Duration::from_secs(20),
+        async || {
+            all[lost].log_text().lines().any(|l| {
+                l.contains("raft group 0:")
+                    && l.contains("compacted its log to")
+                    && l.contains("its store was lost")
+            })
+        },
+    )
+    .await;
+    let (code, _, body) = common::http_get(all[lost].monitor, "/healthz");
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    // The other two are one JetStream still.
+    let other = all
+        .iter()
+        .position(|p| p.name != leader && p.process.is_some())
+        .unwrap();
+    assert_eq!(names(&js_on(&all[other]).await).await, expected);
+}

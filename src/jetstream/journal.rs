@@ -43,6 +43,8 @@ mod tag {
     pub const PUT_RAFT_STATE: u8 = 9;
     /// `index (u64)`: how far into its Raft log a replicated stream has applied.
     pub const PUT_APPLIED: u8 = 10;
+    /// `record (u32 len + bytes)`: a Raft group's owner's snapshot.
+    pub const PUT_SNAPSHOT: u8 = 11;
 }
 
 /// One write to apply, on behalf of one stream.
@@ -69,6 +71,10 @@ pub enum WriteOp {
     /// A replicated stream has applied its Raft log up to this index (written with the
     /// changes it applied, so a restart applies exactly what follows).
     PutApplied(u64),
+    /// A Raft group's owner's state as of an index of its log (the meta group's
+    /// assignments, [`crate::jetstream::meta::MetaSnapshot`], encoded): what lets the
+    /// log be compacted.
+    PutSnapshot(Vec<u8>),
 }
 
 /// Why a journal (or one of its records) could not be read.
@@ -174,6 +180,10 @@ pub fn encode_record(out: &mut Vec<u8>, generation: u64, stream: &str, ops: &[Wr
             WriteOp::PutApplied(index) => {
                 out.push(tag::PUT_APPLIED);
                 out.extend_from_slice(&index.to_le_bytes());
+            }
+            WriteOp::PutSnapshot(record) => {
+                out.push(tag::PUT_SNAPSHOT);
+                put_bytes32(out, record);
             }
         }
     }
@@ -315,6 +325,7 @@ fn decode_body(body: &[u8]) -> Result<(String, Vec<WriteOp>), JournalError> {
             tag::REMOVE_FROM => WriteOp::RemoveFrom(r.u64()?),
             tag::PUT_RAFT_STATE => WriteOp::PutRaftState(r.bytes32()?.to_vec()),
             tag::PUT_APPLIED => WriteOp::PutApplied(r.u64()?),
+            tag::PUT_SNAPSHOT => WriteOp::PutSnapshot(r.bytes32()?.to_vec()),
             other => return Err(JournalError::UnknownOp(other)),
         };
         ops.push(op);
@@ -387,6 +398,7 @@ mod tests {
             WriteOp::RemoveFrom(9),
             WriteOp::PutRaftState(b"state".to_vec()),
             WriteOp::PutApplied(77),
+            WriteOp::PutSnapshot(b"snapshot".to_vec()),
             WriteOp::DeleteStream,
         ]
     }

@@ -51,7 +51,7 @@ impl MetaEntry {
 }
 
 /// A stream as the meta group knows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub config: StreamConfig,
     pub peers: Vec<String>,
@@ -70,9 +70,28 @@ pub enum MetaChange {
 }
 
 /// Every stream of the clustered JetStream, by name.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Meta {
     streams: BTreeMap<String, Assignment>,
+}
+
+/// The assignments as of an index of the meta log, stored so the log can drop what
+/// came before: JSON, then a CRC-32 of it (u32 LE), checked before anything is read.
+#[derive(Serialize, Deserialize)]
+struct MetaSnapshot {
+    index: u64,
+    streams: BTreeMap<String, Assignment>,
+}
+
+/// Why a stored meta snapshot cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("JetStream meta snapshot is {0} bytes, too short to hold its checksum")]
+    Short(usize),
+    #[error("JetStream meta snapshot fails its checksum")]
+    Checksum,
+    #[error("JetStream meta snapshot does not parse: {0}")]
+    Parse(String),
 }
 
 impl Meta {
@@ -90,6 +109,33 @@ impl Meta {
 
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
+    }
+
+    /// The assignments as of meta log index `index`, encoded for the store.
+    pub fn snapshot(&self, index: u64) -> Vec<u8> {
+        let snapshot = MetaSnapshot {
+            index,
+            streams: self.streams.clone(),
+        };
+        let mut out = serde_json::to_vec(&snapshot).unwrap_or_default();
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The assignments a stored snapshot holds, and the index they are as of.
+    pub fn restore(bytes: &[u8]) -> Result<(u64, Meta), SnapshotError> {
+        let body_len = bytes
+            .len()
+            .checked_sub(4)
+            .ok_or(SnapshotError::Short(bytes.len()))?;
+        let (body, crc) = bytes.split_at(body_len);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return Err(SnapshotError::Checksum);
+        }
+        let s: MetaSnapshot =
+            serde_json::from_slice(body).map_err(|e| SnapshotError::Parse(e.to_string()))?;
+        Ok((s.index, Meta { streams: s.streams }))
     }
 
     /// Applies a committed entry.
@@ -241,6 +287,53 @@ mod tests {
         );
         assert!(MetaEntry::decode(b"{\"op\":\"assign_stream\"}").is_err());
         assert!(MetaEntry::decode(&[0xff; 8]).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_and_the_entries_after_it_give_what_the_whole_log_gives() {
+        let log = [
+            assign("A", &["a.>"], "n1"),
+            assign("B", &["b.>"], "n2"),
+            MetaEntry::UpdateStream {
+                config: config("B", &["b.>", "bb"]),
+                reply: None,
+            },
+            assign("C", &["c"], "n3"),
+            MetaEntry::RemoveStream {
+                name: "A".into(),
+                reply: None,
+            },
+        ];
+        let mut whole = Meta::default();
+        for e in &log {
+            whole.apply(e);
+        }
+        for cut in 0..=log.len() {
+            let mut first = Meta::default();
+            for e in &log[..cut] {
+                first.apply(e);
+            }
+            let bytes = first.snapshot(cut as u64);
+            let (index, mut restored) = Meta::restore(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((index, &restored), (cut as u64, &first));
+            for e in &log[index as usize..] {
+                restored.apply(e);
+            }
+            assert_eq!(restored, whole, "cut at {cut}");
+        }
+        let bytes = whole.snapshot(9);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(Meta::restore(&bad).is_err(), "byte {i} flipped");
+        }
+        assert_eq!(Meta::restore(b"abc"), Err(SnapshotError::Short(3)));
+        let mut not_json = b"{nope".to_vec();
+        not_json.extend_from_slice(&crc32fast::hash(b"{nope").to_le_bytes());
+        assert!(matches!(
+            Meta::restore(&not_json),
+            Err(SnapshotError::Parse(_))
+        ));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub fn raft_log(group: u64) -> String {
 pub const RAFT_STATE_TABLE: &str = "raft_state";
 /// How far each replicated stream has applied its log, by stream name.
 pub const APPLIED_TABLE: &str = "raft_applied";
+/// Each Raft group's owner's last snapshot (the meta group's), by its log's name.
+pub const SNAPSHOT_TABLE: &str = "raft_snapshot";
 
 pub fn msgs_table(stream: &str) -> String {
     format!("msgs/{stream}")

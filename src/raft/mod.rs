@@ -55,9 +55,24 @@ pub fn group_config(id: u64, applied: u64) -> raft::Config {
     }
 }
 
-/// The leader proposes a compaction marker once every voter holds this many entries
-/// past the last marker.
+/// The leader of a stream's group proposes a compaction marker once every voter holds
+/// this many entries past the last marker.
 pub const COMPACT_EVERY: u64 = 4096;
+
+/// The meta group's interval: its entries are few (stream creates, updates and
+/// deletes) and its owner snapshots its whole state to compact, so it compacts soon,
+/// which also lets its leaders tell a peer that lost its store (see
+/// [`lost_store_notice`]) before the group has a long history.
+pub const META_COMPACT_EVERY: u64 = 64;
+
+/// How many entries past the last marker group `group` proposes the next one.
+pub fn compact_every(group: u64) -> u64 {
+    if group == META_GROUP {
+        META_COMPACT_EVERY
+    } else {
+        COMPACT_EVERY
+    }
+}
 
 /// The context that marks a compaction marker among a group's entries (its data: the
 /// index every voter held, u64 LE). Owners never see these entries.
@@ -65,25 +80,29 @@ pub const COMPACT_MARKER: &[u8] = b"mb:compact";
 
 /// A compaction marker the leader should propose, given what each voter holds
 /// (`matched`, the leader's own log among them) and the last marker proposed or
-/// committed: the index every voter holds, once it is `COMPACT_EVERY` past the last.
+/// committed: the index every voter holds, once it is `every` entries past the last.
 ///
 /// The marker is what makes compaction safe without snapshots: once it commits, every
 /// node knows that every voter held everything up to it, so no leader will ever need
 /// to send those entries again, and each node drops them once its own owner has them
 /// durable. A voter that is away holds the marker back, and the log grows until it
 /// returns (or, later, until it is sent a snapshot).
-pub fn compaction_marker(matched: impl IntoIterator<Item = u64>, last: u64) -> Option<u64> {
+pub fn compaction_marker(
+    matched: impl IntoIterator<Item = u64>,
+    last: u64,
+    every: u64,
+) -> Option<u64> {
     let held_by_all = matched.into_iter().min()?;
-    (held_by_all >= last.saturating_add(COMPACT_EVERY)).then_some(held_by_all)
+    (held_by_all >= last.saturating_add(every.max(1))).then_some(held_by_all)
 }
 
 /// The marker a leader should propose now (see [`compaction_marker`]); `None` when
 /// this node does not lead the group or the marker is not due.
-pub fn marker_due(raft: &raft::Raft<GroupLog>, last: u64) -> Option<u64> {
+pub fn marker_due(raft: &raft::Raft<GroupLog>, last: u64, every: u64) -> Option<u64> {
     if raft.state != raft::StateRole::Leader {
         return None;
     }
-    compaction_marker(raft.prs().iter().map(|(_, p)| p.matched), last)
+    compaction_marker(raft.prs().iter().map(|(_, p)| p.matched), last, every)
 }
 
 /// The index marker entry `data` names (`None`: not a marker's data).
@@ -145,15 +164,38 @@ pub fn compaction_point(marker: u64, durable: u64, compacted: u64) -> Option<u64
     (to > compacted).then_some(to)
 }
 
+/// How far the owner holds the log, for compaction: everything `applied` once it
+/// holds durably (`durable`) the last entry it was given (`told`): what follows are
+/// only a new leader's empty entries and markers, which the owner never sees.
+/// Without that an idle group whose last entries are markers would never compact
+/// past its owner's last write.
+pub fn owner_holds(durable: u64, told: u64, applied: u64) -> u64 {
+    if durable >= told {
+        applied
+    } else {
+        durable.min(applied)
+    }
+}
+
+/// What an owner must hold for a log compacted to `to` when the last entry it was
+/// given is `told`: the entries up to `to` it was given (none past `told`).
+pub fn owner_floor(to: u64, told: u64) -> u64 {
+    to.min(told)
+}
+
 /// What a group keeps besides its log: the vote, term and commit (raft's hard state),
-/// its voters and where its log was compacted. Stored as
-/// `term | vote | commit | n | voter*n [| compacted index | compacted term]` (u64 LE),
-/// a CRC-32 after it (a state written before compaction existed has no point).
+/// its voters, where its log was compacted and how far its owner must hold it. Stored
+/// as `term | vote | commit | n | voter*n [| compacted index | compacted term
+/// [| owner floor]]` (u64 LE), a CRC-32 after it (a state written before compaction
+/// existed has no point; one written before the floor existed has the point as floor).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GroupState {
     pub hard: HardState,
     pub voters: Vec<u64>,
     pub compacted: Compacted,
+    /// The owner must hold at least the log up to here to start: the entries it was
+    /// given up to the compaction point (see [`owner_floor`]).
+    pub owner_floor: u64,
 }
 
 /// Why a stored group state could not be read.
@@ -182,7 +224,7 @@ impl GroupState {
         for v in &self.voters {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        for v in [self.compacted.index, self.compacted.term] {
+        for v in [self.compacted.index, self.compacted.term, self.owner_floor] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let crc = crc32fast::hash(&out);
@@ -209,12 +251,15 @@ impl GroupState {
             })
             .collect();
         let n = usize::try_from(words[3]).map_err(|_| bad())?;
-        let compacted = match words.len().checked_sub(4).map(|w| w.checked_sub(n)) {
-            Some(Some(0)) => Compacted::default(),
-            Some(Some(2)) => Compacted {
-                index: words[4 + n],
-                term: words[5 + n],
-            },
+        let (compacted, owner_floor) = match words.len().checked_sub(4).map(|w| w.checked_sub(n)) {
+            Some(Some(0)) => (Compacted::default(), 0),
+            Some(Some(tail @ (2 | 3))) => {
+                let c = Compacted {
+                    index: words[4 + n],
+                    term: words[5 + n],
+                };
+                (c, if tail == 3 { words[6 + n] } else { c.index })
+            }
             _ => return Err(bad()),
         };
         Ok(GroupState {
@@ -226,6 +271,7 @@ impl GroupState {
             },
             voters: words[4..4 + n].to_vec(),
             compacted,
+            owner_floor,
         })
     }
 }
@@ -277,6 +323,7 @@ mod tests {
                 index: 4096,
                 term: 6,
             },
+            owner_floor: 4000,
         };
         let bytes = s.encode();
         assert_eq!(GroupState::decode(&bytes), Ok(s));
@@ -299,22 +346,42 @@ mod tests {
         assert_eq!(s.voters, [1, 2]);
         assert_eq!(s.compacted, Compacted::default());
         assert_eq!(s.hard.commit, 99);
+        // Compacted before the owner floor existed: the owner had to hold the point.
+        let mut older = Vec::new();
+        for w in [7u64, 3, 99, 1, 1, 500, 2] {
+            older.extend_from_slice(&w.to_le_bytes());
+        }
+        older.extend_from_slice(&crc32fast::hash(&older).to_le_bytes());
+        let s = GroupState::decode(&older).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.compacted.index, s.owner_floor), (500, 500));
     }
 
     #[test]
     fn markers_wait_for_every_voter_and_compaction_for_the_owner() {
-        assert_eq!(compaction_marker([9000, 9000, 9000], 0), Some(9000));
+        let every = COMPACT_EVERY;
+        assert_eq!(compaction_marker([9000, 9000, 9000], 0, every), Some(9000));
         // One voter behind holds the marker back, however far the others are.
-        assert_eq!(compaction_marker([90_000, 4000, 90_000], 0), None);
-        assert_eq!(compaction_marker([9000, 9000], 5000), None);
-        assert_eq!(compaction_marker([9096, 9100], 5000), Some(9096));
-        assert_eq!(compaction_marker([], 0), None);
+        assert_eq!(compaction_marker([90_000, 4000, 90_000], 0, every), None);
+        assert_eq!(compaction_marker([9000, 9000], 5000, every), None);
+        assert_eq!(compaction_marker([9096, 9100], 5000, every), Some(9096));
+        assert_eq!(compaction_marker([], 0, every), None);
+        // The meta group's interval is shorter.
+        assert_eq!(compact_every(META_GROUP), META_COMPACT_EVERY);
+        assert_eq!(compaction_marker([64, 70], 0, compact_every(0)), Some(64));
+        assert_eq!(compaction_marker([64, 70], 0, compact_every(5)), None);
         assert_eq!(decode_marker(&9096u64.to_le_bytes()), Some(9096));
         assert_eq!(decode_marker(b"short"), None);
         assert_eq!(compaction_point(9096, 500, 0), Some(500));
         assert_eq!(compaction_point(9096, 20_000, 500), Some(9096));
         assert_eq!(compaction_point(9096, 20_000, 9096), None);
         assert_eq!(compaction_point(0, 20_000, 0), None);
+        // An owner that holds the last entry it was given holds all that was applied;
+        // one that does not holds what it said.
+        assert_eq!(owner_holds(40, 40, 75), 75);
+        assert_eq!(owner_holds(30, 40, 75), 30);
+        assert_eq!(owner_holds(90, 40, 75), 75);
+        assert_eq!(owner_floor(75, 40), 40);
+        assert_eq!(owner_floor(75, 90), 75);
     }
 
     use ::raft::RawNode;
@@ -403,7 +470,7 @@ mod tests {
             self.apply(i, committed);
             self.nodes[i].advance_apply();
             let last = self.markers[i].max(self.proposed_marker[i]);
-            if let Some(m) = marker_due(&self.nodes[i].raft, last) {
+            if let Some(m) = marker_due(&self.nodes[i].raft, last, COMPACT_EVERY) {
                 let data = m.to_le_bytes().to_vec();
                 if self.nodes[i].propose(COMPACT_MARKER.to_vec(), data).is_ok() {
                     self.proposed_marker[i] = m;

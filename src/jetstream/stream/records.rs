@@ -161,7 +161,8 @@ mod tests {
                         self.consumers.remove(&name);
                     }
                     WriteOp::RemoveFrom(seq) => self.messages.retain(|s, _| *s < seq),
-                    WriteOp::PutRaftState(_) | WriteOp::PutApplied(_) => {}
+                    WriteOp::PutRaftState(_) | WriteOp::PutApplied(_) | WriteOp::PutSnapshot(_) => {
+                    }
                 }
             }
         }
