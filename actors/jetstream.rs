@@ -68,6 +68,11 @@ pub enum StartError {
     },
 }
 
+/// The meta leader stepdown, a request of the system account's.
+const META_STEPDOWN: &str = "$JS.API.META.LEADER.STEPDOWN";
+/// The tag of that subscription (the account's API subscription has 0).
+const TAG_META_STEPDOWN: u64 = 1;
+
 /// The clustered part of a JetStream peer.
 struct Clustered {
     ctx: Arc<ServerContext>,
@@ -142,7 +147,7 @@ pub async fn start(
             None,
             InternalSink {
                 tag: 0,
-                mailbox: tx,
+                mailbox: tx.clone(),
             },
         )
         .cluster_wide(!config.peers.is_empty()),
@@ -192,6 +197,23 @@ pub async fn start(
             peers: config.peers.clone(),
         })
     };
+    // `$JS.API.META.LEADER.STEPDOWN` is the system account's, as at the reference.
+    let mut subs = vec![sub];
+    if let (Some(_), Some(system)) = (&cluster, ctx.account(&ctx.system_account)) {
+        let stepdown = Arc::new(
+            Subscription::internal(
+                META_STEPDOWN,
+                None,
+                InternalSink {
+                    tag: TAG_META_STEPDOWN,
+                    mailbox: tx.clone(),
+                },
+            )
+            .cluster_wide(true),
+        );
+        system.apply(vec![SubChange::Add(stepdown.clone())]).await;
+        subs.push(stepdown);
+    }
     let meta = cluster.as_ref().map(|c| c.group.clone());
     let raft = cluster.as_ref().map(|c| c.host.clone());
     let actor = JetStream {
@@ -210,7 +232,7 @@ pub async fn start(
         "JetStream enabled, store in {}",
         actor.storage.path().display()
     );
-    spawner.spawn_detached(actor.run(rx, meta_rx, sub));
+    spawner.spawn_detached(actor.run(rx, meta_rx, subs));
     Ok(Started {
         closed,
         usage,
@@ -258,7 +280,7 @@ impl JetStream {
         mut self,
         requests: async_channel::Receiver<InternalMsg>,
         meta: async_channel::Receiver<GroupEvent>,
-        sub: Arc<Subscription>,
+        subs: Vec<Arc<Subscription>>,
     ) {
         enum Event {
             Request(Option<InternalMsg>),
@@ -284,7 +306,9 @@ impl JetStream {
             }
             self.publisher.flush();
         }
-        sub.close();
+        for sub in subs {
+            sub.close();
+        }
     }
 
     /// After a start from a meta snapshot: what replaying the entries it stands for
@@ -343,6 +367,45 @@ impl JetStream {
         }
     }
 
+    /// `$JS.API.META.LEADER.STEPDOWN` from the system account: the meta leader answers
+    /// (in that account), then hands the group to the follower asked for or to a
+    /// current one. Nobody else answers, and nobody while there is no leader.
+    fn meta_stepdown(&mut self, msg: &InternalMsg) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let (Some(reply), true) = (&msg.reply, cluster.is_leader()) else {
+            return;
+        };
+        let Some(system) = cluster.ctx.account(&cluster.ctx.system_account) else {
+            return;
+        };
+        let me = &cluster.ctx.server_name;
+        let followers: Vec<(String, bool)> =
+            stream_actor::all_replicas(&cluster.group.status(), me)
+                .into_iter()
+                .filter(|p| p.name != *me && !p.offline)
+                .map(|p| (p.name, p.current))
+                .collect();
+        let target = crate::jetstream::replicated::meta_stepdown_target(
+            msg.payload(),
+            me,
+            &followers,
+            |n| fastrand::usize(..n),
+        );
+        const KIND: &str = "meta_leader_stepdown_response";
+        let body = match &target {
+            Ok(_) => api::response(KIND, &serde_json::json!({"success": true})),
+            Err(e) => api::error_response(KIND, e),
+        };
+        self.publisher.send(&system, reply, None, None, &body);
+        self.publisher.flush();
+        if let Ok(to) = target {
+            log::info!("JetStream: meta leader stepdown to {to}");
+            cluster.group.transfer_leader(&to);
+        }
+    }
+
     /// Who answers a request about the set of streams: the meta leader.
     fn meta_answerer(&self, msg: &InternalMsg) -> Answerer {
         match &self.cluster {
@@ -361,8 +424,23 @@ impl JetStream {
             return;
         };
         let data = match event {
-            GroupEvent::Leader { leader, .. } => {
+            GroupEvent::Leader { leader, me, .. } => {
+                let elected = me && !cluster.is_leader();
                 cluster.leader = leader;
+                if elected {
+                    // As the reference: in the system account only, naming this
+                    // node by its peer id.
+                    let ctx = cluster.ctx.clone();
+                    let me = &ctx.server_name;
+                    let advisory = Advisory::MetaLeaderElected {
+                        leader: format!("{:08x}", crate::raft::node_id(me) as u32),
+                        replicas: stream_actor::all_replicas(&cluster.group.status(), me),
+                        cluster: ctx.config().cluster.name.clone().unwrap_or_default(),
+                    };
+                    if let Some(system) = ctx.account(&ctx.system_account) {
+                        self.publisher.advise(&system, &advisory, now_ns());
+                    }
+                }
                 return;
             }
             GroupEvent::Compacting { .. } => return self.snapshot_meta().await,
@@ -477,6 +555,9 @@ impl JetStream {
     }
 
     async fn request(&mut self, msg: InternalMsg) {
+        if msg.tag == TAG_META_STEPDOWN {
+            return self.meta_stepdown(&msg);
+        }
         let Ok(subject) = std::str::from_utf8(&msg.subject) else {
             return;
         };
@@ -973,6 +1054,7 @@ impl JetStream {
             led_term: 0,
             leader: None,
             create_reply: create_reply.map(Bytes::from),
+            system: cluster.ctx.account(&cluster.ctx.system_account),
         };
         let _ = handle
             .commands

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::context::Stats;
 use super::outbound::{FlushSet, PushError};
-use super::router::{Account, Index};
+use super::router::Account;
 use super::runtime;
 use super::subscription::{AccountIndex, ImportKind, ImportLink};
 use super::subscription::{Control, InternalMsg, Message, RouteShared, Subscription, Target};
@@ -98,6 +98,13 @@ pub type Matches = Arc<MatchResult<Arc<Subscription>>>;
 
 /// A small cache of subject → matches, valid for one index generation.
 pub struct MatchCache {
+    /// Whose index the entries are from: the account (by address: accounts live as
+    /// long as the node) and its index's generation. The generation alone is not
+    /// enough: each account counts its own, so two accounts can be at the same one
+    /// (a publisher that sent in one account then in another delivered to the
+    /// first's subscribers: the system account's copy of an advisory reached the
+    /// stream's account in its place).
+    owner: usize,
     generation: u64,
     entries: HashMap<Box<[u8]>, Matches, foldhash::fast::RandomState>,
 }
@@ -107,6 +114,7 @@ const MATCH_CACHE_MAX: usize = 1024;
 impl Default for MatchCache {
     fn default() -> Self {
         MatchCache {
+            owner: 0,
             generation: u64::MAX,
             entries: HashMap::default(),
         }
@@ -114,10 +122,13 @@ impl Default for MatchCache {
 }
 
 impl MatchCache {
-    pub fn get(&mut self, index: &Index, subject: &[u8]) -> Matches {
-        if self.generation != index.generation() {
+    pub fn get(&mut self, account: &AccountIndex, subject: &[u8]) -> Matches {
+        let index = account.index();
+        let owner = std::ptr::from_ref(account) as usize;
+        if self.generation != index.generation() || self.owner != owner {
             self.entries.clear();
             self.generation = index.generation();
+            self.owner = owner;
         }
         if let Some(found) = self.entries.get(subject) {
             return found.clone();
@@ -219,12 +230,12 @@ impl Publisher {
         msg: &Message<'_>,
         origin: Origin<'_>,
     ) -> Reach {
-        // An import's account has its own index: the cache holds one account's.
-        let index = account.index();
+        // An import's account has its own index: the cache holds one account's
+        // (the publisher's own, not the accounts its imports lead to in turn).
         let result = if self.import_depth == 0 {
-            self.cache.get(&index, to)
+            self.cache.get(account, to)
         } else {
-            Arc::new(index.matches(to))
+            Arc::new(account.index().matches(to))
         };
         let (skip, from_route) = match origin {
             Origin::Local { id, echo } => ((!echo).then_some(id), false),
@@ -496,7 +507,7 @@ impl Publisher {
         me: u64,
         reply: &[u8],
     ) -> Option<Box<[u8]>> {
-        let found = self.cache.get(&account.index(), reply);
+        let found = self.cache.get(account, reply);
         found
             .plain
             .iter()
@@ -507,7 +518,7 @@ impl Publisher {
 
     /// Whether anyone listens on `subject` (events nobody reads are never built).
     pub fn has_interest(&mut self, account: &Account, subject: &[u8]) -> bool {
-        !self.cache.get(&account.index(), subject).is_empty()
+        !self.cache.get(account, subject).is_empty()
     }
 
     /// Publishes a JetStream advisory, if anyone listens for it, with a fresh id and
@@ -521,10 +532,82 @@ impl Publisher {
         self.send(account, subject.as_bytes(), None, None, &body);
     }
 
+    /// Publishes an advisory about a replicated asset as the reference does: in its
+    /// account, and (naming the account, with the same id) in the system account.
+    pub fn advise_with_system(
+        &mut self,
+        account: &Account,
+        system: Option<&Account>,
+        advisory: &Advisory,
+        now: i64,
+    ) {
+        let id = crate::events::event_id(&mut self.rng);
+        let subject = advisory.subject();
+        if self.has_interest(account, subject.as_bytes()) {
+            let body = advisory.encode(&id, now);
+            self.send(account, subject.as_bytes(), None, None, &body);
+        }
+        let copy = advisory.for_system(&account.name);
+        if let (Some(system), Some(copy)) = (system.filter(|s| s.name != account.name), copy) {
+            if self.has_interest(system, subject.as_bytes()) {
+                let body = copy.encode(&id, now);
+                self.send(system, subject.as_bytes(), None, None, &body);
+            }
+        }
+    }
+
     /// Wakes every outbound queue touched since the last flush. For publishers that
     /// never wait at a stalled queue (routes, internal actors): the stalls are dropped.
     pub fn flush(&mut self) {
         self.flush.flush();
         self.flush.forget_stalled();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::subscription::{Index, InternalSink};
+
+    /// Two accounts whose indexes are at the same generation: one cache, used for
+    /// both, answers each with its own subscribers.
+    #[test]
+    fn a_match_cache_keeps_accounts_apart() {
+        let (tx, _rx) = async_channel::unbounded();
+        let with_sub = |name: &str| {
+            let account = AccountIndex::new(name);
+            let mut index = Index::new();
+            let sink = InternalSink {
+                tag: 0,
+                mailbox: tx.clone(),
+            };
+            let sub = Arc::new(Subscription::internal("adv.>", None, sink));
+            index
+                .insert(b"adv.>", None, sub)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            account.store(index);
+            account
+        };
+        let app = with_sub("APP");
+        let empty = AccountIndex::new("SYS");
+        let mut other = Index::new();
+        let sink = InternalSink {
+            tag: 0,
+            mailbox: tx.clone(),
+        };
+        // The same number of changes, so the same generation, and no match.
+        other
+            .insert(
+                b"other",
+                None,
+                Arc::new(Subscription::internal("other", None, sink)),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        empty.store(other);
+        assert_eq!(app.index().generation(), empty.index().generation());
+        let mut cache = MatchCache::default();
+        assert_eq!(cache.get(&app, b"adv.x").plain.len(), 1);
+        assert!(cache.get(&empty, b"adv.x").plain.is_empty());
+        assert_eq!(cache.get(&app, b"adv.x").plain.len(), 1);
     }
 }

@@ -216,6 +216,8 @@ pub struct Replica {
     pub leader: Option<String>,
     /// Where the client that created the stream waits: its first leader answers.
     pub create_reply: Option<Bytes>,
+    /// The system account, which gets a copy of the group's advisories.
+    pub system: Option<Arc<Account>>,
 }
 
 /// What the JetStream actor keeps for a running stream.
@@ -242,6 +244,20 @@ fn replicas(status: &GroupStatus, me: &str) -> Vec<api::PeerInfo> {
             peer: format!("{:08x}", crate::raft::node_id(&p.name) as u32),
         })
         .collect()
+}
+
+/// Every peer of a group as its leader (`me`) sees them, itself included, for the
+/// leader-elected and quorum-lost advisories; `peer` is the id advisories name it by.
+pub fn all_replicas(status: &GroupStatus, me: &str) -> Vec<api::PeerInfo> {
+    let mut all = replicas(status, me);
+    all.push(api::PeerInfo {
+        name: me.to_string(),
+        current: true,
+        peer: format!("{:08x}", crate::raft::node_id(me) as u32),
+        ..api::PeerInfo::default()
+    });
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
 }
 
 /// Subscription tags of a stream actor.
@@ -934,6 +950,10 @@ impl StreamActor {
                 if me && !r.leading {
                     log::info!("stream {}: this node leads it now", self.stream.name());
                 }
+                // A leader that knows of no leader any more stepped down for want of
+                // a quorum (a transfer or a higher term names the new one).
+                let elected_me = me && !r.leading;
+                let lost_quorum = r.leading && leader.is_none();
                 if me {
                     r.led_term = term;
                 }
@@ -947,6 +967,9 @@ impl StreamActor {
                     let body =
                         api::response("stream_create_response", &info.for_clustered_create(true));
                     self.reply(&to, body);
+                }
+                if elected_me || lost_quorum {
+                    self.advise_leadership(elected_me);
                 }
             }
             // The stream writes what it applies and says `durable` as it goes.
@@ -965,6 +988,51 @@ impl StreamActor {
                 }
             }
         }
+    }
+
+    /// The advisories of this node's election as the group's leader (`elected`) or of
+    /// its stepping down for want of a quorum: for the stream and, since a consumer's
+    /// state is replicated through its stream's group and led by its leader, for each
+    /// of its consumers, as the reference sends them for its consumers' own groups.
+    fn advise_leadership(&mut self, elected: bool) {
+        let Some(r) = &self.replica else {
+            return;
+        };
+        log::debug!(
+            "stream {}: {}",
+            self.stream.name(),
+            if elected {
+                "leader elected: advised"
+            } else {
+                "quorum lost: advised"
+            }
+        );
+        let replicas = all_replicas(&r.group.status(), &self.leader);
+        let system = r.system.clone();
+        let stream = self.stream.name().to_string();
+        let consumers = self.stream.public_consumers().map(|c| Some(c.name.clone()));
+        let now = runtime::now_unix_ns();
+        for consumer in std::iter::once(None).chain(consumers) {
+            let advisory = if elected {
+                Advisory::LeaderElected {
+                    account: None,
+                    stream: stream.clone(),
+                    consumer,
+                    leader: self.leader.clone(),
+                    replicas: replicas.clone(),
+                }
+            } else {
+                Advisory::QuorumLost {
+                    account: None,
+                    stream: stream.clone(),
+                    consumer,
+                    replicas: replicas.clone(),
+                }
+            };
+            self.publisher
+                .advise_with_system(&self.account, system.as_deref(), &advisory, now);
+        }
+        self.publisher.flush();
     }
 
     /// Applies a committed entry; whoever proposed it (`mine`) answers whoever waits,

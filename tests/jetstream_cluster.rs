@@ -1405,3 +1405,177 @@ async fn the_meta_log_compacts_to_a_snapshot_and_a_node_restarts_from_it() {
         .unwrap();
     assert_eq!(names(&js_on(&all[other]).await).await, expected);
 }
+
+/// The next advisory on `sub` whose subject is `subject`, skipping others.
+async fn advisory(sub: &mut async_nats::Subscriber, subject: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {subject} within 15 s"))
+            .unwrap();
+        if m.subject.as_str() == subject {
+            return serde_json::from_slice(&m.payload).unwrap();
+        }
+    }
+}
+
+/// Leader changes and a lost quorum are advised as nats-server 2.15.1 advises them in
+/// a 3-node cluster (`src/jetstream/advisory.rs` holds its bytes): each in the
+/// stream's account and, naming the account, in the system account, with one id;
+/// a stream's election names its consumers' too (their state is its group's). The
+/// meta leader stepdown is the system account's: answered there, refused with the
+/// reference's errors, and the new meta leader advised there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_changes_and_a_lost_quorum_are_advised_as_the_reference_does() {
+    let mut all = peers("advise");
+    let accounts =
+        "[accounts.APP]\nusers = [{ user = \"app\", password = \"app\" }]\njetstream = true\n\
+                    [accounts.SYS]\nusers = [{ user = \"sys\", password = \"sys\" }]\n";
+    let configs: Vec<String> = all
+        .iter()
+        .map(|p| format!("system_account = \"SYS\"\n{}{accounts}", p.config(&all)))
+        .collect();
+    for (p, c) in all.iter_mut().zip(&configs) {
+        p.start(c);
+    }
+    wait_leader(&all, Duration::from_secs(20));
+    let login = async |user: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+            .connect(all[0].client.to_string())
+            .await
+            .unwrap()
+    };
+    let app = login("app").await;
+    let sys = login("sys").await;
+    let mut app_events = app.subscribe("$JS.EVENT.ADVISORY.>").await.unwrap();
+    let mut sys_events = sys.subscribe("$JS.EVENT.ADVISORY.>").await.unwrap();
+    app.flush().await.unwrap();
+    sys.flush().await.unwrap();
+    let mut js = jetstream::new(app.clone());
+    js.set_timeout(Duration::from_secs(5));
+    js.create_stream(stream::Config {
+        name: "S".into(),
+        subjects: vec!["s.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let elected = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.S";
+    let first = advisory(&mut app_events, elected).await;
+    assert_eq!(
+        first["type"], "io.nats.jetstream.advisory.v1.stream_leader_elected",
+        "{first}"
+    );
+    assert!(first.get("account").is_none(), "{first}");
+    let leader = stream_leader(&js, "S", Duration::from_secs(10)).await;
+    assert_eq!(first["leader"], leader.as_str());
+    let names: Vec<&str> = first["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, NAMES, "{first}");
+    let copy = advisory(&mut sys_events, elected).await;
+    assert_eq!(copy["account"], "APP", "{copy}");
+    assert_eq!(copy["id"], first["id"]);
+    durable(&js, "S", "C").await;
+
+    // A stepdown to n1: the stream's and its consumer's new leader advised.
+    let step = async |client: &async_nats::Client, subject: &str, body: &str| {
+        let m = client
+            .request(subject.to_string(), body.to_string().into())
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()
+    };
+    if leader != "n1" {
+        let body = r#"{"placement":{"preferred":"n1"}}"#;
+        let done = step(&app, "$JS.API.STREAM.LEADER.STEPDOWN.S", body).await;
+        assert_eq!(done["success"], true, "{done}");
+        let again = advisory(&mut app_events, elected).await;
+        assert_eq!(again["leader"], "n1", "{again}");
+        let c = advisory(
+            &mut app_events,
+            "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.S.C",
+        )
+        .await;
+        assert_eq!(
+            (
+                c["type"].as_str(),
+                c["consumer"].as_str(),
+                c["leader"].as_str()
+            ),
+            (
+                Some("io.nats.jetstream.advisory.v1.consumer_leader_elected"),
+                Some("C"),
+                Some("n1")
+            ),
+            "{c}"
+        );
+    }
+
+    // The meta stepdown: the system account's, with the reference's answers.
+    let meta = "$JS.API.META.LEADER.STEPDOWN";
+    let nope = step(&sys, meta, r#"{"placement":{"preferred":"nope"}}"#).await;
+    assert_eq!(
+        nope["error"]["description"], r#"preferred server "nope" not known"#,
+        "{nope}"
+    );
+    assert_eq!(
+        nope["type"],
+        "io.nats.jetstream.api.v1.meta_leader_stepdown_response"
+    );
+    let meta_leader = wait_leader(&all, Duration::from_secs(10));
+    let body = format!(r#"{{"placement":{{"preferred":"{meta_leader}"}}}}"#);
+    let already = step(&sys, meta, &body).await;
+    assert_eq!(already["error"]["err_code"], 10005, "{already}");
+    let bad = step(&sys, meta, "{bad").await;
+    assert_eq!(bad["error"]["err_code"], 10025, "{bad}");
+    let done = step(&sys, meta, "").await;
+    assert_eq!(done["success"], true, "{done}");
+    let domain = advisory(&mut sys_events, "$JS.EVENT.ADVISORY.DOMAIN.LEADER_ELECTED").await;
+    assert_eq!(domain["cluster"], "js", "{domain}");
+    let new_meta = wait_leader(&all, Duration::from_secs(10));
+    assert_ne!(new_meta, meta_leader);
+    // n1 leads the meta group too when it loses its followers below.
+    if new_meta != "n1" {
+        let done = step(&sys, meta, r#"{"placement":{"preferred":"n1"}}"#).await;
+        assert_eq!(done["success"], true, "{done}");
+        eventually(
+            "n1 leads the meta group",
+            Duration::from_secs(10),
+            async || wait_leader(&all, Duration::from_secs(10)) == "n1",
+        )
+        .await;
+    }
+    // From the application's account the request gets no answer, as there.
+    let from_app = tokio::time::timeout(
+        Duration::from_secs(2),
+        app.request(meta.to_string(), "".into()),
+    )
+    .await;
+    assert!(!matches!(from_app, Ok(Ok(_))), "{from_app:?}");
+
+    // n1 leads the stream and loses both followers: quorum lost, for the stream and
+    // its consumer, in both accounts.
+    assert_eq!(stream_leader(&js, "S", Duration::from_secs(10)).await, "n1");
+    all[1].kill9();
+    all[2].kill9();
+    let lost = advisory(&mut app_events, "$JS.EVENT.ADVISORY.STREAM.QUORUM_LOST.S").await;
+    assert_eq!(
+        lost["type"], "io.nats.jetstream.advisory.v1.stream_quorum_lost",
+        "{lost}"
+    );
+    assert_eq!(lost["replicas"].as_array().map(Vec::len), Some(3), "{lost}");
+    advisory(
+        &mut app_events,
+        "$JS.EVENT.ADVISORY.CONSUMER.QUORUM_LOST.S.C",
+    )
+    .await;
+    let copy = advisory(&mut sys_events, "$JS.EVENT.ADVISORY.STREAM.QUORUM_LOST.S").await;
+    assert_eq!(copy["account"], "APP", "{copy}");
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::api::PeerInfo;
 use crate::events::ClientInfo;
 
 pub const PREFIX: &str = "$JS.EVENT.ADVISORY";
@@ -70,6 +71,31 @@ pub enum Advisory {
         request: String,
         response: String,
     },
+    /// A replicated stream's group (with `consumer`: that consumer's) elected this
+    /// node; `replicas` are all its peers as the new leader sees them. `account` is
+    /// named in the system account's copy only.
+    LeaderElected {
+        account: Option<String>,
+        stream: String,
+        consumer: Option<String>,
+        leader: String,
+        replicas: Vec<PeerInfo>,
+    },
+    /// The leader of a replicated stream's group (or consumer's) stopped hearing a
+    /// quorum and stepped down.
+    QuorumLost {
+        account: Option<String>,
+        stream: String,
+        consumer: Option<String>,
+        replicas: Vec<PeerInfo>,
+    },
+    /// The meta group elected this node (`leader`: its peer id); in the system
+    /// account only.
+    MetaLeaderElected {
+        leader: String,
+        replicas: Vec<PeerInfo>,
+        cluster: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -80,6 +106,25 @@ struct Envelope<'a, T: Serialize> {
     timestamp: String,
     #[serde(flatten)]
     body: T,
+}
+
+#[derive(Serialize)]
+struct Leader<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
+    stream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<&'a str>,
+    replicas: &'a [PeerInfo],
+}
+
+#[derive(Serialize)]
+struct MetaLeader<'a> {
+    leader: &'a str,
+    replicas: &'a [PeerInfo],
+    cluster: &'a str,
 }
 
 #[derive(Serialize)]
@@ -158,6 +203,32 @@ impl Advisory {
                 stream, consumer, ..
             } => format!("{PREFIX}.CONSUMER.MSG_TERMINATED.{stream}.{consumer}"),
             Advisory::Api { .. } => API_AUDIT.to_string(),
+            Advisory::LeaderElected {
+                stream, consumer, ..
+            } => match consumer {
+                Some(c) => format!("{PREFIX}.CONSUMER.LEADER_ELECTED.{stream}.{c}"),
+                None => format!("{PREFIX}.STREAM.LEADER_ELECTED.{stream}"),
+            },
+            Advisory::QuorumLost {
+                stream, consumer, ..
+            } => match consumer {
+                Some(c) => format!("{PREFIX}.CONSUMER.QUORUM_LOST.{stream}.{c}"),
+                None => format!("{PREFIX}.STREAM.QUORUM_LOST.{stream}"),
+            },
+            Advisory::MetaLeaderElected { .. } => format!("{PREFIX}.DOMAIN.LEADER_ELECTED"),
+        }
+    }
+
+    /// The copy the system account gets of an advisory about a replicated asset: the
+    /// same, naming the asset's account (`None` for the others).
+    pub fn for_system(&self, account_name: &str) -> Option<Advisory> {
+        let mut copy = self.clone();
+        match &mut copy {
+            Advisory::LeaderElected { account, .. } | Advisory::QuorumLost { account, .. } => {
+                *account = Some(account_name.to_string());
+                Some(copy)
+            }
+            _ => None,
         }
     }
 
@@ -241,6 +312,63 @@ impl Advisory {
                     stream_seq: *stream_seq,
                     deliveries: *deliveries,
                     reason: reason.as_deref(),
+                },
+            ),
+            Advisory::LeaderElected {
+                account,
+                stream,
+                consumer,
+                leader,
+                replicas,
+            } => envelope(
+                if consumer.is_some() {
+                    "consumer_leader_elected"
+                } else {
+                    "stream_leader_elected"
+                },
+                id,
+                at,
+                Leader {
+                    account: account.as_deref(),
+                    stream,
+                    consumer: consumer.as_deref(),
+                    leader: Some(leader),
+                    replicas,
+                },
+            ),
+            Advisory::QuorumLost {
+                account,
+                stream,
+                consumer,
+                replicas,
+            } => envelope(
+                if consumer.is_some() {
+                    "consumer_quorum_lost"
+                } else {
+                    "stream_quorum_lost"
+                },
+                id,
+                at,
+                Leader {
+                    account: account.as_deref(),
+                    stream,
+                    consumer: consumer.as_deref(),
+                    leader: None,
+                    replicas,
+                },
+            ),
+            Advisory::MetaLeaderElected {
+                leader,
+                replicas,
+                cluster,
+            } => envelope(
+                "domain_leader_elected",
+                id,
+                at,
+                MetaLeader {
+                    leader,
+                    replicas,
+                    cluster,
                 },
             ),
             Advisory::Api {
@@ -336,5 +464,107 @@ mod tests {
         assert!(String::from_utf8(audit.encode("ID", now)).unwrap().ends_with(
             r#""server":"S","client":null,"subject":"$JS.API.STREAM.DELETE.AD","response":"{}"}"#
         ));
+    }
+
+    /// Bodies as nats-server 2.15.1 sent them from a 3-node cluster (captured with
+    /// nats-py on `$JS.EVENT.ADVISORY.>` in the stream's account and in the system
+    /// account; ids, times and peer ids replaced).
+    #[test]
+    fn cluster_advisories_are_the_references() {
+        let now = 1_764_756_053_897_792_359;
+        let replicas = vec![
+            PeerInfo {
+                name: "r1".into(),
+                current: true,
+                active: 5_591_860,
+                peer: "6vlCPYjH".into(),
+                ..PeerInfo::default()
+            },
+            PeerInfo {
+                name: "r3".into(),
+                current: false,
+                active: 0,
+                lag: 4,
+                peer: "gXbsihJ4".into(),
+                ..PeerInfo::default()
+            },
+        ];
+        let elected = Advisory::LeaderElected {
+            account: None,
+            stream: "S".into(),
+            consumer: None,
+            leader: "r1".into(),
+            replicas: replicas.clone(),
+        };
+        assert_eq!(
+            elected.subject(),
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.S"
+        );
+        let r = r#""replicas":[{"name":"r1","current":true,"active":5591860,"peer":"6vlCPYjH"},{"name":"r3","current":false,"active":0,"lag":4,"peer":"gXbsihJ4"}]"#;
+        let head = r#"{"type":"io.nats.jetstream.advisory.v1."#;
+        let at = r#""id":"ID","timestamp":"2025-12-03T10:00:53.897792359Z""#;
+        assert_eq!(
+            String::from_utf8(elected.encode("ID", now)).unwrap(),
+            format!(r#"{head}stream_leader_elected",{at},"stream":"S","leader":"r1",{r}}}"#)
+        );
+        let system = elected.for_system("APP").unwrap();
+        assert_eq!(system.subject(), elected.subject());
+        assert_eq!(
+            String::from_utf8(system.encode("ID", now)).unwrap(),
+            format!(
+                r#"{head}stream_leader_elected",{at},"account":"APP","stream":"S","leader":"r1",{r}}}"#
+            )
+        );
+        let consumer = Advisory::LeaderElected {
+            account: Some("APP".into()),
+            stream: "S".into(),
+            consumer: Some("C".into()),
+            leader: "r3".into(),
+            replicas: replicas.clone(),
+        };
+        assert_eq!(
+            consumer.subject(),
+            "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.S.C"
+        );
+        assert_eq!(
+            String::from_utf8(consumer.encode("ID", now)).unwrap(),
+            format!(
+                r#"{head}consumer_leader_elected",{at},"account":"APP","stream":"S","consumer":"C","leader":"r3",{r}}}"#
+            )
+        );
+        let lost = Advisory::QuorumLost {
+            account: None,
+            stream: "S".into(),
+            consumer: Some("C".into()),
+            replicas: replicas.clone(),
+        };
+        assert_eq!(
+            lost.subject(),
+            "$JS.EVENT.ADVISORY.CONSUMER.QUORUM_LOST.S.C"
+        );
+        assert_eq!(
+            String::from_utf8(lost.encode("ID", now)).unwrap(),
+            format!(r#"{head}consumer_quorum_lost",{at},"stream":"S","consumer":"C",{r}}}"#)
+        );
+        let lost = Advisory::QuorumLost {
+            account: None,
+            stream: "S".into(),
+            consumer: None,
+            replicas: replicas.clone(),
+        };
+        assert_eq!(lost.subject(), "$JS.EVENT.ADVISORY.STREAM.QUORUM_LOST.S");
+        let meta = Advisory::MetaLeaderElected {
+            leader: "6vlCPYjH".into(),
+            replicas,
+            cluster: "js".into(),
+        };
+        assert_eq!(meta.subject(), "$JS.EVENT.ADVISORY.DOMAIN.LEADER_ELECTED");
+        assert_eq!(meta.for_system("APP"), None);
+        assert_eq!(
+            String::from_utf8(meta.encode("ID", now)).unwrap(),
+            format!(
+                r#"{head}domain_leader_elected",{at},"leader":"6vlCPYjH",{r},"cluster":"js"}}"#
+            )
+        );
     }
 }

@@ -52,6 +52,18 @@ impl ApiError {
     pub fn cluster_unavailable() -> Self {
         e(503, 10008, "JetStream system temporarily unavailable")
     }
+    /// A meta leader stepdown preferring a server that is no meta peer.
+    pub fn preferred_not_known(name: &str) -> Self {
+        e(400, 10005, format!("preferred server {name:?} not known"))
+    }
+    /// A meta leader stepdown preferring the leader itself.
+    pub fn preferred_already_leader(name: &str) -> Self {
+        e(
+            400,
+            10005,
+            format!("preferred server {name:?} is already leader"),
+        )
+    }
     /// Too few peers are up to place a stream (JSClusterNoPeersErrF).
     pub fn no_suitable_peers() -> Self {
         e(400, 10005, "no suitable peers for placement")

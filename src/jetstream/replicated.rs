@@ -263,9 +263,65 @@ pub fn stepdown_target(
     Ok(candidates[at].clone())
 }
 
+/// Whom the meta leader (`me`) hands the meta group to on
+/// `$JS.API.META.LEADER.STEPDOWN`: as [`stepdown_target`], except that the reference
+/// answers a preferred server that is no meta peer, or that already leads, with 400
+/// (10005) naming it.
+pub fn meta_stepdown_target(
+    body: &[u8],
+    me: &str,
+    followers: &[(String, bool)],
+    pick: impl FnOnce(usize) -> usize,
+) -> Result<String, ApiError> {
+    let req: StepdownRequest = api::parse_optional(body)?;
+    if let Some(name) = req
+        .placement
+        .and_then(|p| p.preferred)
+        .filter(|p| !p.is_empty())
+    {
+        if name == me {
+            return Err(ApiError::preferred_already_leader(&name));
+        }
+        if !followers.iter().any(|(n, _)| *n == name) {
+            return Err(ApiError::preferred_not_known(&name));
+        }
+    }
+    stepdown_target(body, followers, pick)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_meta_stepdown_names_what_it_refuses_as_the_reference() {
+        let followers = [("n2".to_string(), true), ("n3".to_string(), false)];
+        let first = |_: usize| 0;
+        assert_eq!(
+            meta_stepdown_target(b"", "n1", &followers, first),
+            Ok("n2".into())
+        );
+        let body = br#"{"placement":{"preferred":"n3"}}"#;
+        assert_eq!(
+            meta_stepdown_target(body, "n1", &followers, first),
+            Ok("n3".into())
+        );
+        let body = br#"{"placement":{"preferred":"nope"}}"#;
+        let e = meta_stepdown_target(body, "n1", &followers, first).unwrap_err();
+        assert_eq!(
+            (e.code, e.err_code, e.description.as_str()),
+            (400, 10005, r#"preferred server "nope" not known"#)
+        );
+        let body = br#"{"placement":{"preferred":"n1"}}"#;
+        let e = meta_stepdown_target(body, "n1", &followers, first).unwrap_err();
+        assert_eq!(e.description, r#"preferred server "n1" is already leader"#);
+        let e = meta_stepdown_target(b"{bad", "n1", &followers, first).unwrap_err();
+        assert_eq!((e.code, e.err_code), (400, 10025));
+        assert_eq!(
+            meta_stepdown_target(b"", "n1", &[], first),
+            Err(ApiError::cluster_unavailable())
+        );
+    }
 
     #[test]
     fn entries_round_trip_and_damage_is_refused() {
