@@ -47,11 +47,22 @@ pub fn start_resolver(ctx: &Arc<ServerContext>, reauthorize: impl Fn() + Send + 
         return;
     };
     let (tx, rx) = async_channel::unbounded::<InternalMsg>();
-    let subs: Vec<SubChange> = claims::subjects(trust.resolver())
+    let full = matches!(trust.resolver(), ResolverKind::Full { .. });
+    // A full resolver also asks its peers for what it lacks, and answers their asks.
+    let pack_inbox = format!("$SYS._MB.PACK.{}", ctx.server_id);
+    let mut subjects: Vec<(&str, u64)> = claims::subjects(trust.resolver())
         .iter()
-        .map(|subject| {
+        .map(|s| (*s, TAG_REQUEST))
+        .collect();
+    if full {
+        subjects.push((claims::PACK, TAG_REQUEST));
+        subjects.push((&pack_inbox, TAG_PACK_ANSWER));
+    }
+    let subs: Vec<SubChange> = subjects
+        .into_iter()
+        .map(|(subject, tag)| {
             let sink = InternalSink {
-                tag: 0,
+                tag,
                 mailbox: tx.clone(),
             };
             SubChange::Add(Arc::new(
@@ -60,24 +71,62 @@ pub fn start_resolver(ctx: &Arc<ServerContext>, reauthorize: impl Fn() + Send + 
         })
         .collect();
     system.send(subs);
+    let interval = ctx
+        .config()
+        .resolver
+        .as_ref()
+        .map_or(crate::auth::operator::PACK_INTERVAL, |r| r.pack_interval());
     let mut resolver = Resolver {
         ctx: ctx.clone(),
         system,
         publisher: Publisher::default(),
         reauthorize: Box::new(reauthorize),
+        pack_inbox,
     };
     ctx.spawner.spawn_detached(async move {
-        while let Ok(msg) = rx.recv().await {
-            resolver.handle(msg).await;
+        enum Event {
+            Msg(Option<InternalMsg>),
+            Ask,
+        }
+        // The first ask soon after the start (a node that was down during a push
+        // catches up once its routes are up), then every `interval`.
+        let mut next = runtime::now() + interval.min(std::time::Duration::from_secs(2));
+        loop {
+            let event = if full {
+                futures_lite::future::or(async { Event::Msg(rx.recv().await.ok()) }, async {
+                    runtime::sleep_until(next).await;
+                    Event::Ask
+                })
+                .await
+            } else {
+                Event::Msg(rx.recv().await.ok())
+            };
+            match event {
+                Event::Msg(Some(msg)) if msg.tag == TAG_PACK_ANSWER => {
+                    resolver.pack_answer(&msg).await
+                }
+                Event::Msg(Some(msg)) => resolver.handle(msg).await,
+                Event::Msg(None) => break,
+                Event::Ask => {
+                    resolver.ask_peers();
+                    next = runtime::now() + interval;
+                }
+            }
         }
     });
 }
+
+/// The resolver's subscriptions: the claims requests, and the answers to its asks.
+const TAG_REQUEST: u64 = 0;
+const TAG_PACK_ANSWER: u64 = 1;
 
 struct Resolver {
     ctx: Arc<ServerContext>,
     system: Arc<Account>,
     publisher: Publisher,
     reauthorize: Box<dyn Fn() + Send + Sync>,
+    /// Where the answers to this node's PACK asks come.
+    pack_inbox: String,
 }
 
 impl Resolver {
@@ -113,10 +162,84 @@ impl Resolver {
                 let keys = auth.trust().map(|t| t.account_keys()).unwrap_or_default();
                 claims::list_reply(&self.ctx.server_block(), &keys)
             }
+            ClaimsRequest::Pack => return self.answer_pack(&msg),
         };
         if let Some(reply) = &msg.reply {
             self.publisher.send(&self.system, reply, None, None, &body);
             self.publisher.flush();
+        }
+    }
+
+    /// Every JWT this node holds, by account key.
+    fn held(&self) -> Vec<(String, String)> {
+        let auth = self.ctx.auth();
+        let Some(trust) = auth.trust() else {
+            return Vec::new();
+        };
+        trust
+            .account_keys()
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), trust.lookup(k)?.to_string())))
+            .collect()
+    }
+
+    fn hash(held: &[(String, String)]) -> String {
+        let pairs: Vec<(&str, &str)> = held.iter().map(|(k, j)| (k.as_str(), j.as_str())).collect();
+        claims::pack_hash(&pairs)
+    }
+
+    /// Asks every peer for the JWTs this node lacks, with its store's hash.
+    fn ask_peers(&mut self) {
+        let hash = Self::hash(&self.held());
+        let inbox = self.pack_inbox.clone();
+        self.publisher.send(
+            &self.system,
+            claims::PACK.as_bytes(),
+            Some(inbox.as_bytes()),
+            None,
+            hash.as_bytes(),
+        );
+        self.publisher.flush();
+    }
+
+    /// A peer's ask: what this node holds, unless the hashes agree, then an empty
+    /// message (the end). Its own asks are not answered.
+    fn answer_pack(&mut self, msg: &InternalMsg) {
+        let Some(reply) = msg
+            .reply
+            .clone()
+            .filter(|r| **r != *self.pack_inbox.as_bytes())
+        else {
+            return;
+        };
+        let held = self.held();
+        if msg.payload() != Self::hash(&held).as_bytes() {
+            for (key, jwt) in &held {
+                let body = claims::pack_reply(key, jwt);
+                self.publisher.send(&self.system, &reply, None, None, &body);
+            }
+        }
+        self.publisher.send(&self.system, &reply, None, None, b"");
+        self.publisher.flush();
+    }
+
+    /// A peer's answer: each JWT this node lacks or holds older is taken as a push
+    /// would be (checked against the trusted operators, never replacing a newer one).
+    async fn pack_answer(&mut self, msg: &InternalMsg) {
+        for (key, jwt) in claims::parse_pack(msg.payload()) {
+            let held = self
+                .ctx
+                .auth()
+                .trust()
+                .and_then(|t| t.lookup(&key).map(str::to_string));
+            if held.as_deref() == Some(jwt.as_str()) {
+                continue;
+            }
+            match self.update(&jwt, Some(&key)).await {
+                Ok(account) => log::debug!("account {account}: taken from a peer's resolver"),
+                // An older JWT from a peer that is behind, or one it should not hold.
+                Err(e) => log::debug!("a peer's JWT for {key} not taken: {}", e.description),
+            }
         }
     }
 

@@ -630,6 +630,111 @@ async fn a_push_reaches_every_node_of_a_cluster() {
     drop((n1, n2));
 }
 
+/// Anti-entropy: a node that was down while an account was pushed takes it from its
+/// peer's resolver when it comes back (PACK, every `interval`), and the other way
+/// round for a newer JWT pushed while the first node was down; an older JWT never
+/// replaces a newer one on either side.
+#[tokio::test]
+async fn a_node_down_during_a_push_takes_it_from_its_peer() {
+    let k = Keys::new();
+    let dirs = [
+        TempDir::new("resolver-pack1"),
+        TempDir::new("resolver-pack2"),
+    ];
+    let ports = [common::free_port(), common::free_port()];
+    let conf = |i: usize| {
+        let path = node_config(&k, &dirs[i].0, &format!("server_name = \"n{}\"\n", i + 1));
+        let text = std::fs::read_to_string(&path)
+            .expect("config")
+            .replace("/jwt\" }", "/jwt\", interval = \"1s\" }");
+        assert!(text.contains("interval"), "{text}");
+        std::fs::write(
+            &path,
+            format!(
+                "{text}\n[cluster]\nname = \"c\"\nlisten = \"127.0.0.1:{}\"\nroutes = [\"nats-route://127.0.0.1:{}\"]\n",
+                ports[i],
+                ports[1 - i]
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let stored = |i: usize, key: &str| {
+        std::fs::read_to_string(dirs[i].0.join("jwt").join(format!("{key}.jwt"))).ok()
+    };
+    let logs_in = async |addr: SocketAddr, account: &nkeys::KeyPair| {
+        let user = nkeys::KeyPair::new_user();
+        let creds = mint::creds(&k.user(account, &user, 6), &user.seed().expect("seed"));
+        async_nats::ConnectOptions::with_credentials(&creds)
+            .expect("creds")
+            .connect(format!("nats://{addr}"))
+            .await
+            .is_ok()
+    };
+    let (conf1, conf2) = (conf(0), conf(1));
+
+    // n2 is down while the new account is pushed to n1.
+    let (n1, a1) = run_config(&conf1);
+    let mut sys = system_client(&k, a1).await;
+    let fresh_jwt = k.account(&k.operator, &k.fresh, 5, |_| {});
+    let answer = one(
+        ask(
+            &mut sys,
+            "$SYS.REQ.CLAIMS.UPDATE",
+            &fresh_jwt,
+            Duration::from_secs(1),
+        )
+        .await,
+        "n1's answer",
+    );
+    assert_eq!(outcome(&answer)["data"]["message"], "jwt updated");
+    let fresh = k.fresh.public_key();
+    assert_eq!(stored(1, &fresh), None);
+    let (n2, a2) = run_config(&conf2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stored(1, &fresh).as_deref() != Some(fresh_jwt.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "n2 never took the account from n1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        logs_in(a2, &k.fresh).await,
+        "the account's users log in on n2"
+    );
+
+    // Now n1 is down while a newer APP JWT is pushed to n2.
+    drop((sys, n1));
+    let mut sys2 = system_client(&k, a2).await;
+    let newer = k.account(&k.operator, &k.app, 40, |_| {});
+    let answer = one(
+        ask(
+            &mut sys2,
+            "$SYS.REQ.CLAIMS.UPDATE",
+            &newer,
+            Duration::from_secs(1),
+        )
+        .await,
+        "n2's answer",
+    );
+    assert_eq!(outcome(&answer)["data"]["message"], "jwt updated");
+    let app = k.app.public_key();
+    let (n1, _) = run_config(&conf1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stored(0, &app).as_deref() != Some(newer.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "n1 never took the newer JWT from n2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several rounds later n2 still holds the newer one: n1's older preload never won.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stored(1, &app).as_deref(), Some(newer.as_str()));
+    drop((n1, n2));
+}
+
 /// `meshbroker auth account` and `auth push`: an account added with the CLI is pushed
 /// to a running node and its users log in; a revocation re-issued with the CLI and
 /// pushed closes the revoked user.

@@ -18,6 +18,53 @@ pub enum ClaimsRequest<'a> {
     Lookup { account: &'a str },
     /// The keys of every account held.
     List,
+    /// Anti-entropy between full resolvers: the payload is the asker's store hash; a
+    /// resolver holding other JWTs answers with them ([`pack_reply`]), then an empty
+    /// message.
+    Pack,
+}
+
+/// Where full resolvers ask each other for the JWTs they lack. The reference answers
+/// in a queue group (one peer per ask); here every peer answers (an ask would
+/// otherwise go to the asker's own member of the group), which only repeats JWTs an
+/// update then finds unchanged.
+pub const PACK: &str = "$SYS.REQ.CLAIMS.PACK";
+
+/// A store's hash as the PACK asks carry it: SHA-256 (hex) over its `key|jwt` lines
+/// in key order. Equal hashes mean nothing to send. (The reference hashes its files
+/// its own way: between the two every ask is answered in full, which is merely more.)
+pub fn pack_hash(held: &[(&str, &str)]) -> String {
+    let mut lines = Vec::new();
+    let mut sorted = held.to_vec();
+    sorted.sort_unstable();
+    for (key, jwt) in sorted {
+        lines.extend_from_slice(key.as_bytes());
+        lines.push(b'|');
+        lines.extend_from_slice(jwt.as_bytes());
+        lines.push(b'\n');
+    }
+    ring::digest::digest(&ring::digest::SHA256, &lines)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One message of a PACK answer: `key|jwt`.
+pub fn pack_reply(key: &str, jwt: &str) -> Vec<u8> {
+    format!("{key}|{jwt}").into_bytes()
+}
+
+/// The `(key, jwt)` pairs a PACK answer's message holds (one per line; lines that
+/// are not `key|jwt` are skipped). An empty message ends the answer.
+pub fn parse_pack(payload: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(payload)
+        .lines()
+        .filter_map(|line| {
+            let (key, jwt) = line.trim().split_once('|')?;
+            (!key.is_empty() && !jwt.is_empty()).then(|| (key.to_string(), jwt.to_string()))
+        })
+        .collect()
 }
 
 /// The subjects a resolver subscribes to in the system account. The MEMORY resolver
@@ -28,6 +75,7 @@ pub fn subjects(resolver: &ResolverKind) -> &'static [&'static str] {
             "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
             "$SYS.ACCOUNT.*.CLAIMS.UPDATE",
         ],
+        // PACK is subscribed apart, in its queue group.
         ResolverKind::Full { .. } => &[
             "$SYS.REQ.CLAIMS.UPDATE",
             "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
@@ -44,6 +92,7 @@ impl<'a> ClaimsRequest<'a> {
         match subject {
             "$SYS.REQ.CLAIMS.UPDATE" => return Some(ClaimsRequest::Update { account: None }),
             "$SYS.REQ.CLAIMS.LIST" => return Some(ClaimsRequest::List),
+            PACK => return Some(ClaimsRequest::Pack),
             _ => {}
         }
         let rest = subject
@@ -171,6 +220,22 @@ mod tests {
                 assert!(ClaimsRequest::parse(&s.replace('*', "AB")).is_some(), "{s}");
             }
         }
+    }
+
+    #[test]
+    fn packs_round_trip_and_hashes_ignore_order() {
+        assert_eq!(ClaimsRequest::parse(PACK), Some(ClaimsRequest::Pack));
+        let a = [("AKEY", "eyJa.b.c"), ("BKEY", "eyJd.e.f")];
+        let b = [("BKEY", "eyJd.e.f"), ("AKEY", "eyJa.b.c")];
+        assert_eq!(pack_hash(&a), pack_hash(&b));
+        assert_ne!(pack_hash(&a), pack_hash(&a[..1]));
+        assert_eq!(pack_hash(&[]).len(), 64);
+        let one = pack_reply("AKEY", "eyJa.b.c");
+        assert_eq!(parse_pack(&one), [("AKEY".into(), "eyJa.b.c".into())]);
+        // Several per message (as the reference may send them), junk skipped.
+        let many = b"AKEY|eyJa.b.c\nnot a line\n|x\nBKEY|eyJd.e.f\n";
+        assert_eq!(parse_pack(many).len(), 2);
+        assert!(parse_pack(b"").is_empty());
     }
 
     #[test]

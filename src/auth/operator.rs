@@ -65,8 +65,14 @@ pub enum ResolverConfig {
         kind: String,
         #[serde(default)]
         dir: Option<String>,
+        /// How often a full resolver asks its peers for the JWTs it lacks.
+        #[serde(default)]
+        interval: Option<crate::values::Dur>,
     },
 }
+
+/// The full resolver's default `interval` (the reference's: one minute).
+pub const PACK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The resolver a config names, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -87,13 +93,28 @@ impl ResolverConfig {
             ResolverConfig::Table { kind, .. } if kind.eq_ignore_ascii_case("memory") => {
                 Ok(ResolverKind::Memory)
             }
-            ResolverConfig::Table { kind, dir } if kind.eq_ignore_ascii_case("full") => match dir {
+            ResolverConfig::Table { interval: Some(d), .. } if d.0.is_zero() => {
+                Err("`interval` must be more than 0".into())
+            }
+            ResolverConfig::Table { kind, dir, .. } if kind.eq_ignore_ascii_case("full") => match dir {
                 Some(dir) if !dir.trim().is_empty() => Ok(ResolverKind::Full { dir: dir.clone() }),
                 _ => Err("the full resolver needs `dir`, the directory for account JWTs".into()),
             },
             other => Err(format!(
                 "{other:?}: the resolvers built are MEMORY (with resolver_preload) and {{ type = \"full\", dir = \"…\" }}"
             )),
+        }
+    }
+}
+
+impl ResolverConfig {
+    /// How often a full resolver asks its peers for what it lacks (`interval`).
+    pub fn pack_interval(&self) -> std::time::Duration {
+        match self {
+            ResolverConfig::Table {
+                interval: Some(d), ..
+            } => d.0,
+            _ => PACK_INTERVAL,
         }
     }
 }
@@ -703,8 +724,16 @@ mod tests {
         let full = ResolverConfig::Table {
             kind: "full".into(),
             dir: None,
+            interval: None,
         };
         assert!(full.kind().is_err(), "a full resolver without a directory");
+        let never = ResolverConfig::Table {
+            kind: "full".into(),
+            dir: Some("jwt".into()),
+            interval: Some(crate::values::Dur(std::time::Duration::ZERO)),
+        };
+        assert_eq!(never.kind(), Err("`interval` must be more than 0".into()));
+        assert_eq!(full.pack_interval(), PACK_INTERVAL);
         assert_eq!(
             Trust::new(&ops, Some(&full), &preload, None)
                 .expect_err("full")
@@ -733,6 +762,7 @@ mod tests {
         let full = ResolverConfig::Table {
             kind: "full".into(),
             dir: Some("jwt".into()),
+            interval: None,
         };
         let trust = Trust::new(&ops, Some(&full), &preload, None).expect("valid");
         let now = 1000;
