@@ -72,7 +72,7 @@ pub enum WriteOp {
     /// changes it applied, so a restart applies exactly what follows).
     PutApplied(u64),
     /// A Raft group's owner's state as of an index of its log (the meta group's
-    /// assignments, [`crate::jetstream::meta::MetaSnapshot`], encoded): what lets the
+    /// assignments, `crate::jetstream::meta::Meta::snapshot`, encoded): what lets the
     /// log be compacted.
     PutSnapshot(Vec<u8>),
 }
