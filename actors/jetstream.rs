@@ -356,7 +356,7 @@ impl JetStream {
         // Committed to the database, not only in the journal: the log entries it
         // stands for are about to go.
         match self
-            .write_committed(&log_name, vec![WriteOp::PutSnapshot(bytes)])
+            .write(&log_name, vec![WriteOp::PutSnapshot(bytes)], true)
             .await
         {
             Ok(()) => {
@@ -1136,7 +1136,7 @@ impl JetStream {
                 last_seq: stream.store().last_seq(),
                 last_ts: 0,
             };
-            self.write(name, vec![WriteOp::PutStream(Box::new(record))])
+            self.write(name, vec![WriteOp::PutStream(Box::new(record))], false)
                 .await
                 .map_err(|e| ApiError::stream_general(&e))?;
         }
@@ -1156,25 +1156,10 @@ impl JetStream {
         Ok(self.stream_info(name).await?.for_change(true))
     }
 
-    async fn write(&self, stream: &str, ops: Vec<WriteOp>) -> Result<(), String> {
-        let (tx, rx) = async_channel::bounded(1);
-        self.storage.submit(WriteBatch {
-            stream: stream.to_string(),
-            ops,
-            done: Box::new(move |r| {
-                let _ = tx.try_send(r);
-            }),
-        });
-        // The first word (written, or committed) is the answer; a second is ignored.
-        match rx.recv().await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("storage stopped".into()),
-        }
-    }
-
-    /// Writes `ops` and waits until redb committed them (past any journal).
-    async fn write_committed(&self, stream: &str, ops: Vec<WriteOp>) -> Result<(), String> {
+    /// Writes `ops`; answers at the store's first word (written to the journal, or
+    /// committed), or with `committed` only once redb committed them (past any
+    /// journal: what must hold before log entries are dropped).
+    async fn write(&self, stream: &str, ops: Vec<WriteOp>, committed: bool) -> Result<(), String> {
         let (tx, rx) = async_channel::bounded(2);
         self.storage.submit(WriteBatch {
             stream: stream.to_string(),
@@ -1185,8 +1170,8 @@ impl JetStream {
         });
         loop {
             match rx.recv().await {
-                Ok(Ok(Progress::Committed)) => return Ok(()),
-                Ok(Ok(_)) => continue,
+                Ok(Ok(Progress::Written)) if committed => continue,
+                Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => return Err(e.to_string()),
                 Err(_) => return Err("storage stopped".into()),
             }
