@@ -236,6 +236,20 @@ fn login_held(
     (stream, text)
 }
 
+/// `text` with a line that repeats the one before it dropped (`-ERR` lines only).
+fn once_each(text: &str) -> String {
+    let mut out = String::new();
+    let mut last = "";
+    for line in text.split_inclusive("\r\n") {
+        if line == last && line.starts_with("-ERR") {
+            continue;
+        }
+        out.push_str(line);
+        last = line;
+    }
+    out
+}
+
 const PUBSUB: &str = "SUB x 1\r\nPUB x 2\r\nhi\r\n";
 const OK: &str = "MSG x 1 2\r\nhi\r\nPONG\r\n";
 const JS_NAMES: &str = "SUB _INBOX.r 1\r\nPUB $JS.API.STREAM.NAMES _INBOX.r 0\r\n\r\n";
@@ -473,8 +487,10 @@ fn users_log_in_with_jwts_as_at_the_reference() {
             matches(&ours, &expect),
             "{name}: meshbroker answered {ours:?}"
         );
+        // The reference now and then sends the same -ERR twice in a row for one
+        // operation (seen in CI: "maximum subscriptions exceeded" twice for one SUB).
         assert!(
-            matches(&theirs, &expect),
+            matches(&theirs, &expect) || matches(&once_each(&theirs), &expect),
             "{name}: nats-server answered {theirs:?}"
         );
     }
