@@ -266,12 +266,17 @@ async fn ask(asker: &mut Asker, subject: &str, payload: &str, wait: Duration) ->
         .await
         .expect("publish");
     asker.client.flush().await.expect("flush");
+    // Up to 5 s for the first answer (a push is fsynced before it is answered, and a
+    // loaded machine is slow), then `wait` more for any other.
     let mut out = Vec::new();
-    let until = tokio::time::Instant::now() + wait;
+    let mut until = tokio::time::Instant::now() + wait + Duration::from_secs(5);
     while let Ok(Some(m)) =
         tokio::time::timeout_at(until, futures::StreamExt::next(&mut asker.sub)).await
     {
         if m.subject.as_str() == reply {
+            if out.is_empty() {
+                until = until.min(tokio::time::Instant::now() + wait);
+            }
             out.push(m.payload.to_vec());
         }
     }
