@@ -381,12 +381,11 @@ impl JetStream {
             return;
         };
         let me = &cluster.ctx.server_name;
-        let followers: Vec<(String, bool)> =
-            stream_actor::all_replicas(&cluster.group.status(), me)
-                .into_iter()
-                .filter(|p| p.name != *me && !p.offline)
-                .map(|p| (p.name, p.current))
-                .collect();
+        let followers: Vec<(String, bool)> = stream_actor::replicas(&cluster.group.status(), me)
+            .into_iter()
+            .filter(|p| !p.offline)
+            .map(|p| (p.name, p.current))
+            .collect();
         let target = crate::jetstream::replicated::meta_stepdown_target(
             msg.payload(),
             me,

@@ -524,12 +524,7 @@ impl Publisher {
     /// Publishes a JetStream advisory, if anyone listens for it, with a fresh id and
     /// the time `now`.
     pub fn advise(&mut self, account: &Account, advisory: &Advisory, now: i64) {
-        let subject = advisory.subject();
-        if !self.has_interest(account, subject.as_bytes()) {
-            return;
-        }
-        let body = advisory.encode(&crate::events::event_id(&mut self.rng), now);
-        self.send(account, subject.as_bytes(), None, None, &body);
+        self.advise_with_system(account, None, advisory, now);
     }
 
     /// Publishes an advisory about a replicated asset as the reference does: in its

@@ -227,7 +227,7 @@ pub struct StreamHandle {
 }
 
 /// The other replicas of a group as its leader sees them, for `cluster.replicas`.
-fn replicas(status: &GroupStatus, me: &str) -> Vec<api::PeerInfo> {
+pub fn replicas(status: &GroupStatus, me: &str) -> Vec<api::PeerInfo> {
     let now = runtime::now();
     status
         .peers

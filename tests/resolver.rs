@@ -310,6 +310,15 @@ async fn system_client(k: &Keys, addr: SocketAddr) -> Asker {
     Asker::new(client).await
 }
 
+/// Pushes `jwt` through `asker`'s node, which alone answers "jwt updated".
+async fn pushed(asker: &mut Asker, jwt: &str, node: &str) {
+    let answer = one(
+        ask(asker, "$SYS.REQ.CLAIMS.UPDATE", jwt, Duration::from_secs(1)).await,
+        &format!("{node}'s answer"),
+    );
+    assert_eq!(outcome(&answer)["data"]["message"], "jwt updated");
+}
+
 fn one(mut replies: Vec<Vec<u8>>, what: &str) -> Vec<u8> {
     assert_eq!(replies.len(), 1, "{what}: one reply expected");
     replies.remove(0)
@@ -682,17 +691,7 @@ async fn a_node_down_during_a_push_takes_it_from_its_peer() {
     let (n1, a1) = run_config(&conf1);
     let mut sys = system_client(&k, a1).await;
     let fresh_jwt = k.account(&k.operator, &k.fresh, 5, |_| {});
-    let answer = one(
-        ask(
-            &mut sys,
-            "$SYS.REQ.CLAIMS.UPDATE",
-            &fresh_jwt,
-            Duration::from_secs(1),
-        )
-        .await,
-        "n1's answer",
-    );
-    assert_eq!(outcome(&answer)["data"]["message"], "jwt updated");
+    pushed(&mut sys, &fresh_jwt, "n1").await;
     let fresh = k.fresh.public_key();
     assert_eq!(stored(1, &fresh), None);
     let (n2, a2) = run_config(&conf2);
@@ -713,17 +712,7 @@ async fn a_node_down_during_a_push_takes_it_from_its_peer() {
     drop((sys, n1));
     let mut sys2 = system_client(&k, a2).await;
     let newer = k.account(&k.operator, &k.app, 40, |_| {});
-    let answer = one(
-        ask(
-            &mut sys2,
-            "$SYS.REQ.CLAIMS.UPDATE",
-            &newer,
-            Duration::from_secs(1),
-        )
-        .await,
-        "n2's answer",
-    );
-    assert_eq!(outcome(&answer)["data"]["message"], "jwt updated");
+    pushed(&mut sys2, &newer, "n2").await;
     let app = k.app.public_key();
     let (n1, _) = run_config(&conf1);
     let deadline = Instant::now() + Duration::from_secs(15);
